@@ -1,0 +1,53 @@
+//! The one error type of the server. Each variant says what went wrong in words a caller can
+//! act on; `api::status` maps it to a gRPC status in one place.
+
+use thiserror::Error;
+
+pub type Result<T, E = GitcapError> = std::result::Result<T, E>;
+
+#[derive(Debug, Error)]
+pub enum GitcapError {
+    /// A checkpoint directory or hub repository is missing a file or has an unreadable one.
+    #[error("model files: {0}")]
+    ModelFiles(String),
+    #[error("weights: tensor `{name}` is missing from the checkpoint")]
+    MissingTensor { name: String },
+    #[error("weights: tensor `{name}` has shape {actual:?}, the config implies {expected:?}")]
+    TensorShape { name: String, expected: Vec<i64>, actual: Vec<i64> },
+    /// A request field is out of range or malformed; `field` is its path in the request.
+    #[error("{field}: {message}")]
+    InvalidArgument { field: String, message: String },
+    /// Media that cannot be decoded or is too large.
+    #[error("{field}: {message}")]
+    Media { field: String, message: String },
+    #[error("model `{0}` is not loaded")]
+    ModelNotFound(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
+    #[error("deadline exceeded {0}")]
+    DeadlineExceeded(String),
+    #[error("request cancelled")]
+    Cancelled,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl GitcapError {
+    pub fn model_files(message: impl Into<String>) -> Self {
+        Self::ModelFiles(message.into())
+    }
+
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::InvalidArgument { field: field.into(), message: message.into() }
+    }
+
+    pub fn media(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Media { field: field.into(), message: message.into() }
+    }
+}

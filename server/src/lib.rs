@@ -1,0 +1,13 @@
+//! gitcap: serving Microsoft's GIT vision-language models over gRPC.
+//!
+//! Data flows one way: request → `api` → `engine` (a model's own thread) → `model` → tokens.
+
+pub mod error;
+pub mod model;
+
+/// The generated protocol (`proto/gitcap/v1/gitcap.proto`).
+pub mod proto {
+    tonic::include_proto!("gitcap.v1");
+    /// Encoded descriptor set, for gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("gitcap_descriptor");
+}

@@ -1,0 +1,207 @@
+//! The text decoder (`git.embeddings`, `git.encoder`): BERT-style post-LN layers over
+//! [image tokens ; text tokens], where image tokens attend only to image tokens and text
+//! attends to every image token and causally to text.
+//!
+//! Image tokens never see text, so their keys and values are computed once per request
+//! ([`GitEncoder::prefill_image`]) and kept in a [`KvCache`] with the text's; each decoding
+//! step then runs only the new text tokens.
+
+use tch::{Device, Kind, Tensor};
+
+use super::config::GitConfig;
+use super::layers::{attention, merge_heads, split_heads, Activation, LayerNorm, Linear};
+use super::weights::Weights;
+use crate::error::Result;
+
+/// `GitEmbeddings`: word + absolute position embeddings, then LayerNorm.
+pub struct GitEmbeddings {
+    word_embeddings: Tensor,
+    position_embeddings: Tensor,
+    layer_norm: LayerNorm,
+}
+
+impl GitEmbeddings {
+    pub fn load(w: &Weights, prefix: &str, c: &GitConfig) -> Result<Self> {
+        Ok(Self {
+            word_embeddings: w.get(&format!("{prefix}.word_embeddings.weight"), &[c.vocab_size, c.hidden_size])?,
+            position_embeddings: w.get(
+                &format!("{prefix}.position_embeddings.weight"),
+                &[c.max_position_embeddings, c.hidden_size],
+            )?,
+            layer_norm: LayerNorm::load(w, &format!("{prefix}.LayerNorm"), c.hidden_size, c.layer_norm_eps)?,
+        })
+    }
+
+    /// `input_ids` [batch, seq] at text positions `start..start + seq`.
+    pub fn forward(&self, input_ids: &Tensor, start: i64) -> Tensor {
+        let seq = input_ids.size()[1];
+        let words = self.word_embeddings.index_select(0, &input_ids.flatten(0, 1)).view([input_ids.size()[0], seq, -1]);
+        let positions = self.position_embeddings.narrow(0, start, seq);
+        self.layer_norm.forward(&(words + positions))
+    }
+
+    pub fn word_embeddings(&self) -> &Tensor {
+        &self.word_embeddings
+    }
+}
+
+/// Keys and values of every decoder layer for a batch of sequences that share one image
+/// prefix: [batch, heads, capacity, head_dim] per layer, image tokens first.
+pub struct KvCache {
+    keys: Vec<Tensor>,
+    values: Vec<Tensor>,
+    image_tokens: i64,
+    text_len: i64,
+}
+
+impl KvCache {
+    /// Text tokens already in the cache.
+    pub fn text_len(&self) -> i64 {
+        self.text_len
+    }
+
+    pub fn image_tokens(&self) -> i64 {
+        self.image_tokens
+    }
+
+    pub fn batch(&self) -> i64 {
+        self.keys.first().map_or(0, |k| k.size()[0])
+    }
+
+    /// Keeps the sequences at `indices` (beam search reordering); image entries are shared.
+    pub fn reorder(&mut self, indices: &Tensor) {
+        let (start, len) = (self.image_tokens, self.text_len);
+        for buf in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            let mut text = buf.narrow(2, start, len);
+            let reordered = text.index_select(0, indices);
+            text.copy_(&reordered);
+        }
+    }
+}
+
+struct GitLayer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attention_output: Linear,
+    attention_layer_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    output_layer_norm: LayerNorm,
+    act: Activation,
+    heads: i64,
+}
+
+impl GitLayer {
+    fn load(w: &Weights, p: &str, c: &GitConfig) -> Result<Self> {
+        let (h, i, eps) = (c.hidden_size, c.intermediate_size, c.layer_norm_eps);
+        Ok(Self {
+            query: Linear::load(w, &format!("{p}.attention.self.query"), h, h)?,
+            key: Linear::load(w, &format!("{p}.attention.self.key"), h, h)?,
+            value: Linear::load(w, &format!("{p}.attention.self.value"), h, h)?,
+            attention_output: Linear::load(w, &format!("{p}.attention.output.dense"), h, h)?,
+            attention_layer_norm: LayerNorm::load(w, &format!("{p}.attention.output.LayerNorm"), h, eps)?,
+            intermediate: Linear::load(w, &format!("{p}.intermediate.dense"), h, i)?,
+            output: Linear::load(w, &format!("{p}.output.dense"), i, h)?,
+            output_layer_norm: LayerNorm::load(w, &format!("{p}.output.LayerNorm"), h, eps)?,
+            act: Activation::from_name(&c.hidden_act)?,
+            heads: c.num_attention_heads,
+        })
+    }
+
+    /// Writes this layer's keys and values of `xs` into `keys`/`values` at `at..` and
+    /// returns them, split into heads.
+    fn store_kv(&self, xs: &Tensor, keys: &Tensor, values: &Tensor, at: i64) {
+        let len = xs.size()[1];
+        keys.narrow(2, at, len).copy_(&split_heads(&self.key.forward(xs), self.heads));
+        values.narrow(2, at, len).copy_(&split_heads(&self.value.forward(xs), self.heads));
+    }
+
+    /// Runs `xs` (tokens `at..at + len` of the cache) attending to cache entries `..at + len`.
+    fn forward(&self, xs: &Tensor, keys: &Tensor, values: &Tensor, at: i64, mask: Option<&Tensor>) -> Tensor {
+        self.store_kv(xs, keys, values, at);
+        let visible = at + xs.size()[1];
+        let q = split_heads(&self.query.forward(xs), self.heads);
+        let context = attention(&q, &keys.narrow(2, 0, visible), &values.narrow(2, 0, visible), mask);
+        let attended = self.attention_layer_norm.forward(&(self.attention_output.forward(&merge_heads(&context)) + xs));
+        let ffn = self.output.forward(&self.act.forward(&self.intermediate.forward(&attended)));
+        self.output_layer_norm.forward(&(ffn + attended))
+    }
+}
+
+/// `GitEncoder`: the stack of decoder layers.
+pub struct GitEncoder {
+    layers: Vec<GitLayer>,
+    heads: i64,
+    head_dim: i64,
+}
+
+impl GitEncoder {
+    pub fn load(w: &Weights, prefix: &str, c: &GitConfig) -> Result<Self> {
+        Ok(Self {
+            layers: (0..c.num_hidden_layers)
+                .map(|i| GitLayer::load(w, &format!("{prefix}.layer.{i}"), c))
+                .collect::<Result<_>>()?,
+            heads: c.num_attention_heads,
+            head_dim: c.hidden_size / c.num_attention_heads,
+        })
+    }
+
+    /// Runs the projected image tokens [1, image_tokens, hidden] through every layer and
+    /// returns a cache holding their keys and values for `batch` sequences, with room for
+    /// `text_capacity` text tokens each.
+    ///
+    /// The image tokens' outputs of the last layer are never used (logits come from text
+    /// positions), so that layer only computes their keys and values.
+    pub fn prefill_image(&self, image_tokens: &Tensor, batch: i64, text_capacity: i64) -> KvCache {
+        let n = image_tokens.size()[1];
+        let shape = [batch, self.heads, n + text_capacity, self.head_dim];
+        let (kind, device) = (image_tokens.kind(), image_tokens.device());
+        let mut cache = KvCache {
+            keys: (0..self.layers.len()).map(|_| Tensor::zeros(shape, (kind, device))).collect(),
+            values: (0..self.layers.len()).map(|_| Tensor::zeros(shape, (kind, device))).collect(),
+            image_tokens: n,
+            text_len: 0,
+        };
+        let mut xs = image_tokens.shallow_clone();
+        let last = self.layers.len() - 1;
+        for (i, layer) in self.layers.iter().enumerate() {
+            // One copy of the image states serves every sequence in the batch.
+            let (keys, values) = (cache.keys[i].narrow(0, 0, 1), cache.values[i].narrow(0, 0, 1));
+            if i == last {
+                layer.store_kv(&xs, &keys, &values, 0);
+            } else {
+                xs = layer.forward(&xs, &keys, &values, 0, None);
+            }
+        }
+        for buf in cache.keys.iter_mut().chain(cache.values.iter_mut()).filter(|_| batch > 1) {
+            let mut image = buf.narrow(2, 0, n);
+            let first = image.narrow(0, 0, 1).copy();
+            image.copy_(&first);
+        }
+        cache
+    }
+
+    /// Runs text embeddings [batch, seq, hidden] that follow the cached tokens; returns the
+    /// last layer's hidden states [batch, seq, hidden] and appends to the cache.
+    pub fn forward_text(&self, embeddings: &Tensor, cache: &mut KvCache) -> Tensor {
+        let seq = embeddings.size()[1];
+        let at = cache.image_tokens + cache.text_len;
+        let mask = (seq > 1).then(|| causal_text_mask(cache.image_tokens, cache.text_len, seq, embeddings.device()));
+        let mut xs = embeddings.shallow_clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            xs = layer.forward(&xs, &cache.keys[i], &cache.values[i], at, mask.as_ref());
+        }
+        cache.text_len += seq;
+        xs
+    }
+}
+
+/// [seq, visible] boolean mask for `seq` new text tokens: every image token, every cached
+/// text token, and the new tokens up to and including themselves.
+fn causal_text_mask(image_tokens: i64, cached_text: i64, seq: i64, device: Device) -> Tensor {
+    let prefix = image_tokens + cached_text;
+    let rows = Tensor::arange(seq, (Kind::Int64, device)).unsqueeze(1);
+    let cols = Tensor::arange(prefix + seq, (Kind::Int64, device)).unsqueeze(0);
+    cols.le_tensor(&(rows + prefix))
+}

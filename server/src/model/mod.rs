@@ -1,0 +1,13 @@
+//! GIT (`GitForCausalLM`) in tch, read side by side with transformers' `modeling_git.py`.
+
+pub mod config;
+pub mod decoder;
+pub mod git;
+pub mod layers;
+pub mod vision;
+pub mod weights;
+
+pub use config::{GitConfig, GitVisionConfig};
+pub use decoder::KvCache;
+pub use git::GitForCausalLM;
+pub use weights::Weights;

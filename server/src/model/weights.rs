@@ -1,0 +1,144 @@
+//! Reading a checkpoint's tensors: `model.safetensors` (memory-mapped, possibly sharded with
+//! `model.safetensors.index.json`) or `pytorch_model.bin` (zip + pickle state dict), converted
+//! to the serving dtype and device, and looked up by their transformers names with a shape check.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors};
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{GitcapError, Result};
+
+/// Names used by older checkpoints for tensors transformers has since renamed.
+/// The hub's GIT video checkpoints spell the temporal embeddings `img_temperal_embedding`.
+const LEGACY_NAMES: &[(&str, &str)] = &[("img_temporal_embedding", "img_temperal_embedding")];
+
+/// All tensors of a checkpoint, already in the serving dtype and on the serving device.
+pub struct Weights {
+    tensors: HashMap<String, Tensor>,
+}
+
+impl Weights {
+    /// Loads the weights of a checkpoint directory, whichever format it ships.
+    pub fn from_dir(dir: &Path, kind: Kind, device: Device) -> Result<Self> {
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        let pickle = dir.join("pytorch_model.bin");
+        let tensors = if single.exists() {
+            read_safetensors(&single, kind, device)?
+        } else if index.exists() {
+            let mut all = HashMap::new();
+            for shard in shard_files(&index)? {
+                all.extend(read_safetensors(&dir.join(shard), kind, device)?);
+            }
+            all
+        } else if pickle.exists() {
+            read_pickle(&pickle, kind, device)?
+        } else {
+            return Err(GitcapError::model_files(format!(
+                "{} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin",
+                dir.display()
+            )));
+        };
+        Ok(Self { tensors })
+    }
+
+    pub fn from_map(tensors: HashMap<String, Tensor>) -> Self {
+        Self { tensors }
+    }
+
+    /// The tensor `name`, which must have exactly `shape`.
+    pub fn get(&self, name: &str, shape: &[i64]) -> Result<Tensor> {
+        let tensor = self.lookup(name).ok_or_else(|| GitcapError::MissingTensor { name: name.into() })?;
+        if tensor.size() != shape {
+            return Err(GitcapError::TensorShape {
+                name: name.into(),
+                expected: shape.to_vec(),
+                actual: tensor.size(),
+            });
+        }
+        Ok(tensor.shallow_clone())
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.lookup(name).is_some()
+    }
+
+    fn lookup(&self, name: &str) -> Option<&Tensor> {
+        self.tensors.get(name).or_else(|| {
+            LEGACY_NAMES.iter().find_map(|(current, legacy)| {
+                name.contains(current).then(|| self.tensors.get(&name.replace(current, legacy))).flatten()
+            })
+        })
+    }
+
+    /// Bytes held by all tensors.
+    pub fn bytes(&self) -> usize {
+        self.tensors.values().map(|t| t.numel() * t.kind().elt_size_in_bytes()).sum()
+    }
+}
+
+fn shard_files(index: &Path) -> Result<Vec<String>> {
+    #[derive(serde::Deserialize)]
+    struct Index {
+        weight_map: HashMap<String, String>,
+    }
+    let text = std::fs::read_to_string(index)
+        .map_err(|e| GitcapError::model_files(format!("cannot read {}: {e}", index.display())))?;
+    let parsed: Index = serde_json::from_str(&text)
+        .map_err(|e| GitcapError::model_files(format!("invalid {}: {e}", index.display())))?;
+    let mut shards: Vec<String> = parsed.weight_map.into_values().collect();
+    shards.sort();
+    shards.dedup();
+    Ok(shards)
+}
+
+fn read_safetensors(path: &Path, kind: Kind, device: Device) -> Result<HashMap<String, Tensor>> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| GitcapError::model_files(format!("cannot open {}: {e}", path.display())))?;
+    // SAFETY: the file is opened read-only and only read while `mmap` is alive; each tensor is
+    // copied out of it once, so nothing refers to the mapping afterwards.
+    let mmap = unsafe { memmap2::Mmap::map(&file) }
+        .map_err(|e| GitcapError::model_files(format!("cannot map {}: {e}", path.display())))?;
+    let st = SafeTensors::deserialize(&mmap)
+        .map_err(|e| GitcapError::model_files(format!("{} is not a valid safetensors file: {e}", path.display())))?;
+    let mut tensors = HashMap::new();
+    for (name, view) in st.tensors() {
+        let source_kind = kind_of(view.dtype())
+            .ok_or_else(|| GitcapError::model_files(format!("tensor `{name}` has unsupported dtype {:?}", view.dtype())))?;
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        let tensor = Tensor::f_from_data_size(view.data(), &shape, source_kind)?;
+        tensors.insert(name, convert(tensor, kind, device));
+    }
+    Ok(tensors)
+}
+
+fn read_pickle(path: &PathBuf, kind: Kind, device: Device) -> Result<HashMap<String, Tensor>> {
+    let named = Tensor::loadz_multi(path).map_err(|e| {
+        GitcapError::model_files(format!("{} is not a readable PyTorch state dict: {e}", path.display()))
+    })?;
+    Ok(named.into_iter().map(|(name, t)| (name, convert(t, kind, device))).collect())
+}
+
+/// Floating tensors take the serving dtype; integer buffers keep theirs.
+fn convert(tensor: Tensor, kind: Kind, device: Device) -> Tensor {
+    let target = if tensor.is_floating_point() { kind } else { tensor.kind() };
+    tensor.to_device(device).to_kind(target)
+}
+
+fn kind_of(dtype: Dtype) -> Option<Kind> {
+    Some(match dtype {
+        Dtype::F32 => Kind::Float,
+        Dtype::F16 => Kind::Half,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::F64 => Kind::Double,
+        Dtype::I64 => Kind::Int64,
+        Dtype::I32 => Kind::Int,
+        Dtype::I16 => Kind::Int16,
+        Dtype::I8 => Kind::Int8,
+        Dtype::U8 => Kind::Uint8,
+        Dtype::BOOL => Kind::Bool,
+        _ => return None,
+    })
+}
