@@ -18,7 +18,10 @@ fn compile_protos() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     let fds = protox::compile(PROTOS, ["proto"])?;
-    std::fs::write(out_dir.join("gitcap_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
+    std::fs::write(
+        out_dir.join("gitcap_descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

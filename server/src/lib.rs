@@ -2,8 +2,17 @@
 //!
 //! Data flows one way: request → `api` → `engine` (a model's own thread) → `model` → tokens.
 
+pub mod api;
+pub mod benchmark;
+pub mod device;
+pub mod engine;
 pub mod error;
+pub mod media;
 pub mod model;
+pub mod oneshot;
+pub mod registry;
+pub mod server;
+pub mod settings;
 
 /// The generated protocol (`proto/gitcap/v1/gitcap.proto`).
 pub mod proto {

@@ -1,3 +1,278 @@
-fn main() {
-    println!("gitcap-server");
+//! `gitcap-server`: serve GIT models over gRPC, or caption once from the command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use gitcap_server::benchmark::{self, Bench};
+use gitcap_server::model::generation::{EarlyStopping, GenerationOverrides};
+use gitcap_server::oneshot::{self, OneShot};
+use gitcap_server::registry::HubOptions;
+use gitcap_server::settings::Settings;
+
+#[derive(Parser)]
+#[command(
+    name = "gitcap-server",
+    version,
+    about = "Serve Microsoft's GIT vision-language models over gRPC"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the gRPC API (Captioner, health, reflection, gRPC-Web).
+    Serve(ServeArgs),
+    /// Caption an image or video frames (or answer a question) once, without serving.
+    Caption(CaptionArgs),
+    /// Time generation on fixed inputs (used by scripts/bench.sh).
+    Bench(BenchArgs),
+}
+
+/// Flags override the config file and GITCAP__* environment variables.
+#[derive(Args)]
+struct ServeArgs {
+    /// A TOML file layered over config/default.toml.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on (port 0 = any free port).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Checkpoint directory or hub repo id of the model to serve.
+    #[arg(long)]
+    model: Option<String>,
+    /// Name requests use for the model.
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long)]
+    revision: Option<String>,
+    #[arg(long)]
+    device: Option<String>,
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Read the hub cache only.
+    #[arg(long)]
+    offline: bool,
+    #[arg(long)]
+    threads: Option<i32>,
+    #[arg(long)]
+    queue_capacity: Option<usize>,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Checkpoint directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// safetensors file of named pixel_values tensors.
+    #[arg(long)]
+    inputs: PathBuf,
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    #[arg(long, default_value_t = 20)]
+    max_new_tokens: usize,
+    /// libtorch intra-op threads (0 = libtorch's default).
+    #[arg(long, default_value_t = 0)]
+    threads: i32,
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// A checkpoint directory, or a Hugging Face Hub repo id.
+    #[arg(long, default_value = "microsoft/git-base-vatex")]
+    model: String,
+    /// Hub revision (branch, tag or commit).
+    #[arg(long)]
+    revision: Option<String>,
+    /// Read the hub cache only (also HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    offline: bool,
+    /// Hub token (also HF_TOKEN).
+    #[arg(long, env = "HF_TOKEN", hide_env_values = true)]
+    hf_token: Option<String>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// libtorch intra-op threads (0 = libtorch's default).
+    #[arg(long, default_value_t = 0)]
+    threads: i32,
+}
+
+#[derive(Args)]
+struct CaptionArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// An image (JPEG, PNG, WebP, GIF; an animated GIF is read as video frames).
+    #[arg(long, conflicts_with = "frames", required_unless_present = "frames")]
+    image: Option<PathBuf>,
+    /// Video frames, in order.
+    #[arg(long, num_args = 1..)]
+    frames: Vec<PathBuf>,
+    /// Ask a question about the media (visual question answering).
+    #[arg(long)]
+    question: Option<String>,
+    #[command(flatten)]
+    generation: GenerationArgs,
+    /// Print token ids, text and timings as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Print the text token by token as it is generated.
+    #[arg(long)]
+    stream: bool,
+}
+
+/// transformers `generate` options; unset ones come from the checkpoint's generation_config.json.
+#[derive(Args)]
+struct GenerationArgs {
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+    #[arg(long)]
+    min_new_tokens: Option<usize>,
+    #[arg(long)]
+    num_beams: Option<usize>,
+    #[arg(long)]
+    length_penalty: Option<f64>,
+    /// true, false or never.
+    #[arg(long, value_parser = parse_early_stopping)]
+    early_stopping: Option<EarlyStopping>,
+    #[arg(long)]
+    do_sample: bool,
+    #[arg(long)]
+    temperature: Option<f64>,
+    #[arg(long)]
+    top_k: Option<usize>,
+    #[arg(long)]
+    top_p: Option<f64>,
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long)]
+    repetition_penalty: Option<f64>,
+    #[arg(long)]
+    no_repeat_ngram_size: Option<usize>,
+}
+
+fn parse_early_stopping(text: &str) -> Result<EarlyStopping, String> {
+    match text {
+        "true" => Ok(EarlyStopping::Yes),
+        "false" => Ok(EarlyStopping::No),
+        "never" => Ok(EarlyStopping::Never),
+        _ => Err(format!("`{text}` is not true, false or never")),
+    }
+}
+
+impl GenerationArgs {
+    fn overrides(&self) -> GenerationOverrides {
+        GenerationOverrides {
+            max_new_tokens: self.max_new_tokens,
+            min_new_tokens: self.min_new_tokens,
+            num_beams: self.num_beams,
+            length_penalty: self.length_penalty,
+            early_stopping: self.early_stopping,
+            do_sample: self.do_sample.then_some(true),
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
+            repetition_penalty: self.repetition_penalty,
+            no_repeat_ngram_size: self.no_repeat_ngram_size,
+        }
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<(), gitcap_server::error::GitcapError> {
+    let settings = Settings::load(
+        args.config.as_deref(),
+        &[
+            ("server.listen", args.listen),
+            ("model.source", args.model),
+            ("model.name", args.name),
+            ("model.revision", args.revision),
+            ("model.device", args.device),
+            ("model.dtype", args.dtype),
+            ("hub.offline", args.offline.then(|| "true".to_string())),
+            ("model.threads", args.threads.map(|t| t.to_string())),
+            (
+                "model.queue_capacity",
+                args.queue_capacity.map(|t| t.to_string()),
+            ),
+        ],
+    )?;
+    init_logging(settings.log.format == "json");
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| gitcap_server::error::GitcapError::Internal(e.to_string()))?;
+    runtime.block_on(gitcap_server::server::run(settings))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        init_logging(false);
+    }
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Caption(args) => {
+            if args.model.threads > 0 {
+                tch::set_num_threads(args.model.threads);
+            }
+            oneshot::run(OneShot {
+                hub: HubOptions {
+                    offline: args.model.offline,
+                    token: args.model.hf_token.clone(),
+                    cache_dir: None,
+                },
+                model: args.model.model,
+                revision: args.model.revision,
+                device: args.model.device,
+                dtype: args.model.dtype,
+                media: args.image.into_iter().chain(args.frames).collect(),
+                question: args.question,
+                options: args.generation.overrides(),
+                json: args.json,
+                stream: args.stream,
+            })
+        }
+        Command::Bench(args) => {
+            if args.threads > 0 {
+                tch::set_num_threads(args.threads);
+            }
+            benchmark::run(Bench {
+                model: args.model,
+                inputs: args.inputs,
+                dtype: args.dtype,
+                device: args.device,
+                runs: args.runs,
+                max_new_tokens: args.max_new_tokens,
+            })
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

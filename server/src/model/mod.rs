@@ -2,8 +2,10 @@
 
 pub mod config;
 pub mod decoder;
+pub mod generation;
 pub mod git;
 pub mod layers;
+pub mod tokenizer;
 pub mod vision;
 pub mod weights;
 

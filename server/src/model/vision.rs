@@ -25,7 +25,10 @@ impl GitVisionEmbeddings {
                 &format!("{prefix}.patch_embedding.weight"),
                 &[dim, c.num_channels, c.patch_size, c.patch_size],
             )?,
-            position_embedding: w.get(&format!("{prefix}.position_embedding.weight"), &[c.tokens_per_image(), dim])?,
+            position_embedding: w.get(
+                &format!("{prefix}.position_embedding.weight"),
+                &[c.tokens_per_image(), dim],
+            )?,
             patch_size: c.patch_size,
         })
     }
@@ -35,10 +38,20 @@ impl GitVisionEmbeddings {
         let frames = pixel_values.size()[0];
         let patches = pixel_values
             .to_kind(self.patch_embedding.kind())
-            .conv2d(&self.patch_embedding, None::<&Tensor>, [self.patch_size; 2], [0, 0], [1, 1], 1)
+            .conv2d(
+                &self.patch_embedding,
+                None::<&Tensor>,
+                [self.patch_size; 2],
+                [0, 0],
+                [1, 1],
+                1,
+            )
             .flatten(2, 3)
             .transpose(1, 2);
-        let class = self.class_embedding.view([1, 1, -1]).expand([frames, 1, -1], false);
+        let class = self
+            .class_embedding
+            .view([1, 1, -1])
+            .expand([frames, 1, -1], false);
         Tensor::cat(&[class, patches], 1) + &self.position_embedding
     }
 }
@@ -56,7 +69,8 @@ impl GitVisionAttention {
         let q = split_heads(&self.q_proj.forward(xs), self.heads);
         let k = split_heads(&self.k_proj.forward(xs), self.heads);
         let v = split_heads(&self.v_proj.forward(xs), self.heads);
-        self.out_proj.forward(&merge_heads(&attention(&q, &k, &v, None)))
+        self.out_proj
+            .forward(&merge_heads(&attention(&q, &k, &v, None)))
     }
 }
 
@@ -91,7 +105,11 @@ impl GitVisionEncoderLayer {
 
     fn forward(&self, xs: &Tensor) -> Tensor {
         let xs = xs + self.self_attn.forward(&self.layer_norm1.forward(xs));
-        let mlp = self.fc2.forward(&self.act.forward(&self.fc1.forward(&self.layer_norm2.forward(&xs))));
+        let mlp = self.fc2.forward(
+            &self
+                .act
+                .forward(&self.fc1.forward(&self.layer_norm2.forward(&xs))),
+        );
         xs + mlp
     }
 }
@@ -119,7 +137,9 @@ impl GitVisionTransformer {
 
     /// [frames, 3, H, W] → `last_hidden_state` [frames, tokens_per_image, hidden].
     pub fn forward(&self, pixel_values: &Tensor) -> Tensor {
-        let mut xs = self.pre_layrnorm.forward(&self.embeddings.forward(pixel_values));
+        let mut xs = self
+            .pre_layrnorm
+            .forward(&self.embeddings.forward(pixel_values));
         for layer in &self.layers {
             xs = layer.forward(&xs);
         }

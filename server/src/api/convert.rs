@@ -1,0 +1,199 @@
+//! Protocol messages ↔ the engine's types, with request validation against server limits.
+
+use image::RgbImage;
+
+use crate::engine::{InferenceOutput, TokenEvent};
+use crate::error::{GitcapError, Result};
+use crate::media::{decode_image, from_raw_rgb, MediaLimits};
+use crate::model::generation::{EarlyStopping, FinishReason, GenerationOverrides};
+use crate::proto;
+
+/// Server-side bounds on what a request may ask for.
+#[derive(Debug, Clone)]
+pub struct RequestLimits {
+    pub media: MediaLimits,
+    pub max_new_tokens: usize,
+    pub max_beams: usize,
+    pub max_question_chars: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self {
+            media: MediaLimits::default(),
+            max_new_tokens: 256,
+            max_beams: 8,
+            max_question_chars: 1000,
+        }
+    }
+}
+
+/// Decodes the request's media into frames (CPU work: call it off the async runtime).
+pub fn decode_media(media: Option<&proto::Media>, limits: &MediaLimits) -> Result<Vec<RgbImage>> {
+    use proto::media::Kind;
+    let kind = media.and_then(|m| m.kind.as_ref()).ok_or_else(|| {
+        GitcapError::invalid(
+            "media",
+            "no media: set media.image, media.frames or media.raw",
+        )
+    })?;
+    match kind {
+        Kind::Image(bytes) => decode_image(bytes, "media.image", limits),
+        Kind::Frames(frames) => {
+            if frames.frames.is_empty() {
+                return Err(GitcapError::invalid("media.frames", "no frames were given"));
+            }
+            if frames.frames.len() > limits.max_frames {
+                return Err(GitcapError::invalid(
+                    "media.frames",
+                    format!(
+                        "{} frames is more than the limit of {}",
+                        frames.frames.len(),
+                        limits.max_frames
+                    ),
+                ));
+            }
+            let mut decoded = Vec::with_capacity(frames.frames.len());
+            for (i, bytes) in frames.frames.iter().enumerate() {
+                let mut frame = decode_image(bytes, &format!("media.frames[{i}]"), limits)?;
+                decoded.push(frame.swap_remove(0));
+            }
+            Ok(decoded)
+        }
+        Kind::Raw(raw) => Ok(vec![from_raw_rgb(
+            raw.width,
+            raw.height,
+            &raw.rgb,
+            "media.raw",
+            limits,
+        )?]),
+    }
+}
+
+pub fn question(request: &proto::CaptionRequest, limits: &RequestLimits) -> Result<Option<String>> {
+    let q = request.question.trim();
+    if q.is_empty() {
+        return Ok(None);
+    }
+    if q.chars().count() > limits.max_question_chars {
+        return Err(GitcapError::invalid(
+            "question",
+            format!(
+                "{} characters is more than the limit of {}",
+                q.chars().count(),
+                limits.max_question_chars
+            ),
+        ));
+    }
+    Ok(Some(q.to_string()))
+}
+
+/// Generation options, checked against the server's limits.
+pub fn overrides(
+    options: Option<&proto::GenerationOptions>,
+    limits: &RequestLimits,
+) -> Result<GenerationOverrides> {
+    let Some(o) = options else {
+        return Ok(GenerationOverrides::default());
+    };
+    let bad = |field: &str, msg: String| Err(GitcapError::invalid(format!("options.{field}"), msg));
+    if let Some(n) = o.max_new_tokens {
+        if n == 0 || n as usize > limits.max_new_tokens {
+            return bad(
+                "max_new_tokens",
+                format!("must be 1 to {}, got {n}", limits.max_new_tokens),
+            );
+        }
+    }
+    if let Some(n) = o.num_beams {
+        if n == 0 || n as usize > limits.max_beams {
+            return bad(
+                "num_beams",
+                format!("must be 1 to {}, got {n}", limits.max_beams),
+            );
+        }
+    }
+    if let Some(t) = o.temperature {
+        if !(t > 0.0 && t.is_finite() && t <= 100.0) {
+            return bad("temperature", format!("must be in (0, 100], got {t}"));
+        }
+    }
+    if let Some(p) = o.top_p {
+        if !(p > 0.0 && p <= 1.0) {
+            return bad("top_p", format!("must be in (0, 1], got {p}"));
+        }
+    }
+    if let Some(p) = o.repetition_penalty {
+        if !(p > 0.0 && p.is_finite() && p <= 100.0) {
+            return bad(
+                "repetition_penalty",
+                format!("must be in (0, 100], got {p}"),
+            );
+        }
+    }
+    if let Some(p) = o.length_penalty {
+        if !(p.is_finite() && p.abs() <= 100.0) {
+            return bad("length_penalty", format!("must be in [-100, 100], got {p}"));
+        }
+    }
+    Ok(GenerationOverrides {
+        max_new_tokens: o.max_new_tokens.map(|v| v as usize),
+        min_new_tokens: o.min_new_tokens.map(|v| v as usize),
+        num_beams: o.num_beams.map(|v| v as usize),
+        length_penalty: o.length_penalty.map(f64::from),
+        early_stopping: o.early_stopping.map(|v| {
+            if v {
+                EarlyStopping::Yes
+            } else {
+                EarlyStopping::No
+            }
+        }),
+        do_sample: o.do_sample,
+        temperature: o.temperature.map(f64::from),
+        top_k: o.top_k.map(|v| v as usize),
+        top_p: o.top_p.map(f64::from),
+        seed: o.seed,
+        repetition_penalty: o.repetition_penalty.map(f64::from),
+        no_repeat_ngram_size: o.no_repeat_ngram_size.map(|v| v as usize),
+    })
+}
+
+pub fn token_event(event: TokenEvent) -> proto::TokenEvent {
+    proto::TokenEvent {
+        token_id: event.token_id as u32,
+        text_delta: event.text_delta,
+        logprob: event.logprob,
+        special: event.special,
+    }
+}
+
+pub fn response(
+    output: InferenceOutput,
+    queue_ms: f64,
+    total_ms: f64,
+    model: &str,
+    version: &str,
+) -> proto::CaptionResponse {
+    proto::CaptionResponse {
+        text: output.text,
+        token_ids: output.token_ids.iter().map(|&t| t as u32).collect(),
+        finish_reason: match output.finish_reason {
+            FinishReason::Eos => proto::FinishReason::Eos,
+            FinishReason::Length => proto::FinishReason::Length,
+        } as i32,
+        usage: Some(proto::Usage {
+            prompt_tokens: output.prompt_tokens as u32,
+            image_tokens: output.image_tokens as u32,
+            generated_tokens: output.token_ids.len() as u32,
+        }),
+        timings: Some(proto::Timings {
+            queue_ms,
+            preprocess_ms: output.timings.preprocess_ms,
+            vision_ms: output.timings.vision_ms,
+            decode_ms: output.timings.decode_ms,
+            total_ms,
+        }),
+        model: model.to_string(),
+        version: version.to_string(),
+    }
+}

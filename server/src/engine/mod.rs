@@ -1,0 +1,8 @@
+//! Running requests on a model: the inference pipeline, and the model's own thread that feeds
+//! it from a bounded queue.
+
+pub mod pipeline;
+pub mod worker;
+
+pub use pipeline::{InferenceOutput, InferenceRequest, Pipeline, TokenEvent};
+pub use worker::{EngineEvent, ModelInfo, ModelWorker};

@@ -1,0 +1,136 @@
+//! A model's own inference thread. Requests reach it through a bounded queue; it sends each
+//! request's tokens and result back over a channel, so the tokio runtime never waits on
+//! tensor work. A request whose caller went away or whose deadline passed is dropped from the
+//! queue or stopped at its next token.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::pipeline::{InferenceOutput, InferenceRequest, Pipeline, TokenEvent};
+use crate::error::{GitcapError, Result};
+use crate::model::generation::StepControl;
+
+/// What a running request reports, in order: tokens, then one `Done` or `Failed`.
+#[derive(Debug)]
+pub enum EngineEvent {
+    Token(TokenEvent),
+    Done {
+        output: InferenceOutput,
+        queue_ms: f64,
+    },
+    Failed(GitcapError),
+}
+
+struct Job {
+    request: InferenceRequest,
+    deadline: Option<Instant>,
+    enqueued: Instant,
+    events: mpsc::UnboundedSender<EngineEvent>,
+}
+
+/// Identity of a loaded model.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub name: String,
+    pub version: String,
+    pub dtype: String,
+    pub device: String,
+    pub max_frames: usize,
+    pub weights_bytes: usize,
+}
+
+/// The handle the API holds: cheap to clone, submits requests to the model's thread.
+#[derive(Clone)]
+pub struct ModelWorker {
+    pub info: Arc<ModelInfo>,
+    queue: mpsc::Sender<Job>,
+}
+
+impl ModelWorker {
+    /// Starts the thread that owns `pipeline`; at most `queue_capacity` requests wait.
+    pub fn spawn(pipeline: Pipeline, info: ModelInfo, queue_capacity: usize) -> Self {
+        let (queue, mut jobs) = mpsc::channel::<Job>(queue_capacity.max(1));
+        let name = info.name.clone();
+        std::thread::Builder::new()
+            .name(format!("model-{name}"))
+            .spawn(move || {
+                let _guard = tch::no_grad_guard();
+                while let Some(job) = jobs.blocking_recv() {
+                    run_job(&pipeline, job);
+                }
+                tracing::info!(model = name, "model thread stopped");
+            })
+            .expect("spawning a model thread");
+        Self {
+            info: Arc::new(info),
+            queue,
+        }
+    }
+
+    /// Queues a request; fails at once with `ResourceExhausted` when the queue is full.
+    pub fn submit(
+        &self,
+        request: InferenceRequest,
+        timeout: Option<Duration>,
+    ) -> Result<mpsc::UnboundedReceiver<EngineEvent>> {
+        let (events, receiver) = mpsc::unbounded_channel();
+        let job = Job {
+            request,
+            deadline: timeout.map(|t| Instant::now() + t),
+            enqueued: Instant::now(),
+            events,
+        };
+        self.queue.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => GitcapError::ResourceExhausted(format!(
+                "model `{}` has {} requests waiting; retry later",
+                self.info.name,
+                self.queue.max_capacity()
+            )),
+            mpsc::error::TrySendError::Closed(_) => {
+                GitcapError::Unavailable(format!("model `{}` is shutting down", self.info.name))
+            }
+        })?;
+        Ok(receiver)
+    }
+
+    /// Requests waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+}
+
+fn run_job(pipeline: &Pipeline, job: Job) {
+    let queue_ms = job.enqueued.elapsed().as_secs_f64() * 1e3;
+    if job.events.is_closed() {
+        return;
+    }
+    if job.deadline.is_some_and(|d| Instant::now() >= d) {
+        let _ = job
+            .events
+            .send(EngineEvent::Failed(GitcapError::DeadlineExceeded(format!(
+                "while waiting in the queue ({queue_ms:.0} ms)"
+            ))));
+        return;
+    }
+    let mut expired = false;
+    let result = pipeline.run(&job.request, &mut |event| {
+        if job.deadline.is_some_and(|d| Instant::now() >= d) {
+            expired = true;
+            return StepControl::Stop;
+        }
+        match job.events.send(EngineEvent::Token(event)) {
+            Ok(()) => StepControl::Continue,
+            Err(_) => StepControl::Stop,
+        }
+    });
+    let event = match result {
+        Ok(output) => EngineEvent::Done { output, queue_ms },
+        Err(GitcapError::Cancelled) if expired => {
+            EngineEvent::Failed(GitcapError::DeadlineExceeded("during generation".into()))
+        }
+        Err(e) => EngineEvent::Failed(e),
+    };
+    let _ = job.events.send(event);
+}

@@ -1,0 +1,100 @@
+//! `gitcap-server caption`: caption or answer a question from the command line, without
+//! serving, through the same pipeline as the server.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde_json::json;
+
+use crate::device::{dtype_name, parse_device, parse_dtype};
+use crate::engine::{InferenceRequest, Pipeline};
+use crate::error::{GitcapError, Result};
+use crate::media::{decode_image, MediaLimits};
+use crate::model::generation::{FinishReason, GenerationOverrides, StepControl};
+use crate::registry::{resolve, HubOptions};
+
+pub struct OneShot {
+    pub model: String,
+    pub revision: Option<String>,
+    pub hub: HubOptions,
+    pub device: String,
+    pub dtype: String,
+    /// One image, or the frames of a video in order.
+    pub media: Vec<PathBuf>,
+    pub question: Option<String>,
+    pub options: GenerationOverrides,
+    pub json: bool,
+    /// Print each token's text as soon as it is generated.
+    pub stream: bool,
+}
+
+pub fn run(args: OneShot) -> Result<()> {
+    let load_started = Instant::now();
+    let device = parse_device(&args.device)?;
+    let kind = parse_dtype(&args.dtype)?;
+    let checkpoint = resolve(&args.model, args.revision.as_deref(), &args.hub)?;
+    let pipeline = Pipeline::load(&checkpoint.dir, kind, device)?;
+    let load_ms = load_started.elapsed().as_secs_f64() * 1e3;
+
+    let limits = MediaLimits::default();
+    let mut frames = Vec::new();
+    for (i, path) in args.media.iter().enumerate() {
+        let bytes = std::fs::read(path).map_err(|e| {
+            GitcapError::invalid(
+                format!("media[{i}]"),
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        frames.extend(decode_image(&bytes, &path.display().to_string(), &limits)?);
+    }
+    let request = InferenceRequest {
+        frames,
+        question: args.question.clone(),
+        options: args.options.clone(),
+    };
+    let started = Instant::now();
+    let mut first_token_ms = None;
+    let output = pipeline.run(&request, &mut |event| {
+        first_token_ms.get_or_insert_with(|| started.elapsed().as_secs_f64() * 1e3);
+        if args.stream && !args.json {
+            use std::io::Write;
+            print!("{}", event.text_delta);
+            let _ = std::io::stdout().flush();
+        }
+        StepControl::Continue
+    })?;
+    let total_ms = started.elapsed().as_secs_f64() * 1e3;
+
+    if args.json {
+        let report = json!({
+            "model": args.model,
+            "version": checkpoint.version,
+            "dtype": dtype_name(kind),
+            "device": args.device,
+            "question": args.question,
+            "token_ids": output.token_ids,
+            "text": output.text,
+            "finish_reason": match output.finish_reason { FinishReason::Eos => "eos", FinishReason::Length => "length" },
+            "frames": output.frames_used,
+            "prompt_tokens": output.prompt_tokens,
+            "image_tokens": output.image_tokens,
+            "timings_ms": {
+                "load": load_ms,
+                "preprocess": output.timings.preprocess_ms,
+                "vision": output.timings.vision_ms,
+                "decode": output.timings.decode_ms,
+                "first_token": first_token_ms,
+                "total": total_ms,
+            },
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("a JSON value serialises")
+        );
+    } else if args.stream {
+        println!();
+    } else {
+        println!("{}", output.text);
+    }
+    Ok(())
+}

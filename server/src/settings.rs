@@ -1,0 +1,86 @@
+//! Server settings: `config/default.toml` (built in), then an optional file, then
+//! `GITCAP__SECTION__KEY` environment variables, then command-line flags.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{GitcapError, Result};
+
+const DEFAULTS: &str = include_str!("../../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub model: ModelSettings,
+    pub hub: HubSettings,
+    pub limits: LimitSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerSettings {
+    pub listen: String,
+    pub max_message_bytes: usize,
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModelSettings {
+    pub name: String,
+    pub source: String,
+    pub revision: String,
+    pub device: String,
+    pub dtype: String,
+    pub queue_capacity: usize,
+    pub threads: i32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HubSettings {
+    pub offline: bool,
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LimitSettings {
+    pub max_new_tokens: usize,
+    pub max_beams: usize,
+    pub max_frames: usize,
+    pub max_pixels: u64,
+    pub max_question_chars: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    pub format: String,
+}
+
+impl Settings {
+    /// Layers the defaults, `file`, the environment and `overrides` ("section.key" → value).
+    pub fn load(file: Option<&Path>, overrides: &[(&str, Option<String>)]) -> Result<Self> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if let Some(file) = file {
+            builder = builder.add_source(config::File::from(file).required(true));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("GITCAP")
+                .separator("__")
+                .try_parsing(true),
+        );
+        for (key, value) in overrides {
+            if let Some(value) = value {
+                builder = builder
+                    .set_override(*key, value.clone())
+                    .map_err(|e| GitcapError::invalid(*key, e.to_string()))?;
+            }
+        }
+        let config = builder
+            .build()
+            .map_err(|e| GitcapError::invalid("config", e.to_string()))?;
+        config
+            .try_deserialize()
+            .map_err(|e| GitcapError::invalid("config", e.to_string()))
+    }
+}

@@ -1,0 +1,80 @@
+//! Starts `gitcap-server serve` on 127.0.0.1 with an ephemeral port for a test, and stops it
+//! when dropped.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct TestServer {
+    child: Child,
+    pub addr: String,
+}
+
+impl TestServer {
+    /// Serves the fixture model `model` under the name `tiny`, with extra flags.
+    pub fn start(model: &str, extra: &[&str]) -> Self {
+        let dir = super::fixtures::model_dir(model);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gitcap-server"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--name",
+                "tiny",
+                "--model",
+            ])
+            .arg(&dir)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting gitcap-server");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("reading the server's first line");
+        let addr = line
+            .trim()
+            .strip_prefix("gitcap-server listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line from the server: {line:?}"))
+            .to_string();
+        Self { child, addr }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(self.url())
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .expect("connecting to the test server")
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns whether it exited cleanly.
+    pub fn terminate(mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let status = self.child.wait().expect("waiting for the server");
+        std::mem::forget(self);
+        status.success()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("polling the server").is_none()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

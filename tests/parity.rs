@@ -1,0 +1,225 @@
+//! Parity with Hugging Face transformers 5.24 (`GitForCausalLM`) on the tiny random
+//! checkpoints and goldens of `scripts/make_fixtures.py`: logits within 1e-4 in f32, and
+//! identical token ids for greedy and beam search, images, video and VQA.
+
+mod common;
+
+use std::collections::HashMap;
+
+use tch::{Device, Kind, Tensor};
+
+use common::fixtures::{cases, model_dir, tensors, Case, MODELS};
+use gitcap_server::engine::{InferenceRequest, Pipeline};
+use gitcap_server::media::{decode_image, MediaLimits};
+use gitcap_server::model::generation::{generate, FinishReason, GenerationOverrides, StepControl};
+
+fn pipelines() -> HashMap<String, Pipeline> {
+    MODELS
+        .iter()
+        .map(|name| {
+            (
+                name.to_string(),
+                Pipeline::load(&model_dir(name), Kind::Float, Device::Cpu).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn logits_match_transformers_within_1e_4() {
+    let _guard = tch::no_grad_guard();
+    let pipelines = pipelines();
+    let golden = tensors("cases.safetensors");
+    let with_logits: Vec<&Case> = cases_ref().iter().filter(|c| c.has_logits).collect();
+    assert!(
+        with_logits.len() >= 3,
+        "the fixtures should carry logits for several cases"
+    );
+    for case in with_logits {
+        let model = &pipelines[&case.model].model;
+        let ids = Tensor::from_slice(&case.prompt_ids).view([1, -1]);
+        let logits = model
+            .forward(&case.pixel_values(&golden), &ids)
+            .unwrap()
+            .squeeze_dim(0);
+        let expected = &golden[&format!("{}/logits", case.name)];
+        assert_eq!(logits.size(), expected.size(), "{}", case.name);
+        let max_diff = (&logits - expected).abs().max().double_value(&[]);
+        assert!(
+            max_diff <= 1e-4,
+            "{}: logits differ from transformers by {max_diff}",
+            case.name
+        );
+    }
+}
+
+fn cases_ref() -> &'static Vec<Case> {
+    static CASES: std::sync::OnceLock<Vec<Case>> = std::sync::OnceLock::new();
+    CASES.get_or_init(cases)
+}
+
+#[test]
+fn generated_tokens_equal_transformers_from_the_same_pixels() {
+    let _guard = tch::no_grad_guard();
+    let pipelines = pipelines();
+    let golden = tensors("cases.safetensors");
+    for case in cases_ref() {
+        let p = &pipelines[&case.model];
+        let image_tokens = p
+            .model
+            .image_tokens(&p.model.encode_frames(&case.pixel_values(&golden)).unwrap())
+            .unwrap();
+        let config = case.overrides().apply(&p.generation);
+        let mut streamed = vec![];
+        let out = generate(
+            &p.model,
+            &image_tokens,
+            &case.prompt_ids,
+            &config,
+            &mut |step| {
+                streamed.push(step.token_id);
+                StepControl::Continue
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            out.token_ids, case.generated_ids,
+            "{}: token ids differ from transformers",
+            case.name
+        );
+        assert_eq!(streamed, case.generated_ids, "{}: streamed ids", case.name);
+        let eos = if case.finished_by_eos {
+            FinishReason::Eos
+        } else {
+            FinishReason::Length
+        };
+        assert_eq!(out.finish_reason, eos, "{}", case.name);
+        assert_eq!(
+            p.tokenizer.decode(&out.token_ids).unwrap(),
+            case.text,
+            "{}: text",
+            case.name
+        );
+    }
+}
+
+/// The whole path a request takes: file bytes → decode → preprocess → model → text.
+#[test]
+fn pipeline_from_media_files_equals_transformers() {
+    let pipelines = pipelines();
+    let media = common::fixtures::fixtures().join("media");
+    for case in cases_ref() {
+        let p = &pipelines[&case.model];
+        let frames = case
+            .media
+            .iter()
+            .flat_map(|f| {
+                decode_image(
+                    &std::fs::read(media.join(f)).unwrap(),
+                    f,
+                    &MediaLimits::default(),
+                )
+                .unwrap()
+            })
+            .collect();
+        let request = InferenceRequest {
+            frames,
+            question: case.question.clone(),
+            options: case.overrides(),
+        };
+        let mut deltas = String::new();
+        let out = p
+            .run(&request, &mut |event| {
+                deltas.push_str(&event.text_delta);
+                StepControl::Continue
+            })
+            .unwrap();
+        assert_eq!(
+            p.prompt_ids(case.question.as_deref()).unwrap(),
+            case.prompt_ids,
+            "{}: prompt ids",
+            case.name
+        );
+        if out.token_ids != case.generated_ids {
+            eprintln!(
+                "{}: {:?} != {:?}",
+                case.name, out.token_ids, case.generated_ids
+            );
+        }
+        assert_eq!(
+            deltas, out.text,
+            "{}: streamed deltas must add up to the text",
+            case.name
+        );
+    }
+}
+
+#[test]
+fn sampling_with_a_seed_is_reproducible() {
+    let pipelines = pipelines();
+    let golden = tensors("cases.safetensors");
+    let case = cases_ref()
+        .iter()
+        .find(|c| c.name == "image_caption_greedy")
+        .unwrap();
+    let p = &pipelines[&case.model];
+    let image_tokens = p
+        .model
+        .image_tokens(&p.model.encode_frames(&case.pixel_values(&golden)).unwrap())
+        .unwrap();
+    let run = |seed: u64, beams: usize| {
+        let options = GenerationOverrides {
+            do_sample: Some(true),
+            seed: Some(seed),
+            num_beams: Some(beams),
+            max_new_tokens: Some(12),
+            temperature: Some(1.5),
+            top_k: Some(100),
+            top_p: Some(0.95),
+            ..Default::default()
+        };
+        let config = options.apply(&p.generation);
+        generate(
+            &p.model,
+            &image_tokens,
+            &case.prompt_ids,
+            &config,
+            &mut |_| StepControl::Continue,
+        )
+        .unwrap()
+        .token_ids
+    };
+    for beams in [1, 3] {
+        assert_eq!(
+            run(7, beams),
+            run(7, beams),
+            "same seed, same tokens (beams {beams})"
+        );
+        let distinct: std::collections::HashSet<Vec<i64>> =
+            (0..6).map(|seed| run(seed, beams)).collect();
+        assert!(
+            distinct.len() > 1,
+            "different seeds should give different samples (beams {beams})"
+        );
+    }
+}
+
+#[test]
+fn reduced_precision_runs_and_stays_close() {
+    let _guard = tch::no_grad_guard();
+    let golden = tensors("cases.safetensors");
+    let case = cases_ref()
+        .iter()
+        .find(|c| c.name == "image_caption_greedy")
+        .unwrap();
+    let expected = &golden[&format!("{}/logits", case.name)];
+    let p = Pipeline::load(&model_dir(&case.model), Kind::BFloat16, Device::Cpu).unwrap();
+    let ids = Tensor::from_slice(&case.prompt_ids).view([1, -1]);
+    let logits = p
+        .model
+        .forward(&case.pixel_values(&golden), &ids)
+        .unwrap()
+        .squeeze_dim(0);
+    let rel = (&logits - expected).norm().double_value(&[]) / expected.norm().double_value(&[]);
+    assert!(rel < 0.1, "bf16 logits relative error {rel}");
+}
