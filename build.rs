@@ -18,23 +18,16 @@ fn compile_protos() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     let fds = protox::compile(PROTOS, ["proto"])?;
-    std::fs::write(
-        out_dir.join("gitcap_descriptor.bin"),
-        prost::Message::encode_to_vec(&fds),
-    )?;
-    tonic_prost_build::configure()
-        .build_server(true)
-        .build_client(true)
-        .compile_fds(fds)?;
+    std::fs::write(out_dir.join("gitcap_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
+    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(fds)?;
     Ok(())
 }
 
 fn link_libtorch() {
     // torch-sys (the `links = "tch"` crate) reports where it found libtorch.
     println!("cargo:rerun-if-env-changed=LIBTORCH");
-    let lib_dir = env::var("DEP_TCH_LIBTORCH_LIB")
-        .ok()
-        .or_else(|| env::var("LIBTORCH").ok().map(|dir| format!("{dir}/lib")));
+    let lib_dir =
+        env::var("DEP_TCH_LIBTORCH_LIB").ok().or_else(|| env::var("LIBTORCH").ok().map(|dir| format!("{dir}/lib")));
     if let Some(lib_dir) = lib_dir {
         // DT_RPATH (not RUNPATH) so that libtorch's own dependencies resolve from there too.
         println!("cargo:rustc-link-arg=-Wl,--disable-new-dtags");

@@ -8,8 +8,8 @@ use tonic::Code;
 use common::fixtures::{cases, fixtures};
 use common::server::TestServer;
 use gitcap_client::proto::{
-    self, caption_event::Event, captioner_client::CaptionerClient, media::Kind, CaptionRequest,
-    Frames, GenerationOptions, Media, RawImage,
+    self, caption_event::Event, captioner_client::CaptionerClient, media::Kind, CaptionRequest, Frames,
+    GenerationOptions, Media, RawImage,
 };
 
 fn media_file(name: &str) -> Vec<u8> {
@@ -26,18 +26,12 @@ fn request(media: Kind, question: &str, options: GenerationOptions) -> CaptionRe
 }
 
 fn greedy(max_new_tokens: u32) -> GenerationOptions {
-    GenerationOptions {
-        max_new_tokens: Some(max_new_tokens),
-        ..Default::default()
-    }
+    GenerationOptions { max_new_tokens: Some(max_new_tokens), ..Default::default() }
 }
 
 fn golden(name: &str) -> (Vec<u32>, String) {
     let case = cases().into_iter().find(|c| c.name == name).unwrap();
-    (
-        case.generated_ids.iter().map(|&t| t as u32).collect(),
-        case.text,
-    )
+    (case.generated_ids.iter().map(|&t| t as u32).collect(), case.text)
 }
 
 #[tokio::test]
@@ -47,36 +41,18 @@ async fn caption_and_stream_match_transformers() {
 
     // shapes.png is lossless, so the pixels are transformers' within one 8-bit step.
     let (ids, text) = golden("image_caption_shapes_greedy");
-    let unary = client
-        .caption(request(
-            Kind::Image(media_file("shapes.png")),
-            "",
-            greedy(12),
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let unary =
+        client.caption(request(Kind::Image(media_file("shapes.png")), "", greedy(12))).await.unwrap().into_inner();
     assert_eq!(unary.token_ids, ids);
     assert_eq!(unary.text, text);
     assert_eq!(unary.finish_reason, proto::FinishReason::Eos as i32);
     assert_eq!(unary.model, "tiny");
     assert_eq!(unary.version, "local");
     let usage = unary.usage.unwrap();
-    assert_eq!(
-        (
-            usage.prompt_tokens,
-            usage.image_tokens,
-            usage.generated_tokens
-        ),
-        (1, 17, ids.len() as u32)
-    );
+    assert_eq!((usage.prompt_tokens, usage.image_tokens, usage.generated_tokens), (1, 17, ids.len() as u32));
 
     let mut stream = client
-        .caption_stream(request(
-            Kind::Image(media_file("shapes.png")),
-            "",
-            greedy(12),
-        ))
+        .caption_stream(request(Kind::Image(media_file("shapes.png")), "", greedy(12)))
         .await
         .unwrap()
         .into_inner();
@@ -100,11 +76,7 @@ async fn caption_and_stream_match_transformers() {
     // Visual question answering, through the `question` field.
     let (ids, _) = golden("image_vqa_greedy");
     let vqa = client
-        .caption(request(
-            Kind::Image(media_file("photo.jpg")),
-            "what is in the picture?",
-            greedy(12),
-        ))
+        .caption(request(Kind::Image(media_file("photo.jpg")), "what is in the picture?", greedy(12)))
         .await
         .unwrap()
         .into_inner();
@@ -116,9 +88,7 @@ async fn caption_and_stream_match_transformers() {
 async fn video_frames_match_transformers() {
     let server = TestServer::start("tiny-git-video", &[]);
     let mut client = CaptionerClient::new(server.channel().await);
-    let frames: Vec<Vec<u8>> = (0..6)
-        .map(|i| media_file(&format!("frames/frame_{i}.png")))
-        .collect();
+    let frames: Vec<Vec<u8>> = (0..6).map(|i| media_file(&format!("frames/frame_{i}.png"))).collect();
     for (name, count, question) in [
         ("video_caption_greedy", 6, ""),
         ("video_3frames_greedy", 3, ""),
@@ -126,14 +96,8 @@ async fn video_frames_match_transformers() {
     ] {
         let case = cases().into_iter().find(|c| c.name == name).unwrap();
         assert_eq!(case.question.as_deref().unwrap_or(""), question);
-        let media = Kind::Frames(Frames {
-            frames: frames[..count].to_vec(),
-        });
-        let out = client
-            .caption(request(media, question, greedy(12)))
-            .await
-            .unwrap()
-            .into_inner();
+        let media = Kind::Frames(Frames { frames: frames[..count].to_vec() });
+        let out = client.caption(request(media, question, greedy(12))).await.unwrap().into_inner();
         let ids: Vec<u32> = case.generated_ids.iter().map(|&t| t as u32).collect();
         assert_eq!(out.token_ids, ids, "{name}");
         assert_eq!(out.text, case.text, "{name}");
@@ -147,61 +111,22 @@ async fn bad_requests_get_clear_statuses_and_the_server_keeps_serving() {
     let png = media_file("shapes.png");
     let bad: Vec<(CaptionRequest, Code, &str)> = vec![
         (
-            request(
-                Kind::Image(b"definitely not an image".to_vec()),
-                "",
-                greedy(4),
-            ),
+            request(Kind::Image(b"definitely not an image".to_vec()), "", greedy(4)),
             Code::InvalidArgument,
             "media.image",
         ),
+        (request(Kind::Image(png[..png.len() / 2].to_vec()), "", greedy(4)), Code::InvalidArgument, "media.image"),
+        (request(Kind::Image(vec![]), "", greedy(4)), Code::InvalidArgument, "media.image"),
+        (request(Kind::Frames(Frames { frames: vec![] }), "", greedy(4)), Code::InvalidArgument, "media.frames"),
         (
-            request(Kind::Image(png[..png.len() / 2].to_vec()), "", greedy(4)),
-            Code::InvalidArgument,
-            "media.image",
-        ),
-        (
-            request(Kind::Image(vec![]), "", greedy(4)),
-            Code::InvalidArgument,
-            "media.image",
-        ),
-        (
-            request(Kind::Frames(Frames { frames: vec![] }), "", greedy(4)),
-            Code::InvalidArgument,
-            "media.frames",
-        ),
-        (
-            request(
-                Kind::Raw(RawImage {
-                    width: 10,
-                    height: 10,
-                    rgb: vec![0; 299],
-                }),
-                "",
-                greedy(4),
-            ),
+            request(Kind::Raw(RawImage { width: 10, height: 10, rgb: vec![0; 299] }), "", greedy(4)),
             Code::InvalidArgument,
             "media.raw",
         ),
+        (request(Kind::Image(png.clone()), "", greedy(0)), Code::InvalidArgument, "options.max_new_tokens"),
+        (request(Kind::Image(png.clone()), "", greedy(100_000)), Code::InvalidArgument, "options.max_new_tokens"),
         (
-            request(Kind::Image(png.clone()), "", greedy(0)),
-            Code::InvalidArgument,
-            "options.max_new_tokens",
-        ),
-        (
-            request(Kind::Image(png.clone()), "", greedy(100_000)),
-            Code::InvalidArgument,
-            "options.max_new_tokens",
-        ),
-        (
-            request(
-                Kind::Image(png.clone()),
-                "",
-                GenerationOptions {
-                    num_beams: Some(99),
-                    ..greedy(4)
-                },
-            ),
+            request(Kind::Image(png.clone()), "", GenerationOptions { num_beams: Some(99), ..greedy(4) }),
             Code::InvalidArgument,
             "options.num_beams",
         ),
@@ -209,68 +134,40 @@ async fn bad_requests_get_clear_statuses_and_the_server_keeps_serving() {
             request(
                 Kind::Image(png.clone()),
                 "",
-                GenerationOptions {
-                    do_sample: Some(true),
-                    temperature: Some(-1.0),
-                    ..greedy(4)
-                },
+                GenerationOptions { do_sample: Some(true), temperature: Some(-1.0), ..greedy(4) },
             ),
             Code::InvalidArgument,
             "options.temperature",
         ),
         (
-            request(
-                Kind::Image(png.clone()),
-                "",
-                GenerationOptions {
-                    top_p: Some(1.5),
-                    ..greedy(4)
-                },
-            ),
+            request(Kind::Image(png.clone()), "", GenerationOptions { top_p: Some(1.5), ..greedy(4) }),
             Code::InvalidArgument,
             "options.top_p",
         ),
         (
-            CaptionRequest {
-                media: None,
-                ..request(Kind::Image(png.clone()), "", greedy(4))
-            },
+            CaptionRequest { media: None, ..request(Kind::Image(png.clone()), "", greedy(4)) },
             Code::InvalidArgument,
             "media",
         ),
         (
-            CaptionRequest {
-                model: "no-such-model".into(),
-                ..request(Kind::Image(png.clone()), "", greedy(4))
-            },
+            CaptionRequest { model: "no-such-model".into(), ..request(Kind::Image(png.clone()), "", greedy(4)) },
             Code::NotFound,
             "",
         ),
     ];
     for (req, code, field) in bad {
-        let status = client
-            .caption(req)
-            .await
-            .expect_err("a bad request must fail");
+        let status = client.caption(req).await.expect_err("a bad request must fail");
         assert_eq!(status.code(), code, "{field}: {}", status.message());
         assert!(!status.message().is_empty());
         if !field.is_empty() {
             use tonic_types::StatusExt;
             let details = status.get_error_details();
-            let violations = details
-                .bad_request()
-                .expect("BadRequest details")
-                .field_violations
-                .clone();
+            let violations = details.bad_request().expect("BadRequest details").field_violations.clone();
             assert_eq!(violations[0].field, field, "{}", status.message());
         }
     }
     assert!(server.is_running());
-    let ok = client
-        .caption(request(Kind::Image(png), "", greedy(4)))
-        .await
-        .unwrap()
-        .into_inner();
+    let ok = client.caption(request(Kind::Image(png), "", greedy(4))).await.unwrap().into_inner();
     assert_eq!(ok.token_ids.len(), 4);
 }
 
@@ -280,48 +177,26 @@ async fn health_and_reflection_are_served() {
     let channel = server.channel().await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     for service in ["", "gitcap.v1.Captioner", "gitcap.v1.Captioner/tiny"] {
-        let reply = health
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(
-            reply.status,
-            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
-            "{service}"
-        );
+        let reply =
+            health.check(tonic_health::pb::HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
+        assert_eq!(reply.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32, "{service}");
     }
 
     use tonic_reflection::pb::v1::{
-        server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-        ServerReflectionRequest,
+        server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
+        server_reflection_response::MessageResponse, ServerReflectionRequest,
     };
     let mut reflection = ServerReflectionClient::new(channel);
     let ask = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut replies = reflection
-        .server_reflection_info(tokio_stream::iter(vec![ask]))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut replies = reflection.server_reflection_info(tokio_stream::iter(vec![ask])).await.unwrap().into_inner();
     let reply = replies.next().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
-        panic!("no service list")
-    };
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else { panic!("no service list") };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(
-        names.contains(&"gitcap.v1.Captioner".to_string()),
-        "{names:?}"
-    );
-    assert!(
-        names.contains(&"grpc.health.v1.Health".to_string()),
-        "{names:?}"
-    );
+    assert!(names.contains(&"gitcap.v1.Captioner".to_string()), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
 }
 
 /// A browser's view: gRPC-Web over plain HTTP/1.1, unary and server streaming.
@@ -351,41 +226,21 @@ async fn grpc_web_over_http1() {
         let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
         let headers = String::from_utf8_lossy(&raw[..split]).to_lowercase();
         assert!(headers.starts_with("http/1.1 200"), "{headers}");
-        assert!(
-            headers.contains("content-type: application/grpc-web"),
-            "{headers}"
-        );
+        assert!(headers.contains("content-type: application/grpc-web"), "{headers}");
         assert!(headers.contains("access-control-allow-origin"), "{headers}");
         let frames = grpc_web_frames(&dechunk(&raw[split + 4..], &headers));
-        let trailer = frames
-            .iter()
-            .find(|(flag, _)| flag & 0x80 != 0)
-            .map(|(_, d)| String::from_utf8_lossy(d).to_lowercase());
-        assert!(
-            trailer.unwrap_or_default().contains("grpc-status:0"),
-            "{method}"
-        );
-        let messages: Vec<&Vec<u8>> = frames
-            .iter()
-            .filter(|(flag, _)| flag & 0x80 == 0)
-            .map(|(_, d)| d)
-            .collect();
+        let trailer =
+            frames.iter().find(|(flag, _)| flag & 0x80 != 0).map(|(_, d)| String::from_utf8_lossy(d).to_lowercase());
+        assert!(trailer.unwrap_or_default().contains("grpc-status:0"), "{method}");
+        let messages: Vec<&Vec<u8>> = frames.iter().filter(|(flag, _)| flag & 0x80 == 0).map(|(_, d)| d).collect();
         if method == "Caption" {
             let reply = proto::CaptionResponse::decode(messages[0].as_slice()).unwrap();
             assert_eq!((reply.token_ids, reply.text), (ids.clone(), text.clone()));
         } else {
-            let events: Vec<proto::CaptionEvent> = messages
-                .iter()
-                .map(|m| proto::CaptionEvent::decode(m.as_slice()).unwrap())
-                .collect();
-            assert_eq!(
-                events.len(),
-                ids.len() + 1,
-                "one event per token, then the final one"
-            );
-            let Some(Event::Done(done)) = &events.last().unwrap().event else {
-                panic!("last event is not Done")
-            };
+            let events: Vec<proto::CaptionEvent> =
+                messages.iter().map(|m| proto::CaptionEvent::decode(m.as_slice()).unwrap()).collect();
+            assert_eq!(events.len(), ids.len() + 1, "one event per token, then the final one");
+            let Some(Event::Done(done)) = &events.last().unwrap().event else { panic!("last event is not Done") };
             assert_eq!(done.text, text);
         }
     }
@@ -398,9 +253,7 @@ fn dechunk(body: &[u8], headers: &str) -> Vec<u8> {
     let (mut out, mut rest) = (vec![], body);
     loop {
         let line_end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
-        let size =
-            usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap().trim(), 16)
-                .unwrap();
+        let size = usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap().trim(), 16).unwrap();
         if size == 0 {
             return out;
         }

@@ -9,19 +9,14 @@ use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
 use common::fixtures::{cases, model_dir, tensors, Case, MODELS};
-use gitcap_server::engine::{InferenceRequest, Pipeline};
+use gitcap_server::engine::{Frame, InferenceRequest, Pipeline};
 use gitcap_server::media::{decode_image, MediaLimits};
 use gitcap_server::model::generation::{generate, FinishReason, GenerationOverrides, StepControl};
 
 fn pipelines() -> HashMap<String, Pipeline> {
     MODELS
         .iter()
-        .map(|name| {
-            (
-                name.to_string(),
-                Pipeline::load(&model_dir(name), Kind::Float, Device::Cpu).unwrap(),
-            )
-        })
+        .map(|name| (name.to_string(), Pipeline::load(&model_dir(name), Kind::Float, Device::Cpu).unwrap()))
         .collect()
 }
 
@@ -31,25 +26,15 @@ fn logits_match_transformers_within_1e_4() {
     let pipelines = pipelines();
     let golden = tensors("cases.safetensors");
     let with_logits: Vec<&Case> = cases_ref().iter().filter(|c| c.has_logits).collect();
-    assert!(
-        with_logits.len() >= 3,
-        "the fixtures should carry logits for several cases"
-    );
+    assert!(with_logits.len() >= 3, "the fixtures should carry logits for several cases");
     for case in with_logits {
         let model = &pipelines[&case.model].model;
         let ids = Tensor::from_slice(&case.prompt_ids).view([1, -1]);
-        let logits = model
-            .forward(&case.pixel_values(&golden), &ids)
-            .unwrap()
-            .squeeze_dim(0);
+        let logits = model.forward(&case.pixel_values(&golden), &ids).unwrap().squeeze_dim(0);
         let expected = &golden[&format!("{}/logits", case.name)];
         assert_eq!(logits.size(), expected.size(), "{}", case.name);
         let max_diff = (&logits - expected).abs().max().double_value(&[]);
-        assert!(
-            max_diff <= 1e-4,
-            "{}: logits differ from transformers by {max_diff}",
-            case.name
-        );
+        assert!(max_diff <= 1e-4, "{}: logits differ from transformers by {max_diff}", case.name);
     }
 }
 
@@ -65,41 +50,19 @@ fn generated_tokens_equal_transformers_from_the_same_pixels() {
     let golden = tensors("cases.safetensors");
     for case in cases_ref() {
         let p = &pipelines[&case.model];
-        let image_tokens = p
-            .model
-            .image_tokens(&p.model.encode_frames(&case.pixel_values(&golden)).unwrap())
-            .unwrap();
+        let image_tokens = p.model.image_tokens(&p.model.encode_frames(&case.pixel_values(&golden)).unwrap()).unwrap();
         let config = case.overrides().apply(&p.generation);
         let mut streamed = vec![];
-        let out = generate(
-            &p.model,
-            &image_tokens,
-            &case.prompt_ids,
-            &config,
-            &mut |step| {
-                streamed.push(step.token_id);
-                StepControl::Continue
-            },
-        )
+        let out = generate(&p.model, &image_tokens, &case.prompt_ids, &config, &mut |step| {
+            streamed.extend(step.map(|s| s.token_id));
+            StepControl::Continue
+        })
         .unwrap();
-        assert_eq!(
-            out.token_ids, case.generated_ids,
-            "{}: token ids differ from transformers",
-            case.name
-        );
+        assert_eq!(out.token_ids, case.generated_ids, "{}: token ids differ from transformers", case.name);
         assert_eq!(streamed, case.generated_ids, "{}: streamed ids", case.name);
-        let eos = if case.finished_by_eos {
-            FinishReason::Eos
-        } else {
-            FinishReason::Length
-        };
+        let eos = if case.finished_by_eos { FinishReason::Eos } else { FinishReason::Length };
         assert_eq!(out.finish_reason, eos, "{}", case.name);
-        assert_eq!(
-            p.tokenizer.decode(&out.token_ids).unwrap(),
-            case.text,
-            "{}: text",
-            case.name
-        );
+        assert_eq!(p.tokenizer.decode(&out.token_ids).unwrap(), case.text, "{}: text", case.name);
     }
 }
 
@@ -110,47 +73,29 @@ fn pipeline_from_media_files_equals_transformers() {
     let media = common::fixtures::fixtures().join("media");
     for case in cases_ref() {
         let p = &pipelines[&case.model];
-        let frames = case
+        let frames: Vec<_> = case
             .media
             .iter()
-            .flat_map(|f| {
-                decode_image(
-                    &std::fs::read(media.join(f)).unwrap(),
-                    f,
-                    &MediaLimits::default(),
-                )
-                .unwrap()
-            })
+            .flat_map(|f| decode_image(&std::fs::read(media.join(f)).unwrap(), f, &MediaLimits::default()).unwrap())
             .collect();
         let request = InferenceRequest {
-            frames,
+            frames: frames.into_iter().map(Frame::Image).collect(),
             question: case.question.clone(),
             options: case.overrides(),
         };
         let mut deltas = String::new();
         let out = p
             .run(&request, &mut |event| {
-                deltas.push_str(&event.text_delta);
+                if let Some(event) = event {
+                    deltas.push_str(&event.text_delta);
+                }
                 StepControl::Continue
             })
             .unwrap();
-        assert_eq!(
-            p.prompt_ids(case.question.as_deref()).unwrap(),
-            case.prompt_ids,
-            "{}: prompt ids",
-            case.name
-        );
-        if out.token_ids != case.generated_ids {
-            eprintln!(
-                "{}: {:?} != {:?}",
-                case.name, out.token_ids, case.generated_ids
-            );
-        }
-        assert_eq!(
-            deltas, out.text,
-            "{}: streamed deltas must add up to the text",
-            case.name
-        );
+        assert_eq!(p.prompt_ids(case.question.as_deref()).unwrap(), case.prompt_ids, "{}: prompt ids", case.name);
+        assert_eq!(out.token_ids, case.generated_ids, "{}: token ids", case.name);
+        assert_eq!(out.text, case.text, "{}: text", case.name);
+        assert_eq!(deltas, out.text, "{}: streamed deltas must add up to the text", case.name);
     }
 }
 
@@ -158,15 +103,9 @@ fn pipeline_from_media_files_equals_transformers() {
 fn sampling_with_a_seed_is_reproducible() {
     let pipelines = pipelines();
     let golden = tensors("cases.safetensors");
-    let case = cases_ref()
-        .iter()
-        .find(|c| c.name == "image_caption_greedy")
-        .unwrap();
+    let case = cases_ref().iter().find(|c| c.name == "image_caption_greedy").unwrap();
     let p = &pipelines[&case.model];
-    let image_tokens = p
-        .model
-        .image_tokens(&p.model.encode_frames(&case.pixel_values(&golden)).unwrap())
-        .unwrap();
+    let image_tokens = p.model.image_tokens(&p.model.encode_frames(&case.pixel_values(&golden)).unwrap()).unwrap();
     let run = |seed: u64, beams: usize| {
         let options = GenerationOverrides {
             do_sample: Some(true),
@@ -179,28 +118,12 @@ fn sampling_with_a_seed_is_reproducible() {
             ..Default::default()
         };
         let config = options.apply(&p.generation);
-        generate(
-            &p.model,
-            &image_tokens,
-            &case.prompt_ids,
-            &config,
-            &mut |_| StepControl::Continue,
-        )
-        .unwrap()
-        .token_ids
+        generate(&p.model, &image_tokens, &case.prompt_ids, &config, &mut |_| StepControl::Continue).unwrap().token_ids
     };
     for beams in [1, 3] {
-        assert_eq!(
-            run(7, beams),
-            run(7, beams),
-            "same seed, same tokens (beams {beams})"
-        );
-        let distinct: std::collections::HashSet<Vec<i64>> =
-            (0..6).map(|seed| run(seed, beams)).collect();
-        assert!(
-            distinct.len() > 1,
-            "different seeds should give different samples (beams {beams})"
-        );
+        assert_eq!(run(7, beams), run(7, beams), "same seed, same tokens (beams {beams})");
+        let distinct: std::collections::HashSet<Vec<i64>> = (0..6).map(|seed| run(seed, beams)).collect();
+        assert!(distinct.len() > 1, "different seeds should give different samples (beams {beams})");
     }
 }
 
@@ -208,18 +131,40 @@ fn sampling_with_a_seed_is_reproducible() {
 fn reduced_precision_runs_and_stays_close() {
     let _guard = tch::no_grad_guard();
     let golden = tensors("cases.safetensors");
-    let case = cases_ref()
-        .iter()
-        .find(|c| c.name == "image_caption_greedy")
-        .unwrap();
+    let case = cases_ref().iter().find(|c| c.name == "image_caption_greedy").unwrap();
     let expected = &golden[&format!("{}/logits", case.name)];
     let p = Pipeline::load(&model_dir(&case.model), Kind::BFloat16, Device::Cpu).unwrap();
     let ids = Tensor::from_slice(&case.prompt_ids).view([1, -1]);
-    let logits = p
-        .model
-        .forward(&case.pixel_values(&golden), &ids)
-        .unwrap()
-        .squeeze_dim(0);
+    let logits = p.model.forward(&case.pixel_values(&golden), &ids).unwrap().squeeze_dim(0);
     let rel = (&logits - expected).norm().double_value(&[]) / expected.norm().double_value(&[]);
     assert!(rel < 0.1, "bf16 logits relative error {rel}");
+}
+
+/// Label scores (one padded batch) equal the log-probabilities of each label computed alone
+/// through the parity-checked forward pass.
+#[test]
+fn label_scores_equal_teacher_forced_log_probabilities() {
+    let _guard = tch::no_grad_guard();
+    let p = Pipeline::load(&model_dir("tiny-git-image"), Kind::Float, Device::Cpu).unwrap();
+    let media = common::fixtures::fixtures().join("media/shapes.png");
+    let image = decode_image(&std::fs::read(media).unwrap(), "image", &MediaLimits::default()).unwrap().remove(0);
+    let labels: Vec<String> = ["a dog", "two red circles on a table", "shapes"].iter().map(|s| s.to_string()).collect();
+    let scores = p.score_labels(&[Frame::Image(image.clone())], Some("what is it?"), &labels).unwrap();
+    let pixels = p.pixel_values(&image).unwrap().unsqueeze(0);
+    let prompt = p.prompt_ids(Some("what is it?")).unwrap();
+    for (label, score) in labels.iter().zip(&scores) {
+        let mut target = p.tokenizer.encode(label).unwrap();
+        target.push(102);
+        let mut ids = prompt.clone();
+        ids.extend(&target[..target.len() - 1]);
+        let logits = p.model.forward(&pixels, &Tensor::from_slice(&ids).view([1, -1])).unwrap();
+        let log_probs = logits.log_softmax(-1, Kind::Float);
+        let expected: f64 = target
+            .iter()
+            .enumerate()
+            .map(|(j, &t)| log_probs.double_value(&[0, (prompt.len() - 1 + j) as i64, t]))
+            .sum();
+        assert_eq!(score.tokens, target.len());
+        assert!((score.logprob - expected).abs() < 1e-3, "{label}: {} vs {expected}", score.logprob);
+    }
 }

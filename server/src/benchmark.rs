@@ -38,20 +38,11 @@ pub fn run(args: Bench) -> Result<()> {
     let mut report = serde_json::Map::new();
     for (name, pixel_values) in inputs {
         let size = pixel_values.size();
-        let frames = pixel_values.view([
-            -1,
-            size[size.len() - 3],
-            size[size.len() - 2],
-            size[size.len() - 1],
-        ]);
+        let frames = pixel_values.view([-1, size[size.len() - 3], size[size.len() - 2], size[size.len() - 1]]);
         let once = || -> Result<Vec<i64>> {
             let _guard = tch::no_grad_guard();
-            let image_tokens = pipeline
-                .model
-                .image_tokens(&pipeline.model.encode_frames(&frames)?)?;
-            let out = generate(&pipeline.model, &image_tokens, &[101], &config, &mut |_| {
-                StepControl::Continue
-            })?;
+            let image_tokens = pipeline.model.image_tokens(&pipeline.model.encode_frames(&frames)?)?;
+            let out = generate(&pipeline.model, &image_tokens, &[101], &config, &mut |_| StepControl::Continue)?;
             if device != Device::Cpu {
                 tch::Cuda::synchronize(0);
             }
@@ -67,10 +58,7 @@ pub fn run(args: Bench) -> Result<()> {
         let mut sorted = times.clone();
         sorted.sort_by(f64::total_cmp);
         let median = sorted[sorted.len() / 2];
-        report.insert(
-            name,
-            json!({"median_s": median, "runs_s": times, "tokens": tokens}),
-        );
+        report.insert(name, json!({"median_s": median, "runs_s": times, "tokens": tokens}));
     }
     println!("{}", serde_json::Value::Object(report));
     Ok(())

@@ -9,17 +9,9 @@ pub fn parse_device(text: &str) -> Result<Device> {
     let device = match text.trim().to_ascii_lowercase().as_str() {
         "cpu" => Device::Cpu,
         "cuda" => Device::Cuda(0),
-        other => match other
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse::<usize>().ok())
-        {
+        other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
             Some(n) => Device::Cuda(n),
-            None => {
-                return Err(GitcapError::invalid(
-                    "device",
-                    format!("`{text}` is not cpu, cuda or cuda:N"),
-                ))
-            }
+            None => return Err(GitcapError::invalid("device", format!("`{text}` is not cpu, cuda or cuda:N"))),
         },
     };
     if let Device::Cuda(n) = device {
@@ -27,7 +19,9 @@ pub fn parse_device(text: &str) -> Result<Device> {
         if n >= available {
             return Err(GitcapError::invalid(
                 "device",
-                format!("{text} asked for, but {available} CUDA device(s) are visible (is this a `--features cuda` build?)"),
+                format!(
+                    "{text} asked for, but {available} CUDA device(s) are visible (is this a `--features cuda` build?)"
+                ),
             ));
         }
     }
@@ -40,12 +34,7 @@ pub fn parse_dtype(text: &str) -> Result<Kind> {
         "f32" | "float32" | "float" => Kind::Float,
         "f16" | "float16" | "half" => Kind::Half,
         "bf16" | "bfloat16" => Kind::BFloat16,
-        _ => {
-            return Err(GitcapError::invalid(
-                "dtype",
-                format!("`{text}` is not f32, f16 or bf16"),
-            ))
-        }
+        _ => return Err(GitcapError::invalid("dtype", format!("`{text}` is not f32, f16 or bf16"))),
     })
 }
 

@@ -13,11 +13,7 @@ pub enum GitcapError {
     #[error("weights: tensor `{name}` is missing from the checkpoint")]
     MissingTensor { name: String },
     #[error("weights: tensor `{name}` has shape {actual:?}, the config implies {expected:?}")]
-    TensorShape {
-        name: String,
-        expected: Vec<i64>,
-        actual: Vec<i64>,
-    },
+    TensorShape { name: String, expected: Vec<i64>, actual: Vec<i64> },
     /// A request field is out of range or malformed; `field` is its path in the request.
     #[error("{field}: {message}")]
     InvalidArgument { field: String, message: String },
@@ -48,16 +44,10 @@ impl GitcapError {
     }
 
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::InvalidArgument {
-            field: field.into(),
-            message: message.into(),
-        }
+        Self::InvalidArgument { field: field.into(), message: message.into() }
     }
 
     pub fn media(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::Media {
-            field: field.into(),
-            message: message.into(),
-        }
+        Self::Media { field: field.into(), message: message.into() }
     }
 }

@@ -12,11 +12,7 @@ use gitcap_server::registry::HubOptions;
 use gitcap_server::settings::Settings;
 
 #[derive(Parser)]
-#[command(
-    name = "gitcap-server",
-    version,
-    about = "Serve Microsoft's GIT vision-language models over gRPC"
-)]
+#[command(name = "gitcap-server", version, about = "Serve Microsoft's GIT vision-language models over gRPC")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -192,9 +188,7 @@ impl GenerationArgs {
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -214,15 +208,12 @@ fn serve(args: ServeArgs) -> Result<(), gitcap_server::error::GitcapError> {
             ("model.dtype", args.dtype),
             ("hub.offline", args.offline.then(|| "true".to_string())),
             ("model.threads", args.threads.map(|t| t.to_string())),
-            (
-                "model.queue_capacity",
-                args.queue_capacity.map(|t| t.to_string()),
-            ),
+            ("model.queue_capacity", args.queue_capacity.map(|t| t.to_string())),
         ],
     )?;
     init_logging(settings.log.format == "json");
-    let runtime = tokio::runtime::Runtime::new()
-        .map_err(|e| gitcap_server::error::GitcapError::Internal(e.to_string()))?;
+    let runtime =
+        tokio::runtime::Runtime::new().map_err(|e| gitcap_server::error::GitcapError::Internal(e.to_string()))?;
     runtime.block_on(gitcap_server::server::run(settings))
 }
 
@@ -238,11 +229,7 @@ fn main() -> ExitCode {
                 tch::set_num_threads(args.model.threads);
             }
             oneshot::run(OneShot {
-                hub: HubOptions {
-                    offline: args.model.offline,
-                    token: args.model.hf_token.clone(),
-                    cache_dir: None,
-                },
+                hub: HubOptions { offline: args.model.offline, token: args.model.hf_token.clone(), cache_dir: None },
                 model: args.model.model,
                 revision: args.model.revision,
                 device: args.model.device,

@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde_json::json;
 
 use crate::device::{dtype_name, parse_device, parse_dtype};
-use crate::engine::{InferenceRequest, Pipeline};
+use crate::engine::{Frame, InferenceRequest, Pipeline};
 use crate::error::{GitcapError, Result};
 use crate::media::{decode_image, MediaLimits};
 use crate::model::generation::{FinishReason, GenerationOverrides, StepControl};
@@ -39,22 +39,19 @@ pub fn run(args: OneShot) -> Result<()> {
     let limits = MediaLimits::default();
     let mut frames = Vec::new();
     for (i, path) in args.media.iter().enumerate() {
-        let bytes = std::fs::read(path).map_err(|e| {
-            GitcapError::invalid(
-                format!("media[{i}]"),
-                format!("cannot read {}: {e}", path.display()),
-            )
-        })?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| GitcapError::invalid(format!("media[{i}]"), format!("cannot read {}: {e}", path.display())))?;
         frames.extend(decode_image(&bytes, &path.display().to_string(), &limits)?);
     }
     let request = InferenceRequest {
-        frames,
+        frames: frames.into_iter().map(Frame::Image).collect(),
         question: args.question.clone(),
         options: args.options.clone(),
     };
     let started = Instant::now();
     let mut first_token_ms = None;
     let output = pipeline.run(&request, &mut |event| {
+        let Some(event) = event else { return StepControl::Continue };
         first_token_ms.get_or_insert_with(|| started.elapsed().as_secs_f64() * 1e3);
         if args.stream && !args.json {
             use std::io::Write;
@@ -80,17 +77,13 @@ pub fn run(args: OneShot) -> Result<()> {
             "image_tokens": output.image_tokens,
             "timings_ms": {
                 "load": load_ms,
-                "preprocess": output.timings.preprocess_ms,
                 "vision": output.timings.vision_ms,
                 "decode": output.timings.decode_ms,
                 "first_token": first_token_ms,
                 "total": total_ms,
             },
         });
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("a JSON value serialises")
-        );
+        println!("{}", serde_json::to_string_pretty(&report).expect("a JSON value serialises"));
     } else if args.stream {
         println!();
     } else {

@@ -19,9 +19,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     }
     let hub = HubOptions {
         offline: settings.hub.offline,
-        token: Some(settings.hub.token.clone())
-            .filter(|t| !t.is_empty())
-            .or_else(|| std::env::var("HF_TOKEN").ok()),
+        token: Some(settings.hub.token.clone()).filter(|t| !t.is_empty()).or_else(|| std::env::var("HF_TOKEN").ok()),
         cache_dir: None::<PathBuf>,
     };
     let (device, kind) = (parse_device(&m.device)?, parse_dtype(&m.dtype)?);
@@ -30,10 +28,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     tracing::info!(model = m.name, source = m.source, "loading");
     let (pipeline, version) = tokio::task::spawn_blocking(move || -> Result<_> {
         let checkpoint = resolve(&source, Some(&revision), &hub)?;
-        Ok((
-            Pipeline::load(&checkpoint.dir, kind, device)?,
-            checkpoint.version,
-        ))
+        Ok((Pipeline::load(&checkpoint.dir, kind, device)?, checkpoint.version))
     })
     .await
     .map_err(|e| crate::error::GitcapError::Internal(e.to_string()))??;
@@ -45,12 +40,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         max_frames: pipeline.model.config.max_frames() as usize,
         weights_bytes: 0,
     };
-    tracing::info!(
-        model = info.name,
-        version = info.version,
-        secs = started.elapsed().as_secs_f64(),
-        "loaded"
-    );
+    tracing::info!(model = info.name, version = info.version, secs = started.elapsed().as_secs_f64(), "loaded");
     let models = Arc::new(Models::default());
     models.insert(ModelWorker::spawn(pipeline, info, m.queue_capacity));
 
@@ -60,13 +50,12 @@ pub async fn run(settings: Settings) -> Result<()> {
     let l = &settings.limits;
     let options = ServeOptions {
         limits: RequestLimits {
-            media: MediaLimits {
-                max_pixels: l.max_pixels,
-                max_frames: l.max_frames,
-            },
+            media: MediaLimits { max_pixels: l.max_pixels, max_frames: l.max_frames },
             max_new_tokens: l.max_new_tokens,
             max_beams: l.max_beams,
             max_question_chars: l.max_question_chars,
+            max_labels: l.max_labels,
+            max_frame_bytes: settings.server.max_message_bytes,
         },
         max_message_bytes: settings.server.max_message_bytes,
         shutdown_grace: Duration::from_secs(settings.server.shutdown_grace_secs),

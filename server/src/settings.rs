@@ -49,6 +49,7 @@ pub struct LimitSettings {
     pub max_frames: usize,
     pub max_pixels: u64,
     pub max_question_chars: usize,
+    pub max_labels: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -59,28 +60,19 @@ pub struct LogSettings {
 impl Settings {
     /// Layers the defaults, `file`, the environment and `overrides` ("section.key" → value).
     pub fn load(file: Option<&Path>, overrides: &[(&str, Option<String>)]) -> Result<Self> {
-        let mut builder = config::Config::builder()
-            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        let mut builder =
+            config::Config::builder().add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
         if let Some(file) = file {
             builder = builder.add_source(config::File::from(file).required(true));
         }
-        builder = builder.add_source(
-            config::Environment::with_prefix("GITCAP")
-                .separator("__")
-                .try_parsing(true),
-        );
+        builder = builder.add_source(config::Environment::with_prefix("GITCAP").separator("__").try_parsing(true));
         for (key, value) in overrides {
             if let Some(value) = value {
-                builder = builder
-                    .set_override(*key, value.clone())
-                    .map_err(|e| GitcapError::invalid(*key, e.to_string()))?;
+                builder =
+                    builder.set_override(*key, value.clone()).map_err(|e| GitcapError::invalid(*key, e.to_string()))?;
             }
         }
-        let config = builder
-            .build()
-            .map_err(|e| GitcapError::invalid("config", e.to_string()))?;
-        config
-            .try_deserialize()
-            .map_err(|e| GitcapError::invalid("config", e.to_string()))
+        let config = builder.build().map_err(|e| GitcapError::invalid("config", e.to_string()))?;
+        config.try_deserialize().map_err(|e| GitcapError::invalid("config", e.to_string()))
     }
 }

@@ -51,11 +51,7 @@ impl Case {
             "no_repeat_ngram_size",
         ];
         for key in k.keys() {
-            assert!(
-                known.contains(&key.as_str()),
-                "case {}: generate kwarg {key} is not mapped",
-                self.name
-            );
+            assert!(known.contains(&key.as_str()), "case {}: generate kwarg {key} is not mapped", self.name);
         }
         GenerationOverrides {
             max_new_tokens: uint("max_new_tokens"),
@@ -78,24 +74,15 @@ impl Case {
     pub fn pixel_values(&self, tensors: &HashMap<String, Tensor>) -> Tensor {
         let pv = &tensors[&format!("{}/pixel_values", self.name)];
         let size = pv.size();
-        pv.view([
-            -1,
-            size[size.len() - 3],
-            size[size.len() - 2],
-            size[size.len() - 1],
-        ])
+        pv.view([-1, size[size.len() - 3], size[size.len() - 2], size[size.len() - 1]])
     }
 }
 
 pub fn cases() -> Vec<Case> {
-    let text =
-        std::fs::read_to_string(fixtures().join("golden/cases.json")).expect("golden/cases.json");
+    let text = std::fs::read_to_string(fixtures().join("golden/cases.json")).expect("golden/cases.json");
     serde_json::from_str(&text).expect("valid cases.json")
 }
 
 pub fn tensors(file: &str) -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(fixtures().join("golden").join(file))
-        .expect("golden safetensors")
-        .into_iter()
-        .collect()
+    Tensor::read_safetensors(fixtures().join("golden").join(file)).expect("golden safetensors").into_iter().collect()
 }

@@ -17,26 +17,19 @@ impl TestServer {
     pub fn start(model: &str, extra: &[&str]) -> Self {
         let dir = super::fixtures::model_dir(model);
         let mut child = Command::new(env!("CARGO_BIN_EXE_gitcap-server"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--name",
-                "tiny",
-                "--model",
-            ])
+            .args(["serve", "--listen", "127.0.0.1:0", "--name", "tiny", "--model"])
             .arg(&dir)
             .args(extra)
             .env("RUST_LOG", "warn")
+            // Settings layering: the environment raises a limit the tests need.
+            .env("GITCAP__LIMITS__MAX_BEAMS", "32")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("starting gitcap-server");
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("reading the server's first line");
+        BufReader::new(stdout).read_line(&mut line).expect("reading the server's first line");
         let addr = line
             .trim()
             .strip_prefix("gitcap-server listening on ")

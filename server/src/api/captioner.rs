@@ -1,6 +1,7 @@
 //! The `gitcap.v1.Captioner` service: converts messages, hands requests to a model's worker
 //! and relays its events. One helper (`start` + `relay`) serves every RPC.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,11 +9,14 @@ use std::time::{Duration, Instant};
 use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{self, RequestLimits};
-use crate::engine::{EngineEvent, InferenceRequest, ModelWorker};
+use super::upload::{self, FrameAssembler};
+use crate::engine::{EngineEvent, Frame, InferenceRequest, ModelWorker};
 use crate::error::GitcapError;
+use crate::media::MediaLimits;
+use crate::model::generation::GenerationOverrides;
 use crate::proto::{self, captioner_server::Captioner};
 use crate::registry::Models;
 
@@ -23,10 +27,7 @@ pub struct CaptionerService {
 
 impl CaptionerService {
     pub fn new(models: Arc<Models>, limits: RequestLimits) -> Self {
-        Self {
-            models,
-            limits: Arc::new(limits),
-        }
+        Self { models, limits: Arc::new(limits) }
     }
 
     /// Validates and decodes a request (off the runtime) and queues it on its model.
@@ -35,29 +36,65 @@ impl CaptionerService {
         let timeout = grpc_timeout(&request);
         let request = request.into_inner();
         let worker = self.models.get(&request.model)?;
-        let question = convert::question(&request, &self.limits)?;
+        let question = convert::question(&request.question, &self.limits)?;
         let options = convert::overrides(request.options.as_ref(), &self.limits)?;
-        let limits = self.limits.clone();
-        let frames = tokio::task::spawn_blocking(move || {
-            convert::decode_media(request.media.as_ref(), &limits.media)
-        })
-        .await
-        .map_err(|e| Status::internal(format!("media decoding task failed: {e}")))??;
-        let remaining = timeout.map(|t| t.saturating_sub(started.elapsed()));
-        let events = worker.submit(
-            InferenceRequest {
-                frames,
-                question,
-                options,
-            },
-            remaining,
-        )?;
-        Ok(Started {
-            worker,
-            events,
-            started,
-        })
+        let frames = self.decode(request.media).await?;
+        let frames = frames.into_iter().map(Frame::Image).collect();
+        submit(worker, InferenceRequest { frames, question, options }, timeout, started)
     }
+
+    async fn decode(&self, media: Option<proto::Media>) -> Result<Vec<image::RgbImage>, Status> {
+        let limits = self.limits.clone();
+        let frames = tokio::task::spawn_blocking(move || convert::decode_media(media.as_ref(), &limits.media))
+            .await
+            .map_err(|e| Status::internal(format!("media decoding task failed: {e}")))??;
+        Ok(frames)
+    }
+
+    /// Receives an upload: the start message, then frames, each encoded by the vision tower
+    /// as soon as it is complete; queues the request when the stream ends.
+    async fn start_upload(&self, request: Request<Streaming<proto::UploadMessage>>) -> Result<Started, Status> {
+        use proto::upload_message::Message;
+        let started = Instant::now();
+        let timeout = grpc_timeout(&request);
+        let mut stream = request.into_inner();
+        let Some(Message::Start(start)) = stream.message().await?.and_then(|m| m.message) else {
+            return Err(GitcapError::invalid("start", "the first message of an upload must be `start`").into());
+        };
+        let worker = self.models.get(&start.model)?;
+        let question = convert::question(&start.question, &self.limits)?;
+        let options = convert::overrides(start.options.as_ref(), &self.limits)?;
+        let declared = start.frame_count as usize;
+        let mut assembler = FrameAssembler::new(worker.clone(), (*self.limits).clone(), declared)?;
+        let mut tasks = Vec::new();
+        while let Some(message) = stream.message().await? {
+            match message.message {
+                Some(Message::Chunk(chunk)) => {
+                    if let Some((_, Some(task))) = assembler.push(chunk)? {
+                        tasks.push(task);
+                    }
+                }
+                _ => return Err(GitcapError::invalid("start", "only the first message may be `start`").into()),
+            }
+        }
+        assembler.finish(declared)?;
+        let mut frames = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            frames.push(Frame::Encoded(upload::encoded(task).await?));
+        }
+        submit(worker, InferenceRequest { frames, question, options }, timeout, started)
+    }
+}
+
+fn submit(
+    worker: ModelWorker,
+    request: InferenceRequest,
+    timeout: Option<Duration>,
+    started: Instant,
+) -> Result<Started, Status> {
+    let remaining = timeout.map(|t| t.saturating_sub(started.elapsed()));
+    let events = worker.submit(request, remaining)?;
+    Ok(Started { worker, events, started })
 }
 
 struct Started {
@@ -67,19 +104,21 @@ struct Started {
 }
 
 impl Started {
-    fn response(
-        &self,
-        output: crate::engine::InferenceOutput,
-        queue_ms: f64,
-    ) -> proto::CaptionResponse {
+    /// Waits for the whole answer.
+    async fn finish(mut self) -> Result<proto::CaptionResponse, Status> {
+        while let Some(event) = self.events.recv().await {
+            match event {
+                EngineEvent::Token(_) => {}
+                EngineEvent::Done { output, queue_ms } => return Ok(self.response(output, queue_ms)),
+                EngineEvent::Failed(e) => return Err(e.into()),
+            }
+        }
+        Err(GitcapError::Internal("the model thread ended without an answer".into()).into())
+    }
+
+    fn response(&self, output: crate::engine::InferenceOutput, queue_ms: f64) -> proto::CaptionResponse {
         let total_ms = self.started.elapsed().as_secs_f64() * 1e3;
-        convert::response(
-            output,
-            queue_ms,
-            total_ms,
-            &self.worker.info.name,
-            &self.worker.info.version,
-        )
+        convert::response(output, queue_ms, total_ms, &self.worker.info.name, &self.worker.info.version)
     }
 }
 
@@ -101,34 +140,160 @@ fn grpc_timeout<T>(request: &Request<T>) -> Option<Duration> {
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<proto::CaptionEvent, Status>> + Send>>;
 
+type LiveStream = Pin<Box<dyn Stream<Item = Result<proto::LiveEvent, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Captioner for CaptionerService {
     async fn caption(
         &self,
         request: Request<proto::CaptionRequest>,
     ) -> Result<Response<proto::CaptionResponse>, Status> {
-        let mut started = self.start(request).await?;
-        while let Some(event) = started.events.recv().await {
-            match event {
-                EngineEvent::Token(_) => {}
-                EngineEvent::Done { output, queue_ms } => {
-                    return Ok(Response::new(started.response(output, queue_ms)))
-                }
-                EngineEvent::Failed(e) => return Err(e.into()),
-            }
-        }
-        Err(GitcapError::Internal("the model thread ended without an answer".into()).into())
+        Ok(Response::new(self.start(request).await?.finish().await?))
     }
 
     type CaptionStreamStream = EventStream;
 
-    async fn caption_stream(
-        &self,
-        request: Request<proto::CaptionRequest>,
-    ) -> Result<Response<EventStream>, Status> {
-        let started = self.start(request).await?;
-        Ok(Response::new(relay(started)))
+    async fn caption_stream(&self, request: Request<proto::CaptionRequest>) -> Result<Response<EventStream>, Status> {
+        Ok(Response::new(relay(self.start(request).await?)))
     }
+
+    async fn upload_frames(
+        &self,
+        request: Request<Streaming<proto::UploadMessage>>,
+    ) -> Result<Response<proto::CaptionResponse>, Status> {
+        Ok(Response::new(self.start_upload(request).await?.finish().await?))
+    }
+
+    type UploadFramesStreamStream = EventStream;
+
+    async fn upload_frames_stream(
+        &self,
+        request: Request<Streaming<proto::UploadMessage>>,
+    ) -> Result<Response<EventStream>, Status> {
+        Ok(Response::new(relay(self.start_upload(request).await?)))
+    }
+
+    type LiveCaptionStream = LiveStream;
+
+    async fn live_caption(
+        &self,
+        request: Request<Streaming<proto::LiveMessage>>,
+    ) -> Result<Response<LiveStream>, Status> {
+        use proto::live_message::Message;
+        let mut stream = request.into_inner();
+        let Some(Message::Start(start)) = stream.message().await?.and_then(|m| m.message) else {
+            return Err(GitcapError::invalid("start", "the first message of a live stream must be `start`").into());
+        };
+        let worker = self.models.get(&start.model)?;
+        let question = convert::question(&start.question, &self.limits)?;
+        let options = convert::overrides(start.options.as_ref(), &self.limits)?;
+        let max = worker.info.max_frames;
+        let window = if start.window == 0 { max } else { start.window as usize };
+        if window > max {
+            return Err(GitcapError::invalid("start.window", format!("this model takes at most {max} frames")).into());
+        }
+        let stride = if start.stride == 0 { window } else { start.stride as usize };
+        let limits = RequestLimits {
+            media: MediaLimits { max_frames: usize::MAX, ..self.limits.media },
+            ..(*self.limits).clone()
+        };
+        let (tx, rx) = mpsc::channel(8);
+        tokio::spawn(async move {
+            let live = LiveSession { worker, question, options, window, stride, limits };
+            if let Err(status) = live.run(&mut stream, &tx).await {
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn score_labels(
+        &self,
+        request: Request<proto::ScoreLabelsRequest>,
+    ) -> Result<Response<proto::ScoreLabelsResponse>, Status> {
+        let request = request.into_inner();
+        let worker = self.models.get(&request.model)?;
+        let labels = convert::labels(&request.labels, &self.limits)?;
+        let prompt = convert::question(&request.prompt, &self.limits)?;
+        let frames = self.decode(request.media).await?.into_iter().map(Frame::Image).collect();
+        let mut scores = worker.score_labels(frames, prompt, labels).await?;
+        scores.sort_by(|a, b| b.logprob.total_cmp(&a.logprob));
+        Ok(Response::new(proto::ScoreLabelsResponse {
+            scores: scores
+                .into_iter()
+                .map(|s| proto::LabelScore {
+                    mean_logprob: s.logprob / s.tokens as f64,
+                    label: s.label,
+                    logprob: s.logprob,
+                    tokens: s.tokens as u32,
+                })
+                .collect(),
+            model: worker.info.name.clone(),
+            version: worker.info.version.clone(),
+        }))
+    }
+}
+
+/// One live-captioning stream: frames are encoded as they arrive and kept for the current
+/// window; every `stride` frames the latest `window` are captioned.
+struct LiveSession {
+    worker: ModelWorker,
+    question: Option<String>,
+    options: GenerationOverrides,
+    window: usize,
+    stride: usize,
+    limits: RequestLimits,
+}
+
+impl LiveSession {
+    async fn run(
+        self,
+        stream: &mut Streaming<proto::LiveMessage>,
+        tx: &mpsc::Sender<Result<proto::LiveEvent, Status>>,
+    ) -> Result<(), Status> {
+        use proto::live_message::Message;
+        let mut assembler = FrameAssembler::new(self.worker.clone(), self.limits.clone(), 0)?;
+        let mut recent: VecDeque<tch::Tensor> = VecDeque::with_capacity(self.window);
+        let mut captioned_up_to = None;
+        while let Some(message) = stream.message().await? {
+            let Some(Message::Chunk(chunk)) = message.message else {
+                return Err(GitcapError::invalid("start", "only the first message may be `start`").into());
+            };
+            let Some((index, Some(task))) = assembler.push(chunk)? else { continue };
+            if recent.len() == self.window {
+                recent.pop_front();
+            }
+            recent.push_back(upload::encoded(task).await?);
+            let seen = index + 1;
+            if seen >= self.window && (seen - self.window) % self.stride == 0 {
+                self.caption(snapshot(&recent), index, tx).await?;
+                captioned_up_to = Some(index);
+            }
+        }
+        // A stream shorter than one window still gets a caption of what arrived.
+        if captioned_up_to.is_none() && !recent.is_empty() {
+            self.caption(snapshot(&recent), assembler.received - 1, tx).await?;
+        }
+        Ok(())
+    }
+
+    async fn caption(
+        &self,
+        frames: Vec<Frame>,
+        last_frame: usize,
+        tx: &mpsc::Sender<Result<proto::LiveEvent, Status>>,
+    ) -> Result<(), Status> {
+        let first_frame = (last_frame + 1 - frames.len()) as u64;
+        let request = InferenceRequest { frames, question: self.question.clone(), options: self.options.clone() };
+        let caption = submit(self.worker.clone(), request, None, Instant::now())?.finish().await?;
+        let event = proto::LiveEvent { first_frame, last_frame: last_frame as u64, caption: Some(caption) };
+        tx.send(Ok(event)).await.map_err(|_| Status::cancelled("the client went away"))
+    }
+}
+
+/// The window's frames, sharing the encoded features.
+fn snapshot(recent: &VecDeque<tch::Tensor>) -> Vec<Frame> {
+    recent.iter().map(|f| Frame::Encoded(f.shallow_clone())).collect()
 }
 
 /// Forwards a request's engine events to the client as `CaptionEvent`s. When the client goes
@@ -138,12 +303,16 @@ fn relay(mut started: Started) -> EventStream {
     let (tx, rx) = mpsc::channel(32);
     tokio::spawn(async move {
         use proto::caption_event::Event;
-        while let Some(event) = started.events.recv().await {
+        loop {
+            // Watch the client too: beam search sends nothing until it ends.
+            let event = tokio::select! {
+                event = started.events.recv() => event,
+                _ = tx.closed() => None,
+            };
+            let Some(event) = event else { break };
             let (message, last) = match event {
                 EngineEvent::Token(token) => (Ok(Event::Token(convert::token_event(token))), false),
-                EngineEvent::Done { output, queue_ms } => {
-                    (Ok(Event::Done(started.response(output, queue_ms))), true)
-                }
+                EngineEvent::Done { output, queue_ms } => (Ok(Event::Done(started.response(output, queue_ms))), true),
                 EngineEvent::Failed(e) => (Err(Status::from(e)), true),
             };
             let message = message.map(|event| proto::CaptionEvent { event: Some(event) });

@@ -15,6 +15,9 @@ pub struct RequestLimits {
     pub max_new_tokens: usize,
     pub max_beams: usize,
     pub max_question_chars: usize,
+    pub max_labels: usize,
+    /// Largest single frame of an upload, in bytes (its chunks added up).
+    pub max_frame_bytes: usize,
 }
 
 impl Default for RequestLimits {
@@ -24,6 +27,8 @@ impl Default for RequestLimits {
             max_new_tokens: 256,
             max_beams: 8,
             max_question_chars: 1000,
+            max_labels: 100,
+            max_frame_bytes: 32 << 20,
         }
     }
 }
@@ -31,12 +36,9 @@ impl Default for RequestLimits {
 /// Decodes the request's media into frames (CPU work: call it off the async runtime).
 pub fn decode_media(media: Option<&proto::Media>, limits: &MediaLimits) -> Result<Vec<RgbImage>> {
     use proto::media::Kind;
-    let kind = media.and_then(|m| m.kind.as_ref()).ok_or_else(|| {
-        GitcapError::invalid(
-            "media",
-            "no media: set media.image, media.frames or media.raw",
-        )
-    })?;
+    let kind = media
+        .and_then(|m| m.kind.as_ref())
+        .ok_or_else(|| GitcapError::invalid("media", "no media: set media.image, media.frames or media.raw"))?;
     match kind {
         Kind::Image(bytes) => decode_image(bytes, "media.image", limits),
         Kind::Frames(frames) => {
@@ -46,11 +48,7 @@ pub fn decode_media(media: Option<&proto::Media>, limits: &MediaLimits) -> Resul
             if frames.frames.len() > limits.max_frames {
                 return Err(GitcapError::invalid(
                     "media.frames",
-                    format!(
-                        "{} frames is more than the limit of {}",
-                        frames.frames.len(),
-                        limits.max_frames
-                    ),
+                    format!("{} frames is more than the limit of {}", frames.frames.len(), limits.max_frames),
                 ));
             }
             let mut decoded = Vec::with_capacity(frames.frames.len());
@@ -60,57 +58,66 @@ pub fn decode_media(media: Option<&proto::Media>, limits: &MediaLimits) -> Resul
             }
             Ok(decoded)
         }
-        Kind::Raw(raw) => Ok(vec![from_raw_rgb(
-            raw.width,
-            raw.height,
-            &raw.rgb,
-            "media.raw",
-            limits,
-        )?]),
+        Kind::Raw(raw) => Ok(vec![from_raw_rgb(raw.width, raw.height, &raw.rgb, "media.raw", limits)?]),
     }
 }
 
-pub fn question(request: &proto::CaptionRequest, limits: &RequestLimits) -> Result<Option<String>> {
-    let q = request.question.trim();
+pub fn question(text: &str, limits: &RequestLimits) -> Result<Option<String>> {
+    let q = text.trim();
     if q.is_empty() {
         return Ok(None);
     }
-    if q.chars().count() > limits.max_question_chars {
+    let chars = q.chars().count();
+    if chars > limits.max_question_chars {
         return Err(GitcapError::invalid(
             "question",
-            format!(
-                "{} characters is more than the limit of {}",
-                q.chars().count(),
-                limits.max_question_chars
-            ),
+            format!("{chars} characters is more than the limit of {}", limits.max_question_chars),
         ));
     }
     Ok(Some(q.to_string()))
 }
 
+/// Candidate labels for scoring: at least one, each non-empty, within the limits.
+pub fn labels(labels: &[String], limits: &RequestLimits) -> Result<Vec<String>> {
+    if labels.is_empty() {
+        return Err(GitcapError::invalid("labels", "give at least one candidate label"));
+    }
+    if labels.len() > limits.max_labels {
+        return Err(GitcapError::invalid(
+            "labels",
+            format!("{} labels is more than the limit of {}", labels.len(), limits.max_labels),
+        ));
+    }
+    labels
+        .iter()
+        .enumerate()
+        .map(|(i, label)| {
+            let label = label.trim();
+            if label.is_empty() {
+                Err(GitcapError::invalid(format!("labels[{i}]"), "a label must not be empty"))
+            } else if label.chars().count() > limits.max_question_chars {
+                Err(GitcapError::invalid(format!("labels[{i}]"), "the label is too long"))
+            } else {
+                Ok(label.to_string())
+            }
+        })
+        .collect()
+}
+
 /// Generation options, checked against the server's limits.
-pub fn overrides(
-    options: Option<&proto::GenerationOptions>,
-    limits: &RequestLimits,
-) -> Result<GenerationOverrides> {
+pub fn overrides(options: Option<&proto::GenerationOptions>, limits: &RequestLimits) -> Result<GenerationOverrides> {
     let Some(o) = options else {
         return Ok(GenerationOverrides::default());
     };
     let bad = |field: &str, msg: String| Err(GitcapError::invalid(format!("options.{field}"), msg));
     if let Some(n) = o.max_new_tokens {
         if n == 0 || n as usize > limits.max_new_tokens {
-            return bad(
-                "max_new_tokens",
-                format!("must be 1 to {}, got {n}", limits.max_new_tokens),
-            );
+            return bad("max_new_tokens", format!("must be 1 to {}, got {n}", limits.max_new_tokens));
         }
     }
     if let Some(n) = o.num_beams {
         if n == 0 || n as usize > limits.max_beams {
-            return bad(
-                "num_beams",
-                format!("must be 1 to {}, got {n}", limits.max_beams),
-            );
+            return bad("num_beams", format!("must be 1 to {}, got {n}", limits.max_beams));
         }
     }
     if let Some(t) = o.temperature {
@@ -125,10 +132,7 @@ pub fn overrides(
     }
     if let Some(p) = o.repetition_penalty {
         if !(p > 0.0 && p.is_finite() && p <= 100.0) {
-            return bad(
-                "repetition_penalty",
-                format!("must be in (0, 100], got {p}"),
-            );
+            return bad("repetition_penalty", format!("must be in (0, 100], got {p}"));
         }
     }
     if let Some(p) = o.length_penalty {
@@ -141,13 +145,7 @@ pub fn overrides(
         min_new_tokens: o.min_new_tokens.map(|v| v as usize),
         num_beams: o.num_beams.map(|v| v as usize),
         length_penalty: o.length_penalty.map(f64::from),
-        early_stopping: o.early_stopping.map(|v| {
-            if v {
-                EarlyStopping::Yes
-            } else {
-                EarlyStopping::No
-            }
-        }),
+        early_stopping: o.early_stopping.map(|v| if v { EarlyStopping::Yes } else { EarlyStopping::No }),
         do_sample: o.do_sample,
         temperature: o.temperature.map(f64::from),
         top_k: o.top_k.map(|v| v as usize),
@@ -188,7 +186,6 @@ pub fn response(
         }),
         timings: Some(proto::Timings {
             queue_ms,
-            preprocess_ms: output.timings.preprocess_ms,
             vision_ms: output.timings.vision_ms,
             decode_ms: output.timings.decode_ms,
             total_ms,

@@ -4,6 +4,7 @@
 pub mod captioner;
 pub mod convert;
 pub mod status;
+pub mod upload;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,13 +41,9 @@ pub async fn serve(
 ) -> Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
-    health
-        .set_service_status(SERVICE_NAME, ServingStatus::Serving)
-        .await;
+    health.set_service_status(SERVICE_NAME, ServingStatus::Serving).await;
     for name in models.names() {
-        health
-            .set_service_status(format!("{SERVICE_NAME}/{name}"), ServingStatus::Serving)
-            .await;
+        health.set_service_status(format!("{SERVICE_NAME}/{name}"), ServingStatus::Serving).await;
     }
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -68,19 +65,11 @@ pub async fn serve(
         let models = models.clone();
         async move {
             shutdown.await;
-            tracing::info!(
-                "shutting down: health NOT_SERVING, no new requests, {grace:?} for in-flight ones"
-            );
-            health
-                .set_service_status("", ServingStatus::NotServing)
-                .await;
-            health
-                .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
-                .await;
+            tracing::info!("shutting down: health NOT_SERVING, no new requests, {grace:?} for in-flight ones");
+            health.set_service_status("", ServingStatus::NotServing).await;
+            health.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
             for name in models.names() {
-                health
-                    .set_service_status(format!("{SERVICE_NAME}/{name}"), ServingStatus::NotServing)
-                    .await;
+                health.set_service_status(format!("{SERVICE_NAME}/{name}"), ServingStatus::NotServing).await;
             }
         }
     };
@@ -109,11 +98,9 @@ pub async fn serve(
 
 /// Binds `addr` (port 0 = any free port).
 pub async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr)> {
-    let listener = TcpListener::bind(addr).await.map_err(|e| {
-        GitcapError::invalid("server.listen", format!("cannot listen on {addr}: {e}"))
-    })?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| GitcapError::Internal(e.to_string()))?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| GitcapError::invalid("server.listen", format!("cannot listen on {addr}: {e}")))?;
+    let local = listener.local_addr().map_err(|e| GitcapError::Internal(e.to_string()))?;
     Ok((listener, local))
 }

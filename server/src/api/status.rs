@@ -10,14 +10,7 @@ impl From<GitcapError> for Status {
     fn from(error: GitcapError) -> Self {
         let message = error.to_string();
         match &error {
-            GitcapError::InvalidArgument {
-                field,
-                message: why,
-            }
-            | GitcapError::Media {
-                field,
-                message: why,
-            } => {
+            GitcapError::InvalidArgument { field, message: why } | GitcapError::Media { field, message: why } => {
                 let details = ErrorDetails::with_bad_request_violation(field.clone(), why.clone());
                 Status::with_error_details(Code::InvalidArgument, message, details)
             }

@@ -4,5 +4,5 @@
 pub mod pipeline;
 pub mod worker;
 
-pub use pipeline::{InferenceOutput, InferenceRequest, Pipeline, TokenEvent};
+pub use pipeline::{Frame, InferenceOutput, InferenceRequest, LabelScore, Pipeline, TokenEvent};
 pub use worker::{EngineEvent, ModelInfo, ModelWorker};

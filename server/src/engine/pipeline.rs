@@ -10,9 +10,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{GitcapError, Result};
 use crate::media::{sample_frame_indices, PreprocessorConfig};
-use crate::model::generation::{
-    self, FinishReason, GenerationConfig, GenerationOverrides, StepControl, TokenStep,
-};
+use crate::model::generation::{self, FinishReason, GenerationConfig, GenerationOverrides, StepControl, TokenStep};
 use crate::model::tokenizer::{GitTokenizer, TextStream};
 use crate::model::GitForCausalLM;
 
@@ -24,10 +22,17 @@ pub struct Pipeline {
     pub generation: GenerationConfig,
 }
 
-/// A request as the model sees it: decoded frames in order, an optional question, and the
+/// One frame of a request: decoded pixels, or the vision tower's output for it
+/// ([`Pipeline::encode_frame`]) when it was encoded ahead, as frames arrived.
+pub enum Frame {
+    Image(RgbImage),
+    Encoded(Tensor),
+}
+
+/// A request as the model sees it: frames in order, an optional question, and the
 /// caller's generation options (over the checkpoint's `generation_config.json`).
 pub struct InferenceRequest {
-    pub frames: Vec<RgbImage>,
+    pub frames: Vec<Frame>,
     pub question: Option<String>,
     pub options: GenerationOverrides,
 }
@@ -43,7 +48,7 @@ pub struct TokenEvent {
 
 #[derive(Debug, Clone, Default)]
 pub struct Timings {
-    pub preprocess_ms: f64,
+    /// Preprocessing and the vision tower (for frames not encoded ahead).
     pub vision_ms: f64,
     pub decode_ms: f64,
 }
@@ -64,53 +69,62 @@ impl Pipeline {
     pub fn load(dir: &Path, kind: Kind, device: Device) -> Result<Self> {
         let model = GitForCausalLM::from_dir(dir, kind, device)?;
         let c = &model.config;
-        let generation =
-            GenerationConfig::for_checkpoint(dir, c.bos_token_id, c.eos_token_id, c.pad_token_id)?;
+        let generation = GenerationConfig::for_checkpoint(dir, c.bos_token_id, c.eos_token_id, c.pad_token_id)?;
         let tokenizer = GitTokenizer::from_dir(dir)?;
         let preprocessor = PreprocessorConfig::from_file(&dir.join("preprocessor_config.json"))?;
-        Ok(Self {
-            model,
-            tokenizer,
-            preprocessor,
-            generation,
-        })
+        Ok(Self { model, tokenizer, preprocessor, generation })
     }
 
-    /// The frames the model will look at: a video checkpoint takes up to its frame count,
-    /// sampled evenly across longer videos; an image checkpoint takes the first frame.
-    pub fn select_frames<'a>(&self, frames: &'a [RgbImage]) -> Result<Vec<&'a RgbImage>> {
-        if frames.is_empty() {
+    /// Indices of the frames the model will look at, out of `total`: a video checkpoint takes
+    /// up to its frame count, sampled evenly across longer videos; an image checkpoint one.
+    pub fn frames_to_use(&self, total: usize) -> Result<Vec<usize>> {
+        if total == 0 {
             return Err(GitcapError::invalid("media", "no image or frame was given"));
         }
-        let wanted = self.model.config.max_frames() as usize;
-        Ok(sample_frame_indices(frames.len(), wanted)
-            .into_iter()
-            .map(|i| &frames[i])
-            .collect())
+        Ok(sample_frame_indices(total, self.model.config.max_frames() as usize))
     }
 
-    /// Preprocessed pixels [frames, 3, H, W] (f32, CPU).
-    pub fn pixel_values(&self, frames: &[&RgbImage]) -> Result<Tensor> {
-        let per_frame: Vec<Tensor> = frames
-            .iter()
-            .map(|frame| {
-                let pixels = self.preprocessor.preprocess(frame)?;
-                Ok(Tensor::from_slice(&pixels.data).view([
-                    3,
-                    pixels.height as i64,
-                    pixels.width as i64,
-                ]))
-            })
-            .collect::<Result<_>>()?;
-        Ok(Tensor::stack(&per_frame, 0))
+    /// Preprocessed pixels of one frame [3, H, W] (f32, CPU).
+    pub fn pixel_values(&self, frame: &RgbImage) -> Result<Tensor> {
+        let pixels = self.preprocessor.preprocess(frame)?;
+        Ok(Tensor::from_slice(&pixels.data).view([3, pixels.height as i64, pixels.width as i64]))
+    }
+
+    /// The vision tower's output for one frame: [1, tokens_per_image, vision hidden].
+    pub fn encode_frame(&self, frame: &RgbImage) -> Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        self.model.encode_frames(&self.pixel_values(frame)?.unsqueeze(0))
+    }
+
+    /// The decoder's image tokens for the frames the model uses, and how many that is.
+    fn image_tokens(&self, frames: &[Frame]) -> Result<(Tensor, usize)> {
+        let used = self.frames_to_use(frames.len())?;
+        let mut features: Vec<Option<Tensor>> = Vec::with_capacity(used.len());
+        let mut pending = Vec::new();
+        for &i in &used {
+            match &frames[i] {
+                Frame::Encoded(f) => features.push(Some(f.shallow_clone())),
+                Frame::Image(image) => {
+                    pending.push((features.len(), self.pixel_values(image)?));
+                    features.push(None);
+                }
+            }
+        }
+        if !pending.is_empty() {
+            // Frames still to encode go through the vision tower as one batch.
+            let pixels = Tensor::stack(&pending.iter().map(|(_, p)| p.shallow_clone()).collect::<Vec<_>>(), 0);
+            let encoded = self.model.encode_frames(&pixels)?;
+            for (row, (slot, _)) in pending.iter().enumerate() {
+                features[*slot] = Some(encoded.narrow(0, row as i64, 1));
+            }
+        }
+        let features: Vec<Tensor> = features.into_iter().map(|f| f.expect("every frame is encoded")).collect();
+        Ok((self.model.image_tokens(&Tensor::cat(&features, 0))?, used.len()))
     }
 
     /// Prompt ids: [CLS] (the BOS id), then the question's tokens without [SEP].
     pub fn prompt_ids(&self, question: Option<&str>) -> Result<Vec<i64>> {
-        let bos = self
-            .generation
-            .bos_token_id
-            .unwrap_or(self.model.config.bos_token_id);
+        let bos = self.generation.bos_token_id.unwrap_or(self.model.config.bos_token_id);
         let mut ids = vec![bos];
         if let Some(question) = question.filter(|q| !q.trim().is_empty()) {
             ids.extend(self.tokenizer.encode(question)?);
@@ -123,40 +137,26 @@ impl Pipeline {
     pub fn run(
         &self,
         request: &InferenceRequest,
-        on_token: &mut dyn FnMut(TokenEvent) -> StepControl,
+        on_token: &mut dyn FnMut(Option<TokenEvent>) -> StepControl,
     ) -> Result<InferenceOutput> {
         let _guard = tch::no_grad_guard();
         let started = Instant::now();
-        let frames = self.select_frames(&request.frames)?;
-        let pixel_values = self.pixel_values(&frames)?;
-        let preprocessed = Instant::now();
-        let image_tokens = self
-            .model
-            .image_tokens(&self.model.encode_frames(&pixel_values)?)?;
+        let (image_tokens, frames_used) = self.image_tokens(&request.frames)?;
         let prompt = self.prompt_ids(request.question.as_deref())?;
         let encoded = Instant::now();
         let mut stream = TextStream::new(&self.tokenizer);
         let mut stream_error = None;
         let config = request.options.apply(&self.generation);
-        let generated = generation::generate(
-            &self.model,
-            &image_tokens,
-            &prompt,
-            &config,
-            &mut |step: TokenStep| {
+        let generated =
+            generation::generate(&self.model, &image_tokens, &prompt, &config, &mut |step: Option<TokenStep>| {
+                let Some(step) = step else { return on_token(None) };
                 let text_delta = stream.push(step.token_id, step.last).unwrap_or_else(|e| {
                     stream_error = Some(e);
                     String::new()
                 });
                 let special = self.tokenizer.is_special(step.token_id);
-                on_token(TokenEvent {
-                    token_id: step.token_id,
-                    text_delta,
-                    logprob: step.logprob,
-                    special,
-                })
-            },
-        )?;
+                on_token(Some(TokenEvent { token_id: step.token_id, text_delta, logprob: step.logprob, special }))
+            })?;
         if let Some(e) = stream_error {
             return Err(e);
         }
@@ -165,19 +165,72 @@ impl Pipeline {
         Ok(InferenceOutput {
             prompt_tokens: prompt.len(),
             image_tokens: image_tokens.size()[1] as usize,
-            frames_used: frames.len(),
+            frames_used,
             token_ids: generated.token_ids,
             text,
             finish_reason: generated.finish_reason,
-            timings: Timings {
-                preprocess_ms: ms(started, preprocessed),
-                vision_ms: ms(preprocessed, encoded),
-                decode_ms: ms(encoded, done),
-            },
+            timings: Timings { vision_ms: ms(started, encoded), decode_ms: ms(encoded, done) },
         })
     }
 }
 
 fn ms(from: Instant, to: Instant) -> f64 {
     (to - from).as_secs_f64() * 1e3
+}
+
+/// A candidate label's score: log p(label tokens, EOS | media, prompt).
+#[derive(Debug, Clone)]
+pub struct LabelScore {
+    pub label: String,
+    pub logprob: f64,
+    pub tokens: usize,
+}
+
+impl Pipeline {
+    /// Scores each label as the continuation of `[CLS] prompt` after the frames, teacher-forced
+    /// in one batch: the sum of the log-probabilities of its tokens and of EOS.
+    pub fn score_labels(&self, frames: &[Frame], prompt: Option<&str>, labels: &[String]) -> Result<Vec<LabelScore>> {
+        let _guard = tch::no_grad_guard();
+        let (image_tokens, _) = self.image_tokens(frames)?;
+        let prompt = self.prompt_ids(prompt)?;
+        let eos = self.generation.eos_token_ids().first().copied().unwrap_or(self.model.config.eos_token_id);
+        let mut targets = Vec::with_capacity(labels.len());
+        for (i, label) in labels.iter().enumerate() {
+            let mut ids = self.tokenizer.encode(label)?;
+            if ids.is_empty() {
+                return Err(GitcapError::invalid(format!("labels[{i}]"), "the label has no tokens"));
+            }
+            ids.push(eos);
+            targets.push(ids);
+        }
+        let longest = targets.iter().map(Vec::len).max().unwrap_or(0);
+        let width = prompt.len() + longest - 1;
+        let pad = self.model.config.pad_token_id;
+        let rows: Vec<i64> = targets
+            .iter()
+            .flat_map(|t| {
+                let mut row = prompt.clone();
+                row.extend(&t[..t.len() - 1]);
+                row.resize(width, pad);
+                row
+            })
+            .collect();
+        let input = Tensor::from_slice(&rows).view([labels.len() as i64, width as i64]);
+        let mut cache = self.model.prefill_image(&image_tokens, labels.len() as i64, width as i64)?;
+        // Padding sits after each row's real tokens, so causal attention never lets it matter.
+        let log_probs = self.model.decode(&input, &mut cache).log_softmax(-1, tch::Kind::Float).to_device(Device::Cpu);
+        Ok(labels
+            .iter()
+            .zip(&targets)
+            .enumerate()
+            .map(|(row, (label, target))| {
+                let logprob = target
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &token)| log_probs.double_value(&[row as i64, (prompt.len() - 1 + j) as i64, token]))
+                    .sum();
+                LabelScore { label: label.clone(), logprob, tokens: target.len() }
+            })
+            .collect())
+    }
 }

@@ -6,9 +6,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use image::RgbImage;
+use tch::Tensor;
+use tokio::sync::{mpsc, oneshot};
 
-use super::pipeline::{InferenceOutput, InferenceRequest, Pipeline, TokenEvent};
+use super::pipeline::{Frame, InferenceOutput, InferenceRequest, LabelScore, Pipeline, TokenEvent};
 use crate::error::{GitcapError, Result};
 use crate::model::generation::StepControl;
 
@@ -16,10 +18,7 @@ use crate::model::generation::StepControl;
 #[derive(Debug)]
 pub enum EngineEvent {
     Token(TokenEvent),
-    Done {
-        output: InferenceOutput,
-        queue_ms: f64,
-    },
+    Done { output: InferenceOutput, queue_ms: f64 },
     Failed(GitcapError),
 }
 
@@ -28,6 +27,22 @@ struct Job {
     deadline: Option<Instant>,
     enqueued: Instant,
     events: mpsc::UnboundedSender<EngineEvent>,
+}
+
+/// Work for the model thread.
+enum Command {
+    Generate(Job),
+    /// Run the vision tower on one frame now (frame uploads, live captioning).
+    Encode {
+        frame: RgbImage,
+        reply: oneshot::Sender<Result<Tensor>>,
+    },
+    ScoreLabels {
+        frames: Vec<Frame>,
+        prompt: Option<String>,
+        labels: Vec<String>,
+        reply: oneshot::Sender<Result<Vec<LabelScore>>>,
+    },
 }
 
 /// Identity of a loaded model.
@@ -45,28 +60,37 @@ pub struct ModelInfo {
 #[derive(Clone)]
 pub struct ModelWorker {
     pub info: Arc<ModelInfo>,
-    queue: mpsc::Sender<Job>,
+    queue: mpsc::Sender<Command>,
 }
 
 impl ModelWorker {
     /// Starts the thread that owns `pipeline`; at most `queue_capacity` requests wait.
     pub fn spawn(pipeline: Pipeline, info: ModelInfo, queue_capacity: usize) -> Self {
-        let (queue, mut jobs) = mpsc::channel::<Job>(queue_capacity.max(1));
+        let (queue, mut commands) = mpsc::channel::<Command>(queue_capacity.max(1));
         let name = info.name.clone();
         std::thread::Builder::new()
             .name(format!("model-{name}"))
             .spawn(move || {
                 let _guard = tch::no_grad_guard();
-                while let Some(job) = jobs.blocking_recv() {
-                    run_job(&pipeline, job);
+                while let Some(command) = commands.blocking_recv() {
+                    match command {
+                        Command::Generate(job) => run_job(&pipeline, job),
+                        Command::Encode { frame, reply } => {
+                            if !reply.is_closed() {
+                                let _ = reply.send(pipeline.encode_frame(&frame));
+                            }
+                        }
+                        Command::ScoreLabels { frames, prompt, labels, reply } => {
+                            if !reply.is_closed() {
+                                let _ = reply.send(pipeline.score_labels(&frames, prompt.as_deref(), &labels));
+                            }
+                        }
+                    }
                 }
                 tracing::info!(model = name, "model thread stopped");
             })
             .expect("spawning a model thread");
-        Self {
-            info: Arc::new(info),
-            queue,
-        }
+        Self { info: Arc::new(info), queue }
     }
 
     /// Queues a request; fails at once with `ResourceExhausted` when the queue is full.
@@ -76,13 +100,36 @@ impl ModelWorker {
         timeout: Option<Duration>,
     ) -> Result<mpsc::UnboundedReceiver<EngineEvent>> {
         let (events, receiver) = mpsc::unbounded_channel();
-        let job = Job {
-            request,
-            deadline: timeout.map(|t| Instant::now() + t),
-            enqueued: Instant::now(),
-            events,
-        };
-        self.queue.try_send(job).map_err(|e| match e {
+        let job = Job { request, deadline: timeout.map(|t| Instant::now() + t), enqueued: Instant::now(), events };
+        self.send(Command::Generate(job))?;
+        Ok(receiver)
+    }
+
+    /// Runs the vision tower on one frame, as soon as the model thread gets to it.
+    pub async fn encode(&self, frame: RgbImage) -> Result<Tensor> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Encode { frame, reply })?;
+        answer.await.map_err(|_| self.stopped())?
+    }
+
+    /// Ranks `labels` for `frames` (see [`Pipeline::score_labels`]).
+    pub async fn score_labels(
+        &self,
+        frames: Vec<Frame>,
+        prompt: Option<String>,
+        labels: Vec<String>,
+    ) -> Result<Vec<LabelScore>> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::ScoreLabels { frames, prompt, labels, reply })?;
+        answer.await.map_err(|_| self.stopped())?
+    }
+
+    fn stopped(&self) -> GitcapError {
+        GitcapError::Unavailable(format!("model `{}` stopped", self.info.name))
+    }
+
+    fn send(&self, command: Command) -> Result<()> {
+        self.queue.try_send(command).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => GitcapError::ResourceExhausted(format!(
                 "model `{}` has {} requests waiting; retry later",
                 self.info.name,
@@ -91,8 +138,7 @@ impl ModelWorker {
             mpsc::error::TrySendError::Closed(_) => {
                 GitcapError::Unavailable(format!("model `{}` is shutting down", self.info.name))
             }
-        })?;
-        Ok(receiver)
+        })
     }
 
     /// Requests waiting in the queue.
@@ -107,11 +153,9 @@ fn run_job(pipeline: &Pipeline, job: Job) {
         return;
     }
     if job.deadline.is_some_and(|d| Instant::now() >= d) {
-        let _ = job
-            .events
-            .send(EngineEvent::Failed(GitcapError::DeadlineExceeded(format!(
-                "while waiting in the queue ({queue_ms:.0} ms)"
-            ))));
+        let _ = job.events.send(EngineEvent::Failed(GitcapError::DeadlineExceeded(format!(
+            "while waiting in the queue ({queue_ms:.0} ms)"
+        ))));
         return;
     }
     let mut expired = false;
@@ -120,6 +164,9 @@ fn run_job(pipeline: &Pipeline, job: Job) {
             expired = true;
             return StepControl::Stop;
         }
+        let Some(event) = event else {
+            return if job.events.is_closed() { StepControl::Stop } else { StepControl::Continue };
+        };
         match job.events.send(EngineEvent::Token(event)) {
             Ok(()) => StepControl::Continue,
             Err(_) => StepControl::Stop,

@@ -88,9 +88,8 @@ impl Default for GitConfig {
 
 impl GitConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            GitcapError::model_files(format!("cannot read {}: {e}", path.display()))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| GitcapError::model_files(format!("cannot read {}: {e}", path.display())))?;
         let config: Self = serde_json::from_str(&text)
             .map_err(|e| GitcapError::model_files(format!("invalid {}: {e}", path.display())))?;
         config.validate()?;
@@ -100,18 +99,12 @@ impl GitConfig {
     fn validate(&self) -> Result<()> {
         let v = &self.vision_config;
         let problems = [
-            (
-                self.hidden_size % self.num_attention_heads != 0,
-                "hidden_size is not a multiple of num_attention_heads",
-            ),
+            (self.hidden_size % self.num_attention_heads != 0, "hidden_size is not a multiple of num_attention_heads"),
             (
                 v.hidden_size % v.num_attention_heads != 0,
                 "vision hidden_size is not a multiple of its num_attention_heads",
             ),
-            (
-                v.image_size % v.patch_size != 0,
-                "vision image_size is not a multiple of patch_size",
-            ),
+            (v.image_size % v.patch_size != 0, "vision image_size is not a multiple of patch_size"),
         ];
         match problems.iter().find(|(bad, _)| *bad) {
             Some((_, why)) => Err(GitcapError::model_files(format!("config.json: {why}"))),

@@ -23,30 +23,17 @@ pub struct GitEmbeddings {
 impl GitEmbeddings {
     pub fn load(w: &Weights, prefix: &str, c: &GitConfig) -> Result<Self> {
         Ok(Self {
-            word_embeddings: w.get(
-                &format!("{prefix}.word_embeddings.weight"),
-                &[c.vocab_size, c.hidden_size],
-            )?,
-            position_embeddings: w.get(
-                &format!("{prefix}.position_embeddings.weight"),
-                &[c.max_position_embeddings, c.hidden_size],
-            )?,
-            layer_norm: LayerNorm::load(
-                w,
-                &format!("{prefix}.LayerNorm"),
-                c.hidden_size,
-                c.layer_norm_eps,
-            )?,
+            word_embeddings: w.get(&format!("{prefix}.word_embeddings.weight"), &[c.vocab_size, c.hidden_size])?,
+            position_embeddings: w
+                .get(&format!("{prefix}.position_embeddings.weight"), &[c.max_position_embeddings, c.hidden_size])?,
+            layer_norm: LayerNorm::load(w, &format!("{prefix}.LayerNorm"), c.hidden_size, c.layer_norm_eps)?,
         })
     }
 
     /// `input_ids` [batch, seq] at text positions `start..start + seq`.
     pub fn forward(&self, input_ids: &Tensor, start: i64) -> Tensor {
         let seq = input_ids.size()[1];
-        let words = self
-            .word_embeddings
-            .index_select(0, &input_ids.flatten(0, 1))
-            .view([input_ids.size()[0], seq, -1]);
+        let words = self.word_embeddings.index_select(0, &input_ids.flatten(0, 1)).view([input_ids.size()[0], seq, -1]);
         let positions = self.position_embeddings.narrow(0, start, seq);
         self.layer_norm.forward(&(words + positions))
     }
@@ -111,12 +98,7 @@ impl GitLayer {
             key: Linear::load(w, &format!("{p}.attention.self.key"), h, h)?,
             value: Linear::load(w, &format!("{p}.attention.self.value"), h, h)?,
             attention_output: Linear::load(w, &format!("{p}.attention.output.dense"), h, h)?,
-            attention_layer_norm: LayerNorm::load(
-                w,
-                &format!("{p}.attention.output.LayerNorm"),
-                h,
-                eps,
-            )?,
+            attention_layer_norm: LayerNorm::load(w, &format!("{p}.attention.output.LayerNorm"), h, eps)?,
             intermediate: Linear::load(w, &format!("{p}.intermediate.dense"), h, i)?,
             output: Linear::load(w, &format!("{p}.output.dense"), i, h)?,
             output_layer_norm: LayerNorm::load(w, &format!("{p}.output.LayerNorm"), h, eps)?,
@@ -129,37 +111,18 @@ impl GitLayer {
     /// returns them, split into heads.
     fn store_kv(&self, xs: &Tensor, keys: &Tensor, values: &Tensor, at: i64) {
         let len = xs.size()[1];
-        keys.narrow(2, at, len)
-            .copy_(&split_heads(&self.key.forward(xs), self.heads));
-        values
-            .narrow(2, at, len)
-            .copy_(&split_heads(&self.value.forward(xs), self.heads));
+        keys.narrow(2, at, len).copy_(&split_heads(&self.key.forward(xs), self.heads));
+        values.narrow(2, at, len).copy_(&split_heads(&self.value.forward(xs), self.heads));
     }
 
     /// Runs `xs` (tokens `at..at + len` of the cache) attending to cache entries `..at + len`.
-    fn forward(
-        &self,
-        xs: &Tensor,
-        keys: &Tensor,
-        values: &Tensor,
-        at: i64,
-        mask: Option<&Tensor>,
-    ) -> Tensor {
+    fn forward(&self, xs: &Tensor, keys: &Tensor, values: &Tensor, at: i64, mask: Option<&Tensor>) -> Tensor {
         self.store_kv(xs, keys, values, at);
         let visible = at + xs.size()[1];
         let q = split_heads(&self.query.forward(xs), self.heads);
-        let context = attention(
-            &q,
-            &keys.narrow(2, 0, visible),
-            &values.narrow(2, 0, visible),
-            mask,
-        );
-        let attended = self
-            .attention_layer_norm
-            .forward(&(self.attention_output.forward(&merge_heads(&context)) + xs));
-        let ffn = self
-            .output
-            .forward(&self.act.forward(&self.intermediate.forward(&attended)));
+        let context = attention(&q, &keys.narrow(2, 0, visible), &values.narrow(2, 0, visible), mask);
+        let attended = self.attention_layer_norm.forward(&(self.attention_output.forward(&merge_heads(&context)) + xs));
+        let ffn = self.output.forward(&self.act.forward(&self.intermediate.forward(&attended)));
         self.output_layer_norm.forward(&(ffn + attended))
     }
 }
@@ -193,12 +156,8 @@ impl GitEncoder {
         let shape = [batch, self.heads, n + text_capacity, self.head_dim];
         let (kind, device) = (image_tokens.kind(), image_tokens.device());
         let mut cache = KvCache {
-            keys: (0..self.layers.len())
-                .map(|_| Tensor::zeros(shape, (kind, device)))
-                .collect(),
-            values: (0..self.layers.len())
-                .map(|_| Tensor::zeros(shape, (kind, device)))
-                .collect(),
+            keys: (0..self.layers.len()).map(|_| Tensor::zeros(shape, (kind, device))).collect(),
+            values: (0..self.layers.len()).map(|_| Tensor::zeros(shape, (kind, device))).collect(),
             image_tokens: n,
             text_len: 0,
         };
@@ -206,22 +165,14 @@ impl GitEncoder {
         let last = self.layers.len() - 1;
         for (i, layer) in self.layers.iter().enumerate() {
             // One copy of the image states serves every sequence in the batch.
-            let (keys, values) = (
-                cache.keys[i].narrow(0, 0, 1),
-                cache.values[i].narrow(0, 0, 1),
-            );
+            let (keys, values) = (cache.keys[i].narrow(0, 0, 1), cache.values[i].narrow(0, 0, 1));
             if i == last {
                 layer.store_kv(&xs, &keys, &values, 0);
             } else {
                 xs = layer.forward(&xs, &keys, &values, 0, None);
             }
         }
-        for buf in cache
-            .keys
-            .iter_mut()
-            .chain(cache.values.iter_mut())
-            .filter(|_| batch > 1)
-        {
+        for buf in cache.keys.iter_mut().chain(cache.values.iter_mut()).filter(|_| batch > 1) {
             let mut image = buf.narrow(2, 0, n);
             let first = image.narrow(0, 0, 1).copy();
             image.copy_(&first);
@@ -234,9 +185,7 @@ impl GitEncoder {
     pub fn forward_text(&self, embeddings: &Tensor, cache: &mut KvCache) -> Tensor {
         let seq = embeddings.size()[1];
         let at = cache.image_tokens + cache.text_len;
-        let mask = (seq > 1).then(|| {
-            causal_text_mask(cache.image_tokens, cache.text_len, seq, embeddings.device())
-        });
+        let mask = (seq > 1).then(|| causal_text_mask(cache.image_tokens, cache.text_len, seq, embeddings.device()));
         let mut xs = embeddings.shallow_clone();
         for (i, layer) in self.layers.iter().enumerate() {
             xs = layer.forward(&xs, &cache.keys[i], &cache.values[i], at, mask.as_ref());

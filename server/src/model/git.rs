@@ -50,33 +50,16 @@ impl GitForCausalLM {
         } else {
             embeddings.word_embeddings().shallow_clone()
         };
-        let output = Linear {
-            weight: output_weight,
-            bias: Some(w.get("output.bias", &[c.vocab_size])?),
-        };
+        let output = Linear { weight: output_weight, bias: Some(w.get("output.bias", &[c.vocab_size])?) };
         let img_temporal_embedding = (0..c.num_image_with_embedding.unwrap_or(0))
-            .map(|i| {
-                w.get(
-                    &format!("git.img_temporal_embedding.{i}"),
-                    &[1, 1, vision_hidden],
-                )
-            })
+            .map(|i| w.get(&format!("git.img_temporal_embedding.{i}"), &[1, 1, vision_hidden]))
             .collect::<Result<_>>()?;
         Ok(Self {
             embeddings,
-            image_encoder: GitVisionTransformer::load(
-                w,
-                "git.image_encoder.vision_model",
-                &c.vision_config,
-            )?,
+            image_encoder: GitVisionTransformer::load(w, "git.image_encoder.vision_model", &c.vision_config)?,
             encoder: GitEncoder::load(w, "git.encoder", c)?,
             visual_projection: GitProjection {
-                linear: Linear::load(
-                    w,
-                    "git.visual_projection.visual_projection.0",
-                    vision_hidden,
-                    hidden,
-                )?,
+                linear: Linear::load(w, "git.visual_projection.visual_projection.0", vision_hidden, hidden)?,
                 layer_norm: LayerNorm::load(
                     w,
                     "git.visual_projection.visual_projection.1",
@@ -106,22 +89,13 @@ impl GitForCausalLM {
     pub fn encode_frames(&self, pixel_values: &Tensor) -> Result<Tensor> {
         let v = &self.config.vision_config;
         let size = pixel_values.size();
-        if size.len() != 4
-            || size[1] != v.num_channels
-            || size[2] != v.image_size
-            || size[3] != v.image_size
-        {
+        if size.len() != 4 || size[1] != v.num_channels || size[2] != v.image_size || size[3] != v.image_size {
             return Err(GitcapError::invalid(
                 "pixel_values",
-                format!(
-                    "expected [frames, {}, {}, {}], got {size:?}",
-                    v.num_channels, v.image_size, v.image_size
-                ),
+                format!("expected [frames, {}, {}, {}], got {size:?}", v.num_channels, v.image_size, v.image_size),
             ));
         }
-        Ok(self
-            .image_encoder
-            .forward(&pixel_values.to_device(self.device).to_kind(self.kind)))
+        Ok(self.image_encoder.forward(&pixel_values.to_device(self.device).to_kind(self.kind)))
     }
 
     /// Frame features (from [`Self::encode_frames`], in order) → the decoder's image tokens
@@ -131,10 +105,7 @@ impl GitForCausalLM {
         let frames = frame_features.size()[0];
         let max = self.config.max_frames();
         if frames < 1 || frames > max {
-            return Err(GitcapError::invalid(
-                "media",
-                format!("this model takes 1 to {max} frames, got {frames}"),
-            ));
+            return Err(GitcapError::invalid("media", format!("this model takes 1 to {max} frames, got {frames}")));
         }
         let features = if self.img_temporal_embedding.is_empty() {
             frame_features.shallow_clone()
@@ -143,20 +114,12 @@ impl GitForCausalLM {
             frame_features + temporal
         };
         let flat = features.reshape([1, -1, self.config.vision_config.hidden_size]);
-        Ok(self
-            .visual_projection
-            .layer_norm
-            .forward(&self.visual_projection.linear.forward(&flat)))
+        Ok(self.visual_projection.layer_norm.forward(&self.visual_projection.linear.forward(&flat)))
     }
 
     /// Starts decoding: the image tokens' keys and values for `batch` sequences with room
     /// for `text_capacity` text tokens.
-    pub fn prefill_image(
-        &self,
-        image_tokens: &Tensor,
-        batch: i64,
-        text_capacity: i64,
-    ) -> Result<KvCache> {
+    pub fn prefill_image(&self, image_tokens: &Tensor, batch: i64, text_capacity: i64) -> Result<KvCache> {
         let max_text = self.config.max_position_embeddings;
         if text_capacity > max_text {
             return Err(GitcapError::invalid(
@@ -164,17 +127,13 @@ impl GitForCausalLM {
                 format!("prompt + new tokens must stay within {max_text} positions, asked for {text_capacity}"),
             ));
         }
-        Ok(self
-            .encoder
-            .prefill_image(image_tokens, batch, text_capacity))
+        Ok(self.encoder.prefill_image(image_tokens, batch, text_capacity))
     }
 
     /// Feeds text tokens [batch, seq] that follow what `cache` holds; returns the logits of
     /// every fed position [batch, seq, vocab] in f32.
     pub fn decode(&self, input_ids: &Tensor, cache: &mut KvCache) -> Tensor {
-        let embeddings = self
-            .embeddings
-            .forward(&input_ids.to_device(self.device), cache.text_len());
+        let embeddings = self.embeddings.forward(&input_ids.to_device(self.device), cache.text_len());
         let hidden = self.encoder.forward_text(&embeddings, cache);
         self.output.forward(&hidden).to_kind(Kind::Float)
     }
@@ -182,9 +141,7 @@ impl GitForCausalLM {
     /// Like [`Self::decode`] but only the last position's logits [batch, vocab]: the LM head
     /// runs on one token per sequence.
     pub fn decode_last(&self, input_ids: &Tensor, cache: &mut KvCache) -> Tensor {
-        let embeddings = self
-            .embeddings
-            .forward(&input_ids.to_device(self.device), cache.text_len());
+        let embeddings = self.embeddings.forward(&input_ids.to_device(self.device), cache.text_len());
         let hidden = self.encoder.forward_text(&embeddings, cache);
         let last = hidden.select(1, hidden.size()[1] - 1);
         self.output.forward(&last).to_kind(Kind::Float)

@@ -43,13 +43,7 @@ impl LayerNorm {
     }
 
     pub fn forward(&self, xs: &Tensor) -> Tensor {
-        xs.layer_norm(
-            [self.dim],
-            Some(&self.weight),
-            Some(&self.bias),
-            self.eps,
-            true,
-        )
+        xs.layer_norm([self.dim], Some(&self.weight), Some(&self.bias), self.eps, true)
     }
 }
 
@@ -72,11 +66,7 @@ impl Activation {
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Self::GeluTanh,
             "quick_gelu" => Self::QuickGelu,
             "relu" => Self::Relu,
-            other => {
-                return Err(GitcapError::model_files(format!(
-                    "config.json: unsupported hidden_act `{other}`"
-                )))
-            }
+            other => return Err(GitcapError::model_files(format!("config.json: unsupported hidden_act `{other}`"))),
         })
     }
 
@@ -98,9 +88,7 @@ pub fn split_heads(xs: &Tensor, heads: i64) -> Tensor {
 
 /// Inverse of [`split_heads`].
 pub fn merge_heads(xs: &Tensor) -> Tensor {
-    let (b, h, s, d) = xs
-        .size4()
-        .expect("attention output is [batch, heads, seq, head_dim]");
+    let (b, h, s, d) = xs.size4().expect("attention output is [batch, heads, seq, head_dim]");
     xs.transpose(1, 2).contiguous().view([b, s, h * d])
 }
 

@@ -36,33 +36,24 @@ impl GitTokenizer {
         // Some tokenizer.json files carry padding/truncation settings for embedding models;
         // transformers ignores them when tokenizing a single prompt, and so do we.
         inner.with_padding(None);
-        inner
-            .with_truncation(None)
-            .map_err(|e| GitcapError::Tokenizer(e.to_string()))?;
+        inner.with_truncation(None).map_err(|e| GitcapError::Tokenizer(e.to_string()))?;
         Ok(Self { inner })
     }
 
     /// Token ids of `text` without special tokens (a VQA question; [CLS] is added by the caller).
     pub fn encode(&self, text: &str) -> Result<Vec<i64>> {
-        let encoding = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| GitcapError::Tokenizer(e.to_string()))?;
+        let encoding = self.inner.encode(text, false).map_err(|e| GitcapError::Tokenizer(e.to_string()))?;
         Ok(encoding.get_ids().iter().map(|&id| id as i64).collect())
     }
 
     /// Text of `ids` without special tokens, with BERT's clean-up of spaces.
     pub fn decode(&self, ids: &[i64]) -> Result<String> {
         let ids: Vec<u32> = ids.iter().map(|&id| id as u32).collect();
-        self.inner
-            .decode(&ids, true)
-            .map_err(|e| GitcapError::Tokenizer(e.to_string()))
+        self.inner.decode(&ids, true).map_err(|e| GitcapError::Tokenizer(e.to_string()))
     }
 
     pub fn is_special(&self, id: i64) -> bool {
-        self.inner
-            .id_to_token(id as u32)
-            .is_some_and(|t| SPECIAL_TOKENS.contains(&t.as_str()))
+        self.inner.id_to_token(id as u32).is_some_and(|t| SPECIAL_TOKENS.contains(&t.as_str()))
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -73,15 +64,11 @@ impl GitTokenizer {
 fn lower_case(dir: &Path) -> bool {
     let config = std::fs::read_to_string(dir.join("tokenizer_config.json")).ok();
     let value = config.and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
-    value
-        .and_then(|v| v.get("do_lower_case").and_then(|b| b.as_bool()))
-        .unwrap_or(true)
+    value.and_then(|v| v.get("do_lower_case").and_then(|b| b.as_bool())).unwrap_or(true)
 }
 
 fn from_vocab(vocab: &Path, lower_case: bool) -> Result<Tokenizer> {
-    let path = vocab
-        .to_str()
-        .ok_or_else(|| GitcapError::model_files("vocab.txt path is not UTF-8"))?;
+    let path = vocab.to_str().ok_or_else(|| GitcapError::model_files("vocab.txt path is not UTF-8"))?;
     let model = WordPiece::from_file(path)
         .unk_token("[UNK]".into())
         .build()
@@ -91,10 +78,7 @@ fn from_vocab(vocab: &Path, lower_case: bool) -> Result<Tokenizer> {
         .with_normalizer(Some(BertNormalizer::new(true, true, None, lower_case)))
         .with_pre_tokenizer(Some(BertPreTokenizer))
         .with_decoder(Some(WordPieceDecoder::new("##".into(), true)));
-    let specials: Vec<AddedToken> = SPECIAL_TOKENS
-        .iter()
-        .map(|t| AddedToken::from(*t, true))
-        .collect();
+    let specials: Vec<AddedToken> = SPECIAL_TOKENS.iter().map(|t| AddedToken::from(*t, true)).collect();
     tokenizer.add_special_tokens(&specials);
     Ok(tokenizer)
 }
@@ -111,11 +95,7 @@ pub struct TextStream<'a> {
 
 impl<'a> TextStream<'a> {
     pub fn new(tokenizer: &'a GitTokenizer) -> Self {
-        Self {
-            tokenizer,
-            ids: vec![],
-            emitted: String::new(),
-        }
+        Self { tokenizer, ids: vec![], emitted: String::new() }
     }
 
     /// Adds a token; returns the text that is now certain (all of it when `last`).

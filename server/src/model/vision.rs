@@ -21,14 +21,9 @@ impl GitVisionEmbeddings {
         let dim = c.hidden_size;
         Ok(Self {
             class_embedding: w.get(&format!("{prefix}.class_embedding"), &[dim])?,
-            patch_embedding: w.get(
-                &format!("{prefix}.patch_embedding.weight"),
-                &[dim, c.num_channels, c.patch_size, c.patch_size],
-            )?,
-            position_embedding: w.get(
-                &format!("{prefix}.position_embedding.weight"),
-                &[c.tokens_per_image(), dim],
-            )?,
+            patch_embedding: w
+                .get(&format!("{prefix}.patch_embedding.weight"), &[dim, c.num_channels, c.patch_size, c.patch_size])?,
+            position_embedding: w.get(&format!("{prefix}.position_embedding.weight"), &[c.tokens_per_image(), dim])?,
             patch_size: c.patch_size,
         })
     }
@@ -38,20 +33,10 @@ impl GitVisionEmbeddings {
         let frames = pixel_values.size()[0];
         let patches = pixel_values
             .to_kind(self.patch_embedding.kind())
-            .conv2d(
-                &self.patch_embedding,
-                None::<&Tensor>,
-                [self.patch_size; 2],
-                [0, 0],
-                [1, 1],
-                1,
-            )
+            .conv2d(&self.patch_embedding, None::<&Tensor>, [self.patch_size; 2], [0, 0], [1, 1], 1)
             .flatten(2, 3)
             .transpose(1, 2);
-        let class = self
-            .class_embedding
-            .view([1, 1, -1])
-            .expand([frames, 1, -1], false);
+        let class = self.class_embedding.view([1, 1, -1]).expand([frames, 1, -1], false);
         Tensor::cat(&[class, patches], 1) + &self.position_embedding
     }
 }
@@ -69,8 +54,7 @@ impl GitVisionAttention {
         let q = split_heads(&self.q_proj.forward(xs), self.heads);
         let k = split_heads(&self.k_proj.forward(xs), self.heads);
         let v = split_heads(&self.v_proj.forward(xs), self.heads);
-        self.out_proj
-            .forward(&merge_heads(&attention(&q, &k, &v, None)))
+        self.out_proj.forward(&merge_heads(&attention(&q, &k, &v, None)))
     }
 }
 
@@ -105,11 +89,7 @@ impl GitVisionEncoderLayer {
 
     fn forward(&self, xs: &Tensor) -> Tensor {
         let xs = xs + self.self_attn.forward(&self.layer_norm1.forward(xs));
-        let mlp = self.fc2.forward(
-            &self
-                .act
-                .forward(&self.fc1.forward(&self.layer_norm2.forward(&xs))),
-        );
+        let mlp = self.fc2.forward(&self.act.forward(&self.fc1.forward(&self.layer_norm2.forward(&xs))));
         xs + mlp
     }
 }
@@ -137,9 +117,7 @@ impl GitVisionTransformer {
 
     /// [frames, 3, H, W] → `last_hidden_state` [frames, tokens_per_image, hidden].
     pub fn forward(&self, pixel_values: &Tensor) -> Tensor {
-        let mut xs = self
-            .pre_layrnorm
-            .forward(&self.embeddings.forward(pixel_values));
+        let mut xs = self.pre_layrnorm.forward(&self.embeddings.forward(pixel_values));
         for layer in &self.layers {
             xs = layer.forward(&xs);
         }

@@ -50,9 +50,7 @@ impl Weights {
 
     /// The tensor `name`, which must have exactly `shape`.
     pub fn get(&self, name: &str, shape: &[i64]) -> Result<Tensor> {
-        let tensor = self
-            .lookup(name)
-            .ok_or_else(|| GitcapError::MissingTensor { name: name.into() })?;
+        let tensor = self.lookup(name).ok_or_else(|| GitcapError::MissingTensor { name: name.into() })?;
         if tensor.size() != shape {
             return Err(GitcapError::TensorShape {
                 name: name.into(),
@@ -70,19 +68,14 @@ impl Weights {
     fn lookup(&self, name: &str) -> Option<&Tensor> {
         self.tensors.get(name).or_else(|| {
             LEGACY_NAMES.iter().find_map(|(current, legacy)| {
-                name.contains(current)
-                    .then(|| self.tensors.get(&name.replace(current, legacy)))
-                    .flatten()
+                name.contains(current).then(|| self.tensors.get(&name.replace(current, legacy))).flatten()
             })
         })
     }
 
     /// Bytes held by all tensors.
     pub fn bytes(&self) -> usize {
-        self.tensors
-            .values()
-            .map(|t| t.numel() * t.kind().elt_size_in_bytes())
-            .sum()
+        self.tensors.values().map(|t| t.numel() * t.kind().elt_size_in_bytes()).sum()
     }
 }
 
@@ -108,19 +101,12 @@ fn read_safetensors(path: &Path, kind: Kind, device: Device) -> Result<HashMap<S
     // copied out of it once, so nothing refers to the mapping afterwards.
     let mmap = unsafe { memmap2::Mmap::map(&file) }
         .map_err(|e| GitcapError::model_files(format!("cannot map {}: {e}", path.display())))?;
-    let st = SafeTensors::deserialize(&mmap).map_err(|e| {
-        GitcapError::model_files(format!(
-            "{} is not a valid safetensors file: {e}",
-            path.display()
-        ))
-    })?;
+    let st = SafeTensors::deserialize(&mmap)
+        .map_err(|e| GitcapError::model_files(format!("{} is not a valid safetensors file: {e}", path.display())))?;
     let mut tensors = HashMap::new();
     for (name, view) in st.tensors() {
         let source_kind = kind_of(view.dtype()).ok_or_else(|| {
-            GitcapError::model_files(format!(
-                "tensor `{name}` has unsupported dtype {:?}",
-                view.dtype()
-            ))
+            GitcapError::model_files(format!("tensor `{name}` has unsupported dtype {:?}", view.dtype()))
         })?;
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         let tensor = Tensor::f_from_data_size(view.data(), &shape, source_kind)?;
@@ -131,24 +117,14 @@ fn read_safetensors(path: &Path, kind: Kind, device: Device) -> Result<HashMap<S
 
 fn read_pickle(path: &PathBuf, kind: Kind, device: Device) -> Result<HashMap<String, Tensor>> {
     let named = Tensor::loadz_multi(path).map_err(|e| {
-        GitcapError::model_files(format!(
-            "{} is not a readable PyTorch state dict: {e}",
-            path.display()
-        ))
+        GitcapError::model_files(format!("{} is not a readable PyTorch state dict: {e}", path.display()))
     })?;
-    Ok(named
-        .into_iter()
-        .map(|(name, t)| (name, convert(t, kind, device)))
-        .collect())
+    Ok(named.into_iter().map(|(name, t)| (name, convert(t, kind, device))).collect())
 }
 
 /// Floating tensors take the serving dtype; integer buffers keep theirs.
 fn convert(tensor: Tensor, kind: Kind, device: Device) -> Tensor {
-    let target = if tensor.is_floating_point() {
-        kind
-    } else {
-        tensor.kind()
-    };
+    let target = if tensor.is_floating_point() { kind } else { tensor.kind() };
     tensor.to_device(device).to_kind(target)
 }
 

@@ -14,10 +14,7 @@ pub struct Models {
 impl Models {
     pub fn insert(&self, worker: ModelWorker) {
         let name = worker.info.name.clone();
-        self.default
-            .write()
-            .expect("default lock")
-            .get_or_insert_with(|| name.clone());
+        self.default.write().expect("default lock").get_or_insert_with(|| name.clone());
         self.workers.insert(name, worker);
     }
 

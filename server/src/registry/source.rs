@@ -19,11 +19,7 @@ const OPTIONAL: &[&str] = &[
     "tokenizer_config.json",
     "special_tokens_map.json",
 ];
-const WEIGHT_FILES: &[&str] = &[
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-];
+const WEIGHT_FILES: &[&str] = &["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"];
 
 /// How to reach the Hub.
 #[derive(Debug, Clone, Default)]
@@ -47,33 +43,20 @@ pub struct ResolvedCheckpoint {
 pub fn resolve(spec: &str, revision: Option<&str>, hub: &HubOptions) -> Result<ResolvedCheckpoint> {
     let path = Path::new(spec);
     if path.is_dir() {
-        return Ok(ResolvedCheckpoint {
-            dir: path.to_path_buf(),
-            version: "local".into(),
-        });
+        return Ok(ResolvedCheckpoint { dir: path.to_path_buf(), version: "local".into() });
     }
     if spec.starts_with('.') || spec.starts_with('/') || spec.split('/').count() > 2 {
-        return Err(GitcapError::model_files(format!(
-            "{spec} is not a directory"
-        )));
+        return Err(GitcapError::model_files(format!("{spec} is not a directory")));
     }
     let revision = revision.unwrap_or("main");
-    let offline =
-        hub.offline || std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v == "true");
+    let offline = hub.offline || std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v == "true");
     let cache = match &hub.cache_dir {
         Some(dir) => Cache::new(dir.clone()),
         None => Cache::from_env(),
     };
     let repo = Repo::with_revision(spec.to_string(), RepoType::Model, revision.to_string());
-    let dir = if offline {
-        from_cache(&cache, &repo, spec)?
-    } else {
-        download(&cache, &repo, spec, hub)?
-    };
-    let version = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| revision.into());
+    let dir = if offline { from_cache(&cache, &repo, spec)? } else { download(&cache, &repo, spec, hub)? };
+    let version = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| revision.into());
     Ok(ResolvedCheckpoint { dir, version })
 }
 
@@ -87,10 +70,7 @@ fn from_cache(cache: &Cache, repo: &Repo, spec: &str) -> Result<PathBuf> {
             cache.path().display()
         ))
     })?;
-    let dir = config
-        .parent()
-        .expect("a cached file lives in a snapshot directory")
-        .to_path_buf();
+    let dir = config.parent().expect("a cached file lives in a snapshot directory").to_path_buf();
     if !WEIGHT_FILES.iter().any(|f| dir.join(f).exists()) {
         return Err(GitcapError::model_files(format!(
             "offline mode: the cached {spec} has no weights file in {}",
@@ -109,7 +89,11 @@ fn download(cache: &Cache, repo: &Repo, spec: &str, hub: &HubOptions) -> Result<
              HF_HOME=/path/to/hf-home HF_HUB_OFFLINE=1"
         ))
     };
-    let api = ApiBuilder::from_cache(cache.clone())
+    let mut builder = ApiBuilder::from_cache(cache.clone());
+    if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
+        builder = builder.with_endpoint(endpoint);
+    }
+    let api = builder
         .with_token(hub.token.clone().or_else(|| cache.token()))
         .with_progress(false)
         .build()
@@ -117,17 +101,11 @@ fn download(cache: &Cache, repo: &Repo, spec: &str, hub: &HubOptions) -> Result<
         .repo(repo.clone());
     let info = api.info().map_err(unreachable)?;
     let has = |name: &str| info.siblings.iter().any(|s| s.rfilename == name);
-    let weights = WEIGHT_FILES.iter().find(|f| has(f)).ok_or_else(|| {
-        GitcapError::model_files(format!(
-            "{spec} has no model.safetensors or pytorch_model.bin"
-        ))
-    })?;
-    let mut wanted: Vec<String> = REQUIRED
+    let weights = WEIGHT_FILES
         .iter()
-        .chain(OPTIONAL)
-        .filter(|f| has(f))
-        .map(|f| f.to_string())
-        .collect();
+        .find(|f| has(f))
+        .ok_or_else(|| GitcapError::model_files(format!("{spec} has no model.safetensors or pytorch_model.bin")))?;
+    let mut wanted: Vec<String> = REQUIRED.iter().chain(OPTIONAL).filter(|f| has(f)).map(|f| f.to_string()).collect();
     wanted.push(weights.to_string());
     if *weights == "model.safetensors.index.json" {
         let index = api.get(weights).map_err(unreachable)?;
@@ -143,17 +121,11 @@ fn download(cache: &Cache, repo: &Repo, spec: &str, hub: &HubOptions) -> Result<
 }
 
 fn shards(index: &Path) -> Result<Vec<String>> {
-    let text =
-        std::fs::read_to_string(index).map_err(|e| GitcapError::model_files(e.to_string()))?;
-    let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| GitcapError::model_files(e.to_string()))?;
+    let text = std::fs::read_to_string(index).map_err(|e| GitcapError::model_files(e.to_string()))?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| GitcapError::model_files(e.to_string()))?;
     let mut files: Vec<String> = value["weight_map"]
         .as_object()
-        .map(|m| {
-            m.values()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect()
-        })
+        .map(|m| m.values().filter_map(|v| v.as_str().map(String::from)).collect())
         .unwrap_or_default();
     files.sort();
     files.dedup();

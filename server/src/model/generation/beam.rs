@@ -36,7 +36,7 @@ pub fn beam_search(
     image_tokens: &Tensor,
     prompt: &[i64],
     config: &GenerationConfig,
-    on_token: &mut dyn FnMut(TokenStep) -> StepControl,
+    on_token: &mut dyn FnMut(Option<TokenStep>) -> StepControl,
 ) -> Result<Generated> {
     let num_beams = config.num_beams;
     let prompt_len = prompt.len();
@@ -50,31 +50,19 @@ pub fn beam_search(
 
     let mut running: Vec<Vec<i64>> = vec![prompt.to_vec(); num_beams];
     let mut running_logprobs: Vec<Vec<f32>> = vec![vec![]; num_beams];
-    let mut running_scores: Vec<f32> = (0..num_beams)
-        .map(|b| if b == 0 { 0.0 } else { NEG })
-        .collect();
-    let empty = Finished {
-        score: NEG,
-        sequence: vec![],
-        logprobs: vec![],
-        done: false,
-    };
+    let mut running_scores: Vec<f32> = (0..num_beams).map(|b| if b == 0 { 0.0 } else { NEG }).collect();
+    let empty = Finished { score: NEG, sequence: vec![], logprobs: vec![], done: false };
     let mut finished = vec![empty; num_beams];
     let mut improvement_possible = true;
     let mut cur_len = prompt_len;
-    let mut next_input = Tensor::from_slice(prompt)
-        .view([1, -1])
-        .repeat([num_beams as i64, 1]);
+    let mut next_input = Tensor::from_slice(prompt).view([1, -1]).repeat([num_beams as i64, 1]);
 
     loop {
-        let logits = model
-            .decode_last(&next_input, &mut cache)
-            .to_device(tch::Device::Cpu);
+        let logits = model.decode_last(&next_input, &mut cache).to_device(tch::Device::Cpu);
         let token_log_probs = logits.log_softmax(-1, Kind::Float);
         let processed = processors.process(&running, &token_log_probs);
         let vocab = processed.size()[1];
-        let accumulated =
-            (&processed + Tensor::from_slice(&running_scores).view([-1, 1])).view([-1]);
+        let accumulated = (&processed + Tensor::from_slice(&running_scores).view([-1, 1])).view([-1]);
         let (values, indices) = if config.do_sample {
             sample_without_replacement(&accumulated, keep, &mut rng)?
         } else {
@@ -94,8 +82,7 @@ pub fn beam_search(
                 }
             })
             .collect();
-        let step_logprob =
-            |c: &Candidate| token_log_probs.double_value(&[c.beam as i64, c.token]) as f32;
+        let step_logprob = |c: &Candidate| token_log_probs.double_value(&[c.beam as i64, c.token]) as f32;
 
         // Finished hypotheses: only the top `num_beams` candidates may finish.
         let all_done = finished.iter().all(|f| f.done);
@@ -117,30 +104,18 @@ pub fn beam_search(
             sequence.push(c.token);
             let mut logprobs = running_logprobs[c.beam].clone();
             logprobs.push(step_logprob(c));
-            merged.push(Finished {
-                score,
-                sequence,
-                logprobs,
-                done: just_finished,
-            });
+            merged.push(Finished { score, sequence, logprobs, done: just_finished });
         }
         finished = top_by_score(merged, num_beams, |f| f.score);
 
         // Running beams: the best candidates that did not stop.
-        let ranked: Vec<(f32, &Candidate)> = candidates
-            .iter()
-            .map(|c| (c.score + if c.hits_stop { NEG } else { 0.0 }, c))
-            .collect();
+        let ranked: Vec<(f32, &Candidate)> =
+            candidates.iter().map(|c| (c.score + if c.hits_stop { NEG } else { 0.0 }, c)).collect();
         let next = top_by_score(ranked, num_beams, |(score, _)| *score);
         let source: Vec<i64> = next.iter().map(|(_, c)| c.beam as i64).collect();
-        running = next
-            .iter()
-            .map(|(_, c)| [running[c.beam].as_slice(), &[c.token]].concat())
-            .collect();
-        running_logprobs = next
-            .iter()
-            .map(|(_, c)| [running_logprobs[c.beam].as_slice(), &[step_logprob(c)]].concat())
-            .collect();
+        running = next.iter().map(|(_, c)| [running[c.beam].as_slice(), &[c.token]].concat()).collect();
+        running_logprobs =
+            next.iter().map(|(_, c)| [running_logprobs[c.beam].as_slice(), &[step_logprob(c)]].concat()).collect();
         running_scores = next.iter().map(|(score, _)| *score).collect();
         cache.reorder(&Tensor::from_slice(&source));
         cur_len += 1;
@@ -151,24 +126,19 @@ pub fn beam_search(
             cur_len - prompt_len
         };
         let best_possible = running_scores[0] / (best_len as f64).powf(lp) as f32;
-        let worst_finished = finished
-            .iter()
-            .map(|f| f.score)
-            .fold(f32::INFINITY, f32::min);
-        improvement_possible &= finished
-            .iter()
-            .any(|f| best_possible > if f.done { worst_finished } else { NEG });
+        let worst_finished = finished.iter().map(|f| f.score).fold(f32::INFINITY, f32::min);
+        improvement_possible &= finished.iter().any(|f| best_possible > if f.done { worst_finished } else { NEG });
 
-        let open_beam =
-            !(finished.iter().all(|f| f.done) && config.early_stopping == EarlyStopping::Yes);
+        let open_beam = !(finished.iter().all(|f| f.done) && config.early_stopping == EarlyStopping::Yes);
         let can_continue = !candidates.iter().all(|c| c.hits_stop);
         if !(improvement_possible && open_beam && can_continue) {
             break;
         }
-        let tokens: Vec<i64> = running
-            .iter()
-            .map(|s| *s.last().expect("beams are never empty"))
-            .collect();
+        // Tokens are only known at the end; callers still get to stop the search each step.
+        if on_token(None) == StepControl::Stop {
+            return Err(GitcapError::Cancelled);
+        }
+        let tokens: Vec<i64> = running.iter().map(|s| *s.last().expect("beams are never empty")).collect();
         next_input = Tensor::from_slice(&tokens).view([-1, 1]);
     }
 
@@ -178,27 +148,15 @@ pub fn beam_search(
         .filter(|f| f.done)
         .ok_or_else(|| GitcapError::Internal("beam search finished no hypothesis".into()))?;
     let token_ids = best.sequence[prompt_len..].to_vec();
-    let finish_reason = if token_ids.last().is_some_and(|t| eos.contains(t)) {
-        FinishReason::Eos
-    } else {
-        FinishReason::Length
-    };
+    let finish_reason =
+        if token_ids.last().is_some_and(|t| eos.contains(t)) { FinishReason::Eos } else { FinishReason::Length };
     for (i, (&token_id, &logprob)) in token_ids.iter().zip(&best.logprobs).enumerate() {
         let last = i + 1 == token_ids.len();
-        if on_token(TokenStep {
-            token_id,
-            logprob,
-            last,
-        }) == StepControl::Stop
-        {
+        if on_token(Some(TokenStep { token_id, logprob, last })) == StepControl::Stop {
             return Err(GitcapError::Cancelled);
         }
     }
-    Ok(Generated {
-        token_ids,
-        logprobs: best.logprobs,
-        finish_reason,
-    })
+    Ok(Generated { token_ids, logprobs: best.logprobs, finish_reason })
 }
 
 /// The `k` items with the highest scores, highest first; ties keep their original order.
@@ -210,11 +168,7 @@ fn top_by_score<T>(mut items: Vec<T>, k: usize, score: impl Fn(&T) -> f32) -> Ve
 
 /// transformers' beam sampling: `k` draws without replacement from softmax(accumulated),
 /// sorted by accumulated score.
-fn sample_without_replacement(
-    accumulated: &Tensor,
-    k: usize,
-    rng: &mut ChaCha8Rng,
-) -> Result<(Vec<f32>, Vec<i64>)> {
+fn sample_without_replacement(accumulated: &Tensor, k: usize, rng: &mut ChaCha8Rng) -> Result<(Vec<f32>, Vec<i64>)> {
     let scores = to_vec::<f32>(accumulated)?;
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut weights: Vec<f64> = scores.iter().map(|&s| ((s - max) as f64).exp()).collect();
@@ -234,16 +188,12 @@ fn sample_without_replacement(
         picked.push(index);
     }
     picked.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-    Ok((
-        picked.iter().map(|&i| scores[i]).collect(),
-        picked.iter().map(|&i| i as i64).collect(),
-    ))
+    Ok((picked.iter().map(|&i| scores[i]).collect(), picked.iter().map(|&i| i as i64).collect()))
 }
 
 fn to_vec<T: tch::kind::Element>(t: &Tensor) -> Result<Vec<T>> {
     let flat = t.contiguous().view([-1]);
     let mut out = vec![T::ZERO; flat.numel()];
-    flat.f_copy_data(&mut out, flat.numel())
-        .map_err(|e| GitcapError::Internal(format!("reading tensor: {e}")))?;
+    flat.f_copy_data(&mut out, flat.numel()).map_err(|e| GitcapError::Internal(format!("reading tensor: {e}")))?;
     Ok(out)
 }

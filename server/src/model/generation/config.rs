@@ -24,9 +24,9 @@ impl<'de> Deserialize<'de> for EarlyStopping {
             serde_json::Value::Bool(true) => Ok(Self::Yes),
             serde_json::Value::Bool(false) | serde_json::Value::Null => Ok(Self::No),
             serde_json::Value::String(s) if s == "never" => Ok(Self::Never),
-            other => Err(serde::de::Error::custom(format!(
-                "early_stopping must be true, false or \"never\", got {other}"
-            ))),
+            other => {
+                Err(serde::de::Error::custom(format!("early_stopping must be true, false or \"never\", got {other}")))
+            }
         }
     }
 }
@@ -34,7 +34,7 @@ impl<'de> Deserialize<'de> for EarlyStopping {
 /// One or several end-of-sequence ids.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
-enum TokenIds {
+pub enum TokenIds {
     One(i64),
     Many(Vec<i64>),
 }
@@ -58,7 +58,7 @@ pub struct GenerationConfig {
     pub early_stopping: EarlyStopping,
     pub bos_token_id: Option<i64>,
     #[serde(rename = "eos_token_id")]
-    eos: Option<TokenIds>,
+    pub eos: Option<TokenIds>,
     pub pad_token_id: Option<i64>,
     /// Seed of the sampler; not a transformers field. `None` draws one per request.
     #[serde(skip)]
@@ -94,9 +94,8 @@ impl GenerationConfig {
     pub fn for_checkpoint(dir: &Path, bos: i64, eos: i64, pad: i64) -> Result<Self> {
         let path = dir.join("generation_config.json");
         let mut config: Self = if path.exists() {
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                GitcapError::model_files(format!("cannot read {}: {e}", path.display()))
-            })?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| GitcapError::model_files(format!("cannot read {}: {e}", path.display())))?;
             serde_json::from_str(&text)
                 .map_err(|e| GitcapError::model_files(format!("invalid {}: {e}", path.display())))?
         } else {
@@ -132,41 +131,25 @@ impl GenerationConfig {
 
     /// Checks the options are in range; `field` prefixes the names in errors.
     pub fn validate(&self, field: &str) -> Result<()> {
-        let bad =
-            |name: &str, msg: String| Err(GitcapError::invalid(format!("{field}.{name}"), msg));
+        let bad = |name: &str, msg: String| Err(GitcapError::invalid(format!("{field}.{name}"), msg));
         if self.num_beams == 0 {
             return bad("num_beams", "must be at least 1".into());
         }
         if self.do_sample && !(self.temperature > 0.0 && self.temperature.is_finite()) {
-            return bad(
-                "temperature",
-                format!(
-                    "must be a positive number when sampling, got {}",
-                    self.temperature
-                ),
-            );
+            return bad("temperature", format!("must be a positive number when sampling, got {}", self.temperature));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return bad("top_p", format!("must be in (0, 1], got {}", self.top_p));
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
-            return bad(
-                "repetition_penalty",
-                format!("must be a positive number, got {}", self.repetition_penalty),
-            );
+            return bad("repetition_penalty", format!("must be a positive number, got {}", self.repetition_penalty));
         }
         if !self.length_penalty.is_finite() {
-            return bad(
-                "length_penalty",
-                format!("must be finite, got {}", self.length_penalty),
-            );
+            return bad("length_penalty", format!("must be finite, got {}", self.length_penalty));
         }
         if let (Some(min), Some(max)) = (self.min_new_tokens, self.max_new_tokens) {
             if min > max {
-                return bad(
-                    "min_new_tokens",
-                    format!("{min} is more than max_new_tokens {max}"),
-                );
+                return bad("min_new_tokens", format!("{min} is more than max_new_tokens {max}"));
             }
         }
         Ok(())

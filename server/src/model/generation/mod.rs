@@ -50,26 +50,28 @@ pub struct Generated {
 }
 
 /// Generates a continuation of `prompt` (ids, [CLS] first) after `image_tokens`
-/// ([`GitForCausalLM::image_tokens`]), calling `on_token` for each generated token.
+/// ([`GitForCausalLM::image_tokens`]), calling `on_token` with each generated token as it is
+/// chosen, or with `None` after a search step that fixed no token yet (beam search), so the
+/// caller can stop the generation at every step.
 pub fn generate(
     model: &GitForCausalLM,
     image_tokens: &Tensor,
     prompt: &[i64],
     config: &GenerationConfig,
-    on_token: &mut dyn FnMut(TokenStep) -> StepControl,
+    on_token: &mut dyn FnMut(Option<TokenStep>) -> StepControl,
 ) -> Result<Generated> {
     config.validate("options")?;
     if prompt.is_empty() {
-        return Err(GitcapError::invalid(
-            "prompt",
-            "the prompt needs at least the BOS ([CLS]) token",
-        ));
+        return Err(GitcapError::invalid("prompt", "the prompt needs at least the BOS ([CLS]) token"));
     }
     let max_total = config.max_total_len(prompt.len());
     if max_total <= prompt.len() {
         return Err(GitcapError::invalid(
             "options.max_new_tokens",
-            format!("leaves no room to generate: the prompt has {} tokens and the length limit is {max_total}", prompt.len()),
+            format!(
+                "leaves no room to generate: the prompt has {} tokens and the length limit is {max_total}",
+                prompt.len()
+            ),
         ));
     }
     let _guard = tch::no_grad_guard();

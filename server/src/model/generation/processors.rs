@@ -28,15 +28,9 @@ impl LogitsProcessors {
             min_length: config.min_length,
             min_new_tokens: config.min_new_tokens.unwrap_or(0),
             prompt_len,
-            sampling: config
-                .do_sample
-                .then_some((config.temperature, config.top_k, config.top_p)),
+            sampling: config.do_sample.then_some((config.temperature, config.top_k, config.top_p)),
             // Beam sampling must keep a non-EOS continuation alive.
-            min_tokens_to_keep: if config.num_beams > 1 {
-                eos.len() + 1
-            } else {
-                1
-            },
+            min_tokens_to_keep: if config.num_beams > 1 { eos.len() + 1 } else { 1 },
             eos,
         }
     }
@@ -60,8 +54,7 @@ impl LogitsProcessors {
             }
         }
         let len = sequences.first().map_or(0, Vec::len);
-        let below_min =
-            len < self.min_length || len - self.prompt_len.min(len) < self.min_new_tokens;
+        let below_min = len < self.min_length || len - self.prompt_len.min(len) < self.min_new_tokens;
         if below_min && !self.eos.is_empty() {
             let eos = Tensor::from_slice(&self.eos).to(scores.device());
             let _ = scores.index_fill_(1, &eos, f64::NEG_INFINITY);
@@ -89,11 +82,7 @@ impl LogitsProcessors {
     }
 
     fn warp(&self, scores: Tensor, temperature: f64, top_k: usize, top_p: f64) -> Tensor {
-        let mut scores = if temperature != 1.0 {
-            scores / temperature
-        } else {
-            scores
-        };
+        let mut scores = if temperature != 1.0 { scores / temperature } else { scores };
         let vocab = scores.size()[1];
         if top_k > 0 {
             let k = (top_k.max(self.min_tokens_to_keep) as i64).min(vocab);
@@ -124,10 +113,7 @@ fn banned_ngram_tokens(seq: &[i64], n: usize) -> Vec<i64> {
         seen.entry(&gram[..n - 1]).or_default().insert(gram[n - 1]);
     }
     let tail = &seq[seq.len() + 1 - n..];
-    let mut banned: Vec<i64> = seen
-        .get(tail)
-        .map(|s| s.iter().copied().collect())
-        .unwrap_or_default();
+    let mut banned: Vec<i64> = seen.get(tail).map(|s| s.iter().copied().collect()).unwrap_or_default();
     banned.sort_unstable();
     banned
 }
@@ -146,58 +132,31 @@ mod tests {
 
     #[test]
     fn repetition_penalty_divides_positive_and_multiplies_negative_scores() {
-        let config = GenerationConfig {
-            repetition_penalty: 2.0,
-            ..Default::default()
-        };
+        let config = GenerationConfig { repetition_penalty: 2.0, ..Default::default() };
         let p = LogitsProcessors::new(&config, 1);
         let scores = Tensor::from_slice(&[1.0f32, -1.0, 4.0, 3.0]).view([1, 4]);
         let out = p.process(&[vec![0, 1, 1]], &scores);
-        assert_eq!(
-            Vec::<f32>::try_from(out.view([-1])).unwrap(),
-            vec![0.5, -2.0, 4.0, 3.0]
-        );
+        assert_eq!(Vec::<f32>::try_from(out.view([-1])).unwrap(), vec![0.5, -2.0, 4.0, 3.0]);
     }
 
     #[test]
     fn top_k_and_top_p_keep_the_most_likely_tokens() {
-        let config = GenerationConfig {
-            do_sample: true,
-            top_k: 2,
-            top_p: 1.0,
-            ..Default::default()
-        };
+        let config = GenerationConfig { do_sample: true, top_k: 2, top_p: 1.0, ..Default::default() };
         let p = LogitsProcessors::new(&config, 1);
         let scores = Tensor::from_slice(&[1.0f32, 3.0, 2.0, 0.0]).view([1, 4]);
         let out = Vec::<f32>::try_from(p.process(&[vec![0]], &scores).view([-1])).unwrap();
         assert_eq!(out, vec![f32::NEG_INFINITY, 3.0, 2.0, f32::NEG_INFINITY]);
 
-        let config = GenerationConfig {
-            do_sample: true,
-            top_k: 0,
-            top_p: 0.5,
-            ..Default::default()
-        };
+        let config = GenerationConfig { do_sample: true, top_k: 0, top_p: 0.5, ..Default::default() };
         let p = LogitsProcessors::new(&config, 1);
         let scores = Tensor::from_slice(&[0.0f32, 10.0, 0.0, 0.0]).view([1, 4]);
         let out = Vec::<f32>::try_from(p.process(&[vec![0]], &scores).view([-1])).unwrap();
-        assert_eq!(
-            out,
-            vec![
-                f32::NEG_INFINITY,
-                10.0,
-                f32::NEG_INFINITY,
-                f32::NEG_INFINITY
-            ]
-        );
+        assert_eq!(out, vec![f32::NEG_INFINITY, 10.0, f32::NEG_INFINITY, f32::NEG_INFINITY]);
     }
 
     #[test]
     fn eos_is_suppressed_until_min_new_tokens() {
-        let config = GenerationConfig {
-            min_new_tokens: Some(2),
-            ..Default::default()
-        };
+        let config = GenerationConfig { min_new_tokens: Some(2), ..Default::default() };
         let mut config = config;
         config.set_eos_token_ids(vec![3]);
         let p = LogitsProcessors::new(&config, 1);

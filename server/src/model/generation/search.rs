@@ -16,7 +16,7 @@ pub fn greedy_or_sample(
     image_tokens: &Tensor,
     prompt: &[i64],
     config: &GenerationConfig,
-    on_token: &mut dyn FnMut(TokenStep) -> StepControl,
+    on_token: &mut dyn FnMut(Option<TokenStep>) -> StepControl,
 ) -> Result<Generated> {
     let max_total = config.max_total_len(prompt.len());
     let eos = config.eos_token_ids();
@@ -28,9 +28,7 @@ pub fn greedy_or_sample(
     let mut generated = Generated::default();
     let mut next_input = Tensor::from_slice(prompt).view([1, -1]);
     while sequence.len() < max_total {
-        let logits = model
-            .decode_last(&next_input, &mut cache)
-            .to_device(tch::Device::Cpu);
+        let logits = model.decode_last(&next_input, &mut cache).to_device(tch::Device::Cpu);
         let scores = processors.process(std::slice::from_ref(&sequence), &logits);
         let log_probs = scores.log_softmax(-1, Kind::Float).view([-1]);
         let token = if config.do_sample {
@@ -44,20 +42,11 @@ pub fn greedy_or_sample(
         generated.logprobs.push(logprob);
         if eos.contains(&token) {
             generated.finish_reason = FinishReason::Eos;
-            on_token(TokenStep {
-                token_id: token,
-                logprob,
-                last: true,
-            });
+            on_token(Some(TokenStep { token_id: token, logprob, last: true }));
             return Ok(generated);
         }
         let last = sequence.len() >= max_total;
-        if on_token(TokenStep {
-            token_id: token,
-            logprob,
-            last,
-        }) == StepControl::Stop
-        {
+        if on_token(Some(TokenStep { token_id: token, logprob, last })) == StepControl::Stop {
             return Err(GitcapError::Cancelled);
         }
         next_input = Tensor::from_slice(&[token]).view([1, 1]);
@@ -68,13 +57,11 @@ pub fn greedy_or_sample(
 
 /// Draws a token from the distribution `log_probs` [vocab] (−inf where filtered out).
 fn sample(log_probs: &Tensor, rng: &mut ChaCha8Rng) -> Result<i64> {
-    let probs: Vec<f32> = Vec::try_from(log_probs.exp())
-        .map_err(|e| GitcapError::Internal(format!("reading probabilities: {e}")))?;
+    let probs: Vec<f32> =
+        Vec::try_from(log_probs.exp()).map_err(|e| GitcapError::Internal(format!("reading probabilities: {e}")))?;
     let total: f64 = probs.iter().map(|&p| p as f64).sum();
     if !(total > 0.0 && total.is_finite()) {
-        return Err(GitcapError::Internal(
-            "no token has a finite probability".into(),
-        ));
+        return Err(GitcapError::Internal("no token has a finite probability".into()));
     }
     let mut target = rng.random::<f64>() * total;
     let mut last_possible = 0;

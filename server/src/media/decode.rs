@@ -1,0 +1,661 @@
+//! Decoding request media into 8-bit RGB images, as `transformers.image_utils.load_image` does.
+//!
+//! `load_image` (what transformers' pipelines do with a path, URL or base64 string) is
+//! `PIL.Image.open` → `ImageOps.exif_transpose` → `.convert("RGB")`. Matching it means:
+//!
+//! - **EXIF orientation** is applied (orientations 2–8; from the EXIF block of JPEG, PNG `eXIf`
+//!   and WebP, or else from an XMP `tiff:Orientation`, as Pillow's `getexif` does).
+//! - **Alpha is dropped, not composited**: `convert("RGB")` keeps the stored colour of every pixel,
+//!   even fully transparent ones. (Handing an RGBA `PIL.Image` straight to an image processor
+//!   would instead composite it over white in `convert_to_rgb`; that is not what happens to
+//!   encoded bytes.)
+//! - **Grayscale** is replicated into R, G and B; 1/2/4-bit images are expanded to 0–255.
+//! - **16-bit** RGB(A) and gray+alpha PNGs keep the high byte (`v >> 8`), as Pillow does. A 16-bit
+//!   gray PNG without alpha is the one exception: Pillow opens it as mode `I;16` and its
+//!   conversion to RGB *clamps* values to 255 (so nearly every pixel turns white); here it keeps
+//!   the high byte like the other 16-bit images instead.
+//! - **Animated GIF and WebP**: every frame, composed onto the full logical screen (what
+//!   `Image.seek(k)` then `load_image` gives for frame `k` of a GIF without transparency).
+//! - **JPEG** is decoded by [`super::jpeg`], a port of libjpeg-turbo's default path (what Pillow
+//!   uses), so the pixels are Pillow's exactly; the `image` crate's decoder (zune-jpeg) differs by
+//!   up to ±7 levels on 4:2:0 photos. Rare flavours (CMYK, 12-bit, arithmetic-coded, lossless)
+//!   fall back to the `image` crate.
+//! - **Truncated data** is an error, as in Pillow ("image file is truncated"); for JPEG this means
+//!   the data must reach the end-of-image marker.
+//!
+//! Decompression bombs: an image's declared size (the GIF logical screen for animations) is
+//! checked against [`MediaLimits::max_pixels`] from its header, before any pixel buffer is
+//! allocated; animations are also limited in frame count and in pixels summed over all frames.
+
+use std::io::Cursor;
+
+use image::codecs::gif::GifDecoder;
+use image::codecs::jpeg::JpegDecoder;
+use image::codecs::png::PngDecoder;
+use image::codecs::webp::WebPDecoder;
+use image::metadata::Orientation;
+use image::{AnimationDecoder, DynamicImage, ImageDecoder, ImageError, RgbImage};
+
+use super::jpeg;
+use crate::error::{GitcapError, Result};
+
+/// Bounds on what one piece of media may decode to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MediaLimits {
+    /// The most pixels an image may have (width × height), checked against the size its header
+    /// declares before decoding; for an animation, also the most pixels of all its frames together.
+    pub max_pixels: u64,
+    /// The most frames an animated image may have.
+    pub max_frames: usize,
+}
+
+impl Default for MediaLimits {
+    /// 40 megapixels (about 120 MB decoded), 512 frames.
+    fn default() -> Self {
+        Self { max_pixels: 40_000_000, max_frames: 512 }
+    }
+}
+
+/// The formats accepted, by their leading bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Jpeg,
+    Png,
+    Gif,
+    WebP,
+}
+
+fn sniff(bytes: &[u8]) -> Option<Format> {
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        Some(Format::Jpeg)
+    } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some(Format::Png)
+    } else if bytes.starts_with(b"GIF87a") || bytes.starts_with(b"GIF89a") {
+        Some(Format::Gif)
+    } else if bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
+        Some(Format::WebP)
+    } else {
+        None
+    }
+}
+
+impl Format {
+    fn name(self) -> &'static str {
+        match self {
+            Format::Jpeg => "JPEG",
+            Format::Png => "PNG",
+            Format::Gif => "GIF",
+            Format::WebP => "WebP",
+        }
+    }
+}
+
+/// Says what unsupported bytes look like, for the error message.
+fn describe_unknown(bytes: &[u8]) -> String {
+    let head: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let mut msg = format!("not a JPEG, PNG, WebP or GIF image (first bytes {})", head.join(" "));
+    let what = if bytes.len() >= 12 && &bytes[4..8] == b"ftyp" {
+        match &bytes[8..12] {
+            b"avif" | b"avis" => Some("an AVIF image".to_string()),
+            b"heic" | b"heix" | b"mif1" | b"msf1" | b"hevc" => Some("a HEIC/HEIF image".into()),
+            _ => Some("an ISO media file (MP4/MOV/HEIF); send the frames as images".into()),
+        }
+    } else if let Ok(format) = image::guess_format(bytes) {
+        Some(format!("a {format:?} image"))
+    } else if bytes.starts_with(b"\x1aE\xdf\xa3") {
+        Some("a WebM/Matroska video; send the frames as images".into())
+    } else if bytes.starts_with(b"RIFF") && bytes.get(8..12) == Some(b"AVI ") {
+        Some("an AVI video; send the frames as images".into())
+    } else if bytes.starts_with(b"data:") || bytes.starts_with(b"/9j/") || bytes.starts_with(b"iVBOR") {
+        Some("base64 text; send the decoded bytes".into())
+    } else if bytes.starts_with(b"http://") || bytes.starts_with(b"https://") {
+        Some("a URL; send the image bytes".into())
+    } else {
+        None
+    };
+    if let Some(what) = what {
+        msg.push_str(&format!(": this looks like {what}"));
+    }
+    msg
+}
+
+fn too_large(field: &str, width: u32, height: u32, limits: &MediaLimits) -> GitcapError {
+    GitcapError::media(
+        field,
+        format!(
+            "image is {width}x{height} = {} megapixels, above the {} megapixel limit",
+            megapixels(u64::from(width) * u64::from(height)),
+            megapixels(limits.max_pixels)
+        ),
+    )
+}
+
+fn megapixels(pixels: u64) -> String {
+    let mp = pixels as f64 / 1e6;
+    if mp >= 10.0 || mp == mp.round() {
+        format!("{mp:.0}")
+    } else {
+        format!("{mp:.1}")
+    }
+}
+
+fn check_size(field: &str, width: u32, height: u32, limits: &MediaLimits) -> Result<()> {
+    if width == 0 || height == 0 {
+        return Err(GitcapError::media(field, format!("image is {width}x{height}: it has no pixels")));
+    }
+    if u64::from(width) * u64::from(height) > limits.max_pixels {
+        return Err(too_large(field, width, height, limits));
+    }
+    Ok(())
+}
+
+fn decode_error(field: &str, format: Format, err: ImageError) -> GitcapError {
+    let detail = match &err {
+        ImageError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            "the data ends early (truncated file?)".to_string()
+        }
+        ImageError::Limits(_) => "it needs more memory than allowed".to_string(),
+        _ => err.to_string(),
+    };
+    GitcapError::media(field, format!("cannot decode the {} image: {detail}", format.name()))
+}
+
+/// Decodes an encoded image (JPEG, PNG, WebP or GIF, recognised by content) into RGB frames:
+/// one for a still image, one per frame for an animated GIF or WebP.
+///
+/// `field` names the request field in error messages (e.g. `media.image`). See the module
+/// documentation for how the result matches transformers' `load_image`.
+pub fn decode_image(bytes: &[u8], field: &str, limits: &MediaLimits) -> Result<Vec<RgbImage>> {
+    if bytes.is_empty() {
+        return Err(GitcapError::media(field, "empty: no image bytes were sent"));
+    }
+    let format = sniff(bytes).ok_or_else(|| GitcapError::media(field, describe_unknown(bytes)))?;
+    match format {
+        Format::Jpeg => {
+            check_jpeg_structure(bytes).map_err(|m| GitcapError::media(field, m))?;
+            let mut size_error = None;
+            let mut check = |w: u32, h: u32| {
+                check_size(field, w, h, limits).map_err(|e| {
+                    size_error = Some(e);
+                    String::from("size limit")
+                })
+            };
+            match jpeg::decode(bytes, &mut check) {
+                Ok((jpeg::Decoded::Rgb { width, height, data }, meta)) => {
+                    let image = RgbImage::from_raw(width, height, data).expect("decoder sizes");
+                    let tag = meta
+                        .exif
+                        .as_deref()
+                        .and_then(exif_orientation_tag)
+                        .or_else(|| meta.xmp.as_deref().and_then(xmp_orientation_tag));
+                    let mut image = DynamicImage::ImageRgb8(image);
+                    image.apply_orientation(orientation_from_tag(tag));
+                    Ok(vec![image.into_rgb8()])
+                }
+                // Rare JPEG flavours: the `image` crate's decoder, close to Pillow but not exact.
+                Ok((jpeg::Decoded::Unsupported(what), _)) => {
+                    tracing::debug!(field, "JPEG uses {what}; decoding it with the image crate");
+                    let decoder = JpegDecoder::new(Cursor::new(bytes)).map_err(|e| decode_error(field, format, e))?;
+                    decode_still(decoder, format, field, limits)
+                }
+                Err(message) => Err(size_error.unwrap_or_else(|| GitcapError::media(field, message))),
+            }
+        }
+        Format::Png => {
+            let decoder = PngDecoder::new(Cursor::new(bytes)).map_err(|e| decode_error(field, format, e))?;
+            decode_still(decoder, format, field, limits)
+        }
+        Format::WebP => {
+            let decoder = WebPDecoder::new(Cursor::new(bytes)).map_err(|e| decode_error(field, format, e))?;
+            if decoder.has_animation() {
+                let (w, h) = decoder.dimensions();
+                check_size(field, w, h, limits)?;
+                decode_frames(decoder.into_frames(), (w, h), format, field, limits)
+            } else {
+                decode_still(decoder, format, field, limits)
+            }
+        }
+        Format::Gif => {
+            let decoder = GifDecoder::new(Cursor::new(bytes)).map_err(|e| decode_error(field, format, e))?;
+            let (w, h) = decoder.dimensions();
+            check_size(field, w, h, limits)?;
+            decode_frames(decoder.into_frames(), (w, h), format, field, limits)
+        }
+    }
+}
+
+/// Uncompressed 8-bit RGB pixels (row-major, `width * height * 3` bytes) as an image.
+pub fn from_raw_rgb(width: u32, height: u32, bytes: &[u8], field: &str, limits: &MediaLimits) -> Result<RgbImage> {
+    check_size(field, width, height, limits)?;
+    let expected = u64::from(width) * u64::from(height) * 3;
+    if bytes.len() as u64 != expected {
+        return Err(GitcapError::media(
+            field,
+            format!(
+                "raw RGB data is {} bytes, but {width}x{height} pixels need {expected} \
+                 (width * height * 3, 8-bit R, G, B per pixel, row by row)",
+                bytes.len()
+            ),
+        ));
+    }
+    Ok(RgbImage::from_raw(width, height, bytes.to_vec()).expect("length checked"))
+}
+
+fn decode_still(
+    mut decoder: impl ImageDecoder,
+    format: Format,
+    field: &str,
+    limits: &MediaLimits,
+) -> Result<Vec<RgbImage>> {
+    let (w, h) = decoder.dimensions();
+    check_size(field, w, h, limits)?;
+    // A backstop for decoders' own allocations: the image at 16 bits per channel with alpha,
+    // twice over.
+    let mut image_limits = image::Limits::default();
+    image_limits.max_alloc = Some(limits.max_pixels.saturating_mul(16).max(1 << 20));
+    decoder.set_limits(image_limits).map_err(|e| decode_error(field, format, e))?;
+    let orientation = orientation(&mut decoder);
+    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| decode_error(field, format, e))?;
+    image.apply_orientation(orientation);
+    Ok(vec![to_rgb_like_pil(image)])
+}
+
+fn decode_frames(
+    frames: image::Frames<'_>,
+    (w, h): (u32, u32),
+    format: Format,
+    field: &str,
+    limits: &MediaLimits,
+) -> Result<Vec<RgbImage>> {
+    let frame_pixels = u64::from(w) * u64::from(h);
+    let mut out = Vec::new();
+    for frame in frames {
+        let frame = frame.map_err(|e| decode_error(field, format, e))?;
+        if out.len() == limits.max_frames {
+            return Err(GitcapError::media(
+                field,
+                format!("animated {} has more than {} frames, the limit", format.name(), limits.max_frames),
+            ));
+        }
+        let total = frame_pixels * (out.len() as u64 + 1);
+        if total > limits.max_pixels {
+            return Err(GitcapError::media(
+                field,
+                format!(
+                    "animated {} has at least {} frames of {w}x{h} = {} megapixels in all, above \
+                     the {} megapixel limit",
+                    format.name(),
+                    out.len() + 1,
+                    megapixels(total),
+                    megapixels(limits.max_pixels)
+                ),
+            ));
+        }
+        out.push(drop_alpha(&frame.into_buffer()));
+    }
+    if out.is_empty() {
+        return Err(GitcapError::media(field, format!("cannot decode the {} image: it has no frames", format.name())));
+    }
+    Ok(out)
+}
+
+fn drop_alpha(rgba: &image::RgbaImage) -> RgbImage {
+    let (w, h) = rgba.dimensions();
+    let data = rgba.as_raw().chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+    RgbImage::from_raw(w, h, data).expect("same size")
+}
+
+/// `PIL.Image.convert("RGB")` of what Pillow would have opened (see the module documentation).
+fn to_rgb_like_pil(image: DynamicImage) -> RgbImage {
+    fn map<const N: usize, T: Copy>(w: u32, h: u32, raw: &[T], f: impl Fn(&[T]) -> [u8; 3]) -> RgbImage {
+        let data = raw.chunks_exact(N).flat_map(f).collect();
+        RgbImage::from_raw(w, h, data).expect("same size")
+    }
+    let hi = |v: u16| (v >> 8) as u8;
+    let (w, h) = (image.width(), image.height());
+    match image {
+        DynamicImage::ImageRgb8(img) => img,
+        DynamicImage::ImageRgba8(img) => drop_alpha(&img),
+        DynamicImage::ImageLuma8(img) => map::<1, u8>(w, h, img.as_raw(), |p| [p[0]; 3]),
+        DynamicImage::ImageLumaA8(img) => map::<2, u8>(w, h, img.as_raw(), |p| [p[0]; 3]),
+        DynamicImage::ImageRgb16(img) => map::<3, u16>(w, h, img.as_raw(), |p| [hi(p[0]), hi(p[1]), hi(p[2])]),
+        DynamicImage::ImageRgba16(img) => map::<4, u16>(w, h, img.as_raw(), |p| [hi(p[0]), hi(p[1]), hi(p[2])]),
+        DynamicImage::ImageLuma16(img) => map::<1, u16>(w, h, img.as_raw(), |p| [hi(p[0]); 3]),
+        DynamicImage::ImageLumaA16(img) => map::<2, u16>(w, h, img.as_raw(), |p| [hi(p[0]); 3]),
+        other => other.to_rgb8(),
+    }
+}
+
+/// The orientation Pillow's `exif_transpose` would apply: the EXIF Orientation tag, else an XMP
+/// `tiff:Orientation`; values other than 2..=8 (and unreadable metadata) mean none.
+fn orientation(decoder: &mut impl ImageDecoder) -> Orientation {
+    let from_exif = decoder.exif_metadata().ok().flatten().and_then(|exif| {
+        let tiff = exif.strip_prefix(b"Exif\0\0").unwrap_or(&exif);
+        exif_orientation_tag(tiff)
+    });
+    let tag = from_exif.or_else(|| decoder.xmp_metadata().ok().flatten().and_then(|xmp| xmp_orientation_tag(&xmp)));
+    orientation_from_tag(tag)
+}
+
+fn orientation_from_tag(tag: Option<u16>) -> Orientation {
+    tag.and_then(|t| u8::try_from(t).ok()).and_then(Orientation::from_exif).unwrap_or(Orientation::NoTransforms)
+}
+
+/// The raw value of tag 0x0112 in IFD0 of a TIFF-structured EXIF block.
+fn exif_orientation_tag(tiff: &[u8]) -> Option<u16> {
+    let big = match tiff.get(..4)? {
+        [0x49, 0x49, 42, 0] => false,
+        [0x4d, 0x4d, 0, 42] => true,
+        _ => return None,
+    };
+    let u16_at = |o: usize| -> Option<u16> {
+        let b: [u8; 2] = tiff.get(o..o + 2)?.try_into().ok()?;
+        Some(if big { u16::from_be_bytes(b) } else { u16::from_le_bytes(b) })
+    };
+    let u32_at = |o: usize| -> Option<u32> {
+        let b: [u8; 4] = tiff.get(o..o + 4)?.try_into().ok()?;
+        Some(if big { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) })
+    };
+    let ifd = u32_at(4)? as usize;
+    let count = u16_at(ifd)? as usize;
+    (0..count).find_map(|i| {
+        let entry = ifd.checked_add(2 + 12 * i)?;
+        if u16_at(entry)? != 0x0112 {
+            return None;
+        }
+        // One value, stored in the entry: SHORT (3) as Orientation should be, or LONG (4).
+        match u16_at(entry + 2)? {
+            3 => u16_at(entry + 8),
+            4 => u16::try_from(u32_at(entry + 8)?).ok(),
+            _ => None,
+        }
+    })
+}
+
+/// Pillow's `re.search(r'tiff:Orientation(="|>)([0-9])', xmp)`.
+fn xmp_orientation_tag(xmp: &[u8]) -> Option<u16> {
+    const KEY: &[u8] = b"tiff:Orientation";
+    let mut rest = xmp;
+    while let Some(pos) = rest.windows(KEY.len()).position(|w| w == KEY) {
+        let after = &rest[pos + KEY.len()..];
+        let digit = match after {
+            [b'=', b'"', d, ..] | [b'>', d, ..] => Some(*d),
+            _ => None,
+        };
+        if let Some(d) = digit.filter(u8::is_ascii_digit) {
+            return Some(u16::from(d - b'0'));
+        }
+        rest = &rest[pos + 1..];
+    }
+    None
+}
+
+/// Walks a JPEG's marker segments up to the end-of-image marker, so a truncated file is an error
+/// (as in Pillow) rather than an image with a grey or smeared bottom. Stray bytes between
+/// segments are skipped, as libjpeg does.
+fn check_jpeg_structure(b: &[u8]) -> std::result::Result<(), String> {
+    const TRUNCATED: &str = "JPEG data is truncated: it ends before the end-of-image marker (incomplete upload?)";
+    let mut i = 2; // after SOI
+    loop {
+        // Next marker: skip anything up to a 0xFF, then fill bytes.
+        while i < b.len() && b[i] != 0xFF {
+            i += 1;
+        }
+        while i < b.len() && b[i] == 0xFF {
+            i += 1;
+        }
+        let Some(&marker) = b.get(i) else {
+            return Err(TRUNCATED.into());
+        };
+        i += 1;
+        match marker {
+            0xD9 => return Ok(()),
+            // Standalone markers: SOI, TEM, RSTn; 0x00 is a stuffed byte outside a scan.
+            0xD8 | 0x01 | 0xD0..=0xD7 | 0x00 => continue,
+            _ => {}
+        }
+        let len = match b.get(i..i + 2) {
+            Some(&[hi, lo]) => usize::from(u16::from_be_bytes([hi, lo])),
+            _ => return Err(TRUNCATED.into()),
+        };
+        if len < 2 {
+            return Err(format!("cannot decode the JPEG image: bad segment length {len} at byte {i}"));
+        }
+        i += len;
+        if i > b.len() {
+            return Err(TRUNCATED.into());
+        }
+        if marker == 0xDA {
+            // Entropy-coded data: runs until a 0xFF that is not followed by a stuffed 0x00 or RSTn.
+            loop {
+                match b[i..].iter().position(|&x| x == 0xFF) {
+                    None => return Err(TRUNCATED.into()),
+                    Some(p) => {
+                        let j = i + p;
+                        match b.get(j + 1) {
+                            None => return Err(TRUNCATED.into()),
+                            Some(0x00) | Some(0xD0..=0xD7) => i = j + 2,
+                            Some(0xFF) => i = j + 1,
+                            Some(_) => {
+                                i = j;
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> MediaLimits {
+        MediaLimits::default()
+    }
+
+    fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+        let mut out = (data.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(kind);
+        out.extend_from_slice(data);
+        let mut crc_input = kind.to_vec();
+        crc_input.extend_from_slice(data);
+        out.extend_from_slice(&crc32(&crc_input).to_be_bytes());
+        out
+    }
+
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = 0xFFFF_FFFFu32;
+        for &byte in data {
+            crc ^= u32::from(byte);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+
+    /// A stored (uncompressed) zlib stream.
+    fn zlib_stored(data: &[u8]) -> Vec<u8> {
+        let mut out = vec![0x78, 0x01];
+        let chunks: Vec<&[u8]> = data.chunks(65535).collect();
+        for (i, c) in chunks.iter().enumerate() {
+            out.push(u8::from(i + 1 == chunks.len()));
+            out.extend_from_slice(&(c.len() as u16).to_le_bytes());
+            out.extend_from_slice(&(!(c.len() as u16)).to_le_bytes());
+            out.extend_from_slice(c);
+        }
+        let (mut a, mut b) = (1u32, 0u32);
+        for &x in data {
+            a = (a + u32::from(x)) % 65521;
+            b = (b + a) % 65521;
+        }
+        out.extend_from_slice(&((b << 16) | a).to_be_bytes());
+        out
+    }
+
+    /// A PNG (8-bit, no interlace) of the given colour type, with optional extra chunks before IDAT.
+    fn png(width: u32, height: u32, color_type: u8, rows: &[Vec<u8>], extra: &[Vec<u8>]) -> Vec<u8> {
+        let mut ihdr = width.to_be_bytes().to_vec();
+        ihdr.extend_from_slice(&height.to_be_bytes());
+        ihdr.extend_from_slice(&[8, color_type, 0, 0, 0]);
+        let mut raw = Vec::new();
+        for row in rows {
+            raw.push(0);
+            raw.extend_from_slice(row);
+        }
+        let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+        out.extend(png_chunk(b"IHDR", &ihdr));
+        for chunk in extra {
+            out.extend_from_slice(chunk);
+        }
+        out.extend(png_chunk(b"IDAT", &zlib_stored(&raw)));
+        out.extend(png_chunk(b"IEND", &[]));
+        out
+    }
+
+    fn message(err: GitcapError) -> String {
+        match err {
+            GitcapError::Media { field, message } => format!("{field}: {message}"),
+            other => panic!("expected a media error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rejects_empty_and_unknown_bytes() {
+        let m = message(decode_image(&[], "media.image", &limits()).unwrap_err());
+        assert!(m.starts_with("media.image: empty"), "{m}");
+        let m = message(decode_image(b"<html><body>", "media.image", &limits()).unwrap_err());
+        assert!(m.contains("not a JPEG, PNG, WebP or GIF image (first bytes 3c 68 74 6d"), "{m}");
+        let m = message(decode_image(b"BM\x36\0\0\0\0\0\0\0\x36\0\0\0(", "f", &limits()).unwrap_err());
+        assert!(m.contains("looks like a Bmp image"), "{m}");
+        let m = message(decode_image(b"iVBORw0KGgoAAAANSUhEUg", "f", &limits()).unwrap_err());
+        assert!(m.contains("base64"), "{m}");
+        // Random bytes, and random bytes behind each format's magic: errors, never panics.
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        };
+        for magic in [&b""[..], b"\xFF\xD8\xFF", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"RIFF\0\0\0\0WEBP"] {
+            for len in [0usize, 1, 7, 64, 1000] {
+                let mut bytes = magic.to_vec();
+                bytes.extend((0..len).map(|_| next()));
+                if !bytes.is_empty() {
+                    assert!(decode_image(&bytes, "f", &limits()).is_err());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_a_declared_giant_png_before_decoding() {
+        // IHDR says 100000 x 100000 (10 gigapixels); the data is a handful of bytes.
+        let bytes = png(100_000, 100_000, 2, &[vec![0; 3]], &[]);
+        let m = message(decode_image(&bytes, "media.image", &limits()).unwrap_err());
+        assert!(m.contains("image is 100000x100000 = 10000 megapixels, above the 40 megapixel limit"), "{m}");
+        let tight = MediaLimits { max_pixels: 11, max_frames: 4 };
+        let m = message(decode_image(&png(4, 3, 0, &vec![vec![0; 4]; 3], &[]), "f", &tight).unwrap_err());
+        assert!(m.contains("image is 4x3 = 0.0 megapixels"), "{m}");
+    }
+
+    #[test]
+    fn rejects_zero_sized_images() {
+        let bytes = png(0, 5, 2, &[], &[]);
+        assert!(decode_image(&bytes, "f", &limits()).is_err());
+        let m = message(from_raw_rgb(0, 5, &[], "media.raw", &limits()).unwrap_err());
+        assert!(m.contains("0x5: it has no pixels"), "{m}");
+    }
+
+    #[test]
+    fn raw_rgb_length_is_checked() {
+        let img = from_raw_rgb(2, 3, &(0..18).collect::<Vec<u8>>(), "media.raw", &limits()).unwrap();
+        assert_eq!(img.dimensions(), (2, 3));
+        assert_eq!(img.get_pixel(1, 2).0, [15, 16, 17]);
+        let m = message(from_raw_rgb(2, 3, &[0; 17], "media.raw", &limits()).unwrap_err());
+        assert!(m.contains("raw RGB data is 17 bytes, but 2x3 pixels need 18"), "{m}");
+        let m = message(from_raw_rgb(100_000, 100_000, &[], "media.raw", &limits()).unwrap_err());
+        assert!(m.contains("above the 40 megapixel limit"), "{m}");
+    }
+
+    #[test]
+    fn png_color_types_convert_like_pillow() {
+        // Gray, gray+alpha, RGBA (alpha dropped, colour under alpha 0 kept).
+        let gray = decode_image(&png(2, 1, 0, &[vec![10, 250]], &[]), "f", &limits()).unwrap();
+        assert_eq!(gray[0].as_raw(), &vec![10, 10, 10, 250, 250, 250]);
+        let la = decode_image(&png(2, 1, 4, &[vec![10, 0, 250, 128]], &[]), "f", &limits()).unwrap();
+        assert_eq!(la[0].as_raw(), &vec![10, 10, 10, 250, 250, 250]);
+        let rgba = png(2, 1, 6, &[vec![255, 0, 255, 0, 1, 2, 3, 255]], &[]);
+        let rgba = decode_image(&rgba, "f", &limits()).unwrap();
+        assert_eq!(rgba[0].as_raw(), &vec![255, 0, 255, 1, 2, 3]);
+    }
+
+    /// Pillow's `Image.transpose` for EXIF orientation `o`, on a `w`x`h` image: where output pixel
+    /// (x, y) comes from, and the output size.
+    fn pil_exif_transpose(o: u16, w: u32, h: u32, x: u32, y: u32) -> (u32, u32) {
+        match o {
+            2 => (w - 1 - x, y),         // FLIP_LEFT_RIGHT
+            3 => (w - 1 - x, h - 1 - y), // ROTATE_180
+            4 => (x, h - 1 - y),         // FLIP_TOP_BOTTOM
+            5 => (y, x),                 // TRANSPOSE
+            6 => (y, h - 1 - x),         // ROTATE_270 (counter-clockwise) = 90 clockwise
+            7 => (w - 1 - y, h - 1 - x), // TRANSVERSE
+            8 => (w - 1 - y, x),         // ROTATE_90 (counter-clockwise)
+            _ => (x, y),
+        }
+    }
+
+    #[test]
+    fn exif_and_xmp_orientation_in_png() {
+        let (w, h) = (3u32, 2u32);
+        let rows: Vec<Vec<u8>> = (0..h).map(|y| (0..w).flat_map(|x| [(10 * x + y) as u8, 0, 0]).collect()).collect();
+        for o in 0u16..=9 {
+            for via_xmp in [false, true] {
+                let chunk = if via_xmp {
+                    let xmp = format!(
+                        "XML:com.adobe.xmp\0\0\0\0\0<x:xmpmeta><rdf:Description tiff:Orientation=\"{o}\"/></x:xmpmeta>"
+                    );
+                    png_chunk(b"iTXt", xmp.as_bytes())
+                } else {
+                    // Little-endian TIFF: IFD0 at 8 with one entry, tag 0x0112 SHORT x1 = o.
+                    let mut tiff = b"II\x2a\x00\x08\x00\x00\x00\x01\x00\x12\x01\x03\x00\x01\x00\x00\x00".to_vec();
+                    tiff.extend_from_slice(&o.to_le_bytes());
+                    tiff.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+                    png_chunk(b"eXIf", &tiff)
+                };
+                let img = decode_image(&png(w, h, 2, &rows, &[chunk]), "f", &limits()).unwrap();
+                let img = &img[0];
+                let (ow, oh) = if (5..=8).contains(&o) { (h, w) } else { (w, h) };
+                assert_eq!(img.dimensions(), (ow, oh), "orientation {o} xmp={via_xmp}");
+                for y in 0..oh {
+                    for x in 0..ow {
+                        let (sx, sy) = pil_exif_transpose(o, w, h, x, y);
+                        assert_eq!(
+                            img.get_pixel(x, y).0[0],
+                            (10 * sx + sy) as u8,
+                            "orientation {o} xmp={via_xmp} at ({x},{y})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn jpeg_structure_check() {
+        // SOI, a comment, SOS with stuffed bytes and a restart marker, EOI.
+        let mut ok = vec![0xFF, 0xD8, 0xFF, 0xFE, 0x00, 0x04, b'h', b'i', 0xFF, 0xDA, 0x00, 0x02];
+        ok.extend_from_slice(&[1, 2, 0xFF, 0x00, 3, 0xFF, 0xD0, 4, 0xFF, 0xFF, 0xD9]);
+        assert_eq!(check_jpeg_structure(&ok), Ok(()));
+        for cut in 1..ok.len() - 2 {
+            assert!(check_jpeg_structure(&ok[..ok.len() - cut]).is_err(), "cut {cut}");
+        }
+        let mut trailing = ok.clone();
+        trailing.extend_from_slice(b"trailing garbage");
+        assert_eq!(check_jpeg_structure(&trailing), Ok(()));
+    }
+}

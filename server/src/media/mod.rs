@@ -1,0 +1,32 @@
+//! Media: request bytes → RGB images → the model's `pixel_values`, bit-identical to what Hugging
+//! Face transformers (5.24, Pillow 13.0) computes with `load_image` and its PIL-backend image
+//! processors.
+//!
+//! - [`decode_image`] / [`from_raw_rgb`]: JPEG, PNG, WebP and GIF (every frame of an animation),
+//!   EXIF orientation applied, converted to RGB as `transformers.image_utils.load_image` does
+//!   (alpha dropped, not composited); sizes checked against [`MediaLimits`] before decoding. JPEG
+//!   goes through `jpeg`, a port of libjpeg-turbo's default decoding path, because the `image`
+//!   crate's decoder rounds differently from Pillow's.
+//! - [`PreprocessorConfig`]: a checkpoint's `preprocessor_config.json`;
+//!   [`PreprocessorConfig::preprocess`] resizes (`resample`: Pillow's resampling, ported bit for
+//!   bit), centre crops, rescales and normalises into CHW `f32` [`PixelValues`].
+//! - [`sample_frame_indices`]: which frames of a longer video the model sees.
+//!
+//! Pure Rust; turning [`PixelValues`] into tensors is the model's business. Reference data for the
+//! unit tests: `tests/fixtures/golden` and `testdata/` (see `testdata/make_testdata.py`).
+
+mod decode;
+mod frames;
+mod jpeg;
+mod preprocess;
+mod resample;
+
+pub use decode::{decode_image, from_raw_rgb, MediaLimits};
+pub use frames::sample_frame_indices;
+pub use preprocess::{
+    PixelValues, PreprocessorConfig, ProcessorKind, Resample, ResizeTarget, IMAGENET_STANDARD_MEAN,
+    IMAGENET_STANDARD_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
+};
+
+#[cfg(test)]
+mod golden_tests;

@@ -1,0 +1,86 @@
+//! Loading checkpoints: formats, legacy names, and errors that name the bad tensor.
+
+mod common;
+
+use std::path::Path;
+
+use tch::{Device, Kind, Tensor};
+
+use common::fixtures::model_dir;
+use gitcap_server::engine::Pipeline;
+use gitcap_server::error::GitcapError;
+use gitcap_server::model::GitForCausalLM;
+
+/// A copy of a fixture checkpoint whose weights went through `edit`.
+fn edited_checkpoint(edit: impl FnOnce(&mut Vec<(String, Tensor)>)) -> tempfile::TempDir {
+    let src = model_dir("tiny-git-image");
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let mut tensors = Tensor::read_safetensors(src.join("model.safetensors")).unwrap();
+    edit(&mut tensors);
+    Tensor::write_safetensors(&tensors, dir.path().join("model.safetensors")).unwrap();
+    dir
+}
+
+fn load(dir: &Path) -> Result<GitForCausalLM, GitcapError> {
+    GitForCausalLM::from_dir(dir, Kind::Float, Device::Cpu)
+}
+
+#[test]
+fn a_missing_tensor_is_named() {
+    let name = "git.encoder.layer.1.output.dense.weight";
+    let dir = edited_checkpoint(|t| t.retain(|(n, _)| n != name));
+    let err = load(dir.path()).err().expect("loading must fail");
+    assert!(matches!(&err, GitcapError::MissingTensor { name: n } if n == name), "{err}");
+    assert!(err.to_string().contains(name));
+}
+
+#[test]
+fn a_misshaped_tensor_is_named_with_both_shapes() {
+    let name = "git.image_encoder.vision_model.embeddings.position_embedding.weight";
+    let dir = edited_checkpoint(|t| {
+        let entry = t.iter_mut().find(|(n, _)| n == name).unwrap();
+        entry.1 = entry.1.narrow(0, 0, 5).copy();
+    });
+    let err = load(dir.path()).err().expect("loading must fail");
+    let message = err.to_string();
+    assert!(message.contains(name) && message.contains("[5, 32]") && message.contains("[17, 32]"), "{message}");
+}
+
+#[test]
+fn corrupt_or_absent_weights_give_clear_errors() {
+    let dir = edited_checkpoint(|_| {});
+    std::fs::write(dir.path().join("model.safetensors"), b"not a safetensors file").unwrap();
+    let message = load(dir.path()).err().unwrap().to_string();
+    assert!(message.contains("model.safetensors") && message.contains("not a valid safetensors"), "{message}");
+
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    let message = load(dir.path()).err().unwrap().to_string();
+    assert!(message.contains("no model.safetensors"), "{message}");
+}
+
+#[test]
+fn every_fixture_format_loads_and_the_temporal_embeddings_are_used() {
+    // tiny-git-video stores `git.img_temperal_embedding.*` (the hub's spelling); tiny-git-wide
+    // is a pytorch_model.bin.
+    for name in ["tiny-git-image", "tiny-git-video", "tiny-git-wide"] {
+        Pipeline::load(&model_dir(name), Kind::Float, Device::Cpu).unwrap();
+    }
+    let video = GitForCausalLM::from_dir(&model_dir("tiny-git-video"), Kind::Float, Device::Cpu).unwrap();
+    let features = Tensor::zeros([2, 17, 32], (Kind::Float, Device::Cpu));
+    let tokens = video.image_tokens(&features).unwrap();
+    let (first, second) = (tokens.narrow(1, 0, 17), tokens.narrow(1, 17, 17));
+    assert!((first - second).abs().max().double_value(&[]) > 1e-3, "frames must get different temporal embeddings");
+}
+
+#[test]
+fn weights_convert_to_the_serving_dtype() {
+    let model = GitForCausalLM::from_dir(&model_dir("tiny-git-image"), Kind::BFloat16, Device::Cpu).unwrap();
+    assert_eq!(model.kind(), Kind::BFloat16);
+    let pixels = Tensor::zeros([1, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let logits = model.forward(&pixels, &Tensor::from_slice(&[101i64]).view([1, 1])).unwrap();
+    assert_eq!(logits.kind(), Kind::Float, "logits come back in f32");
+}
