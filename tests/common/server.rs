@@ -51,12 +51,15 @@ impl TestServer {
             .expect("connecting to the test server")
     }
 
-    /// Sends SIGTERM and waits for the process to exit; returns whether it exited cleanly.
-    pub fn terminate(mut self) -> bool {
+    /// Sends SIGTERM.
+    pub fn signal_term(&self) {
         let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        Command::new("kill").args(["-TERM", &pid]).status().expect("running kill");
+    }
+
+    /// Waits for the process to exit; returns whether it exited cleanly.
+    pub fn wait(mut self) -> bool {
         let status = self.child.wait().expect("waiting for the server");
-        std::mem::forget(self);
         status.success()
     }
 

@@ -9,6 +9,9 @@ use crate::error::{GitcapError, Result};
 use crate::media::{decode_image, sample_frame_indices};
 use crate::proto::FrameChunk;
 
+/// A frame being decoded and run through the vision tower.
+pub type EncodeTask = JoinHandle<Result<tch::Tensor>>;
+
 /// Collects chunks into frames and starts encoding each frame when its last chunk arrives.
 pub struct FrameAssembler {
     worker: ModelWorker,
@@ -34,7 +37,7 @@ impl FrameAssembler {
 
     /// Adds a chunk; when it ends a frame, returns that frame's index and (unless the model
     /// will not use it) a task that decodes and encodes it.
-    pub fn push(&mut self, chunk: FrameChunk) -> Result<Option<(usize, Option<JoinHandle<Result<tch::Tensor>>>)>> {
+    pub fn push(&mut self, chunk: FrameChunk) -> Result<Option<(usize, Option<EncodeTask>)>> {
         let max_bytes = self.limits.max_frame_bytes;
         if self.buffer.len() + chunk.data.len() > max_bytes {
             return Err(GitcapError::invalid(
@@ -58,7 +61,7 @@ impl FrameAssembler {
         if self.wanted.as_ref().is_some_and(|w| !w.contains(&index)) {
             return Ok(Some((index, None)));
         }
-        let (worker, media_limits) = (self.worker.clone(), self.limits.media.clone());
+        let (worker, media_limits) = (self.worker.clone(), self.limits.media);
         let task = tokio::spawn(async move {
             let field = format!("frame[{index}]");
             let mut frames = tokio::task::spawn_blocking(move || decode_image(&bytes, &field, &media_limits))
@@ -91,6 +94,6 @@ impl FrameAssembler {
 }
 
 /// Waits for a frame's encoding task.
-pub async fn encoded(task: JoinHandle<Result<tch::Tensor>>) -> Result<tch::Tensor> {
+pub async fn encoded(task: EncodeTask) -> Result<tch::Tensor> {
     task.await.map_err(|e| GitcapError::Internal(format!("frame encoding task failed: {e}")))?
 }

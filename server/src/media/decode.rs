@@ -16,10 +16,10 @@
 //!   the high byte like the other 16-bit images instead.
 //! - **Animated GIF and WebP**: every frame, composed onto the full logical screen (what
 //!   `Image.seek(k)` then `load_image` gives for frame `k` of a GIF without transparency).
-//! - **JPEG** is decoded by [`super::jpeg`], a port of libjpeg-turbo's default path (what Pillow
-//!   uses), so the pixels are Pillow's exactly; the `image` crate's decoder (zune-jpeg) differs by
-//!   up to ±7 levels on 4:2:0 photos. Rare flavours (CMYK, 12-bit, arithmetic-coded, lossless)
-//!   fall back to the `image` crate.
+//! - **JPEG** pixels come from libjpeg-turbo (through the `mozjpeg` crate, whose decoder is
+//!   libjpeg-turbo's), the library Pillow decodes with, at its defaults, so they are Pillow's
+//!   exactly; the `image` crate's decoder (zune-jpeg) differs by up to ±7 levels on 4:2:0 photos.
+//!   CMYK JPEGs, which libjpeg does not convert to RGB, fall back to the `image` crate.
 //! - **Truncated data** is an error, as in Pillow ("image file is truncated"); for JPEG this means
 //!   the data must reach the end-of-image marker.
 //!
@@ -36,7 +36,6 @@ use image::codecs::webp::WebPDecoder;
 use image::metadata::Orientation;
 use image::{AnimationDecoder, DynamicImage, ImageDecoder, ImageError, RgbImage};
 
-use super::jpeg;
 use crate::error::{GitcapError, Result};
 
 /// Bounds on what one piece of media may decode to.
@@ -173,32 +172,23 @@ pub fn decode_image(bytes: &[u8], field: &str, limits: &MediaLimits) -> Result<V
     match format {
         Format::Jpeg => {
             check_jpeg_structure(bytes).map_err(|m| GitcapError::media(field, m))?;
-            let mut size_error = None;
-            let mut check = |w: u32, h: u32| {
-                check_size(field, w, h, limits).map_err(|e| {
-                    size_error = Some(e);
-                    String::from("size limit")
-                })
-            };
-            match jpeg::decode(bytes, &mut check) {
-                Ok((jpeg::Decoded::Rgb { width, height, data }, meta)) => {
-                    let image = RgbImage::from_raw(width, height, data).expect("decoder sizes");
-                    let tag = meta
-                        .exif
-                        .as_deref()
-                        .and_then(exif_orientation_tag)
-                        .or_else(|| meta.xmp.as_deref().and_then(xmp_orientation_tag));
+            // The image crate reads the header and metadata; libjpeg-turbo (the decoder inside
+            // Pillow) decodes the pixels, so they are Pillow's exactly.
+            let mut header = JpegDecoder::new(Cursor::new(bytes)).map_err(|e| decode_error(field, format, e))?;
+            let (w, h) = header.dimensions();
+            check_size(field, w, h, limits)?;
+            let orientation = orientation(&mut header);
+            match decode_jpeg_with_libjpeg(bytes) {
+                Ok(image) => {
                     let mut image = DynamicImage::ImageRgb8(image);
-                    image.apply_orientation(orientation_from_tag(tag));
+                    image.apply_orientation(orientation);
                     Ok(vec![image.into_rgb8()])
                 }
-                // Rare JPEG flavours: the `image` crate's decoder, close to Pillow but not exact.
-                Ok((jpeg::Decoded::Unsupported(what), _)) => {
+                Err(JpegProblem::Unsupported(what)) => {
                     tracing::debug!(field, "JPEG uses {what}; decoding it with the image crate");
-                    let decoder = JpegDecoder::new(Cursor::new(bytes)).map_err(|e| decode_error(field, format, e))?;
-                    decode_still(decoder, format, field, limits)
+                    decode_still(header, format, field, limits)
                 }
-                Err(message) => Err(size_error.unwrap_or_else(|| GitcapError::media(field, message))),
+                Err(JpegProblem::Corrupt(message)) => Err(GitcapError::media(field, message)),
             }
         }
         Format::Png => {
@@ -222,6 +212,28 @@ pub fn decode_image(bytes: &[u8], field: &str, limits: &MediaLimits) -> Result<V
             decode_frames(decoder.into_frames(), (w, h), format, field, limits)
         }
     }
+}
+
+enum JpegProblem {
+    /// A colour space libjpeg does not convert to RGB (CMYK, YCCK).
+    Unsupported(String),
+    Corrupt(String),
+}
+
+/// Decodes with libjpeg-turbo's defaults (accurate integer IDCT, fancy upsampling), as Pillow does.
+fn decode_jpeg_with_libjpeg(bytes: &[u8]) -> std::result::Result<RgbImage, JpegProblem> {
+    let corrupt = |e: std::io::Error| JpegProblem::Corrupt(format!("cannot decode the JPEG image: {e}"));
+    let decompress = mozjpeg::Decompress::new_mem(bytes).map_err(corrupt)?;
+    let space = decompress.color_space();
+    if matches!(space, mozjpeg::ColorSpace::JCS_CMYK | mozjpeg::ColorSpace::JCS_YCCK) {
+        return Err(JpegProblem::Unsupported(format!("the {space:?} colour space")));
+    }
+    let mut rgb = decompress.rgb().map_err(corrupt)?;
+    let (width, height) = (rgb.width() as u32, rgb.height() as u32);
+    let pixels: Vec<[u8; 3]> = rgb.read_scanlines().map_err(corrupt)?;
+    rgb.finish().map_err(corrupt)?;
+    RgbImage::from_raw(width, height, pixels.concat())
+        .ok_or_else(|| JpegProblem::Corrupt("the JPEG image ended before its last row".into()))
 }
 
 /// Uncompressed 8-bit RGB pixels (row-major, `width * height * 3` bytes) as an image.

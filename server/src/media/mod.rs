@@ -5,19 +5,18 @@
 //! - [`decode_image`] / [`from_raw_rgb`]: JPEG, PNG, WebP and GIF (every frame of an animation),
 //!   EXIF orientation applied, converted to RGB as `transformers.image_utils.load_image` does
 //!   (alpha dropped, not composited); sizes checked against [`MediaLimits`] before decoding. JPEG
-//!   goes through `jpeg`, a port of libjpeg-turbo's default decoding path, because the `image`
-//!   crate's decoder rounds differently from Pillow's.
+//!   pixels come from libjpeg-turbo, Pillow's own decoder, because the `image` crate's decoder
+//!   rounds differently.
 //! - [`PreprocessorConfig`]: a checkpoint's `preprocessor_config.json`;
 //!   [`PreprocessorConfig::preprocess`] resizes (`resample`: Pillow's resampling, ported bit for
 //!   bit), centre crops, rescales and normalises into CHW `f32` [`PixelValues`].
 //! - [`sample_frame_indices`]: which frames of a longer video the model sees.
 //!
-//! Pure Rust; turning [`PixelValues`] into tensors is the model's business. Reference data for the
+//! Turning [`PixelValues`] into tensors is the model's business. Reference data for the
 //! unit tests: `tests/fixtures/golden` and `testdata/` (see `testdata/make_testdata.py`).
 
 mod decode;
 mod frames;
-mod jpeg;
 mod preprocess;
 mod resample;
 

@@ -32,11 +32,7 @@ impl Models {
         if let Some(worker) = self.workers.get(&name) {
             return Ok(worker.clone());
         }
-        self.workers
-            .iter()
-            .find(|w| w.info.version == name)
-            .map(|w| w.clone())
-            .ok_or_else(|| GitcapError::ModelNotFound(name))
+        self.workers.iter().find(|w| w.info.version == name).map(|w| w.clone()).ok_or(GitcapError::ModelNotFound(name))
     }
 
     pub fn names(&self) -> Vec<String> {

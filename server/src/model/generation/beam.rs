@@ -175,7 +175,7 @@ fn sample_without_replacement(accumulated: &Tensor, k: usize, rng: &mut ChaCha8R
     let mut picked = Vec::with_capacity(k);
     for _ in 0..k {
         let total: f64 = weights.iter().sum();
-        if !(total > 0.0) {
+        if total <= 0.0 || total.is_nan() {
             break;
         }
         let mut target = rng.random::<f64>() * total;
