@@ -106,7 +106,7 @@ async fn video_frames_match_transformers() {
 
 #[tokio::test]
 async fn bad_requests_get_clear_statuses_and_the_server_keeps_serving() {
-    let mut server = TestServer::start("tiny-git-image", &["--queue-capacity", "4"]);
+    let mut server = TestServer::start("tiny-git-image", &["--queue-capacity", "4", "--max-message-bytes", "1000000"]);
     let mut client = CaptionerClient::new(server.channel().await);
     let png = media_file("shapes.png");
     let bad: Vec<(CaptionRequest, Code, &str)> = vec![
@@ -149,6 +149,19 @@ async fn bad_requests_get_clear_statuses_and_the_server_keeps_serving() {
             Code::InvalidArgument,
             "media",
         ),
+        // A decompression bomb: a PNG whose header declares 10 gigapixels.
+        (request(Kind::Image(png_declaring(100_000, 100_000)), "", greedy(4)), Code::InvalidArgument, "media.image"),
+        (
+            request(Kind::Raw(RawImage { width: 100_000, height: 100_000, rgb: vec![] }), "", greedy(4)),
+            Code::InvalidArgument,
+            "media.raw",
+        ),
+        (
+            request(Kind::Frames(Frames { frames: vec![png.clone(); 65] }), "", greedy(4)),
+            Code::InvalidArgument,
+            "media.frames",
+        ),
+        (request(Kind::Image(png.clone()), &"why ".repeat(400), greedy(4)), Code::InvalidArgument, "question"),
         (
             CaptionRequest { model: "no-such-model".into(), ..request(Kind::Image(png.clone()), "", greedy(4)) },
             Code::NotFound,
@@ -166,9 +179,35 @@ async fn bad_requests_get_clear_statuses_and_the_server_keeps_serving() {
             assert_eq!(violations[0].field, field, "{}", status.message());
         }
     }
+    // A message above the server's size limit.
+    let status = client.caption(request(Kind::Image(vec![0; 2_000_000]), "", greedy(4))).await.unwrap_err();
+    assert!(matches!(status.code(), Code::ResourceExhausted | Code::OutOfRange), "{status:?}");
+
     assert!(server.is_running());
     let ok = client.caption(request(Kind::Image(png), "", greedy(4))).await.unwrap().into_inner();
     assert_eq!(ok.token_ids.len(), 4);
+}
+
+/// A valid PNG (signature, IHDR with a correct CRC, a tiny IDAT, IEND) whose header declares
+/// `width` x `height` pixels.
+fn png_declaring(width: u32, height: u32) -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+    fn chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+        let body = [kind.as_slice(), data].concat();
+        [(data.len() as u32).to_be_bytes().to_vec(), body.clone(), crc32(&body).to_be_bytes().to_vec()].concat()
+    }
+    let ihdr = [width.to_be_bytes().as_slice(), &height.to_be_bytes(), &[8, 2, 0, 0, 0]].concat();
+    let idat = [0x78, 0x9c, 0x63, 0x00, 0x00, 0x00, 0x01, 0x00, 0x01];
+    [b"\x89PNG\r\n\x1a\n".to_vec(), chunk(b"IHDR", &ihdr), chunk(b"IDAT", &idat), chunk(b"IEND", &[])].concat()
 }
 
 #[tokio::test]

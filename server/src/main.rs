@@ -56,6 +56,9 @@ struct ServeArgs {
     threads: Option<i32>,
     #[arg(long)]
     queue_capacity: Option<usize>,
+    /// Largest request message accepted, in bytes.
+    #[arg(long)]
+    max_message_bytes: Option<usize>,
 }
 
 #[derive(Args)]
@@ -209,6 +212,7 @@ fn serve(args: ServeArgs) -> Result<(), gitcap_server::error::GitcapError> {
             ("hub.offline", args.offline.then(|| "true".to_string())),
             ("model.threads", args.threads.map(|t| t.to_string())),
             ("model.queue_capacity", args.queue_capacity.map(|t| t.to_string())),
+            ("server.max_message_bytes", args.max_message_bytes.map(|t| t.to_string())),
         ],
     )?;
     init_logging(settings.log.format == "json");

@@ -10,6 +10,7 @@ use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use super::convert::{self, RequestLimits};
 use super::upload::{self, FrameAssembler};
@@ -122,6 +123,21 @@ impl Started {
     }
 }
 
+fn log_done(reply: &proto::CaptionResponse) {
+    let timings = reply.timings.unwrap_or_default();
+    tracing::info!(
+        model = reply.model,
+        tokens = reply.token_ids.len(),
+        queue_ms = timings.queue_ms,
+        total_ms = timings.total_ms,
+        "answered"
+    );
+}
+
+fn log_failure(status: &Status) {
+    tracing::info!(code = ?status.code(), message = status.message(), "failed");
+}
+
 /// Parses the `grpc-timeout` header ("<digits><H|M|S|m|u|n>").
 fn grpc_timeout<T>(request: &Request<T>) -> Option<Duration> {
     let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
@@ -148,7 +164,9 @@ impl Captioner for CaptionerService {
         &self,
         request: Request<proto::CaptionRequest>,
     ) -> Result<Response<proto::CaptionResponse>, Status> {
-        Ok(Response::new(self.start(request).await?.finish().await?))
+        let reply = self.start(request).await?.finish().await.inspect_err(log_failure)?;
+        log_done(&reply);
+        Ok(Response::new(reply))
     }
 
     type CaptionStreamStream = EventStream;
@@ -161,7 +179,9 @@ impl Captioner for CaptionerService {
         &self,
         request: Request<Streaming<proto::UploadMessage>>,
     ) -> Result<Response<proto::CaptionResponse>, Status> {
-        Ok(Response::new(self.start_upload(request).await?.finish().await?))
+        let reply = self.start_upload(request).await?.finish().await.inspect_err(log_failure)?;
+        log_done(&reply);
+        Ok(Response::new(reply))
     }
 
     type UploadFramesStreamStream = EventStream;
@@ -301,7 +321,7 @@ fn snapshot(recent: &VecDeque<tch::Tensor>) -> Vec<Frame> {
 /// request at its next token.
 fn relay(mut started: Started) -> EventStream {
     let (tx, rx) = mpsc::channel(32);
-    tokio::spawn(async move {
+    let relaying = async move {
         use proto::caption_event::Event;
         loop {
             // Watch the client too: beam search sends nothing until it ends.
@@ -312,14 +332,23 @@ fn relay(mut started: Started) -> EventStream {
             let Some(event) = event else { break };
             let (message, last) = match event {
                 EngineEvent::Token(token) => (Ok(Event::Token(convert::token_event(token))), false),
-                EngineEvent::Done { output, queue_ms } => (Ok(Event::Done(started.response(output, queue_ms))), true),
-                EngineEvent::Failed(e) => (Err(Status::from(e)), true),
+                EngineEvent::Done { output, queue_ms } => {
+                    let reply = started.response(output, queue_ms);
+                    log_done(&reply);
+                    (Ok(Event::Done(reply)), true)
+                }
+                EngineEvent::Failed(e) => {
+                    let status = Status::from(e);
+                    log_failure(&status);
+                    (Err(status), true)
+                }
             };
             let message = message.map(|event| proto::CaptionEvent { event: Some(event) });
             if tx.send(message).await.is_err() || last {
                 break;
             }
         }
-    });
+    };
+    tokio::spawn(relaying.instrument(tracing::Span::current()));
     Box::pin(ReceiverStream::new(rx))
 }

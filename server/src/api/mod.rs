@@ -75,6 +75,7 @@ pub async fn serve(
     };
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
+        .trace_fn(request_span)
         .accept_http1(true)
         .layer(CorsLayer::very_permissive())
         .layer(tonic_web::GrpcWebLayer::new())
@@ -94,6 +95,16 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// One span per request, named by its method, with the caller's `x-request-id` or a number.
+fn request_span(request: &http::Request<()>) -> tracing::Span {
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let id = match request.headers().get("x-request-id").and_then(|v| v.to_str().ok()) {
+        Some(given) => given.to_string(),
+        None => NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_string(),
+    };
+    tracing::info_span!("request", id, method = request.uri().path())
 }
 
 /// Binds `addr` (port 0 = any free port).
