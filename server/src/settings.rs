@@ -76,3 +76,33 @@ impl Settings {
         config.try_deserialize().map_err(|e| GitcapError::invalid("config", e.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order_defaults_file_environment_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gitcap.toml");
+        std::fs::write(&file, "[model]\ndtype = \"bf16\"\nname = \"from-file\"\n[limits]\nmax_beams = 3\n").unwrap();
+        // SAFETY: this is the only test that touches GITCAP__* variables.
+        unsafe {
+            std::env::set_var("GITCAP__MODEL__NAME", "from-env");
+            std::env::set_var("GITCAP__LIMITS__MAX_BEAMS", "5");
+        }
+        let settings = Settings::load(Some(&file), &[("model.name", Some("from-flag".into())), ("model.device", None)]).unwrap();
+        unsafe {
+            std::env::remove_var("GITCAP__MODEL__NAME");
+            std::env::remove_var("GITCAP__LIMITS__MAX_BEAMS");
+        }
+        assert_eq!(settings.model.dtype, "bf16", "file over defaults");
+        assert_eq!(settings.limits.max_beams, 5, "environment over file");
+        assert_eq!(settings.model.name, "from-flag", "flags over everything");
+        assert_eq!(settings.model.device, "cpu", "defaults fill the rest");
+        assert_eq!(settings.server.listen, "127.0.0.1:50051");
+
+        let missing = Settings::load(Some(&dir.path().join("absent.toml")), &[]).unwrap_err();
+        assert!(missing.to_string().contains("absent.toml"), "{missing}");
+    }
+}
