@@ -111,3 +111,33 @@ fn a_hub_that_cannot_be_reached_says_how_to_serve_locally() {
     assert!(stderr.contains("cannot fetch microsoft/git-base-vatex from the Hugging Face Hub"), "{stderr}");
     assert!(stderr.contains("HF_HUB_OFFLINE=1") && stderr.contains("--model /path/to/checkpoint"), "{stderr}");
 }
+
+/// The real hf-hub code path on a cache laid out as the Hub's (`models--org--name/snapshots/<sha>`,
+/// `refs/main`), offline: the model loads and the version is the snapshot's commit.
+#[test]
+fn a_hub_cache_serves_offline() {
+    let home = tempfile::tempdir().unwrap();
+    let sha = "0123456789abcdef0123456789abcdef01234567";
+    let repo = home.path().join("hub/models--microsoft--git-tiny");
+    let snapshot = repo.join("snapshots").join(sha);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), sha).unwrap();
+    for entry in std::fs::read_dir(model_dir("tiny-git-image")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, snapshot.join(path.file_name().unwrap())).unwrap();
+    }
+    let image = fixtures().join("media/shapes.png");
+    let out = Command::new(env!("CARGO_BIN_EXE_gitcap-server"))
+        .args(["caption", "--model", "microsoft/git-tiny", "--max-new-tokens", "12", "--json", "--image"])
+        .arg(&image)
+        .env("HF_HOME", home.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["version"], sha);
+    let case = cases().into_iter().find(|c| c.name == "image_caption_shapes_greedy").unwrap();
+    assert_eq!(report["text"], case.text);
+}

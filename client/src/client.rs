@@ -1,0 +1,616 @@
+//! [`GitcapClient`]: connection settings, the calls, and frame chunking.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+use crate::error::{Error, Result};
+use crate::proto::{
+    self, caption_event, captioner_client::CaptionerClient, live_message, upload_message, FrameChunk, GenerationOptions,
+    LiveMessage, LiveStart, Media, ScoreLabelsRequest, UploadMessage, UploadStart,
+};
+use crate::Caption;
+
+/// Frames are sent in chunks of at most this many bytes unless [`ClientConfig::chunk_size`] says otherwise.
+pub const DEFAULT_CHUNK_SIZE: usize = 1 << 20;
+/// The default limit on a message's size, in both directions (tonic's own default is 4 MiB).
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 20;
+
+/// How to reach the server.
+///
+/// ```
+/// use std::time::Duration;
+/// use gitcap_client::ClientConfig;
+///
+/// let config = ClientConfig::new("http://gpu-box:50051")
+///     .token("s3cret")
+///     .request_timeout(Duration::from_secs(30));
+/// assert_eq!(config.url, "http://gpu-box:50051");
+/// ```
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// The server's URL, e.g. `http://127.0.0.1:50051`. Only plain-text HTTP/2 (`http://`) is supported.
+    pub url: String,
+    /// Sent as `authorization: Bearer <token>` on every call when set.
+    pub token: Option<String>,
+    /// How long connecting may take.
+    pub connect_timeout: Option<Duration>,
+    /// How long a call with a single answer (caption, upload, label scoring, health) may take,
+    /// enforced here and sent to the server as the call's deadline. Streaming answers
+    /// (`caption_stream`, `upload_frames_stream`, `live`) have no deadline.
+    pub request_timeout: Option<Duration>,
+    /// The largest message the client accepts.
+    pub max_decoding_message_size: usize,
+    /// The largest message the client sends.
+    pub max_encoding_message_size: usize,
+    /// The largest frame chunk an upload sends in one message.
+    pub chunk_size: usize,
+}
+
+impl ClientConfig {
+    /// Defaults: no token, a 10 s connect timeout, no request timeout, 64 MiB messages, 1 MiB chunks.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            token: None,
+            connect_timeout: Some(Duration::from_secs(10)),
+            request_timeout: None,
+            max_decoding_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_encoding_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+        }
+    }
+
+    /// Sets the bearer token.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Sets the connect timeout.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// Sets the timeout of calls with a single answer.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = Some(timeout);
+        self
+    }
+
+    /// Sets both message size limits.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_decoding_message_size = bytes;
+        self.max_encoding_message_size = bytes;
+        self
+    }
+
+    /// Sets the upload chunk size (at least one byte).
+    pub fn chunk_size(mut self, bytes: usize) -> Self {
+        self.chunk_size = bytes.max(1);
+        self
+    }
+}
+
+/// Adds the bearer token to every call (the interceptor in [`GitcapClient::raw`]'s type).
+#[derive(Clone)]
+pub struct Auth(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+type Inner = InterceptedService<Channel, Auth>;
+
+/// What to ask and how to decode: the model (empty = the server's default), an optional
+/// question (visual question answering), and generation options.
+///
+/// ```
+/// use gitcap_client::CaptionOptions;
+///
+/// let options = CaptionOptions::default().model("git-base-coco").question("what is on the table?").num_beams(3);
+/// assert_eq!(options.generation.num_beams, Some(3));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CaptionOptions {
+    pub model: String,
+    pub question: String,
+    pub generation: GenerationOptions,
+}
+
+impl CaptionOptions {
+    pub fn model(mut self, model: impl Into<String>) -> Self {
+        self.model = model.into();
+        self
+    }
+
+    pub fn question(mut self, question: impl Into<String>) -> Self {
+        self.question = question.into();
+        self
+    }
+
+    pub fn max_new_tokens(mut self, n: u32) -> Self {
+        self.generation.max_new_tokens = Some(n);
+        self
+    }
+
+    pub fn num_beams(mut self, n: u32) -> Self {
+        self.generation.num_beams = Some(n);
+        self
+    }
+
+    /// Turns on sampling, reproducible with `seed`.
+    pub fn sample(mut self, seed: Option<u64>) -> Self {
+        self.generation.do_sample = Some(true);
+        self.generation.seed = seed;
+        self
+    }
+
+    fn generation(&self) -> Option<GenerationOptions> {
+        (self.generation != GenerationOptions::default()).then(|| self.generation.clone())
+    }
+}
+
+/// How far an upload has got: called after the last chunk of each frame is handed to the transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UploadProgress {
+    /// Frames sent so far.
+    pub frames: u64,
+    /// Bytes of frame data sent so far.
+    pub bytes: u64,
+}
+
+/// A progress callback for uploads.
+pub type ProgressFn = Arc<dyn Fn(UploadProgress) + Send + Sync>;
+
+/// An upload's request options.
+#[derive(Clone, Default)]
+pub struct UploadOptions {
+    pub caption: CaptionOptions,
+    /// How many frames will follow, when known (a video model then encodes only those it uses); 0 = unknown.
+    pub frame_count: u32,
+    pub progress: Option<ProgressFn>,
+}
+
+impl UploadOptions {
+    pub fn new(caption: CaptionOptions) -> Self {
+        Self { caption, ..Default::default() }
+    }
+
+    pub fn frame_count(mut self, frame_count: u32) -> Self {
+        self.frame_count = frame_count;
+        self
+    }
+
+    pub fn progress(mut self, progress: impl Fn(UploadProgress) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Arc::new(progress));
+        self
+    }
+}
+
+/// Live captioning options: every `stride` frames the server captions the latest `window` frames
+/// (0 = the model's frame count; stride 0 = `window`).
+#[derive(Clone, Default)]
+pub struct LiveOptions {
+    pub caption: CaptionOptions,
+    pub window: u32,
+    pub stride: u32,
+    pub progress: Option<ProgressFn>,
+}
+
+/// One event of a streamed caption.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CaptionEvent {
+    /// A generated token; the `text_delta`s concatenate to the final text.
+    Token(proto::TokenEvent),
+    /// The end: the complete caption.
+    Done(Caption),
+}
+
+impl TryFrom<proto::CaptionEvent> for CaptionEvent {
+    type Error = Error;
+
+    fn try_from(event: proto::CaptionEvent) -> Result<Self> {
+        match event.event {
+            Some(caption_event::Event::Token(token)) => Ok(CaptionEvent::Token(token)),
+            Some(caption_event::Event::Done(done)) => Ok(CaptionEvent::Done(done)),
+            None => Err(Error::protocol("a caption event with neither a token nor the end")),
+        }
+    }
+}
+
+/// A health check's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HealthStatus {
+    Unknown,
+    Serving,
+    NotServing,
+    ServiceUnknown,
+}
+
+impl std::fmt::Display for HealthStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HealthStatus::Unknown => "UNKNOWN",
+            HealthStatus::Serving => "SERVING",
+            HealthStatus::NotServing => "NOT_SERVING",
+            HealthStatus::ServiceUnknown => "SERVICE_UNKNOWN",
+        })
+    }
+}
+
+/// Splits one encoded frame into chunks of at most `chunk_size` bytes; the last has `end_of_frame`
+/// set. An empty frame is one empty chunk.
+///
+/// ```
+/// let chunks = gitcap_client::frame_chunks(&[1, 2, 3, 4, 5], 2);
+/// assert_eq!(chunks.len(), 3);
+/// assert!(chunks[2].end_of_frame && !chunks[1].end_of_frame);
+/// ```
+pub fn frame_chunks(frame: &[u8], chunk_size: usize) -> Vec<FrameChunk> {
+    if frame.is_empty() {
+        return vec![FrameChunk { data: vec![], end_of_frame: true }];
+    }
+    let pieces: Vec<&[u8]> = frame.chunks(chunk_size.max(1)).collect();
+    let last = pieces.len() - 1;
+    pieces.into_iter().enumerate().map(|(i, p)| FrameChunk { data: p.to_vec(), end_of_frame: i == last }).collect()
+}
+
+/// The chunks of each frame in turn, reporting progress after each frame.
+fn chunk_stream<S>(frames: S, chunk_size: usize, progress: Option<ProgressFn>) -> impl Stream<Item = FrameChunk> + Send
+where
+    S: Stream<Item = Vec<u8>> + Send + 'static,
+{
+    let sent_frames = Arc::new(AtomicU64::new(0));
+    let sent_bytes = Arc::new(AtomicU64::new(0));
+    frames.flat_map(move |frame| {
+        let chunks = frame_chunks(&frame, chunk_size);
+        let (progress, sent_frames, sent_bytes) = (progress.clone(), sent_frames.clone(), sent_bytes.clone());
+        futures::stream::iter(chunks).map(move |chunk| {
+            let bytes = sent_bytes.fetch_add(chunk.data.len() as u64, Ordering::Relaxed) + chunk.data.len() as u64;
+            if chunk.end_of_frame {
+                let frames = sent_frames.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some(progress) = &progress {
+                    progress(UploadProgress { frames, bytes });
+                }
+            }
+            chunk
+        })
+    })
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T>> + Send>>;
+
+/// A connection to a gitcap server. Cloning is cheap and shares the connection.
+#[derive(Clone)]
+pub struct GitcapClient {
+    captioner: CaptionerClient<Inner>,
+    health: HealthClient<Inner>,
+    request_timeout: Option<Duration>,
+    chunk_size: usize,
+}
+
+impl GitcapClient {
+    /// Connects to the server.
+    ///
+    /// ```no_run
+    /// # async fn run() -> gitcap_client::Result<()> {
+    /// use gitcap_client::{ClientConfig, GitcapClient};
+    /// let client = GitcapClient::connect(ClientConfig::new("http://127.0.0.1:50051").token("s3cret")).await?;
+    /// println!("{}", client.health("").await?);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect(config: ClientConfig) -> Result<Self> {
+        let mut endpoint = Endpoint::from_shared(config.url.clone())
+            .map_err(|e| Error::Config(format!("invalid server URL {:?}: {e}", config.url)))?;
+        if let Some(timeout) = config.connect_timeout {
+            endpoint = endpoint.connect_timeout(timeout);
+        }
+        let channel = endpoint.connect().await?;
+        Self::with_channel(channel, config)
+    }
+
+    /// Uses an existing channel (the URL and connect timeout in `config` are ignored).
+    pub fn with_channel(channel: Channel, config: ClientConfig) -> Result<Self> {
+        let token = match &config.token {
+            Some(token) => Some(
+                format!("Bearer {token}")
+                    .parse::<MetadataValue<Ascii>>()
+                    .map_err(|_| Error::Config("the token must be printable ASCII".into()))?,
+            ),
+            None => None,
+        };
+        let service = InterceptedService::new(channel, Auth(token));
+        let captioner = CaptionerClient::new(service.clone())
+            .max_decoding_message_size(config.max_decoding_message_size)
+            .max_encoding_message_size(config.max_encoding_message_size);
+        let health = HealthClient::new(service)
+            .max_decoding_message_size(config.max_decoding_message_size)
+            .max_encoding_message_size(config.max_encoding_message_size);
+        Ok(Self { captioner, health, request_timeout: config.request_timeout, chunk_size: config.chunk_size.max(1) })
+    }
+
+    /// The generated stub, for calls this wrapper does not cover.
+    pub fn raw(&self) -> CaptionerClient<InterceptedService<Channel, Auth>> {
+        self.captioner.clone()
+    }
+
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Some(timeout) = self.request_timeout {
+            request.set_timeout(timeout);
+        }
+        request
+    }
+
+    /// Runs a call with a single answer under the request timeout.
+    async fn unary<T>(&self, call: impl Future<Output = Result<tonic::Response<T>, Status>>) -> Result<T> {
+        let response = match self.request_timeout {
+            Some(timeout) => tokio::time::timeout(timeout, call)
+                .await
+                .map_err(|_| Error::DeadlineExceeded(format!("no answer within {timeout:?}")))?,
+            None => call.await,
+        };
+        Ok(response?.into_inner())
+    }
+
+    fn caption_request(media: Media, options: &CaptionOptions) -> proto::CaptionRequest {
+        proto::CaptionRequest {
+            model: options.model.clone(),
+            media: Some(media),
+            question: options.question.clone(),
+            options: options.generation(),
+        }
+    }
+
+    /// Captions an image or the frames of a video (or answers `options.question` about it).
+    pub async fn caption(&self, media: Media, options: &CaptionOptions) -> Result<Caption> {
+        let request = self.request(Self::caption_request(media, options));
+        let mut stub = self.captioner.clone();
+        self.unary(stub.caption(request)).await
+    }
+
+    /// The same, streaming each token as it is generated and then the complete caption.
+    ///
+    /// ```no_run
+    /// # async fn run(client: gitcap_client::GitcapClient, image: Vec<u8>) -> gitcap_client::Result<()> {
+    /// use futures::StreamExt;
+    /// use gitcap_client::{CaptionEvent, CaptionOptions, Media};
+    ///
+    /// let mut events = client.caption_stream(Media::image(image), &CaptionOptions::default()).await?;
+    /// while let Some(event) = events.next().await {
+    ///     match event? {
+    ///         CaptionEvent::Token(token) => print!("{}", token.text_delta),
+    ///         CaptionEvent::Done(caption) => println!("\n({} tokens)", caption.token_ids.len()),
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn caption_stream(&self, media: Media, options: &CaptionOptions) -> Result<BoxStream<CaptionEvent>> {
+        let request = Request::new(Self::caption_request(media, options));
+        let events = self.captioner.clone().caption_stream(request).await?.into_inner();
+        Ok(Box::pin(events.map(|event| CaptionEvent::try_from(event?))))
+    }
+
+    fn upload_messages<S>(&self, frames: S, upload: &UploadOptions) -> impl Stream<Item = UploadMessage> + Send
+    where
+        S: Stream<Item = Vec<u8>> + Send + 'static,
+    {
+        let caption = &upload.caption;
+        let start = UploadStart {
+            model: caption.model.clone(),
+            question: caption.question.clone(),
+            options: caption.generation(),
+            frame_count: upload.frame_count,
+        };
+        futures::stream::once(async move { UploadMessage { message: Some(upload_message::Message::Start(start)) } })
+            .chain(
+                chunk_stream(frames, self.chunk_size, upload.progress.clone())
+                    .map(|chunk| UploadMessage { message: Some(upload_message::Message::Chunk(chunk)) }),
+            )
+    }
+
+    /// Uploads encoded frames one after the other, each split into chunks, and captions them.
+    /// The server encodes each frame as soon as it is complete.
+    ///
+    /// ```no_run
+    /// # async fn run(client: gitcap_client::GitcapClient) -> gitcap_client::Result<()> {
+    /// use gitcap_client::{CaptionOptions, UploadOptions};
+    ///
+    /// let frames: Vec<Vec<u8>> = (0..6).map(|i| std::fs::read(format!("frame_{i}.png")).unwrap()).collect();
+    /// let options = UploadOptions::new(CaptionOptions::default())
+    ///     .frame_count(frames.len() as u32)
+    ///     .progress(|p| eprintln!("{} frames sent", p.frames));
+    /// let caption = client.upload_frames(futures::stream::iter(frames), &options).await?;
+    /// println!("{}", caption.text);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn upload_frames<S>(&self, frames: S, upload: &UploadOptions) -> Result<Caption>
+    where
+        S: Stream<Item = Vec<u8>> + Send + 'static,
+    {
+        let request = self.request(self.upload_messages(frames, upload));
+        let mut stub = self.captioner.clone();
+        self.unary(stub.upload_frames(request)).await
+    }
+
+    /// The same upload, streaming the tokens back as they are generated.
+    pub async fn upload_frames_stream<S>(&self, frames: S, upload: &UploadOptions) -> Result<BoxStream<CaptionEvent>>
+    where
+        S: Stream<Item = Vec<u8>> + Send + 'static,
+    {
+        let request = Request::new(self.upload_messages(frames, upload));
+        let events = self.captioner.clone().upload_frames_stream(request).await?.into_inner();
+        Ok(Box::pin(events.map(|event| CaptionEvent::try_from(event?))))
+    }
+
+    /// Live captioning: streams frames as they come (from a camera, say) and yields a caption
+    /// of the latest `window` frames every `stride` frames.
+    ///
+    /// ```no_run
+    /// # async fn run(client: gitcap_client::GitcapClient, frames: Vec<Vec<u8>>) -> gitcap_client::Result<()> {
+    /// use futures::StreamExt;
+    /// use gitcap_client::LiveOptions;
+    ///
+    /// let options = LiveOptions { window: 6, stride: 3, ..Default::default() };
+    /// let mut events = client.live(futures::stream::iter(frames), &options).await?;
+    /// while let Some(event) = events.next().await {
+    ///     let event = event?;
+    ///     let text = event.caption.map(|c| c.text).unwrap_or_default();
+    ///     println!("frames {}-{}: {text}", event.first_frame, event.last_frame);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn live<S>(&self, frames: S, options: &LiveOptions) -> Result<BoxStream<proto::LiveEvent>>
+    where
+        S: Stream<Item = Vec<u8>> + Send + 'static,
+    {
+        let caption = &options.caption;
+        let start = LiveStart {
+            model: caption.model.clone(),
+            question: caption.question.clone(),
+            options: caption.generation(),
+            window: options.window,
+            stride: options.stride,
+        };
+        let messages =
+            futures::stream::once(async move { LiveMessage { message: Some(live_message::Message::Start(start)) } })
+                .chain(
+                    chunk_stream(frames, self.chunk_size, options.progress.clone())
+                        .map(|chunk| LiveMessage { message: Some(live_message::Message::Chunk(chunk)) }),
+                );
+        let events = self.captioner.clone().live_caption(Request::new(messages)).await?.into_inner();
+        Ok(Box::pin(events.map(|event| Ok(event?))))
+    }
+
+    /// Ranks candidate labels by the model's log-probability of each after the media (and the
+    /// optional `prompt`), best first.
+    ///
+    /// ```no_run
+    /// # async fn run(client: gitcap_client::GitcapClient, image: Vec<u8>) -> gitcap_client::Result<()> {
+    /// use gitcap_client::Media;
+    ///
+    /// let ranked = client.score_labels(Media::image(image), ["a dog", "a cat"], "", "").await?;
+    /// println!("best: {}", ranked.scores[0].label);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn score_labels<I, L>(
+        &self,
+        media: Media,
+        labels: I,
+        prompt: &str,
+        model: &str,
+    ) -> Result<proto::ScoreLabelsResponse>
+    where
+        I: IntoIterator<Item = L>,
+        L: Into<String>,
+    {
+        let request = self.request(ScoreLabelsRequest {
+            model: model.to_string(),
+            media: Some(media),
+            labels: labels.into_iter().map(Into::into).collect(),
+            prompt: prompt.to_string(),
+        });
+        let mut stub = self.captioner.clone();
+        self.unary(stub.score_labels(request)).await
+    }
+
+    /// Checks the server's health (`grpc.health.v1`); `service` empty = the server as a whole,
+    /// or e.g. `gitcap.v1.Captioner`. An unknown service is [`Error::NotFound`].
+    pub async fn health(&self, service: &str) -> Result<HealthStatus> {
+        let request = self.request(HealthCheckRequest { service: service.to_string() });
+        let mut stub = self.health.clone();
+        let reply = self.unary(stub.check(request)).await?;
+        Ok(match ServingStatus::try_from(reply.status) {
+            Ok(ServingStatus::Serving) => HealthStatus::Serving,
+            Ok(ServingStatus::NotServing) => HealthStatus::NotServing,
+            Ok(ServingStatus::ServiceUnknown) => HealthStatus::ServiceUnknown,
+            _ => HealthStatus::Unknown,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[test]
+    fn frames_split_into_chunks_that_concatenate_back() {
+        let frame: Vec<u8> = (0..=255).collect();
+        for size in [1, 7, 100, 256, 1000] {
+            let chunks = frame_chunks(&frame, size);
+            assert_eq!(chunks.len(), frame.len().div_ceil(size), "chunk size {size}");
+            assert!(chunks.iter().all(|c| c.data.len() <= size && !c.data.is_empty()));
+            assert!(chunks.iter().rev().skip(1).all(|c| !c.end_of_frame));
+            assert!(chunks.last().unwrap().end_of_frame);
+            assert_eq!(chunks.iter().flat_map(|c| c.data.clone()).collect::<Vec<_>>(), frame);
+        }
+        assert_eq!(frame_chunks(&[], 10), vec![FrameChunk { data: vec![], end_of_frame: true }]);
+        // A chunk size of 0 is treated as 1 instead of looping forever.
+        assert_eq!(frame_chunks(&[1, 2], 0).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn chunk_stream_reports_progress_per_frame() {
+        let seen = Arc::new(Mutex::new(vec![]));
+        let record = seen.clone();
+        let progress: ProgressFn = Arc::new(move |p| record.lock().unwrap().push(p));
+        let frames = vec![vec![0u8; 10], vec![1u8; 3], vec![2u8; 4]];
+        let chunks: Vec<FrameChunk> = chunk_stream(futures::stream::iter(frames), 4, Some(progress)).collect().await;
+        assert_eq!(chunks.len(), 3 + 1 + 1);
+        assert_eq!(chunks.iter().filter(|c| c.end_of_frame).count(), 3);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![
+                UploadProgress { frames: 1, bytes: 10 },
+                UploadProgress { frames: 2, bytes: 13 },
+                UploadProgress { frames: 3, bytes: 17 }
+            ]
+        );
+    }
+
+    #[test]
+    fn default_options_send_no_generation_options() {
+        assert_eq!(CaptionOptions::default().generation(), None);
+        let options = CaptionOptions::default().max_new_tokens(5).sample(Some(7));
+        let generation = options.generation().unwrap();
+        assert_eq!((generation.max_new_tokens, generation.do_sample, generation.seed), (Some(5), Some(true), Some(7)));
+    }
+
+    #[tokio::test]
+    async fn a_token_that_is_not_ascii_is_a_config_error() {
+        let channel = Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        let result = GitcapClient::with_channel(channel, ClientConfig::new("").token("bad\ntoken"));
+        assert!(matches!(result, Err(Error::Config(_))));
+    }
+
+    #[test]
+    fn caption_events_convert() {
+        let done = proto::CaptionEvent { event: Some(caption_event::Event::Done(Caption::default())) };
+        assert_eq!(CaptionEvent::try_from(done).unwrap(), CaptionEvent::Done(Caption::default()));
+        assert!(CaptionEvent::try_from(proto::CaptionEvent { event: None }).is_err());
+    }
+}

@@ -1,0 +1,297 @@
+//! End-to-end tests of the `gitcap` CLI against a real `gitcap-server` process.
+//!
+//! The server binary is `<target dir>/debug/gitcap-server`; when it is missing it is built
+//! (which needs LIBTORCH, as `scripts/test.sh` exports). Without LIBTORCH and without a built
+//! server the tests that need one say so loudly and pass.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use futures::StreamExt;
+use gitcap_client::{CaptionOptions, ClientConfig, GitcapClient, LiveOptions, Media, UploadOptions};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn media(name: &str) -> PathBuf {
+    workspace().join("tests/fixtures/media").join(name)
+}
+
+fn frames() -> Vec<Vec<u8>> {
+    (0..6).map(|i| std::fs::read(media(&format!("frames/frame_{i}.png"))).unwrap()).collect()
+}
+
+/// The server binary next to this package's `gitcap`, built if need be; `None` (after a loud
+/// message) when it is missing and cannot be built here.
+fn server_binary() -> Option<PathBuf> {
+    static BINARY: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let target_debug = Path::new(env!("CARGO_BIN_EXE_gitcap")).parent().unwrap().to_path_buf();
+            let binary = target_debug.join("gitcap-server");
+            if binary.exists() {
+                return Some(binary);
+            }
+            if std::env::var_os("LIBTORCH").is_none() {
+                eprintln!(
+                    "\n!!! SKIPPING gitcap CLI end-to-end tests: {} does not exist and LIBTORCH is unset, so it \
+                     cannot be built. Run scripts/test.sh (or export LIBTORCH=$(scripts/setup-libtorch.sh)). !!!\n",
+                    binary.display()
+                );
+                return None;
+            }
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "--bin", "gitcap-server"])
+                .current_dir(workspace())
+                .status()
+                .expect("running cargo build --bin gitcap-server");
+            assert!(status.success(), "building gitcap-server failed");
+            assert!(binary.exists(), "{} is still missing after building it", binary.display());
+            Some(binary)
+        })
+        .clone()
+}
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    /// Serves the fixture model `model` as `tiny`, or `None` when there is no server binary.
+    fn start(model: &str) -> Option<Self> {
+        let binary = server_binary()?;
+        let mut child = Command::new(binary)
+            .args(["serve", "--listen", "127.0.0.1:0", "--name", "tiny", "--model"])
+            .arg(workspace().join("tests/fixtures/models").join(model))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting gitcap-server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("reading the server's first line");
+        let addr = line
+            .trim()
+            .strip_prefix("gitcap-server listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line from the server: {line:?}"))
+            .to_string();
+        Some(Self { child, url: format!("http://{addr}") })
+    }
+
+    async fn client(&self) -> GitcapClient {
+        GitcapClient::connect(ClientConfig::new(&self.url)).await.expect("connecting to the test server")
+    }
+
+    /// Runs `gitcap --server <this server> args…`.
+    fn gitcap(&self, args: &[&str]) -> Output {
+        gitcap(&[&["--server", &self.url], args].concat())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn gitcap(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gitcap")).args(args).env_remove("GITCAP_TOKEN").output().expect("running gitcap")
+}
+
+/// Stdout of a run that must succeed.
+fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "gitcap failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Stderr of a run that must fail.
+fn fails(output: Output) -> String {
+    assert!(!output.status.success(), "gitcap succeeded: {}", String::from_utf8_lossy(&output.stdout));
+    String::from_utf8(output.stderr).unwrap()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[tokio::test]
+async fn captions_an_image_plain_streamed_and_as_json() {
+    let Some(server) = Server::start("tiny-git-image") else { return };
+    let photo = media("photo.jpg");
+    let options = CaptionOptions::default().max_new_tokens(12);
+    let expected =
+        server.client().await.caption(Media::image(std::fs::read(&photo).unwrap()), &options).await.unwrap();
+    assert!(!expected.text.is_empty());
+
+    let plain = ok(server.gitcap(&["caption", path(&photo), "--max-new-tokens", "12"]));
+    assert_eq!(plain.trim_end_matches('\n'), expected.text);
+
+    let streamed = ok(server.gitcap(&["caption", path(&photo), "--max-new-tokens", "12", "--stream"]));
+    assert_eq!(streamed.trim_end_matches('\n'), expected.text);
+
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(server.gitcap(&["caption", path(&photo), "--max-new-tokens", "12", "--json"])))
+            .unwrap();
+    assert_eq!(json["text"], expected.text.as_str());
+    assert_eq!(json["model"], "tiny");
+    assert_eq!(json["token_ids"].as_array().unwrap().len(), expected.token_ids.len());
+
+    // Streamed JSON: one object per token, then the complete caption.
+    let lines = ok(server.gitcap(&["caption", path(&photo), "--max-new-tokens", "12", "--stream", "--json"]));
+    let events: Vec<serde_json::Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events.last().unwrap()["done"]["text"], expected.text.as_str());
+    let deltas: String = events.iter().filter_map(|e| e["token"]["text"].as_str()).collect();
+    assert_eq!(deltas, expected.text);
+}
+
+#[tokio::test]
+async fn answers_a_question_and_ranks_labels() {
+    let Some(server) = Server::start("tiny-git-image") else { return };
+    let client = server.client().await;
+    let shapes = media("shapes.png");
+    let image = std::fs::read(&shapes).unwrap();
+
+    let options = CaptionOptions::default().question("what is in the picture?").max_new_tokens(8);
+    let expected = client.caption(Media::image(image.clone()), &options).await.unwrap();
+    let answer =
+        ok(server.gitcap(&["caption", path(&shapes), "--question", "what is in the picture?", "--max-new-tokens", "8"]));
+    assert_eq!(answer.trim_end_matches('\n'), expected.text);
+
+    let labels = ["a red square", "a dog", "a blue circle"];
+    let ranked = client.score_labels(Media::image(image), labels, "", "").await.unwrap();
+    let printed = ok(server.gitcap(&["caption", path(&shapes), "--labels", &labels.join(",")]));
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(lines.len(), 3, "{printed}");
+    for (i, (line, score)) in lines.iter().zip(&ranked.scores).enumerate() {
+        assert!(line.trim_start().starts_with(&format!("{}. {}", i + 1, score.label)), "{printed}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(server.gitcap(&["caption", path(&shapes), "--labels", &labels.join(","), "--json"])))
+            .unwrap();
+    assert_eq!(json["scores"][0]["label"], ranked.scores[0].label.as_str());
+}
+
+#[tokio::test]
+async fn uploads_a_frame_directory_and_a_gif() {
+    let Some(server) = Server::start("tiny-git-video") else { return };
+    let client = server.client().await;
+    let options = CaptionOptions::default().max_new_tokens(12);
+    let upload = UploadOptions::new(options.clone()).frame_count(6);
+    let expected = client.upload_frames(futures::stream::iter(frames()), &upload).await.unwrap();
+
+    let dir = media("frames");
+    let plain = ok(server.gitcap(&["caption", path(&dir), "--max-new-tokens", "12"]));
+    assert_eq!(plain.trim_end_matches('\n'), expected.text);
+    let streamed = ok(server.gitcap(&["caption", path(&dir), "--max-new-tokens", "12", "--stream"]));
+    assert_eq!(streamed.trim_end_matches('\n'), expected.text);
+
+    // The animated GIF goes as one image; the server splits its frames.
+    let gif = media("anim.gif");
+    let expected = client.caption(Media::image(std::fs::read(&gif).unwrap()), &options).await.unwrap();
+    let printed = ok(server.gitcap(&["caption", path(&gif), "--max-new-tokens", "12"]));
+    assert_eq!(printed.trim_end_matches('\n'), expected.text);
+}
+
+#[tokio::test]
+async fn live_prints_each_window_with_its_frames_and_times() {
+    let Some(server) = Server::start("tiny-git-video") else { return };
+    let options = LiveOptions { caption: CaptionOptions::default().max_new_tokens(6), window: 3, stride: 3, progress: None };
+    let events: Vec<_> = server.client().await.live(futures::stream::iter(frames()), &options).await.unwrap().collect().await;
+    let expected: Vec<String> = events
+        .into_iter()
+        .map(|e| {
+            let e = e.unwrap();
+            format!("[frames {}-{}] {}", e.first_frame, e.last_frame, e.caption.unwrap().text)
+        })
+        .collect();
+    assert_eq!(expected.len(), 2);
+    assert!(expected[0].starts_with("[frames 0-2] ") && expected[1].starts_with("[frames 3-5] "), "{expected:?}");
+
+    let dir = media("frames");
+    let args = ["live", path(&dir), "--window", "3", "--stride", "3", "--max-new-tokens", "6"];
+    let printed = ok(server.gitcap(&args));
+    assert_eq!(printed.lines().collect::<Vec<_>>(), expected);
+
+    let timed = ok(server.gitcap(&[&args[..], &["--fps", "2"]].concat()));
+    assert!(timed.lines().next().unwrap().starts_with("[frames 0-2, 0.00s-1.50s] "), "{timed}");
+    assert!(timed.lines().nth(1).unwrap().starts_with("[frames 3-5, 1.50s-3.00s] "), "{timed}");
+}
+
+#[test]
+fn health_reports_serving_and_unknown_services_fail() {
+    let Some(server) = Server::start("tiny-git-image") else { return };
+    assert_eq!(ok(server.gitcap(&["health"])).trim(), "SERVING");
+    assert_eq!(ok(server.gitcap(&["health", "--service", "gitcap.v1.Captioner"])).trim(), "SERVING");
+    let error = fails(server.gitcap(&["health", "--service", "no.such.Service"]));
+    assert!(error.contains("not found"), "{error}");
+}
+
+#[test]
+fn bad_files_fail_with_a_clear_message() {
+    let Some(server) = Server::start("tiny-git-image") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "not an image").unwrap();
+    let error = fails(server.gitcap(&["caption", path(&text)]));
+    assert!(error.contains("not a supported file"), "{error}");
+
+    // A damaged image is sent; the server names the bad field.
+    let broken = dir.path().join("broken.png");
+    std::fs::write(&broken, "not a png either").unwrap();
+    let error = fails(server.gitcap(&["caption", path(&broken)]));
+    assert!(error.contains("invalid argument `media"), "{error}");
+
+    let error = fails(server.gitcap(&["caption", path(&dir.path().join("missing.jpg"))]));
+    assert!(error.contains("missing.jpg"), "{error}");
+}
+
+#[test]
+fn a_video_without_ffmpeg_says_how_to_install_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let video = dir.path().join("clip.mp4");
+    std::fs::write(&video, "not read").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_gitcap"))
+        .args(["--server", "http://127.0.0.1:9", "caption", path(&video)])
+        .env("PATH", dir.path())
+        .output()
+        .unwrap();
+    let error = fails(output);
+    assert!(error.contains("ffmpeg") && error.contains("apt-get install ffmpeg"), "{error}");
+}
+
+#[test]
+fn captions_a_video_file_when_ffmpeg_is_installed() {
+    if Command::new("ffmpeg").arg("-version").output().is_err() {
+        eprintln!("ffmpeg is not installed: skipping the video file test");
+        return;
+    }
+    let Some(server) = Server::start("tiny-git-video") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let video = dir.path().join("clip.avi");
+    let made = Command::new("ffmpeg")
+        .args(["-nostdin", "-loglevel", "error", "-y", "-framerate", "2", "-i"])
+        .arg(media("frames/frame_%d.png"))
+        .args(["-vf", "scale=64:64", "-c:v", "mjpeg", "-q:v", "2"])
+        .arg(&video)
+        .status()
+        .unwrap();
+    assert!(made.success(), "ffmpeg could not make the test video");
+    let printed = ok(server.gitcap(&["caption", path(&video), "--max-new-tokens", "8"]));
+    assert!(!printed.trim().is_empty());
+}
+
+#[test]
+fn completions_are_printed() {
+    let script = ok(gitcap(&["completions", "bash"]));
+    assert!(script.contains("gitcap") && script.contains("caption"), "{script}");
+}
