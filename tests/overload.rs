@@ -13,7 +13,7 @@ use common::server::TestServer;
 use gitcap_client::proto::{captioner_client::CaptionerClient, media::Kind, CaptionRequest, GenerationOptions, Media};
 
 /// The tests here measure time: they run one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn long_request() -> CaptionRequest {
     let image = std::fs::read(fixtures().join("media/photo.jpg")).unwrap();
@@ -46,7 +46,7 @@ async fn queue_wait(client: &mut CaptionerClient<tonic::transport::Channel>) -> 
 
 #[tokio::test]
 async fn deadlines_cancellation_and_a_full_queue() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let mut server = TestServer::start("tiny-git-wide", &["--queue-capacity", "1"]);
     let channel = server.channel().await;
     let mut client = CaptionerClient::new(channel.clone());
@@ -108,7 +108,7 @@ async fn deadlines_cancellation_and_a_full_queue() {
 
 #[tokio::test]
 async fn sigterm_lets_running_requests_finish_and_refuses_new_ones() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let server = TestServer::start("tiny-git-wide", &[]);
     let channel = server.channel().await;
     let mut running = CaptionerClient::new(channel.clone());

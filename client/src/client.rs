@@ -17,8 +17,8 @@ use tonic_health::pb::HealthCheckRequest;
 
 use crate::error::{Error, Result};
 use crate::proto::{
-    self, caption_event, captioner_client::CaptionerClient, live_message, upload_message, FrameChunk, GenerationOptions,
-    LiveMessage, LiveStart, Media, ScoreLabelsRequest, UploadMessage, UploadStart,
+    self, caption_event, captioner_client::CaptionerClient, live_message, upload_message, FrameChunk,
+    GenerationOptions, LiveMessage, LiveStart, Media, ScoreLabelsRequest, UploadMessage, UploadStart,
 };
 use crate::Caption;
 
@@ -164,7 +164,7 @@ impl CaptionOptions {
     }
 
     fn generation(&self) -> Option<GenerationOptions> {
-        (self.generation != GenerationOptions::default()).then(|| self.generation.clone())
+        (self.generation != GenerationOptions::default()).then_some(self.generation)
     }
 }
 
@@ -605,6 +605,16 @@ mod tests {
         let channel = Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
         let result = GitcapClient::with_channel(channel, ClientConfig::new("").token("bad\ntoken"));
         assert!(matches!(result, Err(Error::Config(_))));
+    }
+
+    #[test]
+    fn the_token_goes_in_the_authorization_header() {
+        use tonic::service::Interceptor;
+        let value = "Bearer s3cret".parse().unwrap();
+        let request = Auth(Some(value)).call(Request::new(())).unwrap();
+        assert_eq!(request.metadata().get("authorization").unwrap(), "Bearer s3cret");
+        let request = Auth(None).call(Request::new(())).unwrap();
+        assert!(request.metadata().get("authorization").is_none());
     }
 
     #[test]

@@ -32,8 +32,8 @@ pub enum Error {
     #[error("cancelled: {0}")]
     Cancelled(String),
     /// Connecting failed (bad address, connection refused, connect timeout).
-    #[error("transport error: {0}")]
-    Transport(#[from] tonic::transport::Error),
+    #[error("transport error: {}", source_chain(.0))]
+    Transport(tonic::transport::Error),
     /// The client configuration is unusable (an invalid URL or token).
     #[error("invalid client configuration: {0}")]
     Config(String),
@@ -85,6 +85,30 @@ impl From<Status> for Error {
     }
 }
 
+impl From<tonic::transport::Error> for Error {
+    fn from(error: tonic::transport::Error) -> Self {
+        Error::Transport(error)
+    }
+}
+
+/// The messages of an error's sources, without the repetitions of hyper's and tonic's layers
+/// ("transport error: tcp connect error: tcp connect error: …").
+fn source_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut messages: Vec<String> = vec![];
+    let mut next = error.source();
+    while let Some(source) = next {
+        let message = source.to_string();
+        if messages.last() != Some(&message) {
+            messages.push(message);
+        }
+        next = source.source();
+    }
+    if messages.is_empty() {
+        messages.push(error.to_string());
+    }
+    messages.join(": ")
+}
+
 fn code_name(code: Code) -> String {
     // `Code::description` is a sentence; the snake-case name reads better in a one-line message.
     let name = format!("{code:?}");
@@ -128,7 +152,8 @@ mod tests {
 
     #[test]
     fn statuses_map_to_their_cases() {
-        let cases: Vec<(Status, fn(&Error) -> bool)> = vec![
+        type Check = fn(&Error) -> bool;
+        let cases: Vec<(Status, Check)> = vec![
             (Status::not_found("m"), |e| matches!(e, Error::NotFound(m) if m == "m")),
             (Status::resource_exhausted("m"), |e| matches!(e, Error::ResourceExhausted(_))),
             (Status::deadline_exceeded("m"), |e| matches!(e, Error::DeadlineExceeded(_))),
@@ -144,6 +169,9 @@ mod tests {
             assert!(check(&error), "{code:?} became {error:?}");
             assert_eq!(error.code(), Some(code));
         }
-        assert_eq!(Error::from(Status::failed_precondition("no weights")).to_string(), "failed precondition: no weights");
+        assert_eq!(
+            Error::from(Status::failed_precondition("no weights")).to_string(),
+            "failed precondition: no weights"
+        );
     }
 }

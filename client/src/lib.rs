@@ -23,8 +23,8 @@ mod error;
 pub mod media;
 
 pub use client::{
-    frame_chunks, Auth, CaptionEvent, CaptionOptions, ClientConfig, GitcapClient, HealthStatus, LiveOptions, ProgressFn,
-    UploadOptions, UploadProgress, DEFAULT_CHUNK_SIZE, DEFAULT_MAX_MESSAGE_SIZE,
+    frame_chunks, Auth, CaptionEvent, CaptionOptions, ClientConfig, GitcapClient, HealthStatus, LiveOptions,
+    ProgressFn, UploadOptions, UploadProgress, DEFAULT_CHUNK_SIZE, DEFAULT_MAX_MESSAGE_SIZE,
 };
 pub use error::{Error, Result};
 pub use proto::{CaptionResponse, LabelScore, LiveEvent, Media, ScoreLabelsResponse, TokenEvent};
@@ -57,3 +57,8 @@ pub mod proto {
         }
     }
 }
+
+/// Compiles the README's examples as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

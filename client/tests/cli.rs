@@ -105,12 +105,7 @@ fn gitcap(args: &[&str]) -> Output {
 
 /// Stdout of a run that must succeed.
 fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "gitcap failed ({}): {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "gitcap failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout).unwrap()
 }
 
@@ -129,8 +124,7 @@ async fn captions_an_image_plain_streamed_and_as_json() {
     let Some(server) = Server::start("tiny-git-image") else { return };
     let photo = media("photo.jpg");
     let options = CaptionOptions::default().max_new_tokens(12);
-    let expected =
-        server.client().await.caption(Media::image(std::fs::read(&photo).unwrap()), &options).await.unwrap();
+    let expected = server.client().await.caption(Media::image(std::fs::read(&photo).unwrap()), &options).await.unwrap();
     assert!(!expected.text.is_empty());
 
     let plain = ok(server.gitcap(&["caption", path(&photo), "--max-new-tokens", "12"]));
@@ -163,8 +157,14 @@ async fn answers_a_question_and_ranks_labels() {
 
     let options = CaptionOptions::default().question("what is in the picture?").max_new_tokens(8);
     let expected = client.caption(Media::image(image.clone()), &options).await.unwrap();
-    let answer =
-        ok(server.gitcap(&["caption", path(&shapes), "--question", "what is in the picture?", "--max-new-tokens", "8"]));
+    let answer = ok(server.gitcap(&[
+        "caption",
+        path(&shapes),
+        "--question",
+        "what is in the picture?",
+        "--max-new-tokens",
+        "8",
+    ]));
     assert_eq!(answer.trim_end_matches('\n'), expected.text);
 
     let labels = ["a red square", "a dog", "a blue circle"];
@@ -205,8 +205,10 @@ async fn uploads_a_frame_directory_and_a_gif() {
 #[tokio::test]
 async fn live_prints_each_window_with_its_frames_and_times() {
     let Some(server) = Server::start("tiny-git-video") else { return };
-    let options = LiveOptions { caption: CaptionOptions::default().max_new_tokens(6), window: 3, stride: 3, progress: None };
-    let events: Vec<_> = server.client().await.live(futures::stream::iter(frames()), &options).await.unwrap().collect().await;
+    let options =
+        LiveOptions { caption: CaptionOptions::default().max_new_tokens(6), window: 3, stride: 3, progress: None };
+    let events: Vec<_> =
+        server.client().await.live(futures::stream::iter(frames()), &options).await.unwrap().collect().await;
     let expected: Vec<String> = events
         .into_iter()
         .map(|e| {

@@ -30,6 +30,12 @@ pub enum GitcapError {
     Cancelled,
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("libtorch: {0}")]

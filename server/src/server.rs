@@ -1,15 +1,12 @@
-//! `gitcap-server serve`: load the configured model on its own thread, then serve.
+//! `gitcap-server serve`: restore the saved models (or load the configured one), then serve.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::api::{self, convert::RequestLimits, ServeOptions};
-use crate::device::{parse_device, parse_dtype};
-use crate::engine::{ModelInfo, ModelWorker, Pipeline};
 use crate::error::Result;
 use crate::media::MediaLimits;
-use crate::registry::{resolve, HubOptions, Models};
+use crate::registry::{HubOptions, LoadSpec, Registry, RegistryOptions};
 use crate::settings::Settings;
 
 pub async fn run(settings: Settings) -> Result<()> {
@@ -22,29 +19,35 @@ pub async fn run(settings: Settings) -> Result<()> {
         token: Some(settings.hub.token.clone()).filter(|t| !t.is_empty()).or_else(|| std::env::var("HF_TOKEN").ok()),
         cache_dir: None::<PathBuf>,
     };
-    let (device, kind) = (parse_device(&m.device)?, parse_dtype(&m.dtype)?);
-    let (source, revision) = (m.source.clone(), m.revision.clone());
-    let started = Instant::now();
-    tracing::info!(model = m.name, source = m.source, "loading");
-    let (pipeline, version) = tokio::task::spawn_blocking(move || -> Result<_> {
-        let checkpoint = resolve(&source, Some(&revision), &hub)?;
-        Ok((Pipeline::load(&checkpoint.dir, kind, device)?, checkpoint.version))
-    })
-    .await
-    .map_err(|e| crate::error::GitcapError::Internal(e.to_string()))??;
-    let info = ModelInfo {
-        name: m.name.clone(),
-        version,
-        dtype: m.dtype.clone(),
-        device: m.device.clone(),
-        max_frames: pipeline.model.config.max_frames() as usize,
-        weights_bytes: 0,
-    };
-    tracing::info!(model = info.name, version = info.version, secs = started.elapsed().as_secs_f64(), "loaded");
-    let models = Arc::new(Models::default());
-    models.insert(ModelWorker::spawn(pipeline, info, m.queue_capacity));
+    let admin = &settings.admin;
+    let registry = Registry::new(RegistryOptions {
+        hub,
+        queue_capacity: m.queue_capacity,
+        model_roots: Some(admin.model_roots.iter().map(PathBuf::from).collect()),
+        state_file: Some(PathBuf::from(&admin.state_file)).filter(|p| !p.as_os_str().is_empty()),
+        drain_timeout: Duration::from_secs(admin.drain_timeout_secs),
+    });
+    if !registry.restore().await? {
+        let spec = LoadSpec {
+            name: m.name.clone(),
+            source: m.source.clone(),
+            revision: m.revision.clone(),
+            version: String::new(),
+            device: m.device.clone(),
+            dtype: m.dtype.clone(),
+        };
+        registry.load(spec, false).await?;
+    }
 
     let (listener, addr) = api::bind(&settings.server.listen).await?;
+    let admin_listener = match admin.listen.as_str() {
+        "" => None,
+        address => {
+            let (listener, admin_addr) = api::bind(address).await?;
+            println!("gitcap-server admin listening on {admin_addr}");
+            Some(listener)
+        }
+    };
     // Tests and scripts read the port from this line.
     println!("gitcap-server listening on {addr}");
     let l = &settings.limits;
@@ -59,8 +62,13 @@ pub async fn run(settings: Settings) -> Result<()> {
         },
         max_message_bytes: settings.server.max_message_bytes,
         shutdown_grace: Duration::from_secs(settings.server.shutdown_grace_secs),
+        inference_token: settings.auth.inference_token(),
+        admin_token: settings.auth.admin_token()?,
+        admin_listener,
+        default_device: m.device.clone(),
+        default_dtype: m.dtype.clone(),
     };
-    api::serve(listener, models, options, shutdown_signal()).await
+    api::serve(listener, registry, options, shutdown_signal()).await
 }
 
 async fn shutdown_signal() {

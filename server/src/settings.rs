@@ -12,6 +12,8 @@ const DEFAULTS: &str = include_str!("../../config/default.toml");
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
     pub server: ServerSettings,
+    pub auth: AuthSettings,
+    pub admin: AdminSettings,
     pub model: ModelSettings,
     pub hub: HubSettings,
     pub limits: LimitSettings,
@@ -23,6 +25,41 @@ pub struct ServerSettings {
     pub listen: String,
     pub max_message_bytes: usize,
     pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    pub inference_token: String,
+    pub admin_token: String,
+    pub admin_token_file: String,
+}
+
+impl AuthSettings {
+    pub fn inference_token(&self) -> Option<String> {
+        Some(self.inference_token.clone()).filter(|t| !t.is_empty())
+    }
+
+    /// The admin token, from `admin_token` or the file `admin_token_file`.
+    pub fn admin_token(&self) -> Result<Option<String>> {
+        if !self.admin_token.is_empty() {
+            return Ok(Some(self.admin_token.clone()));
+        }
+        if self.admin_token_file.is_empty() {
+            return Ok(None);
+        }
+        let token = std::fs::read_to_string(&self.admin_token_file).map_err(|e| {
+            GitcapError::invalid("auth.admin_token_file", format!("cannot read {}: {e}", self.admin_token_file))
+        })?;
+        Ok(Some(token.trim().to_string()).filter(|t| !t.is_empty()))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AdminSettings {
+    pub listen: String,
+    pub model_roots: Vec<String>,
+    pub state_file: String,
+    pub drain_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -91,7 +128,8 @@ mod tests {
             std::env::set_var("GITCAP__MODEL__NAME", "from-env");
             std::env::set_var("GITCAP__LIMITS__MAX_BEAMS", "5");
         }
-        let settings = Settings::load(Some(&file), &[("model.name", Some("from-flag".into())), ("model.device", None)]).unwrap();
+        let settings =
+            Settings::load(Some(&file), &[("model.name", Some("from-flag".into())), ("model.device", None)]).unwrap();
         unsafe {
             std::env::remove_var("GITCAP__MODEL__NAME");
             std::env::remove_var("GITCAP__LIMITS__MAX_BEAMS");

@@ -88,9 +88,7 @@ enum Command {
         service: String,
     },
     /// Print a shell completion script.
-    Completions {
-        shell: clap_complete::Shell,
-    },
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(clap::Args)]
@@ -101,22 +99,31 @@ struct GenerationArgs {
     /// Model name, alias or version (default: the server's default model).
     #[arg(long, short)]
     model: Option<String>,
+    /// Most tokens to generate.
     #[arg(long)]
     max_new_tokens: Option<u32>,
+    /// Fewest tokens to generate.
     #[arg(long)]
     min_new_tokens: Option<u32>,
+    /// Beam search with this many beams (1 = greedy).
     #[arg(long)]
     num_beams: Option<u32>,
+    /// Sample instead of picking the likeliest token.
     #[arg(long)]
     do_sample: bool,
+    /// Sampling temperature.
     #[arg(long)]
     temperature: Option<f32>,
+    /// Sample among the k likeliest tokens.
     #[arg(long)]
     top_k: Option<u32>,
+    /// Nucleus sampling: the smallest set of tokens with this total probability.
     #[arg(long)]
     top_p: Option<f32>,
+    /// Random seed: same seed, same request, same output.
     #[arg(long)]
     seed: Option<u64>,
+    /// Penalty on repeated tokens (1 = none).
     #[arg(long)]
     repetition_penalty: Option<f32>,
 }
@@ -228,7 +235,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Live { path, window, stride, generation, fps, json } => {
             let source = media::classify(path).with_context(|| format!("reading {}", path.display()))?;
             let (frames, fps) = match &source {
-                MediaSource::Image(..) => bail!("{}: live captioning needs a video file or a directory of frames", path.display()),
+                MediaSource::Image(..) => {
+                    bail!("{}: live captioning needs a video file or a directory of frames", path.display())
+                }
                 MediaSource::Frames(paths) => (read_frames(paths)?, *fps),
                 MediaSource::Video(path) => {
                     let fps = fps.unwrap_or(DEFAULT_VIDEO_FPS);
@@ -256,7 +265,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 } else {
                     let times = fps
                         .map(|fps| {
-                            format!(", {:.2}s-{:.2}s", event.first_frame as f64 / fps, (event.last_frame + 1) as f64 / fps)
+                            format!(
+                                ", {:.2}s-{:.2}s",
+                                event.first_frame as f64 / fps,
+                                (event.last_frame + 1) as f64 / fps
+                            )
                         })
                         .unwrap_or_default();
                     println!("[frames {}-{}{times}] {}", event.first_frame, event.last_frame, caption.text);
@@ -324,14 +337,22 @@ fn print_labels(ranked: &proto::ScoreLabelsResponse, json: bool) {
         let scores: Vec<Value> = ranked
             .scores
             .iter()
-            .map(|s| json!({"label": s.label, "logprob": s.logprob, "mean_logprob": s.mean_logprob, "tokens": s.tokens}))
+            .map(
+                |s| json!({"label": s.label, "logprob": s.logprob, "mean_logprob": s.mean_logprob, "tokens": s.tokens}),
+            )
             .collect();
         let value = json!({"scores": scores, "model": ranked.model, "version": ranked.version});
         println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
     } else {
         let width = ranked.scores.iter().map(|s| s.label.chars().count()).max().unwrap_or(0);
         for (rank, score) in ranked.scores.iter().enumerate() {
-            println!("{:>2}. {:<width$}  logprob {:>9.4}  mean {:>8.4}", rank + 1, score.label, score.logprob, score.mean_logprob);
+            println!(
+                "{:>2}. {:<width$}  logprob {:>9.4}  mean {:>8.4}",
+                rank + 1,
+                score.label,
+                score.logprob,
+                score.mean_logprob
+            );
         }
     }
 }

@@ -19,15 +19,15 @@ use crate::error::GitcapError;
 use crate::media::MediaLimits;
 use crate::model::generation::GenerationOverrides;
 use crate::proto::{self, captioner_server::Captioner};
-use crate::registry::Models;
+use crate::registry::Registry;
 
 pub struct CaptionerService {
-    models: Arc<Models>,
+    models: Arc<Registry>,
     limits: Arc<RequestLimits>,
 }
 
 impl CaptionerService {
-    pub fn new(models: Arc<Models>, limits: RequestLimits) -> Self {
+    pub fn new(models: Arc<Registry>, limits: RequestLimits) -> Self {
         Self { models, limits: Arc::new(limits) }
     }
 

@@ -1,6 +1,8 @@
 //! The gRPC surface: the Captioner service, standard health and reflection, and gRPC-Web
 //! (with CORS) on the same port for browsers.
 
+pub mod admin;
+pub mod auth;
 pub mod captioner;
 pub mod convert;
 pub mod status;
@@ -17,8 +19,11 @@ use tonic_health::ServingStatus;
 use tower_http::cors::CorsLayer;
 
 use crate::error::{GitcapError, Result};
+use crate::proto::admin_server::AdminServer;
 use crate::proto::captioner_server::CaptionerServer;
-use crate::registry::Models;
+use crate::registry::Registry;
+use admin::AdminService;
+use auth::BearerAuth;
 use captioner::CaptionerService;
 use convert::RequestLimits;
 
@@ -29,22 +34,29 @@ pub struct ServeOptions {
     pub limits: RequestLimits,
     pub max_message_bytes: usize,
     pub shutdown_grace: Duration,
+    /// Bearer token for inference calls; `None` = open.
+    pub inference_token: Option<String>,
+    /// Bearer token for the admin service; without one the admin service is not served.
+    pub admin_token: Option<String>,
+    /// Serve the admin service on this listener instead of the main one.
+    pub admin_listener: Option<TcpListener>,
+    pub default_device: String,
+    pub default_dtype: String,
 }
 
 /// Serves on `listener` until `shutdown` resolves; then reports NOT_SERVING, stops taking
 /// requests and lets in-flight ones finish within the grace period.
 pub async fn serve(
     listener: TcpListener,
-    models: Arc<Models>,
-    options: ServeOptions,
+    registry: Arc<Registry>,
+    mut options: ServeOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
     health.set_service_status(SERVICE_NAME, ServingStatus::Serving).await;
-    for name in models.names() {
-        health.set_service_status(format!("{SERVICE_NAME}/{name}"), ServingStatus::Serving).await;
-    }
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    track_model_health(&registry, health.clone(), stopping.clone()).await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -55,25 +67,52 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| GitcapError::Internal(e.to_string()))?;
-    let captioner = CaptionerServer::new(CaptionerService::new(models.clone(), options.limits))
+    let inference_auth = BearerAuth::new(options.inference_token.take());
+    let captioner = CaptionerServer::new(CaptionerService::new(registry.clone(), options.limits))
         .max_decoding_message_size(options.max_message_bytes)
         .max_encoding_message_size(options.max_message_bytes);
+    let captioner =
+        tonic::service::interceptor::InterceptedService::new(captioner, move |request| inference_auth.check(request));
+    let admin = options.admin_token.take().map(|token| {
+        let auth = BearerAuth::new(Some(token));
+        let service =
+            AdminService::new(registry.clone(), options.default_device.clone(), options.default_dtype.clone());
+        AdminServer::with_interceptor(service, move |request| auth.check(request))
+    });
 
     let grace = options.shutdown_grace;
     let draining = {
         let health = health.clone();
-        let models = models.clone();
+        let registry = registry.clone();
         async move {
             shutdown.await;
             tracing::info!("shutting down: health NOT_SERVING, no new requests, {grace:?} for in-flight ones");
+            stopping.store(true, std::sync::atomic::Ordering::Relaxed);
             health.set_service_status("", ServingStatus::NotServing).await;
             health.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
-            for name in models.names() {
+            for (name, _) in registry.serving_names() {
                 health.set_service_status(format!("{SERVICE_NAME}/{name}"), ServingStatus::NotServing).await;
             }
         }
     };
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    let (admin_here, admin_apart) = match options.admin_listener.take() {
+        Some(listener) => (None, admin.map(|admin| (admin, listener))),
+        None => (admin, None),
+    };
+    if let Some((admin, listener)) = admin_apart {
+        // The admin service on its own address: not reachable from the inference port.
+        tokio::spawn(async move {
+            let served = Server::builder()
+                .trace_fn(request_span)
+                .add_service(admin)
+                .serve_with_incoming(TcpListenerStream::new(listener))
+                .await;
+            if let Err(e) = served {
+                tracing::error!(%e, "admin server stopped");
+            }
+        });
+    }
     let server = Server::builder()
         .trace_fn(request_span)
         .accept_http1(true)
@@ -83,6 +122,7 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(captioner)
+        .add_optional_service(admin_here)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             draining.await;
             let _ = stopped_tx.send(());
@@ -95,6 +135,43 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// Keeps `gitcap.v1.Captioner/<alias or name@version>` health in step with the registry:
+/// SERVING while that model can answer.
+async fn track_model_health(
+    registry: &Arc<Registry>,
+    health: tonic_health::server::HealthReporter,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+) {
+    async fn refresh(registry: &Registry, health: &tonic_health::server::HealthReporter) {
+        for (name, ready) in registry.serving_names() {
+            let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
+            health.set_service_status(format!("{SERVICE_NAME}/{name}"), status).await;
+        }
+    }
+    refresh(registry, &health).await;
+    let mut events = registry.subscribe();
+    let registry = registry.clone();
+    tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(event) => {
+                    if let crate::registry::RegistryEvent::Model(status) = &event {
+                        if !matches!(status.state, crate::registry::ModelState::Ready) {
+                            let name = format!("{SERVICE_NAME}/{}", status.id);
+                            health.set_service_status(name, ServingStatus::NotServing).await;
+                        }
+                    }
+                    if !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                        refresh(&registry, &health).await;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => refresh(&registry, &health).await,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
 }
 
 /// One span per request, named by its method, with the caller's `x-request-id` or a number.

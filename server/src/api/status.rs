@@ -19,6 +19,9 @@ impl From<GitcapError> for Status {
             GitcapError::DeadlineExceeded(_) => Status::deadline_exceeded(message),
             GitcapError::Cancelled => Status::cancelled(message),
             GitcapError::Unavailable(_) => Status::unavailable(message),
+            GitcapError::PermissionDenied(_) => Status::permission_denied(message),
+            GitcapError::AlreadyExists(_) => Status::already_exists(message),
+            GitcapError::FailedPrecondition(_) => Status::failed_precondition(message),
             GitcapError::ModelFiles(_)
             | GitcapError::MissingTensor { .. }
             | GitcapError::TensorShape { .. }

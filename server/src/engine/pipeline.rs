@@ -20,6 +20,8 @@ pub struct Pipeline {
     pub preprocessor: PreprocessorConfig,
     /// The checkpoint's `generation_config.json` defaults.
     pub generation: GenerationConfig,
+    /// Bytes of weights the model holds.
+    pub weights_bytes: usize,
 }
 
 /// One frame of a request: decoded pixels, or the vision tower's output for it
@@ -67,12 +69,16 @@ pub struct InferenceOutput {
 
 impl Pipeline {
     pub fn load(dir: &Path, kind: Kind, device: Device) -> Result<Self> {
-        let model = GitForCausalLM::from_dir(dir, kind, device)?;
+        let config = crate::model::GitConfig::from_file(&dir.join("config.json"))?;
+        let weights = crate::model::Weights::from_dir(dir, kind, device)?;
+        let weights_bytes = weights.bytes();
+        let model = GitForCausalLM::new(config, &weights, kind, device)?;
+        drop(weights);
         let c = &model.config;
         let generation = GenerationConfig::for_checkpoint(dir, c.bos_token_id, c.eos_token_id, c.pad_token_id)?;
         let tokenizer = GitTokenizer::from_dir(dir)?;
         let preprocessor = PreprocessorConfig::from_file(&dir.join("preprocessor_config.json"))?;
-        Ok(Self { model, tokenizer, preprocessor, generation })
+        Ok(Self { model, tokenizer, preprocessor, generation, weights_bytes })
     }
 
     /// Indices of the frames the model will look at, out of `total`: a video checkpoint takes

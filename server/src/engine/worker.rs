@@ -3,12 +3,13 @@
 //! tensor work. A request whose caller went away or whose deadline passed is dropped from the
 //! queue or stopped at its next token.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use image::RgbImage;
 use tch::Tensor;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::pipeline::{Frame, InferenceOutput, InferenceRequest, LabelScore, Pipeline, TokenEvent};
 use crate::error::{GitcapError, Result};
@@ -56,11 +57,16 @@ pub struct ModelInfo {
     pub weights_bytes: usize,
 }
 
-/// The handle the API holds: cheap to clone, submits requests to the model's thread.
+/// The handle the API holds: cheap to clone, submits requests to the model's thread. The
+/// thread ends once every handle is gone and its queue is empty, so requests in flight keep
+/// their model alive after it is unloaded.
 #[derive(Clone)]
 pub struct ModelWorker {
     pub info: Arc<ModelInfo>,
     queue: mpsc::Sender<Command>,
+    /// Set to stop the request running now and refuse the queued ones (a drain's deadline).
+    closing: Arc<AtomicBool>,
+    stopped: watch::Receiver<bool>,
 }
 
 impl ModelWorker {
@@ -68,13 +74,16 @@ impl ModelWorker {
     pub fn spawn(pipeline: Pipeline, info: ModelInfo, queue_capacity: usize) -> Self {
         let (queue, mut commands) = mpsc::channel::<Command>(queue_capacity.max(1));
         let name = info.name.clone();
+        let closing = Arc::new(AtomicBool::new(false));
+        let (stopped_tx, stopped) = watch::channel(false);
+        let thread_closing = closing.clone();
         std::thread::Builder::new()
             .name(format!("model-{name}"))
             .spawn(move || {
                 let _guard = tch::no_grad_guard();
                 while let Some(command) = commands.blocking_recv() {
                     match command {
-                        Command::Generate(job) => run_job(&pipeline, job),
+                        Command::Generate(job) => run_job(&pipeline, job, &thread_closing),
                         Command::Encode { frame, reply } => {
                             if !reply.is_closed() {
                                 let _ = reply.send(pipeline.encode_frame(&frame));
@@ -87,10 +96,23 @@ impl ModelWorker {
                         }
                     }
                 }
+                drop(pipeline);
                 tracing::info!(model = name, "model thread stopped");
+                let _ = stopped_tx.send(true);
             })
             .expect("spawning a model thread");
-        Self { info: Arc::new(info), queue }
+        Self { info: Arc::new(info), queue, closing, stopped }
+    }
+
+    /// Stops the running request at its next step and fails the queued ones.
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+    }
+
+    /// Resolves once the model's thread has ended and its memory is freed.
+    pub async fn stopped(&self) {
+        let mut stopped = self.stopped.clone();
+        let _ = stopped.wait_for(|s| *s).await;
     }
 
     /// Queues a request; fails at once with `ResourceExhausted` when the queue is full.
@@ -109,7 +131,7 @@ impl ModelWorker {
     pub async fn encode(&self, frame: RgbImage) -> Result<Tensor> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Encode { frame, reply })?;
-        answer.await.map_err(|_| self.stopped())?
+        answer.await.map_err(|_| self.gone())?
     }
 
     /// Ranks `labels` for `frames` (see [`Pipeline::score_labels`]).
@@ -121,10 +143,10 @@ impl ModelWorker {
     ) -> Result<Vec<LabelScore>> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::ScoreLabels { frames, prompt, labels, reply })?;
-        answer.await.map_err(|_| self.stopped())?
+        answer.await.map_err(|_| self.gone())?
     }
 
-    fn stopped(&self) -> GitcapError {
+    fn gone(&self) -> GitcapError {
         GitcapError::Unavailable(format!("model `{}` stopped", self.info.name))
     }
 
@@ -147,9 +169,14 @@ impl ModelWorker {
     }
 }
 
-fn run_job(pipeline: &Pipeline, job: Job) {
+fn run_job(pipeline: &Pipeline, job: Job, closing: &AtomicBool) {
     let queue_ms = job.enqueued.elapsed().as_secs_f64() * 1e3;
     if job.events.is_closed() {
+        return;
+    }
+    let unloaded = || GitcapError::Unavailable("the model was unloaded before the request finished".into());
+    if closing.load(Ordering::Relaxed) {
+        let _ = job.events.send(EngineEvent::Failed(unloaded()));
         return;
     }
     if job.deadline.is_some_and(|d| Instant::now() >= d) {
@@ -159,7 +186,12 @@ fn run_job(pipeline: &Pipeline, job: Job) {
         return;
     }
     let mut expired = false;
+    let mut closed = false;
     let result = pipeline.run(&job.request, &mut |event| {
+        if closing.load(Ordering::Relaxed) {
+            closed = true;
+            return StepControl::Stop;
+        }
         if job.deadline.is_some_and(|d| Instant::now() >= d) {
             expired = true;
             return StepControl::Stop;
@@ -174,6 +206,7 @@ fn run_job(pipeline: &Pipeline, job: Job) {
     });
     let event = match result {
         Ok(output) => EngineEvent::Done { output, queue_ms },
+        Err(GitcapError::Cancelled) if closed => EngineEvent::Failed(unloaded()),
         Err(GitcapError::Cancelled) if expired => {
             EngineEvent::Failed(GitcapError::DeadlineExceeded("during generation".into()))
         }

@@ -1,0 +1,160 @@
+//! The `gitcap.v1.Admin` service: load, unload, list, alias, hot swap, roll back and watch
+//! models. Thin: each call converts its message and calls the registry.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tokio::sync::broadcast::error::RecvError;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::proto::{self, admin_server::Admin};
+use crate::registry::{models::AliasChange, LoadSpec, ModelState, ModelStatus, Registry, RegistryEvent};
+
+pub struct AdminService {
+    registry: Arc<Registry>,
+    /// Device and dtype for specs that leave them empty.
+    default_device: String,
+    default_dtype: String,
+}
+
+impl AdminService {
+    pub fn new(registry: Arc<Registry>, default_device: String, default_dtype: String) -> Self {
+        Self { registry, default_device, default_dtype }
+    }
+
+    fn spec(&self, spec: Option<proto::ModelSpec>) -> Result<LoadSpec, Status> {
+        let spec = spec.ok_or_else(|| Status::invalid_argument("spec: missing"))?;
+        if spec.source.is_empty() {
+            return Err(Status::invalid_argument("spec.source: a checkpoint directory or hub repo id is needed"));
+        }
+        let or = |value: String, default: &str| if value.is_empty() { default.to_string() } else { value };
+        Ok(LoadSpec {
+            name: spec.name,
+            source: spec.source,
+            revision: spec.revision,
+            version: spec.version,
+            device: or(spec.device, &self.default_device),
+            dtype: or(spec.dtype, &self.default_dtype),
+        })
+    }
+}
+
+fn state(state: &ModelState) -> (proto::ModelState, String) {
+    match state {
+        ModelState::Loading => (proto::ModelState::Loading, String::new()),
+        ModelState::Ready => (proto::ModelState::Ready, String::new()),
+        ModelState::Draining => (proto::ModelState::Draining, String::new()),
+        ModelState::Failed(why) => (proto::ModelState::Failed, why.clone()),
+        ModelState::Unloaded => (proto::ModelState::Unloaded, String::new()),
+    }
+}
+
+pub fn model_status(status: ModelStatus) -> proto::ModelStatus {
+    let (state, error) = state(&status.state);
+    proto::ModelStatus {
+        id: status.id,
+        name: status.spec.name,
+        version: status.version,
+        state: state as i32,
+        error,
+        source: status.spec.source,
+        device: status.spec.device,
+        dtype: status.spec.dtype,
+        load_seconds: status.load_seconds,
+        memory_bytes: status.memory_bytes,
+        aliases: status.aliases,
+    }
+}
+
+fn alias_status(change: AliasChange) -> proto::AliasStatus {
+    proto::AliasStatus { alias: change.alias, id: change.id, previous_id: change.previous_id.unwrap_or_default() }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<proto::ModelEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn load(&self, request: Request<proto::LoadRequest>) -> Result<Response<proto::ModelStatus>, Status> {
+        let spec = self.spec(request.into_inner().spec)?;
+        Ok(Response::new(model_status(self.registry.load(spec, true).await?)))
+    }
+
+    async fn unload(&self, request: Request<proto::UnloadRequest>) -> Result<Response<proto::UnloadResponse>, Status> {
+        let status = self.registry.unload(&request.into_inner().id).await?;
+        Ok(Response::new(proto::UnloadResponse { status: Some(model_status(status)) }))
+    }
+
+    async fn list(&self, _: Request<proto::ListRequest>) -> Result<Response<proto::ListResponse>, Status> {
+        let (models, aliases) = self.registry.list();
+        Ok(Response::new(proto::ListResponse {
+            models: models.into_iter().map(model_status).collect(),
+            aliases: aliases.into_iter().collect(),
+        }))
+    }
+
+    async fn get(&self, request: Request<proto::GetRequest>) -> Result<Response<proto::ModelStatus>, Status> {
+        Ok(Response::new(model_status(self.registry.status(&request.into_inner().id)?)))
+    }
+
+    async fn set_alias(
+        &self,
+        request: Request<proto::SetAliasRequest>,
+    ) -> Result<Response<proto::AliasStatus>, Status> {
+        let request = request.into_inner();
+        Ok(Response::new(alias_status(self.registry.set_alias(&request.alias, &request.id).await?)))
+    }
+
+    async fn swap(&self, request: Request<proto::SwapRequest>) -> Result<Response<proto::SwapResponse>, Status> {
+        let request = request.into_inner();
+        let spec = self.spec(request.spec)?;
+        let (alias, model) = self.registry.swap(&request.alias, spec, request.replace, request.keep_previous).await?;
+        Ok(Response::new(proto::SwapResponse { alias: Some(alias_status(alias)), model: Some(model_status(model)) }))
+    }
+
+    async fn rollback(&self, request: Request<proto::RollbackRequest>) -> Result<Response<proto::AliasStatus>, Status> {
+        Ok(Response::new(alias_status(self.registry.rollback(&request.into_inner().alias).await?)))
+    }
+
+    type WatchStream = EventStream;
+
+    async fn watch(&self, _: Request<proto::WatchRequest>) -> Result<Response<EventStream>, Status> {
+        use proto::model_event::Event;
+        let mut events = self.registry.subscribe();
+        let (models, aliases) = self.registry.list();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let snapshot = models.into_iter().map(|m| Event::Model(model_status(m))).chain(
+                aliases
+                    .into_iter()
+                    .map(|(alias, id)| Event::Alias(proto::AliasStatus { alias, id, previous_id: String::new() })),
+            );
+            for event in snapshot {
+                if tx.send(Ok(proto::ModelEvent { event: Some(event) })).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                let event = tokio::select! {
+                    event = events.recv() => event,
+                    _ = tx.closed() => return,
+                };
+                let event = match event {
+                    Ok(RegistryEvent::Model(status)) => Event::Model(model_status(status)),
+                    Ok(RegistryEvent::Alias(change)) => Event::Alias(alias_status(change)),
+                    Err(RecvError::Lagged(missed)) => {
+                        let _ =
+                            tx.send(Err(Status::data_loss(format!("{missed} events were missed; watch again")))).await;
+                        return;
+                    }
+                    Err(RecvError::Closed) => return,
+                };
+                if tx.send(Ok(proto::ModelEvent { event: Some(event) })).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

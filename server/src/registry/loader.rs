@@ -1,0 +1,89 @@
+//! Loading one model version: resolve its checkpoint, load it on its own thread's terms, and
+//! warm it up with a real inference before it may serve.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+
+use super::source::{resolve, HubOptions};
+use crate::device::{parse_device, parse_dtype};
+use crate::engine::{Frame, InferenceRequest, ModelInfo, Pipeline};
+use crate::error::{GitcapError, Result};
+use crate::model::generation::{GenerationOverrides, StepControl};
+
+/// What to load (the admin API's `ModelSpec`, with defaults filled in).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoadSpec {
+    pub name: String,
+    pub source: String,
+    pub revision: String,
+    /// Label for a local directory; a hub model's version is its commit.
+    pub version: String,
+    pub device: String,
+    pub dtype: String,
+}
+
+/// A loaded, warmed-up model and what describes it.
+pub struct Loaded {
+    pub pipeline: Pipeline,
+    pub info: ModelInfo,
+    pub load_seconds: f64,
+}
+
+/// Local directories the admin API may load from; `None` = any (only the operator's own
+/// configuration and command line use that).
+pub fn check_root(source: &str, roots: Option<&[PathBuf]>) -> Result<()> {
+    let (Some(roots), true) = (roots, Path::new(source).exists()) else { return Ok(()) };
+    let path = Path::new(source)
+        .canonicalize()
+        .map_err(|e| GitcapError::invalid("spec.source", format!("cannot resolve {source}: {e}")))?;
+    let allowed = roots.iter().filter_map(|r| r.canonicalize().ok()).any(|root| path.starts_with(root));
+    if allowed {
+        Ok(())
+    } else {
+        Err(GitcapError::PermissionDenied(format!(
+            "{source} is outside the model roots this server may load from (admin.model_roots)"
+        )))
+    }
+}
+
+/// Loads and warms up `spec` (blocking: call it off the async runtime).
+pub fn load(spec: &LoadSpec, hub: &HubOptions) -> Result<Loaded> {
+    let started = Instant::now();
+    let device = parse_device(&spec.device)?;
+    let kind = parse_dtype(&spec.dtype)?;
+    let revision = Some(spec.revision.as_str()).filter(|r| !r.is_empty());
+    let checkpoint = resolve(&spec.source, revision, hub)?;
+    let pipeline = Pipeline::load(&checkpoint.dir, kind, device)?;
+    let version = if checkpoint.version == "local" && !spec.version.is_empty() {
+        spec.version.clone()
+    } else {
+        checkpoint.version
+    };
+    warm_up(&pipeline)?;
+    let info = ModelInfo {
+        name: spec.name.clone(),
+        version,
+        dtype: spec.dtype.clone(),
+        device: spec.device.clone(),
+        max_frames: pipeline.model.config.max_frames() as usize,
+        weights_bytes: pipeline.weights_bytes,
+    };
+    Ok(Loaded { pipeline, info, load_seconds: started.elapsed().as_secs_f64() })
+}
+
+/// One real inference (a gray image, one token) so the first caller does not pay for
+/// libtorch's lazy initialisation, and a model that cannot run never serves.
+fn warm_up(pipeline: &Pipeline) -> Result<()> {
+    let request = InferenceRequest {
+        frames: vec![Frame::Image(RgbImage::from_pixel(64, 64, image::Rgb([128, 128, 128])))],
+        question: None,
+        options: GenerationOverrides { max_new_tokens: Some(1), num_beams: Some(1), ..Default::default() },
+    };
+    pipeline
+        .run(&request, &mut |_| StepControl::Continue)
+        .map(|_| ())
+        .map_err(|e| GitcapError::model_files(format!("warm-up inference failed: {e}")))
+}

@@ -1,0 +1,72 @@
+//! The desired models and aliases, saved after every change (written to a temporary file, then
+//! renamed over the old one, so a crash never leaves half a file) and restored at start-up.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::loader::LoadSpec;
+use crate::error::{GitcapError, Result};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SavedState {
+    pub models: Vec<LoadSpec>,
+    pub aliases: BTreeMap<String, String>,
+}
+
+/// The saved state, or `None` when there is no file yet. A file that cannot be read or parsed
+/// is an error: starting with no models instead would hide it.
+pub fn read(path: &Path) -> Result<Option<SavedState>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(GitcapError::model_files(format!("cannot read the state file {}: {e}", path.display()))),
+    };
+    serde_json::from_str(&text).map(Some).map_err(|e| {
+        GitcapError::model_files(format!(
+            "the state file {} is corrupt ({e}); fix or remove it to start without saved models",
+            path.display()
+        ))
+    })
+}
+
+pub fn write(path: &Path, state: &SavedState) -> Result<()> {
+    let fail =
+        |e: std::io::Error| GitcapError::Internal(format!("cannot write the state file {}: {e}", path.display()));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(fail)?;
+    }
+    let temp = path.with_extension("json.tmp");
+    let text = serde_json::to_string_pretty(state).expect("the state serialises");
+    std::fs::write(&temp, text).map_err(fail)?;
+    std::fs::rename(&temp, path).map_err(fail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_reports_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/models.json");
+        assert_eq!(read(&path).unwrap(), None);
+        let state = SavedState {
+            models: vec![LoadSpec {
+                name: "vatex".into(),
+                source: "microsoft/git-base-vatex".into(),
+                revision: "abc".into(),
+                version: "abc".into(),
+                device: "cpu".into(),
+                dtype: "f32".into(),
+            }],
+            aliases: [("default".to_string(), "vatex@abc".to_string())].into(),
+        };
+        write(&path, &state).unwrap();
+        assert_eq!(read(&path).unwrap(), Some(state));
+        std::fs::write(&path, "{ not json").unwrap();
+        let message = read(&path).unwrap_err().to_string();
+        assert!(message.contains("corrupt") && message.contains("models.json"), "{message}");
+    }
+}
