@@ -102,7 +102,13 @@ impl Settings {
         if let Some(file) = file {
             builder = builder.add_source(config::File::from(file).required(true));
         }
-        builder = builder.add_source(config::Environment::with_prefix("GITCAP").separator("__").try_parsing(true));
+        // Lists come from the environment comma-separated (GITCAP__ADMIN__MODEL_ROOTS=/a,/b).
+        let environment = config::Environment::with_prefix("GITCAP")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("admin.model_roots");
+        builder = builder.add_source(environment);
         for (key, value) in overrides {
             if let Some(value) = value {
                 builder =

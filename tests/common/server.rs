@@ -10,11 +10,18 @@ use std::time::Duration;
 pub struct TestServer {
     child: Child,
     pub addr: String,
+    /// The admin service's own address, when it has one.
+    pub admin_addr: Option<String>,
 }
 
 impl TestServer {
     /// Serves the fixture model `model` under the name `tiny`, with extra flags.
     pub fn start(model: &str, extra: &[&str]) -> Self {
+        Self::start_with_env(model, extra, &[])
+    }
+
+    /// Like [`Self::start`], with `GITCAP__*` (or other) environment variables.
+    pub fn start_with_env(model: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = super::fixtures::model_dir(model);
         let mut child = Command::new(env!("CARGO_BIN_EXE_gitcap-server"))
             .args(["serve", "--listen", "127.0.0.1:0", "--name", "tiny", "--model"])
@@ -23,19 +30,25 @@ impl TestServer {
             .env("RUST_LOG", "warn")
             // Settings layering: the environment raises a limit the tests need.
             .env("GITCAP__LIMITS__MAX_BEAMS", "32")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("starting gitcap-server");
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("reading the server's first line");
-        let addr = line
-            .trim()
-            .strip_prefix("gitcap-server listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line from the server: {line:?}"))
-            .to_string();
-        Self { child, addr }
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut admin_addr = None;
+        let addr = loop {
+            let mut line = String::new();
+            stdout.read_line(&mut line).expect("reading the server's output");
+            if let Some(admin) = line.trim().strip_prefix("gitcap-server admin listening on ") {
+                admin_addr = Some(admin.to_string());
+            } else if let Some(addr) = line.trim().strip_prefix("gitcap-server listening on ") {
+                break addr.to_string();
+            } else {
+                panic!("unexpected line from the server: {line:?}");
+            }
+        };
+        Self { child, addr, admin_addr }
     }
 
     pub fn url(&self) -> String {

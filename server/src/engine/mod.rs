@@ -5,4 +5,4 @@ pub mod pipeline;
 pub mod worker;
 
 pub use pipeline::{Frame, InferenceOutput, InferenceRequest, LabelScore, Pipeline, TokenEvent};
-pub use worker::{EngineEvent, ModelInfo, ModelWorker};
+pub use worker::{Drain, EngineEvent, ModelInfo, ModelWorker};

@@ -57,6 +57,25 @@ pub struct ModelInfo {
     pub weights_bytes: usize,
 }
 
+/// What is left of an unloaded model while its requests in flight finish: no way to submit,
+/// only to wait for the thread to end or to stop it.
+pub struct Drain {
+    closing: Arc<AtomicBool>,
+    stopped: watch::Receiver<bool>,
+}
+
+impl Drain {
+    /// Resolves once the model's thread has ended and its memory is freed.
+    pub async fn stopped(&mut self) {
+        let _ = self.stopped.wait_for(|s| *s).await;
+    }
+
+    /// Stops the running request at its next step and fails the queued ones.
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+    }
+}
+
 /// The handle the API holds: cheap to clone, submits requests to the model's thread. The
 /// thread ends once every handle is gone and its queue is empty, so requests in flight keep
 /// their model alive after it is unloaded.
@@ -104,15 +123,9 @@ impl ModelWorker {
         Self { info: Arc::new(info), queue, closing, stopped }
     }
 
-    /// Stops the running request at its next step and fails the queued ones.
-    pub fn close(&self) {
-        self.closing.store(true, Ordering::Relaxed);
-    }
-
-    /// Resolves once the model's thread has ended and its memory is freed.
-    pub async fn stopped(&self) {
-        let mut stopped = self.stopped.clone();
-        let _ = stopped.wait_for(|s| *s).await;
+    /// Gives up this handle to watch the model's thread end (see [`Drain`]).
+    pub fn into_drain(self) -> Drain {
+        Drain { closing: self.closing, stopped: self.stopped }
     }
 
     /// Queues a request; fails at once with `ResourceExhausted` when the queue is full.

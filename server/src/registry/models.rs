@@ -327,12 +327,13 @@ impl Registry {
         self.emit(RegistryEvent::Model(status.clone()));
         if let Some(worker) = entry.worker {
             let (events, deadline, mut unloaded) = (self.events.clone(), self.options.drain_timeout, status.clone());
+            let mut drain = worker.into_drain();
             tokio::spawn(async move {
-                if tokio::time::timeout(deadline, worker.stopped()).await.is_err() {
+                if tokio::time::timeout(deadline, drain.stopped()).await.is_err() {
                     tracing::warn!(model = unloaded.id, "drain timeout: stopping the requests still running");
-                    worker.close();
+                    drain.close();
+                    drain.stopped().await;
                 }
-                drop(worker);
                 unloaded.state = ModelState::Unloaded;
                 unloaded.memory_bytes = 0;
                 tracing::info!(model = unloaded.id, "unloaded");
