@@ -292,3 +292,43 @@ async fn the_admin_service_can_live_on_its_own_address() {
     let list = AdminClient::new(channel).list(authed(ListRequest {}, ADMIN)).await.unwrap().into_inner();
     assert_eq!(list.models.len(), 1);
 }
+
+#[tokio::test]
+async fn replace_mode_unloads_first_and_the_alias_waits_meanwhile() {
+    let server = start("tiny-git-image", &admin_env(&models_root()));
+    let channel = server.channel().await;
+    let mut admin = AdminClient::new(channel.clone());
+    let swap = SwapRequest {
+        alias: "default".into(),
+        spec: spec("tiny", "tiny-git-video", "video"),
+        replace: true,
+        ..Default::default()
+    };
+    let swapped = admin.swap(authed(swap, ADMIN)).await.unwrap().into_inner();
+    assert_eq!(swapped.alias.unwrap().id, "tiny@video");
+    let list = admin.list(authed(ListRequest {}, ADMIN)).await.unwrap().into_inner();
+    let ids: Vec<&str> = list.models.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, vec!["tiny@video"], "the old version is gone");
+    let mut captioner = CaptionerClient::new(channel.clone());
+    assert_eq!(captioner.caption(caption("", 2)).await.unwrap().into_inner().version, "video");
+
+    // While a replacement fails, the alias answers UNAVAILABLE (not NOT_FOUND) and is not healthy.
+    let bad =
+        ModelSpec { name: "tiny".into(), source: fixtures().join("media").display().to_string(), ..Default::default() };
+    let swap = SwapRequest { alias: "default".into(), spec: Some(bad), replace: true, ..Default::default() };
+    assert_eq!(admin.swap(authed(swap, ADMIN)).await.unwrap_err().code(), Code::PermissionDenied);
+    // A refused spec changed nothing.
+    assert_eq!(captioner.caption(caption("", 2)).await.unwrap().into_inner().version, "video");
+    let escape = tempfile::tempdir_in(fixtures().join("models")).unwrap();
+    let broken = ModelSpec { name: "tiny".into(), source: escape.path().display().to_string(), ..Default::default() };
+    let swap = SwapRequest { alias: "default".into(), spec: Some(broken), replace: true, ..Default::default() };
+    assert!(admin.swap(authed(swap, ADMIN)).await.is_err());
+    assert_eq!(captioner.caption(caption("", 2)).await.unwrap_err().code(), Code::Unavailable);
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let reply = health
+        .check(tonic_health::pb::HealthCheckRequest { service: "gitcap.v1.Captioner/default".into() })
+        .await
+        .unwrap();
+    assert_eq!(reply.into_inner().status, tonic_health::pb::health_check_response::ServingStatus::NotServing as i32);
+}

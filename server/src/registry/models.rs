@@ -273,10 +273,14 @@ impl Registry {
         keep_previous: bool,
     ) -> Result<(AliasChange, ModelStatus)> {
         let _admin = self.admin.lock().await;
+        // Refuse a spec that cannot be loaded before touching what serves now.
+        check_root(&spec.source, self.options.model_roots.as_deref())?;
         let old = self.lock().aliases.get(alias).cloned();
         if replace {
             if let Some(old) = &old {
-                self.unload_locked(old)?;
+                // The alias keeps pointing at the gone version meanwhile: its requests get
+                // UNAVAILABLE and its health NOT_SERVING until the new version is in.
+                self.unload_locked(old, true)?;
             }
         }
         let status = self.load_locked(spec, true).await?;
@@ -284,7 +288,7 @@ impl Registry {
         if let Some(old) = old.filter(|old| !replace && !keep_previous && *old != status.id) {
             let still_used = self.lock().aliases.values().any(|id| *id == old);
             if !still_used {
-                self.unload_locked(&old)?;
+                self.unload_locked(&old, false)?;
             }
         }
         self.save()?;
@@ -311,15 +315,17 @@ impl Registry {
     /// drain timeout), then the memory is freed.
     pub async fn unload(self: &Arc<Self>, id: &str) -> Result<ModelStatus> {
         let _admin = self.admin.lock().await;
-        let status = self.unload_locked(id)?;
+        let status = self.unload_locked(id, false)?;
         self.save()?;
         Ok(status)
     }
 
-    fn unload_locked(&self, id: &str) -> Result<ModelStatus> {
+    fn unload_locked(&self, id: &str, keep_aliases: bool) -> Result<ModelStatus> {
         let mut inner = self.lock();
         let entry = inner.entries.remove(id).ok_or_else(|| GitcapError::ModelNotFound(id.to_string()))?;
-        inner.aliases.retain(|_, target| target != id);
+        if !keep_aliases {
+            inner.aliases.retain(|_, target| target != id);
+        }
         drop(inner);
         let mut status = entry.status;
         status.state = ModelState::Draining;
