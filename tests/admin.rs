@@ -332,3 +332,40 @@ async fn replace_mode_unloads_first_and_the_alias_waits_meanwhile() {
         .unwrap();
     assert_eq!(reply.into_inner().status, tonic_health::pb::health_check_response::ServingStatus::NotServing as i32);
 }
+
+/// The admin service loads from the Hub (a stand-in on 127.0.0.1 with the Hub's endpoints) with
+/// download progress in the watch stream, and the version is the commit.
+#[tokio::test]
+async fn loading_from_the_hub_reports_progress_and_the_commit() {
+    let sha = "89abcdef0123456789abcdef0123456789abcdef";
+    let hub = common::fake_hub::FakeHub::serve("test-org/tiny-git", sha, model_dir("tiny-git-image"));
+    let home = tempfile::tempdir().unwrap();
+    let mut env = admin_env(&models_root());
+    env.push(("HF_ENDPOINT", hub.endpoint.clone()));
+    env.push(("HF_HOME", home.path().display().to_string()));
+    let server = start("tiny-git-image", &env);
+    let channel = server.channel().await;
+    let mut admin = AdminClient::new(channel.clone());
+    let mut watch = admin.watch(authed(WatchRequest {}, ADMIN)).await.unwrap().into_inner();
+    let spec = ModelSpec { name: "hub".into(), source: "test-org/tiny-git".into(), ..Default::default() };
+    let loaded = admin.load(authed(LoadRequest { spec: Some(spec) }, ADMIN)).await.unwrap().into_inner();
+    assert_eq!(loaded.id, format!("hub@{sha}"));
+    let mut progress = vec![];
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(20), watch.next()).await.unwrap().unwrap().unwrap();
+        if let Some(model_event::Event::Model(m)) = event.event {
+            if m.name == "hub" && m.state == ModelState::Loading as i32 && !m.progress.is_empty() {
+                progress.push(m.progress);
+            }
+            if m.name == "hub" && m.state == ModelState::Ready as i32 {
+                break;
+            }
+        }
+    }
+    assert!(progress.iter().any(|p| p.starts_with("model.safetensors: ") && p.contains(" of ")), "{progress:?}");
+    let mut captioner = CaptionerClient::new(channel);
+    assert_eq!(captioner.caption(caption("hub", 2)).await.unwrap().into_inner().version, sha);
+    // The download landed in the hub cache layout, so an offline start would find it.
+    let snapshot = home.path().join(format!("hub/models--test-org--tiny-git/snapshots/{sha}/config.json"));
+    assert!(snapshot.exists());
+}

@@ -1,2 +1,3 @@
+pub mod fake_hub;
 pub mod fixtures;
 pub mod server;

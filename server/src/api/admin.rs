@@ -65,6 +65,7 @@ pub fn model_status(status: ModelStatus) -> proto::ModelStatus {
         load_seconds: status.load_seconds,
         memory_bytes: status.memory_bytes,
         aliases: status.aliases,
+        progress: status.progress,
     }
 }
 
@@ -141,7 +142,7 @@ impl Admin for AdminService {
                     _ = tx.closed() => return,
                 };
                 let event = match event {
-                    Ok(RegistryEvent::Model(status)) => Event::Model(model_status(status)),
+                    Ok(RegistryEvent::Model(status)) => Event::Model(model_status(*status)),
                     Ok(RegistryEvent::Alias(change)) => Event::Alias(alias_status(change)),
                     Err(RecvError::Lagged(missed)) => {
                         let _ =

@@ -7,7 +7,8 @@ use std::time::Instant;
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
-use super::source::{resolve, HubOptions};
+pub use super::source::DownloadProgress;
+use super::source::{resolve_with_progress, HubOptions};
 use crate::device::{parse_device, parse_dtype};
 use crate::engine::{Frame, InferenceRequest, ModelInfo, Pipeline};
 use crate::error::{GitcapError, Result};
@@ -49,13 +50,14 @@ pub fn check_root(source: &str, roots: Option<&[PathBuf]>) -> Result<()> {
     }
 }
 
-/// Loads and warms up `spec` (blocking: call it off the async runtime).
-pub fn load(spec: &LoadSpec, hub: &HubOptions) -> Result<Loaded> {
+/// Loads and warms up `spec` (blocking: call it off the async runtime), reporting download
+/// progress.
+pub fn load(spec: &LoadSpec, hub: &HubOptions, progress: &mut dyn FnMut(DownloadProgress)) -> Result<Loaded> {
     let started = Instant::now();
     let device = parse_device(&spec.device)?;
     let kind = parse_dtype(&spec.dtype)?;
     let revision = Some(spec.revision.as_str()).filter(|r| !r.is_empty());
-    let checkpoint = resolve(&spec.source, revision, hub)?;
+    let checkpoint = resolve_with_progress(&spec.source, revision, hub, progress)?;
     let pipeline = Pipeline::load(&checkpoint.dir, kind, device)?;
     let version = if checkpoint.version == "local" && !spec.version.is_empty() {
         spec.version.clone()

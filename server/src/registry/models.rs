@@ -37,6 +37,8 @@ pub struct ModelStatus {
     pub load_seconds: f64,
     pub memory_bytes: u64,
     pub aliases: Vec<String>,
+    /// Download progress while loading from the hub, e.g. `model.safetensors: 120.0 of 709.0 MB`.
+    pub progress: String,
 }
 
 #[derive(Debug, Clone)]
@@ -48,7 +50,7 @@ pub struct AliasChange {
 
 #[derive(Debug, Clone)]
 pub enum RegistryEvent {
-    Model(ModelStatus),
+    Model(Box<ModelStatus>),
     Alias(AliasChange),
 }
 
@@ -172,16 +174,25 @@ impl Registry {
             load_seconds: 0.0,
             memory_bytes: 0,
             aliases: vec![],
+            progress: String::new(),
         };
         self.lock().entries.insert(pending.clone(), Entry { status: loading.clone(), worker: None });
-        self.emit(RegistryEvent::Model(loading));
+        self.emit(RegistryEvent::Model(Box::new(loading.clone())));
         tracing::info!(model = spec.name, source = spec.source, "loading");
 
         let hub = self.options.hub.clone();
         let to_load = spec.clone();
-        let result = tokio::task::spawn_blocking(move || loader::load(&to_load, &hub))
-            .await
-            .map_err(|e| GitcapError::Internal(format!("loading task failed: {e}")))?;
+        let events = self.events.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut report = |p: loader::DownloadProgress| {
+                let mb = |b: u64| b as f64 / 1e6;
+                let text = format!("{}: {:.1} of {:.1} MB", p.file, mb(p.bytes), mb(p.total));
+                let _ = events.send(RegistryEvent::Model(Box::new(ModelStatus { progress: text, ..loading.clone() })));
+            };
+            loader::load(&to_load, &hub, &mut report)
+        })
+        .await
+        .map_err(|e| GitcapError::Internal(format!("loading task failed: {e}")))?;
         let mut inner = self.lock();
         inner.entries.remove(&pending);
         match result {
@@ -198,12 +209,13 @@ impl Registry {
                     load_seconds: loaded.load_seconds,
                     memory_bytes: loaded.info.weights_bytes as u64,
                     aliases: vec![],
+                    progress: String::new(),
                 };
                 tracing::info!(model = id, secs = loaded.load_seconds, "ready");
                 let worker = ModelWorker::spawn(loaded.pipeline, loaded.info, self.options.queue_capacity);
                 inner.entries.insert(id.clone(), Entry { status: status.clone(), worker: Some(worker) });
                 drop(inner);
-                self.emit(RegistryEvent::Model(status.clone()));
+                self.emit(RegistryEvent::Model(Box::new(status.clone())));
                 Ok(status)
             }
             Err(error) => {
@@ -217,10 +229,11 @@ impl Registry {
                     load_seconds: 0.0,
                     memory_bytes: 0,
                     aliases: vec![],
+                    progress: String::new(),
                 };
                 inner.entries.insert(id, Entry { status: status.clone(), worker: None });
                 drop(inner);
-                self.emit(RegistryEvent::Model(status));
+                self.emit(RegistryEvent::Model(Box::new(status)));
                 Err(error)
             }
         }
@@ -330,7 +343,7 @@ impl Registry {
         let mut status = entry.status;
         status.state = ModelState::Draining;
         status.aliases.clear();
-        self.emit(RegistryEvent::Model(status.clone()));
+        self.emit(RegistryEvent::Model(Box::new(status.clone())));
         if let Some(worker) = entry.worker {
             let (events, deadline, mut unloaded) = (self.events.clone(), self.options.drain_timeout, status.clone());
             let mut drain = worker.into_drain();
@@ -343,7 +356,7 @@ impl Registry {
                 unloaded.state = ModelState::Unloaded;
                 unloaded.memory_bytes = 0;
                 tracing::info!(model = unloaded.id, "unloaded");
-                let _ = events.send(RegistryEvent::Model(unloaded));
+                let _ = events.send(RegistryEvent::Model(Box::new(unloaded)));
             });
         }
         Ok(status)

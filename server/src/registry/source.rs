@@ -39,8 +39,26 @@ pub struct ResolvedCheckpoint {
     pub version: String,
 }
 
-/// `spec` is a directory, or a hub repo id (`microsoft/git-base-vatex`).
+/// How far a download has come: `bytes` of `total` of `file`.
+#[derive(Debug, Clone)]
+pub struct DownloadProgress {
+    pub file: String,
+    pub bytes: u64,
+    pub total: u64,
+}
+
+/// `spec` is a directory, or a hub repo id (`microsoft/git-base-vatex`). Downloads are logged.
 pub fn resolve(spec: &str, revision: Option<&str>, hub: &HubOptions) -> Result<ResolvedCheckpoint> {
+    resolve_with_progress(spec, revision, hub, &mut |_| {})
+}
+
+/// Like [`resolve`], also reporting download progress (about every tenth of each file).
+pub fn resolve_with_progress(
+    spec: &str,
+    revision: Option<&str>,
+    hub: &HubOptions,
+    progress: &mut dyn FnMut(DownloadProgress),
+) -> Result<ResolvedCheckpoint> {
     let path = Path::new(spec);
     if path.is_dir() {
         return Ok(ResolvedCheckpoint { dir: path.to_path_buf(), version: "local".into() });
@@ -55,7 +73,7 @@ pub fn resolve(spec: &str, revision: Option<&str>, hub: &HubOptions) -> Result<R
         None => Cache::from_env(),
     };
     let repo = Repo::with_revision(spec.to_string(), RepoType::Model, revision.to_string());
-    let dir = if offline { from_cache(&cache, &repo, spec)? } else { download(&cache, &repo, spec, hub)? };
+    let dir = if offline { from_cache(&cache, &repo, spec)? } else { download(&cache, &repo, spec, hub, progress)? };
     let version = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| revision.into());
     Ok(ResolvedCheckpoint { dir, version })
 }
@@ -80,7 +98,13 @@ fn from_cache(cache: &Cache, repo: &Repo, spec: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn download(cache: &Cache, repo: &Repo, spec: &str, hub: &HubOptions) -> Result<PathBuf> {
+fn download(
+    cache: &Cache,
+    repo: &Repo,
+    spec: &str,
+    hub: &HubOptions,
+    progress: &mut dyn FnMut(DownloadProgress),
+) -> Result<PathBuf> {
     let unreachable = |e: hf_hub::api::sync::ApiError| {
         GitcapError::model_files(format!(
             "cannot fetch {spec} from the Hugging Face Hub ({e}). Without network access, serve a local checkpoint \
@@ -113,8 +137,15 @@ fn download(cache: &Cache, repo: &Repo, spec: &str, hub: &HubOptions) -> Result<
     }
     let mut dir = None;
     for file in &wanted {
-        tracing::info!(model = spec, file, "fetching from the hub");
-        let path = api.get(file).map_err(unreachable)?;
+        let path = match cache.repo(repo.clone()).get(file) {
+            Some(cached) => cached,
+            None => {
+                tracing::info!(model = spec, file, "fetching from the hub");
+                let reporter =
+                    Reporter { spec, file: file.clone(), total: 0, bytes: 0, reported: 0, sink: &mut *progress };
+                api.download_with_progress(file, reporter).map_err(unreachable)?
+            }
+        };
         dir = path.parent().map(Path::to_path_buf);
     }
     dir.ok_or_else(|| GitcapError::model_files(format!("{spec}: nothing to download")))
@@ -130,4 +161,39 @@ fn shards(index: &Path) -> Result<Vec<String>> {
     files.sort();
     files.dedup();
     Ok(files)
+}
+
+/// hf-hub's progress callbacks → logs and [`DownloadProgress`] about every tenth of a file.
+struct Reporter<'a> {
+    spec: &'a str,
+    file: String,
+    total: u64,
+    bytes: u64,
+    reported: u64,
+    sink: &'a mut dyn FnMut(DownloadProgress),
+}
+
+impl Reporter<'_> {
+    fn report(&mut self) {
+        self.reported = self.bytes;
+        tracing::info!(model = self.spec, file = self.file, bytes = self.bytes, total = self.total, "downloading");
+        (self.sink)(DownloadProgress { file: self.file.clone(), bytes: self.bytes, total: self.total });
+    }
+}
+
+impl hf_hub::api::Progress for Reporter<'_> {
+    fn init(&mut self, size: usize, _filename: &str) {
+        self.total = size as u64;
+    }
+
+    fn update(&mut self, size: usize) {
+        self.bytes += size as u64;
+        if self.bytes - self.reported >= (self.total / 10).max(1) {
+            self.report();
+        }
+    }
+
+    fn finish(&mut self) {
+        self.report();
+    }
 }
