@@ -17,8 +17,9 @@ use tonic_health::pb::HealthCheckRequest;
 
 use crate::error::{Error, Result};
 use crate::proto::{
-    self, caption_event, captioner_client::CaptionerClient, live_message, upload_message, FrameChunk,
-    GenerationOptions, LiveMessage, LiveStart, Media, ScoreLabelsRequest, UploadMessage, UploadStart,
+    self, admin_client::AdminClient, caption_event, captioner_client::CaptionerClient, live_message, model_event,
+    upload_message, AliasStatus, FrameChunk, GenerationOptions, ListResponse, LiveMessage, LiveStart, Media, ModelSpec,
+    ModelStatus, ScoreLabelsRequest, SwapResponse, UploadMessage, UploadStart,
 };
 use crate::Caption;
 
@@ -42,8 +43,10 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 20;
 pub struct ClientConfig {
     /// The server's URL, e.g. `http://127.0.0.1:50051`. Only plain-text HTTP/2 (`http://`) is supported.
     pub url: String,
-    /// Sent as `authorization: Bearer <token>` on every call when set.
+    /// Sent as `authorization: Bearer <token>` on every `Captioner` and health call when set.
     pub token: Option<String>,
+    /// Sent as `authorization: Bearer <token>` on every `Admin` call (model management) when set.
+    pub admin_token: Option<String>,
     /// How long connecting may take.
     pub connect_timeout: Option<Duration>,
     /// How long a call with a single answer (caption, upload, label scoring, health) may take,
@@ -59,11 +62,12 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// Defaults: no token, a 10 s connect timeout, no request timeout, 64 MiB messages, 1 MiB chunks.
+    /// Defaults: no tokens, a 10 s connect timeout, no request timeout, 64 MiB messages, 1 MiB chunks.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
             token: None,
+            admin_token: None,
             connect_timeout: Some(Duration::from_secs(10)),
             request_timeout: None,
             max_decoding_message_size: DEFAULT_MAX_MESSAGE_SIZE,
@@ -75,6 +79,12 @@ impl ClientConfig {
     /// Sets the bearer token.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
+        self
+    }
+
+    /// Sets the admin bearer token, sent instead of [`Self::token`] on the model management calls.
+    pub fn admin_token(mut self, token: impl Into<String>) -> Self {
+        self.admin_token = Some(token.into());
         self
     }
 
@@ -236,6 +246,37 @@ impl TryFrom<proto::CaptionEvent> for CaptionEvent {
     }
 }
 
+/// One event of [`GitcapClient::watch_models`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum ModelEvent {
+    /// A model version's state (also sent for each version when the watch starts).
+    Model(ModelStatus),
+    /// An alias now points at `id` (also sent for each alias when the watch starts, with no `previous_id`).
+    Alias(AliasStatus),
+}
+
+impl TryFrom<proto::ModelEvent> for ModelEvent {
+    type Error = Error;
+
+    fn try_from(event: proto::ModelEvent) -> Result<Self> {
+        match event.event {
+            Some(model_event::Event::Model(model)) => Ok(ModelEvent::Model(model)),
+            Some(model_event::Event::Alias(alias)) => Ok(ModelEvent::Alias(alias)),
+            None => Err(Error::protocol("a model event with neither a model nor an alias")),
+        }
+    }
+}
+
+/// How [`GitcapClient::swap_model`] swaps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SwapOptions {
+    /// Unload the old version first, then load the new one (for when two copies do not fit);
+    /// the alias is unavailable meanwhile.
+    pub replace: bool,
+    /// Keep the old version loaded (for a rollback) instead of draining and unloading it.
+    pub keep_previous: bool,
+}
+
 /// A health check's answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HealthStatus {
@@ -303,6 +344,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T>> + Send>>;
 pub struct GitcapClient {
     captioner: CaptionerClient<Inner>,
     health: HealthClient<Inner>,
+    admin: AdminClient<Inner>,
     request_timeout: Option<Duration>,
     chunk_size: usize,
 }
@@ -330,14 +372,11 @@ impl GitcapClient {
 
     /// Uses an existing channel (the URL and connect timeout in `config` are ignored).
     pub fn with_channel(channel: Channel, config: ClientConfig) -> Result<Self> {
-        let token = match &config.token {
-            Some(token) => Some(
-                format!("Bearer {token}")
-                    .parse::<MetadataValue<Ascii>>()
-                    .map_err(|_| Error::Config("the token must be printable ASCII".into()))?,
-            ),
-            None => None,
-        };
+        let token = bearer(config.token.as_deref(), "the token")?;
+        let admin_token = bearer(config.admin_token.as_deref(), "the admin token")?;
+        let admin = AdminClient::new(InterceptedService::new(channel.clone(), Auth(admin_token)))
+            .max_decoding_message_size(config.max_decoding_message_size)
+            .max_encoding_message_size(config.max_encoding_message_size);
         let service = InterceptedService::new(channel, Auth(token));
         let captioner = CaptionerClient::new(service.clone())
             .max_decoding_message_size(config.max_decoding_message_size)
@@ -345,12 +384,23 @@ impl GitcapClient {
         let health = HealthClient::new(service)
             .max_decoding_message_size(config.max_decoding_message_size)
             .max_encoding_message_size(config.max_encoding_message_size);
-        Ok(Self { captioner, health, request_timeout: config.request_timeout, chunk_size: config.chunk_size.max(1) })
+        Ok(Self {
+            captioner,
+            health,
+            admin,
+            request_timeout: config.request_timeout,
+            chunk_size: config.chunk_size.max(1),
+        })
     }
 
     /// The generated stub, for calls this wrapper does not cover.
     pub fn raw(&self) -> CaptionerClient<InterceptedService<Channel, Auth>> {
         self.captioner.clone()
+    }
+
+    /// The generated `gitcap.v1.Admin` stub (sending the admin token), for calls this wrapper does not cover.
+    pub fn raw_admin(&self) -> AdminClient<InterceptedService<Channel, Auth>> {
+        self.admin.clone()
     }
 
     fn request<T>(&self, message: T) -> Request<T> {
@@ -550,6 +600,122 @@ impl GitcapClient {
             _ => HealthStatus::Unknown,
         })
     }
+
+    /// Loads a model version beside the others (`Admin.Load`) and answers once it is READY (or
+    /// failed). The alias `spec.name` is pointed at it if it does not exist yet. Loading may
+    /// download from the Hub, so this call has no request timeout; watch
+    /// [`Self::watch_models`] for progress.
+    ///
+    /// ```no_run
+    /// # async fn run() -> gitcap_client::Result<()> {
+    /// use gitcap_client::{proto::ModelSpec, ClientConfig, GitcapClient};
+    ///
+    /// let config = ClientConfig::new("http://127.0.0.1:50051").admin_token("admin-s3cret");
+    /// let client = GitcapClient::connect(config).await?;
+    /// let status = client.load_model(ModelSpec::new("large", "microsoft/git-large-coco")).await?;
+    /// println!("{} is {:?}", status.id, status.state());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn load_model(&self, spec: ModelSpec) -> Result<ModelStatus> {
+        let request = Request::new(proto::LoadRequest { spec: Some(spec) });
+        Ok(self.admin.clone().load(request).await?.into_inner())
+    }
+
+    /// Unloads a version (`name@version`): new requests for it get NOT_FOUND, requests in flight
+    /// finish. Answers its state (DRAINING while requests finish, or UNLOADED).
+    pub async fn unload_model(&self, id: &str) -> Result<ModelStatus> {
+        let request = self.request(proto::UnloadRequest { id: id.to_string() });
+        let mut stub = self.admin.clone();
+        let reply = self.unary(stub.unload(request)).await?;
+        reply.status.ok_or_else(|| Error::protocol("an unload answer without a status"))
+    }
+
+    /// Every loaded (or failed) model version and every alias.
+    pub async fn list_models(&self) -> Result<ListResponse> {
+        let request = self.request(proto::ListRequest {});
+        let mut stub = self.admin.clone();
+        self.unary(stub.list(request)).await
+    }
+
+    /// One model version by `name@version`.
+    pub async fn get_model(&self, id: &str) -> Result<ModelStatus> {
+        let request = self.request(proto::GetRequest { id: id.to_string() });
+        let mut stub = self.admin.clone();
+        self.unary(stub.get(request)).await
+    }
+
+    /// Points `alias` at a loaded, READY version (`name@version`).
+    pub async fn set_alias(&self, alias: &str, id: &str) -> Result<AliasStatus> {
+        let request = self.request(proto::SetAliasRequest { alias: alias.to_string(), id: id.to_string() });
+        let mut stub = self.admin.clone();
+        self.unary(stub.set_alias(request)).await
+    }
+
+    /// Hot swap: loads and warms `spec`, then repoints `alias` at it; if it fails to load the
+    /// alias stays where it was. No request timeout, as for [`Self::load_model`].
+    ///
+    /// ```no_run
+    /// # async fn run(client: gitcap_client::GitcapClient) -> gitcap_client::Result<()> {
+    /// use gitcap_client::{proto::ModelSpec, SwapOptions};
+    ///
+    /// let spec = ModelSpec::new("captions", "/models/git-base-coco").version("v2");
+    /// let swapped = client.swap_model("captions", spec, SwapOptions { keep_previous: true, ..Default::default() }).await?;
+    /// let alias = swapped.alias.unwrap_or_default();
+    /// println!("{} now {} (was {})", alias.alias, alias.id, alias.previous_id);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn swap_model(&self, alias: &str, spec: ModelSpec, options: SwapOptions) -> Result<SwapResponse> {
+        let request = Request::new(proto::SwapRequest {
+            alias: alias.to_string(),
+            spec: Some(spec),
+            replace: options.replace,
+            keep_previous: options.keep_previous,
+        });
+        Ok(self.admin.clone().swap(request).await?.into_inner())
+    }
+
+    /// Points `alias` back at the version it pointed at before the last swap, if still loaded.
+    pub async fn rollback(&self, alias: &str) -> Result<AliasStatus> {
+        let request = self.request(proto::RollbackRequest { alias: alias.to_string() });
+        let mut stub = self.admin.clone();
+        self.unary(stub.rollback(request)).await
+    }
+
+    /// State changes of every model version and alias, starting with the current state; the
+    /// stream does not end until the server goes away (or the stream is dropped).
+    ///
+    /// ```no_run
+    /// # async fn run(client: gitcap_client::GitcapClient) -> gitcap_client::Result<()> {
+    /// use futures::StreamExt;
+    /// use gitcap_client::ModelEvent;
+    ///
+    /// let mut events = client.watch_models().await?;
+    /// while let Some(event) = events.next().await {
+    ///     match event? {
+    ///         ModelEvent::Model(m) => println!("{} {:?} {}", m.id, m.state(), m.progress),
+    ///         ModelEvent::Alias(a) => println!("{} -> {}", a.alias, a.id),
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn watch_models(&self) -> Result<BoxStream<ModelEvent>> {
+        let events = self.admin.clone().watch(Request::new(proto::WatchRequest {})).await?.into_inner();
+        Ok(Box::pin(events.map(|event| ModelEvent::try_from(event?))))
+    }
+}
+
+/// `Bearer <token>` as a header value.
+fn bearer(token: Option<&str>, what: &str) -> Result<Option<MetadataValue<Ascii>>> {
+    token
+        .map(|token| {
+            format!("Bearer {token}")
+                .parse::<MetadataValue<Ascii>>()
+                .map_err(|_| Error::Config(format!("{what} must be printable ASCII")))
+        })
+        .transpose()
 }
 
 #[cfg(test)]
@@ -603,8 +769,10 @@ mod tests {
     #[tokio::test]
     async fn a_token_that_is_not_ascii_is_a_config_error() {
         let channel = Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
-        let result = GitcapClient::with_channel(channel, ClientConfig::new("").token("bad\ntoken"));
+        let result = GitcapClient::with_channel(channel.clone(), ClientConfig::new("").token("bad\ntoken"));
         assert!(matches!(result, Err(Error::Config(_))));
+        let result = GitcapClient::with_channel(channel, ClientConfig::new("").admin_token("bad\ntoken"));
+        assert!(matches!(result, Err(Error::Config(m)) if m.contains("admin token")));
     }
 
     #[test]
@@ -615,6 +783,15 @@ mod tests {
         assert_eq!(request.metadata().get("authorization").unwrap(), "Bearer s3cret");
         let request = Auth(None).call(Request::new(())).unwrap();
         assert!(request.metadata().get("authorization").is_none());
+    }
+
+    #[test]
+    fn model_events_convert() {
+        let model = proto::ModelEvent { event: Some(model_event::Event::Model(ModelStatus::default())) };
+        assert_eq!(ModelEvent::try_from(model).unwrap(), ModelEvent::Model(ModelStatus::default()));
+        let alias = proto::ModelEvent { event: Some(model_event::Event::Alias(AliasStatus::default())) };
+        assert_eq!(ModelEvent::try_from(alias).unwrap(), ModelEvent::Alias(AliasStatus::default()));
+        assert!(ModelEvent::try_from(proto::ModelEvent { event: None }).is_err());
     }
 
     #[test]

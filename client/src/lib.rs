@@ -1,7 +1,8 @@
 //! Typed client for the gitcap gRPC server. It needs no libtorch.
 //!
-//! [`GitcapClient`] wraps the generated `gitcap.v1.Captioner` stub and the standard
-//! `grpc.health.v1.Health` service: it adds the bearer token, timeouts and message size limits,
+//! [`GitcapClient`] wraps the generated `gitcap.v1.Captioner` and `gitcap.v1.Admin` stubs and the
+//! standard `grpc.health.v1.Health` service: it adds the bearer tokens (the admin token on model
+//! management calls), timeouts and message size limits,
 //! chunks uploaded frames, and turns gRPC statuses into an [`Error`] a caller can match.
 //!
 //! ```no_run
@@ -24,10 +25,13 @@ pub mod media;
 
 pub use client::{
     frame_chunks, Auth, CaptionEvent, CaptionOptions, ClientConfig, GitcapClient, HealthStatus, LiveOptions,
-    ProgressFn, UploadOptions, UploadProgress, DEFAULT_CHUNK_SIZE, DEFAULT_MAX_MESSAGE_SIZE,
+    ModelEvent, ProgressFn, SwapOptions, UploadOptions, UploadProgress, DEFAULT_CHUNK_SIZE, DEFAULT_MAX_MESSAGE_SIZE,
 };
 pub use error::{Error, Result};
-pub use proto::{CaptionResponse, LabelScore, LiveEvent, Media, ScoreLabelsResponse, TokenEvent};
+pub use proto::{
+    AliasStatus, CaptionResponse, LabelScore, ListResponse, LiveEvent, Media, ModelSpec, ModelState, ModelStatus,
+    ScoreLabelsResponse, SwapResponse, TokenEvent,
+};
 
 /// A complete caption (or answer): the text, token ids, usage, timings and the model that served it.
 pub type Caption = proto::CaptionResponse;
@@ -54,6 +58,38 @@ pub mod proto {
         /// Uncompressed 8-bit RGB pixels, row-major (`width * height * 3` bytes).
         pub fn raw(width: u32, height: u32, rgb: impl Into<Vec<u8>>) -> Self {
             Self { kind: Some(media::Kind::Raw(RawImage { width, height, rgb: rgb.into() })) }
+        }
+    }
+
+    impl ModelSpec {
+        /// A model to load as `name` from `source`: a local checkpoint directory (inside the
+        /// server's model roots) or a Hugging Face Hub repo id.
+        pub fn new(name: impl Into<String>, source: impl Into<String>) -> Self {
+            Self { name: name.into(), source: source.into(), ..Default::default() }
+        }
+
+        /// The Hub revision (branch, tag or commit).
+        pub fn revision(mut self, revision: impl Into<String>) -> Self {
+            self.revision = revision.into();
+            self
+        }
+
+        /// The version label of a local directory (default `local`).
+        pub fn version(mut self, version: impl Into<String>) -> Self {
+            self.version = version.into();
+            self
+        }
+
+        /// The device, e.g. `cpu` or `cuda:0` (default: the server's).
+        pub fn device(mut self, device: impl Into<String>) -> Self {
+            self.device = device.into();
+            self
+        }
+
+        /// The dtype, e.g. `f16` (default: the server's).
+        pub fn dtype(mut self, dtype: impl Into<String>) -> Self {
+            self.dtype = dtype.into();
+            self
         }
     }
 }

@@ -16,6 +16,10 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
+fn models() -> PathBuf {
+    workspace().join("tests/fixtures/models")
+}
+
 fn media(name: &str) -> PathBuf {
     workspace().join("tests/fixtures/media").join(name)
 }
@@ -63,11 +67,17 @@ struct Server {
 impl Server {
     /// Serves the fixture model `model` as `tiny`, or `None` when there is no server binary.
     fn start(model: &str) -> Option<Self> {
+        Self::start_with_env(model, &[])
+    }
+
+    /// The same, with environment variables (`GITCAP__…` settings).
+    fn start_with_env(model: &str, env: &[(&str, &str)]) -> Option<Self> {
         let binary = server_binary()?;
         let mut child = Command::new(binary)
             .args(["serve", "--listen", "127.0.0.1:0", "--name", "tiny", "--model"])
-            .arg(workspace().join("tests/fixtures/models").join(model))
+            .arg(models().join(model))
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -100,7 +110,12 @@ impl Drop for Server {
 }
 
 fn gitcap(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gitcap")).args(args).env_remove("GITCAP_TOKEN").output().expect("running gitcap")
+    Command::new(env!("CARGO_BIN_EXE_gitcap"))
+        .args(args)
+        .env_remove("GITCAP_TOKEN")
+        .env_remove("GITCAP_ADMIN_TOKEN")
+        .output()
+        .expect("running gitcap")
 }
 
 /// Stdout of a run that must succeed.
@@ -236,6 +251,9 @@ fn health_reports_serving_and_unknown_services_fail() {
     assert_eq!(ok(server.gitcap(&["health", "--service", "gitcap.v1.Captioner"])).trim(), "SERVING");
     let error = fails(server.gitcap(&["health", "--service", "no.such.Service"]));
     assert!(error.contains("not found"), "{error}");
+    // This server has no admin token, so no admin service.
+    let error = fails(server.gitcap(&["--admin-token", "x", "models", "list"]));
+    assert!(error.contains("does not serve the admin service"), "{error}");
 }
 
 #[test]
@@ -296,4 +314,161 @@ fn captions_a_video_file_when_ffmpeg_is_installed() {
 fn completions_are_printed() {
     let script = ok(gitcap(&["completions", "bash"]));
     assert!(script.contains("gitcap") && script.contains("caption"), "{script}");
+}
+
+const ADMIN: &str = "admin-secret";
+
+/// A server with the admin service on, loading only from the fixture models.
+fn admin_server() -> Option<Server> {
+    let roots = models().display().to_string();
+    Server::start_with_env(
+        "tiny-git-image",
+        &[("GITCAP__AUTH__ADMIN_TOKEN", ADMIN), ("GITCAP__ADMIN__MODEL_ROOTS", &roots)],
+    )
+}
+
+impl Server {
+    /// Runs `gitcap --server <this server> --admin-token <ADMIN> models args…`.
+    fn models(&self, args: &[&str]) -> Output {
+        self.gitcap(&[&["--admin-token", ADMIN, "models"], args].concat())
+    }
+}
+
+/// The row of `models list` whose id is `id`, split into its columns.
+fn table_row(table: &str, id: &str) -> Vec<String> {
+    let line = table.lines().find(|l| l.starts_with(&format!("{id} "))).unwrap_or_else(|| panic!("no {id}: {table}"));
+    line.split("  ").map(str::trim).filter(|c| !c.is_empty()).map(String::from).collect()
+}
+
+#[test]
+fn models_are_listed_loaded_aliased_swapped_rolled_back_and_unloaded() {
+    let Some(server) = admin_server() else { return };
+    let table = ok(server.models(&["list"]));
+    assert!(table.starts_with("ID "), "{table}");
+    for column in ["STATE", "ALIASES", "DEVICE", "DTYPE", "MEMORY", "LOAD TIME"] {
+        assert!(table.lines().next().unwrap().contains(column), "{table}");
+    }
+    let row = table_row(&table, "tiny@local");
+    assert_eq!(row[1], "READY", "{table}");
+    assert!(row[2].split(',').any(|a| a == "tiny") && row[2].split(',').any(|a| a == "default"), "{table}");
+    assert!(row[5].ends_with("iB"), "{table}");
+
+    // Load tiny-git-wide as `wide`: progress on stderr, the new version on stdout.
+    let wide = models().join("tiny-git-wide");
+    let output = server.models(&["load", "--name", "wide", "--source", path(&wide)]);
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    let loaded = ok(output);
+    assert!(loaded.starts_with("wide@local READY aliases=wide"), "{loaded}");
+    // While loading, the server names the version by its source (a Hub version is known only later).
+    assert!(stderr.lines().any(|l| l.starts_with("wide@") && l.ends_with(": LOADING")), "{stderr}");
+    assert!(stderr.contains("wide@local: READY"), "{stderr}");
+    assert!(!stderr.contains("tiny@local"), "only the loaded model's changes are shown: {stderr}");
+
+    let json: serde_json::Value = serde_json::from_str(&ok(server.models(&["list", "--json"]))).unwrap();
+    assert_eq!(json["aliases"]["wide"], "wide@local");
+    let ids: Vec<&str> = json["models"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["tiny@local", "wide@local"]);
+
+    let details = ok(server.models(&["get", "wide@local"]));
+    assert!(details.contains("state:") && details.contains("READY") && details.contains("tiny-git-wide"), "{details}");
+
+    // An alias, used by a caption request.
+    assert_eq!(ok(server.models(&["alias", "captions", "wide@local"])).trim(), "captions -> wide@local");
+    let shapes = media("shapes.png");
+    let printed =
+        ok(server.gitcap(&["caption", path(&shapes), "--model", "captions", "--max-new-tokens", "2", "--json"]));
+    let caption: serde_json::Value = serde_json::from_str(&printed).unwrap();
+    assert_eq!(caption["model"], "wide");
+
+    // Swap `tiny` to a new version label of tiny-git-image, keeping the old one; then roll back.
+    let image = models().join("tiny-git-image");
+    let output = server.models(&[
+        "swap",
+        "tiny",
+        "--name",
+        "tiny",
+        "--source",
+        path(&image),
+        "--version",
+        "v2",
+        "--keep-previous",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    let swapped = ok(output);
+    assert!(swapped.lines().next().unwrap() == "tiny -> tiny@v2 (was tiny@local)", "{swapped}");
+    assert!(swapped.lines().nth(1).unwrap().starts_with("tiny@v2 READY"), "{swapped}");
+    assert!(stderr.lines().any(|l| l.starts_with("tiny@") && l.ends_with(": LOADING")), "{stderr}");
+    assert!(stderr.contains("tiny@v2: READY"), "{stderr}");
+    let printed = ok(server.gitcap(&["caption", path(&shapes), "--model", "tiny", "--max-new-tokens", "2", "--json"]));
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&printed).unwrap()["version"], "v2");
+
+    assert_eq!(ok(server.models(&["rollback", "tiny"])).trim(), "tiny -> tiny@local (was tiny@v2)");
+    let printed = ok(server.gitcap(&["caption", path(&shapes), "--model", "tiny", "--max-new-tokens", "2", "--json"]));
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&printed).unwrap()["version"], "local");
+
+    // Unload: gone from the list, and asking for it is "not found".
+    let unloaded = ok(server.models(&["unload", "wide@local"]));
+    assert!(unloaded.starts_with("wide@local ") && (unloaded.contains("DRAINING") || unloaded.contains("UNLOADED")));
+    let error = fails(server.models(&["get", "wide@local"]));
+    assert!(error.contains("not found"), "{error}");
+    assert!(!ok(server.models(&["list"])).contains("wide@local"));
+
+    // A local load outside the model roots is refused.
+    let error = fails(server.models(&["load", "--name", "evil", "--source", "/tmp"]));
+    assert!(error.contains("permission denied"), "{error}");
+}
+
+#[test]
+fn a_wrong_or_missing_admin_token_is_unauthenticated_and_the_env_var_works() {
+    let Some(server) = admin_server() else { return };
+    for args in [&["--admin-token", "wrong", "models", "list"][..], &["models", "list"]] {
+        let error = fails(server.gitcap(args));
+        assert!(error.contains("unauthenticated"), "{error}");
+    }
+    let error = fails(server.gitcap(&["--admin-token", "wrong", "models", "load", "--name", "x", "--source", "y"]));
+    assert!(error.contains("unauthenticated"), "{error}");
+    let output = Command::new(env!("CARGO_BIN_EXE_gitcap"))
+        .args(["--server", &server.url, "models", "list"])
+        .env("GITCAP_ADMIN_TOKEN", ADMIN)
+        .env_remove("GITCAP_TOKEN")
+        .output()
+        .unwrap();
+    assert!(ok(output).contains("tiny@local"));
+}
+
+#[tokio::test]
+async fn watch_prints_the_current_state_and_then_each_change() {
+    let Some(server) = admin_server() else { return };
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_gitcap"))
+        .args(["--server", &server.url, "--admin-token", ADMIN, "models", "watch"])
+        .env_remove("GITCAP_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting gitcap models watch");
+    let stdout = watch.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let next = || lines.recv_timeout(std::time::Duration::from_secs(30)).expect("a line from gitcap models watch");
+    let first = next();
+    assert!(first.starts_with("model tiny@local READY"), "{first}");
+
+    let client = GitcapClient::connect(ClientConfig::new(&server.url).admin_token(ADMIN)).await.unwrap();
+    let spec = gitcap_client::ModelSpec::new("wide", path(&models().join("tiny-git-wide"))).version("w1");
+    client.load_model(spec).await.unwrap();
+    let mut seen = vec![first];
+    while !(seen.iter().any(|l| l.starts_with("model wide@w1 READY"))
+        && seen.iter().any(|l| l == "alias wide -> wide@w1"))
+    {
+        seen.push(next());
+    }
+    assert!(seen.iter().any(|l| l.starts_with("model wide@") && l.contains(" LOADING")), "{seen:?}");
+    watch.kill().unwrap();
+    watch.wait().unwrap();
 }

@@ -1,6 +1,7 @@
-//! `gitcap`: caption images and videos, score labels, watch live captions and check the health
-//! of a gitcap server from the command line.
+//! `gitcap`: caption images and videos, score labels, watch live captions, check the health
+//! of a gitcap server and manage its models from the command line.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -8,11 +9,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use gitcap_client::media::{self, MediaSource};
 use gitcap_client::proto::{self, FinishReason};
 use gitcap_client::{
-    Caption, CaptionEvent, CaptionOptions, ClientConfig, GitcapClient, HealthStatus, LiveOptions, Media, UploadOptions,
+    AliasStatus, Caption, CaptionEvent, CaptionOptions, ClientConfig, GitcapClient, HealthStatus, LiveOptions, Media,
+    ModelEvent, ModelSpec, ModelState, ModelStatus, SwapOptions, UploadOptions,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
@@ -29,6 +31,9 @@ struct Cli {
     /// Bearer token sent with every call.
     #[arg(long, global = true, env = "GITCAP_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Admin bearer token, sent with the `models` commands.
+    #[arg(long, global = true, env = "GITCAP_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
     /// Seconds a call with a single answer may take.
     #[arg(long, global = true, value_name = "SECONDS")]
     timeout: Option<f64>,
@@ -87,8 +92,85 @@ enum Command {
         #[arg(long, default_value = "")]
         service: String,
     },
+    /// Manage the server's models (the admin service; needs --admin-token or GITCAP_ADMIN_TOKEN).
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+        /// Print JSON instead of text (one object per line for `watch`).
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// List the model versions: id, state, aliases, device, dtype, memory, load time.
+    List,
+    /// Show one model version (`name@version`).
+    Get { id: String },
+    /// Load a model version beside the others, showing its progress on stderr.
+    Load {
+        #[command(flatten)]
+        spec: SpecArgs,
+    },
+    /// Unload a model version (`name@version`); requests in flight finish.
+    Unload { id: String },
+    /// Point an alias at a loaded, READY version (`name@version`).
+    Alias { alias: String, id: String },
+    /// Hot swap: load a new version, then repoint the alias; shows progress on stderr.
+    Swap {
+        /// The alias to repoint.
+        alias: String,
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// Unload the old version first (when two copies do not fit); the alias is unavailable meanwhile.
+        #[arg(long)]
+        replace: bool,
+        /// Keep the old version loaded for a rollback.
+        #[arg(long)]
+        keep_previous: bool,
+    },
+    /// Point an alias back at the version it pointed at before the last swap.
+    Rollback { alias: String },
+    /// Print state changes of every model and alias, starting with the current state, until interrupted.
+    Watch,
+}
+
+#[derive(clap::Args)]
+struct SpecArgs {
+    /// The name requests use (also an alias of the new version, unless that alias exists).
+    #[arg(long)]
+    name: String,
+    /// A checkpoint directory inside the server's model roots, or a Hugging Face Hub repo id.
+    #[arg(long)]
+    source: String,
+    /// Hub revision: branch, tag or commit (default main).
+    #[arg(long)]
+    revision: Option<String>,
+    /// Version label for a local directory (default "local").
+    #[arg(long)]
+    version: Option<String>,
+    /// Device, e.g. cpu or cuda:0 (default: the server's).
+    #[arg(long)]
+    device: Option<String>,
+    /// Dtype, e.g. f32, f16, bf16 (default: the server's).
+    #[arg(long)]
+    dtype: Option<String>,
+}
+
+impl SpecArgs {
+    fn spec(&self) -> ModelSpec {
+        ModelSpec {
+            name: self.name.clone(),
+            source: self.source.clone(),
+            revision: self.revision.clone().unwrap_or_default(),
+            version: self.version.clone().unwrap_or_default(),
+            device: self.device.clone().unwrap_or_default(),
+            dtype: self.dtype.clone().unwrap_or_default(),
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -166,6 +248,9 @@ async fn connect(cli: &Cli) -> Result<GitcapClient> {
     if let Some(token) = &cli.token {
         config = config.token(token);
     }
+    if let Some(token) = &cli.admin_token {
+        config = config.admin_token(token);
+    }
     if let Some(timeout) = cli.timeout {
         config = config.request_timeout(Duration::from_secs_f64(timeout));
     }
@@ -176,6 +261,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Completions { shell } => {
             clap_complete::generate(*shell, &mut Cli::command(), "gitcap", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Models { command, json } => {
+            let client = connect(&cli).await?;
+            models(&client, command, *json).await.map_err(|error| {
+                match error.downcast_ref::<gitcap_client::Error>().and_then(|e| e.code()) {
+                    Some(tonic::Code::Unimplemented) => error.context(format!(
+                        "{} does not serve the admin service: the server needs an admin token \
+                         (GITCAP__AUTH__ADMIN_TOKEN), or it serves admin on its own address (admin.listen)",
+                        cli.server
+                    )),
+                    _ => error,
+                }
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Health { service } => {
@@ -383,4 +482,320 @@ fn caption_json(caption: &Caption) -> Value {
             "total": timings.total_ms,
         },
     })
+}
+
+async fn models(client: &GitcapClient, command: &ModelsCommand, json: bool) -> Result<()> {
+    match command {
+        ModelsCommand::List => {
+            let list = client.list_models().await?;
+            if json {
+                let models: Vec<Value> = list.models.iter().map(status_json).collect();
+                let value = json!({"models": models, "aliases": list.aliases});
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                print!("{}", models_table(&list.models));
+            }
+        }
+        ModelsCommand::Get { id } => {
+            let status = client.get_model(id).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status_json(&status))?);
+            } else {
+                print!("{}", status_details(&status));
+            }
+        }
+        ModelsCommand::Load { spec } => {
+            let spec = spec.spec();
+            let name = spec.name.clone();
+            let status = with_progress(client, &name, client.load_model(spec)).await?;
+            print_status(&status, json)?;
+            if status.state() == ModelState::Failed {
+                bail!("{} failed to load: {}", status.id, status.error);
+            }
+        }
+        ModelsCommand::Unload { id } => print_status(&client.unload_model(id).await?, json)?,
+        ModelsCommand::Alias { alias, id } => print_alias(&client.set_alias(alias, id).await?, json),
+        ModelsCommand::Swap { alias, spec, replace, keep_previous } => {
+            let spec = spec.spec();
+            let name = spec.name.clone();
+            let options = SwapOptions { replace: *replace, keep_previous: *keep_previous };
+            let swapped = with_progress(client, &name, client.swap_model(alias, spec, options)).await?;
+            let (alias, model) = (swapped.alias.unwrap_or_default(), swapped.model.unwrap_or_default());
+            if json {
+                let value = json!({"alias": alias_json(&alias), "model": status_json(&model)});
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                print_alias(&alias, false);
+                print_status(&model, false)?;
+            }
+        }
+        ModelsCommand::Rollback { alias } => print_alias(&client.rollback(alias).await?, json),
+        ModelsCommand::Watch => {
+            let mut events = client.watch_models().await?;
+            while let Some(event) = events.next().await {
+                match event? {
+                    ModelEvent::Model(status) if json => println!("{}", json!({ "model": status_json(&status) })),
+                    ModelEvent::Alias(alias) if json => println!("{}", json!({ "alias": alias_json(&alias) })),
+                    ModelEvent::Model(status) => println!("model {}", status_line(&status)),
+                    ModelEvent::Alias(alias) => println!("alias {}", alias_line(&alias)),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs a load or swap of model `name`, printing on stderr the state changes and download
+/// progress of its versions from a watch opened beforehand.
+async fn with_progress<T>(
+    client: &GitcapClient,
+    name: &str,
+    call: impl std::future::Future<Output = gitcap_client::Result<T>>,
+) -> Result<T> {
+    let mut events = client.watch_models().await?;
+    // What is already known is not news: the watch starts with the current state.
+    let mut seen: HashMap<String, (i32, String)> =
+        client.list_models().await?.models.into_iter().map(|m| (m.id.clone(), (m.state, m.progress.clone()))).collect();
+    let mut report = |event: Option<gitcap_client::Result<ModelEvent>>| {
+        if let Some(Ok(ModelEvent::Model(status))) = event {
+            let key = (status.state, status.progress.clone());
+            if status.name == name && seen.get(&status.id) != Some(&key) {
+                eprintln!("{}", progress_line(&status));
+                seen.insert(status.id.clone(), key);
+            }
+        }
+    };
+    let mut call = std::pin::pin!(call);
+    let mut watching = true;
+    let result = loop {
+        tokio::select! {
+            biased;
+            event = events.next(), if watching => {
+                watching = event.as_ref().is_some_and(|e| e.is_ok());
+                report(event);
+            }
+            result = &mut call => break result,
+        }
+    };
+    // Events already on their way (the final state) are still shown.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+    while watching {
+        match tokio::time::timeout_at(deadline, events.next()).await {
+            Ok(event) => {
+                watching = event.as_ref().is_some_and(|e| e.is_ok());
+                report(event);
+            }
+            Err(_) => break,
+        }
+    }
+    while let Some(event) = events.next().now_or_never().flatten() {
+        report(Some(event));
+    }
+    Ok(result?)
+}
+
+fn state_name(state: i32) -> &'static str {
+    match ModelState::try_from(state) {
+        Ok(ModelState::Loading) => "LOADING",
+        Ok(ModelState::Ready) => "READY",
+        Ok(ModelState::Draining) => "DRAINING",
+        Ok(ModelState::Failed) => "FAILED",
+        Ok(ModelState::Unloaded) => "UNLOADED",
+        _ => "UNSPECIFIED",
+    }
+}
+
+fn progress_line(status: &ModelStatus) -> String {
+    let mut line = format!("{}: {}", status.id, state_name(status.state));
+    if !status.progress.is_empty() {
+        line += &format!(" {}", status.progress);
+    }
+    if !status.error.is_empty() {
+        line += &format!(": {}", status.error);
+    }
+    line
+}
+
+/// `id STATE key=value…` on one line.
+fn status_line(status: &ModelStatus) -> String {
+    let mut line = format!("{} {}", status.id, state_name(status.state));
+    if !status.aliases.is_empty() {
+        line += &format!(" aliases={}", status.aliases.join(","));
+    }
+    for (key, value) in [("device", &status.device), ("dtype", &status.dtype)] {
+        if !value.is_empty() {
+            line += &format!(" {key}={value}");
+        }
+    }
+    if status.memory_bytes > 0 {
+        line += &format!(" memory={}", human_bytes(status.memory_bytes));
+    }
+    if status.load_seconds > 0.0 {
+        line += &format!(" load_time={:.2}s", status.load_seconds);
+    }
+    if !status.progress.is_empty() {
+        line += &format!(" progress={:?}", status.progress);
+    }
+    if !status.error.is_empty() {
+        line += &format!(" error={:?}", status.error);
+    }
+    line
+}
+
+fn alias_line(alias: &AliasStatus) -> String {
+    let mut line = format!("{} -> {}", alias.alias, alias.id);
+    if !alias.previous_id.is_empty() {
+        line += &format!(" (was {})", alias.previous_id);
+    }
+    line
+}
+
+fn print_status(status: &ModelStatus, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status_json(status))?);
+    } else {
+        println!("{}", status_line(status));
+    }
+    Ok(())
+}
+
+fn print_alias(alias: &AliasStatus, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&alias_json(alias)).unwrap_or_default());
+    } else {
+        println!("{}", alias_line(alias));
+    }
+}
+
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn or_dash(value: &str) -> &str {
+    if value.is_empty() {
+        "-"
+    } else {
+        value
+    }
+}
+
+/// The `models list` table, columns aligned.
+fn models_table(models: &[ModelStatus]) -> String {
+    let header = ["ID", "STATE", "ALIASES", "DEVICE", "DTYPE", "MEMORY", "LOAD TIME"].map(String::from);
+    let mut rows = vec![header.to_vec()];
+    for m in models {
+        rows.push(vec![
+            m.id.clone(),
+            state_name(m.state).to_string(),
+            or_dash(&m.aliases.join(",")).to_string(),
+            or_dash(&m.device).to_string(),
+            or_dash(&m.dtype).to_string(),
+            if m.memory_bytes > 0 { human_bytes(m.memory_bytes) } else { "-".into() },
+            if m.load_seconds > 0.0 { format!("{:.2}s", m.load_seconds) } else { "-".into() },
+        ]);
+    }
+    let widths: Vec<usize> =
+        (0..rows[0].len()).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for row in &rows {
+        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        out += cells.join("  ").trim_end();
+        out.push('\n');
+    }
+    out
+}
+
+fn status_details(status: &ModelStatus) -> String {
+    let mut out = String::new();
+    let fields = [
+        ("id", status.id.clone()),
+        ("state", state_name(status.state).to_string()),
+        ("aliases", status.aliases.join(", ")),
+        ("source", status.source.clone()),
+        ("device", status.device.clone()),
+        ("dtype", status.dtype.clone()),
+        ("memory", if status.memory_bytes > 0 { human_bytes(status.memory_bytes) } else { String::new() }),
+        ("load time", if status.load_seconds > 0.0 { format!("{:.2}s", status.load_seconds) } else { String::new() }),
+        ("progress", status.progress.clone()),
+        ("error", status.error.clone()),
+    ];
+    for (key, value) in fields {
+        if !value.is_empty() {
+            out += &format!("{:<10} {value}\n", format!("{key}:"));
+        }
+    }
+    out
+}
+
+fn status_json(status: &ModelStatus) -> Value {
+    json!({
+        "id": status.id,
+        "name": status.name,
+        "version": status.version,
+        "state": state_name(status.state),
+        "error": status.error,
+        "source": status.source,
+        "device": status.device,
+        "dtype": status.dtype,
+        "load_seconds": status.load_seconds,
+        "memory_bytes": status.memory_bytes,
+        "aliases": status.aliases,
+        "progress": status.progress,
+    })
+}
+
+fn alias_json(alias: &AliasStatus) -> Value {
+    json!({"alias": alias.alias, "id": alias.id, "previous_id": alias.previous_id})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_read_as_binary_units() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+    }
+
+    #[test]
+    fn the_table_aligns_columns_and_dashes_blanks() {
+        let model = ModelStatus {
+            id: "tiny@local".into(),
+            state: ModelState::Ready as i32,
+            aliases: vec!["default".into(), "tiny".into()],
+            device: "cpu".into(),
+            dtype: "f32".into(),
+            memory_bytes: 2 << 20,
+            load_seconds: 0.25,
+            ..Default::default()
+        };
+        let loading = ModelStatus { id: "x@v2".into(), state: ModelState::Loading as i32, ..Default::default() };
+        let table = models_table(&[model, loading]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines[0], "ID          STATE    ALIASES       DEVICE  DTYPE  MEMORY   LOAD TIME");
+        assert_eq!(lines[1], "tiny@local  READY    default,tiny  cpu     f32    2.0 MiB  0.25s");
+        assert_eq!(lines[2], "x@v2        LOADING  -             -       -      -        -");
+    }
+
+    #[test]
+    fn progress_lines_show_progress_and_errors() {
+        let mut status = ModelStatus { id: "hub@abc".into(), state: ModelState::Loading as i32, ..Default::default() };
+        status.progress = "model.safetensors: 1.0 of 2.0 MB".into();
+        assert_eq!(progress_line(&status), "hub@abc: LOADING model.safetensors: 1.0 of 2.0 MB");
+        let failed = ModelStatus { state: ModelState::Failed as i32, error: "boom".into(), ..status };
+        assert_eq!(progress_line(&failed), "hub@abc: FAILED model.safetensors: 1.0 of 2.0 MB: boom");
+    }
 }

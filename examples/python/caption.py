@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Captions an image with a gitcap server: once with the unary Caption call, then again with
+CaptionStream, printing each token as it arrives.
+
+    pip install -r examples/python/requirements.txt
+    examples/python/generate.sh
+    python3 examples/python/caption.py --server 127.0.0.1:50051 --image photo.jpg
+
+Prints two lines on stdout:
+
+    caption: <the text Caption answered>
+    stream: <the tokens CaptionStream sent, as they arrive>
+
+and the model and version that answered on stderr.
+"""
+
+import argparse
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--server", default="127.0.0.1:50051", help="host:port of the gitcap server")
+    parser.add_argument("--image", required=True, help="an image file: JPEG, PNG, WebP or GIF")
+    parser.add_argument("--model", default="", help="model name, alias or name@version (default: the server's)")
+    parser.add_argument("--question", default="", help="ask this about the image instead of captioning it")
+    parser.add_argument("--max-new-tokens", type=int, help="most tokens to generate")
+    parser.add_argument("--token", default=os.environ.get("GITCAP_TOKEN"), help="bearer token (or GITCAP_TOKEN)")
+    parser.add_argument(
+        "--stubs",
+        default=os.path.join(HERE, "gen"),
+        help="where generate.sh wrote the stubs (default: examples/python/gen)",
+    )
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds each call may take")
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    sys.path.insert(0, args.stubs)
+    try:
+        import grpc
+        from gitcap.v1 import gitcap_pb2, gitcap_pb2_grpc
+    except ImportError as error:
+        sys.exit(
+            f"caption.py: {error}: install the requirements (pip install -r {HERE}/requirements.txt) "
+            f"and generate the stubs ({HERE}/generate.sh {args.stubs})"
+        )
+
+    with open(args.image, "rb") as f:
+        image = f.read()
+    options = gitcap_pb2.GenerationOptions()
+    if args.max_new_tokens is not None:
+        options.max_new_tokens = args.max_new_tokens
+    request = gitcap_pb2.CaptionRequest(
+        model=args.model,
+        media=gitcap_pb2.Media(image=image),
+        question=args.question,
+        options=options,
+    )
+    metadata = [("authorization", f"Bearer {args.token}")] if args.token else []
+
+    # The server accepts messages up to its configured limit; raise the client's 4 MiB default.
+    limits = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+    with grpc.insecure_channel(args.server, options=limits) as channel:
+        stub = gitcap_pb2_grpc.CaptionerStub(channel)
+        try:
+            answer = stub.Caption(request, metadata=metadata, timeout=args.timeout)
+            print(f"caption: {answer.text}", flush=True)
+            print(
+                f"(model {answer.model}@{answer.version}, {len(answer.token_ids)} tokens, "
+                f"{answer.timings.total_ms:.1f} ms)",
+                file=sys.stderr,
+            )
+
+            print("stream: ", end="", flush=True)
+            streamed = ""
+            for event in stub.CaptionStream(request, metadata=metadata, timeout=args.timeout):
+                kind = event.WhichOneof("event")
+                if kind == "token":
+                    streamed += event.token.text_delta
+                    print(event.token.text_delta, end="", flush=True)
+                elif kind == "done":
+                    print(flush=True)
+                    if event.done.text != streamed:
+                        sys.exit(f"caption.py: the streamed tokens {streamed!r} differ from the final text {event.done.text!r}")
+        except grpc.RpcError as error:
+            sys.exit(f"caption.py: {error.code().name}: {error.details()}")
+
+
+if __name__ == "__main__":
+    main()
