@@ -78,9 +78,12 @@ fn every_fixture_format_loads_and_the_temporal_embeddings_are_used() {
 
 #[test]
 fn weights_convert_to_the_serving_dtype() {
-    let model = GitForCausalLM::from_dir(&model_dir("tiny-git-image"), Kind::BFloat16, Device::Cpu).unwrap();
-    assert_eq!(model.kind(), Kind::BFloat16);
-    let pixels = Tensor::zeros([1, 3, 32, 32], (Kind::Float, Device::Cpu));
-    let logits = model.forward(&pixels, &Tensor::from_slice(&[101i64]).view([1, 1])).unwrap();
-    assert_eq!(logits.kind(), Kind::Float, "logits come back in f32");
+    for kind in [Kind::BFloat16, Kind::Half] {
+        let model = GitForCausalLM::from_dir(&model_dir("tiny-git-image"), kind, Device::Cpu).unwrap();
+        assert_eq!(model.kind(), kind);
+        let pixels = Tensor::zeros([1, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let logits = model.forward(&pixels, &Tensor::from_slice(&[101i64]).view([1, 1])).unwrap();
+        assert_eq!(logits.kind(), Kind::Float, "logits come back in f32");
+        assert!(logits.isfinite().all().int64_value(&[]) == 1, "{kind:?} logits are finite");
+    }
 }
