@@ -41,8 +41,13 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 20;
 /// ```
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
-    /// The server's URL, e.g. `http://127.0.0.1:50051`. Only plain-text HTTP/2 (`http://`) is supported.
+    /// The server's URL: `http://host:port`, or `https://host:port` for TLS.
     pub url: String,
+    /// PEM certificate(s) of the authority that signed the server's certificate, for TLS with a
+    /// private CA or a self-signed certificate; without it the public web roots are trusted.
+    pub tls_ca_pem: Option<Vec<u8>>,
+    /// The name to check the server's certificate against, when it differs from the URL's host.
+    pub tls_domain: Option<String>,
     /// Sent as `authorization: Bearer <token>` on every `Captioner` and health call when set.
     pub token: Option<String>,
     /// Sent as `authorization: Bearer <token>` on every `Admin` call (model management) when set.
@@ -66,6 +71,8 @@ impl ClientConfig {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            tls_ca_pem: None,
+            tls_domain: None,
             token: None,
             admin_token: None,
             connect_timeout: Some(Duration::from_secs(10)),
@@ -74,6 +81,18 @@ impl ClientConfig {
             max_encoding_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             chunk_size: DEFAULT_CHUNK_SIZE,
         }
+    }
+
+    /// Trusts the PEM certificate authority `pem` for `https://` URLs.
+    pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_ca_pem = Some(pem.into());
+        self
+    }
+
+    /// Checks the server's certificate against `domain` instead of the URL's host.
+    pub fn tls_domain(mut self, domain: impl Into<String>) -> Self {
+        self.tls_domain = Some(domain.into());
+        self
     }
 
     /// Sets the bearer token.
@@ -365,6 +384,16 @@ impl GitcapClient {
             .map_err(|e| Error::Config(format!("invalid server URL {:?}: {e}", config.url)))?;
         if let Some(timeout) = config.connect_timeout {
             endpoint = endpoint.connect_timeout(timeout);
+        }
+        if config.url.starts_with("https://") {
+            let mut tls = tonic::transport::ClientTlsConfig::new().with_webpki_roots();
+            if let Some(pem) = &config.tls_ca_pem {
+                tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+            }
+            if let Some(domain) = &config.tls_domain {
+                tls = tls.domain_name(domain.clone());
+            }
+            endpoint = endpoint.tls_config(tls).map_err(|e| Error::Config(format!("TLS settings: {e}")))?;
         }
         let channel = endpoint.connect().await?;
         Self::with_channel(channel, config)

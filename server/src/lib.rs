@@ -13,6 +13,7 @@ pub mod oneshot;
 pub mod registry;
 pub mod server;
 pub mod settings;
+pub mod web;
 
 /// The generated protocol (`proto/gitcap/v1/gitcap.proto`).
 pub mod proto {

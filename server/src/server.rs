@@ -67,6 +67,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         admin_listener,
         default_device: m.device.clone(),
         default_dtype: m.dtype.clone(),
+        tls: settings.server.tls_identity()?,
     };
     api::serve(listener, registry, options, shutdown_signal()).await
 }

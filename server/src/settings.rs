@@ -25,6 +25,24 @@ pub struct ServerSettings {
     pub listen: String,
     pub max_message_bytes: usize,
     pub shutdown_grace_secs: u64,
+    pub tls_cert: String,
+    pub tls_key: String,
+}
+
+impl ServerSettings {
+    /// The PEM certificate chain and key, when TLS is configured.
+    pub fn tls_identity(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        match (self.tls_cert.is_empty(), self.tls_key.is_empty()) {
+            (true, true) => Ok(None),
+            (false, false) => {
+                let read = |field: &str, path: &str| {
+                    std::fs::read(path).map_err(|e| GitcapError::invalid(field, format!("cannot read {path}: {e}")))
+                };
+                Ok(Some((read("server.tls_cert", &self.tls_cert)?, read("server.tls_key", &self.tls_key)?)))
+            }
+            _ => Err(GitcapError::invalid("server.tls_cert", "TLS needs both server.tls_cert and server.tls_key")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

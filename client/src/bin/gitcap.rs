@@ -40,6 +40,13 @@ struct Cli {
     /// Seconds connecting may take.
     #[arg(long, global = true, value_name = "SECONDS", default_value_t = 10.0)]
     connect_timeout: f64,
+    /// PEM file of the certificate authority to trust for an https:// server (a private CA or a
+    /// self-signed certificate); without it the public web roots are trusted.
+    #[arg(long, global = true, env = "GITCAP_TLS_CA", value_name = "PEM")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// Name to check the server's certificate against, when it differs from the URL's host.
+    #[arg(long, global = true, env = "GITCAP_TLS_DOMAIN")]
+    tls_domain: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -253,6 +260,13 @@ async fn connect(cli: &Cli) -> Result<GitcapClient> {
     }
     if let Some(timeout) = cli.timeout {
         config = config.request_timeout(Duration::from_secs_f64(timeout));
+    }
+    if let Some(ca) = &cli.tls_ca {
+        let pem = std::fs::read(ca).with_context(|| format!("reading the TLS CA file {}", ca.display()))?;
+        config = config.tls_ca_pem(pem);
+    }
+    if let Some(domain) = &cli.tls_domain {
+        config = config.tls_domain(domain);
     }
     GitcapClient::connect(config).await.with_context(|| format!("connecting to {}", cli.server))
 }

@@ -42,6 +42,8 @@ pub struct ServeOptions {
     pub admin_listener: Option<TcpListener>,
     pub default_device: String,
     pub default_dtype: String,
+    /// PEM certificate chain and private key: serve TLS instead of plain text.
+    pub tls: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// Serves on `listener` until `shutdown` resolves; then reports NOT_SERVING, stops taking
@@ -113,9 +115,18 @@ pub async fn serve(
             }
         });
     }
-    let server = Server::builder()
+    let mut builder = Server::builder();
+    if let Some((cert, key)) = options.tls.take() {
+        let identity = tonic::transport::Identity::from_pem(cert, key);
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|e| GitcapError::invalid("server.tls_cert", format!("TLS certificate or key: {e}")))?;
+    }
+    let server = builder
         .trace_fn(request_span)
         .accept_http1(true)
+        // `GET /`: the browser page (crate::web); everything else goes on to gRPC.
+        .layer(crate::web::PageLayer)
         .layer(CorsLayer::very_permissive())
         .layer(tonic_web::GrpcWebLayer::new())
         .add_service(health_service)

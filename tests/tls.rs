@@ -1,0 +1,59 @@
+//! TLS: the server with a certificate made for the test, the client crate and the CLI
+//! trusting it.
+
+mod common;
+
+use std::process::Command;
+
+use common::fixtures::{cases, fixtures};
+use common::server::TestServer;
+use gitcap_client::{proto::Media, CaptionOptions, ClientConfig, GitcapClient};
+
+#[tokio::test]
+async fn captions_over_tls_with_a_private_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let env = [
+        ("GITCAP__SERVER__TLS_CERT", cert_path.to_str().unwrap()),
+        ("GITCAP__SERVER__TLS_KEY", key_path.to_str().unwrap()),
+    ];
+    let server = TestServer::start_with_env("tiny-git-image", &[], &env);
+    let url = format!("https://{}", server.addr);
+    let image = std::fs::read(fixtures().join("media/shapes.png")).unwrap();
+    let expected = cases().into_iter().find(|c| c.name == "image_caption_shapes_greedy").unwrap().text;
+
+    let config = ClientConfig::new(&url).tls_ca_pem(cert.cert.pem()).tls_domain("localhost");
+    let client = GitcapClient::connect(config).await.unwrap();
+    let reply =
+        client.caption(Media::image(image.clone()), &CaptionOptions::default().max_new_tokens(12)).await.unwrap();
+    assert_eq!(reply.text, expected);
+
+    // Without trusting the certificate, the connection is refused.
+    let untrusted = ClientConfig::new(&url).tls_domain("localhost");
+    let failed = match GitcapClient::connect(untrusted).await {
+        Err(_) => true,
+        Ok(client) => client.caption(Media::image(image), &CaptionOptions::default().max_new_tokens(2)).await.is_err(),
+    };
+    assert!(failed, "an untrusted certificate must not be accepted");
+
+    // Plain text to a TLS port fails too.
+    let plain = format!("http://{}", server.addr);
+    let plain_failed = match GitcapClient::connect(ClientConfig::new(&plain)).await {
+        Err(_) => true,
+        Ok(client) => client.health("").await.is_err(),
+    };
+    assert!(plain_failed);
+
+    // A half-configured server refuses to start, saying why.
+    let out = Command::new(env!("CARGO_BIN_EXE_gitcap-server"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--model"])
+        .arg(common::fixtures::model_dir("tiny-git-image"))
+        .env("GITCAP__SERVER__TLS_CERT", &cert_path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs both server.tls_cert and server.tls_key"));
+}
