@@ -46,7 +46,7 @@ fn decoding_matches_load_image() {
         let mean_diff = ours.as_raw().iter().zip(view.data()).map(|(&a, &b)| f64::from(a.abs_diff(b))).sum::<f64>()
             / view.data().len() as f64;
         println!("{name}: max |ours - PIL| = {max_diff}, mean {mean_diff:.4}");
-        // JPEG too: `jpeg.rs` reproduces libjpeg-turbo (Pillow's decoder) exactly.
+        // JPEG too: its pixels come from libjpeg-turbo, Pillow's own decoder.
         assert_eq!(max_diff, 0, "{name}: differs from Pillow's decode");
     }
 }
