@@ -87,3 +87,33 @@ fn weights_convert_to_the_serving_dtype() {
         assert!(logits.isfinite().all().int64_value(&[]) == 1, "{kind:?} logits are finite");
     }
 }
+
+#[test]
+fn a_sharded_safetensors_checkpoint_loads_like_the_single_file() {
+    let src = model_dir("tiny-git-image");
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap() != "model.safetensors" {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let tensors = Tensor::read_safetensors(src.join("model.safetensors")).unwrap();
+    let (first, second) = tensors.split_at(tensors.len() / 2);
+    let mut weight_map = serde_json::Map::new();
+    for (shard, part) in [("model-00001-of-00002.safetensors", first), ("model-00002-of-00002.safetensors", second)] {
+        Tensor::write_safetensors(part, dir.path().join(shard)).unwrap();
+        for (name, _) in part {
+            weight_map.insert(name.clone(), shard.into());
+        }
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+
+    let _guard = tch::no_grad_guard();
+    let pixels = Tensor::rand([1, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let ids = Tensor::from_slice(&[101i64, 2054]).view([1, 2]);
+    let sharded = load(dir.path()).unwrap().forward(&pixels, &ids).unwrap();
+    let single = load(&src).unwrap().forward(&pixels, &ids).unwrap();
+    assert!(sharded.equal(&single));
+}
