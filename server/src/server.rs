@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::api::{self, convert::RequestLimits, ServeOptions};
+use crate::engine::EngineOptions;
 use crate::error::Result;
 use crate::media::MediaLimits;
 use crate::registry::{HubOptions, LoadSpec, Registry, RegistryOptions};
@@ -22,7 +23,13 @@ pub async fn run(settings: Settings) -> Result<()> {
     let admin = &settings.admin;
     let registry = Registry::new(RegistryOptions {
         hub,
-        queue_capacity: m.queue_capacity,
+        engine: EngineOptions {
+            queue_capacity: m.queue_capacity,
+            max_batch_size: settings.engine.max_batch_size,
+            max_batch_tokens: settings.engine.max_batch_tokens,
+            max_vision_batch: settings.engine.max_vision_batch,
+            feature_cache_bytes: settings.engine.feature_cache_mb << 20,
+        },
         model_roots: Some(admin.model_roots.iter().map(PathBuf::from).collect()),
         state_file: Some(PathBuf::from(&admin.state_file)).filter(|p| !p.as_os_str().is_empty()),
         drain_timeout: Duration::from_secs(admin.drain_timeout_secs),

@@ -15,6 +15,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub admin: AdminSettings,
     pub model: ModelSettings,
+    pub engine: EngineSettings,
     pub hub: HubSettings,
     pub limits: LimitSettings,
     pub log: LogSettings,
@@ -89,6 +90,14 @@ pub struct ModelSettings {
     pub dtype: String,
     pub queue_capacity: usize,
     pub threads: i32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EngineSettings {
+    pub max_batch_size: usize,
+    pub max_batch_tokens: usize,
+    pub max_vision_batch: usize,
+    pub feature_cache_mb: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

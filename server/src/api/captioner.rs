@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use super::convert::{self, RequestLimits};
 use super::upload::{self, FrameAssembler};
-use crate::engine::{EngineEvent, Frame, InferenceRequest, ModelWorker};
+use crate::engine::{EncodedFrame, EngineEvent, Frame, InferenceRequest, ModelWorker};
 use crate::error::GitcapError;
 use crate::media::MediaLimits;
 use crate::model::generation::GenerationOverrides;
@@ -273,7 +273,7 @@ impl LiveSession {
     ) -> Result<(), Status> {
         use proto::live_message::Message;
         let mut assembler = FrameAssembler::new(self.worker.clone(), self.limits.clone(), 0)?;
-        let mut recent: VecDeque<tch::Tensor> = VecDeque::with_capacity(self.window);
+        let mut recent: VecDeque<EncodedFrame> = VecDeque::with_capacity(self.window);
         let mut captioned_up_to = None;
         while let Some(message) = stream.message().await? {
             let Some(Message::Chunk(chunk)) = message.message else {
@@ -312,8 +312,8 @@ impl LiveSession {
 }
 
 /// The window's frames, sharing the encoded features.
-fn snapshot(recent: &VecDeque<tch::Tensor>) -> Vec<Frame> {
-    recent.iter().map(|f| Frame::Encoded(f.shallow_clone())).collect()
+fn snapshot(recent: &VecDeque<EncodedFrame>) -> Vec<Frame> {
+    recent.iter().map(|f| Frame::Encoded(f.clone())).collect()
 }
 
 /// Forwards a request's engine events to the client as `CaptionEvent`s. When the client goes

@@ -4,13 +4,13 @@
 use tokio::task::JoinHandle;
 
 use super::convert::RequestLimits;
-use crate::engine::ModelWorker;
+use crate::engine::{EncodedFrame, ModelWorker};
 use crate::error::{GitcapError, Result};
 use crate::media::{decode_image, sample_frame_indices};
 use crate::proto::FrameChunk;
 
 /// A frame being decoded and run through the vision tower.
-pub type EncodeTask = JoinHandle<Result<tch::Tensor>>;
+pub type EncodeTask = JoinHandle<Result<EncodedFrame>>;
 
 /// Collects chunks into frames and starts encoding each frame when its last chunk arrives.
 pub struct FrameAssembler {
@@ -94,6 +94,6 @@ impl FrameAssembler {
 }
 
 /// Waits for a frame's encoding task.
-pub async fn encoded(task: EncodeTask) -> Result<tch::Tensor> {
+pub async fn encoded(task: EncodeTask) -> Result<EncodedFrame> {
     task.await.map_err(|e| GitcapError::Internal(format!("frame encoding task failed: {e}")))?
 }

@@ -1,8 +1,12 @@
-//! Running requests on a model: the inference pipeline, and the model's own thread that feeds
-//! it from a bounded queue.
+//! Running requests on a model: the inference pipeline, the model's own thread that batches
+//! requests from a bounded queue, and the cache of vision features it keeps.
 
+pub mod feature_cache;
 pub mod pipeline;
+mod scheduler;
+pub mod stats;
 pub mod worker;
 
-pub use pipeline::{Frame, InferenceOutput, InferenceRequest, LabelScore, Pipeline, TokenEvent};
-pub use worker::{Drain, EngineEvent, ModelInfo, ModelWorker};
+pub use pipeline::{EncodedFrame, Frame, InferenceOutput, InferenceRequest, LabelScore, Pipeline, TokenEvent};
+pub use stats::EngineStatsSnapshot;
+pub use worker::{Drain, EngineEvent, EngineOptions, ModelInfo, ModelWorker};

@@ -8,6 +8,7 @@ use std::time::Instant;
 use image::RgbImage;
 use tch::{Device, Kind, Tensor};
 
+use super::feature_cache::ContentKey;
 use crate::error::{GitcapError, Result};
 use crate::media::{sample_frame_indices, PreprocessorConfig};
 use crate::model::generation::{self, FinishReason, GenerationConfig, GenerationOverrides, StepControl, TokenStep};
@@ -24,11 +25,25 @@ pub struct Pipeline {
     pub weights_bytes: usize,
 }
 
-/// One frame of a request: decoded pixels, or the vision tower's output for it
-/// ([`Pipeline::encode_frame`]) when it was encoded ahead, as frames arrived.
+/// One frame of a request: decoded pixels, or the vision tower's output for it when it was
+/// encoded ahead, as frames arrived.
 pub enum Frame {
     Image(RgbImage),
-    Encoded(Tensor),
+    Encoded(EncodedFrame),
+}
+
+/// A frame's vision features [1, tokens_per_image, vision hidden] and the content key of its
+/// pixels (see [`ContentKey::of_frame`]).
+pub struct EncodedFrame {
+    pub key: ContentKey,
+    pub features: Tensor,
+}
+
+impl Clone for EncodedFrame {
+    /// Shares the features.
+    fn clone(&self) -> Self {
+        Self { key: self.key, features: self.features.shallow_clone() }
+    }
 }
 
 /// A request as the model sees it: frames in order, an optional question, and the
@@ -109,7 +124,7 @@ impl Pipeline {
         let mut pending = Vec::new();
         for &i in &used {
             match &frames[i] {
-                Frame::Encoded(f) => features.push(Some(f.shallow_clone())),
+                Frame::Encoded(e) => features.push(Some(e.features.shallow_clone())),
                 Frame::Image(image) => {
                     pending.push((features.len(), self.pixel_values(image)?));
                     features.push(None);

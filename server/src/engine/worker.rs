@@ -1,19 +1,19 @@
-//! A model's own inference thread. Requests reach it through a bounded queue; it sends each
-//! request's tokens and result back over a channel, so the tokio runtime never waits on
-//! tensor work. A request whose caller went away or whose deadline passed is dropped from the
-//! queue or stopped at its next token.
+//! A model's own inference thread. Requests reach it through a bounded queue; it batches them
+//! ([`super::scheduler`]) and sends each request's tokens and result back over a channel, so
+//! the tokio runtime never waits on tensor work. A request whose caller went away or whose
+//! deadline passed is dropped from the queue or stopped at its next token.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use image::RgbImage;
-use tch::Tensor;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::pipeline::{Frame, InferenceOutput, InferenceRequest, LabelScore, Pipeline, TokenEvent};
+use super::pipeline::{EncodedFrame, Frame, InferenceOutput, InferenceRequest, LabelScore, Pipeline, TokenEvent};
+use super::scheduler::Scheduler;
+use super::stats::{EngineStats, EngineStatsSnapshot};
 use crate::error::{GitcapError, Result};
-use crate::model::generation::StepControl;
 
 /// What a running request reports, in order: tokens, then one `Done` or `Failed`.
 #[derive(Debug)]
@@ -23,20 +23,20 @@ pub enum EngineEvent {
     Failed(GitcapError),
 }
 
-struct Job {
-    request: InferenceRequest,
-    deadline: Option<Instant>,
-    enqueued: Instant,
-    events: mpsc::UnboundedSender<EngineEvent>,
+pub(super) struct Job {
+    pub request: InferenceRequest,
+    pub deadline: Option<Instant>,
+    pub enqueued: Instant,
+    pub events: mpsc::UnboundedSender<EngineEvent>,
 }
 
 /// Work for the model thread.
-enum Command {
+pub(super) enum Command {
     Generate(Job),
     /// Run the vision tower on one frame now (frame uploads, live captioning).
     Encode {
         frame: RgbImage,
-        reply: oneshot::Sender<Result<Tensor>>,
+        reply: oneshot::Sender<Result<EncodedFrame>>,
     },
     ScoreLabels {
         frames: Vec<Frame>,
@@ -44,6 +44,34 @@ enum Command {
         labels: Vec<String>,
         reply: oneshot::Sender<Result<Vec<LabelScore>>>,
     },
+}
+
+/// How a model's thread queues, batches and caches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Requests allowed to wait; beyond that callers get RESOURCE_EXHAUSTED at once.
+    pub queue_capacity: usize,
+    /// Decoder rows (sequences; a beam-search request takes one per beam) decoded together.
+    pub max_batch_size: usize,
+    /// Key/value positions the running requests may hold together (rows × (image tokens +
+    /// text capacity)); one request always runs, however large.
+    pub max_batch_tokens: usize,
+    /// Frames per vision-tower pass.
+    pub max_vision_batch: usize,
+    /// Bytes of vision features and image keys/values kept between requests (0 = none).
+    pub feature_cache_bytes: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 64,
+            max_batch_size: 16,
+            max_batch_tokens: 131_072,
+            max_vision_batch: 8,
+            feature_cache_bytes: 512 << 20,
+        }
+    }
 }
 
 /// Identity of a loaded model.
@@ -86,41 +114,30 @@ pub struct ModelWorker {
     /// Set to stop the request running now and refuse the queued ones (a drain's deadline).
     closing: Arc<AtomicBool>,
     stopped: watch::Receiver<bool>,
+    stats: Arc<EngineStats>,
 }
 
 impl ModelWorker {
-    /// Starts the thread that owns `pipeline`; at most `queue_capacity` requests wait.
-    pub fn spawn(pipeline: Pipeline, info: ModelInfo, queue_capacity: usize) -> Self {
-        let (queue, mut commands) = mpsc::channel::<Command>(queue_capacity.max(1));
+    /// Starts the thread that owns `pipeline`.
+    pub fn spawn(pipeline: Pipeline, info: ModelInfo, options: EngineOptions) -> Self {
+        let (queue, mut commands) = mpsc::channel::<Command>(options.queue_capacity.max(1));
         let name = info.name.clone();
         let closing = Arc::new(AtomicBool::new(false));
         let (stopped_tx, stopped) = watch::channel(false);
         let thread_closing = closing.clone();
+        let stats = Arc::new(EngineStats::default());
+        let thread_stats = stats.clone();
         std::thread::Builder::new()
             .name(format!("model-{name}"))
             .spawn(move || {
                 let _guard = tch::no_grad_guard();
-                while let Some(command) = commands.blocking_recv() {
-                    match command {
-                        Command::Generate(job) => run_job(&pipeline, job, &thread_closing),
-                        Command::Encode { frame, reply } => {
-                            if !reply.is_closed() {
-                                let _ = reply.send(pipeline.encode_frame(&frame));
-                            }
-                        }
-                        Command::ScoreLabels { frames, prompt, labels, reply } => {
-                            if !reply.is_closed() {
-                                let _ = reply.send(pipeline.score_labels(&frames, prompt.as_deref(), &labels));
-                            }
-                        }
-                    }
-                }
+                Scheduler::new(&pipeline, options, &thread_closing, &thread_stats).run(&mut commands);
                 drop(pipeline);
                 tracing::info!(model = name, "model thread stopped");
                 let _ = stopped_tx.send(true);
             })
             .expect("spawning a model thread");
-        Self { info: Arc::new(info), queue, closing, stopped }
+        Self { info: Arc::new(info), queue, closing, stopped, stats }
     }
 
     /// Gives up this handle to watch the model's thread end (see [`Drain`]).
@@ -140,8 +157,9 @@ impl ModelWorker {
         Ok(receiver)
     }
 
-    /// Runs the vision tower on one frame, as soon as the model thread gets to it.
-    pub async fn encode(&self, frame: RgbImage) -> Result<Tensor> {
+    /// Runs the vision tower on one frame (or finds it in the feature cache) as soon as the
+    /// model thread gets to it.
+    pub async fn encode(&self, frame: RgbImage) -> Result<EncodedFrame> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Encode { frame, reply })?;
         answer.await.map_err(|_| self.gone())?
@@ -176,54 +194,13 @@ impl ModelWorker {
         })
     }
 
+    /// Batching and feature-cache counters of the model's thread.
+    pub fn stats(&self) -> EngineStatsSnapshot {
+        self.stats.snapshot()
+    }
+
     /// Requests waiting in the queue.
     pub fn queued(&self) -> usize {
         self.queue.max_capacity() - self.queue.capacity()
     }
-}
-
-fn run_job(pipeline: &Pipeline, job: Job, closing: &AtomicBool) {
-    let queue_ms = job.enqueued.elapsed().as_secs_f64() * 1e3;
-    if job.events.is_closed() {
-        return;
-    }
-    let unloaded = || GitcapError::Unavailable("the model was unloaded before the request finished".into());
-    if closing.load(Ordering::Relaxed) {
-        let _ = job.events.send(EngineEvent::Failed(unloaded()));
-        return;
-    }
-    if job.deadline.is_some_and(|d| Instant::now() >= d) {
-        let _ = job.events.send(EngineEvent::Failed(GitcapError::DeadlineExceeded(format!(
-            "while waiting in the queue ({queue_ms:.0} ms)"
-        ))));
-        return;
-    }
-    let mut expired = false;
-    let mut closed = false;
-    let result = pipeline.run(&job.request, &mut |event| {
-        if closing.load(Ordering::Relaxed) {
-            closed = true;
-            return StepControl::Stop;
-        }
-        if job.deadline.is_some_and(|d| Instant::now() >= d) {
-            expired = true;
-            return StepControl::Stop;
-        }
-        let Some(event) = event else {
-            return if job.events.is_closed() { StepControl::Stop } else { StepControl::Continue };
-        };
-        match job.events.send(EngineEvent::Token(event)) {
-            Ok(()) => StepControl::Continue,
-            Err(_) => StepControl::Stop,
-        }
-    });
-    let event = match result {
-        Ok(output) => EngineEvent::Done { output, queue_ms },
-        Err(GitcapError::Cancelled) if closed => EngineEvent::Failed(unloaded()),
-        Err(GitcapError::Cancelled) if expired => {
-            EngineEvent::Failed(GitcapError::DeadlineExceeded("during generation".into()))
-        }
-        Err(e) => EngineEvent::Failed(e),
-    };
-    let _ = job.events.send(event);
 }

@@ -38,6 +38,15 @@ impl GitEmbeddings {
         self.layer_norm.forward(&(words + positions))
     }
 
+    /// One token per row, `input_ids` [rows, 1], each at its own text position.
+    pub fn forward_rows(&self, input_ids: &Tensor, positions: &[i64]) -> Tensor {
+        let rows = input_ids.size()[0];
+        let words = self.word_embeddings.index_select(0, &input_ids.view([-1])).view([rows, 1, -1]);
+        let index = Tensor::from_slice(positions).to_device(self.position_embeddings.device());
+        let positions = self.position_embeddings.index_select(0, &index).unsqueeze(1);
+        self.layer_norm.forward(&(words + positions))
+    }
+
     pub fn word_embeddings(&self) -> &Tensor {
         &self.word_embeddings
     }
@@ -66,6 +75,42 @@ impl KvCache {
         self.keys.first().map_or(0, |k| k.size()[0])
     }
 
+    /// Positions the cache has room for: image tokens, then text.
+    pub fn capacity(&self) -> i64 {
+        self.keys.first().map_or(0, |k| k.size()[2])
+    }
+
+    /// Bytes the cache holds.
+    pub fn bytes(&self) -> usize {
+        self.keys.iter().chain(&self.values).map(|t| t.numel() * t.kind().elt_size_in_bytes()).sum()
+    }
+
+    /// A copy of the image tokens' keys and values, to start other requests on the same frames
+    /// without running the image prefill again.
+    pub fn image_prefix(&self) -> ImagePrefix {
+        let n = self.image_tokens;
+        let copy = |bufs: &Vec<Tensor>| bufs.iter().map(|b| b.narrow(0, 0, 1).narrow(2, 0, n).copy()).collect();
+        ImagePrefix { keys: copy(&self.keys), values: copy(&self.values), image_tokens: n }
+    }
+
+    /// A cache for `batch` sequences starting from `prefix`, with room for `text_capacity`
+    /// text tokens each.
+    pub fn from_prefix(prefix: &ImagePrefix, batch: i64, text_capacity: i64) -> Self {
+        let n = prefix.image_tokens;
+        let expand = |parts: &Vec<Tensor>| {
+            parts
+                .iter()
+                .map(|p| {
+                    let size = p.size();
+                    let buf = Tensor::zeros([batch, size[1], n + text_capacity, size[3]], (p.kind(), p.device()));
+                    buf.narrow(2, 0, n).copy_(p);
+                    buf
+                })
+                .collect()
+        };
+        Self { keys: expand(&prefix.keys), values: expand(&prefix.values), image_tokens: n, text_len: 0 }
+    }
+
     /// Keeps the sequences at `indices` (beam search reordering); image entries are shared.
     pub fn reorder(&mut self, indices: &Tensor) {
         let (start, len) = (self.image_tokens, self.text_len);
@@ -74,6 +119,19 @@ impl KvCache {
             let reordered = text.index_select(0, indices);
             text.copy_(&reordered);
         }
+    }
+}
+
+/// The image tokens' keys and values of every layer, [1, heads, image_tokens, head_dim] each.
+pub struct ImagePrefix {
+    keys: Vec<Tensor>,
+    values: Vec<Tensor>,
+    image_tokens: i64,
+}
+
+impl ImagePrefix {
+    pub fn bytes(&self) -> usize {
+        self.keys.iter().chain(&self.values).map(|t| t.numel() * t.kind().elt_size_in_bytes()).sum()
     }
 }
 
@@ -121,7 +179,34 @@ impl GitLayer {
         let visible = at + xs.size()[1];
         let q = split_heads(&self.query.forward(xs), self.heads);
         let context = attention(&q, &keys.narrow(2, 0, visible), &values.narrow(2, 0, visible), mask);
-        let attended = self.attention_layer_norm.forward(&(self.attention_output.forward(&merge_heads(&context)) + xs));
+        self.output_block(&context, xs)
+    }
+
+    /// One new token per row for several requests at once, `xs` [rows, 1, hidden]: the
+    /// projections and the feed-forward run on every row together, attention on each request's
+    /// own cache (`caches`, in row order, holding this layer at `layer`).
+    fn forward_step(&self, xs: &Tensor, caches: &[&mut KvCache], layer: usize) -> Tensor {
+        let q = split_heads(&self.query.forward(xs), self.heads);
+        let k = split_heads(&self.key.forward(xs), self.heads);
+        let v = split_heads(&self.value.forward(xs), self.heads);
+        let mut contexts = Vec::with_capacity(caches.len());
+        let mut row = 0;
+        for cache in caches {
+            let (rows, at) = (cache.batch(), cache.image_tokens + cache.text_len);
+            let (keys, values) = (&cache.keys[layer], &cache.values[layer]);
+            keys.narrow(2, at, 1).copy_(&k.narrow(0, row, rows));
+            values.narrow(2, at, 1).copy_(&v.narrow(0, row, rows));
+            let q = q.narrow(0, row, rows);
+            contexts.push(attention(&q, &keys.narrow(2, 0, at + 1), &values.narrow(2, 0, at + 1), None));
+            row += rows;
+        }
+        self.output_block(&Tensor::cat(&contexts, 0), xs)
+    }
+
+    /// Attention output projection and the feed-forward block, each with its residual and
+    /// post-LayerNorm.
+    fn output_block(&self, context: &Tensor, xs: &Tensor) -> Tensor {
+        let attended = self.attention_layer_norm.forward(&(self.attention_output.forward(&merge_heads(context)) + xs));
         let ffn = self.output.forward(&self.act.forward(&self.intermediate.forward(&attended)));
         self.output_layer_norm.forward(&(ffn + attended))
     }
@@ -191,6 +276,22 @@ impl GitEncoder {
             xs = layer.forward(&xs, &cache.keys[i], &cache.values[i], at, mask.as_ref());
         }
         cache.text_len += seq;
+        xs
+    }
+}
+
+impl GitEncoder {
+    /// One decoding step for several requests: `embeddings` [rows, 1, hidden] holds one new
+    /// token per row, the rows of `caches[0]` first. Returns the last layer's hidden states
+    /// [rows, 1, hidden] and appends to each cache.
+    pub fn forward_step(&self, embeddings: &Tensor, caches: &mut [&mut KvCache]) -> Tensor {
+        let mut xs = embeddings.shallow_clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            xs = layer.forward_step(&xs, caches, i);
+        }
+        for cache in caches.iter_mut() {
+            cache.text_len += 1;
+        }
         xs
     }
 }

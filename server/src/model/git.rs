@@ -6,7 +6,7 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 use super::config::GitConfig;
-use super::decoder::{GitEmbeddings, GitEncoder, KvCache};
+use super::decoder::{GitEmbeddings, GitEncoder, ImagePrefix, KvCache};
 use super::layers::{LayerNorm, Linear};
 use super::vision::GitVisionTransformer;
 use super::weights::Weights;
@@ -120,6 +120,17 @@ impl GitForCausalLM {
     /// Starts decoding: the image tokens' keys and values for `batch` sequences with room
     /// for `text_capacity` text tokens.
     pub fn prefill_image(&self, image_tokens: &Tensor, batch: i64, text_capacity: i64) -> Result<KvCache> {
+        self.check_text_capacity(text_capacity)?;
+        Ok(self.encoder.prefill_image(image_tokens, batch, text_capacity))
+    }
+
+    /// Like [`Self::prefill_image`], from image keys and values kept from an earlier request.
+    pub fn cache_from_prefix(&self, prefix: &ImagePrefix, batch: i64, text_capacity: i64) -> Result<KvCache> {
+        self.check_text_capacity(text_capacity)?;
+        Ok(KvCache::from_prefix(prefix, batch, text_capacity))
+    }
+
+    fn check_text_capacity(&self, text_capacity: i64) -> Result<()> {
         let max_text = self.config.max_position_embeddings;
         if text_capacity > max_text {
             return Err(GitcapError::invalid(
@@ -127,7 +138,7 @@ impl GitForCausalLM {
                 format!("prompt + new tokens must stay within {max_text} positions, asked for {text_capacity}"),
             ));
         }
-        Ok(self.encoder.prefill_image(image_tokens, batch, text_capacity))
+        Ok(())
     }
 
     /// Feeds text tokens [batch, seq] that follow what `cache` holds; returns the logits of
@@ -145,6 +156,17 @@ impl GitForCausalLM {
         let hidden = self.encoder.forward_text(&embeddings, cache);
         let last = hidden.select(1, hidden.size()[1] - 1);
         self.output.forward(&last).to_kind(Kind::Float)
+    }
+
+    /// One decoding step for several requests at once: `input_ids[i]` [rows_i, 1] follows what
+    /// `caches[i]` holds. Returns the logits [Σ rows_i, vocab] in f32, request after request.
+    pub fn decode_step(&self, input_ids: &[Tensor], caches: &mut [&mut KvCache]) -> Tensor {
+        let positions: Vec<i64> =
+            caches.iter().flat_map(|c| std::iter::repeat_n(c.text_len(), c.batch() as usize)).collect();
+        let ids = Tensor::cat(input_ids, 0).to_device(self.device);
+        let embeddings = self.embeddings.forward_rows(&ids, &positions);
+        let hidden = self.encoder.forward_step(&embeddings, caches);
+        self.output.forward(&hidden.squeeze_dim(1)).to_kind(Kind::Float)
     }
 
     /// transformers' `GitForCausalLM(input_ids, pixel_values).logits[:, image_tokens:]` for one

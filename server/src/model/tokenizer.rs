@@ -94,6 +94,10 @@ pub struct TextStream<'a> {
 }
 
 impl<'a> TextStream<'a> {
+    pub fn tokenizer(&self) -> &'a GitTokenizer {
+        self.tokenizer
+    }
+
     pub fn new(tokenizer: &'a GitTokenizer) -> Self {
         Self { tokenizer, ids: vec![], emitted: String::new() }
     }

@@ -12,7 +12,7 @@ use tokio::sync::broadcast;
 use super::loader::{self, check_root, LoadSpec};
 use super::source::HubOptions;
 use super::state_file::{self, SavedState};
-use crate::engine::ModelWorker;
+use crate::engine::{EngineOptions, ModelWorker};
 use crate::error::{GitcapError, Result};
 
 /// The alias requests without a model name use.
@@ -58,7 +58,8 @@ pub enum RegistryEvent {
 #[derive(Debug, Clone, Default)]
 pub struct RegistryOptions {
     pub hub: HubOptions,
-    pub queue_capacity: usize,
+    /// How each model's thread queues, batches and caches.
+    pub engine: EngineOptions,
     /// Local directories the admin API may load from (`None`: no restriction).
     pub model_roots: Option<Vec<PathBuf>>,
     /// Where the desired models and aliases are saved.
@@ -212,7 +213,7 @@ impl Registry {
                     progress: String::new(),
                 };
                 tracing::info!(model = id, secs = loaded.load_seconds, "ready");
-                let worker = ModelWorker::spawn(loaded.pipeline, loaded.info, self.options.queue_capacity);
+                let worker = ModelWorker::spawn(loaded.pipeline, loaded.info, self.options.engine);
                 inner.entries.insert(id.clone(), Entry { status: status.clone(), worker: Some(worker) });
                 drop(inner);
                 self.emit(RegistryEvent::Model(Box::new(status.clone())));

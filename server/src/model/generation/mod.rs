@@ -11,7 +11,7 @@ pub use config::{EarlyStopping, GenerationConfig, GenerationOverrides};
 use tch::Tensor;
 
 use crate::error::{GitcapError, Result};
-use crate::model::GitForCausalLM;
+use crate::model::{GitForCausalLM, KvCache};
 
 /// Why generation stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -49,10 +49,81 @@ pub struct Generated {
     pub finish_reason: FinishReason,
 }
 
-/// Generates a continuation of `prompt` (ids, [CLS] first) after `image_tokens`
-/// ([`GitForCausalLM::image_tokens`]), calling `on_token` with each generated token as it is
-/// chosen, or with `None` after a search step that fixed no token yet (beam search), so the
-/// caller can stop the generation at every step.
+/// One request's search, advanced one decoding step at a time, so that the engine can run
+/// the decoder for many requests at once: greedy or sampling on one row, or beam search on
+/// `num_beams` rows.
+pub enum Search {
+    Sample(search::SampleSearch),
+    Beam(beam::BeamSearch),
+}
+
+impl Search {
+    /// Validates `config` for a continuation of `prompt` (ids, [CLS] first).
+    pub fn new(config: &GenerationConfig, prompt: &[i64]) -> Result<Self> {
+        config.validate("options")?;
+        if prompt.is_empty() {
+            return Err(GitcapError::invalid("prompt", "the prompt needs at least the BOS ([CLS]) token"));
+        }
+        let max_total = config.max_total_len(prompt.len());
+        if max_total <= prompt.len() {
+            return Err(GitcapError::invalid(
+                "options.max_new_tokens",
+                format!(
+                    "leaves no room to generate: the prompt has {} tokens and the length limit is {max_total}",
+                    prompt.len()
+                ),
+            ));
+        }
+        Ok(if config.num_beams > 1 {
+            Search::Beam(beam::BeamSearch::new(config, prompt))
+        } else {
+            Search::Sample(search::SampleSearch::new(config, prompt))
+        })
+    }
+
+    /// Decoder rows (sequences) this search runs on.
+    pub fn rows(&self) -> usize {
+        match self {
+            Search::Sample(_) => 1,
+            Search::Beam(b) => b.rows(),
+        }
+    }
+
+    /// Text positions each row's cache needs: prompt and generated tokens.
+    pub fn text_capacity(&self) -> usize {
+        match self {
+            Search::Sample(s) => s.text_capacity(),
+            Search::Beam(b) => b.text_capacity(),
+        }
+    }
+
+    /// The ids to feed next [rows, seq]: the prompt at first, then one token per row.
+    pub fn next_input(&self) -> Tensor {
+        match self {
+            Search::Sample(s) => s.next_input(),
+            Search::Beam(b) => b.next_input(),
+        }
+    }
+
+    /// Advances the search with the logits of the fed ids' last position [rows, vocab]
+    /// (f32, CPU), calling `on_token` with each generated token as it is chosen, or with
+    /// `None` after a step that fixed no token yet (beam search), so the caller can stop the
+    /// generation at every step. Returns the result once generation has ended.
+    pub fn step(
+        &mut self,
+        logits: &Tensor,
+        cache: &mut KvCache,
+        on_token: &mut dyn FnMut(Option<TokenStep>) -> StepControl,
+    ) -> Result<Option<Generated>> {
+        match self {
+            Search::Sample(s) => s.step(logits, on_token),
+            Search::Beam(b) => b.step(logits, cache, on_token),
+        }
+    }
+}
+
+/// Generates a continuation of `prompt` after `image_tokens` ([`GitForCausalLM::image_tokens`])
+/// for one request on its own (see [`Search::step`] for `on_token`).
 pub fn generate(
     model: &GitForCausalLM,
     image_tokens: &Tensor,
@@ -60,24 +131,13 @@ pub fn generate(
     config: &GenerationConfig,
     on_token: &mut dyn FnMut(Option<TokenStep>) -> StepControl,
 ) -> Result<Generated> {
-    config.validate("options")?;
-    if prompt.is_empty() {
-        return Err(GitcapError::invalid("prompt", "the prompt needs at least the BOS ([CLS]) token"));
-    }
-    let max_total = config.max_total_len(prompt.len());
-    if max_total <= prompt.len() {
-        return Err(GitcapError::invalid(
-            "options.max_new_tokens",
-            format!(
-                "leaves no room to generate: the prompt has {} tokens and the length limit is {max_total}",
-                prompt.len()
-            ),
-        ));
-    }
+    let mut search = Search::new(config, prompt)?;
     let _guard = tch::no_grad_guard();
-    if config.num_beams > 1 {
-        beam::beam_search(model, image_tokens, prompt, config, on_token)
-    } else {
-        search::greedy_or_sample(model, image_tokens, prompt, config, on_token)
+    let mut cache = model.prefill_image(image_tokens, search.rows() as i64, search.text_capacity() as i64)?;
+    loop {
+        let logits = model.decode_last(&search.next_input(), &mut cache).to_device(tch::Device::Cpu);
+        if let Some(generated) = search.step(&logits, &mut cache, on_token)? {
+            return Ok(generated);
+        }
     }
 }

@@ -1,5 +1,5 @@
-//! Greedy decoding and sampling (transformers' `_sample`), one sequence, streaming each
-//! token to a callback as soon as it is chosen.
+//! Greedy decoding and sampling (transformers' `_sample`) for one sequence, one step at a
+//! time, streaming each token to a callback as soon as it is chosen.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -9,50 +9,79 @@ use super::config::GenerationConfig;
 use super::processors::LogitsProcessors;
 use super::{FinishReason, Generated, StepControl, TokenStep};
 use crate::error::{GitcapError, Result};
-use crate::model::GitForCausalLM;
 
-pub fn greedy_or_sample(
-    model: &GitForCausalLM,
-    image_tokens: &Tensor,
-    prompt: &[i64],
-    config: &GenerationConfig,
-    on_token: &mut dyn FnMut(Option<TokenStep>) -> StepControl,
-) -> Result<Generated> {
-    let max_total = config.max_total_len(prompt.len());
-    let eos = config.eos_token_ids();
-    let processors = LogitsProcessors::new(config, prompt.len());
-    let mut rng = ChaCha8Rng::seed_from_u64(config.seed.unwrap_or_else(rand::random));
-    let mut cache = model.prefill_image(image_tokens, 1, max_total.max(prompt.len()) as i64)?;
+pub struct SampleSearch {
+    do_sample: bool,
+    max_total: usize,
+    eos: Vec<i64>,
+    processors: LogitsProcessors,
+    rng: ChaCha8Rng,
+    prompt_len: usize,
+    /// Prompt and generated ids.
+    sequence: Vec<i64>,
+    generated: Generated,
+}
 
-    let mut sequence = prompt.to_vec();
-    let mut generated = Generated::default();
-    let mut next_input = Tensor::from_slice(prompt).view([1, -1]);
-    while sequence.len() < max_total {
-        let logits = model.decode_last(&next_input, &mut cache).to_device(tch::Device::Cpu);
-        let scores = processors.process(std::slice::from_ref(&sequence), &logits);
+impl SampleSearch {
+    pub fn new(config: &GenerationConfig, prompt: &[i64]) -> Self {
+        Self {
+            do_sample: config.do_sample,
+            max_total: config.max_total_len(prompt.len()),
+            eos: config.eos_token_ids(),
+            processors: LogitsProcessors::new(config, prompt.len()),
+            rng: ChaCha8Rng::seed_from_u64(config.seed.unwrap_or_else(rand::random)),
+            prompt_len: prompt.len(),
+            sequence: prompt.to_vec(),
+            generated: Generated::default(),
+        }
+    }
+
+    pub fn text_capacity(&self) -> usize {
+        self.max_total.max(self.prompt_len)
+    }
+
+    /// The ids to feed next [1, seq]: the whole prompt first, then the last chosen token.
+    pub fn next_input(&self) -> Tensor {
+        if self.sequence.len() == self.prompt_len {
+            Tensor::from_slice(&self.sequence).view([1, -1])
+        } else {
+            Tensor::from_slice(&self.sequence[self.sequence.len() - 1..]).view([1, 1])
+        }
+    }
+
+    /// Chooses the next token from the last position's `logits` [1, vocab] (f32, CPU);
+    /// returns the result once generation has ended.
+    pub fn step(
+        &mut self,
+        logits: &Tensor,
+        on_token: &mut dyn FnMut(Option<TokenStep>) -> StepControl,
+    ) -> Result<Option<Generated>> {
+        let scores = self.processors.process(std::slice::from_ref(&self.sequence), logits);
         let log_probs = scores.log_softmax(-1, Kind::Float).view([-1]);
-        let token = if config.do_sample {
-            sample(&log_probs, &mut rng)?
+        let token = if self.do_sample {
+            sample(&log_probs, &mut self.rng)?
         } else {
             scores.view([-1]).argmax(0, false).int64_value(&[])
         };
         let logprob = log_probs.double_value(&[token]) as f32;
-        sequence.push(token);
-        generated.token_ids.push(token);
-        generated.logprobs.push(logprob);
-        if eos.contains(&token) {
-            generated.finish_reason = FinishReason::Eos;
+        self.sequence.push(token);
+        self.generated.token_ids.push(token);
+        self.generated.logprobs.push(logprob);
+        if self.eos.contains(&token) {
+            self.generated.finish_reason = FinishReason::Eos;
             on_token(Some(TokenStep { token_id: token, logprob, last: true }));
-            return Ok(generated);
+            return Ok(Some(std::mem::take(&mut self.generated)));
         }
-        let last = sequence.len() >= max_total;
+        let last = self.sequence.len() >= self.max_total;
         if on_token(Some(TokenStep { token_id: token, logprob, last })) == StepControl::Stop {
             return Err(GitcapError::Cancelled);
         }
-        next_input = Tensor::from_slice(&[token]).view([1, 1]);
+        if last {
+            self.generated.finish_reason = FinishReason::Length;
+            return Ok(Some(std::mem::take(&mut self.generated)));
+        }
+        Ok(None)
     }
-    generated.finish_reason = FinishReason::Length;
-    Ok(generated)
 }
 
 /// Draws a token from the distribution `log_probs` [vocab] (−inf where filtered out).

@@ -1,0 +1,245 @@
+//! Continuous batching and the feature cache, through a model's worker thread: requests that
+//! run together give the tokens they give alone (f32), a request cancelled mid-batch does not
+//! disturb the others, cache hits give what misses give, and the cache keeps to its bound.
+
+mod common;
+
+use image::RgbImage;
+use tch::{Device, Kind};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use common::fixtures::{cases, fixtures, model_dir, MODELS};
+use gitcap_server::engine::{
+    EngineEvent, EngineOptions, Frame, InferenceOutput, InferenceRequest, ModelInfo, ModelWorker, Pipeline,
+};
+use gitcap_server::media::{decode_image, MediaLimits};
+use gitcap_server::model::generation::{GenerationOverrides, StepControl};
+
+fn pipeline(model: &str) -> Pipeline {
+    Pipeline::load(&model_dir(model), Kind::Float, Device::Cpu).unwrap()
+}
+
+fn worker(model: &str, options: EngineOptions) -> ModelWorker {
+    let info = ModelInfo {
+        name: model.into(),
+        version: "test".into(),
+        dtype: "f32".into(),
+        device: "cpu".into(),
+        max_frames: 6,
+        weights_bytes: 0,
+    };
+    ModelWorker::spawn(pipeline(model), info, options)
+}
+
+fn media(names: &[String]) -> Vec<RgbImage> {
+    let dir = fixtures().join("media");
+    names
+        .iter()
+        .flat_map(|f| decode_image(&std::fs::read(dir.join(f)).unwrap(), f, &MediaLimits::default()).unwrap())
+        .collect()
+}
+
+/// A deterministic image with content `seed`.
+fn pattern(seed: u32) -> RgbImage {
+    RgbImage::from_fn(48, 40, |x, y| {
+        let v = (x * 7 + y * 13 + seed * 31) % 256;
+        image::Rgb([v as u8, (v * 3 % 256) as u8, ((255 - v) * (seed + 1) % 256) as u8])
+    })
+}
+
+fn request(frames: &[RgbImage], question: Option<&str>, options: GenerationOverrides) -> InferenceRequest {
+    InferenceRequest {
+        frames: frames.iter().cloned().map(Frame::Image).collect(),
+        question: question.map(str::to_string),
+        options,
+    }
+}
+
+fn alone(pipeline: &Pipeline, request: &InferenceRequest) -> Vec<i64> {
+    pipeline.run(request, &mut |_| StepControl::Continue).unwrap().token_ids
+}
+
+/// Waits for a request's result; checks the streamed ids add up to it.
+async fn result(mut events: UnboundedReceiver<EngineEvent>) -> InferenceOutput {
+    let mut streamed = Vec::new();
+    loop {
+        match events.recv().await.expect("the engine answers") {
+            EngineEvent::Token(t) => streamed.push(t.token_id),
+            EngineEvent::Done { output, .. } => {
+                assert_eq!(streamed, output.token_ids, "streamed ids");
+                return output;
+            }
+            EngineEvent::Failed(e) => panic!("request failed: {e}"),
+        }
+    }
+}
+
+/// Greedy, beam search, sampling with a seed, questions and captions of different lengths and
+/// frame counts, all submitted at once.
+fn mixed_requests(model: &str) -> Vec<InferenceRequest> {
+    let mut requests: Vec<InferenceRequest> = cases()
+        .into_iter()
+        .filter(|c| c.model == model)
+        .map(|c| request(&media(&c.media), c.question.as_deref(), c.overrides()))
+        .collect();
+    let frames = if model == "tiny-git-video" { 6 } else { 1 };
+    for seed in 0..4u32 {
+        let images: Vec<RgbImage> = (0..frames).map(|f| pattern(seed * 10 + f)).collect();
+        let sampled = GenerationOverrides {
+            do_sample: Some(true),
+            seed: Some(seed as u64),
+            top_k: Some(50),
+            max_new_tokens: Some(9 + seed as usize),
+            ..Default::default()
+        };
+        requests.push(request(&images, None, sampled));
+        let question = (seed % 2 == 0).then_some("what is in the picture?");
+        let greedy = GenerationOverrides { max_new_tokens: Some(6 + 3 * seed as usize), ..Default::default() };
+        requests.push(request(&images, question, greedy));
+        let beams = GenerationOverrides {
+            num_beams: Some(2 + seed as usize % 2),
+            max_new_tokens: Some(7),
+            ..Default::default()
+        };
+        requests.push(request(&images, None, beams));
+    }
+    requests
+}
+
+#[tokio::test]
+async fn batched_requests_give_the_tokens_they_give_alone() {
+    for model in MODELS {
+        let reference = pipeline(model);
+        let expected: Vec<Vec<i64>> = mixed_requests(model).iter().map(|r| alone(&reference, r)).collect();
+        // No cache, so every request runs its own vision and prefill.
+        let worker = worker(model, EngineOptions { feature_cache_bytes: 0, ..Default::default() });
+        let receivers: Vec<_> = mixed_requests(model).into_iter().map(|r| worker.submit(r, None).unwrap()).collect();
+        for (i, (events, expected)) in receivers.into_iter().zip(&expected).enumerate() {
+            assert_eq!(&result(events).await.token_ids, expected, "{model}: request {i} batched vs alone");
+        }
+        let stats = worker.stats();
+        assert!(stats.max_rows >= 4, "{model}: requests should have shared decoding steps: {stats:?}");
+        assert!(stats.frames_encoded >= stats.vision_passes, "{stats:?}");
+        assert!(stats.vision_passes < expected.len() as u64, "{model}: frames should be encoded in batches: {stats:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_request_cancelled_mid_batch_leaves_the_others_alone() {
+    let model = "tiny-git-image";
+    let reference = pipeline(model);
+    let long = GenerationOverrides { min_new_tokens: Some(24), max_new_tokens: Some(24), ..Default::default() };
+    let requests = || (0..5).map(|i| request(&[pattern(i)], None, long.clone())).collect::<Vec<_>>();
+    let expected: Vec<Vec<i64>> = requests().iter().map(|r| alone(&reference, r)).collect();
+    let worker = worker(model, EngineOptions::default());
+    let mut receivers: Vec<_> = requests().into_iter().map(|r| worker.submit(r, None).unwrap()).collect();
+    // The caller of request 2 goes away after its third token.
+    let mut cancelled = receivers.remove(2);
+    for _ in 0..3 {
+        assert!(matches!(cancelled.recv().await, Some(EngineEvent::Token(_))));
+    }
+    drop(cancelled);
+    for (i, events) in receivers.into_iter().enumerate() {
+        let index = if i < 2 { i } else { i + 1 };
+        assert_eq!(result(events).await.token_ids, expected[index], "request {index}");
+    }
+    let stats = worker.stats();
+    assert!(stats.max_rows >= 2, "{stats:?}");
+    // 4 requests × 23 steps after their prompt, plus the cancelled one's few.
+    assert!(stats.decoded_rows < 5 * 23, "the cancelled request should have left the batch: {stats:?}");
+}
+
+#[tokio::test]
+async fn cache_hits_give_what_misses_give() {
+    for model in ["tiny-git-image", "tiny-git-video"] {
+        let reference = pipeline(model);
+        let frames: Vec<RgbImage> = (0..if model == "tiny-git-video" { 6 } else { 1 }).map(pattern).collect();
+        let caption = request(&frames, None, GenerationOverrides { max_new_tokens: Some(10), ..Default::default() });
+        let question = "what is it?";
+        let follow_up =
+            request(&frames, Some(question), GenerationOverrides { max_new_tokens: Some(5), ..Default::default() });
+        let worker = worker(model, EngineOptions::default());
+        let cold = result(worker.submit(caption, None).unwrap()).await;
+        let before = worker.stats();
+        let warm = result(
+            worker
+                .submit(
+                    request(&frames, None, GenerationOverrides { max_new_tokens: Some(10), ..Default::default() }),
+                    None,
+                )
+                .unwrap(),
+        )
+        .await;
+        let asked = result(worker.submit(follow_up, None).unwrap()).await;
+        let after = worker.stats();
+        assert_eq!(warm.token_ids, cold.token_ids, "{model}: a cache hit gives the cold result");
+        assert_eq!(
+            cold.token_ids,
+            alone(
+                &reference,
+                &request(&frames, None, GenerationOverrides { max_new_tokens: Some(10), ..Default::default() })
+            ),
+            "{model}: cold request vs the pipeline alone"
+        );
+        let expected = alone(
+            &reference,
+            &request(&frames, Some(question), GenerationOverrides { max_new_tokens: Some(5), ..Default::default() }),
+        );
+        assert_eq!(asked.token_ids, expected, "{model}: follow-up question from cached image keys/values");
+        assert_eq!(after.cache.prefix_hits - before.cache.prefix_hits, 2, "{model}: {after:?}");
+        assert_eq!(after.frames_encoded, before.frames_encoded, "{model}: no frame went through the tower again");
+
+        // A frame uploaded twice is encoded once; a window of those frames hits the frame cache.
+        let encoded = worker.encode(pattern(99)).await.unwrap();
+        let again = worker.encode(pattern(99)).await.unwrap();
+        assert_eq!(encoded.key, again.key);
+        assert!(encoded.features.equal(&again.features));
+        assert_eq!(worker.stats().frames_encoded, after.frames_encoded + 1);
+        let mut window: Vec<Frame> = frames[1..].iter().cloned().map(Frame::Image).collect();
+        window.push(Frame::Encoded(again));
+        let shifted = InferenceRequest {
+            frames: window,
+            question: None,
+            options: GenerationOverrides { max_new_tokens: Some(4), ..Default::default() },
+        };
+        let mut shifted_frames = frames[1..].to_vec();
+        shifted_frames.push(pattern(99));
+        let expected = alone(
+            &reference,
+            &request(&shifted_frames, None, GenerationOverrides { max_new_tokens: Some(4), ..Default::default() }),
+        );
+        let out = result(worker.submit(shifted, None).unwrap()).await;
+        if model == "tiny-git-video" {
+            assert_eq!(out.token_ids, expected, "{model}: overlapping window from cached frames");
+            assert_eq!(worker.stats().frames_encoded, after.frames_encoded + 1, "every frame of the window was cached");
+        } else {
+            assert_eq!(out.token_ids, expected);
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_cache_keeps_to_its_byte_bound() {
+    let model = "tiny-git-image";
+    let short = || GenerationOverrides { max_new_tokens: Some(2), ..Default::default() };
+    // What one request leaves in the cache: its frame's features and its image keys/values.
+    let probe = worker(model, EngineOptions::default());
+    result(probe.submit(request(&[pattern(0)], None, short()), None).unwrap()).await;
+    let per_request = probe.stats().cache_bytes as usize;
+    assert!(per_request > 0);
+
+    let bound = per_request * 5 / 2;
+    let worker = worker(model, EngineOptions { feature_cache_bytes: bound, ..Default::default() });
+    for i in 0..12 {
+        result(worker.submit(request(&[pattern(i)], None, short()), None).unwrap()).await;
+        let stats = worker.stats();
+        assert!(stats.cache_bytes as usize <= bound, "{stats:?} over {bound}");
+        assert!(stats.cache_bytes as usize >= per_request, "{stats:?}");
+    }
+    // The latest request is still cached; the earliest was evicted and runs the tower again.
+    let before = worker.stats().frames_encoded;
+    result(worker.submit(request(&[pattern(11)], None, short()), None).unwrap()).await;
+    assert_eq!(worker.stats().frames_encoded, before);
+    result(worker.submit(request(&[pattern(0)], None, short()), None).unwrap()).await;
+    assert_eq!(worker.stats().frames_encoded, before + 1);
+}
