@@ -18,6 +18,7 @@ pub struct Settings {
     pub hub: HubSettings,
     pub limits: LimitSettings,
     pub log: LogSettings,
+    pub metrics: MetricsSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -112,6 +113,17 @@ pub struct LogSettings {
     pub format: String,
 }
 
+/// Prometheus metrics (crate::metrics), served at `GET /metrics` without a token.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MetricsSettings {
+    pub enabled: bool,
+    /// Bucket bounds in seconds of the queue-time, time-to-first-token and inter-token histograms.
+    pub latency_buckets: Vec<f64>,
+    pub tokens_per_second_buckets: Vec<f64>,
+    /// Bucket bounds of the decode batch-size and vision batch-frames histograms.
+    pub batch_size_buckets: Vec<f64>,
+}
+
 impl Settings {
     /// Layers the defaults, `file`, the environment and `overrides` ("section.key" → value).
     pub fn load(file: Option<&Path>, overrides: &[(&str, Option<String>)]) -> Result<Self> {
@@ -125,7 +137,10 @@ impl Settings {
             .separator("__")
             .try_parsing(true)
             .list_separator(",")
-            .with_list_parse_key("admin.model_roots");
+            .with_list_parse_key("admin.model_roots")
+            .with_list_parse_key("metrics.latency_buckets")
+            .with_list_parse_key("metrics.tokens_per_second_buckets")
+            .with_list_parse_key("metrics.batch_size_buckets");
         builder = builder.add_source(environment);
         for (key, value) in overrides {
             if let Some(value) = value {
