@@ -274,8 +274,14 @@ pub fn queue_depth(model: &str, version: &str, waiting: usize) {
 mod tests {
     use super::*;
 
+    /// Not from `Settings::load`: the settings test changes the environment meanwhile.
     fn settings() -> MetricsSettings {
-        crate::settings::Settings::load(None, &[]).unwrap().metrics
+        MetricsSettings {
+            enabled: true,
+            latency_buckets: vec![0.001, 0.01, 0.025, 0.1, 0.25, 1.0],
+            tokens_per_second_buckets: vec![1.0, 10.0, 20.0, 100.0],
+            batch_size_buckets: vec![1.0, 2.0, 4.0, 8.0],
+        }
     }
 
     /// The lines of `text` that start with `prefix`.

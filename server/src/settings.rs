@@ -166,18 +166,22 @@ mod tests {
         unsafe {
             std::env::set_var("GITCAP__MODEL__NAME", "from-env");
             std::env::set_var("GITCAP__LIMITS__MAX_BEAMS", "5");
+            std::env::set_var("GITCAP__METRICS__LATENCY_BUCKETS", "0.01,0.1,1");
         }
         let settings =
             Settings::load(Some(&file), &[("model.name", Some("from-flag".into())), ("model.device", None)]).unwrap();
         unsafe {
             std::env::remove_var("GITCAP__MODEL__NAME");
             std::env::remove_var("GITCAP__LIMITS__MAX_BEAMS");
+            std::env::remove_var("GITCAP__METRICS__LATENCY_BUCKETS");
         }
         assert_eq!(settings.model.dtype, "bf16", "file over defaults");
         assert_eq!(settings.limits.max_beams, 5, "environment over file");
         assert_eq!(settings.model.name, "from-flag", "flags over everything");
         assert_eq!(settings.model.device, "cpu", "defaults fill the rest");
         assert_eq!(settings.server.listen, "127.0.0.1:50051");
+        assert_eq!(settings.metrics.latency_buckets, [0.01, 0.1, 1.0], "lists from the environment");
+        assert!(settings.metrics.enabled);
 
         let missing = Settings::load(Some(&dir.path().join("absent.toml")), &[]).unwrap_err();
         assert!(missing.to_string().contains("absent.toml"), "{missing}");
