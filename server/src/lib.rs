@@ -8,6 +8,7 @@ pub mod device;
 pub mod engine;
 pub mod error;
 pub mod media;
+pub mod metrics;
 pub mod model;
 pub mod oneshot;
 pub mod registry;

@@ -11,6 +11,10 @@ use crate::registry::{HubOptions, LoadSpec, Registry, RegistryOptions};
 use crate::settings::Settings;
 
 pub async fn run(settings: Settings) -> Result<()> {
+    // Before the first load, so that its memory is reported.
+    if settings.metrics.enabled {
+        crate::metrics::install(&settings.metrics)?;
+    }
     let m = &settings.model;
     if m.threads > 0 {
         tch::set_num_threads(m.threads);

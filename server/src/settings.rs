@@ -19,6 +19,7 @@ pub struct Settings {
     pub hub: HubSettings,
     pub limits: LimitSettings,
     pub log: LogSettings,
+    pub metrics: MetricsSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -121,6 +122,17 @@ pub struct LogSettings {
     pub format: String,
 }
 
+/// Prometheus metrics (crate::metrics), served at `GET /metrics` without a token.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MetricsSettings {
+    pub enabled: bool,
+    /// Bucket bounds in seconds of the queue-time, time-to-first-token and inter-token histograms.
+    pub latency_buckets: Vec<f64>,
+    pub tokens_per_second_buckets: Vec<f64>,
+    /// Bucket bounds of the decode batch-size and vision batch-frames histograms.
+    pub batch_size_buckets: Vec<f64>,
+}
+
 impl Settings {
     /// Layers the defaults, `file`, the environment and `overrides` ("section.key" → value).
     pub fn load(file: Option<&Path>, overrides: &[(&str, Option<String>)]) -> Result<Self> {
@@ -134,7 +146,10 @@ impl Settings {
             .separator("__")
             .try_parsing(true)
             .list_separator(",")
-            .with_list_parse_key("admin.model_roots");
+            .with_list_parse_key("admin.model_roots")
+            .with_list_parse_key("metrics.latency_buckets")
+            .with_list_parse_key("metrics.tokens_per_second_buckets")
+            .with_list_parse_key("metrics.batch_size_buckets");
         builder = builder.add_source(environment);
         for (key, value) in overrides {
             if let Some(value) = value {
@@ -160,18 +175,22 @@ mod tests {
         unsafe {
             std::env::set_var("GITCAP__MODEL__NAME", "from-env");
             std::env::set_var("GITCAP__LIMITS__MAX_BEAMS", "5");
+            std::env::set_var("GITCAP__METRICS__LATENCY_BUCKETS", "0.01,0.1,1");
         }
         let settings =
             Settings::load(Some(&file), &[("model.name", Some("from-flag".into())), ("model.device", None)]).unwrap();
         unsafe {
             std::env::remove_var("GITCAP__MODEL__NAME");
             std::env::remove_var("GITCAP__LIMITS__MAX_BEAMS");
+            std::env::remove_var("GITCAP__METRICS__LATENCY_BUCKETS");
         }
         assert_eq!(settings.model.dtype, "bf16", "file over defaults");
         assert_eq!(settings.limits.max_beams, 5, "environment over file");
         assert_eq!(settings.model.name, "from-flag", "flags over everything");
         assert_eq!(settings.model.device, "cpu", "defaults fill the rest");
         assert_eq!(settings.server.listen, "127.0.0.1:50051");
+        assert_eq!(settings.metrics.latency_buckets, [0.01, 0.1, 1.0], "lists from the environment");
+        assert!(settings.metrics.enabled);
 
         let missing = Settings::load(Some(&dir.path().join("absent.toml")), &[]).unwrap_err();
         assert!(missing.to_string().contains("absent.toml"), "{missing}");

@@ -115,7 +115,9 @@ async fn main() -> Result<()> {
                     tokio::spawn(async move {
                         let mut latencies = Vec::new();
                         loop {
-                            let Some(image) = queue.lock().await.pop() else { return Ok::<_, anyhow::Error>(latencies) };
+                            let Some(image) = queue.lock().await.pop() else {
+                                return Ok::<_, anyhow::Error>(latencies);
+                            };
                             latencies.push(timed(&client, media(&[image])?, &options).await?.0);
                         }
                     })

@@ -1,5 +1,6 @@
 //! The `gitcap.v1.Captioner` service: converts messages, hands requests to a model's worker
-//! and relays its events. One helper (`start` + `relay`) serves every RPC.
+//! and relays its events. One helper (`start` + `relay`) serves every RPC. Each RPC's outcome,
+//! queue time, token timings and generated tokens go to crate::metrics.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -9,14 +10,15 @@ use std::time::{Duration, Instant};
 use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use super::convert::{self, RequestLimits};
 use super::upload::{self, FrameAssembler};
-use crate::engine::{EncodedFrame, EngineEvent, Frame, InferenceRequest, ModelWorker};
+use crate::engine::{EncodedFrame, EngineEvent, Frame, InferenceRequest, ModelInfo, ModelWorker};
 use crate::error::GitcapError;
 use crate::media::MediaLimits;
+use crate::metrics;
 use crate::model::generation::GenerationOverrides;
 use crate::proto::{self, captioner_server::Captioner};
 use crate::registry::Registry;
@@ -31,17 +33,24 @@ impl CaptionerService {
         Self { models, limits: Arc::new(limits) }
     }
 
+    /// The worker serving `name`, noted in the request's tally.
+    fn model(&self, name: &str, tally: &mut Tally) -> Result<ModelWorker, Status> {
+        let worker = self.models.get(name)?;
+        tally.model = Some(worker.info.clone());
+        Ok(worker)
+    }
+
     /// Validates and decodes a request (off the runtime) and queues it on its model.
-    async fn start(&self, request: Request<proto::CaptionRequest>) -> Result<Started, Status> {
+    async fn start(&self, request: Request<proto::CaptionRequest>, tally: &mut Tally) -> Result<Started, Status> {
         let started = Instant::now();
         let timeout = grpc_timeout(&request);
         let request = request.into_inner();
-        let worker = self.models.get(&request.model)?;
+        let worker = self.model(&request.model, tally)?;
         let question = convert::question(&request.question, &self.limits)?;
         let options = convert::overrides(request.options.as_ref(), &self.limits)?;
         let frames = self.decode(request.media).await?;
         let frames = frames.into_iter().map(Frame::Image).collect();
-        submit(worker, InferenceRequest { frames, question, options }, timeout, started)
+        submit(worker, InferenceRequest { frames, question, options }, timeout, started, started)
     }
 
     async fn decode(&self, media: Option<proto::Media>) -> Result<Vec<image::RgbImage>, Status> {
@@ -54,7 +63,11 @@ impl CaptionerService {
 
     /// Receives an upload: the start message, then frames, each encoded by the vision tower
     /// as soon as it is complete; queues the request when the stream ends.
-    async fn start_upload(&self, request: Request<Streaming<proto::UploadMessage>>) -> Result<Started, Status> {
+    async fn start_upload(
+        &self,
+        request: Request<Streaming<proto::UploadMessage>>,
+        tally: &mut Tally,
+    ) -> Result<Started, Status> {
         use proto::upload_message::Message;
         let started = Instant::now();
         let timeout = grpc_timeout(&request);
@@ -62,7 +75,7 @@ impl CaptionerService {
         let Some(Message::Start(start)) = stream.message().await?.and_then(|m| m.message) else {
             return Err(GitcapError::invalid("start", "the first message of an upload must be `start`").into());
         };
-        let worker = self.models.get(&start.model)?;
+        let worker = self.model(&start.model, tally)?;
         let question = convert::question(&start.question, &self.limits)?;
         let options = convert::overrides(start.options.as_ref(), &self.limits)?;
         let declared = start.frame_count as usize;
@@ -79,35 +92,149 @@ impl CaptionerService {
             }
         }
         assembler.finish(declared)?;
+        // Time to first token counts from here: the client's upload time is not the server's.
+        let arrived = Instant::now();
         let mut frames = Vec::with_capacity(tasks.len());
         for task in tasks {
             frames.push(Frame::Encoded(upload::encoded(task).await?));
         }
-        submit(worker, InferenceRequest { frames, question, options }, timeout, started)
+        submit(worker, InferenceRequest { frames, question, options }, timeout, started, arrived)
+    }
+
+    /// Reads a live stream's start message and checks its window.
+    async fn start_live(
+        &self,
+        request: Request<Streaming<proto::LiveMessage>>,
+        tally: &mut Tally,
+    ) -> Result<(LiveSession, Streaming<proto::LiveMessage>), Status> {
+        use proto::live_message::Message;
+        let mut stream = request.into_inner();
+        let Some(Message::Start(start)) = stream.message().await?.and_then(|m| m.message) else {
+            return Err(GitcapError::invalid("start", "the first message of a live stream must be `start`").into());
+        };
+        let worker = self.model(&start.model, tally)?;
+        let question = convert::question(&start.question, &self.limits)?;
+        let options = convert::overrides(start.options.as_ref(), &self.limits)?;
+        let max = worker.info.max_frames;
+        let window = if start.window == 0 { max } else { start.window as usize };
+        if window > max {
+            return Err(GitcapError::invalid("start.window", format!("this model takes at most {max} frames")).into());
+        }
+        let stride = if start.stride == 0 { window } else { start.stride as usize };
+        let limits = RequestLimits {
+            media: MediaLimits { max_frames: usize::MAX, ..self.limits.media },
+            ..(*self.limits).clone()
+        };
+        Ok((LiveSession { worker, question, options, window, stride, limits }, stream))
+    }
+
+    async fn score(
+        &self,
+        request: proto::ScoreLabelsRequest,
+        tally: &mut Tally,
+    ) -> Result<proto::ScoreLabelsResponse, Status> {
+        let worker = self.model(&request.model, tally)?;
+        let labels = convert::labels(&request.labels, &self.limits)?;
+        let prompt = convert::question(&request.prompt, &self.limits)?;
+        let frames = self.decode(request.media).await?.into_iter().map(Frame::Image).collect();
+        let mut scores = worker.score_labels(frames, prompt, labels).await?;
+        scores.sort_by(|a, b| b.logprob.total_cmp(&a.logprob));
+        Ok(proto::ScoreLabelsResponse {
+            scores: scores
+                .into_iter()
+                .map(|s| proto::LabelScore {
+                    mean_logprob: s.logprob / s.tokens as f64,
+                    label: s.label,
+                    logprob: s.logprob,
+                    tokens: s.tokens as u32,
+                })
+                .collect(),
+            model: worker.info.name.clone(),
+            version: worker.info.version.clone(),
+        })
     }
 }
 
+/// What `gitcap_requests_total` needs to know of one RPC: its name, the model it reached, and
+/// its status code, recorded when the tally is dropped. A request dropped before it set a
+/// code (its client went away) counts as CANCELLED.
+struct Tally {
+    rpc: &'static str,
+    model: Option<Arc<ModelInfo>>,
+    code: Code,
+}
+
+impl Tally {
+    fn new(rpc: &'static str) -> Self {
+        Self { rpc, model: None, code: Code::Cancelled }
+    }
+
+    /// Notes `result`'s status code and passes it on.
+    fn outcome<T>(&mut self, result: Result<T, Status>) -> Result<T, Status> {
+        self.code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
+        result
+    }
+}
+
+impl Drop for Tally {
+    fn drop(&mut self) {
+        let (model, version) = self.model.as_ref().map_or(("", ""), |m| (m.name.as_str(), m.version.as_str()));
+        metrics::request_finished(model, version, self.rpc, self.code);
+    }
+}
+
+/// Queues `request`; `started` is when its RPC began, `arrived` when all of it had arrived.
 fn submit(
     worker: ModelWorker,
     request: InferenceRequest,
     timeout: Option<Duration>,
     started: Instant,
+    arrived: Instant,
 ) -> Result<Started, Status> {
     let remaining = timeout.map(|t| t.saturating_sub(started.elapsed()));
+    // Beam search sends its tokens all at once at the end: no inter-token gaps to measure.
+    let beam = request.options.num_beams.is_some_and(|n| n > 1);
     let events = worker.submit(request, remaining)?;
-    Ok(Started { worker, events, started })
+    Ok(Started { worker, events, started, arrived, beam, last_token: None })
 }
 
 struct Started {
     worker: ModelWorker,
     events: mpsc::UnboundedReceiver<EngineEvent>,
     started: Instant,
+    arrived: Instant,
+    beam: bool,
+    last_token: Option<Instant>,
 }
 
 impl Started {
+    /// Records an event's metrics: time to first token, inter-token gaps, and at the end the
+    /// queue time and generated tokens.
+    fn observe(&mut self, event: &EngineEvent) {
+        let (model, version) = (self.worker.info.name.as_str(), self.worker.info.version.as_str());
+        match event {
+            EngineEvent::Token(_) => {
+                let now = Instant::now();
+                match self.last_token {
+                    None => metrics::time_to_first_token(model, version, (now - self.arrived).as_secs_f64()),
+                    Some(last) if !self.beam => metrics::inter_token(model, version, (now - last).as_secs_f64()),
+                    Some(_) => {}
+                }
+                self.last_token = Some(now);
+            }
+            EngineEvent::Done { output, queue_ms } => {
+                metrics::queue_time(model, version, queue_ms / 1e3);
+                let decode_seconds = output.timings.decode_ms / 1e3;
+                metrics::tokens_generated(model, version, output.token_ids.len() as u64, decode_seconds);
+            }
+            EngineEvent::Failed(_) => {}
+        }
+    }
+
     /// Waits for the whole answer.
     async fn finish(mut self) -> Result<proto::CaptionResponse, Status> {
         while let Some(event) = self.events.recv().await {
+            self.observe(&event);
             match event {
                 EngineEvent::Token(_) => {}
                 EngineEvent::Done { output, queue_ms } => return Ok(self.response(output, queue_ms)),
@@ -164,7 +291,9 @@ impl Captioner for CaptionerService {
         &self,
         request: Request<proto::CaptionRequest>,
     ) -> Result<Response<proto::CaptionResponse>, Status> {
-        let reply = self.start(request).await?.finish().await.inspect_err(log_failure)?;
+        let mut tally = Tally::new("Caption");
+        let result = async { self.start(request, &mut tally).await?.finish().await.inspect_err(log_failure) }.await;
+        let reply = tally.outcome(result)?;
         log_done(&reply);
         Ok(Response::new(reply))
     }
@@ -172,14 +301,20 @@ impl Captioner for CaptionerService {
     type CaptionStreamStream = EventStream;
 
     async fn caption_stream(&self, request: Request<proto::CaptionRequest>) -> Result<Response<EventStream>, Status> {
-        Ok(Response::new(relay(self.start(request).await?)))
+        let mut tally = Tally::new("CaptionStream");
+        let started = self.start(request, &mut tally).await;
+        let started = tally.outcome(started)?;
+        Ok(Response::new(relay(started, tally)))
     }
 
     async fn upload_frames(
         &self,
         request: Request<Streaming<proto::UploadMessage>>,
     ) -> Result<Response<proto::CaptionResponse>, Status> {
-        let reply = self.start_upload(request).await?.finish().await.inspect_err(log_failure)?;
+        let mut tally = Tally::new("UploadFrames");
+        let result =
+            async { self.start_upload(request, &mut tally).await?.finish().await.inspect_err(log_failure) }.await;
+        let reply = tally.outcome(result)?;
         log_done(&reply);
         Ok(Response::new(reply))
     }
@@ -190,7 +325,10 @@ impl Captioner for CaptionerService {
         &self,
         request: Request<Streaming<proto::UploadMessage>>,
     ) -> Result<Response<EventStream>, Status> {
-        Ok(Response::new(relay(self.start_upload(request).await?)))
+        let mut tally = Tally::new("UploadFramesStream");
+        let started = self.start_upload(request, &mut tally).await;
+        let started = tally.outcome(started)?;
+        Ok(Response::new(relay(started, tally)))
     }
 
     type LiveCaptionStream = LiveStream;
@@ -199,28 +337,13 @@ impl Captioner for CaptionerService {
         &self,
         request: Request<Streaming<proto::LiveMessage>>,
     ) -> Result<Response<LiveStream>, Status> {
-        use proto::live_message::Message;
-        let mut stream = request.into_inner();
-        let Some(Message::Start(start)) = stream.message().await?.and_then(|m| m.message) else {
-            return Err(GitcapError::invalid("start", "the first message of a live stream must be `start`").into());
-        };
-        let worker = self.models.get(&start.model)?;
-        let question = convert::question(&start.question, &self.limits)?;
-        let options = convert::overrides(start.options.as_ref(), &self.limits)?;
-        let max = worker.info.max_frames;
-        let window = if start.window == 0 { max } else { start.window as usize };
-        if window > max {
-            return Err(GitcapError::invalid("start.window", format!("this model takes at most {max} frames")).into());
-        }
-        let stride = if start.stride == 0 { window } else { start.stride as usize };
-        let limits = RequestLimits {
-            media: MediaLimits { max_frames: usize::MAX, ..self.limits.media },
-            ..(*self.limits).clone()
-        };
+        let mut tally = Tally::new("LiveCaption");
+        let session = self.start_live(request, &mut tally).await;
+        let (live, mut stream) = tally.outcome(session)?;
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(async move {
-            let live = LiveSession { worker, question, options, window, stride, limits };
-            if let Err(status) = live.run(&mut stream, &tx).await {
+            let result = live.run(&mut stream, &tx).await;
+            if let Err(status) = tally.outcome(result) {
                 let _ = tx.send(Err(status)).await;
             }
         });
@@ -231,26 +354,9 @@ impl Captioner for CaptionerService {
         &self,
         request: Request<proto::ScoreLabelsRequest>,
     ) -> Result<Response<proto::ScoreLabelsResponse>, Status> {
-        let request = request.into_inner();
-        let worker = self.models.get(&request.model)?;
-        let labels = convert::labels(&request.labels, &self.limits)?;
-        let prompt = convert::question(&request.prompt, &self.limits)?;
-        let frames = self.decode(request.media).await?.into_iter().map(Frame::Image).collect();
-        let mut scores = worker.score_labels(frames, prompt, labels).await?;
-        scores.sort_by(|a, b| b.logprob.total_cmp(&a.logprob));
-        Ok(Response::new(proto::ScoreLabelsResponse {
-            scores: scores
-                .into_iter()
-                .map(|s| proto::LabelScore {
-                    mean_logprob: s.logprob / s.tokens as f64,
-                    label: s.label,
-                    logprob: s.logprob,
-                    tokens: s.tokens as u32,
-                })
-                .collect(),
-            model: worker.info.name.clone(),
-            version: worker.info.version.clone(),
-        }))
+        let mut tally = Tally::new("ScoreLabels");
+        let result = self.score(request.into_inner(), &mut tally).await;
+        Ok(Response::new(tally.outcome(result)?))
     }
 }
 
@@ -305,7 +411,8 @@ impl LiveSession {
     ) -> Result<(), Status> {
         let first_frame = (last_frame + 1 - frames.len()) as u64;
         let request = InferenceRequest { frames, question: self.question.clone(), options: self.options.clone() };
-        let caption = submit(self.worker.clone(), request, None, Instant::now())?.finish().await?;
+        let now = Instant::now();
+        let caption = submit(self.worker.clone(), request, None, now, now)?.finish().await?;
         let event = proto::LiveEvent { first_frame, last_frame: last_frame as u64, caption: Some(caption) };
         tx.send(Ok(event)).await.map_err(|_| Status::cancelled("the client went away"))
     }
@@ -318,36 +425,45 @@ fn snapshot(recent: &VecDeque<EncodedFrame>) -> Vec<Frame> {
 
 /// Forwards a request's engine events to the client as `CaptionEvent`s. When the client goes
 /// away the send fails, the engine's receiver is dropped, and the model thread stops the
-/// request at its next token.
-fn relay(mut started: Started) -> EventStream {
+/// request at its next token. The tally gets the stream's final code.
+fn relay(mut started: Started, mut tally: Tally) -> EventStream {
     let (tx, rx) = mpsc::channel(32);
     let relaying = async move {
         use proto::caption_event::Event;
-        loop {
+        let code = loop {
             // Watch the client too: beam search sends nothing until it ends.
             let event = tokio::select! {
                 event = started.events.recv() => event,
-                _ = tx.closed() => None,
+                _ = tx.closed() => break Code::Cancelled,
             };
-            let Some(event) = event else { break };
-            let (message, last) = match event {
-                EngineEvent::Token(token) => (Ok(Event::Token(convert::token_event(token))), false),
+            let event = event.unwrap_or_else(|| {
+                EngineEvent::Failed(GitcapError::Internal("the model thread ended without an answer".into()))
+            });
+            started.observe(&event);
+            let (message, code) = match event {
+                EngineEvent::Token(token) => (Ok(Event::Token(convert::token_event(token))), None),
                 EngineEvent::Done { output, queue_ms } => {
                     let reply = started.response(output, queue_ms);
                     log_done(&reply);
-                    (Ok(Event::Done(reply)), true)
+                    (Ok(Event::Done(reply)), Some(Code::Ok))
                 }
                 EngineEvent::Failed(e) => {
                     let status = Status::from(e);
                     log_failure(&status);
-                    (Err(status), true)
+                    let code = status.code();
+                    (Err(status), Some(code))
                 }
             };
             let message = message.map(|event| proto::CaptionEvent { event: Some(event) });
-            if tx.send(message).await.is_err() || last {
-                break;
+            if tx.send(message).await.is_err() {
+                break Code::Cancelled;
             }
-        }
+            if let Some(code) = code {
+                break code;
+            }
+        };
+        tally.code = code;
+        drop(tally);
     };
     tokio::spawn(relaying.instrument(tracing::Span::current()));
     Box::pin(ReceiverStream::new(rx))

@@ -1,5 +1,5 @@
 //! The gRPC surface: the Captioner service, standard health and reflection, and gRPC-Web
-//! (with CORS) on the same port for browsers.
+//! (with CORS) on the same port for browsers, with the browser page and `/metrics` in front.
 
 pub mod admin;
 pub mod auth;
@@ -99,15 +99,18 @@ pub async fn serve(
     };
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let (admin_here, admin_apart) = match options.admin_listener.take() {
-        Some(listener) => (None, admin.map(|admin| (admin, listener))),
+        Some(listener) => (None, Some((admin, listener))),
         None => (admin, None),
     };
     if let Some((admin, listener)) = admin_apart {
-        // The admin service on its own address: not reachable from the inference port.
+        // The admin service (when it has a token) on its own address, not reachable from the
+        // inference port; `GET /metrics` there too (crate::web).
         tokio::spawn(async move {
             let served = Server::builder()
                 .trace_fn(request_span)
-                .add_service(admin)
+                .accept_http1(true)
+                .layer(crate::web::PageLayer::metrics_only())
+                .add_optional_service(admin)
                 .serve_with_incoming(TcpListenerStream::new(listener))
                 .await;
             if let Err(e) = served {
@@ -125,8 +128,8 @@ pub async fn serve(
     let server = builder
         .trace_fn(request_span)
         .accept_http1(true)
-        // `GET /`: the browser page (crate::web); everything else goes on to gRPC.
-        .layer(crate::web::PageLayer)
+        // `GET /`: the browser page, `GET /metrics` (crate::web); everything else goes on to gRPC.
+        .layer(crate::web::PageLayer::main())
         .layer(CorsLayer::very_permissive())
         .layer(tonic_web::GrpcWebLayer::new())
         .add_service(health_service)

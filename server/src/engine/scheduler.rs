@@ -81,6 +81,7 @@ impl<'p> Scheduler<'p> {
                 self.accept(command);
             }
             self.drop_stale_waiting();
+            self.stats.queue_depth(self.waiting.len() + commands.len());
             let batch = self.take_admissible();
             if !batch.is_empty() {
                 self.admit(batch);

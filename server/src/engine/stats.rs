@@ -1,12 +1,17 @@
 //! What a model's thread has done so far: decoding steps and their batch sizes, vision-tower
-//! passes and feature-cache use. The thread updates it; the API, metrics and tests read it.
+//! passes and feature-cache use. The thread updates it and the Prometheus metrics; tests and
+//! the API read it.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use super::feature_cache::CacheStats;
+use crate::metrics;
 
 #[derive(Debug, Default)]
 pub struct EngineStats {
+    /// The model's name and version, as metric labels.
+    model: String,
+    version: String,
     decode_steps: AtomicU64,
     decoded_rows: AtomicU64,
     max_rows: AtomicU64,
@@ -35,23 +40,42 @@ pub struct EngineStatsSnapshot {
 }
 
 impl EngineStats {
+    pub fn new(model: &str, version: &str) -> Self {
+        Self { model: model.into(), version: version.into(), ..Default::default() }
+    }
+
     pub(super) fn decode_step(&self, rows: usize) {
+        metrics::batch_size(&self.model, &self.version, rows);
         self.decode_steps.fetch_add(1, Relaxed);
         self.decoded_rows.fetch_add(rows as u64, Relaxed);
         self.max_rows.fetch_max(rows as u64, Relaxed);
     }
 
     pub(super) fn vision_pass(&self, frames: usize) {
+        metrics::vision_batch_size(&self.model, &self.version, frames);
         self.vision_passes.fetch_add(1, Relaxed);
         self.frames_encoded.fetch_add(frames as u64, Relaxed);
     }
 
     pub(super) fn cache(&self, stats: CacheStats, bytes: usize) {
-        self.frame_hits.store(stats.frame_hits, Relaxed);
-        self.frame_misses.store(stats.frame_misses, Relaxed);
-        self.prefix_hits.store(stats.prefix_hits, Relaxed);
-        self.prefix_misses.store(stats.prefix_misses, Relaxed);
+        let counters = [
+            (&self.frame_hits, stats.frame_hits, "frame", true),
+            (&self.frame_misses, stats.frame_misses, "frame", false),
+            (&self.prefix_hits, stats.prefix_hits, "prefix", true),
+            (&self.prefix_misses, stats.prefix_misses, "prefix", false),
+        ];
+        for (counter, total, kind, hit) in counters {
+            let before = counter.swap(total, Relaxed);
+            for _ in before..total {
+                metrics::feature_cache(&self.model, &self.version, kind, hit);
+            }
+        }
         self.cache_bytes.store(bytes as u64, Relaxed);
+        metrics::feature_cache_bytes(&self.model, &self.version, bytes);
+    }
+
+    pub(super) fn queue_depth(&self, waiting: usize) {
+        metrics::queue_depth(&self.model, &self.version, waiting);
     }
 
     pub fn snapshot(&self) -> EngineStatsSnapshot {

@@ -125,7 +125,7 @@ impl ModelWorker {
         let closing = Arc::new(AtomicBool::new(false));
         let (stopped_tx, stopped) = watch::channel(false);
         let thread_closing = closing.clone();
-        let stats = Arc::new(EngineStats::default());
+        let stats = Arc::new(EngineStats::new(&info.name, &info.version));
         let thread_stats = stats.clone();
         std::thread::Builder::new()
             .name(format!("model-{name}"))

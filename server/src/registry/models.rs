@@ -213,6 +213,7 @@ impl Registry {
                     progress: String::new(),
                 };
                 tracing::info!(model = id, secs = loaded.load_seconds, "ready");
+                crate::metrics::model_memory(&loaded.info.name, &loaded.info.version, Some(loaded.info.weights_bytes));
                 let worker = ModelWorker::spawn(loaded.pipeline, loaded.info, self.options.engine);
                 inner.entries.insert(id.clone(), Entry { status: status.clone(), worker: Some(worker) });
                 drop(inner);
@@ -334,7 +335,7 @@ impl Registry {
         Ok(status)
     }
 
-    fn unload_locked(&self, id: &str, keep_aliases: bool) -> Result<ModelStatus> {
+    fn unload_locked(self: &Arc<Self>, id: &str, keep_aliases: bool) -> Result<ModelStatus> {
         let mut inner = self.lock();
         let entry = inner.entries.remove(id).ok_or_else(|| GitcapError::ModelNotFound(id.to_string()))?;
         if !keep_aliases {
@@ -348,6 +349,7 @@ impl Registry {
         if let Some(worker) = entry.worker {
             let (events, deadline, mut unloaded) = (self.events.clone(), self.options.drain_timeout, status.clone());
             let mut drain = worker.into_drain();
+            let registry = Arc::downgrade(self);
             tokio::spawn(async move {
                 if tokio::time::timeout(deadline, drain.stopped()).await.is_err() {
                     tracing::warn!(model = unloaded.id, "drain timeout: stopping the requests still running");
@@ -356,6 +358,10 @@ impl Registry {
                 }
                 unloaded.state = ModelState::Unloaded;
                 unloaded.memory_bytes = 0;
+                // Unless the same version was loaded again meanwhile (a swap with `replace`).
+                if registry.upgrade().is_none_or(|r| !r.lock().entries.contains_key(&unloaded.id)) {
+                    crate::metrics::model_memory(&unloaded.spec.name, &unloaded.version, None);
+                }
                 tracing::info!(model = unloaded.id, "unloaded");
                 let _ = events.send(RegistryEvent::Model(Box::new(unloaded)));
             });

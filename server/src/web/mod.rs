@@ -1,6 +1,7 @@
-//! The browser page: `GET /` and `GET /index.html` answer with a small self-contained page
-//! (`index.html`, embedded at build time) that captions an image or frames over gRPC-Web on the
-//! same port. Every other request goes on to the gRPC services unchanged.
+//! Plain HTTP in front of the gRPC services: `GET /` and `GET /index.html` answer with a small
+//! self-contained page (`index.html`, embedded at build time) that captions an image or frames
+//! over gRPC-Web on the same port; `GET /metrics` with the Prometheus metrics (crate::metrics),
+//! open like health. Every other request goes on to the gRPC services unchanged.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,37 +14,79 @@ use tonic::codegen::Service;
 /// The page, HTML + CSS + JavaScript in one file.
 pub const INDEX_HTML: &str = include_str!("index.html");
 
-/// Whether a request asks for the page.
-fn wants_page<B>(request: &Request<B>) -> bool {
-    matches!(*request.method(), Method::GET | Method::HEAD) && matches!(request.uri().path(), "/" | "/index.html")
+enum Route {
+    Page,
+    Metrics,
 }
 
-fn page_response(head_only: bool) -> Response<Body> {
-    let body = if head_only { Body::empty() } else { Body::new(tonic::service::AxumBody::from(INDEX_HTML)) };
+/// What a request asks for, if it is one of ours.
+fn route<B>(request: &Request<B>, page: bool) -> Option<Route> {
+    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        return None;
+    }
+    match request.uri().path() {
+        "/" | "/index.html" if page => Some(Route::Page),
+        "/metrics" => Some(Route::Metrics),
+        _ => None,
+    }
+}
+
+fn text_response(status: StatusCode, content_type: &str, text: String, head_only: bool) -> Response<Body> {
+    let length = text.len();
+    let body = if head_only { Body::empty() } else { Body::new(tonic::service::AxumBody::from(text)) };
     Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
-        .header(header::CONTENT_LENGTH, INDEX_HTML.len())
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CONTENT_LENGTH, length)
         .header(header::CACHE_CONTROL, "no-cache")
         .body(body)
         .expect("a valid response")
 }
 
-/// Serves the page in front of the gRPC router.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct PageLayer;
+fn respond(route: Route, head_only: bool) -> Response<Body> {
+    match route {
+        Route::Page => text_response(StatusCode::OK, "text/html; charset=utf-8", INDEX_HTML.into(), head_only),
+        Route::Metrics => match crate::metrics::render() {
+            Some(text) => text_response(StatusCode::OK, crate::metrics::CONTENT_TYPE, text, head_only),
+            None => {
+                let text =
+                    "metrics are off on this server: set [metrics] enabled = true (GITCAP__METRICS__ENABLED=true)\n";
+                text_response(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", text.into(), head_only)
+            }
+        },
+    }
+}
+
+/// Serves the page and `/metrics` in front of the gRPC router.
+#[derive(Clone, Copy, Debug)]
+pub struct PageLayer {
+    page: bool,
+}
+
+impl PageLayer {
+    /// The main port: the page and `/metrics`.
+    pub fn main() -> Self {
+        Self { page: true }
+    }
+
+    /// The admin listener: `/metrics` only.
+    pub fn metrics_only() -> Self {
+        Self { page: false }
+    }
+}
 
 impl<S> tower_layer::Layer<S> for PageLayer {
     type Service = PageService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        PageService { inner }
+        PageService { inner, page: self.page }
     }
 }
 
 #[derive(Clone, Debug)]
 pub struct PageService<S> {
     inner: S,
+    page: bool,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for PageService<S>
@@ -62,9 +105,9 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        if wants_page(&request) {
+        if let Some(route) = route(&request, self.page) {
             let head_only = request.method() == Method::HEAD;
-            return Box::pin(async move { Ok(page_response(head_only)) });
+            return Box::pin(async move { Ok(respond(route, head_only)) });
         }
         let future = self.inner.call(request);
         Box::pin(async move { Ok(future.await?.map(Body::new)) })

@@ -1,0 +1,367 @@
+//! Prometheus metrics: what the server records about requests, generation, batching, the
+//! feature cache and model memory, and their text rendering for `GET /metrics` (crate::web).
+//! Every series carries `model` and `version` labels. See docs/metrics.md.
+//!
+//! Counters and histograms go through the `metrics` crate to the `metrics-exporter-prometheus`
+//! recorder, installed once per process by [`install`]. Gauges are kept here and rendered by
+//! hand: the exporter cannot delete a series (only let it expire when idle), and an unloaded
+//! model's memory must go at once, not some time later. Before [`install`] every recording
+//! function is a no-op.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use ::metrics::{counter, describe_counter, describe_histogram, histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::error::{GitcapError, Result};
+use crate::settings::MetricsSettings;
+
+/// `Content-Type` of [`render`]'s output: the Prometheus text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+const REQUESTS: &str = "gitcap_requests_total";
+const QUEUE: &str = "gitcap_queue_seconds";
+const FIRST_TOKEN: &str = "gitcap_time_to_first_token_seconds";
+const INTER_TOKEN: &str = "gitcap_inter_token_seconds";
+const GENERATED: &str = "gitcap_generated_tokens_total";
+const TOKENS_PER_SECOND: &str = "gitcap_request_tokens_per_second";
+const BATCH: &str = "gitcap_decode_batch_size";
+const VISION_BATCH: &str = "gitcap_vision_batch_frames";
+const CACHE_HITS: &str = "gitcap_feature_cache_hits_total";
+const CACHE_MISSES: &str = "gitcap_feature_cache_misses_total";
+const CACHE_BYTES: &str = "gitcap_feature_cache_bytes";
+const WEIGHT_BYTES: &str = "gitcap_model_weight_bytes";
+const QUEUE_DEPTH: &str = "gitcap_queue_depth";
+
+/// Help text of the gauges, in the order they are rendered.
+const GAUGES: [(&str, &str); 3] = [
+    (WEIGHT_BYTES, "Bytes of model weights held by a loaded model version (removed on unload)."),
+    (CACHE_BYTES, "Bytes held by a model's feature cache (encoded frames and prefixes)."),
+    (QUEUE_DEPTH, "Requests waiting in a model's queue."),
+];
+
+/// How often histogram samples are folded into their buckets between scrapes.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+static RECORDER: OnceLock<std::result::Result<PrometheusHandle, String>> = OnceLock::new();
+
+/// (gauge name, model, version) → value.
+static GAUGE_VALUES: Mutex<BTreeMap<(&'static str, String, String), u64>> = Mutex::new(BTreeMap::new());
+
+/// Installs the process-wide recorder with `settings`' buckets. Idempotent: later calls (tests
+/// in one process) keep the first recorder and its buckets.
+pub fn install(settings: &MetricsSettings) -> Result<()> {
+    for (field, buckets) in [
+        ("metrics.latency_buckets", &settings.latency_buckets),
+        ("metrics.tokens_per_second_buckets", &settings.tokens_per_second_buckets),
+        ("metrics.batch_size_buckets", &settings.batch_size_buckets),
+    ] {
+        check_buckets(field, buckets)?;
+    }
+    let installed = RECORDER.get_or_init(|| {
+        let mut builder = PrometheusBuilder::new();
+        let per_metric = [
+            (QUEUE, &settings.latency_buckets),
+            (FIRST_TOKEN, &settings.latency_buckets),
+            (INTER_TOKEN, &settings.latency_buckets),
+            (TOKENS_PER_SECOND, &settings.tokens_per_second_buckets),
+            (BATCH, &settings.batch_size_buckets),
+            (VISION_BATCH, &settings.batch_size_buckets),
+        ];
+        for (name, buckets) in per_metric {
+            builder = builder.set_buckets_for_metric(Matcher::Full(name.into()), buckets).map_err(|e| e.to_string())?;
+        }
+        let handle = builder.install_recorder().map_err(|e| e.to_string())?;
+        describe();
+        let upkeep = handle.clone();
+        std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                upkeep.run_upkeep();
+            })
+            .map_err(|e| format!("cannot start the metrics upkeep thread: {e}"))?;
+        Ok(handle)
+    });
+    installed.as_ref().map(|_| ()).map_err(|e| GitcapError::Internal(format!("installing the metrics recorder: {e}")))
+}
+
+fn check_buckets(field: &str, buckets: &[f64]) -> Result<()> {
+    if buckets.is_empty() || buckets.iter().any(|b| !b.is_finite()) || buckets.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(GitcapError::invalid(field, "histogram buckets must be finite numbers in increasing order"));
+    }
+    Ok(())
+}
+
+fn describe() {
+    describe_counter!(REQUESTS, Unit::Count, "Requests answered, by model, version, RPC and gRPC status code.");
+    describe_histogram!(QUEUE, Unit::Seconds, "Seconds a request waited in its model's queue before it ran.");
+    describe_histogram!(
+        FIRST_TOKEN,
+        Unit::Seconds,
+        "Seconds from a request's arrival to its first generated token (media decoding, queue and vision included)."
+    );
+    describe_histogram!(
+        INTER_TOKEN,
+        Unit::Seconds,
+        "Seconds between consecutive tokens of a request (not beam search)."
+    );
+    describe_counter!(GENERATED, Unit::Count, "Tokens generated (EOS included), by model and version.");
+    describe_histogram!(
+        TOKENS_PER_SECOND,
+        "Generated tokens per second of decoding, one sample per finished request (vision excluded)."
+    );
+    describe_histogram!(BATCH, Unit::Count, "Rows (sequences) in each batched decode step.");
+    describe_histogram!(VISION_BATCH, Unit::Count, "Frames in each batched run of the vision tower.");
+    describe_counter!(
+        CACHE_HITS,
+        Unit::Count,
+        "Feature cache look-ups that found the features, by kind (frame, prefix)."
+    );
+    describe_counter!(
+        CACHE_MISSES,
+        Unit::Count,
+        "Feature cache look-ups that had to compute, by kind (frame, prefix)."
+    );
+}
+
+/// The text exposition of every metric, or `None` when metrics are off (not installed).
+pub fn render() -> Option<String> {
+    let handle = RECORDER.get()?.as_ref().ok()?;
+    let mut text = handle.render();
+    render_gauges(&mut text);
+    Some(text)
+}
+
+fn render_gauges(out: &mut String) {
+    let values = lock_gauges();
+    for (name, help) in GAUGES {
+        let mut series = values.range((name, String::new(), String::new())..).take_while(|((n, _, _), _)| *n == name);
+        let Some(first) = series.next() else { continue };
+        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n");
+        for ((_, model, version), value) in std::iter::once(first).chain(series) {
+            let _ = writeln!(out, "{name}{{model=\"{}\",version=\"{}\"}} {value}", escape(model), escape(version));
+        }
+        out.push('\n');
+    }
+}
+
+/// A label value in the text format: backslash, double quote and newline escaped.
+fn escape(value: &str) -> String {
+    value.replace('\\', r"\\").replace('"', "\\\"").replace('\n', r"\n")
+}
+
+fn lock_gauges() -> std::sync::MutexGuard<'static, BTreeMap<(&'static str, String, String), u64>> {
+    GAUGE_VALUES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn installed() -> bool {
+    RECORDER.get().is_some_and(|r| r.is_ok())
+}
+
+fn set_gauge(name: &'static str, model: &str, version: &str, value: Option<u64>) {
+    if !installed() {
+        return;
+    }
+    let key = (name, model.to_string(), version.to_string());
+    let mut values = lock_gauges();
+    match value {
+        Some(value) => values.insert(key, value),
+        None => values.remove(&key),
+    };
+}
+
+/// The canonical name of a gRPC status code (`OK`, `INVALID_ARGUMENT`, …).
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// One answered request. `model` and `version` are empty when it never reached a model
+/// (unknown model name, malformed start message).
+pub fn request_finished(model: &str, version: &str, rpc: &str, code: tonic::Code) {
+    counter!(REQUESTS, "model" => model.to_string(), "version" => version.to_string(),
+        "rpc" => rpc.to_string(), "code" => code_name(code))
+    .increment(1);
+}
+
+/// Time a request waited in the queue.
+pub fn queue_time(model: &str, version: &str, seconds: f64) {
+    histogram!(QUEUE, "model" => model.to_string(), "version" => version.to_string()).record(seconds);
+}
+
+/// Time from a request's arrival to its first token.
+pub fn time_to_first_token(model: &str, version: &str, seconds: f64) {
+    histogram!(FIRST_TOKEN, "model" => model.to_string(), "version" => version.to_string()).record(seconds);
+}
+
+/// Time between two consecutive tokens of one request.
+pub fn inter_token(model: &str, version: &str, seconds: f64) {
+    histogram!(INTER_TOKEN, "model" => model.to_string(), "version" => version.to_string()).record(seconds);
+}
+
+/// A finished request's generated tokens and the seconds its decoding took.
+pub fn tokens_generated(model: &str, version: &str, tokens: u64, seconds: f64) {
+    counter!(GENERATED, "model" => model.to_string(), "version" => version.to_string()).increment(tokens);
+    if tokens > 0 && seconds > 0.0 {
+        histogram!(TOKENS_PER_SECOND, "model" => model.to_string(), "version" => version.to_string())
+            .record(tokens as f64 / seconds);
+    }
+}
+
+/// Rows in one batched decode step.
+pub fn batch_size(model: &str, version: &str, rows: usize) {
+    histogram!(BATCH, "model" => model.to_string(), "version" => version.to_string()).record(rows as f64);
+}
+
+/// Frames in one batched vision-tower run.
+pub fn vision_batch_size(model: &str, version: &str, frames: usize) {
+    histogram!(VISION_BATCH, "model" => model.to_string(), "version" => version.to_string()).record(frames as f64);
+}
+
+/// One feature-cache look-up; `kind` is `frame` or `prefix`.
+pub fn feature_cache(model: &str, version: &str, kind: &str, hit: bool) {
+    let name = if hit { CACHE_HITS } else { CACHE_MISSES };
+    counter!(name, "model" => model.to_string(), "version" => version.to_string(), "kind" => kind.to_string())
+        .increment(1);
+}
+
+/// Bytes the feature cache holds now.
+pub fn feature_cache_bytes(model: &str, version: &str, bytes: usize) {
+    set_gauge(CACHE_BYTES, model, version, Some(bytes as u64));
+}
+
+/// Bytes of a loaded version's weights; `None` when it is unloaded, which also removes the
+/// version's other gauges (feature cache bytes, queue depth).
+pub fn model_memory(model: &str, version: &str, bytes: Option<usize>) {
+    match bytes {
+        Some(bytes) => set_gauge(WEIGHT_BYTES, model, version, Some(bytes as u64)),
+        None => {
+            for (name, _) in GAUGES {
+                set_gauge(name, model, version, None);
+            }
+        }
+    }
+}
+
+/// Requests waiting in a model's queue now.
+pub fn queue_depth(model: &str, version: &str, waiting: usize) {
+    set_gauge(QUEUE_DEPTH, model, version, Some(waiting as u64));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Not from `Settings::load`: the settings test changes the environment meanwhile.
+    fn settings() -> MetricsSettings {
+        MetricsSettings {
+            enabled: true,
+            latency_buckets: vec![0.001, 0.01, 0.025, 0.1, 0.25, 1.0],
+            tokens_per_second_buckets: vec![1.0, 10.0, 20.0, 100.0],
+            batch_size_buckets: vec![1.0, 2.0, 4.0, 8.0],
+        }
+    }
+
+    /// The lines of `text` that start with `prefix`.
+    fn lines<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
+        text.lines().filter(|l| l.starts_with(prefix)).collect()
+    }
+
+    #[test]
+    fn renders_every_kind_of_series_with_model_and_version_labels() {
+        install(&settings()).unwrap();
+        install(&settings()).expect("a second install keeps the first recorder");
+        // Names of their own: other tests in this process record too.
+        let (m, v) = ("render-test", "v\"1");
+        request_finished(m, v, "Caption", tonic::Code::Ok);
+        request_finished(m, v, "Caption", tonic::Code::Ok);
+        request_finished(m, v, "CaptionStream", tonic::Code::InvalidArgument);
+        queue_time(m, v, 0.003);
+        time_to_first_token(m, v, 0.02);
+        time_to_first_token(m, v, 0.2);
+        inter_token(m, v, 0.004);
+        tokens_generated(m, v, 10, 0.5);
+        batch_size(m, v, 3);
+        vision_batch_size(m, v, 6);
+        feature_cache(m, v, "frame", true);
+        feature_cache(m, v, "frame", false);
+        feature_cache(m, v, "frame", true);
+        feature_cache_bytes(m, v, 4096);
+        model_memory(m, v, Some(123_456));
+        queue_depth(m, v, 2);
+
+        let text = render().unwrap();
+        let labels = r#"model="render-test",version="v\"1""#;
+        let series = |text: &str, name: &str| lines(text, &format!("{name}{{{labels}")).join("\n");
+        assert!(series(&text, REQUESTS).contains(r#"rpc="Caption",code="OK"} 2"#), "{text}");
+        assert!(series(&text, REQUESTS).contains(r#"rpc="CaptionStream",code="INVALID_ARGUMENT"} 1"#), "{text}");
+        assert!(series(&text, GENERATED).ends_with(" 10"), "{text}");
+        assert!(series(&text, CACHE_HITS).contains(r#"kind="frame"} 2"#), "{text}");
+        assert!(series(&text, CACHE_MISSES).contains(r#"kind="frame"} 1"#), "{text}");
+        assert_eq!(series(&text, WEIGHT_BYTES), format!("{WEIGHT_BYTES}{{{labels}}} 123456"));
+        assert_eq!(series(&text, CACHE_BYTES), format!("{CACHE_BYTES}{{{labels}}} 4096"));
+        assert_eq!(series(&text, QUEUE_DEPTH), format!("{QUEUE_DEPTH}{{{labels}}} 2"));
+
+        // Histograms: the configured buckets, cumulative counts, sum and count.
+        let ttft = format!("{FIRST_TOKEN}_bucket{{{labels}");
+        assert!(text.contains(&format!(r#"{ttft},le="0.025"}} 1"#)), "{text}");
+        assert!(text.contains(&format!(r#"{ttft},le="0.25"}} 2"#)), "{text}");
+        assert!(text.contains(&format!(r#"{ttft},le="+Inf"}} 2"#)), "{text}");
+        assert!(text.contains(&format!("{FIRST_TOKEN}_count{{{labels}}} 2")), "{text}");
+        assert!(text.contains(&format!("{TOKENS_PER_SECOND}_bucket{{{labels},le=\"20\"}} 1")), "{text}");
+        assert!(text.contains(&format!("{TOKENS_PER_SECOND}_bucket{{{labels},le=\"10\"}} 0")), "{text}");
+        for name in [QUEUE, INTER_TOKEN, BATCH, VISION_BATCH] {
+            assert!(text.contains(&format!("{name}_count{{{labels}}} 1")), "{name}: {text}");
+        }
+        for name in [REQUESTS, QUEUE, FIRST_TOKEN, WEIGHT_BYTES, CACHE_HITS] {
+            assert!(text.contains(&format!("# HELP {name} ")), "{name} has no help: {text}");
+        }
+        assert_eq!(lines(&text, &format!("# TYPE {WEIGHT_BYTES} gauge")).len(), 1);
+
+        // Unloading removes the version's gauges, and only its own.
+        model_memory("other-model", "1", Some(7));
+        model_memory(m, v, None);
+        let text = render().unwrap();
+        for name in [WEIGHT_BYTES, CACHE_BYTES, QUEUE_DEPTH] {
+            assert_eq!(series(&text, name), "", "{name} stays after the unload: {text}");
+        }
+        assert_eq!(
+            lines(&text, &format!("{WEIGHT_BYTES}{{model=\"other-model\"")),
+            [format!(r#"{WEIGHT_BYTES}{{model="other-model",version="1"}} 7"#)]
+        );
+        assert!(series(&text, REQUESTS).contains(r#"code="OK"} 2"#), "counters stay after an unload: {text}");
+        model_memory("other-model", "1", None);
+    }
+
+    #[test]
+    fn rejects_buckets_out_of_order() {
+        let mut bad = settings();
+        bad.latency_buckets = vec![0.1, 0.01];
+        let error = install(&bad).unwrap_err().to_string();
+        assert!(error.contains("metrics.latency_buckets"), "{error}");
+        bad.latency_buckets = vec![];
+        assert!(install(&bad).is_err());
+    }
+}
