@@ -183,14 +183,17 @@ pub fn corpus(seed: u64, n: usize, limits: &CorpusLimits) -> Vec<BadCase> {
         // those: the frames up to the limit are encoded first).
         let over = limits.max_frames + rng.random_range(1..=16);
         let case = match i % 8 {
-            0 | 1 | 2 | 3 => {
+            0..=3 => {
                 let kind = Kind::Frames(Frames { frames: vec![tiny_png.clone(); over] });
                 invalid("too_many_frames", Call::Caption(caption(kind)), "media.frames")
             }
-            4 | 5 | 6 => {
-                let start =
-                    UploadStart { frame_count: rng.random_range(over as u32..=u32::MAX), ..Default::default() };
-                invalid("too_many_frames", Call::Upload(upload_messages(start, &[tiny_png.clone()], 64)), "start")
+            4..=6 => {
+                let start = UploadStart { frame_count: rng.random_range(over as u32..=u32::MAX), ..Default::default() };
+                invalid(
+                    "too_many_frames",
+                    Call::Upload(upload_messages(start, std::slice::from_ref(&tiny_png), 64)),
+                    "start",
+                )
             }
             _ if i < 16 => {
                 let frames = vec![tiny_png.clone(); limits.max_frames + 1];
@@ -258,7 +261,11 @@ pub fn corpus(seed: u64, n: usize, limits: &CorpusLimits) -> Vec<BadCase> {
         let call = match i % 5 {
             0 | 1 => Call::Caption(CaptionRequest { model, ..caption(Kind::Image(tiny_png.clone())) }),
             2 => Call::CaptionStream(CaptionRequest { model, ..caption(Kind::Image(tiny_png.clone())) }),
-            3 => Call::Upload(upload_messages(UploadStart { model, ..Default::default() }, &[tiny_png.clone()], 64)),
+            3 => Call::Upload(upload_messages(
+                UploadStart { model, ..Default::default() },
+                std::slice::from_ref(&tiny_png),
+                64,
+            )),
             _ => Call::ScoreLabels(ScoreLabelsRequest { model, ..score(&tiny_png) }),
         };
         cases.push(BadCase { category: "unknown_model", call, code: Code::NotFound, field: None, needle: None });
@@ -312,36 +319,45 @@ fn bad_options(i: usize, rng: &mut ChaCha8Rng, limits: &CorpusLimits, image: &[u
         }
         1 => {
             let n = if rng.random_bool(0.3) { 0 } else { rng.random_range(limits.max_beams + 1..=u32::MAX) };
-            (GenerationOptions { num_beams: Some(n), ..sampling.clone() }, "options.num_beams")
+            (GenerationOptions { num_beams: Some(n), ..sampling }, "options.num_beams")
         }
         2 => {
             let t = nan_or(rng, &[0.0, -1.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, 100.5, 1e30, -1e-30]);
-            (GenerationOptions { temperature: Some(t), ..sampling.clone() }, "options.temperature")
+            (GenerationOptions { temperature: Some(t), ..sampling }, "options.temperature")
         }
         3 => {
             let p = nan_or(rng, &[0.0, -0.5, 1.0001, 2.0, f32::INFINITY, -f32::INFINITY, 1e9]);
-            (GenerationOptions { top_p: Some(p), ..sampling.clone() }, "options.top_p")
+            (GenerationOptions { top_p: Some(p), ..sampling }, "options.top_p")
         }
         4 => {
             let p = nan_or(rng, &[0.0, -1.0, f32::INFINITY, 100.01, 1e20]);
-            (GenerationOptions { repetition_penalty: Some(p), max_new_tokens: Some(2), ..Default::default() }, "options.repetition_penalty")
+            (
+                GenerationOptions { repetition_penalty: Some(p), max_new_tokens: Some(2), ..Default::default() },
+                "options.repetition_penalty",
+            )
         }
         5 => {
             let p = nan_or(rng, &[f32::INFINITY, f32::NEG_INFINITY, 100.5, -100.5, 1e30]);
-            let options =
-                GenerationOptions { length_penalty: Some(p), num_beams: Some(2), max_new_tokens: Some(2), ..Default::default() };
+            let options = GenerationOptions {
+                length_penalty: Some(p),
+                num_beams: Some(2),
+                max_new_tokens: Some(2),
+                ..Default::default()
+            };
             (options, "options.length_penalty")
         }
         6 => {
             let max = rng.random_range(1..10);
             let min = rng.random_range(max + 1..=u32::MAX);
-            let options = GenerationOptions { max_new_tokens: Some(max), min_new_tokens: Some(min), ..Default::default() };
+            let options =
+                GenerationOptions { max_new_tokens: Some(max), min_new_tokens: Some(min), ..Default::default() };
             (options, "options.min_new_tokens")
         }
         _ => {
             // A negative number where the protocol has a uint32 (what a client in a language
             // without unsigned types sends): it arrives as 2^32 - k.
-            let (field_number, name) = if i % 9 == 7 { (1, "options.max_new_tokens") } else { (3, "options.num_beams") };
+            let (field_number, name) =
+                if i % 9 == 7 { (1, "options.max_new_tokens") } else { (3, "options.num_beams") };
             let negative = -(rng.random_range(1..1000i64));
             let options = wire::uint(field_number, negative as u64);
             let message = [base.encode_to_vec(), wire::bytes(4, &options)].concat();
@@ -437,7 +453,8 @@ pub fn gif_declaring(w: u16, h: u16) -> Vec<u8> {
 /// A baseline greyscale JPEG of `w` x `h`: quantisation and Huffman tables, the frame
 /// header, a scan with one byte of entropy-coded data, EOI.
 pub fn jpeg_declaring(w: u16, h: u16) -> Vec<u8> {
-    let segment = |marker: u8, body: &[u8]| [&[0xFF, marker][..], &((body.len() + 2) as u16).to_be_bytes(), body].concat();
+    let segment =
+        |marker: u8, body: &[u8]| [&[0xFF, marker][..], &((body.len() + 2) as u16).to_be_bytes(), body].concat();
     let one_code_table = |class_and_id: u8| [&[class_and_id, 1][..], &[0; 15], &[0]].concat();
     [
         vec![0xFF, 0xD8],

@@ -18,9 +18,8 @@ use tonic::Status;
 
 use super::fixtures::fixtures;
 use gitcap_client::proto::{
-    caption_event::Event, captioner_client::CaptionerClient, media::Kind, upload_message, CaptionEvent,
-    CaptionRequest, CaptionResponse, FrameChunk, Frames, GenerationOptions, Media, RawImage, UploadMessage,
-    UploadStart,
+    caption_event::Event, captioner_client::CaptionerClient, media::Kind, upload_message, CaptionEvent, CaptionRequest,
+    CaptionResponse, FrameChunk, Frames, GenerationOptions, Media, RawImage, UploadMessage, UploadStart,
 };
 
 /// What to run.
@@ -207,12 +206,15 @@ async fn one_request(
         model: model.into(),
         media: Some(Media { kind: Some(kind) }),
         question,
-        options: Some(options.clone()),
+        options: Some(options),
     };
     let still = library.stills[rng.random_range(0..library.stills.len())].clone();
     let (kind, result) = match rng.random_range(0..8) {
         0 => ("caption", unary(client, request(&plan.image_model, Kind::Image(still.clone()), question(rng))).await),
-        1 => ("caption_stream", stream(client, request(&plan.image_model, Kind::Image(still.clone()), question(rng))).await),
+        1 => (
+            "caption_stream",
+            stream(client, request(&plan.image_model, Kind::Image(still.clone()), question(rng))).await,
+        ),
         2 => {
             let (width, height) = (rng.random_range(1..48), rng.random_range(1..48));
             let rgb: Vec<u8> = (0..width * height * 3).map(|_| rng.random()).collect();
@@ -225,14 +227,17 @@ async fn one_request(
             let media = Kind::Frames(Frames { frames });
             ("caption_frames", stream(client, request(&plan.video_model, media, question(rng))).await)
         }
-        4 => ("caption_gif", unary(client, request(&plan.video_model, Kind::Image(library.gif.clone()), String::new())).await),
+        4 => (
+            "caption_gif",
+            unary(client, request(&plan.video_model, Kind::Image(library.gif.clone()), String::new())).await,
+        ),
         5 | 6 => {
             let count = rng.random_range(1..=8);
             let frames: Vec<Vec<u8>> = (0..count).map(|i| library.frames[i % 6].clone()).collect();
             let start = UploadStart {
                 model: plan.video_model.clone(),
                 question: question(rng),
-                options: Some(options.clone()),
+                options: Some(options),
                 frame_count: if rng.random_bool(0.5) { count as u32 } else { 0 },
             };
             let messages = upload_messages(start, &frames, rng.random_range(16..400));
@@ -243,7 +248,10 @@ async fn one_request(
                 ("upload_stream", collect(events).await)
             }
         }
-        _ => ("caption_stream", stream(client, request(&plan.image_model, Kind::Image(still.clone()), String::new())).await),
+        _ => (
+            "caption_stream",
+            stream(client, request(&plan.image_model, Kind::Image(still.clone()), String::new())).await,
+        ),
     };
     let result = result.and_then(|reply| {
         let n = reply.token_ids.len();
