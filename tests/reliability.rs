@@ -340,7 +340,8 @@ async fn deadlines_expire_in_the_queue_and_mid_generation() {
             tokio::spawn(async move { c.caption(caption("", long_beam())).await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    // Time for them to reach the model, even on a busy machine.
+    tokio::time::sleep(Duration::from_millis(150)).await;
     let (tokens, status) = stream_error(&mut client, with_timeout(caption("", long_beam()), full / 2)).await;
     let status = status.expect("the deadline passed in the queue");
     assert_eq!((tokens, status.code()), (0, Code::DeadlineExceeded), "{status:?}");
@@ -351,7 +352,8 @@ async fn deadlines_expire_in_the_queue_and_mid_generation() {
         let mut c = CaptionerClient::new(channel.clone());
         tokio::spawn(async move { c.caption(caption("", long_beam())).await })
     };
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    // Time for them to reach the model, even on a busy machine.
+    tokio::time::sleep(Duration::from_millis(150)).await;
     let status = client.caption(with_timeout(caption("", long_beam()), full / 4)).await.unwrap_err();
     assert!(
         status.code() == Code::DeadlineExceeded
@@ -479,7 +481,8 @@ async fn sigterm_under_load_finishes_in_flight_requests_and_exits_cleanly() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Time for all six to reach the server, even on a busy machine.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let signalled = Instant::now();
     server.signal_term();
 
