@@ -22,10 +22,14 @@ impl TestServer {
 
     /// Like [`Self::start`], with `GITCAP__*` (or other) environment variables.
     pub fn start_with_env(model: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let dir = super::fixtures::model_dir(model);
+        Self::start_dir(&super::fixtures::model_dir(model), extra, env)
+    }
+
+    /// Serves the checkpoint directory `dir` under the name `tiny`.
+    pub fn start_dir(dir: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_gitcap-server"))
             .args(["serve", "--listen", "127.0.0.1:0", "--name", "tiny", "--model"])
-            .arg(&dir)
+            .arg(dir)
             .args(extra)
             .env("RUST_LOG", "warn")
             // Settings layering: the environment raises a limit the tests need.
@@ -70,6 +74,31 @@ impl TestServer {
         Command::new("kill").args(["-TERM", &pid]).status().expect("running kill");
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The server's resident memory (VmRSS from /proc/PID/status), in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        rss_bytes(self.pid()).expect("reading the server's VmRSS")
+    }
+
+    /// Waits up to `limit` for the process to exit; its exit status, or `None` if it is still
+    /// running then.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let until = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("polling the server") {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= until {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits for the process to exit; returns whether it exited cleanly.
     pub fn wait(mut self) -> bool {
         let status = self.child.wait().expect("waiting for the server");
@@ -86,4 +115,13 @@ impl Drop for TestServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Resident memory of process `pid` (VmRSS from /proc/PID/status), in bytes; `None` once the
+/// process is gone (or off Linux).
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.trim_start_matches("VmRSS:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
 }
