@@ -3,10 +3,14 @@ random weights (no download), writes it in the Hugging Face layout with fixed in
 times transformers' `generate` on it.
 
     python bench/transformers_bench.py --workdir DIR [--runs 5] [--threads 2] [--max-new-tokens 20]
+        [--throughput-batch 16]
 
 Writes DIR/model/ (checkpoint), DIR/inputs.safetensors (pixel_values of one image and of six
-frames, preprocessed by transformers' VideoMAE PIL processor) and prints a JSON report:
-{"f32": {"image": {"median_s":…, "runs_s": […], "tokens": […]}, "video": {…}}, "bf16": {…}}.
+frames, preprocessed by transformers' VideoMAE PIL processor), the same frames as lossless PNG
+files under DIR/png/ for the gRPC side (image/, video/, throughput/ with distinct images, and
+followup/set_K/ frame sets), and prints a JSON report:
+{"f32": {"image": {"median_s":…, "runs_s": […], "tokens": […]}, "video": {…},
+         "throughput": {"sequential": {…}, "batched": {…}}}, "bf16": {…}}.
 """
 
 import argparse
@@ -67,11 +71,12 @@ def build_checkpoint(model_dir):
         json.dump(PREPROCESSOR, f, indent=2)
 
 
-def make_frames(n, size=(320, 240)):
-    rng = np.random.default_rng(SEED)
+def make_frames(n, size=(320, 240), seed=SEED):
+    rng = np.random.default_rng(seed)
     frames = []
     y, x = np.mgrid[0:size[1], 0:size[0]]
-    for i in range(n):
+    for j in range(n):
+        i = j + seed - SEED
         base = np.stack([(x * (i + 1)) % 256, (y * 2 + 40 * i) % 256, ((x + y) // 2 + 30 * i) % 256], -1)
         noise = rng.integers(0, 40, base.shape)
         frames.append(Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)))
@@ -90,6 +95,34 @@ def time_generate(model, pixel_values, runs, max_new_tokens):
     return {"median_s": statistics.median(times), "runs_s": times, "tokens": tokens}
 
 
+def save_pngs(directory, frames):
+    os.makedirs(directory, exist_ok=True)
+    for i, frame in enumerate(frames):
+        frame.save(os.path.join(directory, f"frame_{i:03d}.png"))
+
+
+def time_throughput(model, processor, images, dtype, batch, max_new_tokens):
+    """Captions per second of transformers' generate, one image at a time and `batch` at once."""
+    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+    pixels = [processor([image], return_tensors="pt").pixel_values.to(dtype) for image in images]
+    with torch.inference_mode():
+        model.generate(pixel_values=pixels[0], **kwargs)  # warm-up
+        start = time.perf_counter()
+        for pv in pixels[: batch // 2]:
+            model.generate(pixel_values=pv, **kwargs)
+        sequential = (batch // 2) / (time.perf_counter() - start)
+        batched_input = torch.cat(pixels[:batch], 0)
+        times = []
+        for _ in range(2):
+            start = time.perf_counter()
+            model.generate(pixel_values=batched_input, **kwargs)
+            times.append(time.perf_counter() - start)
+    return {
+        "sequential": {"captions_per_s": sequential, "requests": batch // 2},
+        "batched": {"captions_per_s": batch / statistics.median(times), "batch": batch, "median_s": statistics.median(times)},
+    }
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--workdir", required=True)
@@ -97,6 +130,8 @@ def main():
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--max-new-tokens", type=int, default=20)
     parser.add_argument("--dtypes", default="f32,bf16")
+    parser.add_argument("--throughput-batch", type=int, default=16)
+    parser.add_argument("--throughput-images", type=int, default=32)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -112,6 +147,14 @@ def main():
         "video": processor(frames, return_tensors="pt").pixel_values,  # [1, 6, 3, 224, 224]
     }
     save_file({k: v.contiguous() for k, v in inputs.items()}, os.path.join(args.workdir, "inputs.safetensors"))
+    png = os.path.join(args.workdir, "png")
+    shutil.rmtree(png, ignore_errors=True)
+    save_pngs(os.path.join(png, "image"), frames[:1])
+    save_pngs(os.path.join(png, "video"), frames)
+    distinct = [make_frames(1, seed=SEED + 100 + j)[0] for j in range(args.throughput_images)]
+    save_pngs(os.path.join(png, "throughput"), distinct)
+    for k in range(args.runs + 1):
+        save_pngs(os.path.join(png, "followup", f"set_{k:02d}"), make_frames(6, seed=SEED + 1000 + 10 * k))
 
     model = GitForCausalLM.from_pretrained(model_dir).eval()
     report = {"torch": torch.__version__, "threads": torch.get_num_threads()}
@@ -121,6 +164,10 @@ def main():
         report[dtype_name] = {
             name: time_generate(typed, pv.to(dtype), args.runs, args.max_new_tokens) for name, pv in inputs.items()
         }
+        if args.throughput_batch:
+            report[dtype_name]["throughput"] = time_throughput(
+                typed, processor, distinct, dtype, args.throughput_batch, args.max_new_tokens
+            )
     print(json.dumps(report))
 
 

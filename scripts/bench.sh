@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Latency benchmark: gitcap vs transformers on the full-size git-base-vatex architecture with
-# random weights (no download), same inputs, same machine, same run.
+# Benchmarks gitcap against transformers on the full-size git-base-vatex architecture with
+# random weights (no download): same weights, same inputs, same machine, same run.
 #
-#   scripts/bench.sh [--runs N] [--threads N] [--dtypes f32,bf16] [--device cpu|cuda]
+#   scripts/bench.sh [--runs N] [--threads N] [--dtypes f32,bf16,fast] [--device cpu|cuda]
+#                    [--max-new-tokens N] [--clients 1,4,16] [--write BENCHMARKS.md]
 #
-# Prints a table of medians, the ratio gitcap/transformers and whether the tokens are identical.
+# Measures: one-request latency (image, 6 frames) one-shot and through gRPC; throughput of
+# 1/4/16 concurrent gRPC clients vs transformers sequential and batched; a follow-up question
+# on cached frames vs a cold request. Prints the report (Markdown); --write also saves it.
 # Needs the reference Python environment (scripts/setup-python.sh, made once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-RUNS=5 THREADS=0 DTYPES=f32,bf16 DEVICE=cpu MAX_NEW=20
+RUNS=5 THREADS=0 DTYPES=f32,bf16 DEVICE=cpu MAX_NEW=20 CLIENTS=1,4,16 WRITE=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) RUNS=$2; shift 2 ;;
@@ -17,6 +20,8 @@ while [ $# -gt 0 ]; do
     --dtypes) DTYPES=$2; shift 2 ;;
     --device) DEVICE=$2; shift 2 ;;
     --max-new-tokens) MAX_NEW=$2; shift 2 ;;
+    --clients) CLIENTS=$2; shift 2 ;;
+    --write) WRITE=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -25,29 +30,69 @@ PY=$(scripts/setup-python.sh)
 export LIBTORCH=${LIBTORCH:-$(scripts/setup-libtorch.sh)}
 WORK=${GITCAP_BENCH_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/gitcap/bench}
 mkdir -p "$WORK"
-cargo build --release --quiet --bin gitcap-server
+FEATURES=()
+[ "$DEVICE" = cpu ] || FEATURES=(--features cuda)
+cargo build --release --quiet --bin gitcap-server "${FEATURES[@]}"
+cargo build --release --quiet -p gitcap-client --bin gitcap-bench
 BIN=target/release/gitcap-server
+LOAD=target/release/gitcap-bench
+MACHINE="$(lscpu | sed -n 's/^Model name: *//p') ($(nproc) cores), $(free -g | awk '/Mem:/{print $2}') GiB"
+echo "machine: $MACHINE" >&2
 
-echo "machine: $(lscpu | sed -n 's/^Model name: *//p') ($(nproc) cores), $(free -g | awk '/Mem:/{print $2}') GiB" >&2
-echo "transformers (reference)..." >&2
+# The reference dtypes: transformers has no int8 weight-only mode; fast is compared with f32 and bf16.
+REF_DTYPES=$(echo "$DTYPES,f32" | tr ',' '\n' | grep -v '^fast$' | awk '!seen[$0]++' | paste -sd, -)
+MAX_CLIENTS=$(echo "$CLIENTS" | tr ',' '\n' | sort -n | tail -1)
+echo "transformers ($REF_DTYPES)..." >&2
 "$PY" bench/transformers_bench.py --workdir "$WORK" --runs "$RUNS" --threads "$THREADS" \
-  --max-new-tokens "$MAX_NEW" --dtypes "$DTYPES" > "$WORK/transformers.json"
+  --max-new-tokens "$MAX_NEW" --dtypes "$REF_DTYPES" --throughput-batch "$MAX_CLIENTS" \
+  --throughput-images $((2 * MAX_CLIENTS)) > "$WORK/transformers.json"
+
+SERVER_PID=""
+stop_server() { [ -z "$SERVER_PID" ] || { kill "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""; }; }
+trap stop_server EXIT
+# Starts the server on the bench model; sets ADDR. Extra arguments: environment assignments.
+start_server() {
+  local dtype=$1; shift
+  env "$@" GITCAP__SERVER__LISTEN=127.0.0.1:0 GITCAP__MODEL__QUEUE_CAPACITY=256 \
+    GITCAP__ENGINE__MAX_BATCH_SIZE="$MAX_CLIENTS" \
+    "$BIN" serve --model "$WORK/model" --name bench --dtype "$dtype" --device "$DEVICE" --threads "$THREADS" \
+    > "$WORK/server.log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 600); do
+    ADDR=$(sed -n 's/^gitcap-server listening on //p' "$WORK/server.log")
+    [ -n "$ADDR" ] && return 0
+    kill -0 "$SERVER_PID" 2>/dev/null || { cat "$WORK/server.log" >&2; exit 1; }
+    sleep 0.5
+  done
+  echo "the server did not start" >&2; exit 1
+}
+
 for dtype in ${DTYPES//,/ }; do
-  echo "gitcap $dtype..." >&2
+  echo "gitcap $dtype one-shot..." >&2
   "$BIN" bench --model "$WORK/model" --inputs "$WORK/inputs.safetensors" --dtype "$dtype" --device "$DEVICE" \
     --runs "$RUNS" --threads "$THREADS" --max-new-tokens "$MAX_NEW" > "$WORK/gitcap-$dtype.json"
+
+  # Latency and throughput with the feature cache off: repeated inputs must not be cache hits.
+  echo "gitcap $dtype through gRPC..." >&2
+  start_server "$dtype" GITCAP__ENGINE__FEATURE_CACHE_MB=0
+  URL="http://$ADDR"
+  "$LOAD" --url "$URL" --max-new-tokens "$MAX_NEW" latency --runs "$RUNS" --media "$WORK/png/image/frame_000.png" \
+    > "$WORK/grpc-$dtype-image.json"
+  "$LOAD" --url "$URL" --max-new-tokens "$MAX_NEW" latency --runs "$RUNS" $(printf -- '--media %s ' "$WORK"/png/video/*.png) \
+    > "$WORK/grpc-$dtype-video.json"
+  for clients in ${CLIENTS//,/ }; do
+    "$LOAD" --url "$URL" --max-new-tokens "$MAX_NEW" throughput --clients "$clients" \
+      --requests $((2 * clients > 8 ? 2 * clients : 8)) --images "$WORK/png/throughput" \
+      > "$WORK/grpc-$dtype-throughput-$clients.json"
+  done
+  stop_server
+
+  echo "gitcap $dtype follow-up question (feature cache on)..." >&2
+  start_server "$dtype"
+  "$LOAD" --url "http://$ADDR" follow-up --sets "$WORK/png/followup" --question "what is happening?" \
+    --answer-tokens 5 > "$WORK/grpc-$dtype-followup.json"
+  stop_server
 done
 
-"$PY" - "$WORK" "$DTYPES" <<'PYEOF'
-import json, sys
-work, dtypes = sys.argv[1], sys.argv[2].split(",")
-ref = json.load(open(f"{work}/transformers.json"))
-print(f"torch {ref['torch']}, {ref['threads']} threads; medians of the runs, 20 new tokens greedy")
-print(f"{'input':<8}{'dtype':<7}{'transformers s':>16}{'gitcap s':>11}{'ratio':>8}  tokens identical")
-for dtype in dtypes:
-    ours = json.load(open(f"{work}/gitcap-{dtype}.json"))
-    for name in ("image", "video"):
-        r, o = ref[dtype][name], ours[name]
-        same = "yes" if r["tokens"] == o["tokens"] else f"no ({sum(a == b for a, b in zip(r['tokens'], o['tokens']))}/{len(r['tokens'])} equal)"
-        print(f"{name:<8}{dtype:<7}{r['median_s']:>16.3f}{o['median_s']:>11.3f}{o['median_s'] / r['median_s']:>8.2f}  {same}")
-PYEOF
+"$PY" bench/render.py --work "$WORK" --dtypes "$DTYPES" --clients "$CLIENTS" --runs "$RUNS" \
+  --max-new-tokens "$MAX_NEW" --machine "$MACHINE" --device "$DEVICE" ${WRITE:+--write "$WRITE"}

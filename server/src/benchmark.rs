@@ -10,7 +10,7 @@ use tch::{Device, Tensor};
 use crate::device::{parse_device, parse_dtype};
 use crate::engine::Pipeline;
 use crate::error::{GitcapError, Result};
-use crate::model::generation::{generate, GenerationOverrides, StepControl};
+use crate::model::generation::{generate, GenerationConfig, GenerationOverrides, StepControl};
 
 pub struct Bench {
     pub model: PathBuf,
@@ -35,31 +35,51 @@ pub fn run(args: Bench) -> Result<()> {
         ..Default::default()
     };
     let config = options.apply(&pipeline.generation);
+    let one_token = GenerationOverrides { max_new_tokens: Some(1), ..options }.apply(&pipeline.generation);
     let mut report = serde_json::Map::new();
     for (name, pixel_values) in inputs {
         let size = pixel_values.size();
         let frames = pixel_values.view([-1, size[size.len() - 3], size[size.len() - 2], size[size.len() - 1]]);
-        let once = || -> Result<Vec<i64>> {
+        // The tokens, and the seconds spent generating them (after the vision tower).
+        let once = |config: &GenerationConfig| -> Result<(Vec<i64>, f64)> {
             let _guard = tch::no_grad_guard();
             let image_tokens = pipeline.model.image_tokens(&pipeline.model.encode_frames(&frames)?)?;
-            let out = generate(&pipeline.model, &image_tokens, &[101], &config, &mut |_| StepControl::Continue)?;
-            if device != Device::Cpu {
-                tch::Cuda::synchronize(0);
-            }
-            Ok(out.token_ids)
+            synchronize(device);
+            let start = Instant::now();
+            let out = generate(&pipeline.model, &image_tokens, &[101], config, &mut |_| StepControl::Continue)?;
+            synchronize(device);
+            Ok((out.token_ids, start.elapsed().as_secs_f64()))
         };
-        let tokens = once()?; // warm-up
-        let mut times = Vec::with_capacity(args.runs);
+        let (tokens, _) = once(&config)?; // warm-up
+        let (mut times, mut decode_times, mut first_token_times) = (vec![], vec![], vec![]);
         for _ in 0..args.runs {
             let start = Instant::now();
-            once()?;
+            let (_, decode) = once(&config)?;
             times.push(start.elapsed().as_secs_f64());
+            decode_times.push(decode);
+            first_token_times.push(once(&one_token)?.1);
         }
-        let mut sorted = times.clone();
-        sorted.sort_by(f64::total_cmp);
-        let median = sorted[sorted.len() / 2];
-        report.insert(name, json!({"median_s": median, "runs_s": times, "tokens": tokens}));
+        // A decoding step at batch 1: generation time beyond the first token (image prefill and
+        // prompt), per token.
+        let steps = tokens.len().saturating_sub(1).max(1) as f64;
+        let per_token_ms = (median(&decode_times) - median(&first_token_times)) * 1e3 / steps;
+        report.insert(
+            name,
+            json!({"median_s": median(&times), "runs_s": times, "tokens": tokens, "decode_ms_per_token": per_token_ms}),
+        );
     }
     println!("{}", serde_json::Value::Object(report));
     Ok(())
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+fn synchronize(device: Device) {
+    if let Device::Cuda(index) = device {
+        tch::Cuda::synchronize(index as i64);
+    }
 }

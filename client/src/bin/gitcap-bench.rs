@@ -84,10 +84,17 @@ fn percentile(values: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-async fn timed(client: &GitcapClient, media: Media, options: &CaptionOptions) -> Result<(f64, Vec<i64>)> {
+/// One call: its wall time, the tokens, and the server's own timings (queue, vision, decode ms).
+async fn call(client: &GitcapClient, media: Media, options: &CaptionOptions) -> Result<(f64, Vec<i64>, [f64; 3])> {
     let start = Instant::now();
     let caption = client.caption(media, options).await?;
-    Ok((start.elapsed().as_secs_f64(), caption.token_ids.iter().map(|&t| t as i64).collect()))
+    let t = caption.timings.unwrap_or_default();
+    let tokens = caption.token_ids.iter().map(|&t| t as i64).collect();
+    Ok((start.elapsed().as_secs_f64(), tokens, [t.queue_ms, t.vision_ms, t.decode_ms]))
+}
+
+async fn timed(client: &GitcapClient, media: Media, options: &CaptionOptions) -> Result<(f64, Vec<i64>)> {
+    call(client, media, options).await.map(|(s, tokens, _)| (s, tokens))
 }
 
 #[tokio::main]
@@ -113,21 +120,24 @@ async fn main() -> Result<()> {
                 .map(|_| {
                     let (client, options, queue) = (client.clone(), options.clone(), queue.clone());
                     tokio::spawn(async move {
-                        let mut latencies = Vec::new();
+                        let mut calls = Vec::new();
                         loop {
                             let Some(image) = queue.lock().await.pop() else {
-                                return Ok::<_, anyhow::Error>(latencies);
+                                return Ok::<_, anyhow::Error>(calls);
                             };
-                            latencies.push(timed(&client, media(&[image])?, &options).await?.0);
+                            let (seconds, _, server) = call(&client, media(&[image])?, &options).await?;
+                            calls.push((seconds, server));
                         }
                     })
                 })
                 .collect();
-            let mut latencies = Vec::new();
+            let mut calls = Vec::new();
             for worker in workers {
-                latencies.extend(worker.await??);
+                calls.extend(worker.await??);
             }
             let wall = start.elapsed().as_secs_f64();
+            let latencies: Vec<f64> = calls.iter().map(|c| c.0).collect();
+            let server_ms = |i: usize| median(&calls.iter().map(|c| c.1[i]).collect::<Vec<_>>());
             json!({
                 "clients": clients,
                 "requests": requests,
@@ -135,6 +145,7 @@ async fn main() -> Result<()> {
                 "captions_per_s": requests as f64 / wall,
                 "latency_p50_s": percentile(&latencies, 0.5),
                 "latency_p99_s": percentile(&latencies, 0.99),
+                "server_median_ms": {"queue": server_ms(0), "vision": server_ms(1), "decode": server_ms(2)},
             })
         }
         Command::FollowUp { sets, question, answer_tokens } => {
