@@ -564,9 +564,10 @@ async fn model_call(client: &GitcapClient, command: &ModelsCommand, progress: bo
         ModelsCommand::Load { spec } => {
             let spec = spec.spec();
             let name = spec.name.clone();
-            let status = match progress {
-                true => with_progress(client, &name, client.load_model(spec)).await?,
-                false => client.load_model(spec).await?,
+            let status = if progress {
+                with_progress(client, &name, client.load_model(spec)).await?
+            } else {
+                client.load_model(spec).await?
             };
             if status.state() == ModelState::Failed {
                 bail!("{} failed to load: {}", status.id, status.error);
@@ -579,9 +580,10 @@ async fn model_call(client: &GitcapClient, command: &ModelsCommand, progress: bo
             let spec = spec.spec();
             let name = spec.name.clone();
             let options = SwapOptions { replace: *replace, keep_previous: *keep_previous };
-            Answer::Swap(match progress {
-                true => with_progress(client, &name, client.swap_model(alias, spec, options)).await?,
-                false => client.swap_model(alias, spec, options).await?,
+            Answer::Swap(if progress {
+                with_progress(client, &name, client.swap_model(alias, spec, options)).await?
+            } else {
+                client.swap_model(alias, spec, options).await?
             })
         }
         ModelsCommand::Rollback { alias } => Answer::Alias(client.rollback(alias).await?),
@@ -881,6 +883,17 @@ mod tests {
         assert_eq!(lines[0], "ID          STATE    ALIASES       DEVICE  DTYPE  MEMORY   LOAD TIME");
         assert_eq!(lines[1], "tiny@local  READY    default,tiny  cpu     f32    2.0 MiB  0.25s");
         assert_eq!(lines[2], "x@v2        LOADING  -             -       -      -        -");
+    }
+
+    #[test]
+    fn replica_answers_fit_on_one_line() {
+        let ready = |id: &str| ModelStatus { id: id.into(), state: ModelState::Ready as i32, ..Default::default() };
+        let list = ListResponse { models: vec![ready("a@1"), ready("b@2")], ..Default::default() };
+        assert_eq!(answer_line(&Answer::List(list)), "a@1 READY; b@2 READY");
+        assert_eq!(answer_line(&Answer::List(ListResponse::default())), "no models");
+        let alias = AliasStatus { alias: "default".into(), id: "b@2".into(), previous_id: "a@1".into() };
+        let swapped = SwapResponse { alias: Some(alias), model: Some(ready("b@2")) };
+        assert_eq!(answer_line(&Answer::Swap(swapped)), "default -> b@2 (was a@1); b@2 READY");
     }
 
     #[test]
