@@ -68,29 +68,7 @@ if $render_mode; then
   done
 fi
 
-# 1. The rendered manifests match the overlays (where kustomize is here to tell).
-for overlay in "${overlays[@]}"; do
-  [ -f "$RENDERED/$overlay.yaml" ] || fail "$RENDERED/$overlay.yaml is missing: run $0 --render"
-done
-for file in "$RENDERED"/*.yaml; do
-  overlay=$(basename "$file" .yaml)
-  [ -d "deploy/k8s/overlays/$overlay" ] || fail "$file has no overlay deploy/k8s/overlays/$overlay: delete it"
-done
-if [ ${#KUSTOMIZE[@]} -gt 0 ]; then
-  fresh=$(mktemp)
-  trap 'rm -f "$fresh"' EXIT
-  for overlay in "${overlays[@]}"; do
-    render "$overlay" "$fresh"
-    if ! diff -u "$RENDERED/$overlay.yaml" "$fresh" >&2; then
-      fail "$RENDERED/$overlay.yaml is out of date with deploy/k8s/overlays/$overlay: run $0 --render"
-    fi
-  done
-  log "rendered manifests match the overlays (${KUSTOMIZE[*]})"
-else
-  log "no kubectl or kustomize here: validating the committed $RENDERED/*.yaml as they are"
-fi
-
-# 2. The validator, once.
+# The validator, once.
 if [ ! -f "$TOOLS/.complete" ]; then
   log "installing kubernetes-validate==$KV_VERSION into $TOOLS (once)"
   rm -rf "$TOOLS"
@@ -110,7 +88,32 @@ else
   py() { PYTHONPATH="$TOOLS/site" "$PYTHON" "$@"; }
 fi
 
-# 3. Every manifest against the schemas, strict; a kind without a schema fails too.
+# 1. The rendered manifests match the overlays (where kustomize is here to tell).
+for overlay in "${overlays[@]}"; do
+  [ -f "$RENDERED/$overlay.yaml" ] || fail "$RENDERED/$overlay.yaml is missing: run $0 --render"
+done
+for file in "$RENDERED"/*.yaml; do
+  overlay=$(basename "$file" .yaml)
+  [ -d "deploy/k8s/overlays/$overlay" ] || fail "$file has no overlay deploy/k8s/overlays/$overlay: delete it"
+done
+if [ ${#KUSTOMIZE[@]} -gt 0 ]; then
+  fresh=$(mktemp)
+  trap 'rm -f "$fresh"' EXIT
+  for overlay in "${overlays[@]}"; do
+    render "$overlay" "$fresh"
+    # Compared as data, so that another kustomize version's formatting is no difference.
+    if ! py -c 'import sys, yaml; a, b = (list(yaml.safe_load_all(open(f))) for f in sys.argv[1:]); sys.exit(a != b)' \
+      "$RENDERED/$overlay.yaml" "$fresh"; then
+      diff -u "$RENDERED/$overlay.yaml" "$fresh" >&2 || true
+      fail "$RENDERED/$overlay.yaml is out of date with deploy/k8s/overlays/$overlay: run $0 --render"
+    fi
+  done
+  log "rendered manifests match the overlays (${KUSTOMIZE[*]})"
+else
+  log "no kubectl or kustomize here: validating the committed $RENDERED/*.yaml as they are"
+fi
+
+# 2. Every manifest against the schemas, strict; a kind without a schema fails too.
 for file in "$RENDERED"/*.yaml; do
   for version in "${K8S_VERSIONS[@]}"; do
     if ! out=$(py -m kubernetes_validate --strict --quiet -k "$version" "$file" 2>&1) || [ -n "$out" ]; then
@@ -121,7 +124,7 @@ for file in "$RENDERED"/*.yaml; do
   log "$file: valid for Kubernetes ${K8S_VERSIONS[*]} (strict)"
 done
 
-# 4. Settings: the gitcap.toml files and GITCAP__SECTION__KEY variables of the manifests and
+# 3. Settings: the gitcap.toml files and GITCAP__SECTION__KEY variables of the manifests and
 #    compose.yaml name settings that exist (the server ignores unknown ones silently), and
 #    compose.yaml's services, build files and volumes hang together.
 py - "$RENDERED"/*.yaml <<'PY' || fail "settings in deploy/ (above) do not exist, or compose.yaml does not hang together"
@@ -193,7 +196,7 @@ if errors:
 PY
 log "settings in the manifests and compose.yaml exist; compose.yaml hangs together"
 
-# 5. compose.yaml as Docker Compose reads it, where it is installed.
+# 4. compose.yaml as Docker Compose reads it, where it is installed.
 if command -v docker >/dev/null 2>&1 && docker compose version >/dev/null 2>&1; then
   docker compose -f deploy/compose.yaml config --quiet || fail "docker compose rejects deploy/compose.yaml"
   log "docker compose config: deploy/compose.yaml is valid"
@@ -201,7 +204,7 @@ else
   log "no docker compose here: deploy/compose.yaml checked as YAML only"
 fi
 
-# 6. What the Dockerfiles COPY from the build context exists and is not excluded by .dockerignore.
+# 5. What the Dockerfiles COPY from the build context exists and is not excluded by .dockerignore.
 for dockerfile in deploy/docker/Dockerfile.*; do
   while read -r source; do
     [ -e "$source" ] || fail "$dockerfile copies $source, which does not exist"
