@@ -37,13 +37,16 @@ pub enum Error {
     /// The client configuration is unusable (an invalid URL or token).
     #[error("invalid client configuration: {0}")]
     Config(String),
+    /// A set of replicas ([`crate::replicas`]) could not be resolved: a malformed target or a DNS failure.
+    #[error("resolving replicas: {0}")]
+    Resolve(String),
     /// Any other status (internal errors, failed preconditions…), or a reply that breaks the protocol.
     #[error("{}: {message}", code_name(*code))]
     Other { code: Code, message: String },
 }
 
 impl Error {
-    /// The gRPC status code this error stands for (`None` for transport and configuration errors).
+    /// The gRPC status code this error stands for (`None` for transport, configuration and resolution errors).
     pub fn code(&self) -> Option<Code> {
         Some(match self {
             Error::InvalidArgument { .. } => Code::InvalidArgument,
@@ -54,7 +57,7 @@ impl Error {
             Error::Unavailable(_) => Code::Unavailable,
             Error::Cancelled(_) => Code::Cancelled,
             Error::Other { code, .. } => *code,
-            Error::Transport(_) | Error::Config(_) => return None,
+            Error::Transport(_) | Error::Config(_) | Error::Resolve(_) => return None,
         })
     }
 

@@ -17,11 +17,14 @@
 //! # }
 //! ```
 //!
+//! [`replicas`] runs one call on every replica behind a name (a headless Service) at once.
+//!
 //! The generated types and stubs are in [`proto`], for anything this wrapper does not cover.
 
 mod client;
 mod error;
 pub mod media;
+pub mod replicas;
 
 pub use client::{
     frame_chunks, Auth, CaptionEvent, CaptionOptions, ClientConfig, GitcapClient, HealthStatus, LiveOptions,

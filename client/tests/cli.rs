@@ -96,6 +96,11 @@ impl Server {
         GitcapClient::connect(ClientConfig::new(&self.url)).await.expect("connecting to the test server")
     }
 
+    async fn client_with_admin(&self) -> GitcapClient {
+        let config = ClientConfig::new(&self.url).admin_token(ADMIN);
+        GitcapClient::connect(config).await.expect("connecting to the test server")
+    }
+
     /// Runs `gitcap --server <this server> args…`.
     fn gitcap(&self, args: &[&str]) -> Output {
         gitcap(&[&["--server", &self.url], args].concat())
@@ -471,4 +476,79 @@ async fn watch_prints_the_current_state_and_then_each_change() {
     assert!(seen.iter().any(|l| l.starts_with("model wide@") && l.contains(" LOADING")), "{seen:?}");
     watch.kill().unwrap();
     watch.wait().unwrap();
+}
+
+/// The result lines of `gitcap models --replicas`, by replica URL.
+fn replica_lines(stdout: &str) -> std::collections::HashMap<String, String> {
+    stdout.lines().map(|l| l.split_once(' ').map(|(url, rest)| (url.to_string(), rest.to_string())).unwrap()).collect()
+}
+
+#[tokio::test]
+async fn models_with_replicas_reach_every_replica_and_name_the_ones_that_fail() {
+    let Some(first) = admin_server() else { return };
+    let mut servers = vec![first, admin_server().unwrap(), admin_server().unwrap()];
+    let list = servers.iter().map(|s| s.url.as_str()).collect::<Vec<_>>().join(",");
+    let on_all = |servers_list: &str, args: &[&str]| {
+        gitcap(&[&["--admin-token", ADMIN, "models", "--replicas", servers_list], args].concat())
+    };
+
+    // Load onto all three at once: one `ok` line per replica.
+    let wide = models().join("tiny-git-wide");
+    let loaded = ok(on_all(&list, &["load", "--name", "wide", "--source", path(&wide), "--version", "w1"]));
+    let lines = replica_lines(&loaded);
+    assert_eq!(lines.len(), 3, "{loaded}");
+    for server in &servers {
+        let line = &lines[&server.url];
+        assert!(line.starts_with("ok wide@w1 READY aliases=wide"), "{loaded}");
+        let status = server.client_with_admin().await.get_model("wide@w1").await.unwrap();
+        assert_eq!(status.state(), gitcap_client::ModelState::Ready);
+    }
+
+    // An alias, as JSON lines; every server now routes `captions` to the new version.
+    let printed = ok(on_all(&list, &["alias", "captions", "wide@w1", "--json"]));
+    let answers: Vec<serde_json::Value> = printed.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(answers.len(), 3);
+    for answer in &answers {
+        assert_eq!(answer["ok"], true, "{printed}");
+        assert_eq!(answer["result"]["id"], "wide@w1", "{printed}");
+    }
+    for server in &servers {
+        let aliases = server.client_with_admin().await.list_models().await.unwrap().aliases;
+        assert_eq!(aliases.get("captions").map(String::as_str), Some("wide@w1"), "{}", server.url);
+    }
+
+    // A version one replica lacks: that one fails, the others succeed, the exit status is non-zero.
+    let odd = &servers[1];
+    odd.client_with_admin().await.unload_model("wide@w1").await.unwrap();
+    let output = on_all(&list, &["alias", "wide-again", "wide@w1"]);
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let error = fails(output);
+    let lines = replica_lines(&stdout);
+    assert!(lines[&odd.url].starts_with("FAILED "), "{stdout}");
+    assert!(lines[&odd.url].contains("wide@w1"), "the failure says what: {stdout}");
+    for server in [&servers[0], &servers[2]] {
+        assert_eq!(lines[&server.url], "ok wide-again -> wide@w1", "{stdout}");
+    }
+    assert!(error.contains(&format!("1 of 3 replicas failed: {}", odd.url)), "{error}");
+
+    // A stopped replica: named, and the others still answer.
+    let stopped = servers.remove(2);
+    let stopped_url = stopped.url.clone();
+    drop(stopped);
+    let output = on_all(&list, &["list"]);
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let error = fails(output);
+    let lines = replica_lines(&stdout);
+    assert!(lines[&stopped_url].starts_with("FAILED "), "{stdout}");
+    assert!(lines[&servers[0].url].starts_with("ok tiny@local READY"), "{stdout}");
+    assert!(error.contains(&format!("1 of 3 replicas failed: {stopped_url}")), "{error}");
+
+    // dns:/// names resolve (an address literal here: the servers share 127.0.0.1 but not a port).
+    let port = servers[0].url.rsplit(':').next().unwrap();
+    let printed = ok(on_all(&format!("dns:///127.0.0.1:{port}"), &["get", "tiny@local"]));
+    assert!(printed.starts_with(&format!("{} ok tiny@local READY", servers[0].url)), "{printed}");
+    let error = fails(on_all("dns:///localhost", &["list"]));
+    assert!(error.contains("needs a port"), "{error}");
+    let error = fails(on_all(&list, &["watch"]));
+    assert!(error.contains("follows one server"), "{error}");
 }

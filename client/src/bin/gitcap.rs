@@ -13,8 +13,8 @@ use futures::{FutureExt, StreamExt};
 use gitcap_client::media::{self, MediaSource};
 use gitcap_client::proto::{self, FinishReason};
 use gitcap_client::{
-    AliasStatus, Caption, CaptionEvent, CaptionOptions, ClientConfig, GitcapClient, HealthStatus, LiveOptions, Media,
-    ModelEvent, ModelSpec, ModelState, ModelStatus, SwapOptions, UploadOptions,
+    AliasStatus, Caption, CaptionEvent, CaptionOptions, ClientConfig, GitcapClient, HealthStatus, ListResponse,
+    LiveOptions, Media, ModelEvent, ModelSpec, ModelState, ModelStatus, SwapOptions, SwapResponse, UploadOptions,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
@@ -103,9 +103,14 @@ enum Command {
     Models {
         #[command(subcommand)]
         command: ModelsCommand,
-        /// Print JSON instead of text (one object per line for `watch`).
+        /// Print JSON instead of text (one object per line for `watch` and with --replicas).
         #[arg(long, global = true)]
         json: bool,
+        /// Run the command on every replica instead of --server, all at once, one result line each:
+        /// `dns:///host:port` (every address of the name, as a headless Service gives) or a
+        /// comma-separated list of endpoints. Fails if any replica fails, naming it.
+        #[arg(long, global = true, env = "GITCAP_REPLICAS", value_name = "TARGET")]
+        replicas: Option<String>,
     },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
@@ -251,6 +256,12 @@ async fn main() -> ExitCode {
 }
 
 async fn connect(cli: &Cli) -> Result<GitcapClient> {
+    let config = client_config(cli)?;
+    GitcapClient::connect(config).await.with_context(|| format!("connecting to {}", cli.server))
+}
+
+/// The connection settings the flags give, for --server.
+fn client_config(cli: &Cli) -> Result<ClientConfig> {
     let mut config = ClientConfig::new(&cli.server).connect_timeout(Duration::from_secs_f64(cli.connect_timeout));
     if let Some(token) = &cli.token {
         config = config.token(token);
@@ -268,7 +279,7 @@ async fn connect(cli: &Cli) -> Result<GitcapClient> {
     if let Some(domain) = &cli.tls_domain {
         config = config.tls_domain(domain);
     }
-    GitcapClient::connect(config).await.with_context(|| format!("connecting to {}", cli.server))
+    Ok(config)
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
@@ -277,7 +288,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             clap_complete::generate(*shell, &mut Cli::command(), "gitcap", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Models { command, json } => {
+        Command::Models { command, json, replicas: Some(target) } => {
+            on_replicas(&cli, target, command, *json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Models { command, json, replicas: None } => {
             let client = connect(&cli).await?;
             models(&client, command, *json).await.map_err(|error| {
                 match error.downcast_ref::<gitcap_client::Error>().and_then(|e| e.code()) {
@@ -499,62 +514,145 @@ fn caption_json(caption: &Caption) -> Value {
 }
 
 async fn models(client: &GitcapClient, command: &ModelsCommand, json: bool) -> Result<()> {
-    match command {
-        ModelsCommand::List => {
-            let list = client.list_models().await?;
-            if json {
-                let models: Vec<Value> = list.models.iter().map(status_json).collect();
-                let value = json!({"models": models, "aliases": list.aliases});
-                println!("{}", serde_json::to_string_pretty(&value)?);
-            } else {
-                print!("{}", models_table(&list.models));
+    if let ModelsCommand::Watch = command {
+        let mut events = client.watch_models().await?;
+        while let Some(event) = events.next().await {
+            match event? {
+                ModelEvent::Model(status) if json => println!("{}", json!({ "model": status_json(&status) })),
+                ModelEvent::Alias(alias) if json => println!("{}", json!({ "alias": alias_json(&alias) })),
+                ModelEvent::Model(status) => println!("model {}", status_line(&status)),
+                ModelEvent::Alias(alias) => println!("alias {}", alias_line(&alias)),
             }
         }
-        ModelsCommand::Get { id } => {
-            let status = client.get_model(id).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&status_json(&status))?);
-            } else {
-                print!("{}", status_details(&status));
+        return Ok(());
+    }
+    let answer = model_call(client, command, true).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer_json(&answer))?);
+    } else {
+        match &answer {
+            Answer::List(list) => print!("{}", models_table(&list.models)),
+            Answer::Details(status) => print!("{}", status_details(status)),
+            Answer::Model(status) => println!("{}", status_line(status)),
+            Answer::Alias(alias) => println!("{}", alias_line(alias)),
+            Answer::Swap(swapped) => {
+                println!("{}", alias_line(&swapped.alias.clone().unwrap_or_default()));
+                println!("{}", status_line(&swapped.model.clone().unwrap_or_default()));
             }
         }
+    }
+    Ok(())
+}
+
+/// What a `models` command (other than `watch`) answered.
+enum Answer {
+    List(ListResponse),
+    /// `get`: shown in full.
+    Details(ModelStatus),
+    /// `load`, `unload`: shown on one line.
+    Model(ModelStatus),
+    Alias(AliasStatus),
+    Swap(SwapResponse),
+}
+
+/// Runs a `models` command other than `watch`; loads and swaps show their progress on stderr
+/// when `progress` is set. A load that ends FAILED is an error.
+async fn model_call(client: &GitcapClient, command: &ModelsCommand, progress: bool) -> Result<Answer> {
+    Ok(match command {
+        ModelsCommand::List => Answer::List(client.list_models().await?),
+        ModelsCommand::Get { id } => Answer::Details(client.get_model(id).await?),
         ModelsCommand::Load { spec } => {
             let spec = spec.spec();
             let name = spec.name.clone();
-            let status = with_progress(client, &name, client.load_model(spec)).await?;
-            print_status(&status, json)?;
+            let status = if progress {
+                with_progress(client, &name, client.load_model(spec)).await?
+            } else {
+                client.load_model(spec).await?
+            };
             if status.state() == ModelState::Failed {
                 bail!("{} failed to load: {}", status.id, status.error);
             }
+            Answer::Model(status)
         }
-        ModelsCommand::Unload { id } => print_status(&client.unload_model(id).await?, json)?,
-        ModelsCommand::Alias { alias, id } => print_alias(&client.set_alias(alias, id).await?, json),
+        ModelsCommand::Unload { id } => Answer::Model(client.unload_model(id).await?),
+        ModelsCommand::Alias { alias, id } => Answer::Alias(client.set_alias(alias, id).await?),
         ModelsCommand::Swap { alias, spec, replace, keep_previous } => {
             let spec = spec.spec();
             let name = spec.name.clone();
             let options = SwapOptions { replace: *replace, keep_previous: *keep_previous };
-            let swapped = with_progress(client, &name, client.swap_model(alias, spec, options)).await?;
-            let (alias, model) = (swapped.alias.unwrap_or_default(), swapped.model.unwrap_or_default());
-            if json {
-                let value = json!({"alias": alias_json(&alias), "model": status_json(&model)});
-                println!("{}", serde_json::to_string_pretty(&value)?);
+            Answer::Swap(if progress {
+                with_progress(client, &name, client.swap_model(alias, spec, options)).await?
             } else {
-                print_alias(&alias, false);
-                print_status(&model, false)?;
-            }
+                client.swap_model(alias, spec, options).await?
+            })
         }
-        ModelsCommand::Rollback { alias } => print_alias(&client.rollback(alias).await?, json),
-        ModelsCommand::Watch => {
-            let mut events = client.watch_models().await?;
-            while let Some(event) = events.next().await {
-                match event? {
-                    ModelEvent::Model(status) if json => println!("{}", json!({ "model": status_json(&status) })),
-                    ModelEvent::Alias(alias) if json => println!("{}", json!({ "alias": alias_json(&alias) })),
-                    ModelEvent::Model(status) => println!("model {}", status_line(&status)),
-                    ModelEvent::Alias(alias) => println!("alias {}", alias_line(&alias)),
-                }
-            }
+        ModelsCommand::Rollback { alias } => Answer::Alias(client.rollback(alias).await?),
+        ModelsCommand::Watch => bail!("`models watch` is a stream, not a call"),
+    })
+}
+
+/// The answer as JSON, as `--json` prints it.
+fn answer_json(answer: &Answer) -> Value {
+    match answer {
+        Answer::List(list) => {
+            let models: Vec<Value> = list.models.iter().map(status_json).collect();
+            json!({"models": models, "aliases": list.aliases})
         }
+        Answer::Details(status) | Answer::Model(status) => status_json(status),
+        Answer::Alias(alias) => alias_json(alias),
+        Answer::Swap(swapped) => json!({
+            "alias": alias_json(&swapped.alias.clone().unwrap_or_default()),
+            "model": status_json(&swapped.model.clone().unwrap_or_default()),
+        }),
+    }
+}
+
+/// The answer on one line, for a replica's result line.
+fn answer_line(answer: &Answer) -> String {
+    match answer {
+        Answer::List(list) if list.models.is_empty() => "no models".to_string(),
+        Answer::List(list) => list.models.iter().map(status_line).collect::<Vec<_>>().join("; "),
+        Answer::Details(status) | Answer::Model(status) => status_line(status),
+        Answer::Alias(alias) => alias_line(alias),
+        Answer::Swap(swapped) => format!(
+            "{}; {}",
+            alias_line(&swapped.alias.clone().unwrap_or_default()),
+            status_line(&swapped.model.clone().unwrap_or_default())
+        ),
+    }
+}
+
+/// `gitcap models --replicas TARGET …`: the command on every replica at once, one line per
+/// replica (`URL ok …` or `URL FAILED error`, or a JSON object with --json); an error naming the
+/// replicas that failed, if any did.
+async fn on_replicas(cli: &Cli, target: &str, command: &ModelsCommand, json: bool) -> Result<()> {
+    if let ModelsCommand::Watch = command {
+        bail!("`models watch` follows one server: run it with --server, once per replica");
+    }
+    let replicas = gitcap_client::replicas::resolve(target, &client_config(cli)?).await?;
+    let total = replicas.len();
+    let results =
+        gitcap_client::replicas::fan_out(replicas, |client| async move { model_call(&client, command, false).await })
+            .await;
+    let mut failed = vec![];
+    for replica in results {
+        let line = match (&replica.result, json) {
+            (Ok(answer), true) => {
+                json!({"replica": replica.url, "ok": true, "result": answer_json(answer)}).to_string()
+            }
+            (Err(error), true) => {
+                json!({"replica": replica.url, "ok": false, "error": format!("{error:#}")}).to_string()
+            }
+            (Ok(answer), false) => format!("{} ok {}", replica.url, answer_line(answer)),
+            (Err(error), false) => format!("{} FAILED {error:#}", replica.url),
+        };
+        println!("{line}");
+        if replica.result.is_err() {
+            failed.push(replica.url);
+        }
+    }
+    if !failed.is_empty() {
+        bail!("{} of {total} replicas failed: {}", failed.len(), failed.join(", "));
     }
     Ok(())
 }
@@ -662,23 +760,6 @@ fn alias_line(alias: &AliasStatus) -> String {
         line += &format!(" (was {})", alias.previous_id);
     }
     line
-}
-
-fn print_status(status: &ModelStatus, json: bool) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(&status_json(status))?);
-    } else {
-        println!("{}", status_line(status));
-    }
-    Ok(())
-}
-
-fn print_alias(alias: &AliasStatus, json: bool) {
-    if json {
-        println!("{}", serde_json::to_string_pretty(&alias_json(alias)).unwrap_or_default());
-    } else {
-        println!("{}", alias_line(alias));
-    }
 }
 
 fn human_bytes(bytes: u64) -> String {
@@ -802,6 +883,17 @@ mod tests {
         assert_eq!(lines[0], "ID          STATE    ALIASES       DEVICE  DTYPE  MEMORY   LOAD TIME");
         assert_eq!(lines[1], "tiny@local  READY    default,tiny  cpu     f32    2.0 MiB  0.25s");
         assert_eq!(lines[2], "x@v2        LOADING  -             -       -      -        -");
+    }
+
+    #[test]
+    fn replica_answers_fit_on_one_line() {
+        let ready = |id: &str| ModelStatus { id: id.into(), state: ModelState::Ready as i32, ..Default::default() };
+        let list = ListResponse { models: vec![ready("a@1"), ready("b@2")], ..Default::default() };
+        assert_eq!(answer_line(&Answer::List(list)), "a@1 READY; b@2 READY");
+        assert_eq!(answer_line(&Answer::List(ListResponse::default())), "no models");
+        let alias = AliasStatus { alias: "default".into(), id: "b@2".into(), previous_id: "a@1".into() };
+        let swapped = SwapResponse { alias: Some(alias), model: Some(ready("b@2")) };
+        assert_eq!(answer_line(&Answer::Swap(swapped)), "default -> b@2 (was a@1); b@2 READY");
     }
 
     #[test]
