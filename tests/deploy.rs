@@ -87,11 +87,9 @@ async fn becomes(client: &GitcapClient, service: &str, status: HealthStatus) {
     }
 }
 
-/// Readiness must drop when the `default` alias goes away with the version it pointed at.
-/// Today `track_model_health` (server/src/api/mod.rs) only refreshes aliases that still exist, so
-/// the removed alias keeps its last status, SERVING, while requests for it get NOT_FOUND.
+/// Readiness must drop when the `default` alias goes away with the version it pointed at (a
+/// removed alias used to keep its last status, SERVING, while requests for it got NOT_FOUND).
 #[tokio::test]
-#[ignore = "server bug: an alias removed by Unload keeps its SERVING health status"]
 async fn unloading_the_default_model_makes_the_pod_unready() {
     let server = TestServer::start_with_env("tiny-git-image", &[], &[("GITCAP__AUTH__ADMIN_TOKEN", "t")]);
     let client = GitcapClient::connect(ClientConfig::new(server.url()).admin_token("t")).await.unwrap();

@@ -158,13 +158,26 @@ async fn track_model_health(
     health: tonic_health::server::HealthReporter,
     stopping: Arc<std::sync::atomic::AtomicBool>,
 ) {
-    async fn refresh(registry: &Registry, health: &tonic_health::server::HealthReporter) {
-        for (name, ready) in registry.serving_names() {
-            let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
+    /// Sets every model, version and alias name's status; a name that went away (an unloaded
+    /// version, or an alias whose target was unloaded) becomes NOT_SERVING.
+    async fn refresh(
+        registry: &Registry,
+        health: &tonic_health::server::HealthReporter,
+        known: &mut std::collections::HashSet<String>,
+    ) {
+        let current = registry.serving_names();
+        for (name, ready) in &current {
+            let status = if *ready { ServingStatus::Serving } else { ServingStatus::NotServing };
             health.set_service_status(format!("{SERVICE_NAME}/{name}"), status).await;
         }
+        let now: std::collections::HashSet<String> = current.into_iter().map(|(name, _)| name).collect();
+        for gone in known.difference(&now) {
+            health.set_service_status(format!("{SERVICE_NAME}/{gone}"), ServingStatus::NotServing).await;
+        }
+        *known = now;
     }
-    refresh(registry, &health).await;
+    let mut known = std::collections::HashSet::new();
+    refresh(registry, &health, &mut known).await;
     let mut events = registry.subscribe();
     let registry = registry.clone();
     tokio::spawn(async move {
@@ -178,10 +191,12 @@ async fn track_model_health(
                         }
                     }
                     if !stopping.load(std::sync::atomic::Ordering::Relaxed) {
-                        refresh(&registry, &health).await;
+                        refresh(&registry, &health, &mut known).await;
                     }
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => refresh(&registry, &health).await,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    refresh(&registry, &health, &mut known).await
+                }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
         }
