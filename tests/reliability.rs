@@ -575,14 +575,6 @@ fn check(case: &BadCase, result: &Result<(), Status>) -> Option<String> {
     None
 }
 
-/// KNOWN BUG (reported, not fixed here): a request message over `server.max_message_bytes`
-/// gets tonic's OUT_OF_RANGE ("decoded message length too large"); gRPC's status code guide
-/// and the README's "bad input gets a clear status" call for RESOURCE_EXHAUSTED. Tolerated in
-/// the corpus below (counted and printed); asserted strictly by the ignored test after it.
-fn known_oversize_bug(case: &BadCase, result: &Result<(), Status>) -> bool {
-    case.category == "oversized" && matches!(result, Err(s) if s.code() == Code::OutOfRange)
-}
-
 const CORPUS_MAX_MESSAGE_BYTES: usize = 1_000_000;
 
 fn corpus() -> Vec<BadCase> {
@@ -621,7 +613,7 @@ async fn malformed_requests_get_the_documented_status_and_the_server_survives() 
 
     // Per category: cases, answered as documented, the codes seen.
     let mut table: BTreeMap<&str, (usize, usize, BTreeMap<String, usize>)> = BTreeMap::new();
-    let (mut wrong, mut known_bug) = (vec![], 0);
+    let mut wrong = vec![];
     for (case, result) in &outcomes {
         let row = table.entry(case.category).or_default();
         row.0 += 1;
@@ -630,10 +622,6 @@ async fn malformed_requests_get_the_documented_status_and_the_server_survives() 
             Err(s) => format!("{:?}", s.code()),
         };
         *row.2.entry(code).or_default() += 1;
-        if known_oversize_bug(case, result) {
-            known_bug += 1;
-            continue;
-        }
         match check(case, result) {
             None => row.1 += 1,
             Some(problem) => wrong.push(format!("{}: {problem}", case.category)),
@@ -643,9 +631,6 @@ async fn malformed_requests_get_the_documented_status_and_the_server_survives() 
     eprintln!("{:<20} {:>6} {:>10}  codes", "category", "cases", "as doc'd");
     for (category, (n, right, codes)) in &table {
         eprintln!("{category:<20} {n:>6} {right:>10}  {codes:?}");
-    }
-    if known_bug > 0 {
-        eprintln!("KNOWN BUG: {known_bug} oversized messages got OUT_OF_RANGE instead of RESOURCE_EXHAUSTED");
     }
     assert!(
         wrong.is_empty(),
@@ -659,7 +644,6 @@ async fn malformed_requests_get_the_documented_status_and_the_server_survives() 
 }
 
 #[tokio::test]
-#[ignore = "KNOWN BUG: an oversized message gets OUT_OF_RANGE (tonic's default), not RESOURCE_EXHAUSTED"]
 async fn an_oversized_message_gets_resource_exhausted() {
     let _serial = SERIAL.lock().await;
     let max = CORPUS_MAX_MESSAGE_BYTES.to_string();

@@ -131,6 +131,7 @@ pub async fn serve(
         // `GET /`: the browser page, `GET /metrics` (crate::web); everything else goes on to gRPC.
         .layer(crate::web::PageLayer::main())
         .layer(CorsLayer::very_permissive())
+        .layer(status::OversizedMessageLayer)
         .layer(tonic_web::GrpcWebLayer::new())
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -33,3 +33,53 @@ impl From<GitcapError> for Status {
         }
     }
 }
+
+/// tonic answers a request message over `server.max_message_bytes` with OUT_OF_RANGE ("decoded
+/// message length too large"); gRPC's convention (and every other gRPC server) says
+/// RESOURCE_EXHAUSTED. This layer rewrites that one status in the response headers, where tonic
+/// puts the status of a call that failed before answering (unary and client-streaming calls).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OversizedMessageLayer;
+
+impl<S> tower_layer::Layer<S> for OversizedMessageLayer {
+    type Service = OversizedMessage<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        OversizedMessage { inner }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct OversizedMessage<S> {
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> tonic::codegen::Service<http::Request<ReqBody>> for OversizedMessage<S>
+where
+    S: tonic::codegen::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<ResBody>;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let mut response = future.await?;
+            let headers = response.headers_mut();
+            let out_of_range = headers.get("grpc-status").is_some_and(|s| s == "11");
+            let too_large = headers.get("grpc-message").and_then(|m| m.to_str().ok()).is_some_and(|m| {
+                m.contains("message%20length%20too%20large") || m.contains("message length too large")
+            });
+            if out_of_range && too_large {
+                headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+            }
+            Ok(response)
+        })
+    }
+}
