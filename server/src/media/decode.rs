@@ -221,7 +221,20 @@ enum JpegProblem {
 }
 
 /// Decodes with libjpeg-turbo's defaults (accurate integer IDCT, fancy upsampling), as Pillow does.
+///
+/// The `mozjpeg` crate reports libjpeg's fatal errors (invalid progressive parameters, bad
+/// Huffman tables, ...) by unwinding with the message as payload, and leaves catching it to the
+/// caller; here it becomes [`JpegProblem::Corrupt`]. Any other panic is a bug and goes on.
 fn decode_jpeg_with_libjpeg(bytes: &[u8]) -> std::result::Result<RgbImage, JpegProblem> {
+    std::panic::catch_unwind(|| decode_jpeg_unwinding(bytes)).unwrap_or_else(|payload| {
+        match payload.downcast::<String>() {
+            Ok(message) => Err(JpegProblem::Corrupt(format!("cannot decode the JPEG image: {message}"))),
+            Err(payload) => std::panic::resume_unwind(payload),
+        }
+    })
+}
+
+fn decode_jpeg_unwinding(bytes: &[u8]) -> std::result::Result<RgbImage, JpegProblem> {
     let corrupt = |e: std::io::Error| JpegProblem::Corrupt(format!("cannot decode the JPEG image: {e}"));
     let decompress = mozjpeg::Decompress::new_mem(bytes).map_err(corrupt)?;
     let space = decompress.color_space();
@@ -655,6 +668,19 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Found by the `decode_image` fuzz target: a progressive JPEG whose scan parameters libjpeg
+    /// rejects (a fatal error, which the mozjpeg crate raises as an unwind) panicked through
+    /// `decode_image` instead of returning an error.
+    #[test]
+    fn libjpeg_fatal_errors_are_media_errors() {
+        let bytes = [
+            0xFF, 0xD8, 0xFF, 0xC2, 0x00, 0x0B, 0x08, 0x00, 0x0E, 0x00, 0x09, 0x01, 0x01, 0x11, 0x00, 0xFF, 0xDA, 0x00,
+            0x08, 0x01, 0x01, 0x3F, 0x10, 0x39, 0xDA, 0xFF, 0xD9,
+        ];
+        let m = message(decode_image(&bytes, "media.image", &limits()).unwrap_err());
+        assert!(m.starts_with("media.image: cannot decode the JPEG image: libjpeg fatal error: "), "{m}");
     }
 
     #[test]
