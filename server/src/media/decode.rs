@@ -196,19 +196,23 @@ pub fn decode_image(bytes: &[u8], field: &str, limits: &MediaLimits) -> Result<V
             decode_still(decoder, format, field, limits)
         }
         Format::WebP => {
-            let decoder = WebPDecoder::new(Cursor::new(bytes)).map_err(|e| decode_error(field, format, e))?;
+            let mut decoder = WebPDecoder::new(Cursor::new(bytes)).map_err(|e| decode_error(field, format, e))?;
             if decoder.has_animation() {
                 let (w, h) = decoder.dimensions();
                 check_size(field, w, h, limits)?;
+                decoder.set_limits(decoder_limits(limits)).map_err(|e| decode_error(field, format, e))?;
                 decode_frames(decoder.into_frames(), (w, h), format, field, limits)
             } else {
                 decode_still(decoder, format, field, limits)
             }
         }
         Format::Gif => {
-            let decoder = GifDecoder::new(Cursor::new(bytes)).map_err(|e| decode_error(field, format, e))?;
+            let mut decoder = GifDecoder::new(Cursor::new(bytes)).map_err(|e| decode_error(field, format, e))?;
             let (w, h) = decoder.dimensions();
             check_size(field, w, h, limits)?;
+            // Each frame declares its own size, which may exceed the logical screen: the decoder
+            // allocates it before reading any pixel, so it too must be bounded.
+            decoder.set_limits(decoder_limits(limits)).map_err(|e| decode_error(field, format, e))?;
             decode_frames(decoder.into_frames(), (w, h), format, field, limits)
         }
     }
@@ -274,15 +278,19 @@ fn decode_still(
 ) -> Result<Vec<RgbImage>> {
     let (w, h) = decoder.dimensions();
     check_size(field, w, h, limits)?;
-    // A backstop for decoders' own allocations: the image at 16 bits per channel with alpha,
-    // twice over.
-    let mut image_limits = image::Limits::default();
-    image_limits.max_alloc = Some(limits.max_pixels.saturating_mul(16).max(1 << 20));
-    decoder.set_limits(image_limits).map_err(|e| decode_error(field, format, e))?;
+    decoder.set_limits(decoder_limits(limits)).map_err(|e| decode_error(field, format, e))?;
     let orientation = orientation(&mut decoder);
     let mut image = DynamicImage::from_decoder(decoder).map_err(|e| decode_error(field, format, e))?;
     image.apply_orientation(orientation);
     Ok(vec![to_rgb_like_pil(image)])
+}
+
+/// A backstop for decoders' own allocations: an image of `max_pixels` at 16 bits per channel
+/// with alpha, twice over.
+fn decoder_limits(limits: &MediaLimits) -> image::Limits {
+    let mut image_limits = image::Limits::default();
+    image_limits.max_alloc = Some(limits.max_pixels.saturating_mul(16).max(1 << 20));
+    image_limits
 }
 
 fn decode_frames(
@@ -681,6 +689,18 @@ mod tests {
         ];
         let m = message(decode_image(&bytes, "media.image", &limits()).unwrap_err());
         assert!(m.starts_with("media.image: cannot decode the JPEG image: libjpeg fatal error: "), "{m}");
+    }
+
+    /// Found by the `decode_image` fuzz target: a GIF whose logical screen is tiny but whose
+    /// frame declares 30000x30000 pixels made the decoder allocate 3.6 GB for that frame before
+    /// reading any pixel (only the logical screen was checked against the limits).
+    #[test]
+    fn a_gif_frame_larger_than_its_screen_is_bounded() {
+        let mut bytes = b"GIF89a\x04\x00\x04\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff".to_vec();
+        // Image descriptor at (0, 0), 30000 x 30000, then a little LZW data and the trailer.
+        bytes.extend_from_slice(b"\x2c\x00\x00\x00\x00\x30\x75\x30\x75\x00\x02\x02\x4c\x01\x00\x3b");
+        let m = message(decode_image(&bytes, "media.image", &limits()).unwrap_err());
+        assert_eq!(m, "media.image: cannot decode the GIF image: it needs more memory than allowed");
     }
 
     #[test]
