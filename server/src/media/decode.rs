@@ -192,6 +192,7 @@ pub fn decode_image(bytes: &[u8], field: &str, limits: &MediaLimits) -> Result<V
             }
         }
         Format::Png => {
+            check_png_palette(bytes).map_err(|m| GitcapError::media(field, m))?;
             let decoder = PngDecoder::new(Cursor::new(bytes)).map_err(|e| decode_error(field, format, e))?;
             decode_still(decoder, format, field, limits)
         }
@@ -421,6 +422,25 @@ fn xmp_orientation_tag(xmp: &[u8]) -> Option<u16> {
         rest = &rest[pos + 1..];
     }
     None
+}
+
+/// Refuses a PLTE chunk that is not a whole number of RGB entries, which the PNG specification
+/// forbids and which makes the png crate (0.18.1) panic when it expands the palette. Only chunk
+/// headers are read; everything else is left to the decoder.
+fn check_png_palette(b: &[u8]) -> std::result::Result<(), String> {
+    let mut i = 8; // after the signature
+    while let Some(header) = b.get(i..i + 8) {
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        if &header[4..8] == b"PLTE" && len % 3 != 0 {
+            return Err(format!(
+                "cannot decode the PNG image: its palette (PLTE) is {len} bytes, not a whole number of \
+                 3-byte RGB entries"
+            ));
+        }
+        // Length, type, data, CRC.
+        i = i.saturating_add(12).saturating_add(len);
+    }
+    Ok(())
 }
 
 /// Walks a JPEG's marker segments up to the end-of-image marker, so a truncated file is an error
@@ -701,6 +721,20 @@ mod tests {
         bytes.extend_from_slice(b"\x2c\x00\x00\x00\x00\x30\x75\x30\x75\x00\x02\x02\x4c\x01\x00\x3b");
         let m = message(decode_image(&bytes, "media.image", &limits()).unwrap_err());
         assert_eq!(m, "media.image: cannot decode the GIF image: it needs more memory than allowed");
+    }
+
+    /// Found by the `decode_image` fuzz target: the png crate (0.18.1) panics expanding a
+    /// palette whose PLTE chunk is not a whole number of RGB entries.
+    #[test]
+    fn a_png_palette_of_partial_entries_is_an_error() {
+        for len in [7, 8, 766] {
+            let palette = png_chunk(b"PLTE", &vec![9; len]);
+            let bytes = png(2, 1, 3, &[vec![0, 1]], &[palette]);
+            let m = message(decode_image(&bytes, "media.image", &limits()).unwrap_err());
+            assert!(m.contains(&format!("its palette (PLTE) is {len} bytes")), "{m}");
+        }
+        let whole = png(2, 1, 3, &[vec![0, 1]], &[png_chunk(b"PLTE", &[1, 2, 3, 4, 5, 6])]);
+        assert_eq!(decode_image(&whole, "f", &limits()).unwrap()[0].as_raw(), &vec![1, 2, 3, 4, 5, 6]);
     }
 
     #[test]
