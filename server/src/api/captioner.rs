@@ -398,7 +398,7 @@ impl LiveSession {
         }
         // A stream shorter than one window still gets a caption of what arrived.
         if captioned_up_to.is_none() && !recent.is_empty() {
-            self.caption(snapshot(&recent), assembler.received - 1, tx).await?;
+            self.caption(snapshot(&recent), assembler.received() - 1, tx).await?;
         }
         Ok(())
     }

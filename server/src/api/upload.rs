@@ -6,7 +6,7 @@ use tokio::task::JoinHandle;
 use super::convert::RequestLimits;
 use crate::engine::{EncodedFrame, ModelWorker};
 use crate::error::{GitcapError, Result};
-use crate::media::{decode_image, sample_frame_indices};
+use crate::media::{decode_image, sample_frame_indices, MediaLimits};
 use crate::proto::FrameChunk;
 
 /// A frame being decoded and run through the vision tower.
@@ -15,30 +15,87 @@ pub type EncodeTask = JoinHandle<Result<EncodedFrame>>;
 /// Collects chunks into frames and starts encoding each frame when its last chunk arrives.
 pub struct FrameAssembler {
     worker: ModelWorker,
-    limits: RequestLimits,
-    /// Frames to encode, when the caller declared how many are coming; `None` = all.
+    media_limits: MediaLimits,
+    chunks: FrameChunks,
+}
+
+impl FrameAssembler {
+    pub fn new(worker: ModelWorker, limits: RequestLimits, declared_frames: usize) -> Result<Self> {
+        let chunks = FrameChunks::new(&limits, declared_frames, worker.info.max_frames)?;
+        Ok(Self { worker, media_limits: limits.media, chunks })
+    }
+
+    /// Frames completed so far.
+    pub fn received(&self) -> usize {
+        self.chunks.received
+    }
+
+    /// Adds a chunk; when it ends a frame, returns that frame's index and (unless the model
+    /// will not use it) a task that decodes and encodes it.
+    pub fn push(&mut self, chunk: FrameChunk) -> Result<Option<(usize, Option<EncodeTask>)>> {
+        let Some(CompletedFrame { index, bytes }) = self.chunks.push(chunk)? else {
+            return Ok(None);
+        };
+        let Some(bytes) = bytes else {
+            return Ok(Some((index, None)));
+        };
+        let (worker, media_limits) = (self.worker.clone(), self.media_limits);
+        let task = tokio::spawn(async move {
+            let field = format!("frame[{index}]");
+            let mut frames = tokio::task::spawn_blocking(move || decode_image(&bytes, &field, &media_limits))
+                .await
+                .map_err(|e| GitcapError::Internal(e.to_string()))??;
+            worker.encode(frames.swap_remove(0)).await
+        });
+        Ok(Some((index, Some(task))))
+    }
+
+    /// The stream ended: any unfinished frame is an error.
+    pub fn finish(&self, declared_frames: usize) -> Result<()> {
+        self.chunks.finish(declared_frames)
+    }
+}
+
+/// A frame whose last chunk arrived.
+#[derive(Debug)]
+pub struct CompletedFrame {
+    /// Its position in the upload, from 0.
+    pub index: usize,
+    /// Its encoded bytes; `None` when the model will not use this frame.
+    pub bytes: Option<Vec<u8>>,
+}
+
+/// The model-free half of [`FrameAssembler`]: joins chunks into frames within the request
+/// limits and picks the frames the model will see.
+#[derive(Debug)]
+pub struct FrameChunks {
+    max_frame_bytes: usize,
+    max_frames: usize,
+    /// Frames to keep, when the caller declared how many are coming; `None` = all.
     wanted: Option<Vec<usize>>,
     buffer: Vec<u8>,
     /// Frames completed so far.
     pub received: usize,
 }
 
-impl FrameAssembler {
-    pub fn new(worker: ModelWorker, limits: RequestLimits, declared_frames: usize) -> Result<Self> {
-        if declared_frames > limits.media.max_frames {
+impl FrameChunks {
+    /// `declared_frames` is the upload's announced frame count (0 = not announced);
+    /// `model_frames` is how many frames the model takes.
+    pub fn new(limits: &RequestLimits, declared_frames: usize, model_frames: usize) -> Result<Self> {
+        let max_frames = limits.media.max_frames;
+        if declared_frames > max_frames {
             return Err(GitcapError::invalid(
                 "start.frame_count",
-                format!("{declared_frames} frames is more than the limit of {}", limits.media.max_frames),
+                format!("{declared_frames} frames is more than the limit of {max_frames}"),
             ));
         }
-        let wanted = (declared_frames > 0).then(|| sample_frame_indices(declared_frames, worker.info.max_frames));
-        Ok(Self { worker, limits, wanted, buffer: Vec::new(), received: 0 })
+        let wanted = (declared_frames > 0).then(|| sample_frame_indices(declared_frames, model_frames));
+        Ok(Self { max_frame_bytes: limits.max_frame_bytes, max_frames, wanted, buffer: Vec::new(), received: 0 })
     }
 
-    /// Adds a chunk; when it ends a frame, returns that frame's index and (unless the model
-    /// will not use it) a task that decodes and encodes it.
-    pub fn push(&mut self, chunk: FrameChunk) -> Result<Option<(usize, Option<EncodeTask>)>> {
-        let max_bytes = self.limits.max_frame_bytes;
+    /// Adds a chunk; returns the frame it completes, if it does.
+    pub fn push(&mut self, chunk: FrameChunk) -> Result<Option<CompletedFrame>> {
+        let max_bytes = self.max_frame_bytes;
         if self.buffer.len() + chunk.data.len() > max_bytes {
             return Err(GitcapError::invalid(
                 format!("frame[{}]", self.received),
@@ -51,25 +108,12 @@ impl FrameAssembler {
         }
         let index = self.received;
         self.received += 1;
-        if self.received > self.limits.media.max_frames {
-            return Err(GitcapError::invalid(
-                "chunk",
-                format!("more than the limit of {} frames", self.limits.media.max_frames),
-            ));
+        if self.received > self.max_frames {
+            return Err(GitcapError::invalid("chunk", format!("more than the limit of {} frames", self.max_frames)));
         }
         let bytes = std::mem::take(&mut self.buffer);
-        if self.wanted.as_ref().is_some_and(|w| !w.contains(&index)) {
-            return Ok(Some((index, None)));
-        }
-        let (worker, media_limits) = (self.worker.clone(), self.limits.media);
-        let task = tokio::spawn(async move {
-            let field = format!("frame[{index}]");
-            let mut frames = tokio::task::spawn_blocking(move || decode_image(&bytes, &field, &media_limits))
-                .await
-                .map_err(|e| GitcapError::Internal(e.to_string()))??;
-            worker.encode(frames.swap_remove(0)).await
-        });
-        Ok(Some((index, Some(task))))
+        let used = self.wanted.as_ref().is_none_or(|w| w.contains(&index));
+        Ok(Some(CompletedFrame { index, bytes: used.then_some(bytes) }))
     }
 
     /// The stream ended: any unfinished frame is an error.
@@ -96,4 +140,75 @@ impl FrameAssembler {
 /// Waits for a frame's encoding task.
 pub async fn encoded(task: EncodeTask) -> Result<EncodedFrame> {
     task.await.map_err(|e| GitcapError::Internal(format!("frame encoding task failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max_frames: usize, max_frame_bytes: usize) -> RequestLimits {
+        RequestLimits {
+            media: MediaLimits { max_frames, ..MediaLimits::default() },
+            max_frame_bytes,
+            ..RequestLimits::default()
+        }
+    }
+
+    fn chunk(data: &[u8], end_of_frame: bool) -> FrameChunk {
+        FrameChunk { data: data.to_vec(), end_of_frame }
+    }
+
+    fn field(err: GitcapError) -> String {
+        match err {
+            GitcapError::InvalidArgument { field, .. } => field,
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn joins_chunks_into_frames() {
+        let mut chunks = FrameChunks::new(&limits(4, 8), 0, 6).unwrap();
+        assert!(chunks.push(chunk(b"ab", false)).unwrap().is_none());
+        let frame = chunks.push(chunk(b"cd", true)).unwrap().unwrap();
+        assert_eq!((frame.index, frame.bytes.as_deref()), (0, Some(&b"abcd"[..])));
+        let frame = chunks.push(chunk(b"", true)).unwrap().unwrap();
+        assert_eq!((frame.index, frame.bytes.as_deref()), (1, Some(&b""[..])));
+        assert_eq!(chunks.received, 2);
+        chunks.finish(0).unwrap();
+    }
+
+    #[test]
+    fn keeps_only_the_sampled_frames_of_an_announced_upload() {
+        // 9 frames announced, the model takes 3: frames 1, 4 and 7 (segment centres).
+        let mut chunks = FrameChunks::new(&limits(16, 8), 9, 3).unwrap();
+        let kept: Vec<bool> =
+            (0..9).map(|_| chunks.push(chunk(b"x", true)).unwrap().unwrap().bytes.is_some()).collect();
+        let kept: Vec<usize> = kept.iter().enumerate().filter(|(_, k)| **k).map(|(i, _)| i).collect();
+        assert_eq!(kept, sample_frame_indices(9, 3));
+        assert_eq!(kept, vec![1, 4, 7]);
+        chunks.finish(9).unwrap();
+    }
+
+    #[test]
+    fn enforces_the_limits() {
+        assert_eq!(field(FrameChunks::new(&limits(4, 8), 5, 6).unwrap_err()), "start.frame_count");
+        let mut chunks = FrameChunks::new(&limits(4, 8), 0, 6).unwrap();
+        chunks.push(chunk(b"12345", false)).unwrap();
+        assert_eq!(field(chunks.push(chunk(b"6789", true)).unwrap_err()), "frame[0]");
+        let mut chunks = FrameChunks::new(&limits(2, 8), 0, 6).unwrap();
+        chunks.push(chunk(b"a", true)).unwrap();
+        chunks.push(chunk(b"b", true)).unwrap();
+        assert_eq!(field(chunks.push(chunk(b"c", true)).unwrap_err()), "chunk");
+    }
+
+    #[test]
+    fn finish_needs_whole_frames_and_the_announced_count() {
+        let chunks = FrameChunks::new(&limits(4, 8), 0, 6).unwrap();
+        assert_eq!(field(chunks.finish(0).unwrap_err()), "chunk");
+        let mut chunks = FrameChunks::new(&limits(4, 8), 2, 6).unwrap();
+        chunks.push(chunk(b"a", true)).unwrap();
+        assert_eq!(field(chunks.finish(2).unwrap_err()), "start.frame_count");
+        chunks.push(chunk(b"b", false)).unwrap();
+        assert_eq!(field(chunks.finish(2).unwrap_err()), "frame[1]");
+    }
 }

@@ -192,23 +192,28 @@ pub fn decode_image(bytes: &[u8], field: &str, limits: &MediaLimits) -> Result<V
             }
         }
         Format::Png => {
+            check_png_palette(bytes).map_err(|m| GitcapError::media(field, m))?;
             let decoder = PngDecoder::new(Cursor::new(bytes)).map_err(|e| decode_error(field, format, e))?;
             decode_still(decoder, format, field, limits)
         }
         Format::WebP => {
-            let decoder = WebPDecoder::new(Cursor::new(bytes)).map_err(|e| decode_error(field, format, e))?;
+            let mut decoder = WebPDecoder::new(Cursor::new(bytes)).map_err(|e| decode_error(field, format, e))?;
             if decoder.has_animation() {
                 let (w, h) = decoder.dimensions();
                 check_size(field, w, h, limits)?;
+                decoder.set_limits(decoder_limits(limits)).map_err(|e| decode_error(field, format, e))?;
                 decode_frames(decoder.into_frames(), (w, h), format, field, limits)
             } else {
                 decode_still(decoder, format, field, limits)
             }
         }
         Format::Gif => {
-            let decoder = GifDecoder::new(Cursor::new(bytes)).map_err(|e| decode_error(field, format, e))?;
+            let mut decoder = GifDecoder::new(Cursor::new(bytes)).map_err(|e| decode_error(field, format, e))?;
             let (w, h) = decoder.dimensions();
             check_size(field, w, h, limits)?;
+            // Each frame declares its own size, which may exceed the logical screen: the decoder
+            // allocates it before reading any pixel, so it too must be bounded.
+            decoder.set_limits(decoder_limits(limits)).map_err(|e| decode_error(field, format, e))?;
             decode_frames(decoder.into_frames(), (w, h), format, field, limits)
         }
     }
@@ -221,7 +226,20 @@ enum JpegProblem {
 }
 
 /// Decodes with libjpeg-turbo's defaults (accurate integer IDCT, fancy upsampling), as Pillow does.
+///
+/// The `mozjpeg` crate reports libjpeg's fatal errors (invalid progressive parameters, bad
+/// Huffman tables, ...) by unwinding with the message as payload, and leaves catching it to the
+/// caller; here it becomes [`JpegProblem::Corrupt`]. Any other panic is a bug and goes on.
 fn decode_jpeg_with_libjpeg(bytes: &[u8]) -> std::result::Result<RgbImage, JpegProblem> {
+    std::panic::catch_unwind(|| decode_jpeg_unwinding(bytes)).unwrap_or_else(|payload| {
+        match payload.downcast::<String>() {
+            Ok(message) => Err(JpegProblem::Corrupt(format!("cannot decode the JPEG image: {message}"))),
+            Err(payload) => std::panic::resume_unwind(payload),
+        }
+    })
+}
+
+fn decode_jpeg_unwinding(bytes: &[u8]) -> std::result::Result<RgbImage, JpegProblem> {
     let corrupt = |e: std::io::Error| JpegProblem::Corrupt(format!("cannot decode the JPEG image: {e}"));
     let decompress = mozjpeg::Decompress::new_mem(bytes).map_err(corrupt)?;
     let space = decompress.color_space();
@@ -261,15 +279,19 @@ fn decode_still(
 ) -> Result<Vec<RgbImage>> {
     let (w, h) = decoder.dimensions();
     check_size(field, w, h, limits)?;
-    // A backstop for decoders' own allocations: the image at 16 bits per channel with alpha,
-    // twice over.
-    let mut image_limits = image::Limits::default();
-    image_limits.max_alloc = Some(limits.max_pixels.saturating_mul(16).max(1 << 20));
-    decoder.set_limits(image_limits).map_err(|e| decode_error(field, format, e))?;
+    decoder.set_limits(decoder_limits(limits)).map_err(|e| decode_error(field, format, e))?;
     let orientation = orientation(&mut decoder);
     let mut image = DynamicImage::from_decoder(decoder).map_err(|e| decode_error(field, format, e))?;
     image.apply_orientation(orientation);
     Ok(vec![to_rgb_like_pil(image)])
+}
+
+/// A backstop for decoders' own allocations: an image of `max_pixels` at 16 bits per channel
+/// with alpha, twice over.
+fn decoder_limits(limits: &MediaLimits) -> image::Limits {
+    let mut image_limits = image::Limits::default();
+    image_limits.max_alloc = Some(limits.max_pixels.saturating_mul(16).max(1 << 20));
+    image_limits
 }
 
 fn decode_frames(
@@ -400,6 +422,25 @@ fn xmp_orientation_tag(xmp: &[u8]) -> Option<u16> {
         rest = &rest[pos + 1..];
     }
     None
+}
+
+/// Refuses a PLTE chunk that is not a whole number of RGB entries, which the PNG specification
+/// forbids and which makes the png crate (0.18.1) panic when it expands the palette. Only chunk
+/// headers are read; everything else is left to the decoder.
+fn check_png_palette(b: &[u8]) -> std::result::Result<(), String> {
+    let mut i = 8; // after the signature
+    while let Some(header) = b.get(i..i + 8) {
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        if &header[4..8] == b"PLTE" && len % 3 != 0 {
+            return Err(format!(
+                "cannot decode the PNG image: its palette (PLTE) is {len} bytes, not a whole number of \
+                 3-byte RGB entries"
+            ));
+        }
+        // Length, type, data, CRC.
+        i = i.saturating_add(12).saturating_add(len);
+    }
+    Ok(())
 }
 
 /// Walks a JPEG's marker segments up to the end-of-image marker, so a truncated file is an error
@@ -655,6 +696,45 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Found by the `decode_image` fuzz target: a progressive JPEG whose scan parameters libjpeg
+    /// rejects (a fatal error, which the mozjpeg crate raises as an unwind) panicked through
+    /// `decode_image` instead of returning an error.
+    #[test]
+    fn libjpeg_fatal_errors_are_media_errors() {
+        let bytes = [
+            0xFF, 0xD8, 0xFF, 0xC2, 0x00, 0x0B, 0x08, 0x00, 0x0E, 0x00, 0x09, 0x01, 0x01, 0x11, 0x00, 0xFF, 0xDA, 0x00,
+            0x08, 0x01, 0x01, 0x3F, 0x10, 0x39, 0xDA, 0xFF, 0xD9,
+        ];
+        let m = message(decode_image(&bytes, "media.image", &limits()).unwrap_err());
+        assert!(m.starts_with("media.image: cannot decode the JPEG image: libjpeg fatal error: "), "{m}");
+    }
+
+    /// Found by the `decode_image` fuzz target: a GIF whose logical screen is tiny but whose
+    /// frame declares 30000x30000 pixels made the decoder allocate 3.6 GB for that frame before
+    /// reading any pixel (only the logical screen was checked against the limits).
+    #[test]
+    fn a_gif_frame_larger_than_its_screen_is_bounded() {
+        let mut bytes = b"GIF89a\x04\x00\x04\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff".to_vec();
+        // Image descriptor at (0, 0), 30000 x 30000, then a little LZW data and the trailer.
+        bytes.extend_from_slice(b"\x2c\x00\x00\x00\x00\x30\x75\x30\x75\x00\x02\x02\x4c\x01\x00\x3b");
+        let m = message(decode_image(&bytes, "media.image", &limits()).unwrap_err());
+        assert_eq!(m, "media.image: cannot decode the GIF image: it needs more memory than allowed");
+    }
+
+    /// Found by the `decode_image` fuzz target: the png crate (0.18.1) panics expanding a
+    /// palette whose PLTE chunk is not a whole number of RGB entries.
+    #[test]
+    fn a_png_palette_of_partial_entries_is_an_error() {
+        for len in [7, 8, 766] {
+            let palette = png_chunk(b"PLTE", &vec![9; len]);
+            let bytes = png(2, 1, 3, &[vec![0, 1]], &[palette]);
+            let m = message(decode_image(&bytes, "media.image", &limits()).unwrap_err());
+            assert!(m.contains(&format!("its palette (PLTE) is {len} bytes")), "{m}");
+        }
+        let whole = png(2, 1, 3, &[vec![0, 1]], &[png_chunk(b"PLTE", &[1, 2, 3, 4, 5, 6])]);
+        assert_eq!(decode_image(&whole, "f", &limits()).unwrap()[0].as_raw(), &vec![1, 2, 3, 4, 5, 6]);
     }
 
     #[test]

@@ -1,0 +1,133 @@
+//! Arbitrary bytes as a request message off the wire (prost decoding of the generated
+//! `gitcap.v1` types), then the checks the Captioner service runs before a request reaches a
+//! model: `api::convert` (question, labels, generation options, media) and, for uploads,
+//! `api::upload::FrameChunks`. Nothing may panic; rejected input must be a typed error that
+//! maps to `INVALID_ARGUMENT`; accepted options must be within the limits and, applied to the
+//! default generation config, must pass or fail its validation with a typed error.
+#![no_main]
+
+use gitcap_fuzz::{check_frames, expect_bad_input, request_limits};
+use gitcap_server::api::convert::{self, RequestLimits};
+use gitcap_server::api::upload::FrameChunks;
+use gitcap_server::model::generation::GenerationConfig;
+use gitcap_server::proto;
+use libfuzzer_sys::fuzz_target;
+use prost::Message;
+
+/// Frames a GIT video checkpoint takes.
+const MODEL_FRAMES: usize = 6;
+
+fn check_question(text: &str, limits: &RequestLimits) {
+    match convert::question(text, limits) {
+        Ok(Some(q)) => {
+            assert!(!q.is_empty() && q == q.trim());
+            assert!(q.chars().count() <= limits.max_question_chars);
+        }
+        Ok(None) => assert!(text.trim().is_empty()),
+        Err(err) => expect_bad_input(err),
+    }
+}
+
+fn check_options(options: Option<&proto::GenerationOptions>, limits: &RequestLimits) {
+    match convert::overrides(options, limits) {
+        Ok(overrides) => {
+            assert!(overrides.max_new_tokens.is_none_or(|n| (1..=limits.max_new_tokens).contains(&n)));
+            assert!(overrides.num_beams.is_none_or(|n| (1..=limits.max_beams).contains(&n)));
+            assert!(overrides.temperature.is_none_or(|t| t > 0.0 && t <= 100.0));
+            assert!(overrides.top_p.is_none_or(|p| p > 0.0 && p <= 1.0));
+            assert!(overrides.repetition_penalty.is_none_or(|p| p > 0.0 && p <= 100.0));
+            assert!(overrides.length_penalty.is_none_or(|p| p.is_finite() && p.abs() <= 100.0));
+            let config = overrides.apply(&GenerationConfig::default());
+            if let Err(err) = config.validate("options") {
+                expect_bad_input(err);
+            }
+            let _ = config.max_total_len(limits.max_question_chars);
+        }
+        Err(err) => expect_bad_input(err),
+    }
+}
+
+fn check_media(media: Option<&proto::Media>, limits: &RequestLimits) {
+    match convert::decode_media(media, &limits.media) {
+        // A frame list's images are each checked against the limits; an image's frames together.
+        Ok(frames) if matches!(media.and_then(|m| m.kind.as_ref()), Some(proto::media::Kind::Frames(_))) => {
+            for frame in &frames {
+                check_frames(std::slice::from_ref(frame), &limits.media);
+            }
+        }
+        Ok(frames) => check_frames(&frames, &limits.media),
+        Err(err) => expect_bad_input(err),
+    }
+}
+
+fn check_labels(labels: &[String], limits: &RequestLimits) {
+    match convert::labels(labels, limits) {
+        Ok(accepted) => {
+            assert_eq!(accepted.len(), labels.len());
+            assert!(accepted.iter().all(|l| !l.is_empty() && l.chars().count() <= limits.max_question_chars));
+        }
+        Err(err) => expect_bad_input(err),
+    }
+}
+
+fn check_upload(messages: &[proto::UploadMessage], limits: &RequestLimits) {
+    use proto::upload_message::Message as Upload;
+    let Some(Some(Upload::Start(start))) = messages.first().map(|m| &m.message) else { return };
+    check_question(&start.question, limits);
+    check_options(start.options.as_ref(), limits);
+    let declared = start.frame_count as usize;
+    let mut upload = match FrameChunks::new(limits, declared, MODEL_FRAMES) {
+        Ok(upload) => upload,
+        Err(err) => return expect_bad_input(err),
+    };
+    for message in &messages[1..] {
+        let Some(Upload::Chunk(chunk)) = &message.message else { return };
+        if let Err(err) = upload.push(chunk.clone()) {
+            return expect_bad_input(err);
+        }
+    }
+    if let Err(err) = upload.finish(declared) {
+        expect_bad_input(err);
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let limits = request_limits();
+    let Some((&kind, body)) = data.split_first() else { return };
+    match kind % 5 {
+        0 => {
+            let Ok(request) = proto::CaptionRequest::decode(body) else { return };
+            check_question(&request.question, &limits);
+            check_options(request.options.as_ref(), &limits);
+            check_media(request.media.as_ref(), &limits);
+        }
+        1 => {
+            let Ok(request) = proto::ScoreLabelsRequest::decode(body) else { return };
+            check_labels(&request.labels, &limits);
+            check_question(&request.prompt, &limits);
+            check_media(request.media.as_ref(), &limits);
+        }
+        2 => {
+            // An upload stream: length-delimited messages, as gRPC frames them one by one.
+            let mut rest = body;
+            let mut messages = Vec::new();
+            while !rest.is_empty() {
+                let Ok(message) = proto::UploadMessage::decode_length_delimited(&mut rest) else { break };
+                messages.push(message);
+            }
+            check_upload(&messages, &limits);
+        }
+        3 => {
+            use proto::live_message::Message as Live;
+            let Ok(message) = proto::LiveMessage::decode(body) else { return };
+            if let Some(Live::Start(start)) = message.message {
+                check_question(&start.question, &limits);
+                check_options(start.options.as_ref(), &limits);
+            }
+        }
+        _ => {
+            let Ok(options) = proto::GenerationOptions::decode(body) else { return };
+            check_options(Some(&options), &limits);
+        }
+    }
+});

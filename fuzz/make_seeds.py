@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""Writes the seed corpus of the fuzz targets (fuzz/corpus-seeds/<target>/), a few KB in all.
+
+Needs Pillow (scripts/requirements-fixtures.txt has it); run from the repository root:
+    python3 fuzz/make_seeds.py
+decode_image: tiny images in each format and flavour the decoder handles (JPEG baseline,
+progressive, restart markers, grayscale, CMYK, EXIF orientation; PNG gray/palette/16-bit/
+interlaced/RGBA; GIF still and animated; WebP lossy, lossless, animated).
+raw_frames: `arbitrary`-encoded inputs are opaque, so its seeds are raw bytes that libFuzzer
+mutates from (a few small RGB buffers).
+request_validation: protobuf encodings of each request kind, hand-encoded here (first byte =
+which message, as in the target).
+"""
+import io
+import os
+import shutil
+import struct
+
+from PIL import Image
+
+ROOT = "fuzz/corpus-seeds"
+
+
+def out(target, name, data):
+    os.makedirs(f"{ROOT}/{target}", exist_ok=True)
+    with open(f"{ROOT}/{target}/{name}", "wb") as f:
+        f.write(data)
+
+
+def image(w, h, mode="RGB"):
+    im = Image.new("RGB", (w, h))
+    im.putdata([((x * 37) % 256, (y * 59) % 256, ((x + y) * 23) % 256) for y in range(h) for x in range(w)])
+    return im.convert(mode)
+
+
+def save(im, fmt, **kw):
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def decode_image_seeds():
+    for name in ["prog420_13x11.jpg", "rst422_21x9.jpg", "gray_prog_9x14.jpg", "orient8_10x6.jpg"]:
+        shutil.copy(f"server/src/media/testdata/{name}", f"{ROOT}/decode_image/{name}")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out("decode_image", "baseline_exif6_5x3.jpg", save(image(5, 3), "JPEG", quality=70, exif=exif))
+    out("decode_image", "cmyk_4x4.jpg", save(image(4, 4, "CMYK"), "JPEG", quality=70))
+    out("decode_image", "rgb_6x4.png", save(image(6, 4), "PNG"))
+    out("decode_image", "gray_5x5.png", save(image(5, 5, "L"), "PNG"))
+    out("decode_image", "gray16_3x3.png", save(image(3, 3, "L").convert("I;16"), "PNG"))
+    pal = image(4, 4, "P")
+    out("decode_image", "palette_trns_4x4.png", save(pal, "PNG", transparency=0))
+    out("decode_image", "rgba_interlaced_5x4.png", save(image(5, 4, "RGBA"), "PNG", interlace=1))
+    out("decode_image", "still_4x3.gif", save(image(4, 3), "GIF"))
+    frames = [image(4, 4), image(4, 4).transpose(Image.Transpose.ROTATE_90)]
+    out("decode_image", "anim_4x4.gif", save(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=40))
+    out("decode_image", "lossy_6x4.webp", save(image(6, 4), "WEBP", quality=50))
+    out("decode_image", "lossless_rgba_5x3.webp", save(image(5, 3, "RGBA"), "WEBP", lossless=True))
+    out("decode_image", "anim_4x4.webp",
+        save(frames[0], "WEBP", save_all=True, append_images=frames[1:], duration=40, lossless=True))
+    # Inputs that crashed the target once (see fuzz/README.md, Findings), kept as regressions.
+    out("decode_image", "regress_libjpeg_fatal_error.jpg", bytes.fromhex(
+        "ffd8ffc2000b08000e0009010111 00ffda000801013f1039daffd9".replace(" ", "")))
+    out("decode_image", "regress_gif_frame_beyond_screen.gif", bytes.fromhex(
+        "474946383961040004008000000000 00ffffff2c00000000307530750002024c01003b".replace(" ", "")))
+
+
+def raw_frames_seeds():
+    # Bytes libFuzzer reads through `arbitrary`: small buffers with a valid-looking prefix.
+    out("raw_frames", "two_frames", bytes([2, 0, 0, 0, 2, 0, 0, 0, 1]) + bytes(range(48)) + bytes([6, 3, 1, 1]))
+    out("raw_frames", "chunks", bytes([1, 4, 0, 0, 0, 1, 0, 0, 0, 1]) + bytes(range(12)) + bytes([9, 0, 6, 1] * 8))
+
+
+def varint(n):
+    b = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            b.append(byte | 0x80)
+        else:
+            b.append(byte)
+            return bytes(b)
+
+
+def field(num, wire, payload):
+    key = varint(num << 3 | wire)
+    if wire == 2:
+        return key + varint(len(payload)) + payload
+    return key + payload
+
+
+def options():
+    return (field(1, 0, varint(20)) + field(3, 0, varint(3)) + field(4, 5, struct.pack("<f", 1.0))
+            + field(6, 0, varint(1)) + field(7, 5, struct.pack("<f", 0.7)) + field(8, 0, varint(50))
+            + field(9, 5, struct.pack("<f", 0.9)) + field(10, 0, varint(42))
+            + field(11, 5, struct.pack("<f", 1.2)) + field(12, 0, varint(3)))
+
+
+def request_validation_seeds():
+    png = save(image(2, 2), "PNG")
+    raw = field(3, 2, field(1, 0, varint(2)) + field(2, 0, varint(1)) + field(3, 2, bytes(range(6))))
+    media_image = field(2, 2, field(1, 2, png))
+    media_frames = field(2, 2, field(2, 2, field(1, 2, png) + field(1, 2, png)))
+    media_raw = field(2, 2, raw)
+    q = field(3, 2, b"what is this?")
+    out("request_validation", "caption_image", bytes([0]) + field(1, 2, b"tiny") + media_image + q + field(4, 2, options()))
+    out("request_validation", "caption_frames", bytes([0]) + media_frames)
+    out("request_validation", "caption_raw", bytes([0]) + media_raw + field(4, 2, field(1, 0, varint(0))))
+    out("request_validation", "score_labels",
+        bytes([1]) + media_image + field(3, 2, b"a cat") + field(3, 2, b" a dog ") + field(4, 2, b"a photo of"))
+    start = field(1, 2, field(2, 2, b"what happens?") + field(3, 2, options()) + field(4, 0, varint(2)))
+    chunk = lambda data, end: field(2, 2, field(1, 2, data) + (field(2, 0, varint(1)) if end else b""))
+    upload = [start, chunk(png[:20], False), chunk(png[20:], True), chunk(png, True)]
+    out("request_validation", "upload", bytes([2]) + b"".join(varint(len(m)) + m for m in upload))
+    out("request_validation", "live_start", bytes([3]) + field(1, 2, field(2, 2, b"q") + field(4, 0, varint(4))))
+    out("request_validation", "options", bytes([4]) + options())
+
+
+if __name__ == "__main__":
+    shutil.rmtree(ROOT, ignore_errors=True)
+    os.makedirs(f"{ROOT}/decode_image")
+    decode_image_seeds()
+    raw_frames_seeds()
+    request_validation_seeds()

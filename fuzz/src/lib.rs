@@ -1,0 +1,89 @@
+//! What the fuzz targets share: the limits they run under, the preprocessing configs, and the
+//! checks every result must pass (typed errors that map to `INVALID_ARGUMENT`, outputs within
+//! the limits).
+
+use std::sync::OnceLock;
+
+use gitcap_server::api::convert::RequestLimits;
+use gitcap_server::error::GitcapError;
+use gitcap_server::media::{sample_frame_indices, MediaLimits, PixelValues, PreprocessorConfig};
+use image::RgbImage;
+
+/// The server's media limits, made smaller so that the fuzzer reaches them often and spends
+/// its time on parsing rather than on decoding 40-megapixel images; the checks are the same code.
+pub fn media_limits() -> MediaLimits {
+    MediaLimits { max_pixels: 4_000_000, max_frames: 64 }
+}
+
+/// The server's request limits, scaled down like [`media_limits`].
+pub fn request_limits() -> RequestLimits {
+    RequestLimits { media: media_limits(), max_frame_bytes: 64 << 10, ..RequestLimits::default() }
+}
+
+/// The preprocessing of the test checkpoints (CLIP-style image, VideoMAE-style video) and
+/// transformers' defaults of both processors (224x224).
+pub fn preprocessors() -> &'static [PreprocessorConfig] {
+    static CONFIGS: OnceLock<Vec<PreprocessorConfig>> = OnceLock::new();
+    CONFIGS.get_or_init(|| {
+        let fixture = |text: &str| PreprocessorConfig::from_json(text).expect("fixture preprocessor_config.json");
+        vec![
+            fixture(include_str!("../../tests/fixtures/models/tiny-git-image/preprocessor_config.json")),
+            fixture(include_str!("../../tests/fixtures/models/tiny-git-video/preprocessor_config.json")),
+            PreprocessorConfig::clip(),
+            PreprocessorConfig::videomae(),
+        ]
+    })
+}
+
+/// Panics unless `err` is bad input, reported as the API reports it: a request field and a
+/// message, mapped to `INVALID_ARGUMENT`.
+pub fn expect_bad_input(err: GitcapError) {
+    match &err {
+        GitcapError::InvalidArgument { field, message } | GitcapError::Media { field, message } => {
+            assert!(!field.is_empty() && !message.is_empty(), "an error without field or message: {err:?}");
+        }
+        other => panic!("bad input must be InvalidArgument or Media, got {other:?}"),
+    }
+    let status = tonic::Status::from(err);
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+}
+
+/// Panics unless decoded frames respect the limits they were decoded under.
+pub fn check_frames(frames: &[RgbImage], limits: &MediaLimits) {
+    assert!(!frames.is_empty(), "decoding succeeded with no frame");
+    assert!(frames.len() <= limits.max_frames.max(1), "{} frames over the limit", frames.len());
+    let mut total = 0u64;
+    for frame in frames {
+        let (w, h) = frame.dimensions();
+        assert!(w > 0 && h > 0, "an empty {w}x{h} frame");
+        assert_eq!(frame.as_raw().len() as u64, u64::from(w) * u64::from(h) * 3);
+        total += u64::from(w) * u64::from(h);
+    }
+    // A still image is checked on its own; an animation's frames together.
+    assert!(total <= limits.max_pixels, "{total} pixels over the limit of {}", limits.max_pixels);
+}
+
+/// Preprocesses `frame`; panics unless the result is well formed or the error typed.
+pub fn check_preprocess(config: &PreprocessorConfig, frame: &RgbImage) {
+    match config.preprocess(frame) {
+        Ok(PixelValues { data, height, width }) => {
+            assert!(height > 0 && width > 0, "{width}x{height} pixel values");
+            if config.do_center_crop {
+                assert_eq!((height as u32, width as u32), config.crop_size);
+            }
+            assert_eq!(data.len(), 3 * height * width);
+            assert!(data.iter().all(|v| v.is_finite()), "non-finite pixel values");
+        }
+        Err(err) => expect_bad_input(err),
+    }
+}
+
+/// Samples `wanted` of `total` frames; panics unless the indices are what the API promises:
+/// `min(total, wanted)` of them, strictly increasing, all below `total`.
+pub fn check_sampling(total: usize, wanted: usize) -> Vec<usize> {
+    let indices = sample_frame_indices(total, wanted);
+    assert_eq!(indices.len(), total.min(wanted), "sample_frame_indices({total}, {wanted})");
+    assert!(indices.windows(2).all(|w| w[0] < w[1]), "not increasing: {indices:?}");
+    assert!(indices.last().is_none_or(|&last| last < total), "out of range: {indices:?}");
+    indices
+}

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Fuzzes every target in fuzz/ for a bounded time: scripts/fuzz.sh [SECONDS_PER_TARGET] (45).
+#
+# Installs cargo-fuzz (and a nightly toolchain, through rustup) when missing, builds the targets
+# with AddressSanitizer, then runs each one from its committed seeds (fuzz/corpus-seeds/<target>)
+# plus what earlier runs found (fuzz/corpus/<target>, not committed). Fails if any target
+# crashes, panics, leaks, times out or runs out of memory, and says where the input that did it
+# was saved. FUZZ_SANITIZER=none builds without ASan (faster, catches panics only).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-45}
+sanitizer=${FUZZ_SANITIZER:-address}
+
+LIBTORCH=$(scripts/setup-libtorch.sh)
+export LIBTORCH
+if ! cargo +nightly --version >/dev/null 2>&1; then
+  rustup toolchain install nightly --profile minimal
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  cargo install cargo-fuzz --locked
+fi
+
+# Input size caps: a few small images or frames, a request with a small image.
+declare -A max_len=([decode_image]=32768 [raw_frames]=8192 [request_validation]=16384)
+targets=(decode_image raw_frames request_validation)
+
+cargo +nightly fuzz build --sanitizer "$sanitizer"
+
+failed=()
+for target in "${targets[@]}"; do
+  mkdir -p "fuzz/corpus/$target" "fuzz/artifacts/$target"
+  echo "fuzz: $target for ${seconds}s" >&2
+  log="fuzz/artifacts/$target/last-run.log"
+  set +e
+  cargo +nightly fuzz run --sanitizer "$sanitizer" "$target" "fuzz/corpus/$target" "fuzz/corpus-seeds/$target" -- \
+    -max_total_time="$seconds" -max_len="${max_len[$target]}" -timeout=60 -rss_limit_mb=2048 \
+    -print_final_stats=1 2>&1 | tee "$log" | grep -E '^(#[0-9]+[[:space:]]+(INITED|DONE)|Done [0-9]+ runs|==[0-9]+==ERROR|SUMMARY)'
+  status=${PIPESTATUS[0]}
+  set -e
+  if [ "$status" -ne 0 ] || grep -qE 'Test unit written to|==[0-9]+==ERROR' "$log"; then
+    failed+=("$target")
+    echo "fuzz: $target FAILED; its log is $log (last lines below)" >&2
+    tail -n 40 "$log" >&2
+    grep -h 'Test unit written to' "$log" | sed "s|^|fuzz: $target: |" >&2 || true
+    echo "fuzz: reproduce with: cargo +nightly fuzz run --sanitizer $sanitizer $target <that file>" >&2
+  fi
+done
+
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "fuzz: crashes in: ${failed[*]}" >&2
+  exit 1
+fi
+echo "fuzz: ${targets[*]}: no crash in ${seconds}s each" >&2
