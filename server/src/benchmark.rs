@@ -7,10 +7,11 @@ use std::time::Instant;
 use serde_json::json;
 use tch::{Device, Tensor};
 
-use crate::device::{parse_device, parse_dtype};
+use crate::device::parse_device;
 use crate::engine::Pipeline;
 use crate::error::{GitcapError, Result};
 use crate::model::generation::{generate, GenerationOverrides, StepControl};
+use crate::model::Precision;
 
 pub struct Bench {
     pub model: PathBuf,
@@ -23,9 +24,9 @@ pub struct Bench {
 }
 
 pub fn run(args: Bench) -> Result<()> {
-    let kind = parse_dtype(&args.dtype)?;
+    let precision = Precision::parse(&args.dtype)?;
     let device = parse_device(&args.device)?;
-    let pipeline = Pipeline::load(&args.model, kind, device)?;
+    let pipeline = Pipeline::load(&args.model, precision, device)?;
     let inputs = Tensor::read_safetensors(&args.inputs)
         .map_err(|e| GitcapError::invalid("inputs", format!("{}: {e}", args.inputs.display())))?;
     let options = GenerationOverrides {
@@ -39,27 +40,51 @@ pub fn run(args: Bench) -> Result<()> {
     for (name, pixel_values) in inputs {
         let size = pixel_values.size();
         let frames = pixel_values.view([-1, size[size.len() - 3], size[size.len() - 2], size[size.len() - 1]]);
-        let once = || -> Result<Vec<i64>> {
+        // Returns the tokens and the seconds to the first token and between the first and last.
+        let once = || -> Result<(Vec<i64>, f64, f64)> {
             let _guard = tch::no_grad_guard();
+            let start = Instant::now();
             let image_tokens = pipeline.model.image_tokens(&pipeline.model.encode_frames(&frames)?)?;
-            let out = generate(&pipeline.model, &image_tokens, &[101], &config, &mut |_| StepControl::Continue)?;
+            let (mut first, mut last) = (None, start);
+            let out = generate(&pipeline.model, &image_tokens, &[101], &config, &mut |step| {
+                if step.is_some() {
+                    last = Instant::now();
+                    first.get_or_insert(last);
+                }
+                StepControl::Continue
+            })?;
             if device != Device::Cpu {
                 tch::Cuda::synchronize(0);
             }
-            Ok(out.token_ids)
+            let first = first.unwrap_or(last);
+            Ok((out.token_ids, (first - start).as_secs_f64(), (last - first).as_secs_f64()))
         };
-        let tokens = once()?; // warm-up
-        let mut times = Vec::with_capacity(args.runs);
+        let (tokens, _, _) = once()?; // warm-up
+        let (mut times, mut per_token_ms, mut first_token_s) = (vec![], vec![], vec![]);
         for _ in 0..args.runs {
             let start = Instant::now();
-            once()?;
+            let (tokens, first, rest) = once()?;
             times.push(start.elapsed().as_secs_f64());
+            first_token_s.push(first);
+            per_token_ms.push(rest * 1e3 / (tokens.len().max(2) - 1) as f64);
         }
-        let mut sorted = times.clone();
-        sorted.sort_by(f64::total_cmp);
-        let median = sorted[sorted.len() / 2];
-        report.insert(name, json!({"median_s": median, "runs_s": times, "tokens": tokens}));
+        report.insert(
+            name,
+            json!({
+                "median_s": median(&times),
+                "runs_s": times,
+                "first_token_median_s": median(&first_token_s),
+                "per_token_median_ms": median(&per_token_ms),
+                "tokens": tokens,
+            }),
+        );
     }
     println!("{}", serde_json::Value::Object(report));
     Ok(())
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
 }
