@@ -47,3 +47,28 @@ fn on_the_ill_conditioned_wide_fixture_fast_is_no_worse_than_bf16() {
     eprintln!("{}: relative error fast {fast:.3e}, bf16 {bf16:.3e}", case.name);
     assert!(fast <= bf16, "fast ({fast}) is further from f32 than bf16 ({bf16})");
 }
+
+fn server(args: &[&str]) -> std::process::Output {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gitcap-server")).args(args).output().unwrap();
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+#[test]
+fn the_cli_captions_in_fast_mode_and_compares_it_with_f32() {
+    let model = model_dir("tiny-git-image");
+    let image = common::fixtures::fixtures().join("media/shapes.png");
+    let (model, image) = (model.to_str().unwrap(), image.to_str().unwrap());
+    let out = server(&["caption", "--model", model, "--image", image, "--dtype", "fast", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["dtype"], "fast");
+    assert!(!report["token_ids"].as_array().unwrap().is_empty());
+
+    let cases = common::fixtures::fixtures().join("golden/cases.json");
+    let args = ["fidelity", "--model", model, "--cases", cases.to_str().unwrap(), "--random-images", "1"];
+    let text = String::from_utf8(server(&[&args[..], &["--max-new-tokens", "4"]].concat()).stdout).unwrap();
+    assert!(text.contains("random_0") && text.contains("image_vqa_greedy"), "{text}");
+    for line in ["logits relative error: max", "teacher-forced top-1 agreement:", "f32 top-1 margins"] {
+        assert!(text.contains(line), "fidelity output lacks `{line}`:\n{text}");
+    }
+}
