@@ -68,7 +68,7 @@ def main():
             extra = ""
             if dtype == "fast" and "bf16" in ref:
                 extra = f" (vs bf16: {o['median_s'] / ref['bf16'][name]['median_s']:.2f})"
-            per_token = o.get("decode_ms_per_token")
+            per_token = o.get("per_token_median_ms")
             w(f"| {label} | {dtype} | {r['median_s']:.3f} | {o['median_s']:.3f} | {ratio:.2f}{extra} | {g['median_s']:.3f} | {g_ratio:.2f} | "
               f"{per_token:.1f} | {same(r['tokens'], o['tokens'])} / {same(r['tokens'], g['tokens'])} |" if per_token is not None else
               f"| {label} | {dtype} | {r['median_s']:.3f} | {o['median_s']:.3f} | {ratio:.2f}{extra} | {g['median_s']:.3f} | {g_ratio:.2f} | – | "

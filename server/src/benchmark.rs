@@ -7,10 +7,11 @@ use std::time::Instant;
 use serde_json::json;
 use tch::{Device, Tensor};
 
-use crate::device::{parse_device, parse_dtype};
+use crate::device::parse_device;
 use crate::engine::Pipeline;
 use crate::error::{GitcapError, Result};
-use crate::model::generation::{generate, GenerationConfig, GenerationOverrides, StepControl};
+use crate::model::generation::{generate, GenerationOverrides, StepControl};
+use crate::model::Precision;
 
 pub struct Bench {
     pub model: PathBuf,
@@ -23,9 +24,9 @@ pub struct Bench {
 }
 
 pub fn run(args: Bench) -> Result<()> {
-    let kind = parse_dtype(&args.dtype)?;
+    let precision = Precision::parse(&args.dtype)?;
     let device = parse_device(&args.device)?;
-    let pipeline = Pipeline::load(&args.model, kind, device)?;
+    let pipeline = Pipeline::load(&args.model, precision, device)?;
     let inputs = Tensor::read_safetensors(&args.inputs)
         .map_err(|e| GitcapError::invalid("inputs", format!("{}: {e}", args.inputs.display())))?;
     let options = GenerationOverrides {
@@ -35,37 +36,47 @@ pub fn run(args: Bench) -> Result<()> {
         ..Default::default()
     };
     let config = options.apply(&pipeline.generation);
-    let one_token = GenerationOverrides { max_new_tokens: Some(1), ..options }.apply(&pipeline.generation);
     let mut report = serde_json::Map::new();
     for (name, pixel_values) in inputs {
         let size = pixel_values.size();
         let frames = pixel_values.view([-1, size[size.len() - 3], size[size.len() - 2], size[size.len() - 1]]);
-        // The tokens, and the seconds spent generating them (after the vision tower).
-        let once = |config: &GenerationConfig| -> Result<(Vec<i64>, f64)> {
+        // Returns the tokens and the seconds to the first token and between the first and last.
+        let once = || -> Result<(Vec<i64>, f64, f64)> {
             let _guard = tch::no_grad_guard();
-            let image_tokens = pipeline.model.image_tokens(&pipeline.model.encode_frames(&frames)?)?;
-            synchronize(device);
             let start = Instant::now();
-            let out = generate(&pipeline.model, &image_tokens, &[101], config, &mut |_| StepControl::Continue)?;
-            synchronize(device);
-            Ok((out.token_ids, start.elapsed().as_secs_f64()))
+            let image_tokens = pipeline.model.image_tokens(&pipeline.model.encode_frames(&frames)?)?;
+            let (mut first, mut last) = (None, start);
+            let out = generate(&pipeline.model, &image_tokens, &[101], &config, &mut |step| {
+                if step.is_some() {
+                    last = Instant::now();
+                    first.get_or_insert(last);
+                }
+                StepControl::Continue
+            })?;
+            if device != Device::Cpu {
+                tch::Cuda::synchronize(0);
+            }
+            let first = first.unwrap_or(last);
+            Ok((out.token_ids, (first - start).as_secs_f64(), (last - first).as_secs_f64()))
         };
-        let (tokens, _) = once(&config)?; // warm-up
-        let (mut times, mut decode_times, mut first_token_times) = (vec![], vec![], vec![]);
+        let (tokens, _, _) = once()?; // warm-up
+        let (mut times, mut per_token_ms, mut first_token_s) = (vec![], vec![], vec![]);
         for _ in 0..args.runs {
             let start = Instant::now();
-            let (_, decode) = once(&config)?;
+            let (tokens, first, rest) = once()?;
             times.push(start.elapsed().as_secs_f64());
-            decode_times.push(decode);
-            first_token_times.push(once(&one_token)?.1);
+            first_token_s.push(first);
+            per_token_ms.push(rest * 1e3 / (tokens.len().max(2) - 1) as f64);
         }
-        // A decoding step at batch 1: generation time beyond the first token (image prefill and
-        // prompt), per token.
-        let steps = tokens.len().saturating_sub(1).max(1) as f64;
-        let per_token_ms = (median(&decode_times) - median(&first_token_times)) * 1e3 / steps;
         report.insert(
             name,
-            json!({"median_s": median(&times), "runs_s": times, "tokens": tokens, "decode_ms_per_token": per_token_ms}),
+            json!({
+                "median_s": median(&times),
+                "runs_s": times,
+                "first_token_median_s": median(&first_token_s),
+                "per_token_median_ms": median(&per_token_ms),
+                "tokens": tokens,
+            }),
         );
     }
     println!("{}", serde_json::Value::Object(report));
@@ -76,10 +87,4 @@ fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     sorted[sorted.len() / 2]
-}
-
-fn synchronize(device: Device) {
-    if let Device::Cuda(index) = device {
-        tch::Cuda::synchronize(index as i64);
-    }
 }

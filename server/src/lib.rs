@@ -7,6 +7,7 @@ pub mod benchmark;
 pub mod device;
 pub mod engine;
 pub mod error;
+pub mod fidelity;
 pub mod media;
 pub mod metrics;
 pub mod model;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use gitcap_server::benchmark::{self, Bench};
+use gitcap_server::fidelity::{self, Fidelity};
 use gitcap_server::model::generation::{EarlyStopping, GenerationOverrides};
 use gitcap_server::oneshot::{self, OneShot};
 use gitcap_server::registry::HubOptions;
@@ -26,6 +27,8 @@ enum Command {
     Caption(CaptionArgs),
     /// Time generation on fixed inputs (used by scripts/bench.sh).
     Bench(BenchArgs),
+    /// Compare a reduced precision (fast, bf16, f16) with f32: logits error and top-1 agreement.
+    Fidelity(FidelityArgs),
 }
 
 /// Flags override the config file and GITCAP__* environment variables.
@@ -83,6 +86,32 @@ struct BenchArgs {
 }
 
 #[derive(Args)]
+struct FidelityArgs {
+    /// Checkpoint directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// The precision compared with f32: fast, bf16 or f16.
+    #[arg(long, default_value = "fast")]
+    dtype: String,
+    /// The golden fixture cases whose media and questions are inputs.
+    #[arg(long, default_value = "tests/fixtures/golden/cases.json")]
+    cases: PathBuf,
+    /// Random images only.
+    #[arg(long)]
+    no_cases: bool,
+    /// Seeded random images (as many frames as the checkpoint takes) added to the inputs.
+    #[arg(long, default_value_t = 8)]
+    random_images: usize,
+    #[arg(long, default_value_t = 20)]
+    max_new_tokens: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// libtorch intra-op threads (0 = libtorch's default).
+    #[arg(long, default_value_t = 0)]
+    threads: i32,
+}
+
+#[derive(Args)]
 struct ModelArgs {
     /// A checkpoint directory, or a Hugging Face Hub repo id.
     #[arg(long, default_value = "microsoft/git-base-vatex")]
@@ -99,7 +128,7 @@ struct ModelArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// f32, bf16 or f16.
+    /// f32, bf16, f16, or fast (CPU: bf16 vision tower, int8 decoder and LM head weights).
     #[arg(long, default_value = "f32")]
     dtype: String,
     /// libtorch intra-op threads (0 = libtorch's default).
@@ -256,6 +285,19 @@ fn main() -> ExitCode {
                 device: args.device,
                 runs: args.runs,
                 max_new_tokens: args.max_new_tokens,
+            })
+        }
+        Command::Fidelity(args) => {
+            if args.threads > 0 {
+                tch::set_num_threads(args.threads);
+            }
+            fidelity::run(Fidelity {
+                cases: (!args.no_cases).then_some(args.cases),
+                model: args.model,
+                dtype: args.dtype,
+                random_images: args.random_images,
+                max_new_tokens: args.max_new_tokens,
+                seed: args.seed,
             })
         }
     };

@@ -6,11 +6,12 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use crate::device::{dtype_name, parse_device, parse_dtype};
+use crate::device::parse_device;
 use crate::engine::{Frame, InferenceRequest, Pipeline};
 use crate::error::{GitcapError, Result};
 use crate::media::{decode_image, MediaLimits};
 use crate::model::generation::{FinishReason, GenerationOverrides, StepControl};
+use crate::model::Precision;
 use crate::registry::{resolve, HubOptions};
 
 pub struct OneShot {
@@ -31,9 +32,9 @@ pub struct OneShot {
 pub fn run(args: OneShot) -> Result<()> {
     let load_started = Instant::now();
     let device = parse_device(&args.device)?;
-    let kind = parse_dtype(&args.dtype)?;
+    let precision = Precision::parse(&args.dtype)?;
     let checkpoint = resolve(&args.model, args.revision.as_deref(), &args.hub)?;
-    let pipeline = Pipeline::load(&checkpoint.dir, kind, device)?;
+    let pipeline = Pipeline::load(&checkpoint.dir, precision, device)?;
     let load_ms = load_started.elapsed().as_secs_f64() * 1e3;
 
     let limits = MediaLimits::default();
@@ -66,7 +67,7 @@ pub fn run(args: OneShot) -> Result<()> {
         let report = json!({
             "model": args.model,
             "version": checkpoint.version,
-            "dtype": dtype_name(kind),
+            "dtype": precision.name(),
             "device": args.device,
             "question": args.question,
             "token_ids": output.token_ids,

@@ -6,14 +6,14 @@ use std::path::Path;
 use std::time::Instant;
 
 use image::RgbImage;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 use super::feature_cache::ContentKey;
 use crate::error::{GitcapError, Result};
 use crate::media::{sample_frame_indices, PreprocessorConfig};
 use crate::model::generation::{self, FinishReason, GenerationConfig, GenerationOverrides, StepControl, TokenStep};
 use crate::model::tokenizer::{GitTokenizer, TextStream};
-use crate::model::GitForCausalLM;
+use crate::model::{GitForCausalLM, Precision};
 
 pub struct Pipeline {
     pub model: GitForCausalLM,
@@ -83,12 +83,10 @@ pub struct InferenceOutput {
 }
 
 impl Pipeline {
-    pub fn load(dir: &Path, kind: Kind, device: Device) -> Result<Self> {
-        let config = crate::model::GitConfig::from_file(&dir.join("config.json"))?;
-        let weights = crate::model::Weights::from_dir(dir, kind, device)?;
-        let weights_bytes = weights.bytes();
-        let model = GitForCausalLM::new(config, &weights, kind, device)?;
-        drop(weights);
+    /// Loads a checkpoint directory at `precision` (a [`tch::Kind`] for one dtype throughout, or
+    /// [`Precision::Fast`]).
+    pub fn load(dir: &Path, precision: impl Into<Precision>, device: Device) -> Result<Self> {
+        let (model, weights_bytes) = precision.into().load(dir, device)?;
         let c = &model.config;
         let generation = GenerationConfig::for_checkpoint(dir, c.bos_token_id, c.eos_token_id, c.pad_token_id)?;
         let tokenizer = GitTokenizer::from_dir(dir)?;

@@ -210,6 +210,21 @@ impl GitLayer {
         let ffn = self.output.forward(&self.act.forward(&self.intermediate.forward(&attended)));
         self.output_layer_norm.forward(&(ffn + attended))
     }
+
+    /// Fast mode: int8 weights for every linear layer; returns the change in bytes held.
+    fn quantize_int8(&mut self) -> i64 {
+        [
+            &mut self.query,
+            &mut self.key,
+            &mut self.value,
+            &mut self.attention_output,
+            &mut self.intermediate,
+            &mut self.output,
+        ]
+        .into_iter()
+        .map(Linear::quantize_int8)
+        .sum()
+    }
 }
 
 /// `GitEncoder`: the stack of decoder layers.
@@ -277,6 +292,12 @@ impl GitEncoder {
         }
         cache.text_len += seq;
         xs
+    }
+
+    /// Fast mode: int8 weights for the linear layers of every decoder layer (see
+    /// [`Linear::quantize_int8`]); returns the change in bytes held.
+    pub fn quantize_int8(&mut self) -> i64 {
+        self.layers.iter_mut().map(GitLayer::quantize_int8).sum()
     }
 }
 

@@ -7,7 +7,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::config::GitConfig;
 use super::decoder::{GitEmbeddings, GitEncoder, ImagePrefix, KvCache};
-use super::layers::{LayerNorm, Linear};
+use super::layers::{tensor_bytes, LayerNorm, Linear};
 use super::vision::GitVisionTransformer;
 use super::weights::Weights;
 use crate::error::{GitcapError, Result};
@@ -50,7 +50,7 @@ impl GitForCausalLM {
         } else {
             embeddings.word_embeddings().shallow_clone()
         };
-        let output = Linear { weight: output_weight, bias: Some(w.get("output.bias", &[c.vocab_size])?) };
+        let output = Linear::new(output_weight, Some(w.get("output.bias", &[c.vocab_size])?));
         let img_temporal_embedding = (0..c.num_image_with_embedding.unwrap_or(0))
             .map(|i| w.get(&format!("git.img_temporal_embedding.{i}"), &[1, 1, vision_hidden]))
             .collect::<Result<_>>()?;
@@ -102,6 +102,8 @@ impl GitForCausalLM {
     /// [1, frames * tokens_per_image, hidden]: temporal embedding per frame for video
     /// checkpoints, then the visual projection.
     pub fn image_tokens(&self, frame_features: &Tensor) -> Result<Tensor> {
+        // The vision tower may run in another dtype than the decoder (fast mode).
+        let frame_features = &frame_features.to_kind(self.kind);
         let frames = frame_features.size()[0];
         let max = self.config.max_frames();
         if frames < 1 || frames > max {
@@ -175,5 +177,15 @@ impl GitForCausalLM {
         let image_tokens = self.image_tokens(&self.encode_frames(pixel_values)?)?;
         let mut cache = self.prefill_image(&image_tokens, 1, input_ids.size()[1])?;
         Ok(self.decode(input_ids, &mut cache))
+    }
+
+    /// Fast mode: int8 weights (symmetric, per output channel) for the decoder's linear
+    /// layers and the LM head. A head tied to the word embeddings gets its own int8 copy; the
+    /// embedding lookup keeps the full-precision table. Returns the change in bytes held.
+    pub fn quantize_int8(&mut self) -> i64 {
+        let table = self.embeddings.word_embeddings();
+        let tied = self.output.dense_weight().is_some_and(|w| w.data_ptr() == table.data_ptr());
+        let kept = if tied { tensor_bytes(table) } else { 0 };
+        self.encoder.quantize_int8() + self.output.quantize_int8() + kept
     }
 }

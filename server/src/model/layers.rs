@@ -1,26 +1,133 @@
 //! The few building blocks GIT needs, as plain tensors read from the checkpoint.
 
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use super::weights::Weights;
 use crate::error::{GitcapError, Result};
 
-/// `nn.Linear`: `weight` is [out, in].
+/// `nn.Linear`: `weight` is [out, in], dense in the serving dtype, or int8 after
+/// [`Linear::quantize_int8`].
 pub struct Linear {
-    pub weight: Tensor,
+    weight: LinearWeight,
     pub bias: Option<Tensor>,
 }
 
+enum LinearWeight {
+    Dense(Tensor),
+    Int8(Int8Weight),
+}
+
+/// Weight-only int8 (symmetric, one scale per output channel) for libtorch's
+/// `_weight_int8pack_mm`, whose CPU kernel is vectorised (AVX2/AVX-512) only for bf16
+/// activations and needs the reduction length to be a multiple of 16 with 32-byte aligned
+/// rows: the weight's columns are zero-padded to that length, and inputs with them.
+struct Int8Weight {
+    /// int8 [out, padded in].
+    values: Tensor,
+    /// bf16 [out]: `weight[o, i] ≈ values[o, i] * scales[o]`.
+    scales: Tensor,
+    in_features: i64,
+}
+
+/// Reduction lengths of `_weight_int8pack_mm` must be multiples of this.
+const INT8_K_MULTIPLE: i64 = 16;
+/// Rows at least this many use a bf16 matmul on the dequantised weight instead: the int8
+/// kernel is a matrix-vector kernel (4×4 dot-product tiles), slower than oneDNN's GEMM on the
+/// hundreds of image tokens a prefill runs.
+const INT8_MAX_ROWS: i64 = 64;
+
 impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight: LinearWeight::Dense(weight), bias }
+    }
+
     pub fn load(w: &Weights, prefix: &str, in_dim: i64, out_dim: i64) -> Result<Self> {
-        Ok(Self {
-            weight: w.get(&format!("{prefix}.weight"), &[out_dim, in_dim])?,
-            bias: Some(w.get(&format!("{prefix}.bias"), &[out_dim])?),
-        })
+        Ok(Self::new(
+            w.get(&format!("{prefix}.weight"), &[out_dim, in_dim])?,
+            Some(w.get(&format!("{prefix}.bias"), &[out_dim])?),
+        ))
     }
 
     pub fn forward(&self, xs: &Tensor) -> Tensor {
-        xs.linear(&self.weight, self.bias.as_ref())
+        match &self.weight {
+            LinearWeight::Dense(weight) => xs.linear(weight, self.bias.as_ref()),
+            LinearWeight::Int8(q) => q.forward(xs, self.bias.as_ref()),
+        }
+    }
+
+    /// Replaces the weight by its int8 quantisation (symmetric, per output channel:
+    /// `scale = max|w_row| / 127`, round to nearest, clamp to ±127); the bias keeps its dtype.
+    /// Returns the change in bytes this layer holds (negative: fewer); already int8: 0.
+    pub fn quantize_int8(&mut self) -> i64 {
+        let LinearWeight::Dense(weight) = &self.weight else { return 0 };
+        let dense_bytes = tensor_bytes(weight);
+        let q = Int8Weight::quantize(weight);
+        let int8_bytes = tensor_bytes(&q.values) + tensor_bytes(&q.scales);
+        self.weight = LinearWeight::Int8(q);
+        int8_bytes - dense_bytes
+    }
+
+    /// The weight [out, in] unless it is quantised.
+    pub fn dense_weight(&self) -> Option<&Tensor> {
+        match &self.weight {
+            LinearWeight::Dense(weight) => Some(weight),
+            LinearWeight::Int8(_) => None,
+        }
+    }
+}
+
+pub fn tensor_bytes(t: &Tensor) -> i64 {
+    (t.numel() * t.kind().elt_size_in_bytes()) as i64
+}
+
+impl Int8Weight {
+    fn quantize(weight: &Tensor) -> Self {
+        let _guard = tch::no_grad_guard();
+        let (_, in_features) = weight.size2().expect("a linear weight is [out, in]");
+        let w = weight.to_kind(Kind::Float);
+        // The scale the kernel will use is bf16: quantise against that rounded scale, so the
+        // only error is the int8 rounding (and a clamp of at most 2⁻⁹ of the row's maximum).
+        // All-zero rows get scale 1 (their values are 0 either way).
+        let absmax = w.abs().amax([1], true);
+        let scales = (absmax.clamp_min(f32::MIN_POSITIVE as f64) / 127.0).to_kind(Kind::BFloat16);
+        let values = (w / scales.to_kind(Kind::Float)).round().clamp(-127.0, 127.0).to_kind(Kind::Int8);
+        let padded = (in_features + INT8_K_MULTIPLE - 1) / INT8_K_MULTIPLE * INT8_K_MULTIPLE;
+        let values = if padded == in_features { values } else { values.constant_pad_nd([0, padded - in_features]) };
+        Self { values: values.contiguous(), scales: scales.view([-1]).contiguous(), in_features }
+    }
+
+    /// `xs` [.., in] of any float dtype → [.., out] in that dtype.
+    fn forward(&self, xs: &Tensor, bias: Option<&Tensor>) -> Tensor {
+        let mut size = xs.size();
+        let out_features = self.values.size()[0];
+        let rows = xs.numel() as i64 / self.in_features;
+        let x = xs.reshape([rows, self.in_features]).to_kind(Kind::BFloat16);
+        let y = if rows >= INT8_MAX_ROWS {
+            let dense = self.values.narrow(1, 0, self.in_features).to_kind(Kind::BFloat16) * self.scales.unsqueeze(1);
+            x.linear(&dense, None::<&Tensor>)
+        } else {
+            let padded = self.values.size()[1];
+            let x = if padded == self.in_features { x } else { x.constant_pad_nd([0, padded - self.in_features]) };
+            kernel_aligned(x).internal_weight_int8pack_mm(&self.values, &self.scales)
+        };
+        let y = y.to_kind(xs.kind());
+        let y = match bias {
+            Some(b) => y + b,
+            None => y,
+        };
+        *size.last_mut().expect("inputs have a feature dimension") = out_features;
+        y.view(size.as_slice())
+    }
+}
+
+/// The int8 kernel reads its input rows with 32-byte aligned loads: a contiguous tensor whose
+/// data starts on a 64-byte boundary (rows are multiples of 16 bf16 values, so all are).
+fn kernel_aligned(x: Tensor) -> Tensor {
+    let x = x.contiguous();
+    if x.data_ptr() as usize % 64 == 0 {
+        x
+    } else {
+        x.copy()
     }
 }
 
@@ -96,4 +203,102 @@ pub fn merge_heads(xs: &Tensor) -> Tensor {
 /// [batch, heads, q, k].
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Tensor {
     Tensor::scaled_dot_product_attention(q, k, v, mask, 0.0, false, None, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use tch::{Device, Kind, Tensor};
+
+    use super::*;
+
+    fn linear(out: i64, inp: i64, seed: i64) -> (Tensor, Tensor) {
+        tch::manual_seed(seed);
+        let opts = (Kind::Float, Device::Cpu);
+        (Tensor::randn([out, inp], opts) / (inp as f64).sqrt(), Tensor::randn([out], opts) * 0.1)
+    }
+
+    fn relative(actual: &Tensor, expected: &Tensor) -> f64 {
+        (actual - expected).norm().double_value(&[]) / expected.norm().double_value(&[])
+    }
+
+    /// x · (q · s)ᵀ + b with x rounded to bf16 as the kernel sees it, accumulated in f32.
+    fn dequantised_reference(layer: &Linear, xs: &Tensor) -> Tensor {
+        let LinearWeight::Int8(q) = &layer.weight else { panic!("not quantised") };
+        let w = q.values.narrow(1, 0, q.in_features).to_kind(Kind::Float) * q.scales.to_kind(Kind::Float).unsqueeze(1);
+        xs.to_kind(Kind::BFloat16).to_kind(Kind::Float).linear(&w, layer.bias.as_ref())
+    }
+
+    #[test]
+    fn quantisation_is_symmetric_per_output_channel_and_round_to_nearest() {
+        let _guard = tch::no_grad_guard();
+        let (w, b) = linear(48, 64, 1);
+        let _ = w.get(5).fill_(0.0);
+        let mut layer = Linear::new(w.shallow_clone(), Some(b));
+        assert!(layer.quantize_int8() < 0, "int8 holds fewer bytes than f32");
+        let LinearWeight::Int8(q) = &layer.weight else { panic!("not quantised") };
+        assert_eq!(q.values.kind(), Kind::Int8);
+        assert_eq!(q.scales.kind(), Kind::BFloat16);
+        let values = q.values.to_kind(Kind::Float);
+        let scales = q.scales.to_kind(Kind::Float).unsqueeze(1);
+        let row_max = values.abs().amax([1], false);
+        for row in 0..48 {
+            let expected = if row == 5 { 0.0 } else { 127.0 };
+            assert_eq!(row_max.double_value(&[row]), expected, "row {row} spans the int8 range");
+        }
+        // Round to nearest: every weight within half a step (plus the bf16 scale's clamp slack).
+        let error = (&w - &values * &scales).abs();
+        let bound = &scales * 0.5 + w.abs().amax([1], true) * 2f64.powi(-8);
+        assert!(
+            bool::try_from(error.le_tensor(&bound).all()).unwrap(),
+            "an int8 value is off by more than half a step"
+        );
+    }
+
+    #[test]
+    fn int8_forward_matches_the_dequantised_matmul_for_any_rows_and_width() {
+        let _guard = tch::no_grad_guard();
+        // 40 is not a multiple of the kernel's 16: the weight and the inputs are zero-padded.
+        for (out, inp) in [(96, 64), (24, 40), (8, 8)] {
+            let (w, b) = linear(out, inp, 2);
+            let mut layer = Linear::new(w.shallow_clone(), Some(b.shallow_clone()));
+            layer.quantize_int8();
+            // Below and above INT8_MAX_ROWS (the dequantised bf16 GEMM), with a leading batch.
+            for rows in [1, 3, INT8_MAX_ROWS + 5] {
+                let xs = Tensor::randn([2, rows, inp], (Kind::Float, Device::Cpu));
+                let ys = layer.forward(&xs);
+                assert_eq!(ys.size(), [2, rows, out]);
+                assert_eq!(ys.kind(), Kind::Float, "the output keeps the input's dtype");
+                let rel = relative(&ys, &dequantised_reference(&layer, &xs));
+                assert!(rel < 5e-3, "[{out}, {inp}], {rows} rows: {rel} off the dequantised matmul");
+                let rel_f32 = relative(&ys, &xs.linear(&w, Some(&b)));
+                assert!(rel_f32 < 3e-2, "[{out}, {inp}], {rows} rows: {rel_f32} off the f32 layer");
+            }
+        }
+    }
+
+    #[test]
+    fn int8_forward_accepts_bf16_inputs_that_start_off_the_kernels_alignment() {
+        let _guard = tch::no_grad_guard();
+        let (w, b) = linear(32, 64, 3);
+        let mut layer = Linear::new(w, Some(b.to_kind(Kind::BFloat16)));
+        layer.quantize_int8();
+        let flat = Tensor::randn([4 * 64 + 1], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
+        // One element in: contiguous, but 2 bytes past an aligned address.
+        let shifted = flat.narrow(0, 1, 4 * 64).view([4, 64]);
+        assert_ne!(shifted.data_ptr() as usize % 32, 0);
+        let ys = layer.forward(&shifted);
+        assert_eq!(ys.kind(), Kind::BFloat16);
+        let expected = layer.forward(&shifted.copy());
+        assert!(bool::try_from(ys.eq_tensor(&expected).all()).unwrap());
+    }
+
+    #[test]
+    fn a_dense_layer_is_plain_linear() {
+        let _guard = tch::no_grad_guard();
+        let (w, b) = linear(16, 24, 4);
+        let xs = Tensor::randn([3, 24], (Kind::Float, Device::Cpu));
+        let layer = Linear::new(w.shallow_clone(), Some(b.shallow_clone()));
+        assert!(bool::try_from(layer.forward(&xs).eq_tensor(&xs.linear(&w, Some(&b))).all()).unwrap());
+        assert!(layer.dense_weight().is_some());
+    }
 }

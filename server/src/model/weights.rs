@@ -73,6 +73,15 @@ impl Weights {
         })
     }
 
+    /// Converts the floating tensors whose names start with `prefix` to `kind`.
+    pub fn convert_prefix(&mut self, prefix: &str, kind: Kind) {
+        for (_, tensor) in self.tensors.iter_mut().filter(|(name, _)| name.starts_with(prefix)) {
+            if tensor.is_floating_point() {
+                *tensor = tensor.to_kind(kind);
+            }
+        }
+    }
+
     /// Bytes held by all tensors.
     pub fn bytes(&self) -> usize {
         self.tensors.values().map(|t| t.numel() * t.kind().elt_size_in_bytes()).sum()

@@ -9,10 +9,11 @@ use serde::{Deserialize, Serialize};
 
 pub use super::source::DownloadProgress;
 use super::source::{resolve_with_progress, HubOptions};
-use crate::device::{parse_device, parse_dtype};
+use crate::device::parse_device;
 use crate::engine::{Frame, InferenceRequest, ModelInfo, Pipeline};
 use crate::error::{GitcapError, Result};
 use crate::model::generation::{GenerationOverrides, StepControl};
+use crate::model::Precision;
 
 /// What to load (the admin API's `ModelSpec`, with defaults filled in).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,10 +56,10 @@ pub fn check_root(source: &str, roots: Option<&[PathBuf]>) -> Result<()> {
 pub fn load(spec: &LoadSpec, hub: &HubOptions, progress: &mut dyn FnMut(DownloadProgress)) -> Result<Loaded> {
     let started = Instant::now();
     let device = parse_device(&spec.device)?;
-    let kind = parse_dtype(&spec.dtype)?;
+    let precision = Precision::parse(&spec.dtype)?;
     let revision = Some(spec.revision.as_str()).filter(|r| !r.is_empty());
     let checkpoint = resolve_with_progress(&spec.source, revision, hub, progress)?;
-    let pipeline = Pipeline::load(&checkpoint.dir, kind, device)?;
+    let pipeline = Pipeline::load(&checkpoint.dir, precision, device)?;
     let version = if checkpoint.version == "local" && !spec.version.is_empty() {
         spec.version.clone()
     } else {
