@@ -94,5 +94,10 @@ for dtype in ${DTYPES//,/ }; do
   stop_server
 done
 
+if [[ ",$DTYPES," == *,fast,* ]]; then
+  echo "gitcap fast-mode fidelity..." >&2
+  "$BIN" fidelity --model "$WORK/model" --dtype fast --threads "$THREADS" > "$WORK/fidelity-fast.txt"
+fi
+
 "$PY" bench/render.py --work "$WORK" --dtypes "$DTYPES" --clients "$CLIENTS" --runs "$RUNS" \
   --max-new-tokens "$MAX_NEW" --machine "$MACHINE" --device "$DEVICE" ${WRITE:+--write "$WRITE"}
