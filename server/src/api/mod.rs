@@ -111,7 +111,7 @@ pub async fn serve(
                 .accept_http1(true)
                 .layer(crate::web::PageLayer::metrics_only())
                 .add_optional_service(admin)
-                .serve_with_incoming(TcpListenerStream::new(listener))
+                .serve_with_incoming(incoming(listener))
                 .await;
             if let Err(e) = served {
                 tracing::error!(%e, "admin server stopped");
@@ -138,7 +138,7 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(captioner)
         .add_optional_service(admin_here)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(incoming(listener), async move {
             draining.await;
             let _ = stopped_tx.send(());
         });
@@ -215,6 +215,18 @@ fn request_span(request: &http::Request<()>) -> tracing::Span {
 }
 
 /// Binds `addr` (port 0 = any free port).
+/// Accepted connections with Nagle's algorithm off: a response is written as several small
+/// frames (headers, message, trailers), and with Nagle on the trailers wait for the client's
+/// delayed ACK (~40 ms on Linux) on every call.
+fn incoming(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
+}
+
 pub async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr)> {
     let listener = TcpListener::bind(addr)
         .await

@@ -230,6 +230,8 @@ impl<'p> Scheduler<'p> {
         };
         let vision_ms = started.elapsed().as_secs_f64() * 1e3;
         for (waiting, frames) in batch.into_iter().zip(frames.drain(..)) {
+            // Decoding starts with the image prefill.
+            let decode_started = Instant::now();
             let started = frames.and_then(|frames| {
                 let count = frames.count;
                 self.start(&waiting.search, frames).map(|kv| (kv, count))
@@ -252,7 +254,7 @@ impl<'p> Scheduler<'p> {
                 frames_used,
                 queue_ms: waiting.queue_ms,
                 vision_ms,
-                decode_started: Instant::now(),
+                decode_started,
                 kv_tokens: waiting.kv_tokens,
             };
             self.prefill_prompt(running);
