@@ -5,6 +5,7 @@ mod common;
 use tokio_stream::StreamExt;
 use tonic::Code;
 
+use common::bad_input::png_declaring;
 use common::fixtures::{cases, fixtures};
 use common::server::TestServer;
 use gitcap_client::proto::{
@@ -186,28 +187,6 @@ async fn bad_requests_get_clear_statuses_and_the_server_keeps_serving() {
     assert!(server.is_running());
     let ok = client.caption(request(Kind::Image(png), "", greedy(4))).await.unwrap().into_inner();
     assert_eq!(ok.token_ids.len(), 4);
-}
-
-/// A valid PNG (signature, IHDR with a correct CRC, a tiny IDAT, IEND) whose header declares
-/// `width` x `height` pixels.
-fn png_declaring(width: u32, height: u32) -> Vec<u8> {
-    fn crc32(bytes: &[u8]) -> u32 {
-        let mut crc = !0u32;
-        for &b in bytes {
-            crc ^= u32::from(b);
-            for _ in 0..8 {
-                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
-            }
-        }
-        !crc
-    }
-    fn chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
-        let body = [kind.as_slice(), data].concat();
-        [(data.len() as u32).to_be_bytes().to_vec(), body.clone(), crc32(&body).to_be_bytes().to_vec()].concat()
-    }
-    let ihdr = [width.to_be_bytes().as_slice(), &height.to_be_bytes(), &[8, 2, 0, 0, 0]].concat();
-    let idat = [0x78, 0x9c, 0x63, 0x00, 0x00, 0x00, 0x01, 0x00, 0x01];
-    [b"\x89PNG\r\n\x1a\n".to_vec(), chunk(b"IHDR", &ihdr), chunk(b"IDAT", &idat), chunk(b"IEND", &[])].concat()
 }
 
 #[tokio::test]
