@@ -1,29 +1,9 @@
-//! Build script of the server package:
-//! 1. compiles `proto/` with protox (no system `protoc`) into tonic server + client code and a
-//!    descriptor set for gRPC reflection;
-//! 2. gives every binary and test of this package an rpath to libtorch, so they run without
-//!    LD_LIBRARY_PATH.
+//! Build script of the server package: gives every binary and test of this package an rpath to
+//! libtorch, so they run without LD_LIBRARY_PATH. (The protocol is compiled by `protocol/`.)
 
-use std::{env, path::PathBuf};
+use std::env;
 
-const PROTOS: &[&str] = &["proto/gitcap/v1/gitcap.proto"];
-
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    compile_protos()?;
-    link_libtorch();
-    Ok(())
-}
-
-fn compile_protos() -> Result<(), Box<dyn std::error::Error>> {
-    println!("cargo:rerun-if-changed=proto");
-    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    let fds = protox::compile(PROTOS, ["proto"])?;
-    std::fs::write(out_dir.join("gitcap_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
-    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(fds)?;
-    Ok(())
-}
-
-fn link_libtorch() {
+fn main() {
     // torch-sys (the `links = "tch"` crate) reports where it found libtorch.
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     let lib_dir =

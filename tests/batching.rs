@@ -13,7 +13,7 @@ use gitcap_server::engine::{
     EngineEvent, EngineOptions, Frame, InferenceOutput, InferenceRequest, ModelInfo, ModelWorker, Pipeline,
 };
 use gitcap_server::media::{decode_image, MediaLimits};
-use gitcap_server::model::generation::{GenerationOverrides, StepControl};
+use gitcap_server::model::generation::{GenerationOptions, StepControl};
 
 fn pipeline(model: &str) -> Pipeline {
     Pipeline::load(&model_dir(model), Kind::Float, Device::Cpu).unwrap()
@@ -47,7 +47,7 @@ fn pattern(seed: u32) -> RgbImage {
     })
 }
 
-fn request(frames: &[RgbImage], question: Option<&str>, options: GenerationOverrides) -> InferenceRequest {
+fn request(frames: &[RgbImage], question: Option<&str>, options: GenerationOptions) -> InferenceRequest {
     InferenceRequest {
         frames: frames.iter().cloned().map(Frame::Image).collect(),
         question: question.map(str::to_string),
@@ -85,22 +85,18 @@ fn mixed_requests(model: &str) -> Vec<InferenceRequest> {
     let frames = if model == "tiny-git-video" { 6 } else { 1 };
     for seed in 0..4u32 {
         let images: Vec<RgbImage> = (0..frames).map(|f| pattern(seed * 10 + f)).collect();
-        let sampled = GenerationOverrides {
+        let sampled = GenerationOptions {
             do_sample: Some(true),
             seed: Some(seed as u64),
             top_k: Some(50),
-            max_new_tokens: Some(9 + seed as usize),
+            max_new_tokens: Some(9 + seed),
             ..Default::default()
         };
         requests.push(request(&images, None, sampled));
         let question = (seed % 2 == 0).then_some("what is in the picture?");
-        let greedy = GenerationOverrides { max_new_tokens: Some(6 + 3 * seed as usize), ..Default::default() };
+        let greedy = GenerationOptions { max_new_tokens: Some(6 + 3 * seed), ..Default::default() };
         requests.push(request(&images, question, greedy));
-        let beams = GenerationOverrides {
-            num_beams: Some(2 + seed as usize % 2),
-            max_new_tokens: Some(7),
-            ..Default::default()
-        };
+        let beams = GenerationOptions { num_beams: Some(2 + seed % 2), max_new_tokens: Some(7), ..Default::default() };
         requests.push(request(&images, None, beams));
     }
     requests
@@ -128,8 +124,8 @@ async fn batched_requests_give_the_tokens_they_give_alone() {
 async fn a_request_cancelled_mid_batch_leaves_the_others_alone() {
     let model = "tiny-git-image";
     let reference = pipeline(model);
-    let long = GenerationOverrides { min_new_tokens: Some(24), max_new_tokens: Some(24), ..Default::default() };
-    let requests = || (0..5).map(|i| request(&[pattern(i)], None, long.clone())).collect::<Vec<_>>();
+    let long = GenerationOptions { min_new_tokens: Some(24), max_new_tokens: Some(24), ..Default::default() };
+    let requests = || (0..5).map(|i| request(&[pattern(i)], None, long)).collect::<Vec<_>>();
     let expected: Vec<Vec<i64>> = requests().iter().map(|r| alone(&reference, r)).collect();
     let worker = worker(model, EngineOptions::default());
     let mut receivers: Vec<_> = requests().into_iter().map(|r| worker.submit(r, None).unwrap()).collect();
@@ -154,17 +150,17 @@ async fn cache_hits_give_what_misses_give() {
     for model in ["tiny-git-image", "tiny-git-video"] {
         let reference = pipeline(model);
         let frames: Vec<RgbImage> = (0..if model == "tiny-git-video" { 6 } else { 1 }).map(pattern).collect();
-        let caption = request(&frames, None, GenerationOverrides { max_new_tokens: Some(10), ..Default::default() });
+        let caption = request(&frames, None, GenerationOptions { max_new_tokens: Some(10), ..Default::default() });
         let question = "what is it?";
         let follow_up =
-            request(&frames, Some(question), GenerationOverrides { max_new_tokens: Some(5), ..Default::default() });
+            request(&frames, Some(question), GenerationOptions { max_new_tokens: Some(5), ..Default::default() });
         let worker = worker(model, EngineOptions::default());
         let cold = result(worker.submit(caption, None).unwrap()).await;
         let before = worker.stats();
         let warm = result(
             worker
                 .submit(
-                    request(&frames, None, GenerationOverrides { max_new_tokens: Some(10), ..Default::default() }),
+                    request(&frames, None, GenerationOptions { max_new_tokens: Some(10), ..Default::default() }),
                     None,
                 )
                 .unwrap(),
@@ -177,13 +173,13 @@ async fn cache_hits_give_what_misses_give() {
             cold.token_ids,
             alone(
                 &reference,
-                &request(&frames, None, GenerationOverrides { max_new_tokens: Some(10), ..Default::default() })
+                &request(&frames, None, GenerationOptions { max_new_tokens: Some(10), ..Default::default() })
             ),
             "{model}: cold request vs the pipeline alone"
         );
         let expected = alone(
             &reference,
-            &request(&frames, Some(question), GenerationOverrides { max_new_tokens: Some(5), ..Default::default() }),
+            &request(&frames, Some(question), GenerationOptions { max_new_tokens: Some(5), ..Default::default() }),
         );
         assert_eq!(asked.token_ids, expected, "{model}: follow-up question from cached image keys/values");
         assert_eq!(after.cache.prefix_hits - before.cache.prefix_hits, 2, "{model}: {after:?}");
@@ -200,13 +196,13 @@ async fn cache_hits_give_what_misses_give() {
         let shifted = InferenceRequest {
             frames: window,
             question: None,
-            options: GenerationOverrides { max_new_tokens: Some(4), ..Default::default() },
+            options: GenerationOptions { max_new_tokens: Some(4), ..Default::default() },
         };
         let mut shifted_frames = frames[1..].to_vec();
         shifted_frames.push(pattern(99));
         let expected = alone(
             &reference,
-            &request(&shifted_frames, None, GenerationOverrides { max_new_tokens: Some(4), ..Default::default() }),
+            &request(&shifted_frames, None, GenerationOptions { max_new_tokens: Some(4), ..Default::default() }),
         );
         let out = result(worker.submit(shifted, None).unwrap()).await;
         if model == "tiny-git-video" {
@@ -221,7 +217,7 @@ async fn cache_hits_give_what_misses_give() {
 #[tokio::test]
 async fn the_cache_keeps_to_its_byte_bound() {
     let model = "tiny-git-image";
-    let short = || GenerationOverrides { max_new_tokens: Some(2), ..Default::default() };
+    let short = || GenerationOptions { max_new_tokens: Some(2), ..Default::default() };
     // What one request leaves in the cache: its frame's features and its image keys/values.
     let probe = worker(model, EngineOptions::default());
     result(probe.submit(request(&[pattern(0)], None, short()), None).unwrap()).await;

@@ -11,7 +11,7 @@ use tch::{Device, Kind, Tensor};
 use common::fixtures::{cases, model_dir, tensors, Case, MODELS};
 use gitcap_server::engine::{Frame, InferenceRequest, Pipeline};
 use gitcap_server::media::{decode_image, MediaLimits};
-use gitcap_server::model::generation::{generate, FinishReason, GenerationOverrides, StepControl};
+use gitcap_server::model::generation::{generate, FinishReason, GenerationOptions, StepControl};
 
 fn pipelines() -> HashMap<String, Pipeline> {
     MODELS
@@ -51,7 +51,7 @@ fn generated_tokens_equal_transformers_from_the_same_pixels() {
     for case in cases_ref() {
         let p = &pipelines[&case.model];
         let image_tokens = p.model.image_tokens(&p.model.encode_frames(&case.pixel_values(&golden)).unwrap()).unwrap();
-        let config = case.overrides().apply(&p.generation);
+        let config = p.generation.with_options(&case.overrides());
         let mut streamed = vec![];
         let out = generate(&p.model, &image_tokens, &case.prompt_ids, &config, &mut |step| {
             streamed.extend(step.map(|s| s.token_id));
@@ -106,8 +106,8 @@ fn sampling_with_a_seed_is_reproducible() {
     let case = cases_ref().iter().find(|c| c.name == "image_caption_greedy").unwrap();
     let p = &pipelines[&case.model];
     let image_tokens = p.model.image_tokens(&p.model.encode_frames(&case.pixel_values(&golden)).unwrap()).unwrap();
-    let run = |seed: u64, beams: usize| {
-        let options = GenerationOverrides {
+    let run = |seed: u64, beams: u32| {
+        let options = GenerationOptions {
             do_sample: Some(true),
             seed: Some(seed),
             num_beams: Some(beams),
@@ -117,7 +117,7 @@ fn sampling_with_a_seed_is_reproducible() {
             top_p: Some(0.95),
             ..Default::default()
         };
-        let config = options.apply(&p.generation);
+        let config = p.generation.with_options(&options);
         generate(&p.model, &image_tokens, &case.prompt_ids, &config, &mut |_| StepControl::Continue).unwrap().token_ids
     };
     for beams in [1, 3] {

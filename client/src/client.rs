@@ -18,10 +18,10 @@ use tonic_health::pb::HealthCheckRequest;
 use crate::error::{Error, Result};
 use crate::proto::{
     self, admin_client::AdminClient, caption_event, captioner_client::CaptionerClient, live_message, model_event,
-    upload_message, AliasStatus, FrameChunk, GenerationOptions, ListResponse, LiveMessage, LiveStart, Media, ModelSpec,
-    ModelStatus, ScoreLabelsRequest, SwapResponse, UploadMessage, UploadStart,
+    upload_message, AliasStatus, FrameChunk, ListResponse, LiveMessage, LiveStart, Media, ModelSpec, ModelStatus,
+    ScoreLabelsRequest, SwapResponse, UploadMessage, UploadStart,
 };
-use crate::Caption;
+use crate::{Caption, GenerationOptions};
 
 /// Frames are sent in chunks of at most this many bytes unless [`ClientConfig::chunk_size`] says otherwise.
 pub const DEFAULT_CHUNK_SIZE: usize = 1 << 20;
@@ -192,8 +192,8 @@ impl CaptionOptions {
         self
     }
 
-    fn generation(&self) -> Option<GenerationOptions> {
-        (self.generation != GenerationOptions::default()).then_some(self.generation)
+    fn generation(&self) -> Option<proto::GenerationOptions> {
+        (self.generation != GenerationOptions::default()).then(|| self.generation.into())
     }
 }
 

@@ -10,14 +10,7 @@ pub const IMAGE_EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "webp", "gif"];
 /// The file extensions read as videos.
 pub const VIDEO_EXTENSIONS: [&str; 7] = ["mp4", "webm", "mov", "mkv", "avi", "m4v", "mpg"];
 
-/// An image format the server decodes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ImageFormat {
-    Jpeg,
-    Png,
-    WebP,
-    Gif,
-}
+pub use gitcap_protocol::media_kind::{sniff_image, ImageFormat};
 
 /// What a path holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,21 +21,6 @@ pub enum MediaSource {
     Video(PathBuf),
     /// A directory: its image files sorted by name are the frames of a video.
     Frames(Vec<PathBuf>),
-}
-
-/// An image format by its first bytes.
-pub fn sniff_image(bytes: &[u8]) -> Option<ImageFormat> {
-    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        Some(ImageFormat::Jpeg)
-    } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
-        Some(ImageFormat::Png)
-    } else if bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
-        Some(ImageFormat::WebP)
-    } else if bytes.starts_with(b"GIF87a") || bytes.starts_with(b"GIF89a") {
-        Some(ImageFormat::Gif)
-    } else {
-        None
-    }
 }
 
 fn extension(path: &Path) -> String {
@@ -136,33 +114,15 @@ pub enum FfmpegError {
     Io(#[from] io::Error),
 }
 
-/// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> io::Result<Self> {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-        let dir = std::env::temp_dir().join(format!("gitcap-frames-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        Ok(Self(dir))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Extracts `fps` frames per second of a video as JPEGs (at most 640 pixels wide) with the
 /// `ffmpeg` program, and returns them in order.
 pub fn extract_video_frames(path: &Path, fps: f64) -> Result<Vec<Vec<u8>>, FfmpegError> {
-    let dir = TempDir::new()?;
+    let dir = tempfile::Builder::new().prefix("gitcap-frames-").tempdir()?;
     let output = match Command::new("ffmpeg")
         .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-i"])
         .arg(path)
         .args(["-vf", &format!("fps={fps},scale='min(640,iw)':-2"), "-q:v", "3"])
-        .arg(dir.0.join("%06d.jpg"))
+        .arg(dir.path().join("%06d.jpg"))
         .output()
     {
         Ok(output) => output,
@@ -175,7 +135,7 @@ pub fn extract_video_frames(path: &Path, fps: f64) -> Result<Vec<Vec<u8>>, Ffmpe
             stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
         });
     }
-    let frames = list_frames(&dir.0)?.iter().map(std::fs::read).collect::<io::Result<Vec<_>>>()?;
+    let frames = list_frames(dir.path())?.iter().map(std::fs::read).collect::<io::Result<Vec<_>>>()?;
     if frames.is_empty() {
         return Err(FfmpegError::NoFrames(path.display().to_string()));
     }
@@ -185,15 +145,6 @@ pub fn extract_video_frames(path: &Path, fps: f64) -> Result<Vec<Vec<u8>>, Ffmpe
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn images_are_recognised_by_content() {
-        assert_eq!(sniff_image(&[0xFF, 0xD8, 0xFF, 0xE0]), Some(ImageFormat::Jpeg));
-        assert_eq!(sniff_image(b"\x89PNG\r\n\x1a\n...."), Some(ImageFormat::Png));
-        assert_eq!(sniff_image(b"RIFF\0\0\0\0WEBPVP8 "), Some(ImageFormat::WebP));
-        assert_eq!(sniff_image(b"GIF89a"), Some(ImageFormat::Gif));
-        assert_eq!(sniff_image(b"hello"), None);
-    }
 
     #[test]
     fn paths_are_classified() {

@@ -9,7 +9,7 @@
 use gitcap_fuzz::{check_frames, expect_bad_input, request_limits};
 use gitcap_server::api::convert::{self, RequestLimits};
 use gitcap_server::api::upload::FrameChunks;
-use gitcap_server::model::generation::GenerationConfig;
+use gitcap_server::model::generation::{GenerationConfig, Search};
 use gitcap_server::proto;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
@@ -29,16 +29,17 @@ fn check_question(text: &str, limits: &RequestLimits) {
 }
 
 fn check_options(options: Option<&proto::GenerationOptions>, limits: &RequestLimits) {
-    match convert::overrides(options, limits) {
-        Ok(overrides) => {
-            assert!(overrides.max_new_tokens.is_none_or(|n| (1..=limits.max_new_tokens).contains(&n)));
-            assert!(overrides.num_beams.is_none_or(|n| (1..=limits.max_beams).contains(&n)));
-            assert!(overrides.temperature.is_none_or(|t| t > 0.0 && t <= 100.0));
-            assert!(overrides.top_p.is_none_or(|p| p > 0.0 && p <= 1.0));
-            assert!(overrides.repetition_penalty.is_none_or(|p| p > 0.0 && p <= 100.0));
-            assert!(overrides.length_penalty.is_none_or(|p| p.is_finite() && p.abs() <= 100.0));
-            let config = overrides.apply(&GenerationConfig::default());
-            if let Err(err) = config.validate("options") {
+    match convert::options(options, limits) {
+        Ok(options) => {
+            assert!(options.max_new_tokens.is_none_or(|n| (1..=limits.max_new_tokens).contains(&(n as usize))));
+            assert!(options.num_beams.is_none_or(|n| (1..=limits.max_beams).contains(&(n as usize))));
+            assert!(options.temperature.is_none_or(|t| t > 0.0 && t <= 100.0));
+            assert!(options.top_p.is_none_or(|p| p > 0.0 && p <= 1.0));
+            assert!(options.repetition_penalty.is_none_or(|p| p > 0.0 && p <= 100.0));
+            assert!(options.length_penalty.is_none_or(|p| p.is_finite() && p.abs() <= 100.0));
+            let config = GenerationConfig::default().with_options(&options);
+            // The combination with the checkpoint's defaults is checked when the search is set up.
+            if let Err(err) = Search::new(&config, &[101]) {
                 expect_bad_input(err);
             }
             let _ = config.max_total_len(limits.max_question_chars);

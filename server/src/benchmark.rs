@@ -10,7 +10,7 @@ use tch::{Device, Tensor};
 use crate::device::parse_device;
 use crate::engine::Pipeline;
 use crate::error::{GitcapError, Result};
-use crate::model::generation::{generate, GenerationOverrides, StepControl};
+use crate::model::generation::{generate, GenerationOptions, StepControl};
 use crate::model::Precision;
 
 pub struct Bench {
@@ -29,13 +29,13 @@ pub fn run(args: Bench) -> Result<()> {
     let pipeline = Pipeline::load(&args.model, precision, device)?;
     let inputs = Tensor::read_safetensors(&args.inputs)
         .map_err(|e| GitcapError::invalid("inputs", format!("{}: {e}", args.inputs.display())))?;
-    let options = GenerationOverrides {
-        max_new_tokens: Some(args.max_new_tokens),
+    let options = GenerationOptions {
+        max_new_tokens: Some(args.max_new_tokens as u32),
         num_beams: Some(1),
         do_sample: Some(false),
         ..Default::default()
     };
-    let config = options.apply(&pipeline.generation);
+    let config = pipeline.generation.with_options(&options);
     let mut report = serde_json::Map::new();
     for (name, pixel_values) in inputs {
         let size = pixel_values.size();

@@ -16,7 +16,7 @@ use tch::{Device, Kind, Tensor};
 use crate::engine::Pipeline;
 use crate::error::{GitcapError, Result};
 use crate::media::{decode_image, MediaLimits};
-use crate::model::generation::{generate, GenerationOverrides, StepControl};
+use crate::model::generation::{generate, GenerationOptions, StepControl};
 use crate::model::Precision;
 
 pub struct Fidelity {
@@ -110,9 +110,9 @@ fn compare(reference: &Pipeline, reduced: &Pipeline, input: &Input, max_new_toke
         Tensor::stack(&used.iter().map(|&i| reference.pixel_values(&input.frames[i])).collect::<Result<Vec<_>>>()?, 0);
     let prompt = reference.prompt_ids(input.question.as_deref())?;
     // Plain greedy with EOS held back, so every input gives `max_new_tokens` positions.
-    let options = GenerationOverrides {
-        max_new_tokens: Some(max_new_tokens),
-        min_new_tokens: Some(max_new_tokens),
+    let options = GenerationOptions {
+        max_new_tokens: Some(max_new_tokens as u32),
+        min_new_tokens: Some(max_new_tokens as u32),
         num_beams: Some(1),
         do_sample: Some(false),
         repetition_penalty: Some(1.0),
@@ -121,7 +121,7 @@ fn compare(reference: &Pipeline, reduced: &Pipeline, input: &Input, max_new_toke
     };
     let greedy = |p: &Pipeline| -> Result<Vec<i64>> {
         let image_tokens = p.model.image_tokens(&p.model.encode_frames(&pixels)?)?;
-        let config = options.apply(&p.generation);
+        let config = p.generation.with_options(&options);
         Ok(generate(&p.model, &image_tokens, &prompt, &config, &mut |_| StepControl::Continue)?.token_ids)
     };
     let tokens = greedy(reference)?;

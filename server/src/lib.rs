@@ -17,9 +17,5 @@ pub mod server;
 pub mod settings;
 pub mod web;
 
-/// The generated protocol (`proto/gitcap/v1/gitcap.proto`).
-pub mod proto {
-    tonic::include_proto!("gitcap.v1");
-    /// Encoded descriptor set, for gRPC reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("gitcap_descriptor");
-}
+/// The generated protocol (`proto/gitcap/v1/gitcap.proto`), from `gitcap_protocol`.
+pub use gitcap_protocol::proto;

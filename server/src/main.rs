@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use gitcap_server::benchmark::{self, Bench};
 use gitcap_server::fidelity::{self, Fidelity};
-use gitcap_server::model::generation::{EarlyStopping, GenerationOverrides};
+use gitcap_server::model::generation::GenerationOptions;
 use gitcap_server::oneshot::{self, OneShot};
 use gitcap_server::registry::HubOptions;
 use gitcap_server::settings::Settings;
@@ -150,71 +150,13 @@ struct CaptionArgs {
     #[arg(long)]
     question: Option<String>,
     #[command(flatten)]
-    generation: GenerationArgs,
+    generation: GenerationOptions,
     /// Print token ids, text and timings as JSON.
     #[arg(long)]
     json: bool,
     /// Print the text token by token as it is generated.
     #[arg(long)]
     stream: bool,
-}
-
-/// transformers `generate` options; unset ones come from the checkpoint's generation_config.json.
-#[derive(Args)]
-struct GenerationArgs {
-    #[arg(long)]
-    max_new_tokens: Option<usize>,
-    #[arg(long)]
-    min_new_tokens: Option<usize>,
-    #[arg(long)]
-    num_beams: Option<usize>,
-    #[arg(long)]
-    length_penalty: Option<f64>,
-    /// true, false or never.
-    #[arg(long, value_parser = parse_early_stopping)]
-    early_stopping: Option<EarlyStopping>,
-    #[arg(long)]
-    do_sample: bool,
-    #[arg(long)]
-    temperature: Option<f64>,
-    #[arg(long)]
-    top_k: Option<usize>,
-    #[arg(long)]
-    top_p: Option<f64>,
-    #[arg(long)]
-    seed: Option<u64>,
-    #[arg(long)]
-    repetition_penalty: Option<f64>,
-    #[arg(long)]
-    no_repeat_ngram_size: Option<usize>,
-}
-
-fn parse_early_stopping(text: &str) -> Result<EarlyStopping, String> {
-    match text {
-        "true" => Ok(EarlyStopping::Yes),
-        "false" => Ok(EarlyStopping::No),
-        "never" => Ok(EarlyStopping::Never),
-        _ => Err(format!("`{text}` is not true, false or never")),
-    }
-}
-
-impl GenerationArgs {
-    fn overrides(&self) -> GenerationOverrides {
-        GenerationOverrides {
-            max_new_tokens: self.max_new_tokens,
-            min_new_tokens: self.min_new_tokens,
-            num_beams: self.num_beams,
-            length_penalty: self.length_penalty,
-            early_stopping: self.early_stopping,
-            do_sample: self.do_sample.then_some(true),
-            temperature: self.temperature,
-            top_k: self.top_k,
-            top_p: self.top_p,
-            seed: self.seed,
-            repetition_penalty: self.repetition_penalty,
-            no_repeat_ngram_size: self.no_repeat_ngram_size,
-        }
-    }
 }
 
 fn init_logging(json: bool) {
@@ -269,7 +211,7 @@ fn main() -> ExitCode {
                 dtype: args.model.dtype,
                 media: args.image.into_iter().chain(args.frames).collect(),
                 question: args.question,
-                options: args.generation.overrides(),
+                options: args.generation,
                 json: args.json,
                 stream: args.stream,
             })

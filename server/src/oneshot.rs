@@ -10,7 +10,7 @@ use crate::device::parse_device;
 use crate::engine::{Frame, InferenceRequest, Pipeline};
 use crate::error::{GitcapError, Result};
 use crate::media::{decode_image, MediaLimits};
-use crate::model::generation::{FinishReason, GenerationOverrides, StepControl};
+use crate::model::generation::{FinishReason, GenerationOptions, StepControl};
 use crate::model::Precision;
 use crate::registry::{resolve, HubOptions};
 
@@ -23,13 +23,16 @@ pub struct OneShot {
     /// One image, or the frames of a video in order.
     pub media: Vec<PathBuf>,
     pub question: Option<String>,
-    pub options: GenerationOverrides,
+    pub options: GenerationOptions,
     pub json: bool,
     /// Print each token's text as soon as it is generated.
     pub stream: bool,
 }
 
 pub fn run(args: OneShot) -> Result<()> {
+    let flag =
+        |e: gitcap_protocol::InvalidOption| GitcapError::invalid(format!("--{}", e.field.replace('_', "-")), e.message);
+    args.options.check().map_err(flag)?;
     let load_started = Instant::now();
     let device = parse_device(&args.device)?;
     let precision = Precision::parse(&args.dtype)?;
@@ -47,7 +50,7 @@ pub fn run(args: OneShot) -> Result<()> {
     let request = InferenceRequest {
         frames: frames.into_iter().map(Frame::Image).collect(),
         question: args.question.clone(),
-        options: args.options.clone(),
+        options: args.options,
     };
     let started = Instant::now();
     let mut first_token_ms = None;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use tch::Tensor;
 
-use gitcap_server::model::generation::{EarlyStopping, GenerationOverrides};
+use gitcap_server::model::generation::GenerationOptions;
 
 pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -35,39 +35,16 @@ pub struct Case {
 }
 
 impl Case {
-    /// The case's `generate` kwargs as request overrides.
-    pub fn overrides(&self) -> GenerationOverrides {
-        let k = &self.generate_kwargs;
-        let uint = |name: &str| k.get(name).and_then(|v| v.as_u64()).map(|v| v as usize);
-        let float = |name: &str| k.get(name).and_then(|v| v.as_f64());
-        let known = [
-            "max_new_tokens",
-            "min_new_tokens",
-            "num_beams",
-            "length_penalty",
-            "early_stopping",
-            "do_sample",
-            "repetition_penalty",
-            "no_repeat_ngram_size",
-        ];
-        for key in k.keys() {
-            assert!(known.contains(&key.as_str()), "case {}: generate kwarg {key} is not mapped", self.name);
+    /// The case's `generate` kwargs as request options: their names are the options' names.
+    pub fn overrides(&self) -> GenerationOptions {
+        let kwargs = serde_json::Value::Object(self.generate_kwargs.clone().into_iter().collect());
+        let options: GenerationOptions = serde_json::from_value(kwargs).expect("generate kwargs as options");
+        // Every kwarg must have become an option: a name the options lack would be dropped.
+        let mapped = serde_json::to_value(options).unwrap();
+        for key in self.generate_kwargs.keys() {
+            assert!(mapped.get(key).is_some(), "case {}: generate kwarg {key} is not an option", self.name);
         }
-        GenerationOverrides {
-            max_new_tokens: uint("max_new_tokens"),
-            min_new_tokens: uint("min_new_tokens"),
-            num_beams: uint("num_beams"),
-            length_penalty: float("length_penalty"),
-            early_stopping: k.get("early_stopping").map(|v| match v {
-                serde_json::Value::Bool(true) => EarlyStopping::Yes,
-                serde_json::Value::String(s) if s == "never" => EarlyStopping::Never,
-                _ => EarlyStopping::No,
-            }),
-            do_sample: k.get("do_sample").and_then(|v| v.as_bool()),
-            repetition_penalty: float("repetition_penalty"),
-            no_repeat_ngram_size: uint("no_repeat_ngram_size"),
-            ..Default::default()
-        }
+        options
     }
 
     /// The exact model input: [frames, 3, H, W].

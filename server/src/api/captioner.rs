@@ -19,7 +19,7 @@ use crate::engine::{EncodedFrame, EngineEvent, Frame, InferenceRequest, ModelInf
 use crate::error::GitcapError;
 use crate::media::MediaLimits;
 use crate::metrics;
-use crate::model::generation::GenerationOverrides;
+use crate::model::generation::GenerationOptions;
 use crate::proto::{self, captioner_server::Captioner};
 use crate::registry::Registry;
 
@@ -47,7 +47,7 @@ impl CaptionerService {
         let request = request.into_inner();
         let worker = self.model(&request.model, tally)?;
         let question = convert::question(&request.question, &self.limits)?;
-        let options = convert::overrides(request.options.as_ref(), &self.limits)?;
+        let options = convert::options(request.options.as_ref(), &self.limits)?;
         let frames = self.decode(request.media).await?;
         let frames = frames.into_iter().map(Frame::Image).collect();
         submit(worker, InferenceRequest { frames, question, options }, timeout, started, started)
@@ -77,7 +77,7 @@ impl CaptionerService {
         };
         let worker = self.model(&start.model, tally)?;
         let question = convert::question(&start.question, &self.limits)?;
-        let options = convert::overrides(start.options.as_ref(), &self.limits)?;
+        let options = convert::options(start.options.as_ref(), &self.limits)?;
         let declared = start.frame_count as usize;
         let mut assembler = FrameAssembler::new(worker.clone(), (*self.limits).clone(), declared)?;
         let mut tasks = Vec::new();
@@ -114,7 +114,7 @@ impl CaptionerService {
         };
         let worker = self.model(&start.model, tally)?;
         let question = convert::question(&start.question, &self.limits)?;
-        let options = convert::overrides(start.options.as_ref(), &self.limits)?;
+        let options = convert::options(start.options.as_ref(), &self.limits)?;
         let max = worker.info.max_frames;
         let window = if start.window == 0 { max } else { start.window as usize };
         if window > max {
@@ -365,7 +365,7 @@ impl Captioner for CaptionerService {
 struct LiveSession {
     worker: ModelWorker,
     question: Option<String>,
-    options: GenerationOverrides,
+    options: GenerationOptions,
     window: usize,
     stride: usize,
     limits: RequestLimits,
@@ -410,7 +410,7 @@ impl LiveSession {
         tx: &mpsc::Sender<Result<proto::LiveEvent, Status>>,
     ) -> Result<(), Status> {
         let first_frame = (last_frame + 1 - frames.len()) as u64;
-        let request = InferenceRequest { frames, question: self.question.clone(), options: self.options.clone() };
+        let request = InferenceRequest { frames, question: self.question.clone(), options: self.options };
         let now = Instant::now();
         let caption = submit(self.worker.clone(), request, None, now, now)?.finish().await?;
         let event = proto::LiveEvent { first_frame, last_frame: last_frame as u64, caption: Some(caption) };

@@ -5,7 +5,7 @@ use image::RgbImage;
 use crate::engine::{InferenceOutput, TokenEvent};
 use crate::error::{GitcapError, Result};
 use crate::media::{decode_image, from_raw_rgb, MediaLimits};
-use crate::model::generation::{EarlyStopping, FinishReason, GenerationOverrides};
+use crate::model::generation::{FinishReason, GenerationOptions};
 use crate::proto;
 
 /// Server-side bounds on what a request may ask for.
@@ -104,56 +104,32 @@ pub fn labels(labels: &[String], limits: &RequestLimits) -> Result<Vec<String>> 
         .collect()
 }
 
-/// Generation options, checked against the server's limits.
-pub fn overrides(options: Option<&proto::GenerationOptions>, limits: &RequestLimits) -> Result<GenerationOverrides> {
-    let Some(o) = options else {
-        return Ok(GenerationOverrides::default());
+/// A request's generation options: read from the message, range-checked
+/// ([`GenerationOptions::check`]), then held to the server's limits.
+pub fn options(message: Option<&proto::GenerationOptions>, limits: &RequestLimits) -> Result<GenerationOptions> {
+    let Some(message) = message else {
+        return Ok(GenerationOptions::default());
     };
-    let bad = |field: &str, msg: String| Err(GitcapError::invalid(format!("options.{field}"), msg));
-    if let Some(n) = o.max_new_tokens {
-        if n == 0 || n as usize > limits.max_new_tokens {
-            return bad("max_new_tokens", format!("must be 1 to {}, got {n}", limits.max_new_tokens));
-        }
-    }
-    if let Some(n) = o.num_beams {
-        if n == 0 || n as usize > limits.max_beams {
-            return bad("num_beams", format!("must be 1 to {}, got {n}", limits.max_beams));
-        }
-    }
-    if let Some(t) = o.temperature {
-        if !(t > 0.0 && t.is_finite() && t <= 100.0) {
-            return bad("temperature", format!("must be in (0, 100], got {t}"));
-        }
-    }
-    if let Some(p) = o.top_p {
-        if !(p > 0.0 && p <= 1.0) {
-            return bad("top_p", format!("must be in (0, 1], got {p}"));
-        }
-    }
-    if let Some(p) = o.repetition_penalty {
-        if !(p > 0.0 && p.is_finite() && p <= 100.0) {
-            return bad("repetition_penalty", format!("must be in (0, 100], got {p}"));
-        }
-    }
-    if let Some(p) = o.length_penalty {
-        if !(p.is_finite() && p.abs() <= 100.0) {
-            return bad("length_penalty", format!("must be in [-100, 100], got {p}"));
-        }
-    }
-    Ok(GenerationOverrides {
-        max_new_tokens: o.max_new_tokens.map(|v| v as usize),
-        min_new_tokens: o.min_new_tokens.map(|v| v as usize),
-        num_beams: o.num_beams.map(|v| v as usize),
-        length_penalty: o.length_penalty.map(f64::from),
-        early_stopping: o.early_stopping.map(|v| if v { EarlyStopping::Yes } else { EarlyStopping::No }),
-        do_sample: o.do_sample,
-        temperature: o.temperature.map(f64::from),
-        top_k: o.top_k.map(|v| v as usize),
-        top_p: o.top_p.map(f64::from),
-        seed: o.seed,
-        repetition_penalty: o.repetition_penalty.map(f64::from),
-        no_repeat_ngram_size: o.no_repeat_ngram_size.map(|v| v as usize),
-    })
+    let invalid = |e: gitcap_protocol::InvalidOption| GitcapError::invalid(format!("options.{}", e.field), e.message);
+    let options = GenerationOptions::try_from(message).map_err(invalid)?;
+    options.check().map_err(invalid)?;
+    within_limits(&options, limits)?;
+    Ok(options)
+}
+
+/// The server's own bounds on the options (beyond their ranges).
+pub fn within_limits(options: &GenerationOptions, limits: &RequestLimits) -> Result<()> {
+    let most = |field: &str, value: Option<u32>, limit: usize| match value {
+        Some(n) if n as usize > limit => Err(GitcapError::invalid(
+            format!("options.{field}"),
+            format!("must be at most {limit} on this server, got {n}"),
+        )),
+        _ => Ok(()),
+    };
+    most("max_new_tokens", options.max_new_tokens, limits.max_new_tokens)?;
+    most("min_new_tokens", options.min_new_tokens, limits.max_new_tokens)?;
+    most("no_repeat_ngram_size", options.no_repeat_ngram_size, limits.max_new_tokens)?;
+    most("num_beams", options.num_beams, limits.max_beams)
 }
 
 pub fn token_event(event: TokenEvent) -> proto::TokenEvent {

@@ -11,7 +11,7 @@ use tch::{Device, Tensor};
 use super::feature_cache::ContentKey;
 use crate::error::{GitcapError, Result};
 use crate::media::{sample_frame_indices, PreprocessorConfig};
-use crate::model::generation::{self, FinishReason, GenerationConfig, GenerationOverrides, StepControl, TokenStep};
+use crate::model::generation::{self, FinishReason, GenerationConfig, GenerationOptions, StepControl, TokenStep};
 use crate::model::tokenizer::{GitTokenizer, TextStream};
 use crate::model::{GitForCausalLM, Precision};
 
@@ -51,7 +51,7 @@ impl Clone for EncodedFrame {
 pub struct InferenceRequest {
     pub frames: Vec<Frame>,
     pub question: Option<String>,
-    pub options: GenerationOverrides,
+    pub options: GenerationOptions,
 }
 
 /// A generated token with the text it adds (possibly empty, see [`TextStream`]).
@@ -165,7 +165,7 @@ impl Pipeline {
         let encoded = Instant::now();
         let mut stream = TextStream::new(&self.tokenizer);
         let mut stream_error = None;
-        let config = request.options.apply(&self.generation);
+        let config = self.generation.with_options(&request.options);
         let generated =
             generation::generate(&self.model, &image_tokens, &prompt, &config, &mut |step: Option<TokenStep>| {
                 let Some(step) = step else { return on_token(None) };

@@ -150,7 +150,7 @@ impl<'p> Scheduler<'p> {
             return None;
         }
         let setup = || -> Result<(Search, Vec<i64>, usize)> {
-            let config = job.request.options.apply(&self.pipeline.generation);
+            let config = self.pipeline.generation.with_options(&job.request.options);
             let prompt = self.pipeline.prompt_ids(job.request.question.as_deref())?;
             let search = Search::new(&config, &prompt)?;
             let frames = self.pipeline.frames_to_use(job.request.frames.len())?.len();

@@ -36,6 +36,8 @@ use image::codecs::webp::WebPDecoder;
 use image::metadata::Orientation;
 use image::{AnimationDecoder, DynamicImage, ImageDecoder, ImageError, RgbImage};
 
+use gitcap_protocol::media_kind::{is_heif_image, sniff_image, sniff_video, ImageFormat};
+
 use crate::error::{GitcapError, Result};
 
 /// Bounds on what one piece of media may decode to.
@@ -55,56 +57,16 @@ impl Default for MediaLimits {
     }
 }
 
-/// The formats accepted, by their leading bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
-    Jpeg,
-    Png,
-    Gif,
-    WebP,
-}
-
-fn sniff(bytes: &[u8]) -> Option<Format> {
-    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        Some(Format::Jpeg)
-    } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
-        Some(Format::Png)
-    } else if bytes.starts_with(b"GIF87a") || bytes.starts_with(b"GIF89a") {
-        Some(Format::Gif)
-    } else if bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
-        Some(Format::WebP)
-    } else {
-        None
-    }
-}
-
-impl Format {
-    fn name(self) -> &'static str {
-        match self {
-            Format::Jpeg => "JPEG",
-            Format::Png => "PNG",
-            Format::Gif => "GIF",
-            Format::WebP => "WebP",
-        }
-    }
-}
-
 /// Says what unsupported bytes look like, for the error message.
 fn describe_unknown(bytes: &[u8]) -> String {
     let head: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
     let mut msg = format!("not a JPEG, PNG, WebP or GIF image (first bytes {})", head.join(" "));
-    let what = if bytes.len() >= 12 && &bytes[4..8] == b"ftyp" {
-        match &bytes[8..12] {
-            b"avif" | b"avis" => Some("an AVIF image".to_string()),
-            b"heic" | b"heix" | b"mif1" | b"msf1" | b"hevc" => Some("a HEIC/HEIF image".into()),
-            _ => Some("an ISO media file (MP4/MOV/HEIF); send the frames as images".into()),
-        }
+    let what = if is_heif_image(bytes) {
+        Some("a HEIC/HEIF or AVIF image".to_string())
+    } else if let Some(container) = sniff_video(bytes) {
+        Some(format!("a {} video: send it as media.video", container.name()))
     } else if let Ok(format) = image::guess_format(bytes) {
         Some(format!("a {format:?} image"))
-    } else if bytes.starts_with(b"\x1aE\xdf\xa3") {
-        Some("a WebM/Matroska video; send the frames as images".into())
-    } else if bytes.starts_with(b"RIFF") && bytes.get(8..12) == Some(b"AVI ") {
-        Some("an AVI video; send the frames as images".into())
     } else if bytes.starts_with(b"data:") || bytes.starts_with(b"/9j/") || bytes.starts_with(b"iVBOR") {
         Some("base64 text; send the decoded bytes".into())
     } else if bytes.starts_with(b"http://") || bytes.starts_with(b"https://") {
@@ -148,7 +110,7 @@ fn check_size(field: &str, width: u32, height: u32, limits: &MediaLimits) -> Res
     Ok(())
 }
 
-fn decode_error(field: &str, format: Format, err: ImageError) -> GitcapError {
+fn decode_error(field: &str, format: ImageFormat, err: ImageError) -> GitcapError {
     let detail = match &err {
         ImageError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             "the data ends early (truncated file?)".to_string()
@@ -168,9 +130,9 @@ pub fn decode_image(bytes: &[u8], field: &str, limits: &MediaLimits) -> Result<V
     if bytes.is_empty() {
         return Err(GitcapError::media(field, "empty: no image bytes were sent"));
     }
-    let format = sniff(bytes).ok_or_else(|| GitcapError::media(field, describe_unknown(bytes)))?;
+    let format = sniff_image(bytes).ok_or_else(|| GitcapError::media(field, describe_unknown(bytes)))?;
     match format {
-        Format::Jpeg => {
+        ImageFormat::Jpeg => {
             check_jpeg_structure(bytes).map_err(|m| GitcapError::media(field, m))?;
             // The image crate reads the header and metadata; libjpeg-turbo (the decoder inside
             // Pillow) decodes the pixels, so they are Pillow's exactly.
@@ -191,12 +153,12 @@ pub fn decode_image(bytes: &[u8], field: &str, limits: &MediaLimits) -> Result<V
                 Err(JpegProblem::Corrupt(message)) => Err(GitcapError::media(field, message)),
             }
         }
-        Format::Png => {
+        ImageFormat::Png => {
             check_png_palette(bytes).map_err(|m| GitcapError::media(field, m))?;
             let decoder = PngDecoder::new(Cursor::new(bytes)).map_err(|e| decode_error(field, format, e))?;
             decode_still(decoder, format, field, limits)
         }
-        Format::WebP => {
+        ImageFormat::WebP => {
             let mut decoder = WebPDecoder::new(Cursor::new(bytes)).map_err(|e| decode_error(field, format, e))?;
             if decoder.has_animation() {
                 let (w, h) = decoder.dimensions();
@@ -207,7 +169,7 @@ pub fn decode_image(bytes: &[u8], field: &str, limits: &MediaLimits) -> Result<V
                 decode_still(decoder, format, field, limits)
             }
         }
-        Format::Gif => {
+        ImageFormat::Gif => {
             let mut decoder = GifDecoder::new(Cursor::new(bytes)).map_err(|e| decode_error(field, format, e))?;
             let (w, h) = decoder.dimensions();
             check_size(field, w, h, limits)?;
@@ -273,7 +235,7 @@ pub fn from_raw_rgb(width: u32, height: u32, bytes: &[u8], field: &str, limits: 
 
 fn decode_still(
     mut decoder: impl ImageDecoder,
-    format: Format,
+    format: ImageFormat,
     field: &str,
     limits: &MediaLimits,
 ) -> Result<Vec<RgbImage>> {
@@ -297,7 +259,7 @@ fn decoder_limits(limits: &MediaLimits) -> image::Limits {
 fn decode_frames(
     frames: image::Frames<'_>,
     (w, h): (u32, u32),
-    format: Format,
+    format: ImageFormat,
     field: &str,
     limits: &MediaLimits,
 ) -> Result<Vec<RgbImage>> {

@@ -12,7 +12,7 @@ use super::source::{resolve_with_progress, HubOptions};
 use crate::device::parse_device;
 use crate::engine::{Frame, InferenceRequest, ModelInfo, Pipeline};
 use crate::error::{GitcapError, Result};
-use crate::model::generation::{GenerationOverrides, StepControl};
+use crate::model::generation::{GenerationOptions, StepControl};
 use crate::model::Precision;
 
 /// What to load (the admin API's `ModelSpec`, with defaults filled in).
@@ -83,7 +83,7 @@ fn warm_up(pipeline: &Pipeline) -> Result<()> {
     let request = InferenceRequest {
         frames: vec![Frame::Image(RgbImage::from_pixel(64, 64, image::Rgb([128, 128, 128])))],
         question: None,
-        options: GenerationOverrides { max_new_tokens: Some(1), num_beams: Some(1), ..Default::default() },
+        options: GenerationOptions { max_new_tokens: Some(1), num_beams: Some(1), ..Default::default() },
     };
     pipeline
         .run(&request, &mut |_| StepControl::Continue)

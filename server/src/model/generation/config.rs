@@ -1,35 +1,13 @@
 //! Decoding options, as transformers' `GenerationConfig`: read from a checkpoint's
-//! `generation_config.json`, then overridden per request.
+//! `generation_config.json`, then overridden per request by the caller's
+//! [`GenerationOptions`] (defined, with their range checks, in `gitcap_protocol`).
 
 use serde::Deserialize;
 use std::path::Path;
 
+pub use gitcap_protocol::{EarlyStopping, GenerationOptions};
+
 use crate::error::{GitcapError, Result};
-
-/// `early_stopping` of beam search: `true`, `false` or `"never"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum EarlyStopping {
-    /// Stop as soon as `num_beams` hypotheses are finished.
-    Yes,
-    /// Stop when the best running beam, at its current length, cannot beat the finished ones.
-    #[default]
-    No,
-    /// The canonical beam search: stop only when no running beam could ever win.
-    Never,
-}
-
-impl<'de> Deserialize<'de> for EarlyStopping {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        match serde_json::Value::deserialize(d)? {
-            serde_json::Value::Bool(true) => Ok(Self::Yes),
-            serde_json::Value::Bool(false) | serde_json::Value::Null => Ok(Self::No),
-            serde_json::Value::String(s) if s == "never" => Ok(Self::Never),
-            other => {
-                Err(serde::de::Error::custom(format!("early_stopping must be true, false or \"never\", got {other}")))
-            }
-        }
-    }
-}
 
 /// One or several end-of-sequence ids.
 #[derive(Debug, Clone, Deserialize)]
@@ -101,6 +79,7 @@ impl GenerationConfig {
         } else {
             Self::default()
         };
+        config.validate().map_err(|e| GitcapError::model_files(format!("{}: {e}", path.display())))?;
         config.bos_token_id.get_or_insert(bos);
         config.pad_token_id.get_or_insert(pad);
         if config.eos.is_none() {
@@ -129,75 +108,68 @@ impl GenerationConfig {
         }
     }
 
-    /// Checks the options are in range; `field` prefixes the names in errors.
-    pub fn validate(&self, field: &str) -> Result<()> {
-        let bad = |name: &str, msg: String| Err(GitcapError::invalid(format!("{field}.{name}"), msg));
+    /// Checks a checkpoint's values are usable; the error names the key. (A request's options
+    /// are checked by [`GenerationOptions::check`] before they reach a config.)
+    fn validate(&self) -> std::result::Result<(), String> {
         if self.num_beams == 0 {
-            return bad("num_beams", "must be at least 1".into());
+            return Err("num_beams must be at least 1".into());
         }
         if self.do_sample && !(self.temperature > 0.0 && self.temperature.is_finite()) {
-            return bad("temperature", format!("must be a positive number when sampling, got {}", self.temperature));
+            return Err(format!("temperature must be a positive number when sampling, got {}", self.temperature));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return bad("top_p", format!("must be in (0, 1], got {}", self.top_p));
+            return Err(format!("top_p must be in (0, 1], got {}", self.top_p));
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
-            return bad("repetition_penalty", format!("must be a positive number, got {}", self.repetition_penalty));
+            return Err(format!("repetition_penalty must be a positive number, got {}", self.repetition_penalty));
         }
         if !self.length_penalty.is_finite() {
-            return bad("length_penalty", format!("must be finite, got {}", self.length_penalty));
-        }
-        if let (Some(min), Some(max)) = (self.min_new_tokens, self.max_new_tokens) {
-            if min > max {
-                return bad("min_new_tokens", format!("{min} is more than max_new_tokens {max}"));
-            }
+            return Err(format!("length_penalty must be finite, got {}", self.length_penalty));
         }
         Ok(())
     }
 }
 
-/// Per-request overrides of a checkpoint's [`GenerationConfig`]; `None` keeps its value.
-#[derive(Debug, Clone, Default)]
-pub struct GenerationOverrides {
-    pub max_new_tokens: Option<usize>,
-    pub min_new_tokens: Option<usize>,
-    pub num_beams: Option<usize>,
-    pub length_penalty: Option<f64>,
-    pub early_stopping: Option<EarlyStopping>,
-    pub do_sample: Option<bool>,
-    pub temperature: Option<f64>,
-    pub top_k: Option<usize>,
-    pub top_p: Option<f64>,
-    pub seed: Option<u64>,
-    pub repetition_penalty: Option<f64>,
-    pub no_repeat_ngram_size: Option<usize>,
-}
-
-impl GenerationOverrides {
-    pub fn apply(&self, base: &GenerationConfig) -> GenerationConfig {
-        let mut c = base.clone();
-        macro_rules! set {
-            ($($field:ident),*) => { $( if let Some(v) = self.$field { c.$field = v; } )* };
+impl GenerationConfig {
+    /// This config with the caller's options over it (unset options keep the config's values).
+    pub fn with_options(&self, options: &GenerationOptions) -> GenerationConfig {
+        let mut c = self.clone();
+        let o = options;
+        if let Some(v) = o.max_new_tokens {
+            c.max_new_tokens = Some(v as usize);
         }
-        set!(
-            num_beams,
-            length_penalty,
-            early_stopping,
-            do_sample,
-            temperature,
-            top_k,
-            top_p,
-            repetition_penalty,
-            no_repeat_ngram_size
-        );
-        if self.max_new_tokens.is_some() {
-            c.max_new_tokens = self.max_new_tokens;
+        if let Some(v) = o.min_new_tokens {
+            c.min_new_tokens = Some(v as usize);
         }
-        if self.min_new_tokens.is_some() {
-            c.min_new_tokens = self.min_new_tokens;
+        if let Some(v) = o.num_beams {
+            c.num_beams = v as usize;
         }
-        if self.seed.is_some() {
-            c.seed = self.seed;
+        if let Some(v) = o.length_penalty {
+            c.length_penalty = f64::from(v);
+        }
+        if let Some(v) = o.early_stopping {
+            c.early_stopping = v;
+        }
+        if let Some(v) = o.do_sample {
+            c.do_sample = v;
+        }
+        if let Some(v) = o.temperature {
+            c.temperature = f64::from(v);
+        }
+        if let Some(v) = o.top_k {
+            c.top_k = v as usize;
+        }
+        if let Some(v) = o.top_p {
+            c.top_p = f64::from(v);
+        }
+        if let Some(v) = o.repetition_penalty {
+            c.repetition_penalty = f64::from(v);
+        }
+        if let Some(v) = o.no_repeat_ngram_size {
+            c.no_repeat_ngram_size = v as usize;
+        }
+        if o.seed.is_some() {
+            c.seed = o.seed;
         }
         c
     }
