@@ -433,3 +433,34 @@ fn sizes_and_urls_are_written_for_people() {
     assert!(shown.ends_with('…'));
     assert_eq!(shorten("http://x/y"), "http://x/y");
 }
+
+/// A measurement rather than a check: how fast a large body streams into a temporary file, and
+/// that memory does not grow with it. Run with
+/// `cargo test --lib media::fetch::tests::a_large_body_streams_into_a_file -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run it alone with --ignored --nocapture"]
+async fn a_large_body_streams_into_a_file() {
+    const SIZE: u64 = 512 << 20;
+    let server = TestServer::start(|_| Reply::Stream { declared: Some(SIZE), total: SIZE }).await;
+    let policy = UrlPolicy { max_bytes: SIZE, timeout: Duration::from_secs(300), ..policy(&["127.0.0.1"]) };
+    let fetcher = UrlFetcher::new(policy).unwrap();
+    let peak_before = peak_resident_mib();
+    let started = Instant::now();
+    let fetched = fetcher.fetch(&server.url("/video.mp4"), FIELD).await.unwrap();
+    let seconds = started.elapsed().as_secs_f64();
+    assert_eq!(fetched.bytes, SIZE);
+    let growth = peak_resident_mib() - peak_before;
+    println!(
+        "{} MiB in {seconds:.2} s ({:.0} MiB/s); peak resident memory grew by {growth} MiB",
+        SIZE >> 20,
+        (SIZE >> 20) as f64 / seconds
+    );
+    assert!(growth < 64, "the body is streamed, not held: peak memory grew by {growth} MiB");
+}
+
+/// The process's peak resident memory (Linux).
+fn peak_resident_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() >> 10
+}
