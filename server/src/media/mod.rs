@@ -11,16 +11,20 @@
 //!   [`PreprocessorConfig::preprocess`] resizes (`resample`: Pillow's resampling, ported bit for
 //!   bit), centre crops, rescales and normalises into CHW `f32` [`PixelValues`].
 //! - [`sample_frame_indices`]: which frames of a longer video the model sees.
+//! - [`fetch`]: media named by an http(s) URL, fetched under a [`UrlPolicy`] that keeps requests
+//!   away from private networks (SSRF).
 //!
 //! Turning [`PixelValues`] into tensors is the model's business. Reference data for the
 //! unit tests: `tests/fixtures/golden` and `testdata/` (see `testdata/make_testdata.py`).
 
 mod decode;
+pub mod fetch;
 mod frames;
 mod preprocess;
 mod resample;
 
 pub use decode::{decode_image, from_raw_rgb, MediaLimits};
+pub use fetch::{Fetched, FetchedBytes, UrlFetcher, UrlPolicy};
 pub use frames::sample_frame_indices;
 pub use preprocess::{
     PixelValues, PreprocessorConfig, ProcessorKind, Resample, ResizeTarget, IMAGENET_STANDARD_MEAN,
