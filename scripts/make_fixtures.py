@@ -178,6 +178,10 @@ def case_specs(eos_step: dict[str, int]) -> list[dict]:
         dict(name="image_vqa_greedy", model=img, media=["photo.jpg"], question=Q_IMAGE, kw=dict(GREEDY), logits=True),
         dict(name="image_vqa_beam3", model=img, media=["photo.jpg"], question=Q_IMAGE,
              kw=dict(GREEDY, num_beams=3)),
+        # early_stopping="never" (the canonical stopping rule) with length_penalty 1.5: a different
+        # caption from early_stopping=False here.
+        dict(name="image_caption_beam2_lp15_never", model=img, media=["photo.jpg"], question=None,
+             kw=dict(GREEDY, num_beams=2, length_penalty=1.5, early_stopping="never")),
         dict(name="video_caption_greedy", model=vid, media=FRAMES6, question=None, kw=dict(GREEDY), logits=True),
         dict(name="video_caption_beam3", model=vid, media=FRAMES6, question=None, kw=dict(GREEDY, num_beams=3)),
         dict(name="video_caption_beam4_lp06_early", model=vid, media=FRAMES6, question=None,
@@ -1157,7 +1161,9 @@ def write_readme(stage: Path, cases: list[dict], facts: dict, eos_info: dict, re
     text = f"""# gitcap test fixtures
 
 Everything in this directory, this README included, is written by `scripts/make_fixtures.py` — do not edit by
-hand. Regenerate (deterministic: byte-identical output on every run; ~10 s on 2 CPU cores) from the repository root:
+hand. Regenerate (deterministic: byte-identical output on every run on the same kind of CPU; torch's CPU random
+kernels can draw weights that differ in the last bits on another, and the goldens follow the weights; ~15 s on 2
+CPU cores) from the repository root:
 
 ```sh
 python -m venv .venv-fixtures

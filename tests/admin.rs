@@ -10,6 +10,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Request};
 
 use common::fixtures::{fixtures, model_dir};
+use common::probe::HeldRequest;
 use common::server::TestServer;
 use gitcap_client::proto::{
     admin_client::AdminClient, caption_event::Event, captioner_client::CaptionerClient, media::Kind, model_event,
@@ -197,29 +198,22 @@ async fn unload_drains_requests_in_flight_and_then_answers_not_found() {
     assert!(loaded.memory_bytes > 1_000_000, "{loaded:?}");
     assert_eq!(loaded.aliases, vec!["wide".to_string()]);
 
-    // A long request on `wide`, then unload it while the request runs.
-    let mut long = CaptionerClient::new(channel.clone());
-    let request = CaptionRequest {
-        options: Some(GenerationOptions {
-            max_new_tokens: Some(60),
-            min_new_tokens: Some(60),
-            num_beams: Some(32),
-            ..Default::default()
-        }),
-        ..caption("wide", 60)
-    };
-    let running = tokio::spawn(async move { long.caption(request).await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let unloaded = admin.unload(authed(UnloadRequest { id: "wide@local".into() }, ADMIN)).await.unwrap().into_inner();
-    assert_eq!(unloaded.status.unwrap().state, ModelState::Draining as i32);
+    // A request in flight on `wide` (a live stream, held open), then unload it.
+    let frame = std::fs::read(fixtures().join("media/shapes.png")).unwrap();
+    let mut held = HeldRequest::open(channel.clone(), "wide", &frame).await;
+    admin.unload(authed(UnloadRequest { id: "wide@local".into() }, ADMIN)).await.unwrap();
+    // New requests are refused at once...
     let mut captioner = CaptionerClient::new(channel.clone());
     assert_eq!(captioner.caption(caption("wide", 2)).await.unwrap_err().code(), Code::NotFound);
     assert_eq!(
         admin.get(authed(GetRequest { id: "wide@local".into() }, ADMIN)).await.unwrap_err().code(),
         Code::NotFound
     );
-    let finished = running.await.unwrap().expect("the request in flight finishes on the unloaded version");
-    assert_eq!(finished.into_inner().token_ids.len(), 60);
+    // ...while the one in flight still gets answers from the draining version...
+    let after = held.caption(&frame).await.expect("the request in flight is served while its version drains");
+    assert_eq!(after.caption.unwrap().version, "local");
+    // ...and the version is unloaded once it ends.
+    held.finish().await.expect("the request in flight ends cleanly");
 
     // The watch saw it all: the initial state, LOADING, READY, DRAINING, UNLOADED.
     let mut states = vec![];

@@ -3,14 +3,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::{Duration, Instant};
-
 use tokio_stream::StreamExt;
 use tonic::Code;
 
 use common::fixtures::fixtures;
+use common::probe::{self, http_get, value};
 use common::server::TestServer;
 use gitcap_client::proto::{
     admin_client::AdminClient, caption_event::Event, captioner_client::CaptionerClient, media::Kind, CaptionRequest,
@@ -20,39 +17,12 @@ use gitcap_client::proto::{
 const TOKEN: &str = "infer-secret";
 const ADMIN: &str = "admin-secret";
 
-/// A plain HTTP/1.1 GET: (status code, content type, body).
-fn http_get(addr: &str, path: &str) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let content_type = head
-        .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type: ").map(str::to_string))
-        .unwrap_or_default();
-    (status, content_type, body.to_string())
-}
-
-/// The value of the series written exactly as `series` (name and labels), if present.
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
-/// Scrapes until `ready` holds (a stream's outcome is counted just after its last message).
+/// Scrapes until `ready` holds (a stream's outcome is counted just after its last message),
+/// checking the content type on the way.
 fn scrape_until(addr: &str, ready: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (status, content_type, body) = http_get(addr, "/metrics");
-        assert_eq!(status, 200, "{body}");
-        assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
-        if ready(&body) || Instant::now() > deadline {
-            return body;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (_, content_type, _) = http_get(addr, "/metrics");
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    probe::scrape_until(addr, ready)
 }
 
 fn request(image: Vec<u8>, model: &str) -> tonic::Request<CaptionRequest> {

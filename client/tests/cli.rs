@@ -4,17 +4,19 @@
 //! (which needs LIBTORCH, as `scripts/test.sh` exports). Without LIBTORCH and without a built
 //! server the tests that need one say so loudly and pass.
 
+#[path = "../../tests/common/server.rs"]
+mod server;
+#[path = "../../tests/common/tools.rs"]
+mod tools;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::process::{Command, Output, Stdio};
 
 use futures::StreamExt;
 use gitcap_client::{CaptionOptions, ClientConfig, GitcapClient, LiveOptions, Media, UploadOptions};
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
+use server::{workspace, TestServer};
+use tools::Tool;
 
 fn models() -> PathBuf {
     workspace().join("tests/fixtures/models")
@@ -28,90 +30,14 @@ fn frames() -> Vec<Vec<u8>> {
     (0..6).map(|i| std::fs::read(media(&format!("frames/frame_{i}.png"))).unwrap()).collect()
 }
 
-/// The server binary next to this package's `gitcap`, built if need be; `None` (after a loud
-/// message) when it is missing and cannot be built here.
-fn server_binary() -> Option<PathBuf> {
-    static BINARY: OnceLock<Option<PathBuf>> = OnceLock::new();
-    BINARY
-        .get_or_init(|| {
-            let target_debug = Path::new(env!("CARGO_BIN_EXE_gitcap")).parent().unwrap().to_path_buf();
-            let binary = target_debug.join("gitcap-server");
-            if binary.exists() {
-                return Some(binary);
-            }
-            if std::env::var_os("LIBTORCH").is_none() {
-                eprintln!(
-                    "\n!!! SKIPPING gitcap CLI end-to-end tests: {} does not exist and LIBTORCH is unset, so it \
-                     cannot be built. Run scripts/test.sh (or export LIBTORCH=$(scripts/setup-libtorch.sh)). !!!\n",
-                    binary.display()
-                );
-                return None;
-            }
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "--bin", "gitcap-server"])
-                .current_dir(workspace())
-                .status()
-                .expect("running cargo build --bin gitcap-server");
-            assert!(status.success(), "building gitcap-server failed");
-            assert!(binary.exists(), "{} is still missing after building it", binary.display());
-            Some(binary)
-        })
-        .clone()
+/// Serves the fixture model `model` as `tiny`.
+fn start(model: &str) -> TestServer {
+    TestServer::start(model, &[])
 }
 
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    /// Serves the fixture model `model` as `tiny`, or `None` when there is no server binary.
-    fn start(model: &str) -> Option<Self> {
-        Self::start_with_env(model, &[])
-    }
-
-    /// The same, with environment variables (`GITCAP__…` settings).
-    fn start_with_env(model: &str, env: &[(&str, &str)]) -> Option<Self> {
-        let binary = server_binary()?;
-        let mut child = Command::new(binary)
-            .args(["serve", "--listen", "127.0.0.1:0", "--name", "tiny", "--model"])
-            .arg(models().join(model))
-            .env("RUST_LOG", "warn")
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting gitcap-server");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("reading the server's first line");
-        let addr = line
-            .trim()
-            .strip_prefix("gitcap-server listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line from the server: {line:?}"))
-            .to_string();
-        Some(Self { child, url: format!("http://{addr}") })
-    }
-
-    async fn client(&self) -> GitcapClient {
-        GitcapClient::connect(ClientConfig::new(&self.url)).await.expect("connecting to the test server")
-    }
-
-    async fn client_with_admin(&self) -> GitcapClient {
-        let config = ClientConfig::new(&self.url).admin_token(ADMIN);
-        GitcapClient::connect(config).await.expect("connecting to the test server")
-    }
-
-    /// Runs `gitcap --server <this server> args…`.
-    fn gitcap(&self, args: &[&str]) -> Output {
-        gitcap(&[&["--server", &self.url], args].concat())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Runs `gitcap --server <server> args…`.
+fn gitcap_at(server: &TestServer, args: &[&str]) -> Output {
+    gitcap(&[&["--server", &server.url()], args].concat())
 }
 
 fn gitcap(args: &[&str]) -> Output {
@@ -141,27 +67,28 @@ fn path(p: &Path) -> &str {
 
 #[tokio::test]
 async fn captions_an_image_plain_streamed_and_as_json() {
-    let Some(server) = Server::start("tiny-git-image") else { return };
+    let server = start("tiny-git-image");
     let photo = media("photo.jpg");
     let options = CaptionOptions::default().max_new_tokens(12);
-    let expected = server.client().await.caption(Media::image(std::fs::read(&photo).unwrap()), &options).await.unwrap();
+    let expected =
+        server.client(None).await.caption(Media::image(std::fs::read(&photo).unwrap()), &options).await.unwrap();
     assert!(!expected.text.is_empty());
 
-    let plain = ok(server.gitcap(&["caption", path(&photo), "--max-new-tokens", "12"]));
+    let plain = ok(gitcap_at(&server, &["caption", path(&photo), "--max-new-tokens", "12"]));
     assert_eq!(plain.trim_end_matches('\n'), expected.text);
 
-    let streamed = ok(server.gitcap(&["caption", path(&photo), "--max-new-tokens", "12", "--stream"]));
+    let streamed = ok(gitcap_at(&server, &["caption", path(&photo), "--max-new-tokens", "12", "--stream"]));
     assert_eq!(streamed.trim_end_matches('\n'), expected.text);
 
     let json: serde_json::Value =
-        serde_json::from_str(&ok(server.gitcap(&["caption", path(&photo), "--max-new-tokens", "12", "--json"])))
+        serde_json::from_str(&ok(gitcap_at(&server, &["caption", path(&photo), "--max-new-tokens", "12", "--json"])))
             .unwrap();
     assert_eq!(json["text"], expected.text.as_str());
     assert_eq!(json["model"], "tiny");
     assert_eq!(json["token_ids"].as_array().unwrap().len(), expected.token_ids.len());
 
     // Streamed JSON: one object per token, then the complete caption.
-    let lines = ok(server.gitcap(&["caption", path(&photo), "--max-new-tokens", "12", "--stream", "--json"]));
+    let lines = ok(gitcap_at(&server, &["caption", path(&photo), "--max-new-tokens", "12", "--stream", "--json"]));
     let events: Vec<serde_json::Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(events.last().unwrap()["done"]["text"], expected.text.as_str());
     let deltas: String = events.iter().filter_map(|e| e["token"]["text"].as_str()).collect();
@@ -170,65 +97,63 @@ async fn captions_an_image_plain_streamed_and_as_json() {
 
 #[tokio::test]
 async fn answers_a_question_and_ranks_labels() {
-    let Some(server) = Server::start("tiny-git-image") else { return };
-    let client = server.client().await;
+    let server = start("tiny-git-image");
+    let client = server.client(None).await;
     let shapes = media("shapes.png");
     let image = std::fs::read(&shapes).unwrap();
 
     let options = CaptionOptions::default().question("what is in the picture?").max_new_tokens(8);
     let expected = client.caption(Media::image(image.clone()), &options).await.unwrap();
-    let answer = ok(server.gitcap(&[
-        "caption",
-        path(&shapes),
-        "--question",
-        "what is in the picture?",
-        "--max-new-tokens",
-        "8",
-    ]));
+    let answer = ok(gitcap_at(
+        &server,
+        &["caption", path(&shapes), "--question", "what is in the picture?", "--max-new-tokens", "8"],
+    ));
     assert_eq!(answer.trim_end_matches('\n'), expected.text);
 
     let labels = ["a red square", "a dog", "a blue circle"];
     let ranked = client.score_labels(Media::image(image), labels, "", "").await.unwrap();
-    let printed = ok(server.gitcap(&["caption", path(&shapes), "--labels", &labels.join(",")]));
+    let printed = ok(gitcap_at(&server, &["caption", path(&shapes), "--labels", &labels.join(",")]));
     let lines: Vec<&str> = printed.lines().collect();
     assert_eq!(lines.len(), 3, "{printed}");
     for (i, (line, score)) in lines.iter().zip(&ranked.scores).enumerate() {
         assert!(line.trim_start().starts_with(&format!("{}. {}", i + 1, score.label)), "{printed}");
     }
-    let json: serde_json::Value =
-        serde_json::from_str(&ok(server.gitcap(&["caption", path(&shapes), "--labels", &labels.join(","), "--json"])))
-            .unwrap();
+    let json: serde_json::Value = serde_json::from_str(&ok(gitcap_at(
+        &server,
+        &["caption", path(&shapes), "--labels", &labels.join(","), "--json"],
+    )))
+    .unwrap();
     assert_eq!(json["scores"][0]["label"], ranked.scores[0].label.as_str());
 }
 
 #[tokio::test]
 async fn uploads_a_frame_directory_and_a_gif() {
-    let Some(server) = Server::start("tiny-git-video") else { return };
-    let client = server.client().await;
+    let server = start("tiny-git-video");
+    let client = server.client(None).await;
     let options = CaptionOptions::default().max_new_tokens(12);
     let upload = UploadOptions::new(options.clone()).frame_count(6);
     let expected = client.upload_frames(futures::stream::iter(frames()), &upload).await.unwrap();
 
     let dir = media("frames");
-    let plain = ok(server.gitcap(&["caption", path(&dir), "--max-new-tokens", "12"]));
+    let plain = ok(gitcap_at(&server, &["caption", path(&dir), "--max-new-tokens", "12"]));
     assert_eq!(plain.trim_end_matches('\n'), expected.text);
-    let streamed = ok(server.gitcap(&["caption", path(&dir), "--max-new-tokens", "12", "--stream"]));
+    let streamed = ok(gitcap_at(&server, &["caption", path(&dir), "--max-new-tokens", "12", "--stream"]));
     assert_eq!(streamed.trim_end_matches('\n'), expected.text);
 
     // The animated GIF goes as one image; the server splits its frames.
     let gif = media("anim.gif");
     let expected = client.caption(Media::image(std::fs::read(&gif).unwrap()), &options).await.unwrap();
-    let printed = ok(server.gitcap(&["caption", path(&gif), "--max-new-tokens", "12"]));
+    let printed = ok(gitcap_at(&server, &["caption", path(&gif), "--max-new-tokens", "12"]));
     assert_eq!(printed.trim_end_matches('\n'), expected.text);
 }
 
 #[tokio::test]
 async fn live_prints_each_window_with_its_frames_and_times() {
-    let Some(server) = Server::start("tiny-git-video") else { return };
+    let server = start("tiny-git-video");
     let options =
         LiveOptions { caption: CaptionOptions::default().max_new_tokens(6), window: 3, stride: 3, progress: None };
     let events: Vec<_> =
-        server.client().await.live(futures::stream::iter(frames()), &options).await.unwrap().collect().await;
+        server.client(None).await.live(futures::stream::iter(frames()), &options).await.unwrap().collect().await;
     let expected: Vec<String> = events
         .into_iter()
         .map(|e| {
@@ -241,42 +166,42 @@ async fn live_prints_each_window_with_its_frames_and_times() {
 
     let dir = media("frames");
     let args = ["live", path(&dir), "--window", "3", "--stride", "3", "--max-new-tokens", "6"];
-    let printed = ok(server.gitcap(&args));
+    let printed = ok(gitcap_at(&server, &args));
     assert_eq!(printed.lines().collect::<Vec<_>>(), expected);
 
-    let timed = ok(server.gitcap(&[&args[..], &["--fps", "2"]].concat()));
+    let timed = ok(gitcap_at(&server, &[&args[..], &["--fps", "2"]].concat()));
     assert!(timed.lines().next().unwrap().starts_with("[frames 0-2, 0.00s-1.50s] "), "{timed}");
     assert!(timed.lines().nth(1).unwrap().starts_with("[frames 3-5, 1.50s-3.00s] "), "{timed}");
 }
 
 #[test]
 fn health_reports_serving_and_unknown_services_fail() {
-    let Some(server) = Server::start("tiny-git-image") else { return };
-    assert_eq!(ok(server.gitcap(&["health"])).trim(), "SERVING");
-    assert_eq!(ok(server.gitcap(&["health", "--service", "gitcap.v1.Captioner"])).trim(), "SERVING");
-    let error = fails(server.gitcap(&["health", "--service", "no.such.Service"]));
+    let server = start("tiny-git-image");
+    assert_eq!(ok(gitcap_at(&server, &["health"])).trim(), "SERVING");
+    assert_eq!(ok(gitcap_at(&server, &["health", "--service", "gitcap.v1.Captioner"])).trim(), "SERVING");
+    let error = fails(gitcap_at(&server, &["health", "--service", "no.such.Service"]));
     assert!(error.contains("not found"), "{error}");
     // This server has no admin token, so no admin service.
-    let error = fails(server.gitcap(&["--admin-token", "x", "models", "list"]));
+    let error = fails(gitcap_at(&server, &["--admin-token", "x", "models", "list"]));
     assert!(error.contains("does not serve the admin service"), "{error}");
 }
 
 #[test]
 fn bad_files_fail_with_a_clear_message() {
-    let Some(server) = Server::start("tiny-git-image") else { return };
+    let server = start("tiny-git-image");
     let dir = tempfile::tempdir().unwrap();
     let text = dir.path().join("notes.txt");
     std::fs::write(&text, "not an image").unwrap();
-    let error = fails(server.gitcap(&["caption", path(&text)]));
+    let error = fails(gitcap_at(&server, &["caption", path(&text)]));
     assert!(error.contains("not a supported file"), "{error}");
 
     // A damaged image is sent; the server names the bad field.
     let broken = dir.path().join("broken.png");
     std::fs::write(&broken, "not a png either").unwrap();
-    let error = fails(server.gitcap(&["caption", path(&broken)]));
+    let error = fails(gitcap_at(&server, &["caption", path(&broken)]));
     assert!(error.contains("invalid argument `media"), "{error}");
 
-    let error = fails(server.gitcap(&["caption", path(&dir.path().join("missing.jpg"))]));
+    let error = fails(gitcap_at(&server, &["caption", path(&dir.path().join("missing.jpg"))]));
     assert!(error.contains("missing.jpg"), "{error}");
 }
 
@@ -294,16 +219,13 @@ fn a_video_without_ffmpeg_says_how_to_install_it() {
     assert!(error.contains("ffmpeg") && error.contains("apt-get install ffmpeg"), "{error}");
 }
 
-#[test]
-fn captions_a_video_file_when_ffmpeg_is_installed() {
-    if Command::new("ffmpeg").arg("-version").output().is_err() {
-        eprintln!("ffmpeg is not installed: skipping the video file test");
-        return;
-    }
-    let Some(server) = Server::start("tiny-git-video") else { return };
+#[tokio::test]
+async fn captions_a_video_file_as_its_extracted_frames() {
+    let Some(ffmpeg) = tools::require(Tool::Ffmpeg, "cli_captions_a_video_file") else { return };
+    let server = start("tiny-git-video");
     let dir = tempfile::tempdir().unwrap();
     let video = dir.path().join("clip.avi");
-    let made = Command::new("ffmpeg")
+    let made = Command::new(ffmpeg)
         .args(["-nostdin", "-loglevel", "error", "-y", "-framerate", "2", "-i"])
         .arg(media("frames/frame_%d.png"))
         .args(["-vf", "scale=64:64", "-c:v", "mjpeg", "-q:v", "2"])
@@ -311,8 +233,14 @@ fn captions_a_video_file_when_ffmpeg_is_installed() {
         .status()
         .unwrap();
     assert!(made.success(), "ffmpeg could not make the test video");
-    let printed = ok(server.gitcap(&["caption", path(&video), "--max-new-tokens", "8"]));
-    assert!(!printed.trim().is_empty());
+    // The CLI extracts 2 frames per second (its default) and uploads them: the caption must be
+    // that of those frames.
+    let frames = gitcap_client::media::extract_video_frames(&video, 2.0).unwrap();
+    assert_eq!(frames.len(), 6);
+    let options = UploadOptions::new(CaptionOptions::default().max_new_tokens(8));
+    let expected = server.client(None).await.upload_frames(futures::stream::iter(frames), &options).await.unwrap();
+    let printed = ok(gitcap_at(&server, &["caption", path(&video), "--max-new-tokens", "8"]));
+    assert_eq!(printed.trim_end_matches('\n'), expected.text);
 }
 
 #[test]
@@ -324,19 +252,18 @@ fn completions_are_printed() {
 const ADMIN: &str = "admin-secret";
 
 /// A server with the admin service on, loading only from the fixture models.
-fn admin_server() -> Option<Server> {
+fn admin_server() -> TestServer {
     let roots = models().display().to_string();
-    Server::start_with_env(
+    TestServer::start_with_env(
         "tiny-git-image",
+        &[],
         &[("GITCAP__AUTH__ADMIN_TOKEN", ADMIN), ("GITCAP__ADMIN__MODEL_ROOTS", &roots)],
     )
 }
 
-impl Server {
-    /// Runs `gitcap --server <this server> --admin-token <ADMIN> models args…`.
-    fn models(&self, args: &[&str]) -> Output {
-        self.gitcap(&[&["--admin-token", ADMIN, "models"], args].concat())
-    }
+/// Runs `gitcap --server <server> --admin-token <ADMIN> models args…`.
+fn models_at(server: &TestServer, args: &[&str]) -> Output {
+    gitcap_at(server, &[&["--admin-token", ADMIN, "models"], args].concat())
 }
 
 /// The row of `models list` whose id is `id`, split into its columns.
@@ -347,8 +274,8 @@ fn table_row(table: &str, id: &str) -> Vec<String> {
 
 #[test]
 fn models_are_listed_loaded_aliased_swapped_rolled_back_and_unloaded() {
-    let Some(server) = admin_server() else { return };
-    let table = ok(server.models(&["list"]));
+    let server = admin_server();
+    let table = ok(models_at(&server, &["list"]));
     assert!(table.starts_with("ID "), "{table}");
     for column in ["STATE", "ALIASES", "DEVICE", "DTYPE", "MEMORY", "LOAD TIME"] {
         assert!(table.lines().next().unwrap().contains(column), "{table}");
@@ -360,7 +287,7 @@ fn models_are_listed_loaded_aliased_swapped_rolled_back_and_unloaded() {
 
     // Load tiny-git-wide as `wide`: progress on stderr, the new version on stdout.
     let wide = models().join("tiny-git-wide");
-    let output = server.models(&["load", "--name", "wide", "--source", path(&wide)]);
+    let output = models_at(&server, &["load", "--name", "wide", "--source", path(&wide)]);
     let stderr = String::from_utf8_lossy(&output.stderr).to_string();
     let loaded = ok(output);
     assert!(loaded.starts_with("wide@local READY aliases=wide"), "{loaded}");
@@ -369,71 +296,67 @@ fn models_are_listed_loaded_aliased_swapped_rolled_back_and_unloaded() {
     assert!(stderr.contains("wide@local: READY"), "{stderr}");
     assert!(!stderr.contains("tiny@local"), "only the loaded model's changes are shown: {stderr}");
 
-    let json: serde_json::Value = serde_json::from_str(&ok(server.models(&["list", "--json"]))).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&ok(models_at(&server, &["list", "--json"]))).unwrap();
     assert_eq!(json["aliases"]["wide"], "wide@local");
     let ids: Vec<&str> = json["models"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["tiny@local", "wide@local"]);
 
-    let details = ok(server.models(&["get", "wide@local"]));
+    let details = ok(models_at(&server, &["get", "wide@local"]));
     assert!(details.contains("state:") && details.contains("READY") && details.contains("tiny-git-wide"), "{details}");
 
     // An alias, used by a caption request.
-    assert_eq!(ok(server.models(&["alias", "captions", "wide@local"])).trim(), "captions -> wide@local");
+    assert_eq!(ok(models_at(&server, &["alias", "captions", "wide@local"])).trim(), "captions -> wide@local");
     let shapes = media("shapes.png");
     let printed =
-        ok(server.gitcap(&["caption", path(&shapes), "--model", "captions", "--max-new-tokens", "2", "--json"]));
+        ok(gitcap_at(&server, &["caption", path(&shapes), "--model", "captions", "--max-new-tokens", "2", "--json"]));
     let caption: serde_json::Value = serde_json::from_str(&printed).unwrap();
     assert_eq!(caption["model"], "wide");
 
     // Swap `tiny` to a new version label of tiny-git-image, keeping the old one; then roll back.
     let image = models().join("tiny-git-image");
-    let output = server.models(&[
-        "swap",
-        "tiny",
-        "--name",
-        "tiny",
-        "--source",
-        path(&image),
-        "--version",
-        "v2",
-        "--keep-previous",
-    ]);
+    let output = models_at(
+        &server,
+        &["swap", "tiny", "--name", "tiny", "--source", path(&image), "--version", "v2", "--keep-previous"],
+    );
     let stderr = String::from_utf8_lossy(&output.stderr).to_string();
     let swapped = ok(output);
     assert!(swapped.lines().next().unwrap() == "tiny -> tiny@v2 (was tiny@local)", "{swapped}");
     assert!(swapped.lines().nth(1).unwrap().starts_with("tiny@v2 READY"), "{swapped}");
     assert!(stderr.lines().any(|l| l.starts_with("tiny@") && l.ends_with(": LOADING")), "{stderr}");
     assert!(stderr.contains("tiny@v2: READY"), "{stderr}");
-    let printed = ok(server.gitcap(&["caption", path(&shapes), "--model", "tiny", "--max-new-tokens", "2", "--json"]));
+    let printed =
+        ok(gitcap_at(&server, &["caption", path(&shapes), "--model", "tiny", "--max-new-tokens", "2", "--json"]));
     assert_eq!(serde_json::from_str::<serde_json::Value>(&printed).unwrap()["version"], "v2");
 
-    assert_eq!(ok(server.models(&["rollback", "tiny"])).trim(), "tiny -> tiny@local (was tiny@v2)");
-    let printed = ok(server.gitcap(&["caption", path(&shapes), "--model", "tiny", "--max-new-tokens", "2", "--json"]));
+    assert_eq!(ok(models_at(&server, &["rollback", "tiny"])).trim(), "tiny -> tiny@local (was tiny@v2)");
+    let printed =
+        ok(gitcap_at(&server, &["caption", path(&shapes), "--model", "tiny", "--max-new-tokens", "2", "--json"]));
     assert_eq!(serde_json::from_str::<serde_json::Value>(&printed).unwrap()["version"], "local");
 
     // Unload: gone from the list, and asking for it is "not found".
-    let unloaded = ok(server.models(&["unload", "wide@local"]));
+    let unloaded = ok(models_at(&server, &["unload", "wide@local"]));
     assert!(unloaded.starts_with("wide@local ") && (unloaded.contains("DRAINING") || unloaded.contains("UNLOADED")));
-    let error = fails(server.models(&["get", "wide@local"]));
+    let error = fails(models_at(&server, &["get", "wide@local"]));
     assert!(error.contains("not found"), "{error}");
-    assert!(!ok(server.models(&["list"])).contains("wide@local"));
+    assert!(!ok(models_at(&server, &["list"])).contains("wide@local"));
 
     // A local load outside the model roots is refused.
-    let error = fails(server.models(&["load", "--name", "evil", "--source", "/tmp"]));
+    let error = fails(models_at(&server, &["load", "--name", "evil", "--source", "/tmp"]));
     assert!(error.contains("permission denied"), "{error}");
 }
 
 #[test]
 fn a_wrong_or_missing_admin_token_is_unauthenticated_and_the_env_var_works() {
-    let Some(server) = admin_server() else { return };
+    let server = admin_server();
     for args in [&["--admin-token", "wrong", "models", "list"][..], &["models", "list"]] {
-        let error = fails(server.gitcap(args));
+        let error = fails(gitcap_at(&server, args));
         assert!(error.contains("unauthenticated"), "{error}");
     }
-    let error = fails(server.gitcap(&["--admin-token", "wrong", "models", "load", "--name", "x", "--source", "y"]));
+    let error =
+        fails(gitcap_at(&server, &["--admin-token", "wrong", "models", "load", "--name", "x", "--source", "y"]));
     assert!(error.contains("unauthenticated"), "{error}");
     let output = Command::new(env!("CARGO_BIN_EXE_gitcap"))
-        .args(["--server", &server.url, "models", "list"])
+        .args(["--server", &server.url(), "models", "list"])
         .env("GITCAP_ADMIN_TOKEN", ADMIN)
         .env_remove("GITCAP_TOKEN")
         .output()
@@ -443,9 +366,9 @@ fn a_wrong_or_missing_admin_token_is_unauthenticated_and_the_env_var_works() {
 
 #[tokio::test]
 async fn watch_prints_the_current_state_and_then_each_change() {
-    let Some(server) = admin_server() else { return };
+    let server = admin_server();
     let mut watch = Command::new(env!("CARGO_BIN_EXE_gitcap"))
-        .args(["--server", &server.url, "--admin-token", ADMIN, "models", "watch"])
+        .args(["--server", &server.url(), "--admin-token", ADMIN, "models", "watch"])
         .env_remove("GITCAP_TOKEN")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -464,7 +387,7 @@ async fn watch_prints_the_current_state_and_then_each_change() {
     let first = next();
     assert!(first.starts_with("model tiny@local READY"), "{first}");
 
-    let client = GitcapClient::connect(ClientConfig::new(&server.url).admin_token(ADMIN)).await.unwrap();
+    let client = GitcapClient::connect(ClientConfig::new(server.url()).admin_token(ADMIN)).await.unwrap();
     let spec = gitcap_client::ModelSpec::new("wide", path(&models().join("tiny-git-wide"))).version("w1");
     client.load_model(spec).await.unwrap();
     let mut seen = vec![first];
@@ -485,9 +408,8 @@ fn replica_lines(stdout: &str) -> std::collections::HashMap<String, String> {
 
 #[tokio::test]
 async fn models_with_replicas_reach_every_replica_and_name_the_ones_that_fail() {
-    let Some(first) = admin_server() else { return };
-    let mut servers = vec![first, admin_server().unwrap(), admin_server().unwrap()];
-    let list = servers.iter().map(|s| s.url.as_str()).collect::<Vec<_>>().join(",");
+    let mut servers = vec![admin_server(), admin_server(), admin_server()];
+    let list = servers.iter().map(|s| s.url()).collect::<Vec<_>>().join(",");
     let on_all = |servers_list: &str, args: &[&str]| {
         gitcap(&[&["--admin-token", ADMIN, "models", "--replicas", servers_list], args].concat())
     };
@@ -498,9 +420,9 @@ async fn models_with_replicas_reach_every_replica_and_name_the_ones_that_fail() 
     let lines = replica_lines(&loaded);
     assert_eq!(lines.len(), 3, "{loaded}");
     for server in &servers {
-        let line = &lines[&server.url];
+        let line = &lines[&server.url()];
         assert!(line.starts_with("ok wide@w1 READY aliases=wide"), "{loaded}");
-        let status = server.client_with_admin().await.get_model("wide@w1").await.unwrap();
+        let status = server.client(Some(ADMIN)).await.get_model("wide@w1").await.unwrap();
         assert_eq!(status.state(), gitcap_client::ModelState::Ready);
     }
 
@@ -513,40 +435,40 @@ async fn models_with_replicas_reach_every_replica_and_name_the_ones_that_fail() 
         assert_eq!(answer["result"]["id"], "wide@w1", "{printed}");
     }
     for server in &servers {
-        let aliases = server.client_with_admin().await.list_models().await.unwrap().aliases;
-        assert_eq!(aliases.get("captions").map(String::as_str), Some("wide@w1"), "{}", server.url);
+        let aliases = server.client(Some(ADMIN)).await.list_models().await.unwrap().aliases;
+        assert_eq!(aliases.get("captions").map(String::as_str), Some("wide@w1"), "{}", server.url());
     }
 
     // A version one replica lacks: that one fails, the others succeed, the exit status is non-zero.
     let odd = &servers[1];
-    odd.client_with_admin().await.unload_model("wide@w1").await.unwrap();
+    odd.client(Some(ADMIN)).await.unload_model("wide@w1").await.unwrap();
     let output = on_all(&list, &["alias", "wide-again", "wide@w1"]);
     let stdout = String::from_utf8_lossy(&output.stdout).to_string();
     let error = fails(output);
     let lines = replica_lines(&stdout);
-    assert!(lines[&odd.url].starts_with("FAILED "), "{stdout}");
-    assert!(lines[&odd.url].contains("wide@w1"), "the failure says what: {stdout}");
+    assert!(lines[&odd.url()].starts_with("FAILED "), "{stdout}");
+    assert!(lines[&odd.url()].contains("wide@w1"), "the failure says what: {stdout}");
     for server in [&servers[0], &servers[2]] {
-        assert_eq!(lines[&server.url], "ok wide-again -> wide@w1", "{stdout}");
+        assert_eq!(lines[&server.url()], "ok wide-again -> wide@w1", "{stdout}");
     }
-    assert!(error.contains(&format!("1 of 3 replicas failed: {}", odd.url)), "{error}");
+    assert!(error.contains(&format!("1 of 3 replicas failed: {}", odd.url())), "{error}");
 
     // A stopped replica: named, and the others still answer.
     let stopped = servers.remove(2);
-    let stopped_url = stopped.url.clone();
+    let stopped_url = stopped.url();
     drop(stopped);
     let output = on_all(&list, &["list"]);
     let stdout = String::from_utf8_lossy(&output.stdout).to_string();
     let error = fails(output);
     let lines = replica_lines(&stdout);
     assert!(lines[&stopped_url].starts_with("FAILED "), "{stdout}");
-    assert!(lines[&servers[0].url].starts_with("ok tiny@local READY"), "{stdout}");
+    assert!(lines[&servers[0].url()].starts_with("ok tiny@local READY"), "{stdout}");
     assert!(error.contains(&format!("1 of 3 replicas failed: {stopped_url}")), "{error}");
 
     // dns:/// names resolve (an address literal here: the servers share 127.0.0.1 but not a port).
-    let port = servers[0].url.rsplit(':').next().unwrap();
+    let port = servers[0].addr.rsplit(':').next().unwrap();
     let printed = ok(on_all(&format!("dns:///127.0.0.1:{port}"), &["get", "tiny@local"]));
-    assert!(printed.starts_with(&format!("{} ok tiny@local READY", servers[0].url)), "{printed}");
+    assert!(printed.starts_with(&format!("{} ok tiny@local READY", servers[0].url())), "{printed}");
     let error = fails(on_all("dns:///localhost", &["list"]));
     assert!(error.contains("needs a port"), "{error}");
     let error = fails(on_all(&list, &["watch"]));

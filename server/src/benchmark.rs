@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde_json::json;
 use tch::{Device, Tensor};
 
-use crate::device::parse_device;
+use crate::device::DeviceSpec;
 use crate::engine::Pipeline;
 use crate::error::{GitcapError, Result};
 use crate::model::generation::{generate, GenerationOptions, StepControl};
@@ -17,15 +17,15 @@ pub struct Bench {
     pub model: PathBuf,
     /// safetensors file of named pixel_values ([1, frames, 3, H, W] or [1, 3, H, W]).
     pub inputs: PathBuf,
-    pub dtype: String,
-    pub device: String,
+    pub dtype: Precision,
+    pub device: DeviceSpec,
     pub runs: usize,
     pub max_new_tokens: usize,
 }
 
 pub fn run(args: Bench) -> Result<()> {
-    let precision = Precision::parse(&args.dtype)?;
-    let device = parse_device(&args.device)?;
+    let precision = args.dtype;
+    let device = args.device.available()?;
     let pipeline = Pipeline::load(&args.model, precision, device)?;
     let inputs = Tensor::read_safetensors(&args.inputs)
         .map_err(|e| GitcapError::invalid("inputs", format!("{}: {e}", args.inputs.display())))?;

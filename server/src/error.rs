@@ -32,6 +32,12 @@ pub enum GitcapError {
     Unavailable(String),
     #[error("{0}")]
     PermissionDenied(String),
+    /// No bearer token, or a wrong one (which of the two is not said).
+    #[error("missing or invalid bearer token")]
+    Unauthenticated,
+    /// A stream lost events (a watcher too slow to keep up): the caller must start again.
+    #[error("{0}")]
+    DataLoss(String),
     #[error("{0}")]
     AlreadyExists(String),
     #[error("{0}")]

@@ -23,7 +23,7 @@ pub struct Fidelity {
     /// Checkpoint directory.
     pub model: PathBuf,
     /// The precision compared with f32.
-    pub dtype: String,
+    pub dtype: Precision,
     /// `cases.json` of the golden fixtures; media are read from `../media` beside it.
     pub cases: Option<PathBuf>,
     pub random_images: usize,
@@ -49,7 +49,7 @@ struct Positions {
 }
 
 pub fn run(args: Fidelity) -> Result<()> {
-    let precision = Precision::parse(&args.dtype)?;
+    let precision = args.dtype;
     let reference = Pipeline::load(&args.model, Kind::Float, Device::Cpu)?;
     let reduced = Pipeline::load(&args.model, precision, Device::Cpu)?;
     let mut inputs = match &args.cases {

@@ -6,11 +6,13 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use gitcap_server::benchmark::{self, Bench};
+use gitcap_server::device::DeviceSpec;
 use gitcap_server::fidelity::{self, Fidelity};
 use gitcap_server::model::generation::GenerationOptions;
+use gitcap_server::model::Precision;
 use gitcap_server::oneshot::{self, OneShot};
 use gitcap_server::registry::HubOptions;
-use gitcap_server::settings::Settings;
+use gitcap_server::settings::{LogFormat, Settings};
 
 #[derive(Parser)]
 #[command(name = "gitcap-server", version, about = "Serve Microsoft's GIT vision-language models over gRPC")]
@@ -73,9 +75,9 @@ struct BenchArgs {
     #[arg(long)]
     inputs: PathBuf,
     #[arg(long, default_value = "f32")]
-    dtype: String,
+    dtype: Precision,
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: DeviceSpec,
     #[arg(long, default_value_t = 5)]
     runs: usize,
     #[arg(long, default_value_t = 20)]
@@ -92,7 +94,7 @@ struct FidelityArgs {
     model: PathBuf,
     /// The precision compared with f32: fast, bf16 or f16.
     #[arg(long, default_value = "fast")]
-    dtype: String,
+    dtype: Precision,
     /// The golden fixture cases whose media and questions are inputs.
     #[arg(long, default_value = "tests/fixtures/golden/cases.json")]
     cases: PathBuf,
@@ -127,10 +129,10 @@ struct ModelArgs {
     hf_token: Option<String>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: DeviceSpec,
     /// f32, bf16, f16, or fast (CPU: bf16 vision tower, int8 decoder and LM head weights).
     #[arg(long, default_value = "f32")]
-    dtype: String,
+    dtype: Precision,
     /// libtorch intra-op threads (0 = libtorch's default).
     #[arg(long, default_value_t = 0)]
     threads: i32,
@@ -159,14 +161,16 @@ struct CaptionArgs {
     stream: bool,
 }
 
-fn init_logging(json: bool) {
+/// Logs to stderr: JSON lines, or text coloured only when stderr is a terminal (not in a
+/// pipe, a file or a container's log).
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
     }
 }
 
@@ -186,7 +190,7 @@ fn serve(args: ServeArgs) -> Result<(), gitcap_server::error::GitcapError> {
             ("server.max_message_bytes", args.max_message_bytes.map(|t| t.to_string())),
         ],
     )?;
-    init_logging(settings.log.format == "json");
+    init_logging(settings.log.format);
     let runtime =
         tokio::runtime::Runtime::new().map_err(|e| gitcap_server::error::GitcapError::Internal(e.to_string()))?;
     runtime.block_on(gitcap_server::server::run(settings))
@@ -195,7 +199,7 @@ fn serve(args: ServeArgs) -> Result<(), gitcap_server::error::GitcapError> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Serve(_)) {
-        init_logging(false);
+        init_logging(LogFormat::Text);
     }
     let result = match cli.command {
         Command::Serve(args) => serve(args),

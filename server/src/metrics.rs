@@ -35,12 +35,14 @@ const CACHE_MISSES: &str = "gitcap_feature_cache_misses_total";
 const CACHE_BYTES: &str = "gitcap_feature_cache_bytes";
 const WEIGHT_BYTES: &str = "gitcap_model_weight_bytes";
 const QUEUE_DEPTH: &str = "gitcap_queue_depth";
+const RUNNING: &str = "gitcap_running_requests";
 
 /// Help text of the gauges, in the order they are rendered.
-const GAUGES: [(&str, &str); 3] = [
+const GAUGES: [(&str, &str); 4] = [
     (WEIGHT_BYTES, "Bytes of model weights held by a loaded model version (removed on unload)."),
     (CACHE_BYTES, "Bytes held by a model's feature cache (encoded frames and prefixes)."),
     (QUEUE_DEPTH, "Requests waiting in a model's queue."),
+    (RUNNING, "Requests a model is running now (in its decoding batch)."),
 ];
 
 /// How often histogram samples are folded into their buckets between scrapes.
@@ -270,6 +272,10 @@ pub fn queue_depth(model: &str, version: &str, waiting: usize) {
     set_gauge(QUEUE_DEPTH, model, version, Some(waiting as u64));
 }
 
+pub fn running_requests(model: &str, version: &str, running: usize) {
+    set_gauge(RUNNING, model, version, Some(running as u64));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,6 +317,7 @@ mod tests {
         feature_cache_bytes(m, v, 4096);
         model_memory(m, v, Some(123_456));
         queue_depth(m, v, 2);
+        running_requests(m, v, 3);
 
         let text = render().unwrap();
         let labels = r#"model="render-test",version="v\"1""#;
@@ -323,6 +330,7 @@ mod tests {
         assert_eq!(series(&text, WEIGHT_BYTES), format!("{WEIGHT_BYTES}{{{labels}}} 123456"));
         assert_eq!(series(&text, CACHE_BYTES), format!("{CACHE_BYTES}{{{labels}}} 4096"));
         assert_eq!(series(&text, QUEUE_DEPTH), format!("{QUEUE_DEPTH}{{{labels}}} 2"));
+        assert_eq!(series(&text, RUNNING), format!("{RUNNING}{{{labels}}} 3"));
 
         // Histograms: the configured buckets, cumulative counts, sum and count.
         let ttft = format!("{FIRST_TOKEN}_bucket{{{labels}");
@@ -344,7 +352,7 @@ mod tests {
         model_memory("other-model", "1", Some(7));
         model_memory(m, v, None);
         let text = render().unwrap();
-        for name in [WEIGHT_BYTES, CACHE_BYTES, QUEUE_DEPTH] {
+        for name in [WEIGHT_BYTES, CACHE_BYTES, QUEUE_DEPTH, RUNNING] {
             assert_eq!(series(&text, name), "", "{name} stays after the unload: {text}");
         }
         assert_eq!(

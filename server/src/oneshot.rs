@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use crate::device::parse_device;
+use crate::device::DeviceSpec;
 use crate::engine::{Frame, InferenceRequest, Pipeline};
 use crate::error::{GitcapError, Result};
 use crate::media::{decode_image, MediaLimits};
@@ -18,8 +18,8 @@ pub struct OneShot {
     pub model: String,
     pub revision: Option<String>,
     pub hub: HubOptions,
-    pub device: String,
-    pub dtype: String,
+    pub device: DeviceSpec,
+    pub dtype: Precision,
     /// One image, or the frames of a video in order.
     pub media: Vec<PathBuf>,
     pub question: Option<String>,
@@ -34,8 +34,8 @@ pub fn run(args: OneShot) -> Result<()> {
         |e: gitcap_protocol::InvalidOption| GitcapError::invalid(format!("--{}", e.field.replace('_', "-")), e.message);
     args.options.check().map_err(flag)?;
     let load_started = Instant::now();
-    let device = parse_device(&args.device)?;
-    let precision = Precision::parse(&args.dtype)?;
+    let device = args.device.available()?;
+    let precision = args.dtype;
     let checkpoint = resolve(&args.model, args.revision.as_deref(), &args.hub)?;
     let pipeline = Pipeline::load(&checkpoint.dir, precision, device)?;
     let load_ms = load_started.elapsed().as_secs_f64() * 1e3;
@@ -71,7 +71,7 @@ pub fn run(args: OneShot) -> Result<()> {
             "model": args.model,
             "version": checkpoint.version,
             "dtype": precision.name(),
-            "device": args.device,
+            "device": args.device.to_string(),
             "question": args.question,
             "token_ids": output.token_ids,
             "text": output.text,

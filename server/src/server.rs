@@ -21,7 +21,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     }
     let hub = HubOptions {
         offline: settings.hub.offline,
-        token: Some(settings.hub.token.clone()).filter(|t| !t.is_empty()).or_else(|| std::env::var("HF_TOKEN").ok()),
+        token: settings.hub.token.clone().or_else(|| std::env::var("HF_TOKEN").ok()),
         cache_dir: None::<PathBuf>,
     };
     let admin = &settings.admin;
@@ -34,8 +34,8 @@ pub async fn run(settings: Settings) -> Result<()> {
             max_vision_batch: settings.engine.max_vision_batch,
             feature_cache_bytes: settings.engine.feature_cache_mb << 20,
         },
-        model_roots: Some(admin.model_roots.iter().map(PathBuf::from).collect()),
-        state_file: Some(PathBuf::from(&admin.state_file)).filter(|p| !p.as_os_str().is_empty()),
+        model_roots: Some(admin.model_roots.clone()),
+        state_file: admin.state_file.clone(),
         drain_timeout: Duration::from_secs(admin.drain_timeout_secs),
     });
     if !registry.restore().await? {
@@ -44,16 +44,16 @@ pub async fn run(settings: Settings) -> Result<()> {
             source: m.source.clone(),
             revision: m.revision.clone(),
             version: String::new(),
-            device: m.device.clone(),
-            dtype: m.dtype.clone(),
+            device: m.device,
+            dtype: m.dtype,
         };
         registry.load(spec, false).await?;
     }
 
     let (listener, addr) = api::bind(&settings.server.listen).await?;
-    let admin_listener = match admin.listen.as_str() {
-        "" => None,
-        address => {
+    let admin_listener = match &admin.listen {
+        None => None,
+        Some(address) => {
             let (listener, admin_addr) = api::bind(address).await?;
             println!("gitcap-server admin listening on {admin_addr}");
             Some(listener)
@@ -73,11 +73,11 @@ pub async fn run(settings: Settings) -> Result<()> {
         },
         max_message_bytes: settings.server.max_message_bytes,
         shutdown_grace: Duration::from_secs(settings.server.shutdown_grace_secs),
-        inference_token: settings.auth.inference_token(),
+        inference_token: settings.auth.inference_token.clone(),
         admin_token: settings.auth.admin_token()?,
         admin_listener,
-        default_device: m.device.clone(),
-        default_dtype: m.dtype.clone(),
+        default_device: m.device,
+        default_dtype: m.dtype,
         tls: settings.server.tls_identity()?,
     };
     api::serve(listener, registry, options, shutdown_signal()).await

@@ -1,15 +1,25 @@
 //! Server settings: `config/default.toml` (built in), then an optional file, then
 //! `GITCAP__SECTION__KEY` environment variables, then command-line flags.
+//!
+//! Every setting is defined here once, typed: a value that is not set is `None` (never an empty
+//! string), and devices, dtypes and formats are parsed when the settings are read, so a bad one
+//! stops start-up naming its key. So does a key that is not a setting, in the file or in a
+//! `GITCAP__…` variable, with the closest real one suggested: a misspelt setting must not be
+//! silently ignored.
 
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::device::DeviceSpec;
 use crate::error::{GitcapError, Result};
+use crate::model::Precision;
 
 const DEFAULTS: &str = include_str!("../../config/default.toml");
+const ENV_PREFIX: &str = "GITCAP__";
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
     pub server: ServerSettings,
     pub auth: AuthSettings,
@@ -22,78 +32,91 @@ pub struct Settings {
     pub metrics: MetricsSettings,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// `None` for a missing key and for an empty value (`GITCAP__SERVER__TLS_CERT=` unsets it).
+fn optional<'de, D: Deserializer<'de>, T: std::str::FromStr>(d: D) -> std::result::Result<Option<T>, D::Error>
+where
+    T::Err: std::fmt::Display,
+{
+    match Option::<String>::deserialize(d)? {
+        Some(text) if !text.trim().is_empty() => text.parse().map(Some).map_err(serde::de::Error::custom),
+        _ => Ok(None),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServerSettings {
     pub listen: String,
     pub max_message_bytes: usize,
     pub shutdown_grace_secs: u64,
-    pub tls_cert: String,
-    pub tls_key: String,
+    #[serde(default, deserialize_with = "optional")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default, deserialize_with = "optional")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl ServerSettings {
     /// The PEM certificate chain and key, when TLS is configured.
     pub fn tls_identity(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
-        match (self.tls_cert.is_empty(), self.tls_key.is_empty()) {
-            (true, true) => Ok(None),
-            (false, false) => {
-                let read = |field: &str, path: &str| {
-                    std::fs::read(path).map_err(|e| GitcapError::invalid(field, format!("cannot read {path}: {e}")))
+        match (&self.tls_cert, &self.tls_key) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => {
+                let read = |field: &str, path: &Path| {
+                    std::fs::read(path)
+                        .map_err(|e| GitcapError::invalid(field, format!("cannot read {}: {e}", path.display())))
                 };
-                Ok(Some((read("server.tls_cert", &self.tls_cert)?, read("server.tls_key", &self.tls_key)?)))
+                Ok(Some((read("server.tls_cert", cert)?, read("server.tls_key", key)?)))
             }
             _ => Err(GitcapError::invalid("server.tls_cert", "TLS needs both server.tls_cert and server.tls_key")),
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuthSettings {
-    pub inference_token: String,
-    pub admin_token: String,
-    pub admin_token_file: String,
+    #[serde(default, deserialize_with = "optional")]
+    pub inference_token: Option<String>,
+    #[serde(default, deserialize_with = "optional")]
+    pub admin_token: Option<String>,
+    #[serde(default, deserialize_with = "optional")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 impl AuthSettings {
-    pub fn inference_token(&self) -> Option<String> {
-        Some(self.inference_token.clone()).filter(|t| !t.is_empty())
-    }
-
     /// The admin token, from `admin_token` or the file `admin_token_file`.
     pub fn admin_token(&self) -> Result<Option<String>> {
-        if !self.admin_token.is_empty() {
-            return Ok(Some(self.admin_token.clone()));
+        if let Some(token) = &self.admin_token {
+            return Ok(Some(token.clone()));
         }
-        if self.admin_token_file.is_empty() {
-            return Ok(None);
-        }
-        let token = std::fs::read_to_string(&self.admin_token_file).map_err(|e| {
-            GitcapError::invalid("auth.admin_token_file", format!("cannot read {}: {e}", self.admin_token_file))
+        let Some(file) = &self.admin_token_file else { return Ok(None) };
+        let token = std::fs::read_to_string(file).map_err(|e| {
+            GitcapError::invalid("auth.admin_token_file", format!("cannot read {}: {e}", file.display()))
         })?;
         Ok(Some(token.trim().to_string()).filter(|t| !t.is_empty()))
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AdminSettings {
-    pub listen: String,
-    pub model_roots: Vec<String>,
-    pub state_file: String,
+    #[serde(default, deserialize_with = "optional")]
+    pub listen: Option<String>,
+    pub model_roots: Vec<PathBuf>,
+    #[serde(default, deserialize_with = "optional")]
+    pub state_file: Option<PathBuf>,
     pub drain_timeout_secs: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelSettings {
     pub name: String,
     pub source: String,
     pub revision: String,
-    pub device: String,
-    pub dtype: String,
+    pub device: DeviceSpec,
+    pub dtype: Precision,
     pub queue_capacity: usize,
     pub threads: i32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EngineSettings {
     pub max_batch_size: usize,
     pub max_batch_tokens: usize,
@@ -101,13 +124,14 @@ pub struct EngineSettings {
     pub feature_cache_mb: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HubSettings {
     pub offline: bool,
-    pub token: String,
+    #[serde(default, deserialize_with = "optional")]
+    pub token: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LimitSettings {
     pub max_new_tokens: usize,
     pub max_beams: usize,
@@ -117,13 +141,23 @@ pub struct LimitSettings {
     pub max_labels: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines, coloured only when stderr is a terminal.
+    Text,
+    /// One JSON object per line (for log collectors).
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LogSettings {
-    pub format: String,
+    pub format: LogFormat,
 }
 
 /// Prometheus metrics (crate::metrics), served at `GET /metrics` without a token.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MetricsSettings {
     pub enabled: bool,
     /// Bucket bounds in seconds of the queue-time, time-to-first-token and inter-token histograms.
@@ -133,24 +167,46 @@ pub struct MetricsSettings {
     pub batch_size_buckets: Vec<f64>,
 }
 
+/// Settings whose values are lists; from the environment they are comma-separated
+/// (`GITCAP__ADMIN__MODEL_ROOTS=/a,/b`).
+const LIST_KEYS: [&str; 4] =
+    ["admin.model_roots", "metrics.latency_buckets", "metrics.tokens_per_second_buckets", "metrics.batch_size_buckets"];
+
 impl Settings {
     /// Layers the defaults, `file`, the environment and `overrides` ("section.key" → value).
     pub fn load(file: Option<&Path>, overrides: &[(&str, Option<String>)]) -> Result<Self> {
+        Self::load_from(file, overrides, std::env::vars())
+    }
+
+    /// [`Self::load`] with the environment given.
+    pub fn load_from(
+        file: Option<&Path>,
+        overrides: &[(&str, Option<String>)],
+        environment: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self> {
+        let environment: Vec<(String, String)> =
+            environment.into_iter().filter(|(name, _)| name.starts_with(ENV_PREFIX)).collect();
+        let known = known_keys();
+        if let Some(file) = file {
+            check_file_keys(file, &known)?;
+        }
+        for (name, _) in &environment {
+            check_env_key(name, &known)?;
+        }
         let mut builder =
             config::Config::builder().add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
         if let Some(file) = file {
             builder = builder.add_source(config::File::from(file).required(true));
         }
-        // Lists come from the environment comma-separated (GITCAP__ADMIN__MODEL_ROOTS=/a,/b).
-        let environment = config::Environment::with_prefix("GITCAP")
+        let mut env_source = config::Environment::with_prefix("GITCAP")
             .separator("__")
             .try_parsing(true)
             .list_separator(",")
-            .with_list_parse_key("admin.model_roots")
-            .with_list_parse_key("metrics.latency_buckets")
-            .with_list_parse_key("metrics.tokens_per_second_buckets")
-            .with_list_parse_key("metrics.batch_size_buckets");
-        builder = builder.add_source(environment);
+            .source(Some(environment.into_iter().collect()));
+        for key in LIST_KEYS {
+            env_source = env_source.with_list_parse_key(key);
+        }
+        builder = builder.add_source(env_source);
         for (key, value) in overrides {
             if let Some(value) = value {
                 builder =
@@ -162,37 +218,152 @@ impl Settings {
     }
 }
 
+/// Every setting's key (`section.key`), read off the built-in defaults.
+fn known_keys() -> BTreeSet<String> {
+    let defaults: Settings = config::Config::builder()
+        .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .expect("config/default.toml is valid");
+    let value = serde_json::to_value(defaults).expect("settings serialise");
+    let mut keys = BTreeSet::new();
+    for (section, table) in value.as_object().expect("settings are a table") {
+        for key in table.as_object().expect("each section is a table").keys() {
+            keys.insert(format!("{section}.{key}"));
+        }
+    }
+    keys
+}
+
+/// The known key closest to `key`, if one is close enough to be a likely typo.
+fn closest<'a>(key: &str, known: &'a BTreeSet<String>) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|k| (strsim::jaro_winkler(key, k), k))
+        .filter(|(score, _)| *score > 0.85)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| k.as_str())
+}
+
+fn unknown(key: &str, source: &str, known: &BTreeSet<String>) -> GitcapError {
+    let hint = match closest(key, known) {
+        Some(close) => format!(" (did you mean `{close}`?)"),
+        None => " (config/default.toml lists every setting)".to_string(),
+    };
+    GitcapError::invalid(key, format!("not a setting, in {source}{hint}"))
+}
+
+fn check_file_keys(file: &Path, known: &BTreeSet<String>) -> Result<()> {
+    let config = config::Config::builder()
+        .add_source(config::File::from(file).required(true))
+        .build()
+        .map_err(|e| GitcapError::invalid("config", e.to_string()))?;
+    let table: serde_json::Map<String, serde_json::Value> =
+        config.try_deserialize().map_err(|e| GitcapError::invalid("config", e.to_string()))?;
+    let source = file.display().to_string();
+    for (section, value) in table {
+        let Some(keys) = value.as_object() else {
+            // A top-level key outside any section.
+            return Err(unknown(&section, &source, known));
+        };
+        if !known.iter().any(|k| k.starts_with(&format!("{section}."))) {
+            return Err(unknown(&section, &source, known));
+        }
+        for key in keys.keys() {
+            let full = format!("{section}.{key}");
+            if !known.contains(&full) {
+                return Err(unknown(&full, &source, known));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_env_key(name: &str, known: &BTreeSet<String>) -> Result<()> {
+    let key = name[ENV_PREFIX.len()..].to_ascii_lowercase().replace("__", ".");
+    if known.contains(&key) {
+        return Ok(());
+    }
+    let hint = match closest(&key, known) {
+        Some(close) => format!(" (did you mean {ENV_PREFIX}{}?)", close.replace('.', "__").to_ascii_uppercase()),
+        None => " (config/default.toml lists every setting)".to_string(),
+    };
+    Err(GitcapError::invalid(name, format!("this environment variable is not a setting{hint}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
 
     #[test]
     fn layers_apply_in_order_defaults_file_environment_flags() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("gitcap.toml");
         std::fs::write(&file, "[model]\ndtype = \"bf16\"\nname = \"from-file\"\n[limits]\nmax_beams = 3\n").unwrap();
-        // SAFETY: this is the only test that touches GITCAP__* variables.
-        unsafe {
-            std::env::set_var("GITCAP__MODEL__NAME", "from-env");
-            std::env::set_var("GITCAP__LIMITS__MAX_BEAMS", "5");
-            std::env::set_var("GITCAP__METRICS__LATENCY_BUCKETS", "0.01,0.1,1");
-        }
-        let settings =
-            Settings::load(Some(&file), &[("model.name", Some("from-flag".into())), ("model.device", None)]).unwrap();
-        unsafe {
-            std::env::remove_var("GITCAP__MODEL__NAME");
-            std::env::remove_var("GITCAP__LIMITS__MAX_BEAMS");
-            std::env::remove_var("GITCAP__METRICS__LATENCY_BUCKETS");
-        }
-        assert_eq!(settings.model.dtype, "bf16", "file over defaults");
+        let environment = env(&[
+            ("GITCAP__MODEL__NAME", "from-env"),
+            ("GITCAP__LIMITS__MAX_BEAMS", "5"),
+            ("GITCAP__METRICS__LATENCY_BUCKETS", "0.01,0.1,1"),
+            ("GITCAP_SERVER", "a client's variable, not a setting"),
+        ]);
+        let flags = [("model.name", Some("from-flag".to_string())), ("model.device", None)];
+        let settings = Settings::load_from(Some(&file), &flags, environment).unwrap();
+        assert_eq!(settings.model.dtype, Precision::parse("bf16").unwrap(), "file over defaults");
         assert_eq!(settings.limits.max_beams, 5, "environment over file");
         assert_eq!(settings.model.name, "from-flag", "flags over everything");
-        assert_eq!(settings.model.device, "cpu", "defaults fill the rest");
+        assert_eq!(settings.model.device, DeviceSpec::CPU, "defaults fill the rest");
         assert_eq!(settings.server.listen, "127.0.0.1:50051");
         assert_eq!(settings.metrics.latency_buckets, [0.01, 0.1, 1.0], "lists from the environment");
         assert!(settings.metrics.enabled);
+        assert_eq!(settings.log.format, LogFormat::Text);
 
-        let missing = Settings::load(Some(&dir.path().join("absent.toml")), &[]).unwrap_err();
+        let missing = Settings::load_from(Some(&dir.path().join("absent.toml")), &[], vec![]).unwrap_err();
         assert!(missing.to_string().contains("absent.toml"), "{missing}");
+    }
+
+    #[test]
+    fn unset_values_are_none_and_empty_ones_unset() {
+        let settings = Settings::load_from(None, &[], vec![]).unwrap();
+        assert_eq!((settings.server.tls_cert.as_ref(), settings.admin.listen.as_ref()), (None, None));
+        assert_eq!((settings.auth.inference_token.as_ref(), settings.admin.state_file.as_ref()), (None, None));
+        let environment = env(&[("GITCAP__SERVER__TLS_CERT", ""), ("GITCAP__ADMIN__STATE_FILE", "/var/gitcap/state")]);
+        let settings = Settings::load_from(None, &[], environment).unwrap();
+        assert_eq!(settings.server.tls_cert, None);
+        assert_eq!(settings.admin.state_file, Some(PathBuf::from("/var/gitcap/state")));
+    }
+
+    #[test]
+    fn misspelt_keys_stop_start_up_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gitcap.toml");
+        std::fs::write(&file, "[server]\nlistn = \"0.0.0.0:1\"\n").unwrap();
+        let err = Settings::load_from(Some(&file), &[], vec![]).unwrap_err().to_string();
+        assert!(
+            err.starts_with("server.listn: not a setting") && err.contains("did you mean `server.listen`"),
+            "{err}"
+        );
+
+        std::fs::write(&file, "[limitz]\nmax_beams = 2\n").unwrap();
+        let err = Settings::load_from(Some(&file), &[], vec![]).unwrap_err().to_string();
+        assert!(err.starts_with("limitz: not a setting"), "{err}");
+
+        let err = Settings::load_from(None, &[], env(&[("GITCAP__LIMITS__MAX_BEAM", "2")])).unwrap_err().to_string();
+        assert!(err.starts_with("GITCAP__LIMITS__MAX_BEAM: ") && err.contains("GITCAP__LIMITS__MAX_BEAMS?"), "{err}");
+    }
+
+    #[test]
+    fn devices_dtypes_and_formats_are_parsed_when_read() {
+        for (name, value) in
+            [("GITCAP__MODEL__DTYPE", "int4"), ("GITCAP__MODEL__DEVICE", "gpu"), ("GITCAP__LOG__FORMAT", "xml")]
+        {
+            let err = Settings::load_from(None, &[], env(&[(name, value)])).unwrap_err().to_string();
+            assert!(err.contains(value), "{name}: {err}");
+        }
+        let settings = Settings::load_from(None, &[], env(&[("GITCAP__MODEL__DTYPE", "fast")])).unwrap();
+        assert_eq!(settings.model.dtype, Precision::Fast);
     }
 }

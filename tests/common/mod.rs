@@ -1,6 +1,9 @@
 pub mod bad_input;
+pub mod browser;
 pub mod fake_hub;
 pub mod fixtures;
 pub mod load;
+pub mod probe;
 pub mod raw_grpc;
 pub mod server;
+pub mod tools;

@@ -1,11 +1,58 @@
 //! Starts `gitcap-server serve` on 127.0.0.1 with an ephemeral port for a test, and stops it
-//! when dropped.
+//! when dropped. The one harness for every package's tests: the client's include it with
+//! `#[path]` (beside `tools.rs`).
 
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
+
+/// The repository root.
+pub fn workspace() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if manifest.join("tests/fixtures").exists() {
+        manifest.to_path_buf()
+    } else {
+        manifest.parent().expect("a package inside the workspace").to_path_buf()
+    }
+}
+
+/// A fixture checkpoint directory (`tests/fixtures/models/<name>`).
+pub fn fixture_model(name: &str) -> PathBuf {
+    workspace().join("tests/fixtures/models").join(name)
+}
+
+/// The `gitcap-server` binary: this package's own, or, from another package's tests, the one
+/// in the same target directory (built first if it is missing).
+pub fn server_binary() -> PathBuf {
+    if let Some(own) = option_env!("CARGO_BIN_EXE_gitcap-server") {
+        return PathBuf::from(own);
+    }
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let binary = super::tools::target_dir().join("debug/gitcap-server");
+            if !binary.exists() {
+                assert!(
+                    std::env::var_os("LIBTORCH").is_some(),
+                    "{} is missing and LIBTORCH is unset, so it cannot be built: run scripts/test.sh \
+                     (or export LIBTORCH=$(scripts/setup-libtorch.sh))",
+                    binary.display()
+                );
+                let status = Command::new(env!("CARGO"))
+                    .args(["build", "--bin", "gitcap-server"])
+                    .current_dir(workspace())
+                    .status()
+                    .expect("running cargo build --bin gitcap-server");
+                assert!(status.success() && binary.exists(), "building gitcap-server failed");
+            }
+            binary
+        })
+        .clone()
+}
 
 pub struct TestServer {
     child: Child,
@@ -22,12 +69,12 @@ impl TestServer {
 
     /// Like [`Self::start`], with `GITCAP__*` (or other) environment variables.
     pub fn start_with_env(model: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        Self::start_dir(&super::fixtures::model_dir(model), extra, env)
+        Self::start_dir(&fixture_model(model), extra, env)
     }
 
     /// Serves the checkpoint directory `dir` under the name `tiny`.
     pub fn start_dir(dir: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gitcap-server"))
+        let mut child = Command::new(server_binary())
             .args(["serve", "--listen", "127.0.0.1:0", "--name", "tiny", "--model"])
             .arg(dir)
             .args(extra)
@@ -59,6 +106,15 @@ impl TestServer {
         format!("http://{}", self.addr)
     }
 
+    /// A `gitcap-client` connected to this server (`admin_token` for the admin calls).
+    pub async fn client(&self, admin_token: Option<&str>) -> gitcap_client::GitcapClient {
+        let mut config = gitcap_client::ClientConfig::new(self.url());
+        if let Some(token) = admin_token {
+            config = config.admin_token(token);
+        }
+        gitcap_client::GitcapClient::connect(config).await.expect("connecting to the test server")
+    }
+
     pub async fn channel(&self) -> tonic::transport::Channel {
         tonic::transport::Endpoint::from_shared(self.url())
             .unwrap()
@@ -70,8 +126,13 @@ impl TestServer {
 
     /// Sends SIGTERM.
     pub fn signal_term(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`, …).
+    pub fn signal(&self, name: &str) {
         let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().expect("running kill");
+        Command::new("kill").args([&format!("-{name}"), &pid]).status().expect("running kill");
     }
 
     /// The server's process id.

@@ -9,34 +9,45 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::device::DeviceSpec;
+use crate::error::GitcapError;
+use crate::model::Precision;
 use crate::proto::{self, admin_server::Admin};
 use crate::registry::{models::AliasChange, LoadSpec, ModelState, ModelStatus, Registry, RegistryEvent};
 
 pub struct AdminService {
     registry: Arc<Registry>,
     /// Device and dtype for specs that leave them empty.
-    default_device: String,
-    default_dtype: String,
+    default_device: DeviceSpec,
+    default_dtype: Precision,
 }
 
 impl AdminService {
-    pub fn new(registry: Arc<Registry>, default_device: String, default_dtype: String) -> Self {
+    pub fn new(registry: Arc<Registry>, default_device: DeviceSpec, default_dtype: Precision) -> Self {
         Self { registry, default_device, default_dtype }
     }
 
-    fn spec(&self, spec: Option<proto::ModelSpec>) -> Result<LoadSpec, Status> {
-        let spec = spec.ok_or_else(|| Status::invalid_argument("spec: missing"))?;
+    /// The message's spec, its device and dtype parsed (empty = the server's).
+    fn spec(&self, spec: Option<proto::ModelSpec>) -> Result<LoadSpec, GitcapError> {
+        let spec = spec.ok_or_else(|| GitcapError::invalid("spec", "missing: say what to load"))?;
         if spec.source.is_empty() {
-            return Err(Status::invalid_argument("spec.source: a checkpoint directory or hub repo id is needed"));
+            return Err(GitcapError::invalid("spec.source", "a checkpoint directory or hub repo id is needed"));
         }
-        let or = |value: String, default: &str| if value.is_empty() { default.to_string() } else { value };
+        let device = match spec.device.as_str() {
+            "" => self.default_device,
+            text => text.parse().map_err(|e: String| GitcapError::invalid("spec.device", e))?,
+        };
+        let dtype = match spec.dtype.as_str() {
+            "" => self.default_dtype,
+            text => text.parse().map_err(|e: String| GitcapError::invalid("spec.dtype", e))?,
+        };
         Ok(LoadSpec {
             name: spec.name,
             source: spec.source,
             revision: spec.revision,
             version: spec.version,
-            device: or(spec.device, &self.default_device),
-            dtype: or(spec.dtype, &self.default_dtype),
+            device,
+            dtype,
         })
     }
 }
@@ -60,8 +71,8 @@ pub fn model_status(status: ModelStatus) -> proto::ModelStatus {
         state: state as i32,
         error,
         source: status.spec.source,
-        device: status.spec.device,
-        dtype: status.spec.dtype,
+        device: status.spec.device.to_string(),
+        dtype: status.spec.dtype.to_string(),
         load_seconds: status.load_seconds,
         memory_bytes: status.memory_bytes,
         aliases: status.aliases,
@@ -145,8 +156,11 @@ impl Admin for AdminService {
                     Ok(RegistryEvent::Model(status)) => Event::Model(model_status(*status)),
                     Ok(RegistryEvent::Alias(change)) => Event::Alias(alias_status(change)),
                     Err(RecvError::Lagged(missed)) => {
-                        let _ =
-                            tx.send(Err(Status::data_loss(format!("{missed} events were missed; watch again")))).await;
+                        let _ = tx
+                            .send(
+                                Err(GitcapError::DataLoss(format!("{missed} events were missed; watch again")).into()),
+                            )
+                            .await;
                         return;
                     }
                     Err(RecvError::Closed) => return,

@@ -3,6 +3,8 @@
 
 use tonic::{Request, Status};
 
+use crate::error::GitcapError;
+
 /// A tonic interceptor that lets through requests carrying `authorization: Bearer <token>`.
 #[derive(Clone)]
 pub struct BearerAuth {
@@ -26,7 +28,7 @@ impl BearerAuth {
         if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
             Ok(request)
         } else {
-            Err(Status::unauthenticated("missing or invalid bearer token"))
+            Err(GitcapError::Unauthenticated.into())
         }
     }
 }

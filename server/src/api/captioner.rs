@@ -57,7 +57,7 @@ impl CaptionerService {
         let limits = self.limits.clone();
         let frames = tokio::task::spawn_blocking(move || convert::decode_media(media.as_ref(), &limits.media))
             .await
-            .map_err(|e| Status::internal(format!("media decoding task failed: {e}")))??;
+            .map_err(|e| GitcapError::Internal(format!("media decoding task failed: {e}")))??;
         Ok(frames)
     }
 
@@ -414,7 +414,7 @@ impl LiveSession {
         let now = Instant::now();
         let caption = submit(self.worker.clone(), request, None, now, now)?.finish().await?;
         let event = proto::LiveEvent { first_frame, last_frame: last_frame as u64, caption: Some(caption) };
-        tx.send(Ok(event)).await.map_err(|_| Status::cancelled("the client went away"))
+        tx.send(Ok(event)).await.map_err(|_| GitcapError::Cancelled.into())
     }
 }
 

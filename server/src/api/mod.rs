@@ -18,7 +18,9 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tower_http::cors::CorsLayer;
 
+use crate::device::DeviceSpec;
 use crate::error::{GitcapError, Result};
+use crate::model::Precision;
 use crate::proto::admin_server::AdminServer;
 use crate::proto::captioner_server::CaptionerServer;
 use crate::registry::Registry;
@@ -40,8 +42,8 @@ pub struct ServeOptions {
     pub admin_token: Option<String>,
     /// Serve the admin service on this listener instead of the main one.
     pub admin_listener: Option<TcpListener>,
-    pub default_device: String,
-    pub default_dtype: String,
+    pub default_device: DeviceSpec,
+    pub default_dtype: Precision,
     /// PEM certificate chain and private key: serve TLS instead of plain text.
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
 }
@@ -77,8 +79,7 @@ pub async fn serve(
         tonic::service::interceptor::InterceptedService::new(captioner, move |request| inference_auth.check(request));
     let admin = options.admin_token.take().map(|token| {
         let auth = BearerAuth::new(Some(token));
-        let service =
-            AdminService::new(registry.clone(), options.default_device.clone(), options.default_dtype.clone());
+        let service = AdminService::new(registry.clone(), options.default_device, options.default_dtype);
         AdminServer::with_interceptor(service, move |request| auth.check(request))
     });
 

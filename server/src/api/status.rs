@@ -20,6 +20,8 @@ impl From<GitcapError> for Status {
             GitcapError::Cancelled => Status::cancelled(message),
             GitcapError::Unavailable(_) => Status::unavailable(message),
             GitcapError::PermissionDenied(_) => Status::permission_denied(message),
+            GitcapError::Unauthenticated => Status::unauthenticated(message),
+            GitcapError::DataLoss(_) => Status::data_loss(message),
             GitcapError::AlreadyExists(_) => Status::already_exists(message),
             GitcapError::FailedPrecondition(_) => Status::failed_precondition(message),
             GitcapError::ModelFiles(_)

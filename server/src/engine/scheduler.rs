@@ -90,6 +90,8 @@ impl<'p> Scheduler<'p> {
             if !self.running.is_empty() {
                 self.step();
             }
+            self.stats.running(self.running.len());
+            self.stats.queue_depth(self.waiting.len() + commands.len());
         }
     }
 

@@ -78,6 +78,10 @@ impl EngineStats {
         metrics::queue_depth(&self.model, &self.version, waiting);
     }
 
+    pub(super) fn running(&self, requests: usize) {
+        metrics::running_requests(&self.model, &self.version, requests);
+    }
+
     pub fn snapshot(&self) -> EngineStatsSnapshot {
         EngineStatsSnapshot {
             decode_steps: self.decode_steps.load(Relaxed),

@@ -79,8 +79,8 @@ impl Default for EngineOptions {
 pub struct ModelInfo {
     pub name: String,
     pub version: String,
-    pub dtype: String,
-    pub device: String,
+    pub dtype: crate::model::Precision,
+    pub device: crate::device::DeviceSpec,
     pub max_frames: usize,
     pub weights_bytes: usize,
 }

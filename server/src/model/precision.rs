@@ -21,6 +21,35 @@ pub enum Precision {
     Fast,
 }
 
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        Self::parse(text).map_err(|e| match e {
+            GitcapError::InvalidArgument { message, .. } => message,
+            other => other.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl serde::Serialize for Precision {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Precision {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl From<Kind> for Precision {
     fn from(kind: Kind) -> Self {
         Self::Uniform(kind)
@@ -30,17 +59,21 @@ impl From<Kind> for Precision {
 impl Precision {
     /// `f32`/`float32`, `f16`/`float16`, `bf16`/`bfloat16`, or `fast`.
     pub fn parse(text: &str) -> Result<Self> {
-        match text.trim().to_ascii_lowercase().as_str() {
-            "fast" => Ok(Self::Fast),
-            _ => crate::device::parse_dtype(text)
-                .map(Self::Uniform)
-                .map_err(|_| GitcapError::invalid("dtype", format!("`{text}` is not f32, f16, bf16 or fast"))),
-        }
+        let kind = match text.trim().to_ascii_lowercase().as_str() {
+            "fast" => return Ok(Self::Fast),
+            "f32" | "float32" | "float" => Kind::Float,
+            "f16" | "float16" | "half" => Kind::Half,
+            "bf16" | "bfloat16" => Kind::BFloat16,
+            _ => return Err(GitcapError::invalid("dtype", format!("`{text}` is not f32, f16, bf16 or fast"))),
+        };
+        Ok(Self::Uniform(kind))
     }
 
     pub fn name(self) -> &'static str {
         match self {
-            Self::Uniform(kind) => crate::device::dtype_name(kind),
+            Self::Uniform(Kind::Half) => "f16",
+            Self::Uniform(Kind::BFloat16) => "bf16",
+            Self::Uniform(_) => "f32",
             Self::Fast => "fast",
         }
     }

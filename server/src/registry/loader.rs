@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 pub use super::source::DownloadProgress;
 use super::source::{resolve_with_progress, HubOptions};
-use crate::device::parse_device;
+use crate::device::DeviceSpec;
 use crate::engine::{Frame, InferenceRequest, ModelInfo, Pipeline};
 use crate::error::{GitcapError, Result};
 use crate::model::generation::{GenerationOptions, StepControl};
@@ -23,8 +23,8 @@ pub struct LoadSpec {
     pub revision: String,
     /// Label for a local directory; a hub model's version is its commit.
     pub version: String,
-    pub device: String,
-    pub dtype: String,
+    pub device: DeviceSpec,
+    pub dtype: Precision,
 }
 
 /// A loaded, warmed-up model and what describes it.
@@ -55,11 +55,10 @@ pub fn check_root(source: &str, roots: Option<&[PathBuf]>) -> Result<()> {
 /// progress.
 pub fn load(spec: &LoadSpec, hub: &HubOptions, progress: &mut dyn FnMut(DownloadProgress)) -> Result<Loaded> {
     let started = Instant::now();
-    let device = parse_device(&spec.device)?;
-    let precision = Precision::parse(&spec.dtype)?;
+    let device = spec.device.available()?;
     let revision = Some(spec.revision.as_str()).filter(|r| !r.is_empty());
     let checkpoint = resolve_with_progress(&spec.source, revision, hub, progress)?;
-    let pipeline = Pipeline::load(&checkpoint.dir, precision, device)?;
+    let pipeline = Pipeline::load(&checkpoint.dir, spec.dtype, device)?;
     let version = if checkpoint.version == "local" && !spec.version.is_empty() {
         spec.version.clone()
     } else {
@@ -69,8 +68,8 @@ pub fn load(spec: &LoadSpec, hub: &HubOptions, progress: &mut dyn FnMut(Download
     let info = ModelInfo {
         name: spec.name.clone(),
         version,
-        dtype: spec.dtype.clone(),
-        device: spec.device.clone(),
+        dtype: spec.dtype,
+        device: spec.device,
         max_frames: pipeline.model.config.max_frames() as usize,
         weights_bytes: pipeline.weights_bytes,
     };

@@ -58,8 +58,8 @@ mod tests {
                 source: "microsoft/git-base-vatex".into(),
                 revision: "abc".into(),
                 version: "abc".into(),
-                device: "cpu".into(),
-                dtype: "f32".into(),
+                device: crate::device::DeviceSpec::CPU,
+                dtype: crate::model::Precision::from(tch::Kind::Float),
             }],
             aliases: [("default".to_string(), "vatex@abc".to_string())].into(),
         };
