@@ -43,6 +43,8 @@ pub type Caption = proto::CaptionResponse;
 pub use gitcap_protocol::proto;
 /// Decoding options (one definition for every surface) and recognising media by content.
 pub use gitcap_protocol::{media_kind, EarlyStopping, GenerationOptions, InvalidOption};
+/// The protocol's own descriptor: its messages' fields and its services' methods.
+pub use gitcap_protocol::descriptor as proto_descriptor;
 
 /// Compiles the README's examples as doctests.
 #[cfg(doctest)]

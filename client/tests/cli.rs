@@ -243,6 +243,25 @@ async fn captions_a_video_file_as_its_extracted_frames() {
     assert_eq!(printed.trim_end_matches('\n'), expected.text);
 }
 
+/// Every generation option of the protocol is a flag of `gitcap caption` and `gitcap live`.
+#[test]
+fn every_generation_option_is_a_flag() {
+    let fields = gitcap_client::proto_descriptor::message_fields("GenerationOptions").unwrap();
+    let options: Vec<String> = fields
+        .into_iter()
+        .filter(|f| !f.deprecated)
+        .map(|f| if f.name == "early_stopping_mode" { "early_stopping".to_string() } else { f.name })
+        .collect();
+    assert!(options.len() >= 12, "{options:?}");
+    for command in ["caption", "live"] {
+        let help = ok(gitcap(&[command, "--help"]));
+        for option in &options {
+            let flag = format!("--{}", option.replace('_', "-"));
+            assert!(help.contains(&flag), "`gitcap {command}` has no {flag}:\n{help}");
+        }
+    }
+}
+
 #[test]
 fn completions_are_printed() {
     let script = ok(gitcap(&["completions", "bash"]));

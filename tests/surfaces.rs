@@ -1,0 +1,71 @@
+//! Each thing is defined once, and every surface has it: these tests fail when the README, a
+//! command line or the protocol lacks what another defines. (The `gitcap` CLI's flags are
+//! checked by client/tests/cli.rs, the browser page's field numbers by tests/browser.rs.)
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use clap::Args;
+use gitcap_protocol::{descriptor, GenerationOptions};
+
+fn readme() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap()
+}
+
+/// The backticked names in the first column of the README table whose header starts `header`.
+fn table_names(readme: &str, header: &str) -> BTreeSet<String> {
+    let mut lines = readme.lines().skip_while(|l| !l.starts_with(header)).skip(2);
+    let mut names = BTreeSet::new();
+    for line in lines.by_ref().take_while(|l| l.starts_with('|')) {
+        let first_cell = line.split('|').nth(1).unwrap_or_default();
+        names.extend(first_cell.split('`').skip(1).step_by(2).map(str::to_string));
+    }
+    assert!(!names.is_empty(), "no README table headed {header:?}");
+    names
+}
+
+fn methods(service: &str) -> BTreeSet<String> {
+    descriptor::service_methods(service).unwrap().into_iter().collect()
+}
+
+#[test]
+fn the_readme_lists_every_rpc() {
+    let readme = readme();
+    assert_eq!(table_names(&readme, "| RPC |"), methods("Captioner"), "README's Captioner table vs the proto");
+    assert_eq!(table_names(&readme, "| call |"), methods("Admin"), "README's Admin table vs the proto");
+}
+
+/// The options' names as the protocol has them; `early_stopping_mode` is the typed
+/// `early_stopping` (the boolean field of that name is deprecated).
+fn protocol_options() -> BTreeSet<String> {
+    let fields = descriptor::message_fields("GenerationOptions").unwrap();
+    fields
+        .into_iter()
+        .filter(|f| !f.deprecated)
+        .map(|f| if f.name == "early_stopping_mode" { "early_stopping".to_string() } else { f.name })
+        .collect()
+}
+
+fn flag(option: &str) -> String {
+    format!("--{}", option.replace('_', "-"))
+}
+
+#[test]
+fn every_generation_option_is_on_every_server_surface() {
+    let protocol = protocol_options();
+    assert!(protocol.len() >= 12, "{protocol:?}");
+    let typed: BTreeSet<String> = GenerationOptions::augment_args(clap::Command::new("options"))
+        .get_arguments()
+        .map(|a| a.get_id().to_string())
+        .collect();
+    assert_eq!(typed, protocol, "gitcap_protocol::GenerationOptions vs proto GenerationOptions");
+
+    let help = Command::new(env!("CARGO_BIN_EXE_gitcap-server")).args(["caption", "--help"]).output().unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    let readme = readme();
+    for option in &protocol {
+        assert!(help.contains(&flag(option)), "`gitcap-server caption` has no {}:\n{help}", flag(option));
+        assert!(readme.contains(&flag(option)), "README does not document {}", flag(option));
+    }
+}
