@@ -4,3 +4,4 @@ pub mod fixtures;
 pub mod load;
 pub mod raw_grpc;
 pub mod server;
+pub mod videos;

@@ -11,6 +11,8 @@
 //!   [`PreprocessorConfig::preprocess`] resizes (`resample`: Pillow's resampling, ported bit for
 //!   bit), centre crops, rescales and normalises into CHW `f32` [`PixelValues`].
 //! - [`sample_frame_indices`]: which frames of a longer video the model sees.
+//! - [`video`]: video files → RGB frames at chosen timestamps, decoded by the `ffmpeg` program in
+//!   isolated, bounded child processes ([`VideoDecoder`]).
 //!
 //! Turning [`PixelValues`] into tensors is the model's business. Reference data for the
 //! unit tests: `tests/fixtures/golden` and `testdata/` (see `testdata/make_testdata.py`).
@@ -19,6 +21,7 @@ mod decode;
 mod frames;
 mod preprocess;
 mod resample;
+pub mod video;
 
 pub use decode::{decode_image, from_raw_rgb, MediaLimits};
 pub use frames::sample_frame_indices;
@@ -26,6 +29,7 @@ pub use preprocess::{
     PixelValues, PreprocessorConfig, ProcessorKind, Resample, ResizeTarget, IMAGENET_STANDARD_MEAN,
     IMAGENET_STANDARD_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
 };
+pub use video::{sample_timestamps, sniff_container, Sampling, TimedFrame, VideoDecoder, VideoInfo, VideoLimits};
 
 #[cfg(test)]
 mod golden_tests;
