@@ -47,8 +47,9 @@ fn assert_same_pixels(ours: &RgbImage, theirs: &RgbImage, what: &str) {
     }
 }
 
-/// Timestamps that probe the rule: segment centres, and some frames' own timestamps and one
-/// microsecond either side of them, all before the last frame's start.
+/// Timestamps that probe the rule: segment centres; some frames' own timestamps, one microsecond
+/// either side of them, and 0.4, 0.5 and 0.6 of a tick after them (ffmpeg rounds to the nearest
+/// tick, halves up); all before the last frame's start.
 fn probing_timestamps(file: &Path, info: &VideoInfo) -> Vec<f64> {
     let times: Vec<f64> = frame_times(file).into_iter().map(|t| t - info.start_s).collect();
     let last = times.iter().cloned().fold(0.0, f64::max);
@@ -57,6 +58,8 @@ fn probing_timestamps(file: &Path, info: &VideoInfo) -> Vec<f64> {
     for &i in picks.iter().filter(|&&i| i < times.len()) {
         let t = (times[i] * 1e6).round() / 1e6;
         timestamps.extend([t - 1e-6, t, t + 1e-6]);
+        let tick = info.time_base.num as f64 / info.time_base.den as f64;
+        timestamps.extend([0.4, 0.5, 0.6].map(|part| ((times[i] + part * tick) * 1e6).round() / 1e6));
     }
     timestamps.retain(|&t| t >= 0.0 && t <= last);
     timestamps.sort_by(f64::total_cmp);

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use gitcap_server::benchmark::{self, Bench};
 use gitcap_server::fidelity::{self, Fidelity};
+use gitcap_server::media::video::{bench as video_bench, VideoLimits};
 use gitcap_server::model::generation::{EarlyStopping, GenerationOverrides};
 use gitcap_server::oneshot::{self, OneShot};
 use gitcap_server::registry::HubOptions;
@@ -29,6 +30,8 @@ enum Command {
     Bench(BenchArgs),
     /// Compare a reduced precision (fast, bf16, f16) with f32: logits error and top-1 agreement.
     Fidelity(FidelityArgs),
+    /// Time probing video files and sampling frames from them (used by scripts/bench-video.sh).
+    BenchVideo(BenchVideoArgs),
 }
 
 /// Flags override the config file and GITCAP__* environment variables.
@@ -109,6 +112,24 @@ struct FidelityArgs {
     /// libtorch intra-op threads (0 = libtorch's default).
     #[arg(long, default_value_t = 0)]
     threads: i32,
+}
+
+#[derive(Args)]
+struct BenchVideoArgs {
+    /// Video files.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Frames sampled evenly from each file.
+    #[arg(long, default_value_t = 6)]
+    frames: usize,
+    /// Decoder processes one call runs at once (default: the server's).
+    #[arg(long)]
+    processes_per_call: Option<usize>,
+    /// Decoder threads per process (0 = ffmpeg's choice; default: the server's).
+    #[arg(long)]
+    threads_per_process: Option<usize>,
 }
 
 #[derive(Args)]
@@ -298,6 +319,19 @@ fn main() -> ExitCode {
                 random_images: args.random_images,
                 max_new_tokens: args.max_new_tokens,
                 seed: args.seed,
+            })
+        }
+        Command::BenchVideo(args) => {
+            let defaults = VideoLimits::default();
+            video_bench::run(video_bench::BenchVideo {
+                files: args.files,
+                runs: args.runs,
+                frames: args.frames,
+                limits: VideoLimits {
+                    processes_per_call: args.processes_per_call.unwrap_or(defaults.processes_per_call),
+                    threads_per_process: args.threads_per_process.unwrap_or(defaults.threads_per_process),
+                    ..defaults
+                },
             })
         }
     };

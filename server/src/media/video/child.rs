@@ -71,6 +71,16 @@ impl Budget {
     }
 }
 
+/// How much of a buffer [`Child::read_frame`] filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Filled {
+    Whole,
+    /// Stdout ended before the first byte.
+    Ended,
+    /// Stdout ended after this many bytes.
+    Partly(usize),
+}
+
 /// A running child.
 pub(crate) struct Child {
     child: tokio::process::Child,
@@ -144,26 +154,18 @@ impl Child {
         })
     }
 
-    /// Fills `buf` from stdout. `Ok(false)` if stdout ended before the first byte; an error if
-    /// it ended part way.
-    pub async fn read_exact_or_end(&mut self, buf: &mut [u8]) -> Result<bool> {
+    /// Fills `buf` from stdout, unless stdout ends first.
+    pub async fn read_frame(&mut self, buf: &mut [u8]) -> Result<Filled> {
         let mut filled = 0;
         while filled < buf.len() {
             let read = self.clock.run(self.stdout.read(&mut buf[filled..])).await;
             let n = self.checked(read)?.map_err(|e| self.read_error(e))?;
             if n == 0 {
-                if filled == 0 {
-                    return Ok(false);
-                }
-                return Err(self.budget.media_error(format!(
-                    "{} stopped in the middle of a frame ({filled} of {} bytes)",
-                    self.what,
-                    buf.len()
-                )));
+                return Ok(if filled == 0 { Filled::Ended } else { Filled::Partly(filled) });
             }
             filled += n;
         }
-        Ok(true)
+        Ok(Filled::Whole)
     }
 
     /// The next line of stdout, at most `max_bytes` long; `None` at its end.

@@ -46,6 +46,7 @@
 //! of [`ACCEPTED_CONTAINERS`] only, so an HLS or ffconcat playlist (which would make ffmpeg open
 //! other files or URLs) is refused before it is parsed. See `child` for the details.
 
+pub mod bench;
 mod child;
 mod decoder;
 mod pass;

@@ -18,7 +18,7 @@ use std::fmt::Write as _;
 use image::RgbImage;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::child::Child;
+use super::child::{Child, Filled};
 use super::timing::{ss_arg, threshold, us_from_seconds, TimeBase};
 use super::{Source, VideoInfo};
 use crate::error::{GitcapError, Result};
@@ -203,16 +203,9 @@ impl RunningPass {
 
     /// The next frame that answers samples, in order.
     pub async fn next_step(&mut self, source: &Source) -> Result<Step> {
-        let frame_bytes = source.info.frame_bytes();
-        while self.next < self.plan.samples.len() {
-            let Some(child) = self.child.as_mut() else { break };
-            let mut pixels = vec![0u8; frame_bytes];
-            if !child.read_exact_or_end(&mut pixels).await? {
-                self.child.take().expect("the child is running").finish().await?;
-                break;
-            }
+        while self.next < self.plan.samples.len() && self.frames_read < self.plan.max_frames {
+            let Some((pixels, pts)) = next_frame(&mut self.child, source).await? else { break };
             self.frames_read += 1;
-            let pts = frame_stamp(child, source).await?;
             let first = self.next;
             while self.next < self.plan.samples.len() && self.plan.thresholds[self.next] <= pts {
                 self.next += 1;
@@ -223,9 +216,6 @@ impl RunningPass {
                 }
                 let image = to_image(&source.info, pixels)?;
                 return Ok(Step::Hit(Hit { image, samples: self.plan.samples[first..self.next].to_vec() }));
-            }
-            if self.frames_read >= self.plan.max_frames {
-                break;
             }
         }
         self.stop();
@@ -250,14 +240,35 @@ impl RunningPass {
     }
 }
 
-/// Reads the side channel's lines up to the one for the frame just read: its timestamp, after
-/// checking that its size is the one expected.
-async fn frame_stamp(child: &mut Child, source: &Source) -> Result<i64> {
+/// The next frame's pixels and timestamp from a pass's child; `None` once it ended cleanly (it
+/// is then gone from `running`). A child that ended badly is an error saying why.
+async fn next_frame(running: &mut Option<Child>, source: &Source) -> Result<Option<(Vec<u8>, i64)>> {
+    let Some(child) = running.as_mut() else { return Ok(None) };
     let frame_bytes = source.info.frame_bytes();
-    loop {
-        let Some(line) = child.side_line().await? else {
-            return Err(GitcapError::Internal("the video decoder wrote a frame without its timestamp".into()));
-        };
+    let mut pixels = vec![0u8; frame_bytes];
+    let problem = match child.read_frame(&mut pixels).await? {
+        Filled::Whole => match frame_stamp(child, source).await? {
+            Some(pts) => return Ok(Some((pixels, pts))),
+            None => Some("the video decoder wrote a frame without its timestamp".to_string()),
+        },
+        Filled::Ended => None,
+        Filled::Partly(bytes) => {
+            Some(format!("the video decoder stopped in the middle of a frame ({bytes} of {frame_bytes} bytes)"))
+        }
+    };
+    // Its exit status says why it ended, when it failed.
+    running.take().expect("the child is running").finish().await?;
+    match problem {
+        None => Ok(None),
+        Some(problem) => Err(source.budget.media_error(problem)),
+    }
+}
+
+/// Reads the side channel's lines up to the one for the frame just read: its timestamp, after
+/// checking that its size is the one expected; `None` if the channel closed first.
+async fn frame_stamp(child: &mut Child, source: &Source) -> Result<Option<i64>> {
+    let frame_bytes = source.info.frame_bytes();
+    while let Some(line) = child.side_line().await? {
         check_time_base(&line, source.info.time_base)?;
         let Some(stamp) = parse_framecrc(&line) else { continue };
         if stamp.size != frame_bytes {
@@ -267,8 +278,9 @@ async fn frame_stamp(child: &mut Child, source: &Source) -> Result<i64> {
                 stamp.size
             )));
         }
-        return Ok(stamp.pts);
+        return Ok(Some(stamp.pts));
     }
+    Ok(None)
 }
 
 /// Timestamps are only comparable with thresholds in the stream's own time base.
@@ -338,19 +350,13 @@ pub(crate) async fn last_frame(source: &Source, sample: Sample) -> Result<RgbIma
     fetch.max_frames = 2;
     let slot = source.budget.wait_for_slot().await?;
     let mut pass = RunningPass::start(fetch, source, slot)?;
-    let child = pass.child.as_mut().expect("a started pass has a child");
-    let frame_bytes = info.frame_bytes();
-    loop {
-        let mut pixels = vec![0u8; frame_bytes];
-        if !child.read_exact_or_end(&mut pixels).await? {
-            pass.child.take().expect("the child is running").finish().await?;
-            return Err(source.budget.media_error("the video's last frame could not be decoded a second time"));
-        }
-        if frame_stamp(child, source).await? >= wanted {
+    while let Some((pixels, pts)) = next_frame(&mut pass.child, source).await? {
+        if pts >= wanted {
             pass.stop();
             return to_image(info, pixels);
         }
     }
+    Err(source.budget.media_error("the video's last frame could not be decoded a second time"))
 }
 
 /// The timestamp (ticks after the seek point's threshold) of the last frame from `seek_us` on.
