@@ -40,7 +40,7 @@ done
 export LIBTORCH=${LIBTORCH:-$(scripts/setup-libtorch.sh)}
 PROFILE=${GITCAP_BENCH_PROFILE:-release}
 cargo build --profile "$PROFILE" --quiet --bin gitcap-server
-BIN=target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")/gitcap-server
+BIN=${CARGO_TARGET_DIR:-target}/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")/gitcap-server
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p') ($(nproc) cores), load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 OUT=$("$BIN" bench-video --runs "$RUNS" "${EXTRA[@]}" "${FILES[@]}")
 echo "$OUT"
