@@ -3,9 +3,9 @@
 //! Each child gets, before it executes (`pre_exec`): `RLIMIT_CPU` (soft = hard, so the kernel
 //! sends `SIGKILL` rather than the `SIGXCPU` ffmpeg would catch and exit from gracefully),
 //! `RLIMIT_AS`, `RLIMIT_FSIZE = 0` (it may not write a file) and `RLIMIT_CORE = 0`, and its own
-//! process group; an empty environment (no `FFREPORT` log files, no proxies), `/` as its working
-//! directory, stdin from `/dev/null`. Its stderr is drained into a bounded tail for error
-//! messages. It is killed when dropped (a dropped request kills its decoder), and when a read from
+//! process group; an empty environment but `LD_LIBRARY_PATH` (no `FFREPORT` log files, no
+//! proxies), `/` as its working directory, stdin from `/dev/null`. Its stderr is drained into a
+//! bounded tail for error messages. It is killed when dropped (a dropped request kills its decoder), and when a read from
 //! it waits past the call's wall-clock budget. A semaphore bounds the children alive at once.
 //!
 //! A child may also get a side channel: a pipe on its descriptor 3 (`pipe:3` to ffmpeg), read
@@ -130,6 +130,10 @@ impl Child {
         // and allocates nothing.
         unsafe {
             command.pre_exec(move || rlimits.apply());
+        }
+        // An ffmpeg installed outside the system's library paths may need this one variable.
+        if let Some(library_path) = std::env::var_os("LD_LIBRARY_PATH") {
+            command.env("LD_LIBRARY_PATH", library_path);
         }
         let mut child = command.spawn().map_err(spawn_error)?;
         let side = match side_pipe {
