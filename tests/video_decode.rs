@@ -108,7 +108,8 @@ async fn every_codec_and_container_gives_ffmpegs_pixels() {
         ("VP8 WebM", videos.vp8_webm()),
         ("VP9 WebM", videos.vp9_webm()),
         ("MPEG-4 AVI", videos.mpeg4_avi()),
-        ("321x241", videos.odd_size()),
+        ("321x241 VP9 4:2:0", videos.odd_size_vp9()),
+        ("321x241 H.264 4:4:4", videos.odd_size_h264()),
     ];
     cases.extend(videos.av1_mp4().map(|file| ("AV1 MP4", file)));
     for (name, file) in &cases {
@@ -121,6 +122,10 @@ async fn every_codec_and_container_gives_ffmpegs_pixels() {
     let info = decoder.probe(&cases[1].1, FIELD).await.unwrap();
     assert_eq!((info.codec.as_str(), info.width, info.height, info.frame_count), ("h264", 160, 120, Some(60)));
     assert!(info.container.contains("mov"), "{}", info.container);
+    for odd in [&cases[6].1, &cases[7].1] {
+        let info = decoder.probe(odd, FIELD).await.unwrap();
+        assert_eq!((info.width, info.height), (321, 241), "{}", odd.display());
+    }
 }
 
 #[tokio::test]

@@ -93,9 +93,34 @@ impl Videos {
         self.encode("mpeg4.avi", "160x120", 25, 2.0, &["-c:v", "mpeg4", "-q:v", "5"])
     }
 
-    /// H.264 of an odd size (321x241: chroma planes do not divide evenly).
-    pub fn odd_size(&self) -> PathBuf {
-        self.encode("odd.mp4", "321x241", 30, 1.0, &["-c:v", "libx264", "-pix_fmt", "yuv420p"])
+    /// 321x241 (odd: 4:2:0 chroma planes round up), VP9 4:2:0 in WebM. (testsrc2 itself only
+    /// makes even sizes, so its frames are converted to RGB and cropped.)
+    pub fn odd_size_vp9(&self) -> PathBuf {
+        self.odd_size(
+            "odd.webm",
+            &["-c:v", "libvpx-vp9", "-pix_fmt", "yuv420p", "-deadline", "realtime", "-cpu-used", "8"],
+        )
+    }
+
+    /// 321x241, H.264 4:4:4 in MP4 (4:2:0 H.264 cannot have an odd size).
+    pub fn odd_size_h264(&self) -> PathBuf {
+        self.odd_size("odd.mp4", &["-c:v", "libx264", "-pix_fmt", "yuv444p"])
+    }
+
+    fn odd_size(&self, name: &str, codec: &[&str]) -> PathBuf {
+        let out = self.path(name);
+        let mut args = vec![
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=322x242:rate=30:duration=1",
+            "-vf",
+            "format=rgb24,crop=321:241:0:0",
+        ];
+        args.extend_from_slice(codec);
+        args.push(out.to_str().unwrap());
+        ffmpeg(&args);
+        out
     }
 
     /// A phone-style video: stored 320x240, with a display matrix rotating it by 90 degrees.

@@ -12,11 +12,13 @@ use crate::error::{GitcapError, Result};
 /// What to time.
 #[derive(Debug, Clone)]
 pub struct BenchVideo {
+    /// The video files, each timed on its own.
     pub files: Vec<PathBuf>,
     /// Timed runs per file, after one untimed run (which warms the page cache).
     pub runs: usize,
     /// Frames sampled evenly (segment centres) from each file.
     pub frames: usize,
+    /// The decoder's limits (its processes per call and threads per process are what vary).
     pub limits: VideoLimits,
 }
 

@@ -1,6 +1,6 @@
 //! Which video container a file is, from its leading bytes: for routing an upload and for error
 //! messages that name what was sent. Whether ffmpeg is allowed to read it is
-//! [`super::ACCEPTED_FORMATS`]' business, not this one's.
+//! [`super::ACCEPTED_CONTAINERS`]' business, not this one's.
 
 /// How many leading bytes [`sniff_container`] looks at, at most.
 pub const SNIFF_BYTES: usize = 512;

@@ -11,7 +11,9 @@
 /// A stream's time base: one tick is `num / den` seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimeBase {
+    /// Numerator (seconds).
     pub num: i64,
+    /// Denominator.
     pub den: i64,
 }
 
