@@ -108,6 +108,7 @@ async fn every_codec_and_container_gives_ffmpegs_pixels() {
         ("VP8 WebM", videos.vp8_webm()),
         ("VP9 WebM", videos.vp9_webm()),
         ("MPEG-4 AVI", videos.mpeg4_avi()),
+        ("GIF", videos.animated_gif()),
         ("321x241 VP9 4:2:0", videos.odd_size_vp9()),
         ("321x241 H.264 4:4:4", videos.odd_size_h264()),
     ];
@@ -122,7 +123,7 @@ async fn every_codec_and_container_gives_ffmpegs_pixels() {
     let info = decoder.probe(&cases[1].1, FIELD).await.unwrap();
     assert_eq!((info.codec.as_str(), info.width, info.height, info.frame_count), ("h264", 160, 120, Some(60)));
     assert!(info.container.contains("mov"), "{}", info.container);
-    for odd in [&cases[6].1, &cases[7].1] {
+    for odd in [&cases[7].1, &cases[8].1] {
         let info = decoder.probe(odd, FIELD).await.unwrap();
         assert_eq!((info.width, info.height), (321, 241), "{}", odd.display());
     }

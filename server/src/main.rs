@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use gitcap_server::benchmark::{self, Bench};
 use gitcap_server::fidelity::{self, Fidelity};
-use gitcap_server::media::video::{bench as video_bench, VideoLimits};
+use gitcap_server::media::video::bench::{self as video_bench, BenchVideo};
 use gitcap_server::model::generation::{EarlyStopping, GenerationOverrides};
 use gitcap_server::oneshot::{self, OneShot};
 use gitcap_server::registry::HubOptions;
@@ -321,19 +321,13 @@ fn main() -> ExitCode {
                 seed: args.seed,
             })
         }
-        Command::BenchVideo(args) => {
-            let defaults = VideoLimits::default();
-            video_bench::run(video_bench::BenchVideo {
-                files: args.files,
-                runs: args.runs,
-                frames: args.frames,
-                limits: VideoLimits {
-                    processes_per_call: args.processes_per_call.unwrap_or(defaults.processes_per_call),
-                    threads_per_process: args.threads_per_process.unwrap_or(defaults.threads_per_process),
-                    ..defaults
-                },
-            })
-        }
+        Command::BenchVideo(args) => video_bench::run(BenchVideo {
+            files: args.files,
+            runs: args.runs,
+            frames: args.frames,
+            processes_per_call: args.processes_per_call,
+            threads_per_process: args.threads_per_process,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

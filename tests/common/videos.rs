@@ -88,6 +88,11 @@ impl Videos {
         Some(self.encode("av1.mp4", "160x120", 24, 2.0, settings))
     }
 
+    /// An animated GIF (palette frames, time base 1/100 s).
+    pub fn animated_gif(&self) -> PathBuf {
+        self.encode("anim.gif", "96x64", 20, 2.0, &[])
+    }
+
     /// MPEG-4 part 2 in AVI (time base 1/25: one tick a frame).
     pub fn mpeg4_avi(&self) -> PathBuf {
         self.encode("mpeg4.avi", "160x120", 25, 2.0, &["-c:v", "mpeg4", "-q:v", "5"])

@@ -18,17 +18,24 @@ pub struct BenchVideo {
     pub runs: usize,
     /// Frames sampled evenly (segment centres) from each file.
     pub frames: usize,
-    /// The decoder's limits (its processes per call and threads per process are what vary).
-    pub limits: VideoLimits,
+    /// Decoder processes one call runs at once (default: [`VideoLimits::default`]'s).
+    pub processes_per_call: Option<usize>,
+    /// Decoder threads per process (default: [`VideoLimits::default`]'s).
+    pub threads_per_process: Option<usize>,
 }
 
 /// Prints one JSON line per file: medians over the runs of the probe, the sampling (every
 /// frame decoded and received) and both together, in milliseconds.
 pub fn run(bench: BenchVideo) -> Result<()> {
+    let defaults = VideoLimits::default();
+    let limits = VideoLimits {
+        processes_per_call: bench.processes_per_call.unwrap_or(defaults.processes_per_call),
+        threads_per_process: bench.threads_per_process.unwrap_or(defaults.threads_per_process),
+        ..defaults
+    };
     let runtime = tokio::runtime::Runtime::new().map_err(|e| GitcapError::Internal(e.to_string()))?;
     runtime.block_on(async {
-        let decoder =
-            VideoDecoder::detect(None, None, bench.limits.clone()).map_err(GitcapError::FailedPrecondition)?;
+        let decoder = VideoDecoder::detect(None, None, limits.clone()).map_err(GitcapError::FailedPrecondition)?;
         for file in &bench.files {
             let mut probe_ms = Vec::new();
             let mut sample_ms = Vec::new();
@@ -72,8 +79,8 @@ pub fn run(bench: BenchVideo) -> Result<()> {
                 "total_ms": median(&mut total_ms),
                 "total_ms_min": total_ms.iter().cloned().fold(f64::INFINITY, f64::min),
                 "total_ms_max": total_ms.iter().cloned().fold(0.0, f64::max),
-                "processes_per_call": bench.limits.processes_per_call,
-                "threads_per_process": bench.limits.threads_per_process,
+                "processes_per_call": limits.processes_per_call,
+                "threads_per_process": limits.threads_per_process,
             });
             println!("{line}");
         }
