@@ -30,9 +30,33 @@ if ! cargo fuzz --version >/dev/null 2>&1 && ! cargo install cargo-fuzz --locked
   skip "cargo-fuzz is not installed and could not be built"
 fi
 
-# Input size caps: a few small images or frames, a request with a small image.
-declare -A max_len=([decode_image]=32768 [raw_frames]=8192 [request_validation]=16384)
-targets=(decode_image raw_frames request_validation)
+# Input size caps: a few small images or frames, a request with a small image, a tiny video.
+declare -A max_len=([decode_image]=32768 [raw_frames]=8192 [request_validation]=16384 [video_container]=16384)
+targets=(decode_image raw_frames request_validation video_container)
+
+# video_container runs the ffmpeg and ffprobe programs; its seeds are tiny videos of each accepted
+# container and codec, made here (no video file is committed) into its uncommitted corpus.
+if command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null; then
+  seeds=fuzz/corpus/video_container
+  mkdir -p "$seeds"
+  source_video="testsrc2=size=32x24:rate=10:duration=0.3"
+  for spec in "h264.mp4:-c:v libx264" "h264.mov:-c:v libx264 -bf 0" "hevc.mkv:-c:v libx265 -x265-params log-level=error" \
+      "vp8.webm:-c:v libvpx" "vp9.webm:-c:v libvpx-vp9" "mpeg4.avi:-c:v mpeg4" "mjpeg.avi:-c:v mjpeg" "anim.gif:"; do
+    name=${spec%%:*}
+    # shellcheck disable=SC2086 # the codec arguments are words
+    [ -s "$seeds/seed_$name" ] || ffmpeg -nostdin -hide_banner -loglevel error -y -f lavfi -i "$source_video" \
+      ${spec#*:} "$seeds/seed_$name" || echo "fuzz: could not make the $name seed" >&2
+  done
+  ffmpeg -nostdin -hide_banner -loglevel error -y -i "$seeds/seed_h264.mp4" -c copy -metadata:s:v:0 rotate=90 \
+    "$seeds/seed_rotated.mp4" 2>/dev/null || true
+else
+  if [ -n "${CI:-}" ] && [ "${CI}" != "false" ] && [ "${CI}" != "0" ]; then
+    echo "fuzz: FAILED: video_container needs the ffmpeg and ffprobe programs (apt-get install ffmpeg)" >&2
+    exit 1
+  fi
+  echo "fuzz: SKIPPING video_container: it needs the ffmpeg and ffprobe programs (apt-get install ffmpeg)" >&2
+  targets=(decode_image raw_frames request_validation)
+fi
 
 cargo +nightly fuzz build --sanitizer "$sanitizer"
 

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use gitcap_server::api::convert::RequestLimits;
 use gitcap_server::error::GitcapError;
-use gitcap_server::media::{sample_frame_indices, MediaLimits, PixelValues, PreprocessorConfig};
+use gitcap_server::media::{sample_frame_indices, MediaLimits, PixelValues, PreprocessorConfig, VideoLimits};
 use image::RgbImage;
 
 /// The server's media limits, made smaller so that the fuzzer reaches them often and spends
@@ -18,6 +18,23 @@ pub fn media_limits() -> MediaLimits {
 /// The server's request limits, scaled down like [`media_limits`].
 pub fn request_limits() -> RequestLimits {
     RequestLimits { media: media_limits(), max_frame_bytes: 64 << 10, ..RequestLimits::default() }
+}
+
+/// Limits for the video decoder's children, tight so that a costly input fails fast: 1 megapixel
+/// a frame, 60 s of video, 2 s of CPU and 5 s of waiting per child, 1 GiB of address space, one
+/// single-threaded child at a time.
+pub fn video_limits() -> VideoLimits {
+    VideoLimits {
+        max_duration_s: 60.0,
+        max_pixels: 1_000_000,
+        max_frames: 16,
+        cpu_seconds: 2,
+        wall_seconds: 5.0,
+        memory_bytes: 1 << 30,
+        max_processes: 2,
+        processes_per_call: 1,
+        threads_per_process: 1,
+    }
 }
 
 /// The preprocessing of the test checkpoints (CLIP-style image, VideoMAE-style video) and

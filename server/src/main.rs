@@ -10,6 +10,7 @@ use gitcap_server::device::DeviceSpec;
 use gitcap_server::fidelity::{self, Fidelity};
 use gitcap_server::model::generation::GenerationOptions;
 use gitcap_server::model::Precision;
+use gitcap_server::media::video::bench::{self as video_bench, BenchVideo};
 use gitcap_server::oneshot::{self, OneShot};
 use gitcap_server::registry::HubOptions;
 use gitcap_server::settings::{LogFormat, Settings};
@@ -31,6 +32,8 @@ enum Command {
     Bench(BenchArgs),
     /// Compare a reduced precision (fast, bf16, f16) with f32: logits error and top-1 agreement.
     Fidelity(FidelityArgs),
+    /// Time probing video files and sampling frames from them (used by scripts/bench-video.sh).
+    BenchVideo(BenchVideoArgs),
 }
 
 /// Flags override the config file and GITCAP__* environment variables.
@@ -111,6 +114,24 @@ struct FidelityArgs {
     /// libtorch intra-op threads (0 = libtorch's default).
     #[arg(long, default_value_t = 0)]
     threads: i32,
+}
+
+#[derive(Args)]
+struct BenchVideoArgs {
+    /// Video files.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Frames sampled evenly from each file.
+    #[arg(long, default_value_t = 6)]
+    frames: usize,
+    /// Decoder processes one call runs at once (default: the server's).
+    #[arg(long)]
+    processes_per_call: Option<usize>,
+    /// Decoder threads per process (0 = ffmpeg's choice; default: the server's).
+    #[arg(long)]
+    threads_per_process: Option<usize>,
 }
 
 #[derive(Args)]
@@ -246,6 +267,13 @@ fn main() -> ExitCode {
                 seed: args.seed,
             })
         }
+        Command::BenchVideo(args) => video_bench::run(BenchVideo {
+            files: args.files,
+            runs: args.runs,
+            frames: args.frames,
+            processes_per_call: args.processes_per_call,
+            threads_per_process: args.threads_per_process,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,3 +7,4 @@ pub mod probe;
 pub mod raw_grpc;
 pub mod server;
 pub mod tools;
+pub mod videos;

@@ -13,6 +13,8 @@
 //! - [`sample_frame_indices`]: which frames of a longer video the model sees.
 //! - [`fetch`]: media named by an http(s) URL, fetched under a [`UrlPolicy`] that keeps requests
 //!   away from private networks (SSRF).
+//! - [`video`]: video files → RGB frames at chosen timestamps, decoded by the `ffmpeg` program in
+//!   isolated, bounded child processes ([`VideoDecoder`]).
 //!
 //! Turning [`PixelValues`] into tensors is the model's business. Reference data for the
 //! unit tests: `tests/fixtures/golden` and `testdata/` (see `testdata/make_testdata.py`).
@@ -22,6 +24,7 @@ pub mod fetch;
 mod frames;
 mod preprocess;
 mod resample;
+pub mod video;
 
 pub use decode::{decode_image, from_raw_rgb, MediaLimits};
 pub use fetch::{Fetched, FetchedBytes, UrlFetcher, UrlPolicy};
@@ -30,6 +33,7 @@ pub use preprocess::{
     PixelValues, PreprocessorConfig, ProcessorKind, Resample, ResizeTarget, IMAGENET_STANDARD_MEAN,
     IMAGENET_STANDARD_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
 };
+pub use video::{sample_timestamps, sniff_container, Sampling, TimedFrame, VideoDecoder, VideoInfo, VideoLimits};
 
 #[cfg(test)]
 mod golden_tests;
