@@ -52,7 +52,7 @@ fn caption(model: &str, max_new_tokens: u32) -> CaptionRequest {
     let image = std::fs::read(fixtures().join("media/shapes.png")).unwrap();
     CaptionRequest {
         model: model.into(),
-        media: Some(Media { kind: Some(Kind::Image(image)) }),
+        media: Some(Media { kind: Some(Kind::Image(image)), ..Default::default() }),
         options: Some(GenerationOptions { max_new_tokens: Some(max_new_tokens), ..Default::default() }),
         ..Default::default()
     }

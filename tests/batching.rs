@@ -12,8 +12,9 @@ use common::fixtures::{cases, fixtures, model_dir, MODELS};
 use gitcap_server::device::DeviceSpec;
 use gitcap_server::engine::{
     EngineEvent, EngineOptions, Frame, InferenceOutput, InferenceRequest, ModelInfo, ModelWorker, Pipeline,
+    PreparedFrame,
 };
-use gitcap_server::media::{decode_image, MediaLimits};
+use gitcap_server::media::{decode_image, MediaLimits, PreprocessorConfig};
 use gitcap_server::model::generation::{GenerationOptions, StepControl};
 use gitcap_server::model::Precision;
 
@@ -22,6 +23,7 @@ fn pipeline(model: &str) -> Pipeline {
 }
 
 fn worker(model: &str, options: EngineOptions) -> ModelWorker {
+    let pipeline = pipeline(model);
     let info = ModelInfo {
         name: model.into(),
         version: "test".into(),
@@ -29,8 +31,9 @@ fn worker(model: &str, options: EngineOptions) -> ModelWorker {
         device: DeviceSpec::CPU,
         max_frames: 6,
         weights_bytes: 0,
+        preprocessor: std::sync::Arc::new(pipeline.preprocessor.clone()),
     };
-    ModelWorker::spawn(pipeline(model), info, options)
+    ModelWorker::spawn(pipeline, info, options)
 }
 
 fn media(names: &[String]) -> Vec<RgbImage> {
@@ -49,9 +52,11 @@ fn pattern(seed: u32) -> RgbImage {
     })
 }
 
-fn request(frames: &[RgbImage], question: Option<&str>, options: GenerationOptions) -> InferenceRequest {
+/// A request of fixture model `model` (its image processor prepares the frames).
+fn request(model: &str, frames: &[RgbImage], question: Option<&str>, options: GenerationOptions) -> InferenceRequest {
+    let preprocessor = PreprocessorConfig::from_file(&model_dir(model).join("preprocessor_config.json")).unwrap();
     InferenceRequest {
-        frames: frames.iter().cloned().map(Frame::Image).collect(),
+        frames: frames.iter().map(|f| Frame::from_image(f, &preprocessor).unwrap()).collect(),
         question: question.map(str::to_string),
         options,
     }
@@ -82,7 +87,7 @@ fn mixed_requests(model: &str) -> Vec<InferenceRequest> {
     let mut requests: Vec<InferenceRequest> = cases()
         .into_iter()
         .filter(|c| c.model == model)
-        .map(|c| request(&media(&c.media), c.question.as_deref(), c.overrides()))
+        .map(|c| request(model, &media(&c.media), c.question.as_deref(), c.overrides()))
         .collect();
     let frames = if model == "tiny-git-video" { 6 } else { 1 };
     for seed in 0..4u32 {
@@ -94,12 +99,12 @@ fn mixed_requests(model: &str) -> Vec<InferenceRequest> {
             max_new_tokens: Some(9 + seed),
             ..Default::default()
         };
-        requests.push(request(&images, None, sampled));
+        requests.push(request(model, &images, None, sampled));
         let question = (seed % 2 == 0).then_some("what is in the picture?");
         let greedy = GenerationOptions { max_new_tokens: Some(6 + 3 * seed), ..Default::default() };
-        requests.push(request(&images, question, greedy));
+        requests.push(request(model, &images, question, greedy));
         let beams = GenerationOptions { num_beams: Some(2 + seed % 2), max_new_tokens: Some(7), ..Default::default() };
-        requests.push(request(&images, None, beams));
+        requests.push(request(model, &images, None, beams));
     }
     requests
 }
@@ -130,7 +135,7 @@ async fn a_request_cancelled_mid_batch_leaves_the_others_alone() {
     // The cancelled one would run far longer than the others: 60 tokens.
     let long = GenerationOptions { min_new_tokens: Some(60), max_new_tokens: Some(60), ..Default::default() };
     let requests =
-        || (0..5).map(|i| request(&[pattern(i)], None, if i == 2 { long } else { short })).collect::<Vec<_>>();
+        || (0..5).map(|i| request(model, &[pattern(i)], None, if i == 2 { long } else { short })).collect::<Vec<_>>();
     let expected: Vec<Vec<i64>> = requests().iter().map(|r| alone(&reference, r)).collect();
     // The caller of request 2 goes away after its third token. On a loaded machine the engine may
     // have finished it before the drop is seen; that attempt proves nothing and is made again.
@@ -164,7 +169,7 @@ async fn the_batch_bounds_hold_and_one_request_always_runs() {
     let model = "tiny-git-image";
     let reference = pipeline(model);
     let greedy = GenerationOptions { max_new_tokens: Some(8), min_new_tokens: Some(8), ..Default::default() };
-    let requests = || (0..6).map(|i| request(&[pattern(i)], None, greedy)).collect::<Vec<_>>();
+    let requests = || (0..6).map(|i| request(model, &[pattern(i)], None, greedy)).collect::<Vec<_>>();
     let expected: Vec<Vec<i64>> = requests().iter().map(|r| alone(&reference, r)).collect();
     let run = |options: EngineOptions, batch: Vec<InferenceRequest>| async move {
         let worker = worker(model, options);
@@ -188,7 +193,7 @@ async fn the_batch_bounds_hold_and_one_request_always_runs() {
 
     // A beam search wider than the batch runs too, on its own.
     let beams = GenerationOptions { num_beams: Some(4), max_new_tokens: Some(6), ..Default::default() };
-    let wide = request(&[pattern(9)], None, beams);
+    let wide = request(model, &[pattern(9)], None, beams);
     let expected_wide = alone(&reference, &wide);
     let (ids, stats) = run(EngineOptions { max_batch_size: 2, ..Default::default() }, vec![wide]).await;
     assert_eq!(ids, vec![expected_wide]);
@@ -200,17 +205,22 @@ async fn cache_hits_give_what_misses_give() {
     for model in ["tiny-git-image", "tiny-git-video"] {
         let reference = pipeline(model);
         let frames: Vec<RgbImage> = (0..if model == "tiny-git-video" { 6 } else { 1 }).map(pattern).collect();
-        let caption = request(&frames, None, GenerationOptions { max_new_tokens: Some(10), ..Default::default() });
+        let caption =
+            request(model, &frames, None, GenerationOptions { max_new_tokens: Some(10), ..Default::default() });
         let question = "what is it?";
-        let follow_up =
-            request(&frames, Some(question), GenerationOptions { max_new_tokens: Some(5), ..Default::default() });
+        let follow_up = request(
+            model,
+            &frames,
+            Some(question),
+            GenerationOptions { max_new_tokens: Some(5), ..Default::default() },
+        );
         let worker = worker(model, EngineOptions::default());
         let cold = result(worker.submit(caption, None).unwrap()).await;
         let before = worker.stats();
         let warm = result(
             worker
                 .submit(
-                    request(&frames, None, GenerationOptions { max_new_tokens: Some(10), ..Default::default() }),
+                    request(model, &frames, None, GenerationOptions { max_new_tokens: Some(10), ..Default::default() }),
                     None,
                 )
                 .unwrap(),
@@ -223,25 +233,32 @@ async fn cache_hits_give_what_misses_give() {
             cold.token_ids,
             alone(
                 &reference,
-                &request(&frames, None, GenerationOptions { max_new_tokens: Some(10), ..Default::default() })
+                &request(model, &frames, None, GenerationOptions { max_new_tokens: Some(10), ..Default::default() })
             ),
             "{model}: cold request vs the pipeline alone"
         );
         let expected = alone(
             &reference,
-            &request(&frames, Some(question), GenerationOptions { max_new_tokens: Some(5), ..Default::default() }),
+            &request(
+                model,
+                &frames,
+                Some(question),
+                GenerationOptions { max_new_tokens: Some(5), ..Default::default() },
+            ),
         );
         assert_eq!(asked.token_ids, expected, "{model}: follow-up question from cached image keys/values");
         assert_eq!(after.cache.prefix_hits - before.cache.prefix_hits, 2, "{model}: {after:?}");
         assert_eq!(after.frames_encoded, before.frames_encoded, "{model}: no frame went through the tower again");
 
         // A frame uploaded twice is encoded once; a window of those frames hits the frame cache.
-        let encoded = worker.encode(pattern(99)).await.unwrap();
-        let again = worker.encode(pattern(99)).await.unwrap();
+        let preprocessor = PreprocessorConfig::from_file(&model_dir(model).join("preprocessor_config.json")).unwrap();
+        let prepared = || PreparedFrame::new(&pattern(99), &preprocessor).unwrap();
+        let encoded = worker.encode(prepared()).await.unwrap();
+        let again = worker.encode(prepared()).await.unwrap();
         assert_eq!(encoded.key, again.key);
         assert!(encoded.features.equal(&again.features));
         assert_eq!(worker.stats().frames_encoded, after.frames_encoded + 1);
-        let mut window: Vec<Frame> = frames[1..].iter().cloned().map(Frame::Image).collect();
+        let mut window: Vec<Frame> = frames[1..].iter().map(|f| Frame::from_image(f, &preprocessor).unwrap()).collect();
         window.push(Frame::Encoded(again));
         let shifted = InferenceRequest {
             frames: window,
@@ -252,7 +269,7 @@ async fn cache_hits_give_what_misses_give() {
         shifted_frames.push(pattern(99));
         let expected = alone(
             &reference,
-            &request(&shifted_frames, None, GenerationOptions { max_new_tokens: Some(4), ..Default::default() }),
+            &request(model, &shifted_frames, None, GenerationOptions { max_new_tokens: Some(4), ..Default::default() }),
         );
         let out = result(worker.submit(shifted, None).unwrap()).await;
         if model == "tiny-git-video" {
@@ -270,22 +287,22 @@ async fn the_cache_keeps_to_its_byte_bound() {
     let short = || GenerationOptions { max_new_tokens: Some(2), ..Default::default() };
     // What one request leaves in the cache: its frame's features and its image keys/values.
     let probe = worker(model, EngineOptions::default());
-    result(probe.submit(request(&[pattern(0)], None, short()), None).unwrap()).await;
+    result(probe.submit(request(model, &[pattern(0)], None, short()), None).unwrap()).await;
     let per_request = probe.stats().cache_bytes as usize;
     assert!(per_request > 0);
 
     let bound = per_request * 5 / 2;
     let worker = worker(model, EngineOptions { feature_cache_bytes: bound, ..Default::default() });
     for i in 0..12 {
-        result(worker.submit(request(&[pattern(i)], None, short()), None).unwrap()).await;
+        result(worker.submit(request(model, &[pattern(i)], None, short()), None).unwrap()).await;
         let stats = worker.stats();
         assert!(stats.cache_bytes as usize <= bound, "{stats:?} over {bound}");
         assert!(stats.cache_bytes as usize >= per_request, "{stats:?}");
     }
     // The latest request is still cached; the earliest was evicted and runs the tower again.
     let before = worker.stats().frames_encoded;
-    result(worker.submit(request(&[pattern(11)], None, short()), None).unwrap()).await;
+    result(worker.submit(request(model, &[pattern(11)], None, short()), None).unwrap()).await;
     assert_eq!(worker.stats().frames_encoded, before);
-    result(worker.submit(request(&[pattern(0)], None, short()), None).unwrap()).await;
+    result(worker.submit(request(model, &[pattern(0)], None, short()), None).unwrap()).await;
     assert_eq!(worker.stats().frames_encoded, before + 1);
 }

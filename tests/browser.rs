@@ -61,6 +61,46 @@ fn page_streams_a_caption_equal_to_the_one_shot_output() {
     assert!(error.starts_with("error: grpc-status 3: media.image: not a JPEG"), "{error}");
 }
 
+/// A video file picked in the page goes to the server whole (`Media.video`); the caption and the
+/// frames' timestamps shown are the Rust client's.
+#[tokio::test]
+async fn page_captions_a_video_file() {
+    let Some(chromium) = tools::require(Tool::Chromium, "browser_page_captions_a_video") else { return };
+    if tools::require(Tool::Ffmpeg, "browser_page_captions_a_video").is_none() {
+        return;
+    }
+    let videos = common::videos::Videos::new();
+    let video = videos.h264_mp4("clip.mp4", "64x48", 25, 2.0);
+    let server = TestServer::start("tiny-git-video", &[]);
+    let client = server.client(None).await;
+    let options = gitcap_client::CaptionOptions::default().max_new_tokens(6);
+    let expected = client.caption(gitcap_client::Media::video(std::fs::read(&video).unwrap()), &options).await.unwrap();
+
+    let (url, video_path) = (server.url(), video.clone());
+    let shown = tokio::task::spawn_blocking(move || {
+        let browser = Browser::launch(&chromium);
+        let mut page = browser.page();
+        page.open(&format!("{url}/"));
+        page.set_files("#files", &[&video_path]);
+        page.evaluate(
+            "document.getElementById('max_new_tokens').value = '6'; document.getElementById('caption').click()",
+        );
+        page.wait_for("['done', 'error'].includes(document.getElementById('output').dataset.state)");
+        page.evaluate(
+            "JSON.stringify({ state: document.getElementById('output').dataset.state, \
+             text: document.getElementById('output').textContent, meta: document.getElementById('meta').textContent, \
+             error: document.getElementById('error').textContent })",
+        )
+    })
+    .await
+    .unwrap();
+    let shown: Value = serde_json::from_str(shown.as_str().unwrap()).unwrap();
+    assert_eq!(shown["state"], "done", "{shown}");
+    assert_eq!(shown["text"], expected.text.as_str(), "{shown}");
+    let stamps: Vec<String> = expected.frame_timestamps_s.iter().map(|t| format!("{t:.2}")).collect();
+    assert!(shown["meta"].as_str().unwrap().contains(&format!("frames at {} s", stamps.join(", "))), "{shown}");
+}
+
 /// The page encodes and decodes protobuf by hand; the field numbers it uses are in one table
 /// (`<script id="proto-fields">`), each of which must be the protocol's.
 #[test]

@@ -20,7 +20,7 @@ fn media_file(name: &str) -> Vec<u8> {
 fn request(media: Kind, question: &str, options: GenerationOptions) -> CaptionRequest {
     CaptionRequest {
         model: String::new(),
-        media: Some(Media { kind: Some(media) }),
+        media: Some(Media { kind: Some(media), ..Default::default() }),
         question: question.into(),
         options: Some(options),
     }

@@ -29,7 +29,7 @@ fn request(image: Vec<u8>, model: &str) -> tonic::Request<CaptionRequest> {
     let options = GenerationOptions { max_new_tokens: Some(8), num_beams: Some(1), ..Default::default() };
     let message = CaptionRequest {
         model: model.into(),
-        media: Some(Media { kind: Some(Kind::Image(image)) }),
+        media: Some(Media { kind: Some(Kind::Image(image)), ..Default::default() }),
         question: String::new(),
         options: Some(options),
     };

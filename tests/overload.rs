@@ -20,7 +20,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 fn long_request() -> CaptionRequest {
     let image = std::fs::read(fixtures().join("media/photo.jpg")).unwrap();
     CaptionRequest {
-        media: Some(Media { kind: Some(Kind::Image(image)) }),
+        media: Some(Media { kind: Some(Kind::Image(image)), ..Default::default() }),
         // A wide beam search that never ends early keeps the model busy for a while.
         options: Some(GenerationOptions {
             max_new_tokens: Some(60),

@@ -79,7 +79,7 @@ fn pipeline_from_media_files_equals_transformers() {
             .flat_map(|f| decode_image(&std::fs::read(media.join(f)).unwrap(), f, &MediaLimits::default()).unwrap())
             .collect();
         let request = InferenceRequest {
-            frames: frames.into_iter().map(Frame::Image).collect(),
+            frames: frames.iter().map(|f| Frame::from_image(f, &p.preprocessor).unwrap()).collect(),
             question: case.question.clone(),
             options: case.overrides(),
         };
@@ -149,7 +149,8 @@ fn label_scores_equal_teacher_forced_log_probabilities() {
     let media = common::fixtures::fixtures().join("media/shapes.png");
     let image = decode_image(&std::fs::read(media).unwrap(), "image", &MediaLimits::default()).unwrap().remove(0);
     let labels: Vec<String> = ["a dog", "two red circles on a table", "shapes"].iter().map(|s| s.to_string()).collect();
-    let scores = p.score_labels(&[Frame::Image(image.clone())], Some("what is it?"), &labels).unwrap();
+    let scores =
+        p.score_labels(&[Frame::from_image(&image, &p.preprocessor).unwrap()], Some("what is it?"), &labels).unwrap();
     let pixels = p.pixel_values(&image).unwrap().unsqueeze(0);
     let prompt = p.prompt_ids(Some("what is it?")).unwrap();
     for (label, score) in labels.iter().zip(&scores) {

@@ -32,6 +32,9 @@ fn describe(what: &str, output: &Output) -> String {
 /// The venv's python with the requirements installed, or `None` when this machine's python3
 /// cannot make virtual environments (a failure in CI, see `common::tools`).
 fn venv_python() -> Option<PathBuf> {
+    // The tests of this file share one environment: one makes it while the others wait.
+    static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _making = MAKING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let system_python = tools::require(Tool::PythonVenv, "python_example_client")?;
     let venv = target_dir().join("python-client-venv");
     let python = venv.join("bin/python");
@@ -93,4 +96,42 @@ async fn the_python_example_captions_like_the_rust_client() {
     };
     assert_eq!(line("caption: "), expected.text, "the unary caption");
     assert_eq!(line("stream: "), expected.text, "the streamed text");
+}
+
+/// A video file: uploaded in chunks by the Python example (UploadVideo), decoded by the server.
+#[tokio::test]
+async fn the_python_example_uploads_a_video_like_the_rust_client() {
+    let Some(python) = venv_python() else { return };
+    if tools::require(Tool::Ffmpeg, "python_example_video").is_none() {
+        return;
+    }
+    let stubs = target_dir().join("python-client-stubs-video");
+    let output = Command::new("bash")
+        .arg(example_dir().join("generate.sh"))
+        .arg(&stubs)
+        .env("PYTHON", &python)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", describe("examples/python/generate.sh", &output));
+    let videos = common::videos::Videos::new();
+    let video = videos.h264_mp4("clip.mp4", "64x48", 25, 2.0);
+
+    let server = TestServer::start("tiny-git-video", &[]);
+    let client = GitcapClient::connect(ClientConfig::new(server.url())).await.unwrap();
+    let options = gitcap_client::VideoUploadOptions::new(CaptionOptions::default().max_new_tokens(8));
+    let expected = client.upload_video_file(&video, &options).await.unwrap();
+
+    let output = Command::new(&python)
+        .arg(example_dir().join("caption.py"))
+        .args(["--server", &server.addr, "--video"])
+        .arg(&video)
+        .args(["--max-new-tokens", "8", "--chunk-bytes", "4096", "--stubs"])
+        .arg(&stubs)
+        .env_remove("GITCAP_TOKEN")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", describe("examples/python/caption.py --video", &output));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(stdout.contains(&format!("caption: {}\n", expected.text)), "{stdout}");
+    assert!(stdout.contains(&format!("stream: {}\n", expected.text)), "{stdout}");
 }

@@ -78,7 +78,7 @@ fn image(name: &str) -> Vec<u8> {
 fn caption(model: &str, options: GenerationOptions) -> CaptionRequest {
     CaptionRequest {
         model: model.into(),
-        media: Some(Media { kind: Some(Kind::Image(image("photo.jpg"))) }),
+        media: Some(Media { kind: Some(Kind::Image(image("photo.jpg"))), ..Default::default() }),
         options: Some(options),
         ..Default::default()
     }
@@ -103,7 +103,7 @@ fn quick() -> GenerationOptions {
 async fn assert_good_request_succeeds(channel: Channel, after: &str) {
     let mut client = CaptionerClient::new(channel);
     let request = CaptionRequest {
-        media: Some(Media { kind: Some(Kind::Image(image("shapes.png"))) }),
+        media: Some(Media { kind: Some(Kind::Image(image("shapes.png"))), ..Default::default() }),
         options: Some(GenerationOptions { max_new_tokens: Some(8), ..Default::default() }),
         ..Default::default()
     };
@@ -654,7 +654,7 @@ async fn an_oversized_message_gets_resource_exhausted() {
     let server = TestServer::start("tiny-git-image", &["--max-message-bytes", &max]);
     let mut client = CaptionerClient::new(server.channel().await);
     let request = CaptionRequest {
-        media: Some(Media { kind: Some(Kind::Image(vec![0; CORPUS_MAX_MESSAGE_BYTES + 1])) }),
+        media: Some(Media { kind: Some(Kind::Image(vec![0; CORPUS_MAX_MESSAGE_BYTES + 1])), ..Default::default() }),
         ..Default::default()
     };
     let status = client.caption(request).await.unwrap_err();

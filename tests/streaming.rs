@@ -138,7 +138,7 @@ async fn labels_are_ranked_by_log_probability() {
     let labels = vec!["a photo of a dog".to_string(), "shapes".to_string(), "zebra crossing".to_string()];
     let reply = client
         .score_labels(ScoreLabelsRequest {
-            media: Some(Media { kind: Some(Kind::Image(image.clone())) }),
+            media: Some(Media { kind: Some(Kind::Image(image.clone())), ..Default::default() }),
             labels: labels.clone(),
             prompt: "what is this?".into(),
             ..Default::default()
@@ -159,7 +159,7 @@ async fn labels_are_ranked_by_log_probability() {
     for (labels, field) in [(vec!["ok".to_string(), "  ".to_string()], "labels[1]"), (vec![], "labels")] {
         let status = client
             .score_labels(ScoreLabelsRequest {
-                media: Some(Media { kind: Some(Kind::Image(image.clone())) }),
+                media: Some(Media { kind: Some(Kind::Image(image.clone())), ..Default::default() }),
                 labels,
                 ..Default::default()
             })

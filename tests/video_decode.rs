@@ -275,7 +275,7 @@ async fn limits_refuse_videos_before_decoding() {
     );
     let error = collect(few.frames_at(&file, &info, &[0.5, 0.2], FIELD)).await.unwrap_err();
     assert!(
-        matches!(&error, GitcapError::InvalidArgument { field, .. } if field == "media.sampling.timestamps[1]"),
+        matches!(&error, GitcapError::InvalidArgument { field, .. } if field == "media.sampling.timestamps_s[1]"),
         "{error:?}"
     );
 }

@@ -18,8 +18,9 @@ use tonic_health::pb::HealthCheckRequest;
 use crate::error::{Error, Result};
 use crate::proto::{
     self, admin_client::AdminClient, caption_event, captioner_client::CaptionerClient, live_message, model_event,
-    upload_message, AliasStatus, FrameChunk, ListResponse, LiveMessage, LiveStart, Media, ModelSpec, ModelStatus,
-    ScoreLabelsRequest, SwapResponse, UploadMessage, UploadStart,
+    upload_message, video_upload_message, AliasStatus, FrameChunk, ListResponse, LiveMessage, LiveStart, Media,
+    ModelSpec, ModelStatus, ScoreLabelsRequest, SwapResponse, UploadMessage, UploadStart, VideoUploadMessage,
+    VideoUploadStart,
 };
 use crate::{Caption, GenerationOptions};
 
@@ -234,6 +235,47 @@ impl UploadOptions {
     }
 }
 
+/// A video upload's options: the caption's, which frames (default: the model's count, evenly over
+/// the whole video), the file's size when known (a file over the server's limit is then refused
+/// before it is sent), and a progress callback (`frames` stays 0; `bytes` counts the file).
+#[derive(Clone, Default)]
+pub struct VideoUploadOptions {
+    pub caption: CaptionOptions,
+    pub sampling: Option<proto::VideoSampling>,
+    pub size_bytes: u64,
+    pub progress: Option<ProgressFn>,
+}
+
+impl VideoUploadOptions {
+    pub fn new(caption: CaptionOptions) -> Self {
+        Self { caption, ..Default::default() }
+    }
+
+    pub fn sampling(mut self, sampling: proto::VideoSampling) -> Self {
+        self.sampling = Some(sampling);
+        self
+    }
+
+    pub fn size_bytes(mut self, bytes: u64) -> Self {
+        self.size_bytes = bytes;
+        self
+    }
+
+    pub fn progress(mut self, progress: impl Fn(UploadProgress) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Arc::new(progress));
+        self
+    }
+}
+
+/// Dense captioning options: a caption of every `window_s` seconds every `stride_s` seconds
+/// (0 = the server's defaults: 10 s windows that do not overlap).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DenseOptions {
+    pub caption: CaptionOptions,
+    pub window_s: f64,
+    pub stride_s: f64,
+}
+
 /// Live captioning options: every `stride` frames the server captions the latest `window` frames
 /// (0 = the model's frame count; stride 0 = `window`).
 #[derive(Clone, Default)]
@@ -357,6 +399,52 @@ where
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T>> + Send>>;
+
+/// A file read piece by piece as it is sent: the pieces, the file's size, and where a read error
+/// is left (the stream then ends early, and the call must fail).
+struct FileChunks {
+    chunks: Pin<Box<dyn Stream<Item = Vec<u8>> + Send>>,
+    size: u64,
+    error: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl FileChunks {
+    async fn open(path: &std::path::Path, chunk_size: usize) -> Result<Self> {
+        let io = |e: std::io::Error| Error::Io(format!("reading {}: {e}", path.display()));
+        let file = tokio::fs::File::open(path).await.map_err(io)?;
+        let size = file.metadata().await.map_err(io)?.len();
+        let error = Arc::new(std::sync::Mutex::new(None));
+        let (slot, display) = (error.clone(), path.display().to_string());
+        let chunks = futures::stream::unfold(Some(file), move |file| {
+            let (slot, display) = (slot.clone(), display.clone());
+            async move {
+                use tokio::io::AsyncReadExt;
+                let mut file = file?;
+                let mut buffer = vec![0u8; chunk_size.max(1)];
+                match file.read(&mut buffer).await {
+                    Ok(0) => None,
+                    Ok(n) => {
+                        buffer.truncate(n);
+                        Some((buffer, Some(file)))
+                    }
+                    Err(e) => {
+                        *slot.lock().unwrap() = Some(format!("reading {display}: {e}"));
+                        None
+                    }
+                }
+            }
+        });
+        Ok(Self { chunks: Box::pin(chunks), size, error })
+    }
+
+    /// The call's result, unless reading the file failed on the way.
+    fn checked<T>(error: &std::sync::Mutex<Option<String>>, result: Result<T>) -> Result<T> {
+        match error.lock().unwrap().take() {
+            Some(message) => Err(Error::Io(message)),
+            None => result,
+        }
+    }
+}
 
 /// A connection to a gitcap server. Cloning is cheap and shares the connection.
 #[derive(Clone)]
@@ -541,6 +629,130 @@ impl GitcapClient {
         let request = Request::new(self.upload_messages(frames, upload));
         let events = self.captioner.clone().upload_frames_stream(request).await?.into_inner();
         Ok(Box::pin(events.map(|event| CaptionEvent::try_from(event?))))
+    }
+
+    fn video_messages<S>(&self, chunks: S, upload: &VideoUploadOptions) -> impl Stream<Item = VideoUploadMessage> + Send
+    where
+        S: Stream<Item = Vec<u8>> + Send + 'static,
+    {
+        let caption = &upload.caption;
+        let start = VideoUploadStart {
+            model: caption.model.clone(),
+            question: caption.question.clone(),
+            options: caption.generation(),
+            sampling: upload.sampling.clone(),
+            size_bytes: upload.size_bytes,
+        };
+        let (progress, sent) = (upload.progress.clone(), Arc::new(AtomicU64::new(0)));
+        let chunk_size = self.chunk_size.max(1);
+        let chunks = chunks.flat_map(move |piece| {
+            let pieces: Vec<Vec<u8>> = piece.chunks(chunk_size).map(<[u8]>::to_vec).collect();
+            futures::stream::iter(pieces)
+        });
+        let start = VideoUploadMessage { message: Some(video_upload_message::Message::Start(start)) };
+        futures::stream::once(async move { start }).chain(chunks.map(move |chunk| {
+            let bytes = sent.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64;
+            if let Some(progress) = &progress {
+                progress(UploadProgress { frames: 0, bytes });
+            }
+            VideoUploadMessage { message: Some(video_upload_message::Message::Chunk(chunk)) }
+        }))
+    }
+
+    /// Uploads one video file (its bytes as a stream of pieces, sent in chunks) and captions it:
+    /// the server samples and decodes it. For files of any size up to the server's limit.
+    ///
+    /// ```no_run
+    /// # async fn run(client: gitcap_client::GitcapClient) -> gitcap_client::Result<()> {
+    /// use gitcap_client::{CaptionOptions, VideoUploadOptions};
+    ///
+    /// let options = VideoUploadOptions::new(CaptionOptions::default());
+    /// let caption = client.upload_video_file("clip.mp4", &options).await?;
+    /// println!("{} (frames at {:?} s)", caption.text, caption.frame_timestamps_s);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn upload_video<S>(&self, chunks: S, upload: &VideoUploadOptions) -> Result<Caption>
+    where
+        S: Stream<Item = Vec<u8>> + Send + 'static,
+    {
+        let request = self.request(self.video_messages(chunks, upload));
+        let mut stub = self.captioner.clone();
+        self.unary(stub.upload_video(request)).await
+    }
+
+    /// The same upload, streaming the tokens back as they are generated.
+    pub async fn upload_video_stream<S>(
+        &self,
+        chunks: S,
+        upload: &VideoUploadOptions,
+    ) -> Result<BoxStream<CaptionEvent>>
+    where
+        S: Stream<Item = Vec<u8>> + Send + 'static,
+    {
+        let request = Request::new(self.video_messages(chunks, upload));
+        let events = self.captioner.clone().upload_video_stream(request).await?.into_inner();
+        Ok(Box::pin(events.map(|event| CaptionEvent::try_from(event?))))
+    }
+
+    /// [`Self::upload_video`] of a file on disk, read as it is sent (never whole in memory).
+    pub async fn upload_video_file(
+        &self,
+        path: impl AsRef<std::path::Path>,
+        upload: &VideoUploadOptions,
+    ) -> Result<Caption> {
+        let file = FileChunks::open(path.as_ref(), self.chunk_size).await?;
+        let upload = VideoUploadOptions { size_bytes: file.size, ..upload.clone() };
+        let result = self.upload_video(file.chunks, &upload).await;
+        FileChunks::checked(&file.error, result)
+    }
+
+    /// [`Self::upload_video_stream`] of a file on disk.
+    pub async fn upload_video_file_stream(
+        &self,
+        path: impl AsRef<std::path::Path>,
+        upload: &VideoUploadOptions,
+    ) -> Result<BoxStream<CaptionEvent>> {
+        let file = FileChunks::open(path.as_ref(), self.chunk_size).await?;
+        let upload = VideoUploadOptions { size_bytes: file.size, ..upload.clone() };
+        let result = self.upload_video_stream(file.chunks, &upload).await;
+        FileChunks::checked(&file.error, result)
+    }
+
+    /// Dense captioning of a video (`Media::video` or `Media::url`): a timestamped caption of
+    /// every window, as each is ready.
+    ///
+    /// ```no_run
+    /// # async fn run(client: gitcap_client::GitcapClient) -> gitcap_client::Result<()> {
+    /// use futures::StreamExt;
+    /// use gitcap_client::{DenseOptions, Media};
+    ///
+    /// let video = std::fs::read("clip.mp4").expect("reading the video");
+    /// let options = DenseOptions { window_s: 6.0, stride_s: 3.0, ..Default::default() };
+    /// let mut windows = client.dense_caption(Media::video(video), &options).await?;
+    /// while let Some(window) = windows.next().await {
+    ///     let window = window?;
+    ///     println!("{:.1}-{:.1} s: {}", window.start_s, window.end_s, window.caption.unwrap_or_default().text);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn dense_caption(
+        &self,
+        media: Media,
+        options: &DenseOptions,
+    ) -> Result<BoxStream<proto::DenseCaptionEvent>> {
+        let caption = &options.caption;
+        let request = proto::DenseCaptionRequest {
+            model: caption.model.clone(),
+            media: Some(media),
+            question: caption.question.clone(),
+            options: caption.generation(),
+            window_s: options.window_s,
+            stride_s: options.stride_s,
+        };
+        let events = self.captioner.clone().dense_caption(Request::new(request)).await?.into_inner();
+        Ok(Box::pin(events.map(|event| Ok(event?))))
     }
 
     /// Live captioning: streams frames as they come (from a camera, say) and yields a caption

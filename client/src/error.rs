@@ -37,6 +37,9 @@ pub enum Error {
     /// The client configuration is unusable (an invalid URL or token).
     #[error("invalid client configuration: {0}")]
     Config(String),
+    /// A local file (a video to upload) could not be read.
+    #[error("{0}")]
+    Io(String),
     /// A set of replicas ([`crate::replicas`]) could not be resolved: a malformed target or a DNS failure.
     #[error("resolving replicas: {0}")]
     Resolve(String),
@@ -57,7 +60,7 @@ impl Error {
             Error::Unavailable(_) => Code::Unavailable,
             Error::Cancelled(_) => Code::Cancelled,
             Error::Other { code, .. } => *code,
-            Error::Transport(_) | Error::Config(_) | Error::Resolve(_) => return None,
+            Error::Transport(_) | Error::Config(_) | Error::Resolve(_) | Error::Io(_) => return None,
         })
     }
 

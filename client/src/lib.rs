@@ -27,24 +27,25 @@ pub mod media;
 pub mod replicas;
 
 pub use client::{
-    frame_chunks, Auth, CaptionEvent, CaptionOptions, ClientConfig, GitcapClient, HealthStatus, LiveOptions,
-    ModelEvent, ProgressFn, SwapOptions, UploadOptions, UploadProgress, DEFAULT_CHUNK_SIZE, DEFAULT_MAX_MESSAGE_SIZE,
+    frame_chunks, Auth, CaptionEvent, CaptionOptions, ClientConfig, DenseOptions, GitcapClient, HealthStatus,
+    LiveOptions, ModelEvent, ProgressFn, SwapOptions, UploadOptions, UploadProgress, VideoUploadOptions,
+    DEFAULT_CHUNK_SIZE, DEFAULT_MAX_MESSAGE_SIZE,
 };
 pub use error::{Error, Result};
 pub use proto::{
-    AliasStatus, CaptionResponse, LabelScore, ListResponse, LiveEvent, Media, ModelSpec, ModelState, ModelStatus,
-    ScoreLabelsResponse, SwapResponse, TokenEvent,
+    AliasStatus, CaptionResponse, DenseCaptionEvent, LabelScore, ListResponse, LiveEvent, Media, ModelSpec, ModelState,
+    ModelStatus, ScoreLabelsResponse, SwapResponse, TokenEvent, VideoSampling,
 };
 
 /// A complete caption (or answer): the text, token ids, usage, timings and the model that served it.
 pub type Caption = proto::CaptionResponse;
 
+/// The protocol's own descriptor: its messages' fields and its services' methods.
+pub use gitcap_protocol::descriptor as proto_descriptor;
 /// The generated protocol types and stubs (`proto/gitcap/v1/gitcap.proto`), from `gitcap_protocol`.
 pub use gitcap_protocol::proto;
 /// Decoding options (one definition for every surface) and recognising media by content.
 pub use gitcap_protocol::{media_kind, EarlyStopping, GenerationOptions, InvalidOption};
-/// The protocol's own descriptor: its messages' fields and its services' methods.
-pub use gitcap_protocol::descriptor as proto_descriptor;
 
 /// Compiles the README's examples as doctests.
 #[cfg(doctest)]

@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use futures::StreamExt;
-use gitcap_client::{CaptionOptions, ClientConfig, GitcapClient, LiveOptions, Media, UploadOptions};
+use gitcap_client::{
+    CaptionOptions, ClientConfig, GitcapClient, LiveOptions, Media, UploadOptions, VideoUploadOptions,
+};
 use server::{workspace, TestServer};
 use tools::Tool;
 
@@ -177,7 +179,9 @@ async fn live_prints_each_window_with_its_frames_and_times() {
 #[test]
 fn health_reports_serving_and_unknown_services_fail() {
     let server = start("tiny-git-image");
-    assert_eq!(ok(gitcap_at(&server, &["health"])).trim(), "SERVING");
+    // The overall status, then whether the server decodes video files.
+    let video = if tools::locate(Tool::Ffmpeg).is_ok() { "SERVING" } else { "NOT_SERVING" };
+    assert_eq!(ok(gitcap_at(&server, &["health"])), format!("SERVING\nvideo decoding: {video}\n"));
     assert_eq!(ok(gitcap_at(&server, &["health", "--service", "gitcap.v1.Captioner"])).trim(), "SERVING");
     let error = fails(gitcap_at(&server, &["health", "--service", "no.such.Service"]));
     assert!(error.contains("not found"), "{error}");
@@ -206,12 +210,12 @@ fn bad_files_fail_with_a_clear_message() {
 }
 
 #[test]
-fn a_video_without_ffmpeg_says_how_to_install_it() {
+fn decoding_a_video_here_without_ffmpeg_says_how_to_install_it() {
     let dir = tempfile::tempdir().unwrap();
     let video = dir.path().join("clip.mp4");
     std::fs::write(&video, "not read").unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_gitcap"))
-        .args(["--server", "http://127.0.0.1:9", "caption", path(&video)])
+        .args(["--server", "http://127.0.0.1:9", "caption", "--local-decode", path(&video)])
         .env("PATH", dir.path())
         .output()
         .unwrap();
@@ -220,9 +224,10 @@ fn a_video_without_ffmpeg_says_how_to_install_it() {
 }
 
 #[tokio::test]
-async fn captions_a_video_file_as_its_extracted_frames() {
+async fn a_video_file_is_sent_to_the_server_or_decoded_here() {
     let Some(ffmpeg) = tools::require(Tool::Ffmpeg, "cli_captions_a_video_file") else { return };
     let server = start("tiny-git-video");
+    let client = server.client(None).await;
     let dir = tempfile::tempdir().unwrap();
     let video = dir.path().join("clip.avi");
     let made = Command::new(ffmpeg)
@@ -233,14 +238,34 @@ async fn captions_a_video_file_as_its_extracted_frames() {
         .status()
         .unwrap();
     assert!(made.success(), "ffmpeg could not make the test video");
-    // The CLI extracts 2 frames per second (its default) and uploads them: the caption must be
-    // that of those frames.
+    let options = CaptionOptions::default().max_new_tokens(8);
+
+    // By default the file goes to the server, which samples it: the answer is UploadVideo's.
+    let expected = client.upload_video_file(&video, &VideoUploadOptions::new(options.clone())).await.unwrap();
+    assert_eq!(expected.frame_timestamps_s.len(), 6);
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(gitcap_at(&server, &["caption", path(&video), "--max-new-tokens", "8", "--json"])))
+            .unwrap();
+    assert_eq!(json["text"], expected.text.as_str());
+    assert_eq!(json["frame_timestamps_s"], serde_json::json!(expected.frame_timestamps_s));
+    // A window of it.
+    let windowed = ok(gitcap_at(&server, &["caption", path(&video), "--start", "1", "--end", "2", "--json"]));
+    let windowed: serde_json::Value = serde_json::from_str(&windowed).unwrap();
+    assert!((windowed["frame_timestamps_s"][0].as_f64().unwrap() - 1.0 - 1.0 / 12.0).abs() < 1e-9, "{windowed}");
+
+    // --local-decode: the CLI extracts 2 frames per second (its default) and uploads them.
     let frames = gitcap_client::media::extract_video_frames(&video, 2.0).unwrap();
     assert_eq!(frames.len(), 6);
-    let options = UploadOptions::new(CaptionOptions::default().max_new_tokens(8));
-    let expected = server.client(None).await.upload_frames(futures::stream::iter(frames), &options).await.unwrap();
-    let printed = ok(gitcap_at(&server, &["caption", path(&video), "--max-new-tokens", "8"]));
+    let upload = UploadOptions::new(options);
+    let expected = client.upload_frames(futures::stream::iter(frames), &upload).await.unwrap();
+    let printed = ok(gitcap_at(&server, &["caption", path(&video), "--local-decode", "--max-new-tokens", "8"]));
     assert_eq!(printed.trim_end_matches('\n'), expected.text);
+
+    // Dense captioning: one line per window, with its times.
+    let printed = ok(gitcap_at(&server, &["dense", path(&video), "--window", "1.5", "--max-new-tokens", "4"]));
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(lines.len(), 2, "{printed}");
+    assert!(lines[0].starts_with("[0.00s-1.50s] ") && lines[1].starts_with("[1.50s-3.00s] "), "{printed}");
 }
 
 /// Every generation option of the protocol is a flag of `gitcap caption` and `gitcap live`.

@@ -1,12 +1,15 @@
 //! Frames as the API receives them, arbitrary: raw RGB images (`media.raw`, width/height/bytes)
-//! and frame lists (`media.frames`) through `api::convert::decode_media`; an upload's chunks
+//! (`media::from_raw_rgb`) and frame lists (`media.frames`, through the API's media preparation,
+//! `api::media::MediaService::prepare`); an upload's chunks
 //! through `api::upload::FrameChunks` (the validation half of `FrameAssembler`); which frames a
 //! video model sees through `media::sample_frame_indices`; then the video preprocessing.
 #![no_main]
 
 use arbitrary::Arbitrary;
-use gitcap_fuzz::{check_frames, check_preprocess, check_sampling, expect_bad_input, preprocessors, request_limits};
-use gitcap_server::api::convert::decode_media;
+use gitcap_fuzz::{
+    check_frames, check_preprocess, check_sampling, expect_bad_input, media_harness, preprocessors, request_limits,
+};
+use gitcap_server::media::from_raw_rgb;
 use gitcap_server::api::upload::{CompletedFrame, FrameChunks};
 use gitcap_server::proto::{self, media::Kind};
 use libfuzzer_sys::fuzz_target;
@@ -45,7 +48,7 @@ fn raw_media(frame: &RawFrame) -> proto::Media {
         height = (rgb.len() / (3 * width as usize)) as u32;
         rgb.truncate(3 * (width * height) as usize);
     }
-    proto::Media { kind: Some(Kind::Raw(proto::RawImage { width, height, rgb })) }
+    proto::Media { kind: Some(Kind::Raw(proto::RawImage { width, height, rgb })), ..Default::default() }
 }
 
 fuzz_target!(|input: Input| {
@@ -56,15 +59,20 @@ fuzz_target!(|input: Input| {
     let mut video = Vec::new();
     for frame in &input.raw {
         let media = raw_media(frame);
-        match decode_media(Some(&media), &limits.media) {
-            Ok(mut frames) => {
-                check_frames(&frames, &limits.media);
-                assert_eq!(frames.len(), 1, "a raw image is one frame");
-                let Some(Kind::Raw(raw)) = &media.kind else { unreachable!() };
-                assert_eq!(frames[0].dimensions(), (raw.width, raw.height));
-                assert_eq!(frames[0].as_raw(), &raw.rgb);
-                video.push(frames.swap_remove(0));
+        let Some(Kind::Raw(raw)) = &media.kind else { unreachable!() };
+        match from_raw_rgb(raw.width, raw.height, &raw.rgb, "media.raw", &limits.media) {
+            Ok(image) => {
+                check_frames(std::slice::from_ref(&image), &limits.media);
+                assert_eq!(image.dimensions(), (raw.width, raw.height));
+                assert_eq!(image.as_raw(), &raw.rgb);
+                video.push(image);
             }
+            Err(err) => expect_bad_input(err),
+        }
+        // The API's own path for it: one frame, or the same refusal.
+        let harness = media_harness();
+        match harness.runtime.block_on(harness.media.prepare(Some(media.clone()), &harness.model)) {
+            Ok(prepared) => assert_eq!(prepared.frames.len(), 1, "a raw image is one frame"),
             Err(err) => expect_bad_input(err),
         }
     }
@@ -74,11 +82,11 @@ fuzz_target!(|input: Input| {
     }
 
     // The same bytes as a frame list (each must be an encoded image).
-    let list = proto::Media {
-        kind: Some(Kind::Frames(proto::Frames { frames: input.raw.iter().map(|f| f.rgb.clone()).collect() })),
-    };
-    match decode_media(Some(&list), &limits.media) {
-        Ok(frames) => assert_eq!(frames.len(), input.raw.len()),
+    let list = proto::Media::frames(input.raw.iter().map(|f| f.rgb.clone()));
+    let harness = media_harness();
+    match harness.runtime.block_on(harness.media.prepare(Some(list), &harness.model)) {
+        // Only the frames a 6-frame model uses are decoded.
+        Ok(prepared) => assert_eq!(prepared.frames.len(), input.raw.len().min(harness.model.max_frames)),
         Err(err) => expect_bad_input(err),
     }
 

@@ -6,7 +6,8 @@
 //! default generation config, must pass or fail its validation with a typed error.
 #![no_main]
 
-use gitcap_fuzz::{check_frames, expect_bad_input, request_limits};
+use gitcap_fuzz::{expect_bad_input, media_harness, request_limits};
+use gitcap_server::engine::Frame;
 use gitcap_server::api::convert::{self, RequestLimits};
 use gitcap_server::api::upload::FrameChunks;
 use gitcap_server::model::generation::{GenerationConfig, Search};
@@ -48,15 +49,23 @@ fn check_options(options: Option<&proto::GenerationOptions>, limits: &RequestLim
     }
 }
 
-fn check_media(media: Option<&proto::Media>, limits: &RequestLimits) {
-    match convert::decode_media(media, &limits.media) {
-        // A frame list's images are each checked against the limits; an image's frames together.
-        Ok(frames) if matches!(media.and_then(|m| m.kind.as_ref()), Some(proto::media::Kind::Frames(_))) => {
-            for frame in &frames {
-                check_frames(std::slice::from_ref(frame), &limits.media);
+/// Media as the API prepares it: decoded within the budget, only the frames a 6-frame model uses,
+/// each preprocessed. Video files and URLs have their own target (video_container).
+fn check_media(media: Option<&proto::Media>) {
+    use proto::media::Kind;
+    if matches!(media.and_then(|m| m.kind.as_ref()), Some(Kind::Video(_) | Kind::Url(_))) {
+        return;
+    }
+    let harness = media_harness();
+    match harness.runtime.block_on(harness.media.prepare(media.cloned(), &harness.model)) {
+        Ok(prepared) => {
+            assert!(!prepared.frames.is_empty(), "media prepared into no frame");
+            assert!(prepared.timestamps_s.is_empty());
+            for frame in &prepared.frames {
+                let Frame::Pixels(frame) = frame else { panic!("a prepared frame that is not pixels") };
+                assert_eq!(frame.pixels.size(), [3, 224, 224]);
             }
         }
-        Ok(frames) => check_frames(&frames, &limits.media),
         Err(err) => expect_bad_input(err),
     }
 }
@@ -100,13 +109,13 @@ fuzz_target!(|data: &[u8]| {
             let Ok(request) = proto::CaptionRequest::decode(body) else { return };
             check_question(&request.question, &limits);
             check_options(request.options.as_ref(), &limits);
-            check_media(request.media.as_ref(), &limits);
+            check_media(request.media.as_ref());
         }
         1 => {
             let Ok(request) = proto::ScoreLabelsRequest::decode(body) else { return };
             check_labels(&request.labels, &limits);
             check_question(&request.prompt, &limits);
-            check_media(request.media.as_ref(), &limits);
+            check_media(request.media.as_ref());
         }
         2 => {
             // An upload stream: length-delimited messages, as gRPC frames them one by one.

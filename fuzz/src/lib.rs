@@ -104,3 +104,38 @@ pub fn check_sampling(total: usize, wanted: usize) -> Vec<usize> {
     assert!(indices.last().is_none_or(|&last| last < total), "out of range: {indices:?}");
     indices
 }
+
+/// The API's media preparation, set up once: a CLIP-preprocessing video model of 6 frames, the
+/// fuzz limits, a 1 GiB budget, no video decoder (video has its own target), URLs off.
+pub struct MediaHarness {
+    pub runtime: tokio::runtime::Runtime,
+    pub media: gitcap_server::api::media::MediaService,
+    pub model: gitcap_server::engine::ModelInfo,
+}
+
+pub fn media_harness() -> &'static MediaHarness {
+    static HARNESS: std::sync::OnceLock<MediaHarness> = std::sync::OnceLock::new();
+    HARNESS.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        let fetcher = gitcap_server::media::UrlFetcher::new(Default::default()).expect("a URL fetcher");
+        let media = gitcap_server::api::media::MediaService::new(
+            media_limits(),
+            1 << 30,
+            Err("no video decoding in this target".into()),
+            fetcher,
+            None,
+            1 << 20,
+        )
+        .expect("the media service");
+        let model = gitcap_server::engine::ModelInfo {
+            name: "fuzz".into(),
+            version: "fuzz".into(),
+            dtype: gitcap_server::model::Precision::parse("f32").expect("f32"),
+            device: gitcap_server::device::DeviceSpec::CPU,
+            max_frames: 6,
+            weights_bytes: 0,
+            preprocessor: std::sync::Arc::new(PreprocessorConfig::clip()),
+        };
+        MediaHarness { runtime, media, model }
+    })
+}

@@ -1,11 +1,11 @@
 //! Constructors for the protocol messages callers build most.
 
-use crate::proto::{media, Frames, Media, ModelSpec, RawImage};
+use crate::proto::{media, Frames, Media, ModelSpec, RawImage, VideoSampling};
 
 impl Media {
     /// An encoded image (JPEG, PNG, WebP or GIF; the server reads an animated GIF as a video).
     pub fn image(bytes: impl Into<Vec<u8>>) -> Self {
-        Self { kind: Some(media::Kind::Image(bytes.into())) }
+        Self { kind: Some(media::Kind::Image(bytes.into())), ..Default::default() }
     }
 
     /// The frames of a video, in order, each an encoded image.
@@ -15,12 +15,42 @@ impl Media {
         B: Into<Vec<u8>>,
     {
         let frames = Frames { frames: frames.into_iter().map(Into::into).collect() };
-        Self { kind: Some(media::Kind::Frames(frames)) }
+        Self { kind: Some(media::Kind::Frames(frames)), ..Default::default() }
     }
 
     /// Uncompressed 8-bit RGB pixels, row-major (`width * height * 3` bytes).
     pub fn raw(width: u32, height: u32, rgb: impl Into<Vec<u8>>) -> Self {
-        Self { kind: Some(media::Kind::Raw(RawImage { width, height, rgb: rgb.into() })) }
+        Self { kind: Some(media::Kind::Raw(RawImage { width, height, rgb: rgb.into() })), ..Default::default() }
+    }
+}
+
+impl Media {
+    /// A video file (MP4/MOV, WebM, MKV, AVI); the server samples its frames.
+    pub fn video(bytes: impl Into<Vec<u8>>) -> Self {
+        Self { kind: Some(media::Kind::Video(bytes.into())), ..Default::default() }
+    }
+
+    /// An http(s) URL of an image or video file, fetched by the server (where it allows URLs).
+    pub fn url(url: impl Into<String>) -> Self {
+        Self { kind: Some(media::Kind::Url(url.into())), ..Default::default() }
+    }
+
+    /// Which frames of a video the model sees (see [`VideoSampling`]).
+    pub fn with_sampling(mut self, sampling: VideoSampling) -> Self {
+        self.sampling = Some(sampling);
+        self
+    }
+}
+
+impl VideoSampling {
+    /// Even spacing within `[start_s, end_s)` (either may be `None`: the video's start or end).
+    pub fn window(start_s: Option<f64>, end_s: Option<f64>) -> Self {
+        Self { start_s, end_s, ..Default::default() }
+    }
+
+    /// Exactly these timestamps (seconds, increasing).
+    pub fn at(timestamps_s: impl Into<Vec<f64>>) -> Self {
+        Self { timestamps_s: timestamps_s.into(), ..Default::default() }
     }
 }
 

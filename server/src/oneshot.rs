@@ -48,7 +48,7 @@ pub fn run(args: OneShot) -> Result<()> {
         frames.extend(decode_image(&bytes, &path.display().to_string(), &limits)?);
     }
     let request = InferenceRequest {
-        frames: frames.into_iter().map(Frame::Image).collect(),
+        frames: frames.iter().map(|f| Frame::from_image(f, &pipeline.preprocessor)).collect::<Result<_>>()?,
         question: args.question.clone(),
         options: args.options,
     };

@@ -3,10 +3,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::api::{self, convert::RequestLimits, ServeOptions};
+use std::sync::Arc;
+
+use crate::api::{self, convert::RequestLimits, media::MediaService, ServeOptions};
 use crate::engine::EngineOptions;
 use crate::error::Result;
-use crate::media::MediaLimits;
+use crate::media::video::{VideoDecoder, VideoLimits};
+use crate::media::{MediaLimits, UrlFetcher, UrlPolicy};
 use crate::registry::{HubOptions, LoadSpec, Registry, RegistryOptions};
 use crate::settings::Settings;
 
@@ -62,9 +65,12 @@ pub async fn run(settings: Settings) -> Result<()> {
     // Tests and scripts read the port from this line.
     println!("gitcap-server listening on {addr}");
     let l = &settings.limits;
+    let media_limits = MediaLimits { max_pixels: l.max_pixels, max_frames: l.max_frames };
+    let media = Arc::new(media_service(&settings, media_limits)?);
     let options = ServeOptions {
+        media,
         limits: RequestLimits {
-            media: MediaLimits { max_pixels: l.max_pixels, max_frames: l.max_frames },
+            media: media_limits,
             max_new_tokens: l.max_new_tokens,
             max_beams: l.max_beams,
             max_question_chars: l.max_question_chars,
@@ -81,6 +87,37 @@ pub async fn run(settings: Settings) -> Result<()> {
         tls: settings.server.tls_identity()?,
     };
     api::serve(listener, registry, options, shutdown_signal()).await
+}
+
+/// Media decoding as the settings say: the budget, the video decoder (or why there is none),
+/// URL fetching.
+fn media_service(settings: &Settings, limits: MediaLimits) -> Result<MediaService> {
+    let m = &settings.media;
+    let v = &m.video;
+    let video_limits = VideoLimits {
+        max_duration_s: v.max_duration_secs,
+        max_pixels: limits.max_pixels,
+        cpu_seconds: v.cpu_secs,
+        wall_seconds: v.wall_secs,
+        memory_bytes: v.memory_mb << 20,
+        max_processes: v.max_processes.max(1),
+        ..VideoLimits::default()
+    };
+    let video = VideoDecoder::detect(v.ffmpeg.as_deref(), v.ffprobe.as_deref(), video_limits);
+    match &video {
+        Ok(decoder) => tracing::info!(ffmpeg = decoder.version(), "video decoding available"),
+        Err(why) => tracing::warn!("video decoding unavailable: {why}"),
+    }
+    let u = &m.url;
+    let fetcher = UrlFetcher::new(UrlPolicy {
+        enabled: u.enabled,
+        allow_hosts: u.allow_hosts.clone(),
+        max_bytes: u.max_bytes,
+        timeout: Duration::from_secs_f64(u.timeout_secs),
+        connect_timeout: Duration::from_secs_f64(u.connect_timeout_secs),
+        max_redirects: u.max_redirects,
+    })?;
+    MediaService::new(limits, m.decode_budget_mb << 20, video, fetcher, m.spool_dir.clone(), v.max_bytes)
 }
 
 async fn shutdown_signal() {

@@ -28,6 +28,7 @@ pub struct Settings {
     pub engine: EngineSettings,
     pub hub: HubSettings,
     pub limits: LimitSettings,
+    pub media: MediaSettings,
     pub log: LogSettings,
     pub metrics: MetricsSettings,
 }
@@ -141,6 +142,42 @@ pub struct LimitSettings {
     pub max_labels: usize,
 }
 
+/// Decoding media: the memory budget, video files, URLs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MediaSettings {
+    pub decode_budget_mb: u64,
+    #[serde(default, deserialize_with = "optional")]
+    pub spool_dir: Option<PathBuf>,
+    pub video: VideoSettings,
+    pub url: UrlSettings,
+}
+
+/// Video files, decoded by ffmpeg children under limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VideoSettings {
+    #[serde(default, deserialize_with = "optional")]
+    pub ffmpeg: Option<PathBuf>,
+    #[serde(default, deserialize_with = "optional")]
+    pub ffprobe: Option<PathBuf>,
+    pub max_bytes: u64,
+    pub max_duration_secs: f64,
+    pub cpu_secs: u64,
+    pub wall_secs: f64,
+    pub memory_mb: u64,
+    pub max_processes: usize,
+}
+
+/// Media named by URL, fetched by the server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UrlSettings {
+    pub enabled: bool,
+    pub allow_hosts: Vec<String>,
+    pub max_bytes: u64,
+    pub timeout_secs: f64,
+    pub connect_timeout_secs: f64,
+    pub max_redirects: usize,
+}
+
 /// How log lines are written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -169,8 +206,13 @@ pub struct MetricsSettings {
 
 /// Settings whose values are lists; from the environment they are comma-separated
 /// (`GITCAP__ADMIN__MODEL_ROOTS=/a,/b`).
-const LIST_KEYS: [&str; 4] =
-    ["admin.model_roots", "metrics.latency_buckets", "metrics.tokens_per_second_buckets", "metrics.batch_size_buckets"];
+const LIST_KEYS: [&str; 5] = [
+    "admin.model_roots",
+    "media.url.allow_hosts",
+    "metrics.latency_buckets",
+    "metrics.tokens_per_second_buckets",
+    "metrics.batch_size_buckets",
+];
 
 impl Settings {
     /// Layers the defaults, `file`, the environment and `overrides` ("section.key" → value).
@@ -227,12 +269,23 @@ fn known_keys() -> BTreeSet<String> {
         .expect("config/default.toml is valid");
     let value = serde_json::to_value(defaults).expect("settings serialise");
     let mut keys = BTreeSet::new();
-    for (section, table) in value.as_object().expect("settings are a table") {
-        for key in table.as_object().expect("each section is a table").keys() {
-            keys.insert(format!("{section}.{key}"));
+    leaf_keys(&value, "", &mut keys);
+    keys
+}
+
+/// The dotted paths of the non-table values under `value`.
+fn leaf_keys(value: &serde_json::Value, prefix: &str, keys: &mut BTreeSet<String>) {
+    match value.as_object() {
+        Some(table) => {
+            for (key, value) in table {
+                let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                leaf_keys(value, &path, keys);
+            }
+        }
+        None => {
+            keys.insert(prefix.to_string());
         }
     }
-    keys
 }
 
 /// The known key closest to `key`, if one is close enough to be a likely typo.
@@ -258,23 +311,22 @@ fn check_file_keys(file: &Path, known: &BTreeSet<String>) -> Result<()> {
         .add_source(config::File::from(file).required(true))
         .build()
         .map_err(|e| GitcapError::invalid("config", e.to_string()))?;
-    let table: serde_json::Map<String, serde_json::Value> =
+    let table: serde_json::Value =
         config.try_deserialize().map_err(|e| GitcapError::invalid("config", e.to_string()))?;
     let source = file.display().to_string();
-    for (section, value) in table {
-        let Some(keys) = value.as_object() else {
-            // A top-level key outside any section.
-            return Err(unknown(&section, &source, known));
-        };
-        if !known.iter().any(|k| k.starts_with(&format!("{section}."))) {
-            return Err(unknown(&section, &source, known));
+    let mut given = BTreeSet::new();
+    leaf_keys(&table, "", &mut given);
+    for key in given {
+        if known.contains(&key) {
+            continue;
         }
-        for key in keys.keys() {
-            let full = format!("{section}.{key}");
-            if !known.contains(&full) {
-                return Err(unknown(&full, &source, known));
-            }
-        }
+        // Name the first part that is wrong: a whole unknown section, or the key in it.
+        let parts: Vec<&str> = key.split('.').collect();
+        let wrong = (1..=parts.len())
+            .map(|n| parts[..n].join("."))
+            .find(|prefix| !known.iter().any(|k| k == prefix || k.starts_with(&format!("{prefix}."))))
+            .unwrap_or(key);
+        return Err(unknown(&wrong, &source, known));
     }
     Ok(())
 }

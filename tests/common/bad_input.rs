@@ -57,7 +57,7 @@ fn media(name: &str) -> Vec<u8> {
 
 fn caption(kind: Kind) -> CaptionRequest {
     CaptionRequest {
-        media: Some(Media { kind: Some(kind) }),
+        media: Some(Media { kind: Some(kind), ..Default::default() }),
         options: Some(GenerationOptions { max_new_tokens: Some(2), ..Default::default() }),
         ..Default::default()
     }
@@ -290,7 +290,7 @@ pub fn corpus(seed: u64, n: usize, limits: &CorpusLimits) -> Vec<BadCase> {
 
 fn score(image: &[u8]) -> ScoreLabelsRequest {
     ScoreLabelsRequest {
-        media: Some(Media { kind: Some(Kind::Image(image.to_vec())) }),
+        media: Some(Media { kind: Some(Kind::Image(image.to_vec())), ..Default::default() }),
         labels: vec!["a dog".into()],
         ..Default::default()
     }

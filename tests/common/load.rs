@@ -204,7 +204,7 @@ async fn one_request(
     let (options, max_new_tokens) = options(rng);
     let request = |model: &str, kind: Kind, question: String| CaptionRequest {
         model: model.into(),
-        media: Some(Media { kind: Some(kind) }),
+        media: Some(Media { kind: Some(kind), ..Default::default() }),
         question,
         options: Some(options),
     };

@@ -2,6 +2,7 @@ pub mod bad_input;
 pub mod browser;
 pub mod fake_hub;
 pub mod fixtures;
+pub mod http_files;
 pub mod load;
 pub mod probe;
 pub mod raw_grpc;

@@ -1,8 +1,9 @@
-//! The `gitcap.v1.Captioner` service: converts messages, hands requests to a model's worker
-//! and relays its events. One helper (`start` + `relay`) serves every RPC. Each RPC's outcome,
-//! queue time, token timings and generated tokens go to crate::metrics.
+//! The `gitcap.v1.Captioner` service: converts messages, prepares their media
+//! ([`super::media`]), hands requests to a model's worker and relays its events. One helper
+//! (`submit` + `finish` / `relay`) serves every RPC; live and dense captioning and the uploads
+//! have their own modules. Each RPC's outcome, queue time, token timings and generated tokens go
+//! to crate::metrics.
 
-use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,23 +15,27 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use super::convert::{self, RequestLimits};
+use super::dense::DenseSession;
+use super::live::LiveSession;
+use super::media::MediaService;
 use super::upload::{self, FrameAssembler};
-use crate::engine::{EncodedFrame, EngineEvent, Frame, InferenceRequest, ModelInfo, ModelWorker};
+use super::video_upload;
+use crate::engine::{EngineEvent, Frame, InferenceRequest, ModelInfo, ModelWorker};
 use crate::error::GitcapError;
 use crate::media::MediaLimits;
 use crate::metrics;
-use crate::model::generation::GenerationOptions;
 use crate::proto::{self, captioner_server::Captioner};
 use crate::registry::Registry;
 
 pub struct CaptionerService {
     models: Arc<Registry>,
     limits: Arc<RequestLimits>,
+    media: Arc<MediaService>,
 }
 
 impl CaptionerService {
-    pub fn new(models: Arc<Registry>, limits: RequestLimits) -> Self {
-        Self { models, limits: Arc::new(limits) }
+    pub fn new(models: Arc<Registry>, limits: RequestLimits, media: Arc<MediaService>) -> Self {
+        Self { models, limits: Arc::new(limits), media }
     }
 
     /// The worker serving `name`, noted in the request's tally.
@@ -40,7 +45,7 @@ impl CaptionerService {
         Ok(worker)
     }
 
-    /// Validates and decodes a request (off the runtime) and queues it on its model.
+    /// Validates a request, prepares its media (within its deadline) and queues it on its model.
     async fn start(&self, request: Request<proto::CaptionRequest>, tally: &mut Tally) -> Result<Started, Status> {
         let started = Instant::now();
         let timeout = grpc_timeout(&request);
@@ -48,17 +53,9 @@ impl CaptionerService {
         let worker = self.model(&request.model, tally)?;
         let question = convert::question(&request.question, &self.limits)?;
         let options = convert::options(request.options.as_ref(), &self.limits)?;
-        let frames = self.decode(request.media).await?;
-        let frames = frames.into_iter().map(Frame::Image).collect();
-        submit(worker, InferenceRequest { frames, question, options }, timeout, started, started)
-    }
-
-    async fn decode(&self, media: Option<proto::Media>) -> Result<Vec<image::RgbImage>, Status> {
-        let limits = self.limits.clone();
-        let frames = tokio::task::spawn_blocking(move || convert::decode_media(media.as_ref(), &limits.media))
-            .await
-            .map_err(|e| GitcapError::Internal(format!("media decoding task failed: {e}")))??;
-        Ok(frames)
+        let media = within(timeout, started, self.media.prepare(request.media, &worker.info)).await?;
+        let request = InferenceRequest { frames: media.frames, question, options };
+        Ok(submit(worker, request, timeout, started, started)?.with_timestamps(media.timestamps_s))
     }
 
     /// Receives an upload: the start message, then frames, each encoded by the vision tower
@@ -79,7 +76,7 @@ impl CaptionerService {
         let question = convert::question(&start.question, &self.limits)?;
         let options = convert::options(start.options.as_ref(), &self.limits)?;
         let declared = start.frame_count as usize;
-        let mut assembler = FrameAssembler::new(worker.clone(), (*self.limits).clone(), declared)?;
+        let mut assembler = FrameAssembler::new(worker.clone(), (*self.limits).clone(), self.media.clone(), declared)?;
         let mut tasks = Vec::new();
         while let Some(message) = stream.message().await? {
             match message.message {
@@ -99,6 +96,31 @@ impl CaptionerService {
             frames.push(Frame::Encoded(upload::encoded(task).await?));
         }
         submit(worker, InferenceRequest { frames, question, options }, timeout, started, arrived)
+    }
+
+    /// Receives a video file in chunks, then samples and decodes it like `Media.video`.
+    async fn start_video_upload(
+        &self,
+        request: Request<Streaming<proto::VideoUploadMessage>>,
+        tally: &mut Tally,
+    ) -> Result<Started, Status> {
+        use proto::video_upload_message::Message;
+        let started = Instant::now();
+        let timeout = grpc_timeout(&request);
+        let mut stream = request.into_inner();
+        let Some(Message::Start(start)) = stream.message().await?.and_then(|m| m.message) else {
+            return Err(GitcapError::invalid("start", "the first message of a video upload must be `start`").into());
+        };
+        let worker = self.model(&start.model, tally)?;
+        let question = convert::question(&start.question, &self.limits)?;
+        let options = convert::options(start.options.as_ref(), &self.limits)?;
+        let file = video_upload::receive(&mut stream, &self.media, start.size_bytes).await?;
+        // Time to first token counts from here: the client's upload time is not the server's.
+        let arrived = Instant::now();
+        let media = self.media.video(&file, start.sampling.as_ref(), "upload", &worker.info);
+        let media = within(timeout, started, media).await?;
+        let request = InferenceRequest { frames: media.frames, question, options };
+        Ok(submit(worker, request, timeout, started, arrived)?.with_timestamps(media.timestamps_s))
     }
 
     /// Reads a live stream's start message and checks its window.
@@ -125,7 +147,8 @@ impl CaptionerService {
             media: MediaLimits { max_frames: usize::MAX, ..self.limits.media },
             ..(*self.limits).clone()
         };
-        Ok((LiveSession { worker, question, options, window, stride, limits }, stream))
+        let media = self.media.clone();
+        Ok((LiveSession { worker, question, options, window, stride, limits, media }, stream))
     }
 
     async fn score(
@@ -136,7 +159,7 @@ impl CaptionerService {
         let worker = self.model(&request.model, tally)?;
         let labels = convert::labels(&request.labels, &self.limits)?;
         let prompt = convert::question(&request.prompt, &self.limits)?;
-        let frames = self.decode(request.media).await?.into_iter().map(Frame::Image).collect();
+        let frames = self.media.prepare(request.media, &worker.info).await?.frames;
         let mut scores = worker.score_labels(frames, prompt, labels).await?;
         scores.sort_by(|a, b| b.logprob.total_cmp(&a.logprob));
         Ok(proto::ScoreLabelsResponse {
@@ -184,7 +207,7 @@ impl Drop for Tally {
 }
 
 /// Queues `request`; `started` is when its RPC began, `arrived` when all of it had arrived.
-fn submit(
+pub(super) fn submit(
     worker: ModelWorker,
     request: InferenceRequest,
     timeout: Option<Duration>,
@@ -195,19 +218,39 @@ fn submit(
     // Beam search sends its tokens all at once at the end: no inter-token gaps to measure.
     let beam = request.options.num_beams.is_some_and(|n| n > 1);
     let events = worker.submit(request, remaining)?;
-    Ok(Started { worker, events, started, arrived, beam, last_token: None })
+    Ok(Started { worker, events, started, arrived, beam, last_token: None, timestamps: vec![] })
 }
 
-struct Started {
+/// Runs `work` (a request's media preparation) within what is left of its deadline.
+pub(super) async fn within<T>(
+    timeout: Option<Duration>,
+    started: Instant,
+    work: impl std::future::Future<Output = crate::error::Result<T>>,
+) -> Result<T, Status> {
+    let Some(timeout) = timeout else { return Ok(work.await?) };
+    match tokio::time::timeout(timeout.saturating_sub(started.elapsed()), work).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(GitcapError::DeadlineExceeded("while the media was being decoded".into()).into()),
+    }
+}
+
+pub(super) struct Started {
     worker: ModelWorker,
     events: mpsc::UnboundedReceiver<EngineEvent>,
     started: Instant,
     arrived: Instant,
     beam: bool,
     last_token: Option<Instant>,
+    /// The video frames' timestamps, reported in the response.
+    timestamps: Vec<f64>,
 }
 
 impl Started {
+    pub(super) fn with_timestamps(mut self, timestamps: Vec<f64>) -> Self {
+        self.timestamps = timestamps;
+        self
+    }
+
     /// Records an event's metrics: time to first token, inter-token gaps, and at the end the
     /// queue time and generated tokens.
     fn observe(&mut self, event: &EngineEvent) {
@@ -232,7 +275,7 @@ impl Started {
     }
 
     /// Waits for the whole answer.
-    async fn finish(mut self) -> Result<proto::CaptionResponse, Status> {
+    pub(super) async fn finish(mut self) -> Result<proto::CaptionResponse, Status> {
         while let Some(event) = self.events.recv().await {
             self.observe(&event);
             match event {
@@ -246,7 +289,10 @@ impl Started {
 
     fn response(&self, output: crate::engine::InferenceOutput, queue_ms: f64) -> proto::CaptionResponse {
         let total_ms = self.started.elapsed().as_secs_f64() * 1e3;
-        convert::response(output, queue_ms, total_ms, &self.worker.info.name, &self.worker.info.version)
+        let mut response =
+            convert::response(output, queue_ms, total_ms, &self.worker.info.name, &self.worker.info.version);
+        response.frame_timestamps_s = self.timestamps.clone();
+        response
     }
 }
 
@@ -284,6 +330,8 @@ fn grpc_timeout<T>(request: &Request<T>) -> Option<Duration> {
 type EventStream = Pin<Box<dyn Stream<Item = Result<proto::CaptionEvent, Status>> + Send>>;
 
 type LiveStream = Pin<Box<dyn Stream<Item = Result<proto::LiveEvent, Status>> + Send>>;
+
+type DenseStream = Pin<Box<dyn Stream<Item = Result<proto::DenseCaptionEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Captioner for CaptionerService {
@@ -358,69 +406,65 @@ impl Captioner for CaptionerService {
         let result = self.score(request.into_inner(), &mut tally).await;
         Ok(Response::new(tally.outcome(result)?))
     }
-}
 
-/// One live-captioning stream: frames are encoded as they arrive and kept for the current
-/// window; every `stride` frames the latest `window` are captioned.
-struct LiveSession {
-    worker: ModelWorker,
-    question: Option<String>,
-    options: GenerationOptions,
-    window: usize,
-    stride: usize,
-    limits: RequestLimits,
-}
-
-impl LiveSession {
-    async fn run(
-        self,
-        stream: &mut Streaming<proto::LiveMessage>,
-        tx: &mpsc::Sender<Result<proto::LiveEvent, Status>>,
-    ) -> Result<(), Status> {
-        use proto::live_message::Message;
-        let mut assembler = FrameAssembler::new(self.worker.clone(), self.limits.clone(), 0)?;
-        let mut recent: VecDeque<EncodedFrame> = VecDeque::with_capacity(self.window);
-        let mut captioned_up_to = None;
-        while let Some(message) = stream.message().await? {
-            let Some(Message::Chunk(chunk)) = message.message else {
-                return Err(GitcapError::invalid("start", "only the first message may be `start`").into());
-            };
-            let Some((index, Some(task))) = assembler.push(chunk)? else { continue };
-            if recent.len() == self.window {
-                recent.pop_front();
-            }
-            recent.push_back(upload::encoded(task).await?);
-            let seen = index + 1;
-            if seen >= self.window && (seen - self.window) % self.stride == 0 {
-                self.caption(snapshot(&recent), index, tx).await?;
-                captioned_up_to = Some(index);
-            }
-        }
-        // A stream shorter than one window still gets a caption of what arrived.
-        if captioned_up_to.is_none() && !recent.is_empty() {
-            self.caption(snapshot(&recent), assembler.received() - 1, tx).await?;
-        }
-        Ok(())
-    }
-
-    async fn caption(
+    async fn upload_video(
         &self,
-        frames: Vec<Frame>,
-        last_frame: usize,
-        tx: &mpsc::Sender<Result<proto::LiveEvent, Status>>,
-    ) -> Result<(), Status> {
-        let first_frame = (last_frame + 1 - frames.len()) as u64;
-        let request = InferenceRequest { frames, question: self.question.clone(), options: self.options };
-        let now = Instant::now();
-        let caption = submit(self.worker.clone(), request, None, now, now)?.finish().await?;
-        let event = proto::LiveEvent { first_frame, last_frame: last_frame as u64, caption: Some(caption) };
-        tx.send(Ok(event)).await.map_err(|_| GitcapError::Cancelled.into())
+        request: Request<Streaming<proto::VideoUploadMessage>>,
+    ) -> Result<Response<proto::CaptionResponse>, Status> {
+        let mut tally = Tally::new("UploadVideo");
+        let result =
+            async { self.start_video_upload(request, &mut tally).await?.finish().await.inspect_err(log_failure) }.await;
+        let reply = tally.outcome(result)?;
+        log_done(&reply);
+        Ok(Response::new(reply))
     }
-}
 
-/// The window's frames, sharing the encoded features.
-fn snapshot(recent: &VecDeque<EncodedFrame>) -> Vec<Frame> {
-    recent.iter().map(|f| Frame::Encoded(f.clone())).collect()
+    type UploadVideoStreamStream = EventStream;
+
+    async fn upload_video_stream(
+        &self,
+        request: Request<Streaming<proto::VideoUploadMessage>>,
+    ) -> Result<Response<EventStream>, Status> {
+        let mut tally = Tally::new("UploadVideoStream");
+        let started = self.start_video_upload(request, &mut tally).await;
+        let started = tally.outcome(started)?;
+        Ok(Response::new(relay(started, tally)))
+    }
+
+    type DenseCaptionStream = DenseStream;
+
+    async fn dense_caption(
+        &self,
+        request: Request<proto::DenseCaptionRequest>,
+    ) -> Result<Response<DenseStream>, Status> {
+        let mut tally = Tally::new("DenseCaption");
+        let request = request.into_inner();
+        let session = (|| -> Result<DenseSession, Status> {
+            let worker = self.model(&request.model, &mut tally)?;
+            self.media.video_decoder()?;
+            Ok(DenseSession {
+                question: convert::question(&request.question, &self.limits)?,
+                options: convert::options(request.options.as_ref(), &self.limits)?,
+                worker,
+                media: self.media.clone(),
+                window_s: request.window_s,
+                stride_s: request.stride_s,
+            })
+        })();
+        let session = tally.outcome(session)?;
+        let (tx, rx) = mpsc::channel(8);
+        let media = request.media;
+        tokio::spawn(
+            async move {
+                let result = session.run(media, &tx).await;
+                if let Err(status) = tally.outcome(result) {
+                    let _ = tx.send(Err(status)).await;
+                }
+            }
+            .instrument(tracing::Span::current()),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
 }
 
 /// Forwards a request's engine events to the client as `CaptionEvent`s. When the client goes

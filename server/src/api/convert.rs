@@ -1,10 +1,8 @@
 //! Protocol messages ↔ the engine's types, with request validation against server limits.
 
-use image::RgbImage;
-
 use crate::engine::{InferenceOutput, TokenEvent};
 use crate::error::{GitcapError, Result};
-use crate::media::{decode_image, from_raw_rgb, MediaLimits};
+use crate::media::MediaLimits;
 use crate::model::generation::{FinishReason, GenerationOptions};
 use crate::proto;
 
@@ -30,35 +28,6 @@ impl Default for RequestLimits {
             max_labels: 100,
             max_frame_bytes: 32 << 20,
         }
-    }
-}
-
-/// Decodes the request's media into frames (CPU work: call it off the async runtime).
-pub fn decode_media(media: Option<&proto::Media>, limits: &MediaLimits) -> Result<Vec<RgbImage>> {
-    use proto::media::Kind;
-    let kind = media
-        .and_then(|m| m.kind.as_ref())
-        .ok_or_else(|| GitcapError::invalid("media", "no media: set media.image, media.frames or media.raw"))?;
-    match kind {
-        Kind::Image(bytes) => decode_image(bytes, "media.image", limits),
-        Kind::Frames(frames) => {
-            if frames.frames.is_empty() {
-                return Err(GitcapError::invalid("media.frames", "no frames were given"));
-            }
-            if frames.frames.len() > limits.max_frames {
-                return Err(GitcapError::invalid(
-                    "media.frames",
-                    format!("{} frames is more than the limit of {}", frames.frames.len(), limits.max_frames),
-                ));
-            }
-            let mut decoded = Vec::with_capacity(frames.frames.len());
-            for (i, bytes) in frames.frames.iter().enumerate() {
-                let mut frame = decode_image(bytes, &format!("media.frames[{i}]"), limits)?;
-                decoded.push(frame.swap_remove(0));
-            }
-            Ok(decoded)
-        }
-        Kind::Raw(raw) => Ok(vec![from_raw_rgb(raw.width, raw.height, &raw.rgb, "media.raw", limits)?]),
     }
 }
 
@@ -168,5 +137,6 @@ pub fn response(
         }),
         model: model.to_string(),
         version: version.to_string(),
+        frame_timestamps_s: vec![],
     }
 }

@@ -5,8 +5,12 @@ pub mod admin;
 pub mod auth;
 pub mod captioner;
 pub mod convert;
+pub mod dense;
+mod live;
+pub mod media;
 pub mod status;
 pub mod upload;
+mod video_upload;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,12 +32,18 @@ use admin::AdminService;
 use auth::BearerAuth;
 use captioner::CaptionerService;
 use convert::RequestLimits;
+use media::MediaService;
 
 /// Health service name of the captioning API; each model also has `gitcap.v1.Captioner/<model>`.
 pub const SERVICE_NAME: &str = "gitcap.v1.Captioner";
+/// Health service name that says whether this server can decode video files (it has ffmpeg):
+/// SERVING or NOT_SERVING.
+pub const VIDEO_SERVICE_NAME: &str = "gitcap.v1.VideoDecoding";
 
 pub struct ServeOptions {
     pub limits: RequestLimits,
+    /// Media decoding: budget, video decoder, URL fetching.
+    pub media: Arc<MediaService>,
     pub max_message_bytes: usize,
     pub shutdown_grace: Duration,
     /// Bearer token for inference calls; `None` = open.
@@ -59,6 +69,8 @@ pub async fn serve(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
     health.set_service_status(SERVICE_NAME, ServingStatus::Serving).await;
+    let video = if options.media.video_available() { ServingStatus::Serving } else { ServingStatus::NotServing };
+    health.set_service_status(VIDEO_SERVICE_NAME, video).await;
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     track_model_health(&registry, health.clone(), stopping.clone()).await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -72,9 +84,10 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| GitcapError::Internal(e.to_string()))?;
     let inference_auth = BearerAuth::new(options.inference_token.take());
-    let captioner = CaptionerServer::new(CaptionerService::new(registry.clone(), options.limits))
-        .max_decoding_message_size(options.max_message_bytes)
-        .max_encoding_message_size(options.max_message_bytes);
+    let captioner =
+        CaptionerServer::new(CaptionerService::new(registry.clone(), options.limits, options.media.clone()))
+            .max_decoding_message_size(options.max_message_bytes)
+            .max_encoding_message_size(options.max_message_bytes);
     let captioner =
         tonic::service::interceptor::InterceptedService::new(captioner, move |request| inference_auth.check(request));
     let admin = options.admin_token.take().map(|token| {

@@ -1,12 +1,16 @@
-//! Frames that arrive as a stream of chunks: reassembled, decoded off the runtime, and handed
-//! to the model thread's vision tower one by one as they complete.
+//! Frames that arrive as a stream of chunks: reassembled, decoded and shrunk to the model's
+//! input off the runtime (within the media budget), and handed to the model thread's vision
+//! tower one by one as they complete.
 
 use tokio::task::JoinHandle;
 
+use std::sync::Arc;
+
 use super::convert::RequestLimits;
-use crate::engine::{EncodedFrame, ModelWorker};
+use super::media::MediaService;
+use crate::engine::{EncodedFrame, Frame, ModelWorker};
 use crate::error::{GitcapError, Result};
-use crate::media::{decode_image, sample_frame_indices, MediaLimits};
+use crate::media::sample_frame_indices;
 use crate::proto::FrameChunk;
 
 /// A frame being decoded and run through the vision tower.
@@ -15,14 +19,19 @@ pub type EncodeTask = JoinHandle<Result<EncodedFrame>>;
 /// Collects chunks into frames and starts encoding each frame when its last chunk arrives.
 pub struct FrameAssembler {
     worker: ModelWorker,
-    media_limits: MediaLimits,
+    media: Arc<MediaService>,
     chunks: FrameChunks,
 }
 
 impl FrameAssembler {
-    pub fn new(worker: ModelWorker, limits: RequestLimits, declared_frames: usize) -> Result<Self> {
+    pub fn new(
+        worker: ModelWorker,
+        limits: RequestLimits,
+        media: Arc<MediaService>,
+        declared_frames: usize,
+    ) -> Result<Self> {
         let chunks = FrameChunks::new(&limits, declared_frames, worker.info.max_frames)?;
-        Ok(Self { worker, media_limits: limits.media, chunks })
+        Ok(Self { worker, media, chunks })
     }
 
     /// Frames completed so far.
@@ -39,13 +48,14 @@ impl FrameAssembler {
         let Some(bytes) = bytes else {
             return Ok(Some((index, None)));
         };
-        let (worker, media_limits) = (self.worker.clone(), self.media_limits);
+        let (worker, media) = (self.worker.clone(), self.media.clone());
         let task = tokio::spawn(async move {
             let field = format!("frame[{index}]");
-            let mut frames = tokio::task::spawn_blocking(move || decode_image(&bytes, &field, &media_limits))
-                .await
-                .map_err(|e| GitcapError::Internal(e.to_string()))??;
-            worker.encode(frames.swap_remove(0)).await
+            let mut frames = media.image(bytes, field, &worker.info, false).await?;
+            let Some(Frame::Pixels(frame)) = frames.pop() else {
+                return Err(GitcapError::Internal("a decoded frame was not pixels".into()));
+            };
+            worker.encode(frame).await
         });
         Ok(Some((index, Some(task))))
     }
@@ -145,6 +155,7 @@ pub async fn encoded(task: EncodeTask) -> Result<EncodedFrame> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::MediaLimits;
 
     fn limits(max_frames: usize, max_frame_bytes: usize) -> RequestLimits {
         RequestLimits {

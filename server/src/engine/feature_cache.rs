@@ -1,15 +1,15 @@
 //! Vision features kept between requests, in an LRU bounded in bytes and keyed by content:
-//! a frame's vision-tower output (keyed by its pixels), and a request's image keys/values in
+//! a frame's vision-tower output (keyed by its preprocessed pixels), and a request's image keys/values in
 //! the decoder (keyed by the frames it uses, in order). A follow-up question on the same
 //! image or video, a repeated frame, or overlapping live-captioning windows then skip the
 //! vision tower, and the same frames skip the image prefill too.
 
 use std::rc::Rc;
 
-use image::RgbImage;
 use lru::LruCache;
 use tch::Tensor;
 
+use crate::media::PixelValues;
 use crate::model::decoder::ImagePrefix;
 
 /// A content hash (BLAKE3) of a frame's pixels or of a sequence of frames.
@@ -17,13 +17,15 @@ use crate::model::decoder::ImagePrefix;
 pub struct ContentKey([u8; 32]);
 
 impl ContentKey {
-    /// The key of decoded pixels: dimensions and RGB bytes.
-    pub fn of_frame(frame: &RgbImage) -> Self {
+    /// The key of a frame's preprocessed pixels (the model's input): their size and values.
+    pub fn of_pixels(pixels: &PixelValues) -> Self {
         let mut hasher = blake3::Hasher::new();
-        hasher.update(b"frame");
-        hasher.update(&frame.width().to_le_bytes());
-        hasher.update(&frame.height().to_le_bytes());
-        hasher.update(frame.as_raw());
+        hasher.update(b"pixels");
+        hasher.update(&(pixels.height as u64).to_le_bytes());
+        hasher.update(&(pixels.width as u64).to_le_bytes());
+        for value in &pixels.data {
+            hasher.update(&value.to_le_bytes());
+        }
         Self(*hasher.finalize().as_bytes())
     }
 
@@ -146,8 +148,8 @@ impl FeatureCache {
 mod tests {
     use super::*;
 
-    fn frame(value: u8) -> RgbImage {
-        RgbImage::from_pixel(4, 3, image::Rgb([value, value, value]))
+    fn frame(value: u8) -> PixelValues {
+        PixelValues { data: vec![f32::from(value); 3 * 4 * 3], height: 3, width: 4 }
     }
 
     fn features(elements: i64) -> Tensor {
@@ -156,19 +158,19 @@ mod tests {
 
     #[test]
     fn keys_follow_content_not_identity() {
-        assert_eq!(ContentKey::of_frame(&frame(7)), ContentKey::of_frame(&frame(7)));
-        assert_ne!(ContentKey::of_frame(&frame(7)), ContentKey::of_frame(&frame(8)));
-        // Same bytes, other shape.
-        let wide = RgbImage::from_pixel(3, 4, image::Rgb([7, 7, 7]));
-        assert_ne!(ContentKey::of_frame(&frame(7)), ContentKey::of_frame(&wide));
-        let (a, b) = (ContentKey::of_frame(&frame(1)), ContentKey::of_frame(&frame(2)));
+        assert_eq!(ContentKey::of_pixels(&frame(7)), ContentKey::of_pixels(&frame(7)));
+        assert_ne!(ContentKey::of_pixels(&frame(7)), ContentKey::of_pixels(&frame(8)));
+        // Same values, other shape.
+        let tall = PixelValues { height: 4, width: 3, ..frame(7) };
+        assert_ne!(ContentKey::of_pixels(&frame(7)), ContentKey::of_pixels(&tall));
+        let (a, b) = (ContentKey::of_pixels(&frame(1)), ContentKey::of_pixels(&frame(2)));
         assert_ne!(ContentKey::of_frames(&[a, b]), ContentKey::of_frames(&[b, a]));
     }
 
     #[test]
     fn hits_return_what_was_stored_and_are_counted() {
         let mut cache = FeatureCache::new(1 << 20);
-        let key = ContentKey::of_frame(&frame(1));
+        let key = ContentKey::of_pixels(&frame(1));
         assert!(cache.frame(key).is_none());
         cache.insert_frame(key, &(features(10) * 3.0));
         let hit = cache.frame(key).expect("a hit");
@@ -180,7 +182,7 @@ mod tests {
     fn stays_within_its_byte_bound_evicting_the_least_recently_used() {
         // Room for two entries of 100 floats.
         let mut cache = FeatureCache::new(800);
-        let keys: Vec<ContentKey> = (0..3).map(|i| ContentKey::of_frame(&frame(i))).collect();
+        let keys: Vec<ContentKey> = (0..3).map(|i| ContentKey::of_pixels(&frame(i))).collect();
         cache.insert_frame(keys[0], &features(100));
         cache.insert_frame(keys[1], &features(100));
         assert!(cache.frame(keys[0]).is_some()); // 0 is now the most recently used
@@ -191,10 +193,10 @@ mod tests {
         // Replacing an entry does not count it twice; an entry over the bound is not kept.
         cache.insert_frame(keys[2], &features(100));
         assert_eq!(cache.bytes(), 800);
-        cache.insert_frame(ContentKey::of_frame(&frame(9)), &features(1000));
+        cache.insert_frame(ContentKey::of_pixels(&frame(9)), &features(1000));
         assert_eq!(cache.bytes(), 800);
         for i in 10..50 {
-            cache.insert_frame(ContentKey::of_frame(&frame(i)), &features(30 + i as i64));
+            cache.insert_frame(ContentKey::of_pixels(&frame(i)), &features(30 + i as i64));
             assert!(cache.bytes() <= 800);
         }
     }
@@ -202,7 +204,7 @@ mod tests {
     #[test]
     fn a_zero_bound_keeps_nothing() {
         let mut cache = FeatureCache::new(0);
-        let key = ContentKey::of_frame(&frame(1));
+        let key = ContentKey::of_pixels(&frame(1));
         cache.insert_frame(key, &features(1));
         assert!(cache.frame(key).is_none());
         assert_eq!(cache.bytes(), 0);

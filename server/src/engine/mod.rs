@@ -7,6 +7,8 @@ mod scheduler;
 pub mod stats;
 pub mod worker;
 
-pub use pipeline::{EncodedFrame, Frame, InferenceOutput, InferenceRequest, LabelScore, Pipeline, TokenEvent};
+pub use pipeline::{
+    EncodedFrame, Frame, InferenceOutput, InferenceRequest, LabelScore, Pipeline, PreparedFrame, TokenEvent,
+};
 pub use stats::EngineStatsSnapshot;
 pub use worker::{Drain, EngineEvent, EngineOptions, ModelInfo, ModelWorker};

@@ -25,11 +25,36 @@ pub struct Pipeline {
     pub weights_bytes: usize,
 }
 
-/// One frame of a request: decoded pixels, or the vision tower's output for it when it was
-/// encoded ahead, as frames arrived.
+/// One frame of a request: its preprocessed pixels, or the vision tower's output for it when it
+/// was encoded ahead, as frames arrived.
 pub enum Frame {
-    Image(RgbImage),
+    Pixels(PreparedFrame),
     Encoded(EncodedFrame),
+}
+
+impl Frame {
+    /// A decoded image as the model's input (see [`PreparedFrame::new`]).
+    pub fn from_image(image: &RgbImage, preprocessor: &PreprocessorConfig) -> Result<Self> {
+        Ok(Frame::Pixels(PreparedFrame::new(image, preprocessor)?))
+    }
+}
+
+/// A frame ready for the vision tower: the image processor's output [3, H, W] (f32, CPU) and
+/// the content key of those pixels. Made off the model thread, as soon as a frame is decoded,
+/// so that only the model's input size is kept, not the decoded image.
+pub struct PreparedFrame {
+    pub key: ContentKey,
+    pub pixels: Tensor,
+}
+
+impl PreparedFrame {
+    /// Resizes, crops and normalises `image` as the checkpoint's image processor does.
+    pub fn new(image: &RgbImage, preprocessor: &PreprocessorConfig) -> Result<Self> {
+        let pixels = preprocessor.preprocess(image)?;
+        let key = ContentKey::of_pixels(&pixels);
+        let (height, width) = (pixels.height as i64, pixels.width as i64);
+        Ok(Self { key, pixels: Tensor::from_slice(&pixels.data).view([3, height, width]) })
+    }
 }
 
 /// A frame's vision features [1, tokens_per_image, vision hidden] and the content key of its
@@ -103,16 +128,15 @@ impl Pipeline {
         Ok(sample_frame_indices(total, self.model.config.max_frames() as usize))
     }
 
-    /// Preprocessed pixels of one frame [3, H, W] (f32, CPU).
-    pub fn pixel_values(&self, frame: &RgbImage) -> Result<Tensor> {
-        let pixels = self.preprocessor.preprocess(frame)?;
-        Ok(Tensor::from_slice(&pixels.data).view([3, pixels.height as i64, pixels.width as i64]))
+    /// Preprocessed pixels of one image [3, H, W] (f32, CPU).
+    pub fn pixel_values(&self, image: &RgbImage) -> Result<Tensor> {
+        Ok(PreparedFrame::new(image, &self.preprocessor)?.pixels)
     }
 
     /// The vision tower's output for one frame: [1, tokens_per_image, vision hidden].
-    pub fn encode_frame(&self, frame: &RgbImage) -> Result<Tensor> {
+    pub fn encode_frame(&self, frame: &PreparedFrame) -> Result<Tensor> {
         let _guard = tch::no_grad_guard();
-        self.model.encode_frames(&self.pixel_values(frame)?.unsqueeze(0))
+        self.model.encode_frames(&frame.pixels.unsqueeze(0))
     }
 
     /// The decoder's image tokens for the frames the model uses, and how many that is.
@@ -123,8 +147,8 @@ impl Pipeline {
         for &i in &used {
             match &frames[i] {
                 Frame::Encoded(e) => features.push(Some(e.features.shallow_clone())),
-                Frame::Image(image) => {
-                    pending.push((features.len(), self.pixel_values(image)?));
+                Frame::Pixels(frame) => {
+                    pending.push((features.len(), frame.pixels.shallow_clone()));
                     features.push(None);
                 }
             }

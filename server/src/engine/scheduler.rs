@@ -14,7 +14,7 @@ use tch::{Device, Tensor};
 use tokio::sync::mpsc;
 
 use super::feature_cache::{ContentKey, FeatureCache};
-use super::pipeline::{EncodedFrame, Frame, InferenceOutput, Pipeline, Timings, TokenEvent};
+use super::pipeline::{EncodedFrame, Frame, InferenceOutput, Pipeline, PreparedFrame, Timings, TokenEvent};
 use super::stats::EngineStats;
 use super::worker::{Command, EngineEvent, EngineOptions, Job};
 use crate::error::{GitcapError, Result};
@@ -129,8 +129,8 @@ impl<'p> Scheduler<'p> {
     }
 
     /// An uploaded frame's features, from the cache when the same pixels were seen before.
-    fn encode_one(&mut self, frame: image::RgbImage) -> Result<EncodedFrame> {
-        let key = ContentKey::of_frame(&frame);
+    fn encode_one(&mut self, frame: PreparedFrame) -> Result<EncodedFrame> {
+        let key = frame.key;
         if let Some(features) = self.cache.frame(key) {
             return Ok(EncodedFrame { key, features });
         }
@@ -303,7 +303,7 @@ impl<'p> Scheduler<'p> {
         let keys: Vec<ContentKey> = frames
             .iter()
             .map(|f| match f {
-                Frame::Image(image) => ContentKey::of_frame(image),
+                Frame::Pixels(frame) => frame.key,
                 Frame::Encoded(e) => e.key,
             })
             .collect();
@@ -315,11 +315,11 @@ impl<'p> Scheduler<'p> {
         for (slot, (frame, key)) in frames.iter().zip(&keys).enumerate() {
             features.push(match frame {
                 Frame::Encoded(e) => Some(e.features.shallow_clone()),
-                Frame::Image(image) => match self.cache.frame(*key) {
+                Frame::Pixels(frame) => match self.cache.frame(*key) {
                     Some(found) => Some(found),
                     None => {
                         if !destinations.contains_key(key) {
-                            to_encode.push((*key, self.pipeline.pixel_values(image)?));
+                            to_encode.push((*key, frame.pixels.shallow_clone()));
                         }
                         destinations.entry(*key).or_default().push((request, slot));
                         None

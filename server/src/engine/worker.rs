@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use image::RgbImage;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::pipeline::{EncodedFrame, Frame, InferenceOutput, InferenceRequest, LabelScore, Pipeline, TokenEvent};
+use super::pipeline::{
+    EncodedFrame, Frame, InferenceOutput, InferenceRequest, LabelScore, Pipeline, PreparedFrame, TokenEvent,
+};
 use super::scheduler::Scheduler;
 use super::stats::{EngineStats, EngineStatsSnapshot};
 use crate::error::{GitcapError, Result};
@@ -35,7 +36,7 @@ pub(super) enum Command {
     Generate(Job),
     /// Run the vision tower on one frame now (frame uploads, live captioning).
     Encode {
-        frame: RgbImage,
+        frame: PreparedFrame,
         reply: oneshot::Sender<Result<EncodedFrame>>,
     },
     ScoreLabels {
@@ -83,6 +84,9 @@ pub struct ModelInfo {
     pub device: crate::device::DeviceSpec,
     pub max_frames: usize,
     pub weights_bytes: usize,
+    /// The checkpoint's image processor: requests' frames are preprocessed with it before they
+    /// reach the model thread.
+    pub preprocessor: Arc<crate::media::PreprocessorConfig>,
 }
 
 /// What is left of an unloaded model while its requests in flight finish: no way to submit,
@@ -159,7 +163,7 @@ impl ModelWorker {
 
     /// Runs the vision tower on one frame (or finds it in the feature cache) as soon as the
     /// model thread gets to it.
-    pub async fn encode(&self, frame: RgbImage) -> Result<EncodedFrame> {
+    pub async fn encode(&self, frame: PreparedFrame) -> Result<EncodedFrame> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Encode { frame, reply })?;
         answer.await.map_err(|_| self.gone())?

@@ -127,6 +127,45 @@ fn decode_error(field: &str, format: ImageFormat, err: ImageError) -> GitcapErro
 /// `field` names the request field in error messages (e.g. `media.image`). See the module
 /// documentation for how the result matches transformers' `load_image`.
 pub fn decode_image(bytes: &[u8], field: &str, limits: &MediaLimits) -> Result<Vec<RgbImage>> {
+    let mut frames = Vec::new();
+    decode_image_each(bytes, field, limits, &mut |frame| {
+        frames.push(frame);
+        Ok(())
+    })?;
+    Ok(frames)
+}
+
+/// The size an image's header declares, without decoding it: `(width, height, animated)`;
+/// `None` when the bytes are not an image this module decodes (decoding then says why). For an
+/// animation, the logical screen.
+pub fn declared_size(bytes: &[u8]) -> Option<(u32, u32, bool)> {
+    match sniff_image(bytes)? {
+        ImageFormat::Jpeg => JpegDecoder::new(Cursor::new(bytes)).ok().map(|d| with_still(d.dimensions())),
+        ImageFormat::Png => PngDecoder::new(Cursor::new(bytes)).ok().map(|d| with_still(d.dimensions())),
+        ImageFormat::Gif => GifDecoder::new(Cursor::new(bytes)).ok().map(|d| {
+            let (w, h) = d.dimensions();
+            (w, h, true)
+        }),
+        ImageFormat::WebP => WebPDecoder::new(Cursor::new(bytes)).ok().map(|d| {
+            let (w, h) = d.dimensions();
+            (w, h, d.has_animation())
+        }),
+    }
+}
+
+fn with_still((w, h): (u32, u32)) -> (u32, u32, bool) {
+    (w, h, false)
+}
+
+/// [`decode_image`], handing each frame to `on_frame` as soon as it is decoded, so that an
+/// animation's frames need not all be held at full size. Returns the number of frames.
+pub fn decode_image_each(
+    bytes: &[u8],
+    field: &str,
+    limits: &MediaLimits,
+    on_frame: &mut dyn FnMut(RgbImage) -> Result<()>,
+) -> Result<usize> {
+    let one = |image: RgbImage, on_frame: &mut dyn FnMut(RgbImage) -> Result<()>| on_frame(image).map(|()| 1);
     if bytes.is_empty() {
         return Err(GitcapError::media(field, "empty: no image bytes were sent"));
     }
@@ -144,11 +183,11 @@ pub fn decode_image(bytes: &[u8], field: &str, limits: &MediaLimits) -> Result<V
                 Ok(image) => {
                     let mut image = DynamicImage::ImageRgb8(image);
                     image.apply_orientation(orientation);
-                    Ok(vec![image.into_rgb8()])
+                    one(image.into_rgb8(), on_frame)
                 }
                 Err(JpegProblem::Unsupported(what)) => {
                     tracing::debug!(field, "JPEG uses {what}; decoding it with the image crate");
-                    decode_still(header, format, field, limits)
+                    one(decode_still(header, format, field, limits)?, on_frame)
                 }
                 Err(JpegProblem::Corrupt(message)) => Err(GitcapError::media(field, message)),
             }
@@ -156,7 +195,7 @@ pub fn decode_image(bytes: &[u8], field: &str, limits: &MediaLimits) -> Result<V
         ImageFormat::Png => {
             check_png_palette(bytes).map_err(|m| GitcapError::media(field, m))?;
             let decoder = PngDecoder::new(Cursor::new(bytes)).map_err(|e| decode_error(field, format, e))?;
-            decode_still(decoder, format, field, limits)
+            one(decode_still(decoder, format, field, limits)?, on_frame)
         }
         ImageFormat::WebP => {
             let mut decoder = WebPDecoder::new(Cursor::new(bytes)).map_err(|e| decode_error(field, format, e))?;
@@ -164,9 +203,9 @@ pub fn decode_image(bytes: &[u8], field: &str, limits: &MediaLimits) -> Result<V
                 let (w, h) = decoder.dimensions();
                 check_size(field, w, h, limits)?;
                 decoder.set_limits(decoder_limits(limits)).map_err(|e| decode_error(field, format, e))?;
-                decode_frames(decoder.into_frames(), (w, h), format, field, limits)
+                decode_frames(decoder.into_frames(), (w, h), format, field, limits, on_frame)
             } else {
-                decode_still(decoder, format, field, limits)
+                one(decode_still(decoder, format, field, limits)?, on_frame)
             }
         }
         ImageFormat::Gif => {
@@ -176,7 +215,7 @@ pub fn decode_image(bytes: &[u8], field: &str, limits: &MediaLimits) -> Result<V
             // Each frame declares its own size, which may exceed the logical screen: the decoder
             // allocates it before reading any pixel, so it too must be bounded.
             decoder.set_limits(decoder_limits(limits)).map_err(|e| decode_error(field, format, e))?;
-            decode_frames(decoder.into_frames(), (w, h), format, field, limits)
+            decode_frames(decoder.into_frames(), (w, h), format, field, limits, on_frame)
         }
     }
 }
@@ -238,14 +277,14 @@ fn decode_still(
     format: ImageFormat,
     field: &str,
     limits: &MediaLimits,
-) -> Result<Vec<RgbImage>> {
+) -> Result<RgbImage> {
     let (w, h) = decoder.dimensions();
     check_size(field, w, h, limits)?;
     decoder.set_limits(decoder_limits(limits)).map_err(|e| decode_error(field, format, e))?;
     let orientation = orientation(&mut decoder);
     let mut image = DynamicImage::from_decoder(decoder).map_err(|e| decode_error(field, format, e))?;
     image.apply_orientation(orientation);
-    Ok(vec![to_rgb_like_pil(image)])
+    Ok(to_rgb_like_pil(image))
 }
 
 /// A backstop for decoders' own allocations: an image of `max_pixels` at 16 bits per channel
@@ -262,18 +301,19 @@ fn decode_frames(
     format: ImageFormat,
     field: &str,
     limits: &MediaLimits,
-) -> Result<Vec<RgbImage>> {
+    on_frame: &mut dyn FnMut(RgbImage) -> Result<()>,
+) -> Result<usize> {
     let frame_pixels = u64::from(w) * u64::from(h);
-    let mut out = Vec::new();
+    let mut count = 0usize;
     for frame in frames {
         let frame = frame.map_err(|e| decode_error(field, format, e))?;
-        if out.len() == limits.max_frames {
+        if count == limits.max_frames {
             return Err(GitcapError::media(
                 field,
                 format!("animated {} has more than {} frames, the limit", format.name(), limits.max_frames),
             ));
         }
-        let total = frame_pixels * (out.len() as u64 + 1);
+        let total = frame_pixels * (count as u64 + 1);
         if total > limits.max_pixels {
             return Err(GitcapError::media(
                 field,
@@ -281,18 +321,19 @@ fn decode_frames(
                     "animated {} has at least {} frames of {w}x{h} = {} megapixels in all, above \
                      the {} megapixel limit",
                     format.name(),
-                    out.len() + 1,
+                    count + 1,
                     megapixels(total),
                     megapixels(limits.max_pixels)
                 ),
             ));
         }
-        out.push(drop_alpha(&frame.into_buffer()));
+        on_frame(drop_alpha(&frame.into_buffer()))?;
+        count += 1;
     }
-    if out.is_empty() {
+    if count == 0 {
         return Err(GitcapError::media(field, format!("cannot decode the {} image: it has no frames", format.name())));
     }
-    Ok(out)
+    Ok(count)
 }
 
 fn drop_alpha(rgba: &image::RgbaImage) -> RgbImage {

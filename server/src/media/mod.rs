@@ -19,6 +19,7 @@
 //! Turning [`PixelValues`] into tensors is the model's business. Reference data for the
 //! unit tests: `tests/fixtures/golden` and `testdata/` (see `testdata/make_testdata.py`).
 
+pub mod budget;
 mod decode;
 pub mod fetch;
 mod frames;
@@ -26,7 +27,8 @@ mod preprocess;
 mod resample;
 pub mod video;
 
-pub use decode::{decode_image, from_raw_rgb, MediaLimits};
+pub use budget::{decode_cost, MediaBudget};
+pub use decode::{declared_size, decode_image, decode_image_each, from_raw_rgb, MediaLimits};
 pub use fetch::{Fetched, FetchedBytes, UrlFetcher, UrlPolicy};
 pub use frames::sample_frame_indices;
 pub use preprocess::{

@@ -72,6 +72,7 @@ pub fn load(spec: &LoadSpec, hub: &HubOptions, progress: &mut dyn FnMut(Download
         device: spec.device,
         max_frames: pipeline.model.config.max_frames() as usize,
         weights_bytes: pipeline.weights_bytes,
+        preprocessor: std::sync::Arc::new(pipeline.preprocessor.clone()),
     };
     Ok(Loaded { pipeline, info, load_seconds: started.elapsed().as_secs_f64() })
 }
@@ -79,8 +80,9 @@ pub fn load(spec: &LoadSpec, hub: &HubOptions, progress: &mut dyn FnMut(Download
 /// One real inference (a gray image, one token) so the first caller does not pay for
 /// libtorch's lazy initialisation, and a model that cannot run never serves.
 fn warm_up(pipeline: &Pipeline) -> Result<()> {
+    let gray = RgbImage::from_pixel(64, 64, image::Rgb([128, 128, 128]));
     let request = InferenceRequest {
-        frames: vec![Frame::Image(RgbImage::from_pixel(64, 64, image::Rgb([128, 128, 128])))],
+        frames: vec![Frame::from_image(&gray, &pipeline.preprocessor)?],
         question: None,
         options: GenerationOptions { max_new_tokens: Some(1), num_beams: Some(1), ..Default::default() },
     };

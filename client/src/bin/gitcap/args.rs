@@ -1,7 +1,5 @@
 //! The `gitcap` command line: its commands, flags and their help.
 
-use std::path::PathBuf;
-
 use clap::{Parser, Subcommand};
 use gitcap_client::{CaptionOptions, GenerationOptions, ModelSpec};
 
@@ -36,11 +34,12 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Caption an image, an animated GIF, a video file or a directory of frames (or answer a
-    /// question about it, or rank labels for it).
+    /// Caption an image, an animated GIF, a video file, a directory of frames or an http(s) URL
+    /// (or answer a question about it, or rank labels for it).
     Caption {
-        /// An image (JPEG, PNG, WebP, GIF), a video file (needs ffmpeg) or a directory of frames.
-        path: PathBuf,
+        /// An image (JPEG, PNG, WebP, GIF), a video file (sent to the server, which samples it), a
+        /// directory of frames, or an http(s) URL the server fetches (where it allows URLs).
+        path: String,
         /// Rank these comma-separated labels instead of captioning.
         #[arg(long, value_delimiter = ',')]
         labels: Vec<String>,
@@ -52,15 +51,31 @@ pub enum Command {
         /// Print the answer as JSON (one object per line with --stream).
         #[arg(long)]
         json: bool,
-        /// Frames per second extracted from a video file.
+        #[command(flatten)]
+        video: VideoArgs,
+    },
+    /// Timestamped captions over a whole video (dense captioning): a caption of every `window`
+    /// seconds, every `stride` seconds, printed as each is ready.
+    Dense {
+        /// A video file, or an http(s) URL of one.
+        path: String,
+        /// Seconds each caption covers (0 = the server's default, 10).
+        #[arg(long, default_value_t = 0.0)]
+        window: f64,
+        /// Seconds from one caption's start to the next's (0 = the window).
+        #[arg(long, default_value_t = 0.0)]
+        stride: f64,
+        #[command(flatten)]
+        request: RequestArgs,
+        /// Print each window as a JSON object on its own line.
         #[arg(long)]
-        fps: Option<f64>,
+        json: bool,
     },
     /// Live captioning of a video file or directory of frames: a caption every `stride` frames
     /// of the latest `window` frames.
     Live {
-        /// A video file (needs ffmpeg) or a directory of frames.
-        path: PathBuf,
+        /// A video file (decoded here with ffmpeg) or a directory of frames.
+        path: String,
         /// Frames per caption (0 = the model's frame count).
         #[arg(long, default_value_t = 0)]
         window: u32,
@@ -165,6 +180,37 @@ impl SpecArgs {
             device: self.device.clone().unwrap_or_default(),
             dtype: self.dtype.clone().unwrap_or_default(),
         }
+    }
+}
+
+/// Which frames of a video file are captioned, and who decodes it.
+#[derive(clap::Args)]
+pub struct VideoArgs {
+    /// Decode the video here with ffmpeg and upload its frames, instead of sending the file to the
+    /// server (which samples it itself).
+    #[arg(long)]
+    pub local_decode: bool,
+    /// With --local-decode: frames per second extracted.
+    #[arg(long, requires = "local_decode")]
+    pub fps: Option<f64>,
+    /// Sample the video from this many seconds in (default: its start).
+    #[arg(long, value_name = "SECONDS", conflicts_with_all = ["at", "local_decode"])]
+    pub start: Option<f64>,
+    /// Sample the video up to this many seconds in (default: its end).
+    #[arg(long, value_name = "SECONDS", conflicts_with_all = ["at", "local_decode"])]
+    pub end: Option<f64>,
+    /// Use the frames at exactly these timestamps (seconds, comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "SECONDS", conflicts_with = "local_decode")]
+    pub at: Vec<f64>,
+}
+
+impl VideoArgs {
+    /// The sampling asked for, if any.
+    pub fn sampling(&self) -> Option<gitcap_client::VideoSampling> {
+        if !self.at.is_empty() {
+            return Some(gitcap_client::VideoSampling::at(self.at.clone()));
+        }
+        (self.start.is_some() || self.end.is_some()).then(|| gitcap_client::VideoSampling::window(self.start, self.end))
     }
 }
 

@@ -18,6 +18,9 @@ use gitcap_client::{ClientConfig, GitcapClient, HealthStatus};
 
 use args::{Cli, Command};
 
+/// The health service that says whether the server decodes video files.
+const VIDEO_HEALTH_SERVICE: &str = "gitcap.v1.VideoDecoding";
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -85,11 +88,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let client = connect(&cli).await?;
             let status = client.health(service).await?;
             println!("{status}");
+            if service.is_empty() {
+                // What the server can do beyond serving its models.
+                let video = client.health(VIDEO_HEALTH_SERVICE).await.map_or_else(|e| e.to_string(), |s| s.to_string());
+                println!("video decoding: {video}");
+            }
             Ok(if status == HealthStatus::Serving { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Caption { path, labels, request, stream, json, fps } => {
+        Command::Caption { path, labels, request, stream, json, video } => {
             let client = || connect(&cli);
-            caption::caption(client, path, labels, request, *stream, *json, *fps).await
+            caption::caption(client, path, labels, request, *stream, *json, video).await
+        }
+        Command::Dense { path, window, stride, request, json } => {
+            let client = connect(&cli).await?;
+            caption::dense(&client, path, *window, *stride, request, *json).await
         }
         Command::Live { path, window, stride, request, fps, json } => {
             let client = || connect(&cli);

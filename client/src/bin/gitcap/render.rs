@@ -89,6 +89,7 @@ pub fn caption_json(caption: &Caption) -> Value {
             "image_tokens": usage.image_tokens,
             "generated_tokens": usage.generated_tokens,
         },
+        "frame_timestamps_s": caption.frame_timestamps_s,
         "timings_ms": {
             "queue": timings.queue_ms,
             "vision": timings.vision_ms,

@@ -108,7 +108,7 @@ impl VideoDecoder {
         timestamps: &[f64],
         field: &str,
     ) -> impl Stream<Item = Result<TimedFrame>> + Send {
-        let field_of_timestamps = format!("{SAMPLING_FIELD}.timestamps");
+        let field_of_timestamps = format!("{SAMPLING_FIELD}.timestamps_s");
         let checked = self
             .check_count(timestamps.len(), &field_of_timestamps)
             .and_then(|()| check_timestamps(timestamps, info.duration_s, &field_of_timestamps));

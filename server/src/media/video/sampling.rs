@@ -22,7 +22,7 @@ pub enum Sampling {
 /// `Even`: `count` segment centres, `t_i = start + (i + 0.5) * (end - start) / count` (no
 /// timestamps for a `count` of 0). `At`: the given timestamps, checked (`count` does not apply).
 /// Errors name the field: `media.sampling.start_s`, `media.sampling.end_s`,
-/// `media.sampling.timestamps[i]`.
+/// `media.sampling.timestamps_s[i]`.
 pub fn sample_timestamps(info: &VideoInfo, sampling: &Sampling, count: usize) -> Result<Vec<f64>> {
     let duration = info.duration_s;
     match sampling {
@@ -45,7 +45,7 @@ pub fn sample_timestamps(info: &VideoInfo, sampling: &Sampling, count: usize) ->
             Ok((0..count).map(|i| (start + (i as f64 + 0.5) * segment).min(end)).collect())
         }
         Sampling::At(timestamps) => {
-            check_timestamps(timestamps, duration, &format!("{SAMPLING_FIELD}.timestamps"))?;
+            check_timestamps(timestamps, duration, &format!("{SAMPLING_FIELD}.timestamps_s"))?;
             Ok(timestamps.clone())
         }
     }
@@ -130,10 +130,10 @@ mod tests {
     fn explicit_timestamps_are_checked() {
         let at = |ts: &[f64]| sample_timestamps(&video(10.0), &Sampling::At(ts.to_vec()), 6);
         assert_eq!(at(&[0.0, 2.0, 2.0, 9.99]).unwrap(), vec![0.0, 2.0, 2.0, 9.99]);
-        assert_eq!(field_of(at(&[])), "media.sampling.timestamps");
-        assert_eq!(field_of(at(&[1.0, f64::NAN])), "media.sampling.timestamps[1]");
-        assert_eq!(field_of(at(&[1.0, 10.0])), "media.sampling.timestamps[1]");
-        assert_eq!(field_of(at(&[-0.5])), "media.sampling.timestamps[0]");
-        assert_eq!(field_of(at(&[3.0, 2.0, 4.0])), "media.sampling.timestamps[1]");
+        assert_eq!(field_of(at(&[])), "media.sampling.timestamps_s");
+        assert_eq!(field_of(at(&[1.0, f64::NAN])), "media.sampling.timestamps_s[1]");
+        assert_eq!(field_of(at(&[1.0, 10.0])), "media.sampling.timestamps_s[1]");
+        assert_eq!(field_of(at(&[-0.5])), "media.sampling.timestamps_s[0]");
+        assert_eq!(field_of(at(&[3.0, 2.0, 4.0])), "media.sampling.timestamps_s[1]");
     }
 }
