@@ -169,3 +169,38 @@ async fn labels_are_ranked_by_log_probability() {
         assert!(status.message().contains(field), "{}", status.message());
     }
 }
+
+/// `top_logprobs`: with each streamed token, the likeliest tokens at its step; for greedy
+/// decoding the chosen token is the likeliest, with the same log-probability.
+#[tokio::test]
+async fn top_logprobs_come_with_each_token() {
+    let server = TestServer::start("tiny-git-image", &[]);
+    let mut client = CaptionerClient::new(server.channel().await);
+    let image = std::fs::read(fixtures().join("media/shapes.png")).unwrap();
+    let options = GenerationOptions { max_new_tokens: Some(6), top_logprobs: Some(3), ..Default::default() };
+    let request = gitcap_client::proto::CaptionRequest {
+        media: Some(Media::image(image)),
+        options: Some(options),
+        ..Default::default()
+    };
+    let mut events = client.caption_stream(request).await.unwrap().into_inner();
+    let mut tokens = 0;
+    while let Some(event) = events.next().await {
+        if let Some(Event::Token(token)) = event.unwrap().event {
+            tokens += 1;
+            assert_eq!(token.top_logprobs.len(), 3, "{token:?}");
+            let best = &token.top_logprobs[0];
+            assert_eq!((best.token_id, best.logprob), (token.token_id, token.logprob), "{token:?}");
+            assert!(token.top_logprobs.windows(2).all(|w| w[0].logprob >= w[1].logprob), "{token:?}");
+            assert!(!best.token.is_empty());
+        }
+    }
+    assert!(tokens > 0);
+    let too_many = GenerationOptions { top_logprobs: Some(21), ..Default::default() };
+    let request = gitcap_client::proto::CaptionRequest {
+        media: Some(Media::image(std::fs::read(fixtures().join("media/shapes.png")).unwrap())),
+        options: Some(too_many),
+        ..Default::default()
+    };
+    assert_eq!(client.caption(request).await.unwrap_err().code(), Code::InvalidArgument);
+}

@@ -13,7 +13,7 @@ pub mod media_kind;
 pub mod options;
 mod proto_ext;
 
-pub use options::{EarlyStopping, GenerationOptions, InvalidOption};
+pub use options::{EarlyStopping, GenerationOptions, InvalidOption, MAX_TOP_LOGPROBS};
 
 /// The generated protocol (`proto/gitcap/v1/gitcap.proto`), server and client code.
 pub mod proto {

@@ -141,7 +141,15 @@ pub struct GenerationOptions {
     #[cfg_attr(feature = "clap", arg(long))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub no_repeat_ngram_size: Option<u32>,
+    /// With each token, the log-probabilities of the this many likeliest tokens at its step
+    /// (0 to 20; greedy and sampling, not beam search).
+    #[cfg_attr(feature = "clap", arg(long))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<u32>,
 }
+
+/// The most `top_logprobs` a request may ask for.
+pub const MAX_TOP_LOGPROBS: u32 = 20;
 
 /// An option out of range, or contradicting another: `field` is its name (as in
 /// [`GenerationOptions`] and the protocol), `message` says what is allowed.
@@ -186,6 +194,11 @@ impl GenerationOptions {
                 return Err(invalid("repetition_penalty", format!("must be in (0, 100], got {p}")));
             }
         }
+        if let Some(n) = self.top_logprobs {
+            if n > MAX_TOP_LOGPROBS {
+                return Err(invalid("top_logprobs", format!("must be 0 to {MAX_TOP_LOGPROBS}, got {n}")));
+            }
+        }
         if let Some(p) = self.length_penalty {
             if !(p.is_finite() && p.abs() <= 100.0) {
                 return Err(invalid("length_penalty", format!("must be in [-100, 100], got {p}")));
@@ -223,6 +236,7 @@ impl From<GenerationOptions> for proto::GenerationOptions {
             seed: o.seed,
             repetition_penalty: o.repetition_penalty,
             no_repeat_ngram_size: o.no_repeat_ngram_size,
+            top_logprobs: o.top_logprobs,
         }
     }
 }
@@ -269,6 +283,7 @@ impl TryFrom<&proto::GenerationOptions> for GenerationOptions {
             seed: o.seed,
             repetition_penalty: o.repetition_penalty,
             no_repeat_ngram_size: o.no_repeat_ngram_size,
+            top_logprobs: o.top_logprobs,
         })
     }
 }
@@ -291,6 +306,7 @@ mod tests {
             seed: Some(7),
             repetition_penalty: Some(1.3),
             no_repeat_ngram_size: Some(3),
+            top_logprobs: Some(5),
         }
     }
 
@@ -335,6 +351,7 @@ mod tests {
             (GenerationOptions { top_p: Some(1.5), ..Default::default() }, "top_p"),
             (GenerationOptions { repetition_penalty: Some(-1.0), ..Default::default() }, "repetition_penalty"),
             (GenerationOptions { length_penalty: Some(f32::INFINITY), ..Default::default() }, "length_penalty"),
+            (GenerationOptions { top_logprobs: Some(21), ..Default::default() }, "top_logprobs"),
         ];
         for (options, field) in bad {
             assert_eq!(options.check().unwrap_err().field, field, "{options:?}");

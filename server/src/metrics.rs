@@ -202,9 +202,11 @@ pub fn code_name(code: tonic::Code) -> &'static str {
 
 /// One answered request. `model` and `version` are empty when it never reached a model
 /// (unknown model name, malformed start message).
-pub fn request_finished(model: &str, version: &str, rpc: &str, code: tonic::Code) {
+/// A call answered: `protocol` is `grpc` or `openai`, `rpc` the method (`Caption`,
+/// `ChatCompletions`, …), `code` the gRPC status code its outcome maps to.
+pub fn request_finished(model: &str, version: &str, protocol: &str, rpc: &str, code: tonic::Code) {
     counter!(REQUESTS, "model" => model.to_string(), "version" => version.to_string(),
-        "rpc" => rpc.to_string(), "code" => code_name(code))
+        "protocol" => protocol.to_string(), "rpc" => rpc.to_string(), "code" => code_name(code))
     .increment(1);
 }
 
@@ -301,9 +303,9 @@ mod tests {
         install(&settings()).expect("a second install keeps the first recorder");
         // Names of their own: other tests in this process record too.
         let (m, v) = ("render-test", "v\"1");
-        request_finished(m, v, "Caption", tonic::Code::Ok);
-        request_finished(m, v, "Caption", tonic::Code::Ok);
-        request_finished(m, v, "CaptionStream", tonic::Code::InvalidArgument);
+        request_finished(m, v, "grpc", "Caption", tonic::Code::Ok);
+        request_finished(m, v, "grpc", "Caption", tonic::Code::Ok);
+        request_finished(m, v, "grpc", "CaptionStream", tonic::Code::InvalidArgument);
         queue_time(m, v, 0.003);
         time_to_first_token(m, v, 0.02);
         time_to_first_token(m, v, 0.2);

@@ -18,12 +18,12 @@ use super::convert::{self, RequestLimits};
 use super::dense::DenseSession;
 use super::live::LiveSession;
 use super::media::MediaService;
+use super::request::{ended_without_an_answer, submit, within, Started, Tally};
 use super::upload::{self, FrameAssembler};
 use super::video_upload;
-use crate::engine::{EngineEvent, Frame, InferenceRequest, ModelInfo, ModelWorker};
+use crate::engine::{EngineEvent, Frame, InferenceRequest, ModelWorker};
 use crate::error::GitcapError;
 use crate::media::MediaLimits;
-use crate::metrics;
 use crate::proto::{self, captioner_server::Captioner};
 use crate::registry::Registry;
 
@@ -95,7 +95,7 @@ impl CaptionerService {
         for task in tasks {
             frames.push(Frame::Encoded(upload::encoded(task).await?));
         }
-        submit(worker, InferenceRequest { frames, question, options }, timeout, started, arrived)
+        Ok(submit(worker, InferenceRequest { frames, question, options }, timeout, started, arrived)?)
     }
 
     /// Receives a video file in chunks, then samples and decodes it like `Media.video`.
@@ -178,124 +178,6 @@ impl CaptionerService {
     }
 }
 
-/// What `gitcap_requests_total` needs to know of one RPC: its name, the model it reached, and
-/// its status code, recorded when the tally is dropped. A request dropped before it set a
-/// code (its client went away) counts as CANCELLED.
-struct Tally {
-    rpc: &'static str,
-    model: Option<Arc<ModelInfo>>,
-    code: Code,
-}
-
-impl Tally {
-    fn new(rpc: &'static str) -> Self {
-        Self { rpc, model: None, code: Code::Cancelled }
-    }
-
-    /// Notes `result`'s status code and passes it on.
-    fn outcome<T>(&mut self, result: Result<T, Status>) -> Result<T, Status> {
-        self.code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
-        result
-    }
-}
-
-impl Drop for Tally {
-    fn drop(&mut self) {
-        let (model, version) = self.model.as_ref().map_or(("", ""), |m| (m.name.as_str(), m.version.as_str()));
-        metrics::request_finished(model, version, self.rpc, self.code);
-    }
-}
-
-/// Queues `request`; `started` is when its RPC began, `arrived` when all of it had arrived.
-pub(super) fn submit(
-    worker: ModelWorker,
-    request: InferenceRequest,
-    timeout: Option<Duration>,
-    started: Instant,
-    arrived: Instant,
-) -> Result<Started, Status> {
-    let remaining = timeout.map(|t| t.saturating_sub(started.elapsed()));
-    // Beam search sends its tokens all at once at the end: no inter-token gaps to measure.
-    let beam = request.options.num_beams.is_some_and(|n| n > 1);
-    let events = worker.submit(request, remaining)?;
-    Ok(Started { worker, events, started, arrived, beam, last_token: None, timestamps: vec![] })
-}
-
-/// Runs `work` (a request's media preparation) within what is left of its deadline.
-pub(super) async fn within<T>(
-    timeout: Option<Duration>,
-    started: Instant,
-    work: impl std::future::Future<Output = crate::error::Result<T>>,
-) -> Result<T, Status> {
-    let Some(timeout) = timeout else { return Ok(work.await?) };
-    match tokio::time::timeout(timeout.saturating_sub(started.elapsed()), work).await {
-        Ok(result) => Ok(result?),
-        Err(_) => Err(GitcapError::DeadlineExceeded("while the media was being decoded".into()).into()),
-    }
-}
-
-pub(super) struct Started {
-    worker: ModelWorker,
-    events: mpsc::UnboundedReceiver<EngineEvent>,
-    started: Instant,
-    arrived: Instant,
-    beam: bool,
-    last_token: Option<Instant>,
-    /// The video frames' timestamps, reported in the response.
-    timestamps: Vec<f64>,
-}
-
-impl Started {
-    pub(super) fn with_timestamps(mut self, timestamps: Vec<f64>) -> Self {
-        self.timestamps = timestamps;
-        self
-    }
-
-    /// Records an event's metrics: time to first token, inter-token gaps, and at the end the
-    /// queue time and generated tokens.
-    fn observe(&mut self, event: &EngineEvent) {
-        let (model, version) = (self.worker.info.name.as_str(), self.worker.info.version.as_str());
-        match event {
-            EngineEvent::Token(_) => {
-                let now = Instant::now();
-                match self.last_token {
-                    None => metrics::time_to_first_token(model, version, (now - self.arrived).as_secs_f64()),
-                    Some(last) if !self.beam => metrics::inter_token(model, version, (now - last).as_secs_f64()),
-                    Some(_) => {}
-                }
-                self.last_token = Some(now);
-            }
-            EngineEvent::Done { output, queue_ms } => {
-                metrics::queue_time(model, version, queue_ms / 1e3);
-                let decode_seconds = output.timings.decode_ms / 1e3;
-                metrics::tokens_generated(model, version, output.token_ids.len() as u64, decode_seconds);
-            }
-            EngineEvent::Failed(_) => {}
-        }
-    }
-
-    /// Waits for the whole answer.
-    pub(super) async fn finish(mut self) -> Result<proto::CaptionResponse, Status> {
-        while let Some(event) = self.events.recv().await {
-            self.observe(&event);
-            match event {
-                EngineEvent::Token(_) => {}
-                EngineEvent::Done { output, queue_ms } => return Ok(self.response(output, queue_ms)),
-                EngineEvent::Failed(e) => return Err(e.into()),
-            }
-        }
-        Err(GitcapError::Internal("the model thread ended without an answer".into()).into())
-    }
-
-    fn response(&self, output: crate::engine::InferenceOutput, queue_ms: f64) -> proto::CaptionResponse {
-        let total_ms = self.started.elapsed().as_secs_f64() * 1e3;
-        let mut response =
-            convert::response(output, queue_ms, total_ms, &self.worker.info.name, &self.worker.info.version);
-        response.frame_timestamps_s = self.timestamps.clone();
-        response
-    }
-}
-
 fn log_done(reply: &proto::CaptionResponse) {
     let timings = reply.timings.unwrap_or_default();
     tracing::info!(
@@ -340,7 +222,10 @@ impl Captioner for CaptionerService {
         request: Request<proto::CaptionRequest>,
     ) -> Result<Response<proto::CaptionResponse>, Status> {
         let mut tally = Tally::new("Caption");
-        let result = async { self.start(request, &mut tally).await?.finish().await.inspect_err(log_failure) }.await;
+        let result = async {
+            self.start(request, &mut tally).await?.finish().await.map_err(Status::from).inspect_err(log_failure)
+        }
+        .await;
         let reply = tally.outcome(result)?;
         log_done(&reply);
         Ok(Response::new(reply))
@@ -360,8 +245,10 @@ impl Captioner for CaptionerService {
         request: Request<Streaming<proto::UploadMessage>>,
     ) -> Result<Response<proto::CaptionResponse>, Status> {
         let mut tally = Tally::new("UploadFrames");
-        let result =
-            async { self.start_upload(request, &mut tally).await?.finish().await.inspect_err(log_failure) }.await;
+        let result = async {
+            self.start_upload(request, &mut tally).await?.finish().await.map_err(Status::from).inspect_err(log_failure)
+        }
+        .await;
         let reply = tally.outcome(result)?;
         log_done(&reply);
         Ok(Response::new(reply))
@@ -412,8 +299,15 @@ impl Captioner for CaptionerService {
         request: Request<Streaming<proto::VideoUploadMessage>>,
     ) -> Result<Response<proto::CaptionResponse>, Status> {
         let mut tally = Tally::new("UploadVideo");
-        let result =
-            async { self.start_video_upload(request, &mut tally).await?.finish().await.inspect_err(log_failure) }.await;
+        let result = async {
+            self.start_video_upload(request, &mut tally)
+                .await?
+                .finish()
+                .await
+                .map_err(Status::from)
+                .inspect_err(log_failure)
+        }
+        .await;
         let reply = tally.outcome(result)?;
         log_done(&reply);
         Ok(Response::new(reply))
@@ -477,13 +371,10 @@ fn relay(mut started: Started, mut tally: Tally) -> EventStream {
         let code = loop {
             // Watch the client too: beam search sends nothing until it ends.
             let event = tokio::select! {
-                event = started.events.recv() => event,
+                event = started.next() => event,
                 _ = tx.closed() => break Code::Cancelled,
             };
-            let event = event.unwrap_or_else(|| {
-                EngineEvent::Failed(GitcapError::Internal("the model thread ended without an answer".into()))
-            });
-            started.observe(&event);
+            let event = event.unwrap_or_else(|| EngineEvent::Failed(ended_without_an_answer()));
             let (message, code) = match event {
                 EngineEvent::Token(token) => (Ok(Event::Token(convert::token_event(token))), None),
                 EngineEvent::Done { output, queue_ms } => {

@@ -107,6 +107,11 @@ pub fn token_event(event: TokenEvent) -> proto::TokenEvent {
         text_delta: event.text_delta,
         logprob: event.logprob,
         special: event.special,
+        top_logprobs: event
+            .top_logprobs
+            .into_iter()
+            .map(|(id, token, logprob)| proto::TopLogprob { token_id: id as u32, token, logprob })
+            .collect(),
     }
 }
 

@@ -14,8 +14,8 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use super::captioner::submit;
 use super::media::MediaService;
+use super::request::submit;
 use crate::engine::{EncodedFrame, Frame, InferenceRequest, ModelWorker};
 use crate::error::{GitcapError, Result};
 use crate::model::generation::GenerationOptions;

@@ -9,9 +9,9 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
-use super::captioner::submit;
 use super::convert::RequestLimits;
 use super::media::MediaService;
+use super::request::submit;
 use super::upload::{self, FrameAssembler};
 use crate::engine::{EncodedFrame, Frame, InferenceRequest, ModelWorker};
 use crate::error::GitcapError;

@@ -6,31 +6,45 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::error::GitcapError;
 
+impl GitcapError {
+    /// The gRPC status code this error is answered with (also the `code` label of the request
+    /// metrics, and what the OpenAI-compatible API's HTTP statuses follow).
+    pub fn code(&self) -> Code {
+        match self {
+            GitcapError::InvalidArgument { .. } | GitcapError::Media { .. } => Code::InvalidArgument,
+            GitcapError::ModelNotFound(_) => Code::NotFound,
+            GitcapError::ResourceExhausted(_) => Code::ResourceExhausted,
+            GitcapError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            GitcapError::Cancelled => Code::Cancelled,
+            GitcapError::Unavailable(_) => Code::Unavailable,
+            GitcapError::PermissionDenied(_) => Code::PermissionDenied,
+            GitcapError::Unauthenticated => Code::Unauthenticated,
+            GitcapError::DataLoss(_) => Code::DataLoss,
+            GitcapError::AlreadyExists(_) => Code::AlreadyExists,
+            GitcapError::FailedPrecondition(_)
+            | GitcapError::ModelFiles(_)
+            | GitcapError::MissingTensor { .. }
+            | GitcapError::TensorShape { .. }
+            | GitcapError::Tokenizer(_) => Code::FailedPrecondition,
+            GitcapError::Torch(_) | GitcapError::Internal(_) => Code::Internal,
+        }
+    }
+}
+
 impl From<GitcapError> for Status {
     fn from(error: GitcapError) -> Self {
         let message = error.to_string();
-        match &error {
+        let code = error.code();
+        match error {
             GitcapError::InvalidArgument { field, message: why } | GitcapError::Media { field, message: why } => {
-                let details = ErrorDetails::with_bad_request_violation(field.clone(), why.clone());
-                Status::with_error_details(Code::InvalidArgument, message, details)
+                let details = ErrorDetails::with_bad_request_violation(field, why);
+                Status::with_error_details(code, message, details)
             }
-            GitcapError::ModelNotFound(_) => Status::not_found(message),
-            GitcapError::ResourceExhausted(_) => Status::resource_exhausted(message),
-            GitcapError::DeadlineExceeded(_) => Status::deadline_exceeded(message),
-            GitcapError::Cancelled => Status::cancelled(message),
-            GitcapError::Unavailable(_) => Status::unavailable(message),
-            GitcapError::PermissionDenied(_) => Status::permission_denied(message),
-            GitcapError::Unauthenticated => Status::unauthenticated(message),
-            GitcapError::DataLoss(_) => Status::data_loss(message),
-            GitcapError::AlreadyExists(_) => Status::already_exists(message),
-            GitcapError::FailedPrecondition(_) => Status::failed_precondition(message),
-            GitcapError::ModelFiles(_)
-            | GitcapError::MissingTensor { .. }
-            | GitcapError::TensorShape { .. }
-            | GitcapError::Tokenizer(_) => Status::failed_precondition(message),
-            GitcapError::Torch(_) | GitcapError::Internal(_) => {
-                tracing::error!(%message, "internal error");
-                Status::internal(message)
+            _ => {
+                if code == Code::Internal {
+                    tracing::error!(%message, "internal error");
+                }
+                Status::new(code, message)
             }
         }
     }

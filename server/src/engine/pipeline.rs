@@ -86,6 +86,8 @@ pub struct TokenEvent {
     pub text_delta: String,
     pub logprob: f32,
     pub special: bool,
+    /// The likeliest tokens at this step (id, text, log-probability), when asked for.
+    pub top_logprobs: Vec<(i64, String, f32)>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -198,7 +200,14 @@ impl Pipeline {
                     String::new()
                 });
                 let special = self.tokenizer.is_special(step.token_id);
-                on_token(Some(TokenEvent { token_id: step.token_id, text_delta, logprob: step.logprob, special }))
+                let top_logprobs = self.tokenizer.top_logprobs(&step.top);
+                on_token(Some(TokenEvent {
+                    token_id: step.token_id,
+                    text_delta,
+                    logprob: step.logprob,
+                    special,
+                    top_logprobs,
+                }))
             })?;
         if let Some(e) = stream_error {
             return Err(e);

@@ -420,6 +420,7 @@ fn advance(running: &mut Running, logits: &Tensor, closing: &AtomicBool) -> Opti
             text_delta,
             logprob: step.logprob,
             special: tokenizer.is_special(step.token_id),
+            top_logprobs: tokenizer.top_logprobs(&step.top),
         };
         match job.events.send(EngineEvent::Token(token)) {
             Ok(()) => StepControl::Continue,

@@ -56,6 +56,12 @@ impl GitTokenizer {
         self.inner.id_to_token(id as u32).is_some_and(|t| SPECIAL_TOKENS.contains(&t.as_str()))
     }
 
+    /// `(id, token, logprob)` for the (id, logprob) pairs of a step: each token as the
+    /// vocabulary spells it (WordPiece `##` kept).
+    pub fn top_logprobs(&self, top: &[(i64, f32)]) -> Vec<(i64, String, f32)> {
+        top.iter().map(|&(id, logprob)| (id, self.inner.id_to_token(id as u32).unwrap_or_default(), logprob)).collect()
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

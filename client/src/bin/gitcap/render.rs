@@ -18,7 +18,13 @@ pub async fn print_events(
         match event? {
             CaptionEvent::Token(token) => {
                 if json {
-                    let value = json!({"token": {"id": token.token_id, "text": token.text_delta, "logprob": token.logprob, "special": token.special}});
+                    let top: Vec<Value> = token
+                        .top_logprobs
+                        .iter()
+                        .map(|t| json!({"id": t.token_id, "token": t.token, "logprob": t.logprob}))
+                        .collect();
+                    let value = json!({"token": {"id": token.token_id, "text": token.text_delta, "logprob": token.logprob,
+                        "special": token.special, "top_logprobs": top}});
                     writeln!(stdout, "{value}")?;
                 } else {
                     write!(stdout, "{}", token.text_delta)?;

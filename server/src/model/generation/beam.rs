@@ -202,7 +202,7 @@ impl BeamSearch {
         };
         for (i, (&token_id, &logprob)) in token_ids.iter().zip(&best.logprobs).enumerate() {
             let last = i + 1 == token_ids.len();
-            if on_token(Some(TokenStep { token_id, logprob, last })) == StepControl::Stop {
+            if on_token(Some(TokenStep { token_id, logprob, last, top: Vec::new() })) == StepControl::Stop {
                 return Err(GitcapError::Cancelled);
             }
         }

@@ -41,6 +41,9 @@ pub struct GenerationConfig {
     /// Seed of the sampler; not a transformers field. `None` draws one per request.
     #[serde(skip)]
     pub seed: Option<u64>,
+    /// How many of the likeliest tokens to report at each step; not a transformers field.
+    #[serde(skip)]
+    pub top_logprobs: usize,
 }
 
 impl Default for GenerationConfig {
@@ -63,6 +66,7 @@ impl Default for GenerationConfig {
             eos: None,
             pad_token_id: None,
             seed: None,
+            top_logprobs: 0,
         }
     }
 }
@@ -170,6 +174,9 @@ impl GenerationConfig {
         }
         if o.seed.is_some() {
             c.seed = o.seed;
+        }
+        if let Some(v) = o.top_logprobs {
+            c.top_logprobs = v as usize;
         }
         c
     }

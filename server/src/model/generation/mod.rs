@@ -24,13 +24,16 @@ pub enum FinishReason {
 }
 
 /// One token, as it is chosen (greedy, sampling) or once the best beam is known.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct TokenStep {
     pub token_id: i64,
     /// Log-probability of the token under the distribution it was chosen from.
     pub logprob: f32,
     /// No token follows this one.
     pub last: bool,
+    /// The likeliest tokens of that distribution and their log-probabilities, most likely first,
+    /// when the config asks for them (`top_logprobs`); empty otherwise.
+    pub top: Vec<(i64, f32)>,
 }
 
 /// What the token callback tells the generator.

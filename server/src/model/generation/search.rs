@@ -15,6 +15,7 @@ pub struct SampleSearch {
     max_total: usize,
     eos: Vec<i64>,
     processors: LogitsProcessors,
+    top_logprobs: usize,
     rng: ChaCha8Rng,
     prompt_len: usize,
     /// Prompt and generated ids.
@@ -29,6 +30,7 @@ impl SampleSearch {
             max_total: config.max_total_len(prompt.len()),
             eos: config.eos_token_ids(),
             processors: LogitsProcessors::new(config, prompt.len()),
+            top_logprobs: config.top_logprobs,
             rng: ChaCha8Rng::seed_from_u64(config.seed.unwrap_or_else(rand::random)),
             prompt_len: prompt.len(),
             sequence: prompt.to_vec(),
@@ -64,16 +66,17 @@ impl SampleSearch {
             scores.view([-1]).argmax(0, false).int64_value(&[])
         };
         let logprob = log_probs.double_value(&[token]) as f32;
+        let top = top_logprobs(&log_probs, self.top_logprobs);
         self.sequence.push(token);
         self.generated.token_ids.push(token);
         self.generated.logprobs.push(logprob);
         if self.eos.contains(&token) {
             self.generated.finish_reason = FinishReason::Eos;
-            on_token(Some(TokenStep { token_id: token, logprob, last: true }));
+            on_token(Some(TokenStep { token_id: token, logprob, last: true, top }));
             return Ok(Some(std::mem::take(&mut self.generated)));
         }
         let last = self.sequence.len() >= self.max_total;
-        if on_token(Some(TokenStep { token_id: token, logprob, last })) == StepControl::Stop {
+        if on_token(Some(TokenStep { token_id: token, logprob, last, top })) == StepControl::Stop {
             return Err(GitcapError::Cancelled);
         }
         if last {
@@ -82,6 +85,17 @@ impl SampleSearch {
         }
         Ok(None)
     }
+}
+
+/// The `k` likeliest tokens of `log_probs` [vocab] with their log-probabilities, most likely first.
+fn top_logprobs(log_probs: &Tensor, k: usize) -> Vec<(i64, f32)> {
+    if k == 0 {
+        return Vec::new();
+    }
+    let (values, ids) = log_probs.topk(k as i64, -1, true, true);
+    let values: Vec<f32> = Vec::try_from(values).unwrap_or_default();
+    let ids: Vec<i64> = Vec::try_from(ids).unwrap_or_default();
+    ids.into_iter().zip(values).collect()
 }
 
 /// Draws a token from the distribution `log_probs` [vocab] (−inf where filtered out).

@@ -1,0 +1,163 @@
+//! One request's life, whatever the protocol (gRPC, the OpenAI-compatible API): queued on its
+//! model within its deadline, its events observed for the latency and token metrics, its
+//! outcome counted.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tonic::{Code, Status};
+
+use super::convert;
+use crate::engine::{EngineEvent, InferenceRequest, ModelInfo, ModelWorker};
+use crate::error::GitcapError;
+use crate::metrics;
+use crate::proto;
+
+/// What `gitcap_requests_total` needs to know of one call: its protocol and name, the model it
+/// reached, and its status code, recorded when the tally is dropped. A call dropped before it set
+/// a code (its client went away) counts as CANCELLED.
+pub struct Tally {
+    protocol: &'static str,
+    rpc: &'static str,
+    pub model: Option<Arc<ModelInfo>>,
+    pub code: Code,
+}
+
+impl Tally {
+    /// A gRPC call.
+    pub fn new(rpc: &'static str) -> Self {
+        Self::for_protocol("grpc", rpc)
+    }
+
+    pub fn for_protocol(protocol: &'static str, rpc: &'static str) -> Self {
+        Self { protocol, rpc, model: None, code: Code::Cancelled }
+    }
+
+    /// Notes `result`'s status code and passes it on.
+    pub fn outcome<T>(&mut self, result: Result<T, Status>) -> Result<T, Status> {
+        self.code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
+        result
+    }
+
+    /// The same for an error that has not become a gRPC status.
+    pub fn outcome_of<T>(&mut self, result: crate::error::Result<T>) -> crate::error::Result<T> {
+        self.code = result.as_ref().map_or_else(GitcapError::code, |_| Code::Ok);
+        result
+    }
+}
+
+impl Drop for Tally {
+    fn drop(&mut self) {
+        let (model, version) = self.model.as_ref().map_or(("", ""), |m| (m.name.as_str(), m.version.as_str()));
+        metrics::request_finished(model, version, self.protocol, self.rpc, self.code);
+    }
+}
+
+/// Queues `request`; `started` is when its RPC began, `arrived` when all of it had arrived.
+pub fn submit(
+    worker: ModelWorker,
+    request: InferenceRequest,
+    timeout: Option<Duration>,
+    started: Instant,
+    arrived: Instant,
+) -> crate::error::Result<Started> {
+    let remaining = timeout.map(|t| t.saturating_sub(started.elapsed()));
+    // Beam search sends its tokens all at once at the end: no inter-token gaps to measure.
+    let beam = request.options.num_beams.is_some_and(|n| n > 1);
+    let events = worker.submit(request, remaining)?;
+    Ok(Started { worker, events, started, arrived, beam, last_token: None, timestamps: vec![] })
+}
+
+/// Runs `work` (a request's media preparation) within what is left of its deadline.
+pub async fn within<T>(
+    timeout: Option<Duration>,
+    started: Instant,
+    work: impl std::future::Future<Output = crate::error::Result<T>>,
+) -> crate::error::Result<T> {
+    let Some(timeout) = timeout else { return work.await };
+    match tokio::time::timeout(timeout.saturating_sub(started.elapsed()), work).await {
+        Ok(result) => result,
+        Err(_) => Err(GitcapError::DeadlineExceeded("while the media was being decoded".into())),
+    }
+}
+
+pub struct Started {
+    worker: ModelWorker,
+    pub(super) events: mpsc::UnboundedReceiver<EngineEvent>,
+    started: Instant,
+    arrived: Instant,
+    beam: bool,
+    last_token: Option<Instant>,
+    /// The video frames' timestamps, reported in the response.
+    timestamps: Vec<f64>,
+}
+
+impl Started {
+    pub fn with_timestamps(mut self, timestamps: Vec<f64>) -> Self {
+        self.timestamps = timestamps;
+        self
+    }
+
+    /// The model serving this request.
+    pub fn model(&self) -> &ModelInfo {
+        &self.worker.info
+    }
+
+    /// The next event of the request, once its metrics are recorded; `None` if the model thread
+    /// ended without one (an internal error).
+    pub async fn next(&mut self) -> Option<EngineEvent> {
+        let event = self.events.recv().await?;
+        self.observe(&event);
+        Some(event)
+    }
+
+    /// Records an event's metrics: time to first token, inter-token gaps, and at the end the
+    /// queue time and generated tokens.
+    fn observe(&mut self, event: &EngineEvent) {
+        let (model, version) = (self.worker.info.name.as_str(), self.worker.info.version.as_str());
+        match event {
+            EngineEvent::Token(_) => {
+                let now = Instant::now();
+                match self.last_token {
+                    None => metrics::time_to_first_token(model, version, (now - self.arrived).as_secs_f64()),
+                    Some(last) if !self.beam => metrics::inter_token(model, version, (now - last).as_secs_f64()),
+                    Some(_) => {}
+                }
+                self.last_token = Some(now);
+            }
+            EngineEvent::Done { output, queue_ms } => {
+                metrics::queue_time(model, version, queue_ms / 1e3);
+                let decode_seconds = output.timings.decode_ms / 1e3;
+                metrics::tokens_generated(model, version, output.token_ids.len() as u64, decode_seconds);
+            }
+            EngineEvent::Failed(_) => {}
+        }
+    }
+
+    /// Waits for the whole answer.
+    pub async fn finish(mut self) -> crate::error::Result<proto::CaptionResponse> {
+        while let Some(event) = self.next().await {
+            match event {
+                EngineEvent::Token(_) => {}
+                EngineEvent::Done { output, queue_ms } => return Ok(self.response(output, queue_ms)),
+                EngineEvent::Failed(e) => return Err(e),
+            }
+        }
+        Err(ended_without_an_answer())
+    }
+
+    /// The final response for the request's output.
+    pub fn response(&self, output: crate::engine::InferenceOutput, queue_ms: f64) -> proto::CaptionResponse {
+        let total_ms = self.started.elapsed().as_secs_f64() * 1e3;
+        let mut response =
+            convert::response(output, queue_ms, total_ms, &self.worker.info.name, &self.worker.info.version);
+        response.frame_timestamps_s = self.timestamps.clone();
+        response
+    }
+}
+
+/// The error for a model thread that ended without answering.
+pub fn ended_without_an_answer() -> GitcapError {
+    GitcapError::Internal("the model thread ended without an answer".into())
+}
