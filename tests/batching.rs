@@ -71,6 +71,7 @@ async fn result(mut events: UnboundedReceiver<EngineEvent>) -> InferenceOutput {
     let mut streamed = Vec::new();
     loop {
         match events.recv().await.expect("the engine answers") {
+            EngineEvent::Admitted { .. } => {}
             EngineEvent::Token(t) => streamed.push(t.token_id),
             EngineEvent::Done { output, .. } => {
                 assert_eq!(streamed, output.token_ids, "streamed ids");
@@ -143,6 +144,7 @@ async fn a_request_cancelled_mid_batch_leaves_the_others_alone() {
         let worker = worker(model, EngineOptions::default());
         let mut receivers: Vec<_> = requests().into_iter().map(|r| worker.submit(r, None).unwrap()).collect();
         let mut cancelled = receivers.remove(2);
+        assert!(matches!(cancelled.recv().await, Some(EngineEvent::Admitted { .. })));
         for _ in 0..3 {
             assert!(matches!(cancelled.recv().await, Some(EngineEvent::Token(_))));
         }

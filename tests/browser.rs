@@ -22,7 +22,7 @@ use common::tools::{self, Tool};
 fn page_streams_a_caption_equal_to_the_one_shot_output() {
     let Some(chromium) = tools::require(Tool::Chromium, "browser_page_streams_a_caption") else { return };
     let image = fixtures().join("media").join("shapes.png");
-    let expected = one_shot_text(&image);
+    let expected = one_shot_text(&image, None);
     let golden = cases().into_iter().find(|c| c.name == "image_caption_shapes_greedy").unwrap().text;
     assert_eq!(expected, golden);
 
@@ -101,6 +101,55 @@ async fn page_captions_a_video_file() {
     assert!(shown["meta"].as_str().unwrap().contains(&format!("frames at {} s", stamps.join(", "))), "{shown}");
 }
 
+/// The page's chat streams answers from the OpenAI-compatible API: a caption, then a follow-up
+/// question (the whole history sent again), each equal to the one-shot CLI's.
+#[test]
+fn page_chats_through_the_openai_api() {
+    let Some(chromium) = tools::require(Tool::Chromium, "browser_page_chats") else { return };
+    let image = fixtures().join("media").join("shapes.png");
+    let expected_caption = one_shot_text(&image, None);
+    let expected_answer = one_shot_text(&image, Some("what is in the picture?"));
+
+    let server = TestServer::start("tiny-git-image", &[]);
+    let browser = Browser::launch(&chromium);
+    let mut page = browser.page();
+    page.open(&format!("{}/", server.url()));
+    page.wait_for("!!document.getElementById('chat_send')");
+    page.set_files("#files", &[&image]);
+    page.evaluate(
+        "document.getElementById('max_new_tokens').value = '12'; document.getElementById('chat_send').click()",
+    );
+    let finished = "['done', 'error'].includes(document.getElementById('chat_output').dataset.state)";
+    page.wait_for(finished);
+    let state = |page: &mut common::browser::Page| {
+        let shown = page.evaluate(
+            "JSON.stringify({ state: document.getElementById('chat_output').dataset.state, \
+             text: document.getElementById('chat_output').textContent, \
+             deltas: Number(document.getElementById('chat_output').dataset.deltas) })",
+        );
+        serde_json::from_str::<Value>(shown.as_str().unwrap()).unwrap()
+    };
+    let first = state(&mut page);
+    assert_eq!(
+        (first["state"].as_str(), first["text"].as_str()),
+        (Some("done"), Some(expected_caption.as_str())),
+        "{first}"
+    );
+    assert!(first["deltas"].as_u64().unwrap() > 1, "streamed in one piece: {first}");
+
+    page.evaluate(
+        "document.getElementById('chat_output').dataset.state = 'idle'; \
+         document.getElementById('chat_text').value = 'what is in the picture?'; document.getElementById('chat_send').click()",
+    );
+    page.wait_for(finished);
+    let second = state(&mut page);
+    assert_eq!(
+        (second["state"].as_str(), second["text"].as_str()),
+        (Some("done"), Some(expected_answer.as_str())),
+        "{second}"
+    );
+}
+
 /// The page encodes and decodes protobuf by hand; the field numbers it uses are in one table
 /// (`<script id="proto-fields">`), each of which must be the protocol's.
 #[test]
@@ -123,16 +172,14 @@ fn the_page_uses_the_protocols_field_numbers() {
     }
 }
 
-/// `gitcap-server caption … --json`'s text.
-fn one_shot_text(image: &Path) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_gitcap-server"))
-        .args(["caption", "--model"])
-        .arg(model_dir("tiny-git-image"))
-        .arg("--image")
-        .arg(image)
-        .args(["--max-new-tokens", "12", "--json"])
-        .output()
-        .expect("running gitcap-server caption");
+/// `gitcap-server caption … --json`'s text (of a question, when given).
+fn one_shot_text(image: &Path, question: Option<&str>) -> String {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gitcap-server"));
+    command.args(["caption", "--model"]).arg(model_dir("tiny-git-image")).arg("--image").arg(image);
+    if let Some(question) = question {
+        command.args(["--question", question]);
+    }
+    let output = command.args(["--max-new-tokens", "12", "--json"]).output().expect("running gitcap-server caption");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let reply: Value = serde_json::from_slice(&output.stdout).unwrap();
     reply["text"].as_str().unwrap().to_string()

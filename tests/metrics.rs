@@ -67,13 +67,16 @@ async fn requests_leave_labelled_series_on_both_listeners_without_a_token() {
     assert_eq!(unknown.code(), Code::NotFound);
 
     let labels = format!(r#"model="tiny",version="{}""#, unary.version);
-    let requests = |rpc: &str, code: &str| format!(r#"gitcap_requests_total{{{labels},rpc="{rpc}",code="{code}"}}"#);
+    let requests = |rpc: &str, code: &str| {
+        format!(r#"gitcap_requests_total{{{labels},protocol="grpc",rpc="{rpc}",code="{code}"}}"#)
+    };
     let stream_ok = requests("CaptionStream", "OK");
     let text = scrape_until(&server.addr, |text| value(text, &stream_ok).is_some());
     assert_eq!(value(&text, &requests("Caption", "OK")), Some(1.0), "{text}");
     assert_eq!(value(&text, &stream_ok), Some(1.0), "{text}");
     assert_eq!(value(&text, &requests("Caption", "INVALID_ARGUMENT")), Some(1.0), "{text}");
-    let not_found = r#"gitcap_requests_total{model="",version="",rpc="CaptionStream",code="NOT_FOUND"}"#;
+    let not_found =
+        r#"gitcap_requests_total{model="",version="",protocol="grpc",rpc="CaptionStream",code="NOT_FOUND"}"#;
     assert_eq!(value(&text, not_found), Some(1.0), "a request that reached no model has empty labels: {text}");
 
     let generated = unary.token_ids.len() + streamed;

@@ -9,9 +9,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use common::fixtures::fixtures;
+use common::python::{self, describe};
 use common::server::TestServer;
 use common::tools::{self, target_dir, Tool};
 use gitcap_client::{CaptionOptions, ClientConfig, GitcapClient, Media};
@@ -20,41 +21,9 @@ fn example_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/python")
 }
 
-fn describe(what: &str, output: &Output) -> String {
-    format!(
-        "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-/// The venv's python with the requirements installed, or `None` when this machine's python3
-/// cannot make virtual environments (a failure in CI, see `common::tools`).
+/// The venv's python with the example's requirements installed (`common::python`).
 fn venv_python() -> Option<PathBuf> {
-    // The tests of this file share one environment: one makes it while the others wait.
-    static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _making = MAKING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let system_python = tools::require(Tool::PythonVenv, "python_example_client")?;
-    let venv = target_dir().join("python-client-venv");
-    let python = venv.join("bin/python");
-    let requirements = std::fs::read_to_string(example_dir().join("requirements.txt")).unwrap();
-    let stamp = venv.join("gitcap-requirements.txt");
-    if python.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(requirements.as_str()) {
-        return Some(python);
-    }
-    if !python.exists() {
-        let output = Command::new(&system_python).args(["-m", "venv", "--clear"]).arg(&venv).output().unwrap();
-        assert!(output.status.success(), "{}", describe("python3 -m venv", &output));
-    }
-    let output = Command::new(&python)
-        .args(["-m", "pip", "install", "--disable-pip-version-check", "-q", "-r"])
-        .arg(example_dir().join("requirements.txt"))
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", describe("pip install -r examples/python/requirements.txt", &output));
-    std::fs::write(&stamp, requirements).unwrap();
-    Some(python)
+    python::venv("python-client-venv", &example_dir().join("requirements.txt"), "python_example_client")
 }
 
 #[tokio::test]

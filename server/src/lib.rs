@@ -12,6 +12,7 @@ pub mod media;
 pub mod metrics;
 pub mod model;
 pub mod oneshot;
+pub mod openai;
 pub mod registry;
 pub mod server;
 pub mod settings;

@@ -5,6 +5,7 @@ pub mod fixtures;
 pub mod http_files;
 pub mod load;
 pub mod probe;
+pub mod python;
 pub mod raw_grpc;
 pub mod server;
 pub mod tools;

@@ -18,18 +18,19 @@ impl BearerAuth {
     }
 
     pub fn check<T>(&self, request: Request<T>) -> Result<Request<T>, Status> {
-        let Some(expected) = &self.token else { return Ok(request) };
-        let given = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+        let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
+        if self.allows(header) {
             Ok(request)
         } else {
             Err(GitcapError::Unauthenticated.into())
         }
+    }
+
+    /// Whether an `authorization` header value (gRPC metadata or HTTP) lets a call through.
+    pub fn allows(&self, header: Option<&str>) -> bool {
+        let Some(expected) = &self.token else { return true };
+        let given = header.and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+        constant_time_eq(given.as_bytes(), expected.as_bytes())
     }
 }
 

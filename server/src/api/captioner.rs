@@ -376,6 +376,7 @@ fn relay(mut started: Started, mut tally: Tally) -> EventStream {
             };
             let event = event.unwrap_or_else(|| EngineEvent::Failed(ended_without_an_answer()));
             let (message, code) = match event {
+                EngineEvent::Admitted { .. } => continue,
                 EngineEvent::Token(token) => (Ok(Event::Token(convert::token_event(token))), None),
                 EngineEvent::Done { output, queue_ms } => {
                     let reply = started.response(output, queue_ms);

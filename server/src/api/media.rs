@@ -75,6 +75,11 @@ impl MediaService {
         self.video.as_ref().map_err(|hint| GitcapError::FailedPrecondition(hint.clone()))
     }
 
+    /// Whether media may be named by URL here (`media.url.enabled`).
+    pub fn urls_enabled(&self) -> bool {
+        self.fetcher.policy().enabled
+    }
+
     /// Whether video files can be decoded here.
     pub fn video_available(&self) -> bool {
         self.video.is_ok()

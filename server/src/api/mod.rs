@@ -85,6 +85,15 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| GitcapError::Internal(e.to_string()))?;
     let inference_auth = BearerAuth::new(options.inference_token.take());
+    let openai = crate::openai::router(
+        crate::openai::OpenAi {
+            registry: registry.clone(),
+            limits: options.limits.clone(),
+            media: options.media.clone(),
+            auth: inference_auth.clone(),
+        },
+        options.max_message_bytes.saturating_mul(2),
+    );
     let captioner =
         CaptionerServer::new(CaptionerService::new(registry.clone(), options.limits, options.media.clone()))
             .max_decoding_message_size(options.max_message_bytes)
@@ -143,8 +152,9 @@ pub async fn serve(
     let server = builder
         .trace_fn(request_span)
         .accept_http1(true)
-        // `GET /`: the browser page, `GET /metrics` (crate::web); everything else goes on to gRPC.
-        .layer(crate::web::PageLayer::main())
+        // `GET /`: the browser page, `GET /metrics` (crate::web), `/v1/…`: the OpenAI-compatible
+        // API (crate::openai); everything else goes on to gRPC.
+        .layer(crate::web::PageLayer::main(openai))
         .layer(CorsLayer::very_permissive())
         .layer(status::OversizedMessageLayer)
         .layer(tonic_web::GrpcWebLayer::new())

@@ -66,7 +66,7 @@ pub fn submit(
     // Beam search sends its tokens all at once at the end: no inter-token gaps to measure.
     let beam = request.options.num_beams.is_some_and(|n| n > 1);
     let events = worker.submit(request, remaining)?;
-    Ok(Started { worker, events, started, arrived, beam, last_token: None, timestamps: vec![] })
+    Ok(Started { worker, events, started, arrived, beam, last_token: None, timestamps: vec![], read_tokens: 0 })
 }
 
 /// Runs `work` (a request's media preparation) within what is left of its deadline.
@@ -91,6 +91,8 @@ pub struct Started {
     last_token: Option<Instant>,
     /// The video frames' timestamps, reported in the response.
     timestamps: Vec<f64>,
+    /// Prompt and image tokens the model reads, once it has admitted the request.
+    read_tokens: usize,
 }
 
 impl Started {
@@ -102,6 +104,11 @@ impl Started {
     /// The model serving this request.
     pub fn model(&self) -> &ModelInfo {
         &self.worker.info
+    }
+
+    /// Prompt and image tokens the model reads (0 until it has admitted the request).
+    pub fn prompt_tokens(&self) -> u32 {
+        self.read_tokens as u32
     }
 
     /// The next event of the request, once its metrics are recorded; `None` if the model thread
@@ -117,6 +124,7 @@ impl Started {
     fn observe(&mut self, event: &EngineEvent) {
         let (model, version) = (self.worker.info.name.as_str(), self.worker.info.version.as_str());
         match event {
+            EngineEvent::Admitted { prompt_tokens, image_tokens } => self.read_tokens = prompt_tokens + image_tokens,
             EngineEvent::Token(_) => {
                 let now = Instant::now();
                 match self.last_token {
@@ -139,7 +147,7 @@ impl Started {
     pub async fn finish(mut self) -> crate::error::Result<proto::CaptionResponse> {
         while let Some(event) = self.next().await {
             match event {
-                EngineEvent::Token(_) => {}
+                EngineEvent::Admitted { .. } | EngineEvent::Token(_) => {}
                 EngineEvent::Done { output, queue_ms } => return Ok(self.response(output, queue_ms)),
                 EngineEvent::Failed(e) => return Err(e),
             }

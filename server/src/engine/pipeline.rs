@@ -33,6 +33,14 @@ pub enum Frame {
 }
 
 impl Frame {
+    /// The same frame, sharing its pixels or features (requests that see the same frames).
+    pub fn share(&self) -> Frame {
+        match self {
+            Frame::Pixels(p) => Frame::Pixels(PreparedFrame { key: p.key, pixels: p.pixels.shallow_clone() }),
+            Frame::Encoded(e) => Frame::Encoded(e.clone()),
+        }
+    }
+
     /// A decoded image as the model's input (see [`PreparedFrame::new`]).
     pub fn from_image(image: &RgbImage, preprocessor: &PreprocessorConfig) -> Result<Self> {
         Ok(Frame::Pixels(PreparedFrame::new(image, preprocessor)?))

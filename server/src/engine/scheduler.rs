@@ -353,6 +353,9 @@ impl<'p> Scheduler<'p> {
     /// Feeds a newly started request's prompt and takes its first token; it joins the running
     /// batch unless that already ended it.
     fn prefill_prompt(&mut self, mut running: Running<'p>) {
+        let admitted =
+            EngineEvent::Admitted { prompt_tokens: running.prompt_tokens, image_tokens: running.image_tokens };
+        let _ = running.job.events.send(admitted);
         let logits = self.pipeline.model.decode_last(&running.search.next_input(), &mut running.kv);
         match advance(&mut running, &logits.to_device(Device::Cpu), self.closing) {
             Some(event) => drop(running.job.events.send(event)),

@@ -16,11 +16,20 @@ use super::scheduler::Scheduler;
 use super::stats::{EngineStats, EngineStatsSnapshot};
 use crate::error::{GitcapError, Result};
 
-/// What a running request reports, in order: tokens, then one `Done` or `Failed`.
+/// What a running request reports, in order: `Admitted` when it starts running, its tokens,
+/// then one `Done` or `Failed` (a request refused before it runs reports only `Failed`).
 #[derive(Debug)]
 pub enum EngineEvent {
+    /// The request left the queue: the model reads this many prompt and image tokens.
+    Admitted {
+        prompt_tokens: usize,
+        image_tokens: usize,
+    },
     Token(TokenEvent),
-    Done { output: InferenceOutput, queue_ms: f64 },
+    Done {
+        output: InferenceOutput,
+        queue_ms: f64,
+    },
     Failed(GitcapError),
 }
 

@@ -1,7 +1,9 @@
 //! Plain HTTP in front of the gRPC services: `GET /` and `GET /index.html` answer with a small
-//! self-contained page (`index.html`, embedded at build time) that captions an image or frames
-//! over gRPC-Web on the same port; `GET /metrics` with the Prometheus metrics (crate::metrics),
-//! open like health. Every other request goes on to the gRPC services unchanged.
+//! self-contained page (`index.html`, embedded at build time) that captions an image, frames or a
+//! video over gRPC-Web on the same port, or chats through the OpenAI-compatible API; `GET
+//! /metrics` with the Prometheus metrics (crate::metrics), open like health; `/v1/…` goes to the
+//! OpenAI-compatible API (crate::openai). Every other request goes on to the gRPC services
+//! unchanged.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -57,21 +59,22 @@ fn respond(route: Route, head_only: bool) -> Response<Body> {
     }
 }
 
-/// Serves the page and `/metrics` in front of the gRPC router.
-#[derive(Clone, Copy, Debug)]
+/// Serves the page, `/metrics` and the OpenAI-compatible API in front of the gRPC router.
+#[derive(Clone)]
 pub struct PageLayer {
     page: bool,
+    openai: Option<axum::Router>,
 }
 
 impl PageLayer {
-    /// The main port: the page and `/metrics`.
-    pub fn main() -> Self {
-        Self { page: true }
+    /// The main port: the page, `/metrics` and `/v1/…` (the OpenAI-compatible API).
+    pub fn main(openai: axum::Router) -> Self {
+        Self { page: true, openai: Some(openai) }
     }
 
     /// The admin listener: `/metrics` only.
     pub fn metrics_only() -> Self {
-        Self { page: false }
+        Self { page: false, openai: None }
     }
 }
 
@@ -79,20 +82,23 @@ impl<S> tower_layer::Layer<S> for PageLayer {
     type Service = PageService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        PageService { inner, page: self.page }
+        PageService { inner, page: self.page, openai: self.openai.clone() }
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PageService<S> {
     inner: S,
     page: bool,
+    openai: Option<axum::Router>,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for PageService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     S::Future: Send + 'static,
+    ReqBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    ReqBody::Error: Into<tonic::codegen::StdError>,
     ResBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
     ResBody::Error: Into<tonic::codegen::StdError>,
 {
@@ -108,6 +114,14 @@ where
         if let Some(route) = route(&request, self.page) {
             let head_only = request.method() == Method::HEAD;
             return Box::pin(async move { Ok(respond(route, head_only)) });
+        }
+        if let Some(openai) = self.openai.as_ref().filter(|_| request.uri().path().starts_with("/v1/")) {
+            let mut openai = openai.clone();
+            let request = request.map(axum::body::Body::new);
+            return Box::pin(async move {
+                let response = openai.call(request).await.unwrap_or_else(|never| match never {});
+                Ok(response.map(Body::new))
+            });
         }
         let future = self.inner.call(request);
         Box::pin(async move { Ok(future.await?.map(Body::new)) })

@@ -1,0 +1,272 @@
+//! `POST /v1/chat/completions`: the request's media are prepared as for gRPC, one request per
+//! choice is queued on the model, and the answer is returned whole or streamed as Server-Sent
+//! Events in OpenAI's chunk format. A client that closes the stream drops its requests, which
+//! stops their generation at the next token.
+
+use std::convert::Infallible;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use super::error::ApiError;
+use super::request::Plan;
+use super::stop::{Released, StopMatcher};
+use super::types::{
+    AssistantMessage, ChatChunk, ChatCompletion, Choice, ChunkChoice, Delta, Logprobs, TokenLogprob, TopLogprob, Usage,
+};
+use super::OpenAi;
+use crate::api::request::{ended_without_an_answer, submit, Started, Tally};
+use crate::engine::{EngineEvent, Frame, InferenceOutput, InferenceRequest, TokenEvent};
+use crate::error::GitcapError;
+use crate::model::generation::FinishReason;
+
+/// One choice being generated.
+struct Running {
+    index: u32,
+    started: Started,
+    stops: StopMatcher,
+    /// Text released so far.
+    text: String,
+    logprobs: Vec<TokenLogprob>,
+}
+
+/// How a choice ended.
+struct Finished {
+    reason: &'static str,
+    usage: Usage,
+}
+
+/// Text released to the client, with its token's log-probabilities when asked for.
+struct Piece {
+    text: String,
+    logprob: Option<TokenLogprob>,
+}
+
+pub async fn completions(state: &OpenAi, plan: Plan) -> Result<Response, ApiError> {
+    let mut tally = Tally::for_protocol("openai", "ChatCompletions");
+    let result = start(state, &plan, &mut tally).await;
+    let running = tally.outcome_of(result)?;
+    let header = Header {
+        id: format!("chatcmpl-{:032x}", rand::random::<u128>()),
+        model: running[0].started.model().name.clone(),
+        created: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+    };
+    if plan.stream {
+        return Ok(stream(running, tally, header, plan.logprobs, plan.include_usage));
+    }
+    let mut choices = Vec::with_capacity(running.len());
+    let mut usage = Usage::default();
+    for mut choice in running {
+        let finished = tally.outcome_of(drive(&mut choice, plan.logprobs, |_| true).await)?;
+        usage += finished.usage;
+        choices.push(Choice {
+            index: choice.index,
+            message: AssistantMessage { role: "assistant", content: choice.text },
+            finish_reason: finished.reason,
+            logprobs: plan.logprobs.then_some(Logprobs { content: choice.logprobs }),
+        });
+    }
+    let completion = ChatCompletion {
+        id: header.id,
+        object: "chat.completion",
+        created: header.created,
+        model: header.model,
+        choices,
+        usage,
+        system_fingerprint: fingerprint(),
+    };
+    Ok(axum::Json(completion).into_response())
+}
+
+/// Resolves the model, prepares the media and queues one request per choice.
+async fn start(state: &OpenAi, plan: &Plan, tally: &mut Tally) -> crate::error::Result<Vec<Running>> {
+    let started = Instant::now();
+    let worker = state.registry.get(&plan.model)?;
+    tally.model = Some(worker.info.clone());
+    let question = crate::api::convert::question(&plan.question, &state.limits)?;
+    let media = state.media.prepare(Some(plan.media.clone()), &worker.info).await?;
+    let mut running = Vec::with_capacity(plan.choices as usize);
+    for index in 0..plan.choices {
+        let mut options = plan.options;
+        // Sampled choices differ: each its own seed when one was given.
+        options.seed = options.seed.map(|seed| seed.wrapping_add(u64::from(index)));
+        let frames = media.frames.iter().map(Frame::share).collect();
+        let request = InferenceRequest { frames, question: question.clone(), options };
+        let queued = submit(worker.clone(), request, None, started, started)?;
+        running.push(Running {
+            index,
+            started: queued.with_timestamps(media.timestamps_s.clone()),
+            stops: StopMatcher::new(plan.stops.clone()),
+            text: String::new(),
+            logprobs: Vec::new(),
+        });
+    }
+    Ok(running)
+}
+
+/// Runs one choice to its end, handing each piece of released text to `on_text`, which says
+/// whether anyone still listens (if not, the request is dropped, which stops its generation).
+async fn drive(
+    choice: &mut Running,
+    logprobs: bool,
+    mut on_text: impl FnMut(Piece) -> bool,
+) -> crate::error::Result<Finished> {
+    let mut generated = 0u32;
+    loop {
+        let event = choice.started.next().await.ok_or_else(ended_without_an_answer)?;
+        let (piece, end) = match event {
+            EngineEvent::Admitted { .. } => continue,
+            EngineEvent::Token(token) => {
+                generated += 1;
+                let logprob = logprobs.then(|| token_logprob(&token));
+                if let Some(logprob) = &logprob {
+                    choice.logprobs.push(logprob.clone());
+                }
+                match choice.stops.push(&token.text_delta) {
+                    Released::Text(text) => (Piece { text, logprob }, None),
+                    Released::Stopped(text) => {
+                        let prompt = choice.started.prompt_tokens();
+                        let usage = Usage {
+                            prompt_tokens: prompt,
+                            completion_tokens: generated,
+                            total_tokens: prompt + generated,
+                        };
+                        (Piece { text, logprob }, Some(Finished { reason: "stop", usage }))
+                    }
+                }
+            }
+            EngineEvent::Done { output, .. } => {
+                let text = choice.stops.finish();
+                (
+                    Piece { text, logprob: None },
+                    Some(Finished { reason: finish_reason(&output), usage: usage(&output) }),
+                )
+            }
+            EngineEvent::Failed(error) => return Err(error),
+        };
+        choice.text.push_str(&piece.text);
+        if !on_text(piece) {
+            return Err(GitcapError::Cancelled);
+        }
+        if let Some(finished) = end {
+            return Ok(finished);
+        }
+    }
+}
+
+fn finish_reason(output: &InferenceOutput) -> &'static str {
+    match output.finish_reason {
+        FinishReason::Eos => "stop",
+        FinishReason::Length => "length",
+    }
+}
+
+/// Prompt tokens count the image tokens too: they are what the model reads.
+fn usage(output: &InferenceOutput) -> Usage {
+    let prompt = (output.prompt_tokens + output.image_tokens) as u32;
+    let completion = output.token_ids.len() as u32;
+    Usage { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion }
+}
+
+fn token_logprob(token: &TokenEvent) -> TokenLogprob {
+    TokenLogprob {
+        token: token.text_delta.clone(),
+        logprob: token.logprob,
+        bytes: token.text_delta.as_bytes().to_vec(),
+        top_logprobs: token
+            .top_logprobs
+            .iter()
+            .map(|(_, text, logprob)| TopLogprob {
+                token: text.clone(),
+                logprob: *logprob,
+                bytes: text.as_bytes().to_vec(),
+            })
+            .collect(),
+    }
+}
+
+fn fingerprint() -> String {
+    format!("gitcap-{}", env!("CARGO_PKG_VERSION"))
+}
+
+struct Header {
+    id: String,
+    model: String,
+    created: u64,
+}
+
+impl Header {
+    fn chunk(&self, choices: Vec<ChunkChoice>, usage: Option<Usage>) -> Event {
+        let chunk = ChatChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            system_fingerprint: fingerprint(),
+            usage,
+        };
+        Event::default().data(serde_json::to_string(&chunk).expect("a chunk serialises"))
+    }
+}
+
+/// The streamed answer: for each choice a first chunk with the role, then its text as it is
+/// released, then a chunk with its finish reason; the usage when asked; then `[DONE]`. An error
+/// after the stream began is sent as an event with OpenAI's error object, and the stream ends.
+fn stream(running: Vec<Running>, tally: Tally, header: Header, logprobs: bool, include_usage: bool) -> Response {
+    let (tx, rx) = mpsc::unbounded_channel::<Event>();
+    tokio::spawn(async move {
+        let mut tally = tally;
+        let choices = running.into_iter().map(|mut choice| {
+            let (tx, header) = (tx.clone(), &header);
+            async move {
+                let index = choice.index;
+                let role = Delta { role: Some("assistant"), content: Some(String::new()) };
+                let first = ChunkChoice { index, delta: role, finish_reason: None, logprobs: None };
+                if tx.send(header.chunk(vec![first], None)).is_err() {
+                    return Err(GitcapError::Cancelled);
+                }
+                let send = |piece: Piece| {
+                    if piece.text.is_empty() && piece.logprob.is_none() {
+                        return !tx.is_closed();
+                    }
+                    let delta = Delta { role: None, content: Some(piece.text) };
+                    let logprobs = piece.logprob.map(|l| Logprobs { content: vec![l] });
+                    let chunk = ChunkChoice { index, delta, finish_reason: None, logprobs };
+                    tx.send(header.chunk(vec![chunk], None)).is_ok()
+                };
+                let finished = drive(&mut choice, logprobs, send).await?;
+                let last = ChunkChoice {
+                    index,
+                    delta: Delta::default(),
+                    finish_reason: Some(finished.reason),
+                    logprobs: None,
+                };
+                tx.send(header.chunk(vec![last], None)).map_err(|_| GitcapError::Cancelled)?;
+                Ok(finished.usage)
+            }
+        });
+        let results = futures::future::join_all(choices).await;
+        let mut usage = Usage::default();
+        for result in results {
+            match tally.outcome_of(result) {
+                Ok(choice_usage) => usage += choice_usage,
+                Err(GitcapError::Cancelled) => return,
+                Err(error) => {
+                    let error = ApiError::from(error).json();
+                    let _ = tx.send(Event::default().data(error.to_string()));
+                    return;
+                }
+            }
+        }
+        if include_usage {
+            let _ = tx.send(header.chunk(vec![], Some(usage)));
+        }
+        let _ = tx.send(Event::default().data("[DONE]"));
+    });
+    let events = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(Ok::<_, Infallible>);
+    Sse::new(events).keep_alive(KeepAlive::default()).into_response()
+}

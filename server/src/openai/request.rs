@@ -1,0 +1,298 @@
+//! An OpenAI chat request, read as a GIT request: which media, which question, which options.
+//!
+//! - **Media**: those of the latest user message that has any, else the latest media anywhere in
+//!   the conversation (a chat UI re-sends the whole history with each follow-up, so a follow-up
+//!   question finds the same image, and the feature cache). One `image_url` is an image; several
+//!   are a video's frames; one `video_url` is a video file. `data:` URIs carry the bytes; http(s)
+//!   URLs are fetched by the server where `media.url` allows it.
+//! - **Question**: the text of the latest user message; none (only media) means caption.
+//!   System and developer prompts and earlier assistant turns are accepted and ignored.
+//! - **Options**: `max_tokens`/`max_completion_tokens`, `temperature` (0 = greedy, as vLLM reads
+//!   it), `top_p`, `seed`, `stop`, `logprobs`/`top_logprobs`, `n`; with neither `temperature` nor
+//!   `top_p`, the checkpoint's generation config decides (greedy for GIT), as over gRPC. gitcap's
+//!   own options (`num_beams`, `repetition_penalty`, every field of `GenerationOptions`) are
+//!   accepted as extra fields. What gitcap cannot honour is refused naming the field; any other
+//!   field is ignored.
+
+use base64::Engine;
+use serde_json::{Map, Value};
+
+use super::error::ApiError;
+use super::types::{ChatRequest, Content, Part, Stop};
+use crate::api::convert::{self, RequestLimits};
+use crate::model::generation::GenerationOptions;
+use crate::proto;
+
+/// The most completions one request may ask for (`n`).
+pub const MAX_CHOICES: u32 = 8;
+
+/// Parameters of the OpenAI API that gitcap cannot honour, with what they would have to be
+/// for gitcap to ignore them safely.
+const UNSUPPORTED: &[(&str, &str)] = &[
+    ("frequency_penalty", "0"),
+    ("presence_penalty", "0"),
+    ("logit_bias", "empty"),
+    ("tools", "empty"),
+    ("tool_choice", "\"none\""),
+    ("functions", "empty"),
+    ("function_call", "\"none\""),
+    ("response_format", "{\"type\": \"text\"}"),
+    ("audio", "absent"),
+    ("modalities", "[\"text\"]"),
+    ("prediction", "absent"),
+    ("best_of", "1"),
+    ("echo", "false"),
+    ("suffix", "absent"),
+];
+
+/// A chat request as gitcap runs it.
+#[derive(Debug)]
+pub struct Plan {
+    pub model: String,
+    pub media: proto::Media,
+    pub question: String,
+    pub options: GenerationOptions,
+    pub choices: u32,
+    pub stops: Vec<String>,
+    pub logprobs: bool,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+impl Plan {
+    pub fn new(request: ChatRequest, limits: &RequestLimits, url_allowed: bool) -> Result<Self, ApiError> {
+        refuse_unsupported(&request.extra)?;
+        let options = options(&request, limits)?;
+        let (media, question) = conversation(&request, url_allowed)?;
+        let choices = request.n.unwrap_or(1);
+        if !(1..=MAX_CHOICES).contains(&choices) {
+            return Err(ApiError::invalid("n", format!("must be 1 to {MAX_CHOICES}, got {choices}")));
+        }
+        let stops = match request.stop {
+            None => vec![],
+            Some(Stop::One(stop)) => vec![stop],
+            Some(Stop::Many(stops)) => stops,
+        };
+        if stops.len() > 4 {
+            return Err(ApiError::invalid("stop", "at most 4 stop sequences"));
+        }
+        Ok(Self {
+            model: request.model,
+            media,
+            question,
+            options,
+            choices,
+            stops,
+            logprobs: request.logprobs,
+            stream: request.stream,
+            include_usage: request.stream_options.is_some_and(|o| o.include_usage),
+        })
+    }
+}
+
+fn refuse_unsupported(extra: &Map<String, Value>) -> Result<(), ApiError> {
+    for (name, harmless) in UNSUPPORTED {
+        let Some(value) = extra.get(*name) else { continue };
+        let ignorable = match value {
+            Value::Null => true,
+            Value::Number(n) => n.as_f64() == Some(if *name == "best_of" { 1.0 } else { 0.0 }),
+            Value::Bool(b) => !b,
+            Value::Array(a) => a.is_empty() || (*name == "modalities" && a == &[Value::from("text")]),
+            Value::Object(o) => o.is_empty() || (*name == "response_format" && o.get("type") == Some(&"text".into())),
+            Value::String(s) => s == "none",
+        };
+        if !ignorable {
+            return Err(ApiError::invalid(
+                *name,
+                format!("gitcap cannot honour `{name}` (it captions and answers questions about media); leave it {harmless}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// gitcap's options: its own from the extra fields, then the OpenAI parameters over them.
+fn options(request: &ChatRequest, limits: &RequestLimits) -> Result<GenerationOptions, ApiError> {
+    let mut options = GenerationOptions::default();
+    for (name, value) in &request.extra {
+        // Each extra field on its own: a name that is not an option leaves the options empty.
+        let single = Value::Object(Map::from_iter([(name.clone(), value.clone())]));
+        let parsed: GenerationOptions = serde_json::from_value(single)
+            .map_err(|e| ApiError::invalid(name.clone(), format!("not a valid `{name}`: {e}")))?;
+        merge(&mut options, parsed);
+    }
+    if let Some(n) = request.max_completion_tokens.or(request.max_tokens) {
+        options.max_new_tokens = Some(n);
+    }
+    match request.temperature {
+        Some(0.0) => {
+            options.do_sample = Some(false);
+        }
+        Some(t) => {
+            options.do_sample = Some(true);
+            options.temperature = Some(t);
+        }
+        None => {}
+    }
+    if let Some(p) = request.top_p {
+        options.top_p = Some(p);
+        if request.temperature.is_none_or(|t| t != 0.0) {
+            options.do_sample = Some(true);
+        }
+    }
+    if request.seed.is_some() {
+        options.seed = request.seed;
+    }
+    if let Some(k) = request.top_logprobs {
+        if !request.logprobs {
+            return Err(ApiError::invalid("top_logprobs", "needs `logprobs: true`"));
+        }
+        options.top_logprobs = Some(k);
+    }
+    let openai_name = |field: &str| match field {
+        "max_new_tokens" if request.max_completion_tokens.is_some() => "max_completion_tokens".to_string(),
+        "max_new_tokens" if request.max_tokens.is_some() => "max_tokens".to_string(),
+        other => other.to_string(),
+    };
+    options.check().map_err(|e| ApiError::invalid(openai_name(e.field), e.message))?;
+    convert::within_limits(&options, limits).map_err(|e| {
+        let mut error = ApiError::from(e);
+        error.param = error.param.map(|p| openai_name(p.trim_start_matches("options.")));
+        error
+    })?;
+    Ok(options)
+}
+
+/// Sets the options `from` has.
+fn merge(into: &mut GenerationOptions, from: GenerationOptions) {
+    let mut merged = serde_json::to_value(*into).expect("options serialise");
+    if let (Some(merged), Value::Object(from)) =
+        (merged.as_object_mut(), serde_json::to_value(from).expect("options serialise"))
+    {
+        merged.extend(from);
+    }
+    *into = serde_json::from_value(merged).expect("merged options deserialise");
+}
+
+/// A content part's media.
+enum PartMedia {
+    Image(String),
+    Video(String),
+}
+
+/// The media and the question of the conversation (see the module documentation).
+fn conversation(request: &ChatRequest, url_allowed: bool) -> Result<(proto::Media, String), ApiError> {
+    if request.messages.is_empty() {
+        return Err(ApiError::invalid("messages", "the conversation is empty"));
+    }
+    let mut media_of_messages: Vec<(usize, bool, Vec<PartMedia>)> = Vec::new();
+    let mut question = None;
+    for (i, message) in request.messages.iter().enumerate() {
+        let user = message.role == "user";
+        let (text, media) = parts(message.content.as_ref(), i)?;
+        if !media.is_empty() {
+            media_of_messages.push((i, user, media));
+        }
+        if user {
+            question = Some(text);
+        }
+    }
+    let chosen = media_of_messages.iter().rev().find(|(_, user, _)| *user).or(media_of_messages.last());
+    let Some((index, _, parts)) = chosen else {
+        return Err(ApiError::invalid(
+            "messages",
+            "no image or video in the conversation: gitcap captions and answers questions about media; add an \
+             image_url or video_url part",
+        ));
+    };
+    let media = media(parts, *index, url_allowed)?;
+    Ok((media, question.unwrap_or_default().trim().to_string()))
+}
+
+/// A message's text and media parts.
+fn parts(content: Option<&Content>, message: usize) -> Result<(String, Vec<PartMedia>), ApiError> {
+    match content {
+        None => Ok((String::new(), vec![])),
+        Some(Content::Text(text)) => Ok((text.clone(), vec![])),
+        Some(Content::Parts(parts)) => {
+            let mut text = Vec::new();
+            let mut media = Vec::new();
+            for (j, part) in parts.iter().enumerate() {
+                match part {
+                    Part::Text { text: t } => text.push(t.as_str()),
+                    Part::ImageUrl { image_url } => media.push(PartMedia::Image(image_url.url.clone())),
+                    Part::VideoUrl { video_url } => media.push(PartMedia::Video(video_url.url.clone())),
+                    Part::Other => {
+                        return Err(ApiError::invalid(
+                            format!("messages[{message}].content[{j}].type"),
+                            "gitcap reads text, image_url and video_url parts only",
+                        ))
+                    }
+                }
+            }
+            Ok((text.join(" "), media))
+        }
+    }
+}
+
+/// The media of one message's parts.
+fn media(parts: &[PartMedia], message: usize, url_allowed: bool) -> Result<proto::Media, ApiError> {
+    let field = |kind: &str| format!("messages[{message}].content.{kind}.url");
+    let videos: Vec<&String> =
+        parts.iter().filter_map(|p| if let PartMedia::Video(u) = p { Some(u) } else { None }).collect();
+    let images: Vec<&String> =
+        parts.iter().filter_map(|p| if let PartMedia::Image(u) = p { Some(u) } else { None }).collect();
+    match (videos.as_slice(), images.as_slice()) {
+        ([video], []) => match data_uri(video, &field("video_url"))? {
+            Some(bytes) => Ok(proto::Media::video(bytes)),
+            None => remote(video, &field("video_url"), url_allowed),
+        },
+        ([], [image]) => match data_uri(image, &field("image_url"))? {
+            Some(bytes) => Ok(proto::Media::image(bytes)),
+            None => remote(image, &field("image_url"), url_allowed),
+        },
+        ([], images) => {
+            let frames = images
+                .iter()
+                .map(|url| {
+                    data_uri(url, &field("image_url"))?.ok_or_else(|| {
+                        ApiError::invalid(field("image_url"), "several images (a video's frames) must be data: URIs")
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(proto::Media::frames(frames))
+        }
+        _ => Err(ApiError::invalid(
+            format!("messages[{message}].content"),
+            "one message may hold one video_url, or images, not both",
+        )),
+    }
+}
+
+/// The bytes of a `data:` URI (`None` for any other URL).
+fn data_uri(url: &str, field: &str) -> Result<Option<Vec<u8>>, ApiError> {
+    let Some(rest) = url.strip_prefix("data:") else { return Ok(None) };
+    let Some((header, data)) = rest.split_once(',') else {
+        return Err(ApiError::invalid(field, "a data: URI needs a comma before its data"));
+    };
+    if !header.ends_with(";base64") {
+        return Err(ApiError::invalid(field, "only base64 data: URIs are read (data:image/png;base64,…)"));
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .map_err(|e| ApiError::invalid(field, format!("the data: URI's base64 does not decode: {e}")))?;
+    Ok(Some(bytes))
+}
+
+fn remote(url: &str, field: &str, url_allowed: bool) -> Result<proto::Media, ApiError> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(ApiError::invalid(field, "must be a data: URI or an http(s) URL"));
+    }
+    if !url_allowed {
+        return Err(ApiError::invalid(
+            field,
+            "this server does not fetch media from URLs (media.url.enabled is off): send the media as a data: URI",
+        ));
+    }
+    Ok(proto::Media::url(url))
+}
