@@ -39,6 +39,11 @@ pub const SERVICE_NAME: &str = "gitcap.v1.Captioner";
 /// Health service name that says whether this server can decode video files (it has ffmpeg):
 /// SERVING or NOT_SERVING.
 pub const VIDEO_SERVICE_NAME: &str = "gitcap.v1.VideoDecoding";
+/// Health service name, in declarative mode only, that says whether this server has reached the
+/// state of its desired-state file: SERVING in sync, NOT_SERVING not (the file is unreadable or
+/// invalid, or a version failed to load; what serves is unchanged). Not for readiness: a bad
+/// version in the file must not take every replica out of service.
+pub const DESIRED_STATE_SERVICE_NAME: &str = "gitcap.v1.DesiredState";
 
 pub struct ServeOptions {
     pub limits: RequestLimits,
@@ -56,6 +61,8 @@ pub struct ServeOptions {
     pub default_dtype: Precision,
     /// PEM certificate chain and private key: serve TLS instead of plain text.
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
+    /// Close connections after this age (GOAWAY), letting calls finish within the grace.
+    pub max_connection_age: Option<(Duration, Duration)>,
 }
 
 /// Serves on `listener` until `shutdown` resolves; then reports NOT_SERVING, stops taking
@@ -133,6 +140,9 @@ pub async fn serve(
         });
     }
     let mut builder = Server::builder();
+    if let Some((age, grace)) = options.max_connection_age {
+        builder = builder.max_connection_age(age).max_connection_age_grace(grace);
+    }
     if let Some((cert, key)) = options.tls.take() {
         let identity = tonic::transport::Identity::from_pem(cert, key);
         builder = builder
@@ -193,11 +203,17 @@ async fn track_model_health(
     }
     let mut known = std::collections::HashSet::new();
     refresh(registry, &health, &mut known).await;
+    if let Some(desired) = registry.desired_status() {
+        health.set_service_status(DESIRED_STATE_SERVICE_NAME, desired_health(&desired)).await;
+    }
     let mut events = registry.subscribe();
     let registry = registry.clone();
     tokio::spawn(async move {
         loop {
             match events.recv().await {
+                Ok(crate::registry::RegistryEvent::DesiredState(desired)) => {
+                    health.set_service_status(DESIRED_STATE_SERVICE_NAME, desired_health(&desired)).await;
+                }
                 Ok(event) => {
                     if let crate::registry::RegistryEvent::Model(status) = &event {
                         if !matches!(status.state, crate::registry::ModelState::Ready) {
@@ -210,12 +226,23 @@ async fn track_model_health(
                     }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    refresh(&registry, &health, &mut known).await
+                    refresh(&registry, &health, &mut known).await;
+                    if let Some(desired) = registry.desired_status() {
+                        health.set_service_status(DESIRED_STATE_SERVICE_NAME, desired_health(&desired)).await;
+                    }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
         }
     });
+}
+
+fn desired_health(status: &crate::registry::DesiredStatus) -> ServingStatus {
+    if status.in_sync {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    }
 }
 
 /// One span per request, named by its method, with the caller's `x-request-id` or a number.
