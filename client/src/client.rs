@@ -451,6 +451,26 @@ impl FileChunks {
     }
 }
 
+/// The endpoint `config` names: its URL, connect timeout and TLS settings.
+pub(crate) fn endpoint(config: &ClientConfig) -> Result<Endpoint> {
+    let mut endpoint = Endpoint::from_shared(config.url.clone())
+        .map_err(|e| Error::Config(format!("invalid server URL {:?}: {e}", config.url)))?;
+    if let Some(timeout) = config.connect_timeout {
+        endpoint = endpoint.connect_timeout(timeout);
+    }
+    if config.url.starts_with("https://") {
+        let mut tls = tonic::transport::ClientTlsConfig::new().with_webpki_roots();
+        if let Some(pem) = &config.tls_ca_pem {
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        }
+        if let Some(domain) = &config.tls_domain {
+            tls = tls.domain_name(domain.clone());
+        }
+        endpoint = endpoint.tls_config(tls).map_err(|e| Error::Config(format!("TLS settings: {e}")))?;
+    }
+    Ok(endpoint)
+}
+
 /// A connection to a gitcap server. Cloning is cheap and shares the connection.
 #[derive(Clone)]
 pub struct GitcapClient {
@@ -473,22 +493,7 @@ impl GitcapClient {
     /// # }
     /// ```
     pub async fn connect(config: ClientConfig) -> Result<Self> {
-        let mut endpoint = Endpoint::from_shared(config.url.clone())
-            .map_err(|e| Error::Config(format!("invalid server URL {:?}: {e}", config.url)))?;
-        if let Some(timeout) = config.connect_timeout {
-            endpoint = endpoint.connect_timeout(timeout);
-        }
-        if config.url.starts_with("https://") {
-            let mut tls = tonic::transport::ClientTlsConfig::new().with_webpki_roots();
-            if let Some(pem) = &config.tls_ca_pem {
-                tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
-            }
-            if let Some(domain) = &config.tls_domain {
-                tls = tls.domain_name(domain.clone());
-            }
-            endpoint = endpoint.tls_config(tls).map_err(|e| Error::Config(format!("TLS settings: {e}")))?;
-        }
-        let channel = endpoint.connect().await?;
+        let channel = endpoint(&config)?.connect().await?;
         Self::with_channel(channel, config)
     }
 

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod auth;
 pub mod captioner;
+mod connection_age;
 pub mod convert;
 pub mod dense;
 mod live;
@@ -31,6 +32,7 @@ use crate::registry::Registry;
 use admin::AdminService;
 use auth::BearerAuth;
 use captioner::CaptionerService;
+use connection_age::AgedConnection;
 use convert::RequestLimits;
 use media::MediaService;
 
@@ -132,7 +134,7 @@ pub async fn serve(
                 .accept_http1(true)
                 .layer(crate::web::PageLayer::metrics_only())
                 .add_optional_service(admin)
-                .serve_with_incoming(incoming(listener))
+                .serve_with_incoming(incoming(listener, None))
                 .await;
             if let Err(e) = served {
                 tracing::error!(%e, "admin server stopped");
@@ -140,8 +142,11 @@ pub async fn serve(
         });
     }
     let mut builder = Server::builder();
-    if let Some((age, grace)) = options.max_connection_age {
-        builder = builder.max_connection_age(age).max_connection_age_grace(grace);
+    // GOAWAY at the age (tonic); the hard close after the grace is the connection's own
+    // (connection_age), since tonic's own grace would skip the GOAWAY.
+    let lifetime = options.max_connection_age.map(|(age, grace)| age + grace);
+    if let Some((age, _)) = options.max_connection_age {
+        builder = builder.max_connection_age(age);
     }
     if let Some((cert, key)) = options.tls.take() {
         let identity = tonic::transport::Identity::from_pem(cert, key);
@@ -162,7 +167,7 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(captioner)
         .add_optional_service(admin_here)
-        .serve_with_incoming_shutdown(incoming(listener), async move {
+        .serve_with_incoming_shutdown(incoming(listener, lifetime), async move {
             draining.await;
             let _ = stopped_tx.send(());
         });
@@ -258,13 +263,17 @@ fn request_span(request: &http::Request<()>) -> tracing::Span {
 /// Binds `addr` (port 0 = any free port).
 /// Accepted connections with Nagle's algorithm off: a response is written as several small
 /// frames (headers, message, trailers), and with Nagle on the trailers wait for the client's
-/// delayed ACK (~40 ms on Linux) on every call.
-fn incoming(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+/// delayed ACK (~40 ms on Linux) on every call. Each is closed `lifetime` after it was accepted
+/// (`None`: never).
+fn incoming(
+    listener: TcpListener,
+    lifetime: Option<Duration>,
+) -> impl tokio_stream::Stream<Item = std::io::Result<AgedConnection>> {
     use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(|accepted| {
+    TcpListenerStream::new(listener).map(move |accepted| {
         let stream = accepted?;
         stream.set_nodelay(true)?;
-        Ok(stream)
+        Ok(AgedConnection::new(stream, lifetime))
     })
 }
 
