@@ -394,3 +394,41 @@ impl AsyncWrite for Watched {
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn collect(body: Body) -> Vec<u8> {
+        body.collect().await.unwrap().to_bytes().to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_whole_request_is_kept_for_a_retry_and_a_streamed_one_passes_through_intact() {
+        let whole = Body::new(http_body_util::Full::new(Bytes::from_static(b"one message")));
+        assert_eq!(whole_body(whole).unwrap(), Bytes::from_static(b"one message"));
+
+        // Two frames now, a third later: not retriable, and nothing is lost or reordered.
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<http_body::Frame<Bytes>, tonic::Status>>(4);
+        tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"a")))).await.unwrap();
+        tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"b")))).await.unwrap();
+        let streamed = Body::new(http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)));
+        let passed = whole_body(streamed).expect_err("a body still streaming is not buffered");
+        tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"c")))).await.unwrap();
+        drop(tx);
+        assert_eq!(collect(passed).await, b"abc");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_call_that_never_reached_a_server() {
+        // Nothing listens on this port: refused, so never reached.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let resolver: Resolver = Arc::new(move || Box::pin(async move { Ok(vec![closed]) }));
+        let mut channel =
+            connect_with(resolver, &ClientConfig::new("http://unused"), BalanceOptions::default()).await.unwrap();
+        assert_eq!(channel.addresses(), [closed]);
+        let request = http::Request::builder().uri(format!("http://{closed}/x")).body(Body::empty()).unwrap();
+        let error = channel.call(request).await.unwrap_err();
+        assert!(never_reached_the_server(&error), "{error:?}");
+    }
+}
