@@ -8,7 +8,7 @@ use futures::StreamExt;
 use tonic::Request;
 
 use super::common::fixtures::model_dir;
-use super::common::probe::{http_get, value};
+use super::common::probe::http_get;
 use super::common::server::TestServer;
 use super::{caption_request, desired, follower, wait_for, ADMIN};
 use gitcap_client::proto::captioner_client::CaptionerClient;
@@ -56,9 +56,14 @@ async fn a_90_10_split_from_the_file_holds_and_route_keys_stick_across_replicas(
     assert_eq!(share(&answered, "v1") + v2, 100.0);
     // The per-version metrics count the same split.
     let metrics = http_get(&replicas[0].addr, "/metrics").2;
-    let count = |version: &str| {
-        let series = format!(r#"gitcap_requests_total{{model="tiny",version="{version}",rpc="Caption",code="OK"}}"#);
-        value(&metrics, &series).unwrap_or(0.0)
+    // Summed over any other labels (a `protocol` one, say).
+    let count = |version: &str| -> f64 {
+        let prefix = format!(r#"gitcap_requests_total{{model="tiny",version="{version}","#);
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(&prefix) && l.contains(r#"rpc="Caption""#) && l.contains(r#"code="OK""#))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     };
     assert_eq!((count("v1"), count("v2")), ((1000.0 - v2 * 10.0).round(), (v2 * 10.0).round()), "{metrics}");
 
