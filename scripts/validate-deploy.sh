@@ -126,7 +126,10 @@ done
 
 # 3. Settings: the gitcap.toml files and GITCAP__SECTION__KEY variables of the manifests and
 #    compose.yaml name settings that exist (the server ignores unknown ones silently), and
-#    compose.yaml's services, build files and volumes hang together.
+#    compose.yaml's services, build files and volumes hang together. The desired-state file
+#    (admin.desired_state) comes from a ConfigMap mounted as a directory (a subPath is never
+#    updated), and the metrics the HorizontalPodAutoscaler scales on are made by a rule of
+#    deploy/k8s/autoscaling/prometheus-adapter.yaml from metrics the server exports.
 py - "$RENDERED"/*.yaml <<'PY' || fail "settings in deploy/ (above) do not exist, or compose.yaml does not hang together"
 import pathlib, re, sys, yaml
 
@@ -136,8 +139,19 @@ except ImportError:  # Python < 3.11
     import tomli as tomllib
 
 defaults = tomllib.loads(pathlib.Path("config/default.toml").read_text())
+
 known = {(section, key) for section, table in defaults.items() for key in table}
 errors = []
+
+# The metrics the server exports (the names in server/src/metrics.rs), and what the adapter makes of them.
+exported = set(re.findall(r'"(gitcap_[a-z_]+)"', pathlib.Path("server/src/metrics.rs").read_text()))
+adapter_path = pathlib.Path("deploy/k8s/autoscaling/prometheus-adapter.yaml")
+adapter_metrics = {}
+for rule in yaml.safe_load(adapter_path.read_text())["rules"]["custom"]:
+    adapter_metrics[rule["name"]["as"]] = rule
+    for name in re.findall(r"gitcap_[a-z_]+", rule["seriesQuery"] + rule["metricsQuery"]):
+        if name not in exported:
+            errors.append(f"{adapter_path}: rule {rule['name']['as']} reads {name}, which the server does not export")
 
 def check_table(where, table):
     for section, keys in table.items():
@@ -154,18 +168,36 @@ def check_env(where, name):
         errors.append(f"{where}: {name} names no setting (GITCAP__SECTION__KEY, see config/default.toml)")
 
 for path in sys.argv[1:]:
-    for doc in yaml.safe_load_all(pathlib.Path(path).read_text()):
-        if not doc:
-            continue
+    docs = [doc for doc in yaml.safe_load_all(pathlib.Path(path).read_text()) if doc]
+    config_maps = {doc["metadata"]["name"]: doc.get("data", {}) for doc in docs if doc["kind"] == "ConfigMap"}
+    desired_state = None
+    for name, data in config_maps.items():
+        if "gitcap.toml" in data:
+            settings = tomllib.loads(data["gitcap.toml"])
+            check_table(f"{path}: ConfigMap/{name} gitcap.toml", settings)
+            desired_state = settings.get("admin", {}).get("desired_state") or desired_state
+    for doc in docs:
         where = f"{path}: {doc['kind']}/{doc['metadata']['name']}"
-        if doc["kind"] == "ConfigMap":
-            for name, text in doc.get("data", {}).items():
-                if name.endswith(".toml"):
-                    check_table(f"{where} {name}", tomllib.loads(text))
         pod = doc.get("spec", {}).get("template", {}).get("spec", {})
         for container in pod.get("containers", []) + pod.get("initContainers", []):
             for env in container.get("env", []):
                 check_env(where, env["name"])
+        if doc["kind"] == "Deployment" and desired_state:
+            directory, file = desired_state.rsplit("/", 1)
+            volumes = {v["name"]: v for v in pod.get("volumes", [])}
+            mounts = [m for c in pod["containers"] for m in c.get("volumeMounts", []) if m["mountPath"] == directory]
+            if not mounts:
+                errors.append(f"{where}: nothing is mounted at {directory}, where admin.desired_state is")
+            for mount in mounts:
+                source = volumes.get(mount["name"], {}).get("configMap", {}).get("name")
+                if "subPath" in mount:
+                    errors.append(f"{where}: {directory} is a subPath mount, which the kubelet never updates")
+                elif file not in config_maps.get(source, {}):
+                    errors.append(f"{where}: {directory} holds no ConfigMap with {file} (admin.desired_state)")
+        if doc["kind"] == "HorizontalPodAutoscaler":
+            for metric in doc["spec"].get("metrics", []):
+                if metric["type"] == "Pods" and metric["pods"]["metric"]["name"] not in adapter_metrics:
+                    errors.append(f"{where}: no prometheus-adapter rule makes {metric['pods']['metric']['name']}")
 
 compose_path = pathlib.Path("deploy/compose.yaml")
 compose = yaml.safe_load(compose_path.read_text())

@@ -171,7 +171,7 @@ async fn hot_swap_under_load_fails_no_request_and_a_bad_version_changes_nothing(
     let back = admin.rollback(authed(RollbackRequest { alias: "tiny".into() }, ADMIN)).await.unwrap().into_inner();
     assert_eq!(back.id, "tiny@local");
     assert_eq!(captioner.caption(caption("tiny", 2)).await.unwrap().into_inner().version, "local");
-    let set = SetAliasRequest { alias: "tiny".into(), id: "tiny@v2".into() };
+    let set = SetAliasRequest { alias: "tiny".into(), id: "tiny@v2".into(), ..Default::default() };
     admin.set_alias(authed(set, ADMIN)).await.unwrap();
     // Requests may also name an exact version.
     assert_eq!(captioner.caption(caption("tiny@local", 2)).await.unwrap().into_inner().version, "local");
@@ -239,7 +239,7 @@ async fn a_restart_restores_models_and_aliases_from_the_state_file() {
         let server = start("tiny-git-image", &env);
         let mut admin = AdminClient::new(server.channel().await);
         admin.load(authed(LoadRequest { spec: spec("wide", "tiny-git-wide", "w1") }, ADMIN)).await.unwrap();
-        let alias = SetAliasRequest { alias: "captions".into(), id: "wide@w1".into() };
+        let alias = SetAliasRequest { alias: "captions".into(), id: "wide@w1".into(), ..Default::default() };
         admin.set_alias(authed(alias, ADMIN)).await.unwrap();
         server.signal_term();
         let stopping = std::time::Instant::now();

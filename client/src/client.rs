@@ -312,8 +312,12 @@ impl TryFrom<proto::CaptionEvent> for CaptionEvent {
 pub enum ModelEvent {
     /// A model version's state (also sent for each version when the watch starts).
     Model(ModelStatus),
-    /// An alias now points at `id` (also sent for each alias when the watch starts, with no `previous_id`).
+    /// An alias now points at `id`, or is split (`split`); `id` empty: the alias was removed. Also
+    /// sent for each alias when the watch starts, with no `previous_id`.
     Alias(AliasStatus),
+    /// A server following a desired-state file: where it stands (also sent when the watch
+    /// starts, when it follows one).
+    DesiredState(proto::DesiredStateStatus),
 }
 
 impl TryFrom<proto::ModelEvent> for ModelEvent {
@@ -323,7 +327,8 @@ impl TryFrom<proto::ModelEvent> for ModelEvent {
         match event.event {
             Some(model_event::Event::Model(model)) => Ok(ModelEvent::Model(model)),
             Some(model_event::Event::Alias(alias)) => Ok(ModelEvent::Alias(alias)),
-            None => Err(Error::protocol("a model event with neither a model nor an alias")),
+            Some(model_event::Event::DesiredState(status)) => Ok(ModelEvent::DesiredState(status)),
+            None => Err(Error::protocol("a model event with neither a model, an alias nor a desired state")),
         }
     }
 }
@@ -446,6 +451,26 @@ impl FileChunks {
     }
 }
 
+/// The endpoint `config` names: its URL, connect timeout and TLS settings.
+pub(crate) fn endpoint(config: &ClientConfig) -> Result<Endpoint> {
+    let mut endpoint = Endpoint::from_shared(config.url.clone())
+        .map_err(|e| Error::Config(format!("invalid server URL {:?}: {e}", config.url)))?;
+    if let Some(timeout) = config.connect_timeout {
+        endpoint = endpoint.connect_timeout(timeout);
+    }
+    if config.url.starts_with("https://") {
+        let mut tls = tonic::transport::ClientTlsConfig::new().with_webpki_roots();
+        if let Some(pem) = &config.tls_ca_pem {
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        }
+        if let Some(domain) = &config.tls_domain {
+            tls = tls.domain_name(domain.clone());
+        }
+        endpoint = endpoint.tls_config(tls).map_err(|e| Error::Config(format!("TLS settings: {e}")))?;
+    }
+    Ok(endpoint)
+}
+
 /// A connection to a gitcap server. Cloning is cheap and shares the connection.
 #[derive(Clone)]
 pub struct GitcapClient {
@@ -468,22 +493,7 @@ impl GitcapClient {
     /// # }
     /// ```
     pub async fn connect(config: ClientConfig) -> Result<Self> {
-        let mut endpoint = Endpoint::from_shared(config.url.clone())
-            .map_err(|e| Error::Config(format!("invalid server URL {:?}: {e}", config.url)))?;
-        if let Some(timeout) = config.connect_timeout {
-            endpoint = endpoint.connect_timeout(timeout);
-        }
-        if config.url.starts_with("https://") {
-            let mut tls = tonic::transport::ClientTlsConfig::new().with_webpki_roots();
-            if let Some(pem) = &config.tls_ca_pem {
-                tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
-            }
-            if let Some(domain) = &config.tls_domain {
-                tls = tls.domain_name(domain.clone());
-            }
-            endpoint = endpoint.tls_config(tls).map_err(|e| Error::Config(format!("TLS settings: {e}")))?;
-        }
-        let channel = endpoint.connect().await?;
+        let channel = endpoint(&config)?.connect().await?;
         Self::with_channel(channel, config)
     }
 
@@ -888,7 +898,22 @@ impl GitcapClient {
 
     /// Points `alias` at a loaded, READY version (`name@version`).
     pub async fn set_alias(&self, alias: &str, id: &str) -> Result<AliasStatus> {
-        let request = self.request(proto::SetAliasRequest { alias: alias.to_string(), id: id.to_string() });
+        let request =
+            self.request(proto::SetAliasRequest { alias: alias.to_string(), id: id.to_string(), ..Default::default() });
+        let mut stub = self.admin.clone();
+        self.unary(stub.set_alias(request)).await
+    }
+
+    /// Splits `alias` between READY versions by weight (a canary: `[("coco@v1", 90), ("coco@v2",
+    /// 10)]`); promoting is another split, or [`Self::set_alias`]. Callers that send the metadata
+    /// `x-gitcap-route-key` always reach the same version for the same key.
+    pub async fn set_alias_split<I, S>(&self, alias: &str, weights: I) -> Result<AliasStatus>
+    where
+        I: IntoIterator<Item = (S, u32)>,
+        S: Into<String>,
+    {
+        let split = weights.into_iter().map(|(id, weight)| (id.into(), weight)).collect();
+        let request = self.request(proto::SetAliasRequest { alias: alias.to_string(), split, ..Default::default() });
         let mut stub = self.admin.clone();
         self.unary(stub.set_alias(request)).await
     }
@@ -1032,6 +1057,9 @@ mod tests {
         assert_eq!(ModelEvent::try_from(model).unwrap(), ModelEvent::Model(ModelStatus::default()));
         let alias = proto::ModelEvent { event: Some(model_event::Event::Alias(AliasStatus::default())) };
         assert_eq!(ModelEvent::try_from(alias).unwrap(), ModelEvent::Alias(AliasStatus::default()));
+        let desired = proto::DesiredStateStatus { in_sync: true, ..Default::default() };
+        let event = proto::ModelEvent { event: Some(model_event::Event::DesiredState(desired.clone())) };
+        assert_eq!(ModelEvent::try_from(event).unwrap(), ModelEvent::DesiredState(desired));
         assert!(ModelEvent::try_from(proto::ModelEvent { event: None }).is_err());
     }
 

@@ -17,10 +17,12 @@
 //! # }
 //! ```
 //!
-//! [`replicas`] runs one call on every replica behind a name (a headless Service) at once.
+//! [`replicas`] runs one call on every replica behind a name (a headless Service) at once;
+//! [`balance`] spreads calls over them, round robin, following the name as replicas come and go.
 //!
 //! The generated types and stubs are in [`proto`], for anything this wrapper does not cover.
 
+pub mod balance;
 mod client;
 mod error;
 pub mod media;

@@ -81,7 +81,7 @@ pub async fn resolve(spec: &str, base: &ClientConfig) -> Result<Vec<ClientConfig
 }
 
 /// `host` and `port` of a `dns:` target (what follows `dns:`).
-fn dns_target(target: &str) -> Result<(String, u16)> {
+pub(crate) fn dns_target(target: &str) -> Result<(String, u16)> {
     let name = match target.strip_prefix("//") {
         Some(rest) => rest.split_once('/').map(|(_authority, name)| name).unwrap_or(rest),
         None => target,

@@ -1,6 +1,7 @@
 //! Prometheus metrics: what the server records about requests, generation, batching, the
 //! feature cache and model memory, and their text rendering for `GET /metrics` (crate::web).
-//! Every series carries `model` and `version` labels. See docs/metrics.md.
+//! Every series carries `model` and `version` labels, except the server-wide desired-state ones.
+//! See docs/metrics.md.
 //!
 //! Counters and histograms go through the `metrics` crate to the `metrics-exporter-prometheus`
 //! recorder, installed once per process by [`install`]. Gauges are kept here and rendered by
@@ -36,6 +37,8 @@ const CACHE_BYTES: &str = "gitcap_feature_cache_bytes";
 const WEIGHT_BYTES: &str = "gitcap_model_weight_bytes";
 const QUEUE_DEPTH: &str = "gitcap_queue_depth";
 const RUNNING: &str = "gitcap_running_requests";
+const DESIRED_IN_SYNC: &str = "gitcap_desired_state_in_sync";
+const DESIRED_ERRORS: &str = "gitcap_desired_state_errors_total";
 
 /// Help text of the gauges, in the order they are rendered.
 const GAUGES: [(&str, &str); 4] = [
@@ -52,6 +55,10 @@ static RECORDER: OnceLock<std::result::Result<PrometheusHandle, String>> = OnceL
 
 /// (gauge name, model, version) → value.
 static GAUGE_VALUES: Mutex<BTreeMap<(&'static str, String, String), u64>> = Mutex::new(BTreeMap::new());
+
+/// Declarative mode: whether the server is in sync with its desired-state file (`None`: not in
+/// declarative mode, no series).
+static DESIRED_STATE: Mutex<Option<bool>> = Mutex::new(None);
 
 /// Installs the process-wide recorder with `settings`' buckets. Idempotent: later calls (tests
 /// in one process) keep the first recorder and its buckets.
@@ -124,6 +131,11 @@ fn describe() {
         "Feature cache look-ups that found the features, by kind (frame, prefix)."
     );
     describe_counter!(
+        DESIRED_ERRORS,
+        Unit::Count,
+        "Attempts to apply the desired-state file that failed (unreadable, invalid, or a version or alias not reached)."
+    );
+    describe_counter!(
         CACHE_MISSES,
         Unit::Count,
         "Feature cache look-ups that had to compute, by kind (frame, prefix)."
@@ -135,6 +147,14 @@ pub fn render() -> Option<String> {
     let handle = RECORDER.get()?.as_ref().ok()?;
     let mut text = handle.render();
     render_gauges(&mut text);
+    if let Some(in_sync) = *DESIRED_STATE.lock().unwrap_or_else(|e| e.into_inner()) {
+        let _ = write!(
+            text,
+            "# HELP {DESIRED_IN_SYNC} 1 when the server has reached the state its desired-state file describes, else 0.\n\
+             # TYPE {DESIRED_IN_SYNC} gauge\n{DESIRED_IN_SYNC} {}\n\n",
+            u8::from(in_sync)
+        );
+    }
     Some(text)
 }
 
@@ -276,6 +296,18 @@ pub fn queue_depth(model: &str, version: &str, waiting: usize) {
 
 pub fn running_requests(model: &str, version: &str, running: usize) {
     set_gauge(RUNNING, model, version, Some(running as u64));
+}
+
+/// Declarative mode: whether the server has reached its desired-state file's state.
+pub fn desired_state(in_sync: bool) {
+    if installed() {
+        *DESIRED_STATE.lock().unwrap_or_else(|e| e.into_inner()) = Some(in_sync);
+    }
+}
+
+/// Declarative mode: an attempt to apply the desired-state file failed.
+pub fn desired_state_error() {
+    counter!(DESIRED_ERRORS).increment(1);
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! `gitcap-server serve`: restore the saved models (or load the configured one), then serve.
+//! `gitcap-server serve`: follow the desired-state file (declarative mode), or restore the saved
+//! models (or load the configured one); then serve.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use crate::engine::EngineOptions;
 use crate::error::Result;
 use crate::media::video::{VideoDecoder, VideoLimits};
 use crate::media::{MediaLimits, UrlFetcher, UrlPolicy};
-use crate::registry::{HubOptions, LoadSpec, Registry, RegistryOptions};
+use crate::registry::{FollowOptions, HubOptions, LoadSpec, Registry, RegistryOptions};
 use crate::settings::Settings;
 
 pub async fn run(settings: Settings) -> Result<()> {
@@ -28,6 +29,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         cache_dir: None::<PathBuf>,
     };
     let admin = &settings.admin;
+    let desired_state = admin.desired_state()?;
     let registry = Registry::new(RegistryOptions {
         hub,
         engine: EngineOptions {
@@ -39,9 +41,13 @@ pub async fn run(settings: Settings) -> Result<()> {
         },
         model_roots: Some(admin.model_roots.clone()),
         state_file: admin.state_file.clone(),
+        desired_state: desired_state.as_ref().map(|(path, _)| path.clone()),
         drain_timeout: Duration::from_secs(admin.drain_timeout_secs),
     });
-    if !registry.restore().await? {
+    if let Some((path, poll)) = desired_state {
+        let follow = FollowOptions { path, poll, default_device: m.device, default_dtype: m.dtype };
+        crate::registry::follow::start(registry.clone(), follow).await?;
+    } else if !registry.restore().await? {
         let spec = LoadSpec {
             name: m.name.clone(),
             source: m.source.clone(),
@@ -85,6 +91,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         default_device: m.device,
         default_dtype: m.dtype,
         tls: settings.server.tls_identity()?,
+        max_connection_age: settings.server.max_connection_age()?,
     };
     api::serve(listener, registry, options, shutdown_signal()).await
 }

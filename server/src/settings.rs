@@ -49,6 +49,12 @@ pub struct ServerSettings {
     pub listen: String,
     pub max_message_bytes: usize,
     pub shutdown_grace_secs: u64,
+    /// Close each connection (GOAWAY) after this long, so long-lived HTTP/2 clients reconnect
+    /// and spread onto new replicas; `None` = never.
+    #[serde(default, deserialize_with = "optional")]
+    pub max_connection_age_secs: Option<f64>,
+    /// How long calls on a connection past its age may take before it is closed anyway.
+    pub max_connection_age_grace_secs: f64,
     #[serde(default, deserialize_with = "optional")]
     pub tls_cert: Option<PathBuf>,
     #[serde(default, deserialize_with = "optional")]
@@ -56,6 +62,21 @@ pub struct ServerSettings {
 }
 
 impl ServerSettings {
+    /// `max_connection_age_secs` and its grace, checked.
+    pub fn max_connection_age(&self) -> Result<Option<(std::time::Duration, std::time::Duration)>> {
+        let Some(age) = self.max_connection_age_secs else { return Ok(None) };
+        let seconds = |field: &str, value: f64| {
+            std::time::Duration::try_from_secs_f64(value)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| GitcapError::invalid(field, format!("{value} is not a positive number of seconds")))
+        };
+        Ok(Some((
+            seconds("server.max_connection_age_secs", age)?,
+            seconds("server.max_connection_age_grace_secs", self.max_connection_age_grace_secs)?,
+        )))
+    }
+
     /// The PEM certificate chain and key, when TLS is configured.
     pub fn tls_identity(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         match (&self.tls_cert, &self.tls_key) {
@@ -104,6 +125,36 @@ pub struct AdminSettings {
     #[serde(default, deserialize_with = "optional")]
     pub state_file: Option<PathBuf>,
     pub drain_timeout_secs: u64,
+    /// Declarative mode: the file of models, versions and aliases this server follows
+    /// (crate::registry::desired); `None` = the admin API decides.
+    #[serde(default, deserialize_with = "optional")]
+    pub desired_state: Option<PathBuf>,
+    /// How often the desired-state file is read.
+    pub desired_state_poll_secs: f64,
+}
+
+impl AdminSettings {
+    /// Declarative mode's file and poll interval, when it is on; it excludes the state file.
+    pub fn desired_state(&self) -> Result<Option<(PathBuf, std::time::Duration)>> {
+        let Some(path) = &self.desired_state else { return Ok(None) };
+        if let Some(state_file) = &self.state_file {
+            return Err(GitcapError::invalid(
+                "admin.desired_state",
+                format!(
+                    "cannot be set together with admin.state_file ({}): with a desired-state file the admin API \
+                     makes no changes to save; unset one of them",
+                    state_file.display()
+                ),
+            ));
+        }
+        let poll = std::time::Duration::try_from_secs_f64(self.desired_state_poll_secs)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+            GitcapError::invalid("admin.desired_state_poll_secs", "must be a positive number of seconds")
+        })?;
+        Ok(Some((path.clone(), poll)))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -346,6 +397,7 @@ fn check_env_key(name: &str, known: &BTreeSet<String>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
@@ -405,6 +457,36 @@ mod tests {
 
         let err = Settings::load_from(None, &[], env(&[("GITCAP__LIMITS__MAX_BEAM", "2")])).unwrap_err().to_string();
         assert!(err.starts_with("GITCAP__LIMITS__MAX_BEAM: ") && err.contains("GITCAP__LIMITS__MAX_BEAMS?"), "{err}");
+    }
+
+    #[test]
+    fn declarative_mode_and_connection_age_are_checked_when_read() {
+        let settings = Settings::load_from(None, &[], vec![]).unwrap();
+        assert_eq!(settings.admin.desired_state().unwrap(), None);
+        assert_eq!(settings.server.max_connection_age().unwrap(), None);
+
+        let environment = env(&[
+            ("GITCAP__ADMIN__DESIRED_STATE", "/etc/gitcap/models/models.toml"),
+            ("GITCAP__ADMIN__DESIRED_STATE_POLL_SECS", "0.25"),
+            ("GITCAP__SERVER__MAX_CONNECTION_AGE_SECS", "300"),
+        ]);
+        let settings = Settings::load_from(None, &[], environment).unwrap();
+        let (path, poll) = settings.admin.desired_state().unwrap().unwrap();
+        assert_eq!((path.to_str().unwrap(), poll), ("/etc/gitcap/models/models.toml", Duration::from_millis(250)));
+        let (age, grace) = settings.server.max_connection_age().unwrap().unwrap();
+        assert_eq!((age, grace), (Duration::from_secs(300), Duration::from_secs(30)));
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gitcap.toml");
+        std::fs::write(&file, "[server]\nmax_connection_age_secs = 120\nmax_connection_age_grace_secs = 0\n").unwrap();
+        let settings = Settings::load_from(Some(&file), &[], vec![]).unwrap();
+        assert_eq!(settings.server.max_connection_age_secs, Some(120.0), "a number in the file");
+        let err = settings.server.max_connection_age().unwrap_err().to_string();
+        assert!(err.starts_with("server.max_connection_age_grace_secs"), "{err}");
+
+        let both = env(&[("GITCAP__ADMIN__DESIRED_STATE", "/m.toml"), ("GITCAP__ADMIN__STATE_FILE", "/s.json")]);
+        let err = Settings::load_from(None, &[], both).unwrap().admin.desired_state().unwrap_err().to_string();
+        assert!(err.starts_with("admin.desired_state: cannot be set together with admin.state_file"), "{err}");
     }
 
     #[test]

@@ -74,10 +74,17 @@ impl TestServer {
 
     /// Serves the checkpoint directory `dir` under the name `tiny`.
     pub fn start_dir(dir: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut args = vec!["--name", "tiny", "--model", dir.to_str().expect("a UTF-8 path")];
+        args.extend_from_slice(extra);
+        Self::serve("127.0.0.1:0", &args, env)
+    }
+
+    /// `gitcap-server serve --listen LISTEN ARGS…` (no model flags: the settings, e.g. a
+    /// desired-state file, say what to serve).
+    pub fn serve(listen: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(server_binary())
-            .args(["serve", "--listen", "127.0.0.1:0", "--name", "tiny", "--model"])
-            .arg(dir)
-            .args(extra)
+            .args(["serve", "--listen", listen])
+            .args(args)
             .env("RUST_LOG", "warn")
             // Settings layering: the environment raises a limit the tests need.
             .env("GITCAP__LIMITS__MAX_BEAMS", "32")

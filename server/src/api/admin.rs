@@ -1,5 +1,6 @@
-//! The `gitcap.v1.Admin` service: load, unload, list, alias, hot swap, roll back and watch
-//! models. Thin: each call converts its message and calls the registry.
+//! The `gitcap.v1.Admin` service: load, unload, list, alias (canary splits too), hot swap, roll
+//! back and watch models. Thin: each call converts its message and calls the registry, which
+//! refuses changes in declarative mode.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,7 +14,9 @@ use crate::device::DeviceSpec;
 use crate::error::GitcapError;
 use crate::model::Precision;
 use crate::proto::{self, admin_server::Admin};
-use crate::registry::{models::AliasChange, LoadSpec, ModelState, ModelStatus, Registry, RegistryEvent};
+use crate::registry::{
+    models::AliasChange, DesiredStatus, LoadSpec, ModelState, ModelStatus, Registry, RegistryEvent, Route,
+};
 
 pub struct AdminService {
     registry: Arc<Registry>,
@@ -77,11 +80,36 @@ pub fn model_status(status: ModelStatus) -> proto::ModelStatus {
         memory_bytes: status.memory_bytes,
         aliases: status.aliases,
         progress: status.progress,
+        commit: status.commit,
+    }
+}
+
+/// A split's weights (empty for an alias with one version).
+fn split(route: &Route) -> std::collections::HashMap<String, u32> {
+    if route.is_split() {
+        route.targets().iter().cloned().collect()
+    } else {
+        Default::default()
     }
 }
 
 fn alias_status(change: AliasChange) -> proto::AliasStatus {
-    proto::AliasStatus { alias: change.alias, id: change.id, previous_id: change.previous_id.unwrap_or_default() }
+    proto::AliasStatus {
+        alias: change.alias.clone(),
+        id: change.id().to_string(),
+        previous_id: change.previous_id.unwrap_or_default(),
+        split: change.route.as_ref().map(split).unwrap_or_default(),
+    }
+}
+
+fn desired_status(status: DesiredStatus) -> proto::DesiredStateStatus {
+    proto::DesiredStateStatus {
+        path: status.path.display().to_string(),
+        content_hash: status.content_hash,
+        applied_hash: status.applied_hash,
+        in_sync: status.in_sync,
+        errors: status.errors,
+    }
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<proto::ModelEvent, Status>> + Send>>;
@@ -100,9 +128,18 @@ impl Admin for AdminService {
 
     async fn list(&self, _: Request<proto::ListRequest>) -> Result<Response<proto::ListResponse>, Status> {
         let (models, aliases) = self.registry.list();
+        let splits = self
+            .registry
+            .routes()
+            .into_iter()
+            .filter(|(_, route)| route.is_split())
+            .map(|(alias, route)| (alias, proto::AliasSplit { weights: split(&route) }))
+            .collect();
         Ok(Response::new(proto::ListResponse {
             models: models.into_iter().map(model_status).collect(),
             aliases: aliases.into_iter().collect(),
+            splits,
+            desired_state: self.registry.desired_status().map(desired_status),
         }))
     }
 
@@ -115,7 +152,13 @@ impl Admin for AdminService {
         request: Request<proto::SetAliasRequest>,
     ) -> Result<Response<proto::AliasStatus>, Status> {
         let request = request.into_inner();
-        Ok(Response::new(alias_status(self.registry.set_alias(&request.alias, &request.id).await?)))
+        let route = match (request.id.is_empty(), request.split.is_empty()) {
+            (false, true) => Route::one(&request.id),
+            (true, false) => Route::split(&request.split.into_iter().collect(), "split")?,
+            (false, false) => return Err(GitcapError::invalid("split", "give either `id` or `split`, not both").into()),
+            (true, true) => return Err(GitcapError::invalid("id", "missing: a version id, or a `split`").into()),
+        };
+        Ok(Response::new(alias_status(self.registry.set_alias(&request.alias, route).await?)))
     }
 
     async fn swap(&self, request: Request<proto::SwapRequest>) -> Result<Response<proto::SwapResponse>, Status> {
@@ -134,14 +177,18 @@ impl Admin for AdminService {
     async fn watch(&self, _: Request<proto::WatchRequest>) -> Result<Response<EventStream>, Status> {
         use proto::model_event::Event;
         let mut events = self.registry.subscribe();
-        let (models, aliases) = self.registry.list();
+        let (models, _) = self.registry.list();
+        let routes = self.registry.routes();
+        let desired = self.registry.desired_status();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
-            let snapshot = models.into_iter().map(|m| Event::Model(model_status(m))).chain(
-                aliases
-                    .into_iter()
-                    .map(|(alias, id)| Event::Alias(proto::AliasStatus { alias, id, previous_id: String::new() })),
-            );
+            let snapshot = models
+                .into_iter()
+                .map(|m| Event::Model(model_status(m)))
+                .chain(routes.into_iter().map(|(alias, route)| {
+                    Event::Alias(alias_status(AliasChange { alias, route: Some(route), previous_id: None }))
+                }))
+                .chain(desired.map(|d| Event::DesiredState(desired_status(d))));
             for event in snapshot {
                 if tx.send(Ok(proto::ModelEvent { event: Some(event) })).await.is_err() {
                     return;
@@ -155,6 +202,7 @@ impl Admin for AdminService {
                 let event = match event {
                     Ok(RegistryEvent::Model(status)) => Event::Model(model_status(*status)),
                     Ok(RegistryEvent::Alias(change)) => Event::Alias(alias_status(change)),
+                    Ok(RegistryEvent::DesiredState(status)) => Event::DesiredState(desired_status(*status)),
                     Err(RecvError::Lagged(missed)) => {
                         let _ = tx
                             .send(

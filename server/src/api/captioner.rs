@@ -27,6 +27,9 @@ use crate::media::MediaLimits;
 use crate::proto::{self, captioner_server::Captioner};
 use crate::registry::Registry;
 
+/// gRPC metadata naming a caller's route key for canary splits (crate::registry::route).
+pub const ROUTE_KEY_HEADER: &str = "x-gitcap-route-key";
+
 pub struct CaptionerService {
     models: Arc<Registry>,
     limits: Arc<RequestLimits>,
@@ -38,9 +41,10 @@ impl CaptionerService {
         Self { models, limits: Arc::new(limits), media }
     }
 
-    /// The worker serving `name`, noted in the request's tally.
-    fn model(&self, name: &str, tally: &mut Tally) -> Result<ModelWorker, Status> {
-        let worker = self.models.get(name)?;
+    /// The worker serving `name` (of a canary split, the version `route_key` picks), noted in
+    /// the request's tally.
+    fn model(&self, name: &str, route_key: Option<&str>, tally: &mut Tally) -> Result<ModelWorker, Status> {
+        let worker = self.models.get_routed(name, route_key)?;
         tally.model = Some(worker.info.clone());
         Ok(worker)
     }
@@ -49,8 +53,9 @@ impl CaptionerService {
     async fn start(&self, request: Request<proto::CaptionRequest>, tally: &mut Tally) -> Result<Started, Status> {
         let started = Instant::now();
         let timeout = grpc_timeout(&request);
+        let key = route_key(&request);
         let request = request.into_inner();
-        let worker = self.model(&request.model, tally)?;
+        let worker = self.model(&request.model, key.as_deref(), tally)?;
         let question = convert::question(&request.question, &self.limits)?;
         let options = convert::options(request.options.as_ref(), &self.limits)?;
         let media = within(timeout, started, self.media.prepare(request.media, &worker.info)).await?;
@@ -68,11 +73,12 @@ impl CaptionerService {
         use proto::upload_message::Message;
         let started = Instant::now();
         let timeout = grpc_timeout(&request);
+        let key = route_key(&request);
         let mut stream = request.into_inner();
         let Some(Message::Start(start)) = stream.message().await?.and_then(|m| m.message) else {
             return Err(GitcapError::invalid("start", "the first message of an upload must be `start`").into());
         };
-        let worker = self.model(&start.model, tally)?;
+        let worker = self.model(&start.model, key.as_deref(), tally)?;
         let question = convert::question(&start.question, &self.limits)?;
         let options = convert::options(start.options.as_ref(), &self.limits)?;
         let declared = start.frame_count as usize;
@@ -107,11 +113,12 @@ impl CaptionerService {
         use proto::video_upload_message::Message;
         let started = Instant::now();
         let timeout = grpc_timeout(&request);
+        let key = route_key(&request);
         let mut stream = request.into_inner();
         let Some(Message::Start(start)) = stream.message().await?.and_then(|m| m.message) else {
             return Err(GitcapError::invalid("start", "the first message of a video upload must be `start`").into());
         };
-        let worker = self.model(&start.model, tally)?;
+        let worker = self.model(&start.model, key.as_deref(), tally)?;
         let question = convert::question(&start.question, &self.limits)?;
         let options = convert::options(start.options.as_ref(), &self.limits)?;
         let file = video_upload::receive(&mut stream, &self.media, start.size_bytes).await?;
@@ -130,11 +137,12 @@ impl CaptionerService {
         tally: &mut Tally,
     ) -> Result<(LiveSession, Streaming<proto::LiveMessage>), Status> {
         use proto::live_message::Message;
+        let key = route_key(&request);
         let mut stream = request.into_inner();
         let Some(Message::Start(start)) = stream.message().await?.and_then(|m| m.message) else {
             return Err(GitcapError::invalid("start", "the first message of a live stream must be `start`").into());
         };
-        let worker = self.model(&start.model, tally)?;
+        let worker = self.model(&start.model, key.as_deref(), tally)?;
         let question = convert::question(&start.question, &self.limits)?;
         let options = convert::options(start.options.as_ref(), &self.limits)?;
         let max = worker.info.max_frames;
@@ -153,10 +161,12 @@ impl CaptionerService {
 
     async fn score(
         &self,
-        request: proto::ScoreLabelsRequest,
+        request: Request<proto::ScoreLabelsRequest>,
         tally: &mut Tally,
     ) -> Result<proto::ScoreLabelsResponse, Status> {
-        let worker = self.model(&request.model, tally)?;
+        let key = route_key(&request);
+        let request = request.into_inner();
+        let worker = self.model(&request.model, key.as_deref(), tally)?;
         let labels = convert::labels(&request.labels, &self.limits)?;
         let prompt = convert::question(&request.prompt, &self.limits)?;
         let frames = self.media.prepare(request.media, &worker.info).await?.frames;
@@ -194,6 +204,13 @@ fn log_failure(status: &Status) {
 }
 
 /// Parses the `grpc-timeout` header ("<digits><H|M|S|m|u|n>").
+/// The caller's route key (metadata `x-gitcap-route-key`): of an alias split between versions,
+/// the same key always reaches the same version.
+fn route_key<T>(request: &Request<T>) -> Option<String> {
+    let value = request.metadata().get(ROUTE_KEY_HEADER)?.to_str().ok()?;
+    Some(value.to_string()).filter(|key| !key.is_empty())
+}
+
 fn grpc_timeout<T>(request: &Request<T>) -> Option<Duration> {
     let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
@@ -290,7 +307,7 @@ impl Captioner for CaptionerService {
         request: Request<proto::ScoreLabelsRequest>,
     ) -> Result<Response<proto::ScoreLabelsResponse>, Status> {
         let mut tally = Tally::new("ScoreLabels");
-        let result = self.score(request.into_inner(), &mut tally).await;
+        let result = self.score(request, &mut tally).await;
         Ok(Response::new(tally.outcome(result)?))
     }
 
@@ -332,9 +349,10 @@ impl Captioner for CaptionerService {
         request: Request<proto::DenseCaptionRequest>,
     ) -> Result<Response<DenseStream>, Status> {
         let mut tally = Tally::new("DenseCaption");
+        let key = route_key(&request);
         let request = request.into_inner();
         let session = (|| -> Result<DenseSession, Status> {
-            let worker = self.model(&request.model, &mut tally)?;
+            let worker = self.model(&request.model, key.as_deref(), &mut tally)?;
             self.media.video_decoder()?;
             Ok(DenseSession {
                 question: convert::question(&request.question, &self.limits)?,

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod auth;
 pub mod captioner;
+mod connection_age;
 pub mod convert;
 pub mod dense;
 mod live;
@@ -32,6 +33,7 @@ use crate::registry::Registry;
 use admin::AdminService;
 use auth::BearerAuth;
 use captioner::CaptionerService;
+use connection_age::AgedConnection;
 use convert::RequestLimits;
 use media::MediaService;
 
@@ -40,6 +42,11 @@ pub const SERVICE_NAME: &str = "gitcap.v1.Captioner";
 /// Health service name that says whether this server can decode video files (it has ffmpeg):
 /// SERVING or NOT_SERVING.
 pub const VIDEO_SERVICE_NAME: &str = "gitcap.v1.VideoDecoding";
+/// Health service name, in declarative mode only, that says whether this server has reached the
+/// state of its desired-state file: SERVING in sync, NOT_SERVING not (the file is unreadable or
+/// invalid, or a version failed to load; what serves is unchanged). Not for readiness: a bad
+/// version in the file must not take every replica out of service.
+pub const DESIRED_STATE_SERVICE_NAME: &str = "gitcap.v1.DesiredState";
 
 pub struct ServeOptions {
     pub limits: RequestLimits,
@@ -57,6 +64,8 @@ pub struct ServeOptions {
     pub default_dtype: Precision,
     /// PEM certificate chain and private key: serve TLS instead of plain text.
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
+    /// Close connections after this age (GOAWAY), letting calls finish within the grace.
+    pub max_connection_age: Option<(Duration, Duration)>,
 }
 
 /// Serves on `listener` until `shutdown` resolves; then reports NOT_SERVING, stops taking
@@ -135,7 +144,7 @@ pub async fn serve(
                 .accept_http1(true)
                 .layer(crate::web::PageLayer::metrics_only())
                 .add_optional_service(admin)
-                .serve_with_incoming(incoming(listener))
+                .serve_with_incoming(incoming(listener, None))
                 .await;
             if let Err(e) = served {
                 tracing::error!(%e, "admin server stopped");
@@ -143,6 +152,12 @@ pub async fn serve(
         });
     }
     let mut builder = Server::builder();
+    // GOAWAY at the age (tonic); the hard close after the grace is the connection's own
+    // (connection_age), since tonic's own grace would skip the GOAWAY.
+    let lifetime = options.max_connection_age.map(|(age, grace)| age + grace);
+    if let Some((age, _)) = options.max_connection_age {
+        builder = builder.max_connection_age(age);
+    }
     if let Some((cert, key)) = options.tls.take() {
         let identity = tonic::transport::Identity::from_pem(cert, key);
         builder = builder
@@ -163,7 +178,7 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(captioner)
         .add_optional_service(admin_here)
-        .serve_with_incoming_shutdown(incoming(listener), async move {
+        .serve_with_incoming_shutdown(incoming(listener, lifetime), async move {
             draining.await;
             let _ = stopped_tx.send(());
         });
@@ -204,11 +219,17 @@ async fn track_model_health(
     }
     let mut known = std::collections::HashSet::new();
     refresh(registry, &health, &mut known).await;
+    if let Some(desired) = registry.desired_status() {
+        health.set_service_status(DESIRED_STATE_SERVICE_NAME, desired_health(&desired)).await;
+    }
     let mut events = registry.subscribe();
     let registry = registry.clone();
     tokio::spawn(async move {
         loop {
             match events.recv().await {
+                Ok(crate::registry::RegistryEvent::DesiredState(desired)) => {
+                    health.set_service_status(DESIRED_STATE_SERVICE_NAME, desired_health(&desired)).await;
+                }
                 Ok(event) => {
                     if let crate::registry::RegistryEvent::Model(status) = &event {
                         if !matches!(status.state, crate::registry::ModelState::Ready) {
@@ -221,12 +242,23 @@ async fn track_model_health(
                     }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    refresh(&registry, &health, &mut known).await
+                    refresh(&registry, &health, &mut known).await;
+                    if let Some(desired) = registry.desired_status() {
+                        health.set_service_status(DESIRED_STATE_SERVICE_NAME, desired_health(&desired)).await;
+                    }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
         }
     });
+}
+
+fn desired_health(status: &crate::registry::DesiredStatus) -> ServingStatus {
+    if status.in_sync {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    }
 }
 
 /// One span per request, named by its method, with the caller's `x-request-id` or a number.
@@ -242,13 +274,17 @@ fn request_span(request: &http::Request<()>) -> tracing::Span {
 /// Binds `addr` (port 0 = any free port).
 /// Accepted connections with Nagle's algorithm off: a response is written as several small
 /// frames (headers, message, trailers), and with Nagle on the trailers wait for the client's
-/// delayed ACK (~40 ms on Linux) on every call.
-fn incoming(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+/// delayed ACK (~40 ms on Linux) on every call. Each is closed `lifetime` after it was accepted
+/// (`None`: never).
+fn incoming(
+    listener: TcpListener,
+    lifetime: Option<Duration>,
+) -> impl tokio_stream::Stream<Item = std::io::Result<AgedConnection>> {
     use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(|accepted| {
+    TcpListenerStream::new(listener).map(move |accepted| {
         let stream = accepted?;
         stream.set_nodelay(true)?;
-        Ok(stream)
+        Ok(AgedConnection::new(stream, lifetime))
     })
 }
 

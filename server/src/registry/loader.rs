@@ -21,7 +21,8 @@ pub struct LoadSpec {
     pub name: String,
     pub source: String,
     pub revision: String,
-    /// Label for a local directory; a hub model's version is its commit.
+    /// The version label (the `version` of the id `name@version`); empty = the hub commit, or
+    /// `local` for a directory.
     pub version: String,
     pub device: DeviceSpec,
     pub dtype: Precision,
@@ -32,6 +33,8 @@ pub struct Loaded {
     pub pipeline: Pipeline,
     pub info: ModelInfo,
     pub load_seconds: f64,
+    /// The hub commit loaded (`None` for a local directory).
+    pub commit: Option<String>,
 }
 
 /// Local directories the admin API may load from; `None` = any (only the operator's own
@@ -59,11 +62,9 @@ pub fn load(spec: &LoadSpec, hub: &HubOptions, progress: &mut dyn FnMut(Download
     let revision = Some(spec.revision.as_str()).filter(|r| !r.is_empty());
     let checkpoint = resolve_with_progress(&spec.source, revision, hub, progress)?;
     let pipeline = Pipeline::load(&checkpoint.dir, spec.dtype, device)?;
-    let version = if checkpoint.version == "local" && !spec.version.is_empty() {
-        spec.version.clone()
-    } else {
-        checkpoint.version
-    };
+    let from_hub = checkpoint.version != "local";
+    let commit = from_hub.then(|| checkpoint.version.clone());
+    let version = if spec.version.is_empty() { checkpoint.version } else { spec.version.clone() };
     warm_up(&pipeline)?;
     let info = ModelInfo {
         name: spec.name.clone(),
@@ -74,7 +75,7 @@ pub fn load(spec: &LoadSpec, hub: &HubOptions, progress: &mut dyn FnMut(Download
         weights_bytes: pipeline.weights_bytes,
         preprocessor: std::sync::Arc::new(pipeline.preprocessor.clone()),
     };
-    Ok(Loaded { pipeline, info, load_seconds: started.elapsed().as_secs_f64() })
+    Ok(Loaded { pipeline, info, load_seconds: started.elapsed().as_secs_f64(), commit })
 }
 
 /// One real inference (a gray image, one token) so the first caller does not pay for

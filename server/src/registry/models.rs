@@ -1,6 +1,10 @@
-//! The models this server holds, by `name@version`, the aliases that point at them, and every
-//! change to either: loads, hot swaps, rollbacks, unloads. Requests resolve a name here and keep
-//! the worker they got, so a swap never disturbs a request in flight.
+//! The models this server holds, by `name@version`, the aliases that point at them (one version
+//! or a canary split, [`super::route`]), and every change to either: loads, hot swaps,
+//! rollbacks, unloads. Requests resolve a name here and keep the worker they got, so a swap never
+//! disturbs a request in flight.
+//!
+//! Changes come from the admin API, or, in declarative mode (`admin.desired_state`), only from
+//! the desired-state file ([`super::reconcile`]): the admin API's changes are then refused.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -10,6 +14,8 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 
 use super::loader::{self, check_root, LoadSpec};
+use super::reconcile::DesiredStatus;
+use super::route::Route;
 use super::source::HubOptions;
 use super::state_file::{self, SavedState};
 use crate::engine::{EngineOptions, ModelWorker};
@@ -39,19 +45,33 @@ pub struct ModelStatus {
     pub aliases: Vec<String>,
     /// Download progress while loading from the hub, e.g. `model.safetensors: 120.0 of 709.0 MB`.
     pub progress: String,
+    /// The hub commit a hub model was loaded at (empty for a local directory).
+    pub commit: String,
 }
 
+/// An alias now sends its requests along `route` (`None`: the alias was removed).
 #[derive(Debug, Clone)]
 pub struct AliasChange {
     pub alias: String,
-    pub id: String,
+    pub route: Option<Route>,
+    /// Where it sent them before (the primary version of a split).
     pub previous_id: Option<String>,
+}
+
+impl AliasChange {
+    /// The version the alias points at (of a split, the one with the largest weight); empty
+    /// when the alias was removed.
+    pub fn id(&self) -> &str {
+        self.route.as_ref().map(Route::primary).unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Clone)]
 pub enum RegistryEvent {
     Model(Box<ModelStatus>),
     Alias(AliasChange),
+    /// Declarative mode: where the server stands against its desired-state file.
+    DesiredState(Box<DesiredStatus>),
 }
 
 /// How models are loaded and kept.
@@ -62,8 +82,11 @@ pub struct RegistryOptions {
     pub engine: EngineOptions,
     /// Local directories the admin API may load from (`None`: no restriction).
     pub model_roots: Option<Vec<PathBuf>>,
-    /// Where the desired models and aliases are saved.
+    /// Where the models and aliases set through the admin API are saved.
     pub state_file: Option<PathBuf>,
+    /// Declarative mode: the desired-state file this server follows; the admin API's changes
+    /// are refused.
+    pub desired_state: Option<PathBuf>,
     /// How long an unloaded version's requests may take to finish before they are stopped.
     pub drain_timeout: Duration,
 }
@@ -74,19 +97,21 @@ struct Entry {
 }
 
 #[derive(Default)]
-struct Inner {
+pub(super) struct Inner {
     entries: BTreeMap<String, Entry>,
-    aliases: BTreeMap<String, String>,
-    /// alias → what it pointed at before its last change (for rollback).
-    previous: HashMap<String, String>,
+    aliases: BTreeMap<String, Route>,
+    /// alias → where it sent requests before its last change (for rollback).
+    previous: HashMap<String, Route>,
 }
 
 pub struct Registry {
     inner: Mutex<Inner>,
-    options: RegistryOptions,
+    pub(super) options: RegistryOptions,
     events: broadcast::Sender<RegistryEvent>,
-    /// Serialises loads, swaps and unloads (requests never wait on it).
-    admin: tokio::sync::Mutex<()>,
+    /// Serialises loads, swaps, unloads and reconciles (requests never wait on it).
+    pub(super) admin: tokio::sync::Mutex<()>,
+    /// Declarative mode: the last reconcile's outcome.
+    pub(super) desired: Mutex<Option<DesiredStatus>>,
 }
 
 pub fn model_id(name: &str, version: &str) -> String {
@@ -96,10 +121,16 @@ pub fn model_id(name: &str, version: &str) -> String {
 impl Registry {
     pub fn new(options: RegistryOptions) -> Arc<Self> {
         let (events, _) = broadcast::channel(256);
-        Arc::new(Self { inner: Mutex::default(), options, events, admin: tokio::sync::Mutex::new(()) })
+        Arc::new(Self {
+            inner: Mutex::default(),
+            options,
+            events,
+            admin: tokio::sync::Mutex::new(()),
+            desired: Mutex::default(),
+        })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -109,9 +140,18 @@ impl Registry {
 
     /// The worker serving `name`: an alias, a `name@version`, or the default when empty.
     pub fn get(&self, name: &str) -> Result<ModelWorker> {
+        self.get_routed(name, None)
+    }
+
+    /// Like [`Self::get`]; of an alias split between versions, `route_key` (when given) picks
+    /// the version, the same one for the same key (see [`super::route`]).
+    pub fn get_routed(&self, name: &str, route_key: Option<&str>) -> Result<ModelWorker> {
         let inner = self.lock();
         let wanted = if name.is_empty() { DEFAULT_ALIAS } else { name };
-        let id = inner.aliases.get(wanted).cloned().unwrap_or_else(|| wanted.to_string());
+        let id = match inner.aliases.get(wanted) {
+            Some(route) => route.pick(route_key).to_string(),
+            None => wanted.to_string(),
+        };
         match inner.entries.get(&id) {
             Some(Entry { worker: Some(worker), status }) if status.state == ModelState::Ready => Ok(worker.clone()),
             Some(Entry { status, .. }) => {
@@ -124,15 +164,27 @@ impl Registry {
         }
     }
 
+    /// Every version's status, and each alias's version (of a split: the primary one).
     pub fn list(&self) -> (Vec<ModelStatus>, BTreeMap<String, String>) {
         let inner = self.lock();
         let statuses = inner.entries.keys().filter_map(|id| status_of(&inner, id)).collect();
-        (statuses, inner.aliases.clone())
+        let aliases = inner.aliases.iter().map(|(alias, route)| (alias.clone(), route.primary().to_string())).collect();
+        (statuses, aliases)
+    }
+
+    /// Every alias's route, splits in full.
+    pub fn routes(&self) -> BTreeMap<String, Route> {
+        self.lock().aliases.clone()
+    }
+
+    /// Declarative mode: where the server stands against its desired-state file.
+    pub fn desired_status(&self) -> Option<DesiredStatus> {
+        self.desired.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn status(&self, id: &str) -> Result<ModelStatus> {
         let inner = self.lock();
-        let id = inner.aliases.get(id).cloned().unwrap_or_else(|| id.to_string());
+        let id = inner.aliases.get(id).map(|route| route.primary().to_string()).unwrap_or_else(|| id.to_string());
         status_of(&inner, &id).ok_or(GitcapError::ModelNotFound(id))
     }
 
@@ -140,7 +192,12 @@ impl Registry {
     pub fn serving_names(&self) -> Vec<(String, bool)> {
         let inner = self.lock();
         let ready = |id: &str| inner.entries.get(id).is_some_and(|e| e.status.state == ModelState::Ready);
-        let mut names: Vec<(String, bool)> = inner.aliases.iter().map(|(a, id)| (a.clone(), ready(id))).collect();
+        // An alias is ready when every version it sends requests to is.
+        let mut names: Vec<(String, bool)> = inner
+            .aliases
+            .iter()
+            .map(|(a, route)| (a.clone(), route.targets().iter().all(|(id, _)| ready(id))))
+            .collect();
         names.extend(inner.entries.iter().map(|(id, e)| (id.clone(), e.status.state == ModelState::Ready)));
         names
     }
@@ -148,18 +205,19 @@ impl Registry {
     /// Loads `spec` beside what is loaded; points the alias `spec.name` (and `default`, for
     /// the first model) at it if those aliases do not exist yet.
     pub async fn load(&self, spec: LoadSpec, from_admin: bool) -> Result<ModelStatus> {
+        self.check_imperative()?;
         let _admin = self.admin.lock().await;
         let status = self.load_locked(spec, from_admin).await?;
         for alias in [status.spec.name.clone(), DEFAULT_ALIAS.to_string()] {
             if !self.lock().aliases.contains_key(&alias) {
-                self.point(&alias, &status.id)?;
+                self.point(&alias, Route::one(&status.id))?;
             }
         }
         self.save()?;
         self.status(&status.id)
     }
 
-    async fn load_locked(&self, spec: LoadSpec, from_admin: bool) -> Result<ModelStatus> {
+    pub(super) async fn load_locked(&self, spec: LoadSpec, from_admin: bool) -> Result<ModelStatus> {
         if spec.name.is_empty() || spec.name.contains('@') {
             return Err(GitcapError::invalid("spec.name", "a model needs a name without `@`"));
         }
@@ -176,6 +234,7 @@ impl Registry {
             memory_bytes: 0,
             aliases: vec![],
             progress: String::new(),
+            commit: String::new(),
         };
         self.lock().entries.insert(pending.clone(), Entry { status: loading.clone(), worker: None });
         self.emit(RegistryEvent::Model(Box::new(loading.clone())));
@@ -211,6 +270,7 @@ impl Registry {
                     memory_bytes: loaded.info.weights_bytes as u64,
                     aliases: vec![],
                     progress: String::new(),
+                    commit: loaded.commit.unwrap_or_default(),
                 };
                 tracing::info!(model = id, secs = loaded.load_seconds, "ready");
                 crate::metrics::model_memory(&loaded.info.name, &loaded.info.version, Some(loaded.info.weights_bytes));
@@ -232,6 +292,7 @@ impl Registry {
                     memory_bytes: 0,
                     aliases: vec![],
                     progress: String::new(),
+                    commit: String::new(),
                 };
                 inner.entries.insert(id, Entry { status: status.clone(), worker: None });
                 drop(inner);
@@ -241,40 +302,88 @@ impl Registry {
         }
     }
 
-    /// Points `alias` at the READY version `id`.
-    pub async fn set_alias(&self, alias: &str, id: &str) -> Result<AliasChange> {
+    /// Points `alias` at the READY version `id`, or splits it between READY versions by weight.
+    pub async fn set_alias(&self, alias: &str, route: Route) -> Result<AliasChange> {
+        self.check_imperative()?;
         let _admin = self.admin.lock().await;
-        let change = self.point(alias, id)?;
+        let change = self.point(alias, route)?;
         self.save()?;
         Ok(change)
     }
 
-    fn point(&self, alias: &str, id: &str) -> Result<AliasChange> {
-        if alias.is_empty() || alias.contains('@') {
-            return Err(GitcapError::invalid("alias", "an alias is a non-empty name without `@`"));
+    /// Sends `alias`'s requests along `route`, once every version in it is READY.
+    pub(super) fn point(&self, alias: &str, route: Route) -> Result<AliasChange> {
+        if alias.is_empty() || alias.contains(['@', '(', ')']) {
+            return Err(GitcapError::invalid("alias", "an alias is a non-empty name without `@`, `(` or `)`"));
         }
         let mut inner = self.lock();
-        match inner.entries.get(id) {
-            Some(e) if e.status.state == ModelState::Ready => {}
-            Some(e) => {
-                return Err(GitcapError::FailedPrecondition(format!(
-                    "`{id}` is {}, not ready",
-                    state_name(&e.status.state)
-                )))
+        for (id, _) in route.targets() {
+            match inner.entries.get(id) {
+                Some(e) if e.status.state == ModelState::Ready => {}
+                Some(e) => {
+                    return Err(GitcapError::FailedPrecondition(format!(
+                        "`{id}` is {}, not ready",
+                        state_name(&e.status.state)
+                    )))
+                }
+                None => return Err(GitcapError::ModelNotFound(id.to_string())),
             }
-            None => return Err(GitcapError::ModelNotFound(id.to_string())),
         }
-        let previous_id = inner.aliases.insert(alias.to_string(), id.to_string());
-        if let Some(previous) = &previous_id {
-            if previous != id {
+        let previous = inner.aliases.insert(alias.to_string(), route.clone());
+        if let Some(previous) = &previous {
+            if *previous != route {
                 inner.previous.insert(alias.to_string(), previous.clone());
             }
         }
         drop(inner);
-        let change = AliasChange { alias: alias.to_string(), id: id.to_string(), previous_id };
-        tracing::info!(alias, id, previous = ?change.previous_id, "alias set");
+        let change = AliasChange {
+            alias: alias.to_string(),
+            route: Some(route),
+            previous_id: previous.map(|p| p.primary().to_string()),
+        };
+        tracing::info!(alias, route = ?change.route.as_ref().map(Route::target), previous = ?change.previous_id, "alias set");
         self.emit(RegistryEvent::Alias(change.clone()));
         Ok(change)
+    }
+
+    /// Removes `alias`: requests naming it get NOT_FOUND.
+    pub(super) fn remove_alias(&self, alias: &str) {
+        let mut inner = self.lock();
+        let Some(previous) = inner.aliases.remove(alias) else { return };
+        inner.previous.remove(alias);
+        drop(inner);
+        tracing::info!(alias, "alias removed");
+        let previous_id = Some(previous.primary().to_string());
+        self.emit(RegistryEvent::Alias(AliasChange { alias: alias.to_string(), route: None, previous_id }));
+    }
+
+    /// Every entry's id, state and spec (for reconciling).
+    pub(super) fn entries(&self) -> Vec<(String, ModelState, LoadSpec)> {
+        let inner = self.lock();
+        inner.entries.iter().map(|(id, e)| (id.clone(), e.status.state.clone(), e.status.spec.clone())).collect()
+    }
+
+    /// Forgets a FAILED entry (a load attempt's record), telling watchers it is gone.
+    pub(super) fn forget_failed(&self, id: &str) {
+        let mut inner = self.lock();
+        if !inner.entries.get(id).is_some_and(|e| matches!(e.status.state, ModelState::Failed(_))) {
+            return;
+        }
+        let Some(entry) = inner.entries.remove(id) else { return };
+        drop(inner);
+        self.emit(RegistryEvent::Model(Box::new(ModelStatus { state: ModelState::Unloaded, ..entry.status })));
+    }
+
+    /// Refuses a change through the admin API when the desired-state file decides.
+    fn check_imperative(&self) -> Result<()> {
+        match &self.options.desired_state {
+            None => Ok(()),
+            Some(path) => Err(GitcapError::FailedPrecondition(format!(
+                "this server follows the desired-state file {} (admin.desired_state): change models and aliases \
+                 there; the admin API only reads (List, Get, Watch)",
+                path.display()
+            ))),
+        }
     }
 
     /// Hot swap (see the admin API): load `spec` beside the alias's current version, warm it,
@@ -287,21 +396,25 @@ impl Registry {
         replace: bool,
         keep_previous: bool,
     ) -> Result<(AliasChange, ModelStatus)> {
+        self.check_imperative()?;
         let _admin = self.admin.lock().await;
         // Refuse a spec that cannot be loaded before touching what serves now.
         check_root(&spec.source, self.options.model_roots.as_deref())?;
-        let old = self.lock().aliases.get(alias).cloned();
+        let old: Vec<String> = match self.lock().aliases.get(alias) {
+            Some(route) => route.targets().iter().map(|(id, _)| id.clone()).collect(),
+            None => vec![],
+        };
         if replace {
-            if let Some(old) = &old {
+            for old in &old {
                 // The alias keeps pointing at the gone version meanwhile: its requests get
                 // UNAVAILABLE and its health NOT_SERVING until the new version is in.
                 self.unload_locked(old, true)?;
             }
         }
         let status = self.load_locked(spec, true).await?;
-        let change = self.point(alias, &status.id)?;
-        if let Some(old) = old.filter(|old| !replace && !keep_previous && *old != status.id) {
-            let still_used = self.lock().aliases.values().any(|id| *id == old);
+        let change = self.point(alias, Route::one(&status.id))?;
+        for old in old.into_iter().filter(|old| !replace && !keep_previous && *old != status.id) {
+            let still_used = self.lock().aliases.values().any(|route| route.contains(&old));
             if !still_used {
                 self.unload_locked(&old, false)?;
             }
@@ -312,11 +425,12 @@ impl Registry {
 
     /// Points `alias` back at the version it pointed at before its last change.
     pub async fn rollback(&self, alias: &str) -> Result<AliasChange> {
+        self.check_imperative()?;
         let _admin = self.admin.lock().await;
         let previous = self.lock().previous.get(alias).cloned().ok_or_else(|| {
             GitcapError::FailedPrecondition(format!("`{alias}` has no previous version to roll back to"))
         })?;
-        let change = self.point(alias, &previous).map_err(|e| match e {
+        let change = self.point(alias, previous).map_err(|e| match e {
             GitcapError::ModelNotFound(id) => {
                 GitcapError::FailedPrecondition(format!("the previous version `{id}` is no longer loaded"))
             }
@@ -329,17 +443,20 @@ impl Registry {
     /// Unloads `id`: new requests get NOT_FOUND at once; requests in flight finish (within the
     /// drain timeout), then the memory is freed.
     pub async fn unload(self: &Arc<Self>, id: &str) -> Result<ModelStatus> {
+        self.check_imperative()?;
         let _admin = self.admin.lock().await;
         let status = self.unload_locked(id, false)?;
         self.save()?;
         Ok(status)
     }
 
-    fn unload_locked(self: &Arc<Self>, id: &str, keep_aliases: bool) -> Result<ModelStatus> {
+    pub(super) fn unload_locked(self: &Arc<Self>, id: &str, keep_aliases: bool) -> Result<ModelStatus> {
         let mut inner = self.lock();
         let entry = inner.entries.remove(id).ok_or_else(|| GitcapError::ModelNotFound(id.to_string()))?;
         if !keep_aliases {
-            inner.aliases.retain(|_, target| target != id);
+            // A split loses the version; an alias left with none is removed.
+            let routes = std::mem::take(&mut inner.aliases);
+            inner.aliases = routes.into_iter().filter_map(|(alias, route)| Some((alias, route.without(id)?))).collect();
         }
         drop(inner);
         let mut status = entry.status;
@@ -377,10 +494,12 @@ impl Registry {
         for spec in saved.models {
             self.load_locked(spec, false).await?;
         }
-        for (alias, id) in saved.aliases {
-            self.point(&alias, &id).map_err(|e| {
-                GitcapError::model_files(format!("state file {}: alias `{alias}` → `{id}`: {e}", path.display()))
-            })?;
+        for (alias, target) in saved.aliases {
+            let failed = |e: GitcapError| {
+                GitcapError::model_files(format!("state file {}: alias `{alias}` → {target:?}: {e}", path.display()))
+            };
+            let route = Route::from_target(&target, "aliases").map_err(failed)?;
+            self.point(&alias, route).map_err(failed)?;
         }
         Ok(true)
     }
@@ -396,18 +515,18 @@ impl Registry {
                 .map(|e| {
                     let spec = &e.status.spec;
                     // A hub model restarts at the commit it runs now.
-                    let from_hub = !std::path::Path::new(&spec.source).exists();
-                    let revision = if from_hub { e.status.version.clone() } else { spec.revision.clone() };
+                    let revision =
+                        if e.status.commit.is_empty() { spec.revision.clone() } else { e.status.commit.clone() };
                     LoadSpec { version: e.status.version.clone(), revision, ..spec.clone() }
                 })
                 .collect(),
-            aliases: inner.aliases.clone(),
+            aliases: inner.aliases.iter().map(|(alias, route)| (alias.clone(), route.target())).collect(),
         };
         drop(inner);
         state_file::write(path, &saved)
     }
 
-    fn emit(&self, event: RegistryEvent) {
+    pub(super) fn emit(&self, event: RegistryEvent) {
         let _ = self.events.send(event);
     }
 }
@@ -415,7 +534,7 @@ impl Registry {
 fn status_of(inner: &Inner, id: &str) -> Option<ModelStatus> {
     let entry = inner.entries.get(id)?;
     let mut status = entry.status.clone();
-    status.aliases = inner.aliases.iter().filter(|(_, target)| *target == id).map(|(a, _)| a.clone()).collect();
+    status.aliases = inner.aliases.iter().filter(|(_, route)| route.contains(id)).map(|(a, _)| a.clone()).collect();
     Some(status)
 }
 

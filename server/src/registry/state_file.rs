@@ -7,12 +7,14 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::loader::LoadSpec;
+use super::route::AliasTarget;
 use crate::error::{GitcapError, Result};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SavedState {
     pub models: Vec<LoadSpec>,
-    pub aliases: BTreeMap<String, String>,
+    /// alias → a version id, or a split (id → weight).
+    pub aliases: BTreeMap<String, AliasTarget>,
 }
 
 /// The saved state, or `None` when there is no file yet. A file that cannot be read or parsed
@@ -61,10 +63,20 @@ mod tests {
                 device: crate::device::DeviceSpec::CPU,
                 dtype: crate::model::Precision::from(tch::Kind::Float),
             }],
-            aliases: [("default".to_string(), "vatex@abc".to_string())].into(),
+            aliases: [
+                ("default".to_string(), AliasTarget::One("vatex@abc".to_string())),
+                (
+                    "canary".to_string(),
+                    AliasTarget::Split([("vatex@abc".to_string(), 9), ("vatex@def".to_string(), 1)].into()),
+                ),
+            ]
+            .into(),
         };
         write(&path, &state).unwrap();
         assert_eq!(read(&path).unwrap(), Some(state));
+        // A file written before splits existed (every alias a plain id) still reads.
+        std::fs::write(&path, r#"{"models": [], "aliases": {"default": "vatex@abc"}}"#).unwrap();
+        assert_eq!(read(&path).unwrap().unwrap().aliases["default"], AliasTarget::One("vatex@abc".into()));
         std::fs::write(&path, "{ not json").unwrap();
         let message = read(&path).unwrap_err().to_string();
         assert!(message.contains("corrupt") && message.contains("models.json"), "{message}");

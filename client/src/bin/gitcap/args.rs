@@ -127,7 +127,8 @@ pub enum ModelsCommand {
     },
     /// Unload a model version (`name@version`); requests in flight finish.
     Unload { id: String },
-    /// Point an alias at a loaded, READY version (`name@version`).
+    /// Point an alias at a loaded, READY version (`name@version`), or split it between versions
+    /// by weight (a canary): `coco@v1=90,coco@v2=10`.
     Alias { alias: String, id: String },
     /// Hot swap: load a new version, then repoint the alias; shows progress on stderr.
     Swap {

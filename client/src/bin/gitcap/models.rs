@@ -11,7 +11,10 @@ use gitcap_client::{
 use serde_json::{json, Value};
 
 use crate::args::{Cli, ModelsCommand};
-use crate::render::{alias_json, alias_line, models_table, progress_line, status_details, status_json, status_line};
+use crate::render::{
+    alias_json, alias_line, desired_json, desired_line, models_table, progress_line, status_details, status_json,
+    status_line,
+};
 
 pub async fn models(client: &GitcapClient, command: &ModelsCommand, json: bool) -> Result<()> {
     if let ModelsCommand::Watch = command {
@@ -20,8 +23,12 @@ pub async fn models(client: &GitcapClient, command: &ModelsCommand, json: bool) 
             match event? {
                 ModelEvent::Model(status) if json => println!("{}", json!({ "model": status_json(&status) })),
                 ModelEvent::Alias(alias) if json => println!("{}", json!({ "alias": alias_json(&alias) })),
+                ModelEvent::DesiredState(desired) if json => {
+                    println!("{}", json!({ "desired_state": desired_json(&desired) }))
+                }
                 ModelEvent::Model(status) => println!("model {}", status_line(&status)),
                 ModelEvent::Alias(alias) => println!("alias {}", alias_line(&alias)),
+                ModelEvent::DesiredState(desired) => println!("desired-state {}", desired_line(&desired)),
             }
         }
         return Ok(());
@@ -75,7 +82,10 @@ async fn model_call(client: &GitcapClient, command: &ModelsCommand, progress: bo
             Answer::Model(status)
         }
         ModelsCommand::Unload { id } => Answer::Model(client.unload_model(id).await?),
-        ModelsCommand::Alias { alias, id } => Answer::Alias(client.set_alias(alias, id).await?),
+        ModelsCommand::Alias { alias, id } => match parse_split(id)? {
+            Some(split) => Answer::Alias(client.set_alias_split(alias, split).await?),
+            None => Answer::Alias(client.set_alias(alias, id).await?),
+        },
         ModelsCommand::Swap { alias, spec, replace, keep_previous } => {
             let spec = spec.spec();
             let name = spec.name.clone();
@@ -91,12 +101,31 @@ async fn model_call(client: &GitcapClient, command: &ModelsCommand, progress: bo
     })
 }
 
+/// `coco@v1=90,coco@v2=10` as a split; `None` for a plain version id.
+fn parse_split(text: &str) -> Result<Option<Vec<(String, u32)>>> {
+    if !text.contains('=') {
+        return Ok(None);
+    }
+    let mut split = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((id, weight)) = part.split_once('=') else {
+            bail!("{part:?}: a split is `id=weight,id=weight`, e.g. coco@v1=90,coco@v2=10");
+        };
+        let weight = weight.trim().parse().map_err(|_| anyhow::anyhow!("{part:?}: {weight:?} is not a weight"))?;
+        split.push((id.trim().to_string(), weight));
+    }
+    Ok(Some(split))
+}
+
 /// The answer as JSON, as `--json` prints it.
 fn answer_json(answer: &Answer) -> Value {
     match answer {
         Answer::List(list) => {
             let models: Vec<Value> = list.models.iter().map(status_json).collect();
-            json!({"models": models, "aliases": list.aliases})
+            let desired = list.desired_state.as_ref().map(desired_json);
+            let splits: serde_json::Map<String, Value> =
+                list.splits.iter().map(|(alias, split)| (alias.clone(), json!(split.weights))).collect();
+            json!({"models": models, "aliases": list.aliases, "splits": splits, "desired_state": desired})
         }
         Answer::Details(status) | Answer::Model(status) => status_json(status),
         Answer::Alias(alias) => alias_json(alias),
@@ -216,8 +245,24 @@ mod tests {
         let list = ListResponse { models: vec![ready("a@1"), ready("b@2")], ..Default::default() };
         assert_eq!(answer_line(&Answer::List(list)), "a@1 READY; b@2 READY");
         assert_eq!(answer_line(&Answer::List(ListResponse::default())), "no models");
-        let alias = AliasStatus { alias: "default".into(), id: "b@2".into(), previous_id: "a@1".into() };
+        let alias =
+            AliasStatus { alias: "default".into(), id: "b@2".into(), previous_id: "a@1".into(), ..Default::default() };
         let swapped = SwapResponse { alias: Some(alias), model: Some(ready("b@2")) };
         assert_eq!(answer_line(&Answer::Swap(swapped)), "default -> b@2 (was a@1); b@2 READY");
+        let split = AliasStatus {
+            alias: "captions".into(),
+            id: "b@2".into(),
+            split: [("b@2".to_string(), 90), ("a@1".to_string(), 10)].into(),
+            ..Default::default()
+        };
+        assert_eq!(answer_line(&Answer::Alias(split)), "captions -> a@1=10,b@2=90");
+    }
+
+    #[test]
+    fn splits_parse_from_the_command_line() {
+        assert_eq!(parse_split("coco@v1").unwrap(), None);
+        let split = parse_split("coco@v1=90, coco@v2=10").unwrap().unwrap();
+        assert_eq!(split, [("coco@v1".to_string(), 90), ("coco@v2".to_string(), 10)]);
+        assert!(parse_split("coco@v1=ninety").unwrap_err().to_string().contains("not a weight"));
     }
 }

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use anyhow::Result;
 use futures::StreamExt;
-use gitcap_client::proto::{self, FinishReason};
+use gitcap_client::proto::{self, DesiredStateStatus, FinishReason};
 use gitcap_client::{AliasStatus, Caption, CaptionEvent, ModelState, ModelStatus};
 use indicatif::HumanBytes;
 use serde_json::{json, Value};
@@ -154,7 +154,16 @@ pub fn status_line(status: &ModelStatus) -> String {
 }
 
 pub fn alias_line(alias: &AliasStatus) -> String {
-    let mut line = format!("{} -> {}", alias.alias, alias.id);
+    let mut line = if alias.id.is_empty() {
+        format!("{} removed", alias.alias)
+    } else if alias.split.is_empty() {
+        format!("{} -> {}", alias.alias, alias.id)
+    } else {
+        let mut split: Vec<_> = alias.split.iter().collect();
+        split.sort();
+        let split: Vec<String> = split.iter().map(|(id, weight)| format!("{id}={weight}")).collect();
+        format!("{} -> {}", alias.alias, split.join(","))
+    };
     if !alias.previous_id.is_empty() {
         line += &format!(" (was {})", alias.previous_id);
     }
@@ -235,7 +244,27 @@ pub fn status_json(status: &ModelStatus) -> Value {
 }
 
 pub fn alias_json(alias: &AliasStatus) -> Value {
-    json!({"alias": alias.alias, "id": alias.id, "previous_id": alias.previous_id})
+    json!({"alias": alias.alias, "id": alias.id, "previous_id": alias.previous_id, "split": alias.split})
+}
+
+/// Where a server following a desired-state file stands, on one line.
+pub fn desired_line(desired: &DesiredStateStatus) -> String {
+    let state = if desired.in_sync { "in sync" } else { "NOT in sync" };
+    let mut line = format!("{} {} (content {})", desired.path, state, or_dash(&desired.content_hash));
+    for error in &desired.errors {
+        line += &format!("\n  {error}");
+    }
+    line
+}
+
+pub fn desired_json(desired: &DesiredStateStatus) -> Value {
+    json!({
+        "path": desired.path,
+        "content_hash": desired.content_hash,
+        "applied_hash": desired.applied_hash,
+        "in_sync": desired.in_sync,
+        "errors": desired.errors,
+    })
 }
 
 #[cfg(test)]
