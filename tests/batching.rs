@@ -4,36 +4,20 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use image::RgbImage;
-use tch::{Device, Kind};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use common::fixtures::{cases, fixtures, model_dir, MODELS};
-use gitcap_server::device::DeviceSpec;
 use gitcap_server::engine::{
-    EngineEvent, EngineOptions, Frame, InferenceOutput, InferenceRequest, ModelInfo, ModelWorker, Pipeline,
-    PreparedFrame,
+    EngineEvent, EngineOptions, Frame, InferenceOutput, InferenceRequest, ModelWorker, PreparedFrame, Priority,
 };
 use gitcap_server::media::{decode_image, MediaLimits, PreprocessorConfig};
-use gitcap_server::model::generation::{GenerationOptions, StepControl};
-use gitcap_server::model::Precision;
-
-fn pipeline(model: &str) -> Pipeline {
-    Pipeline::load(&model_dir(model), Kind::Float, Device::Cpu).unwrap()
-}
+use gitcap_server::model::generation::GenerationOptions;
 
 fn worker(model: &str, options: EngineOptions) -> ModelWorker {
-    let pipeline = pipeline(model);
-    let info = ModelInfo {
-        name: model.into(),
-        version: "test".into(),
-        dtype: Precision::from(Kind::Float),
-        device: DeviceSpec::CPU,
-        max_frames: 6,
-        weights_bytes: 0,
-        preprocessor: std::sync::Arc::new(pipeline.preprocessor.clone()),
-    };
-    ModelWorker::spawn(pipeline, info, options)
+    common::engine::worker_with(model, options)
 }
 
 fn media(names: &[String]) -> Vec<RgbImage> {
@@ -59,11 +43,26 @@ fn request(model: &str, frames: &[RgbImage], question: Option<&str>, options: Ge
         frames: frames.iter().map(|f| Frame::from_image(f, &preprocessor).unwrap()).collect(),
         question: question.map(str::to_string),
         options,
+        priority: Priority::Interactive,
     }
 }
 
-fn alone(pipeline: &Pipeline, request: &InferenceRequest) -> Vec<i64> {
-    pipeline.run(request, &mut |_| StepControl::Continue).unwrap().token_ids
+/// A worker that runs each request on its own, nothing cached: the reference for batching.
+fn reference(model: &str) -> ModelWorker {
+    worker(model, EngineOptions { feature_cache_bytes: 0, ..Default::default() })
+}
+
+/// The tokens `request` gives run alone.
+async fn alone(reference: &ModelWorker, request: InferenceRequest) -> Vec<i64> {
+    result(reference.submit(request, None).unwrap()).await.token_ids
+}
+
+async fn each_alone(reference: &ModelWorker, requests: Vec<InferenceRequest>) -> Vec<Vec<i64>> {
+    let mut tokens = Vec::with_capacity(requests.len());
+    for request in requests {
+        tokens.push(alone(reference, request).await);
+    }
+    tokens
 }
 
 /// Waits for a request's result; checks the streamed ids add up to it.
@@ -113,8 +112,7 @@ fn mixed_requests(model: &str) -> Vec<InferenceRequest> {
 #[tokio::test]
 async fn batched_requests_give_the_tokens_they_give_alone() {
     for model in MODELS {
-        let reference = pipeline(model);
-        let expected: Vec<Vec<i64>> = mixed_requests(model).iter().map(|r| alone(&reference, r)).collect();
+        let expected = each_alone(&reference(model), mixed_requests(model)).await;
         // No cache, so every request runs its own vision and prefill.
         let worker = worker(model, EngineOptions { feature_cache_bytes: 0, ..Default::default() });
         let receivers: Vec<_> = mixed_requests(model).into_iter().map(|r| worker.submit(r, None).unwrap()).collect();
@@ -131,13 +129,13 @@ async fn batched_requests_give_the_tokens_they_give_alone() {
 #[tokio::test]
 async fn a_request_cancelled_mid_batch_leaves_the_others_alone() {
     let model = "tiny-git-image";
-    let reference = pipeline(model);
+    let reference = reference(model);
     let short = GenerationOptions { min_new_tokens: Some(24), max_new_tokens: Some(24), ..Default::default() };
     // The cancelled one would run far longer than the others: 60 tokens.
     let long = GenerationOptions { min_new_tokens: Some(60), max_new_tokens: Some(60), ..Default::default() };
     let requests =
         || (0..5).map(|i| request(model, &[pattern(i)], None, if i == 2 { long } else { short })).collect::<Vec<_>>();
-    let expected: Vec<Vec<i64>> = requests().iter().map(|r| alone(&reference, r)).collect();
+    let expected = each_alone(&reference, requests()).await;
     // The caller of request 2 goes away after its third token. On a loaded machine the engine may
     // have finished it before the drop is seen; that attempt proves nothing and is made again.
     for attempt in 1..=5 {
@@ -169,10 +167,10 @@ async fn a_request_cancelled_mid_batch_leaves_the_others_alone() {
 #[tokio::test]
 async fn the_batch_bounds_hold_and_one_request_always_runs() {
     let model = "tiny-git-image";
-    let reference = pipeline(model);
+    let reference = reference(model);
     let greedy = GenerationOptions { max_new_tokens: Some(8), min_new_tokens: Some(8), ..Default::default() };
     let requests = || (0..6).map(|i| request(model, &[pattern(i)], None, greedy)).collect::<Vec<_>>();
-    let expected: Vec<Vec<i64>> = requests().iter().map(|r| alone(&reference, r)).collect();
+    let expected = each_alone(&reference, requests()).await;
     let run = |options: EngineOptions, batch: Vec<InferenceRequest>| async move {
         let worker = worker(model, options);
         let receivers: Vec<_> = batch.into_iter().map(|r| worker.submit(r, None).unwrap()).collect();
@@ -196,7 +194,7 @@ async fn the_batch_bounds_hold_and_one_request_always_runs() {
     // A beam search wider than the batch runs too, on its own.
     let beams = GenerationOptions { num_beams: Some(4), max_new_tokens: Some(6), ..Default::default() };
     let wide = request(model, &[pattern(9)], None, beams);
-    let expected_wide = alone(&reference, &wide);
+    let expected_wide = alone(&reference, wide.share()).await;
     let (ids, stats) = run(EngineOptions { max_batch_size: 2, ..Default::default() }, vec![wide]).await;
     assert_eq!(ids, vec![expected_wide]);
     assert_eq!(stats.max_rows, 4, "one 4-beam request with max_batch_size 2: {stats:?}");
@@ -205,7 +203,7 @@ async fn the_batch_bounds_hold_and_one_request_always_runs() {
 #[tokio::test]
 async fn cache_hits_give_what_misses_give() {
     for model in ["tiny-git-image", "tiny-git-video"] {
-        let reference = pipeline(model);
+        let reference = reference(model);
         let frames: Vec<RgbImage> = (0..if model == "tiny-git-video" { 6 } else { 1 }).map(pattern).collect();
         let caption =
             request(model, &frames, None, GenerationOptions { max_new_tokens: Some(10), ..Default::default() });
@@ -235,19 +233,21 @@ async fn cache_hits_give_what_misses_give() {
             cold.token_ids,
             alone(
                 &reference,
-                &request(model, &frames, None, GenerationOptions { max_new_tokens: Some(10), ..Default::default() })
-            ),
+                request(model, &frames, None, GenerationOptions { max_new_tokens: Some(10), ..Default::default() })
+            )
+            .await,
             "{model}: cold request vs the pipeline alone"
         );
         let expected = alone(
             &reference,
-            &request(
+            request(
                 model,
                 &frames,
                 Some(question),
                 GenerationOptions { max_new_tokens: Some(5), ..Default::default() },
             ),
-        );
+        )
+        .await;
         assert_eq!(asked.token_ids, expected, "{model}: follow-up question from cached image keys/values");
         assert_eq!(after.cache.prefix_hits - before.cache.prefix_hits, 2, "{model}: {after:?}");
         assert_eq!(after.frames_encoded, before.frames_encoded, "{model}: no frame went through the tower again");
@@ -266,13 +266,15 @@ async fn cache_hits_give_what_misses_give() {
             frames: window,
             question: None,
             options: GenerationOptions { max_new_tokens: Some(4), ..Default::default() },
+            priority: Priority::Interactive,
         };
         let mut shifted_frames = frames[1..].to_vec();
         shifted_frames.push(pattern(99));
         let expected = alone(
             &reference,
-            &request(model, &shifted_frames, None, GenerationOptions { max_new_tokens: Some(4), ..Default::default() }),
-        );
+            request(model, &shifted_frames, None, GenerationOptions { max_new_tokens: Some(4), ..Default::default() }),
+        )
+        .await;
         let out = result(worker.submit(shifted, None).unwrap()).await;
         if model == "tiny-git-video" {
             assert_eq!(out.token_ids, expected, "{model}: overlapping window from cached frames");
@@ -307,4 +309,137 @@ async fn the_cache_keeps_to_its_byte_bound() {
     assert_eq!(worker.stats().frames_encoded, before);
     result(worker.submit(request(model, &[pattern(0)], None, short()), None).unwrap()).await;
     assert_eq!(worker.stats().frames_encoded, before + 1);
+}
+
+fn at(priority: Priority, mut request: InferenceRequest) -> InferenceRequest {
+    request.priority = priority;
+    request
+}
+
+/// A request's result and its queue time (ms, measured by the model's thread).
+async fn finished(mut events: UnboundedReceiver<EngineEvent>) -> (InferenceOutput, f64) {
+    loop {
+        match events.recv().await.expect("the engine answers") {
+            EngineEvent::Done { output, queue_ms } => return (output, queue_ms),
+            EngineEvent::Failed(e) => panic!("request failed: {e}"),
+            _ => {}
+        }
+    }
+}
+
+/// Submits `request`; returns its events and the instants just before and after.
+fn submit_timed(worker: &ModelWorker, request: InferenceRequest) -> (UnboundedReceiver<EngineEvent>, Instant, Instant) {
+    let before = Instant::now();
+    let events = worker.submit(request, None).unwrap();
+    (events, before, Instant::now())
+}
+
+/// Whether request `a` was admitted before request `b`: each was admitted its queue time after
+/// it was enqueued, which happened between the instants around its submission.
+fn admitted_before(a: (Instant, f64), b: (Instant, f64)) -> bool {
+    let ms = |t: Instant, since: Instant| t.saturating_duration_since(since).as_secs_f64() * 1e3;
+    let origin = a.0.min(b.0);
+    ms(a.0, origin) + a.1 < ms(b.0, origin) + b.1
+}
+
+/// With the queue full of batch work, an interactive request starts at once, in the rows batch
+/// work leaves free, ahead of the batch requests queued before it.
+#[tokio::test]
+async fn interactive_requests_overtake_queued_batch_work() {
+    let model = "tiny-git-image";
+    let long = GenerationOptions { min_new_tokens: Some(60), max_new_tokens: Some(60), ..Default::default() };
+    let short = GenerationOptions { min_new_tokens: Some(6), max_new_tokens: Some(6), ..Default::default() };
+    let options =
+        EngineOptions { max_batch_size: 4, interactive_rows: 2, feature_cache_bytes: 0, ..Default::default() };
+    let worker = worker(model, options);
+    let batch: Vec<_> =
+        (0..8).map(|i| submit_timed(&worker, at(Priority::Batch, request(model, &[pattern(i)], None, long)))).collect();
+    let (interactive, interactive_sent, _) = submit_timed(&worker, request(model, &[pattern(50)], None, short));
+    let (out, interactive_queue_ms) = finished(interactive).await;
+    assert_eq!(out.token_ids.len(), 6);
+    assert!(worker.queued() >= 6, "at most two batch requests started: {} wait", worker.queued());
+    let mut batch_admitted = Vec::new();
+    for (events, _, sent) in batch {
+        batch_admitted.push((sent, finished(events).await.1));
+    }
+    // Every batch request after the first two (the rows batch work may use) started after it.
+    for (i, &admitted) in batch_admitted.iter().enumerate().skip(2) {
+        assert!(
+            admitted_before((interactive_sent, interactive_queue_ms), admitted),
+            "batch request {i} started before the interactive one ({admitted:?} vs {interactive_queue_ms} ms)"
+        );
+    }
+    let stats = worker.stats();
+    assert!(stats.max_rows <= 3, "batch work keeps to its 2 rows: {stats:?}");
+}
+
+/// A batch request that has waited `batch_max_wait` is admitted like an interactive one, in
+/// arrival order; without that it waits for every interactive request behind it.
+#[tokio::test]
+async fn batch_work_is_not_starved() {
+    let model = "tiny-git-image";
+    let options = |batch_max_wait| EngineOptions {
+        max_batch_size: 2,
+        interactive_rows: 1,
+        batch_max_wait,
+        feature_cache_bytes: 0,
+        ..Default::default()
+    };
+    let tokens = |n| GenerationOptions { min_new_tokens: Some(n), max_new_tokens: Some(n), ..Default::default() };
+    // How many of the interactive requests queued after the batch request started before it.
+    let overtaking = |batch_max_wait| async move {
+        let worker = worker(model, options(batch_max_wait));
+        // Two long interactive requests fill both rows; then one batch request, then ten
+        // interactive ones, all queued behind them.
+        let busy: Vec<_> =
+            (0..2).map(|i| submit_timed(&worker, request(model, &[pattern(i)], None, tokens(40)))).collect();
+        let (batch, _, batch_sent) =
+            submit_timed(&worker, at(Priority::Batch, request(model, &[pattern(9)], None, tokens(10))));
+        let later: Vec<_> =
+            (0..10).map(|i| submit_timed(&worker, request(model, &[pattern(20 + i)], None, tokens(10)))).collect();
+        let batch_admitted = (batch_sent, finished(batch).await.1);
+        let mut overtaking = 0;
+        for (events, before, _) in later {
+            let admitted = (before, finished(events).await.1);
+            overtaking += usize::from(admitted_before(admitted, batch_admitted));
+        }
+        for (events, _, _) in busy {
+            finished(events).await;
+        }
+        overtaking
+    };
+    assert_eq!(overtaking(Duration::from_secs(3600)).await, 10, "without aging, batch work goes last");
+    assert_eq!(overtaking(Duration::ZERO).await, 0, "an aged batch request keeps its place in arrival order");
+}
+/// Batch requests queue apart: a full batch queue refuses batch work with RESOURCE_EXHAUSTED and
+/// still takes interactive requests.
+#[tokio::test]
+async fn a_full_batch_queue_leaves_room_for_interactive_requests() {
+    let model = "tiny-git-image";
+    let options = EngineOptions {
+        max_batch_size: 1,
+        interactive_rows: 0,
+        batch_queue_capacity: 3,
+        feature_cache_bytes: 0,
+        ..Default::default()
+    };
+    let worker = worker(model, options);
+    let long = GenerationOptions { min_new_tokens: Some(60), max_new_tokens: Some(60), ..Default::default() };
+    let mut accepted = Vec::new();
+    let mut refused = None;
+    for i in 0..8 {
+        match worker.submit(at(Priority::Batch, request(model, &[pattern(i)], None, long)), None) {
+            Ok(events) => accepted.push(events),
+            Err(error) => {
+                refused = Some(error);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("a batch queue of 3 refuses some of 8 long requests");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert!(refused.to_string().contains("3 batch requests waiting"), "{refused}");
+    assert!(accepted.len() >= 3, "{}", accepted.len());
+    let interactive = worker.submit(request(model, &[pattern(60)], None, GenerationOptions::default()), None);
+    assert!(interactive.is_ok(), "an interactive request is taken beside a full batch queue");
 }

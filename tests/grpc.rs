@@ -7,6 +7,7 @@ use tonic::Code;
 
 use common::bad_input::png_declaring;
 use common::fixtures::{cases, fixtures};
+use common::probe;
 use common::server::TestServer;
 use gitcap_client::proto::{
     self, caption_event::Event, captioner_client::CaptionerClient, media::Kind, CaptionRequest, Frames,
@@ -23,6 +24,7 @@ fn request(media: Kind, question: &str, options: GenerationOptions) -> CaptionRe
         media: Some(Media { kind: Some(media), ..Default::default() }),
         question: question.into(),
         options: Some(options),
+        ..Default::default()
     }
 }
 
@@ -83,6 +85,17 @@ async fn caption_and_stream_match_transformers() {
         .into_inner();
     assert_eq!(vqa.token_ids, ids);
     assert_eq!(vqa.usage.unwrap().prompt_tokens, 7);
+
+    // At batch priority: the same tokens, and the queue time is recorded as batch work.
+    let (ids, _) = golden("image_caption_shapes_greedy");
+    let batch = CaptionRequest {
+        priority: proto::Priority::Batch as i32,
+        ..request(Kind::Image(media_file("shapes.png")), "", greedy(12))
+    };
+    assert_eq!(client.caption(batch).await.unwrap().into_inner().token_ids, ids);
+    let text = probe::scrape_until(&server.addr, |t| probe::finished_at_priority(t, "batch") >= 1.0);
+    assert_eq!(probe::finished_at_priority(&text, "batch"), 1.0, "{text}");
+    assert_eq!(probe::finished_at_priority(&text, "interactive"), 3.0, "{text}");
 }
 
 #[tokio::test]
@@ -149,6 +162,11 @@ async fn bad_requests_get_clear_statuses_and_the_server_keeps_serving() {
             CaptionRequest { media: None, ..request(Kind::Image(png.clone()), "", greedy(4)) },
             Code::InvalidArgument,
             "media",
+        ),
+        (
+            CaptionRequest { priority: 7, ..request(Kind::Image(png.clone()), "", greedy(4)) },
+            Code::InvalidArgument,
+            "priority",
         ),
         // A decompression bomb: a PNG whose header declares 10 gigapixels.
         (request(Kind::Image(png_declaring(100_000, 100_000)), "", greedy(4)), Code::InvalidArgument, "media.image"),

@@ -32,6 +32,7 @@ fn request(image: Vec<u8>, model: &str) -> tonic::Request<CaptionRequest> {
         media: Some(Media { kind: Some(Kind::Image(image)), ..Default::default() }),
         question: String::new(),
         options: Some(options),
+        ..Default::default()
     };
     authed(message, TOKEN)
 }
@@ -84,24 +85,27 @@ async fn requests_leave_labelled_series_on_both_listeners_without_a_token() {
     let series = |name: &str| value(&text, &format!("{name}{{{labels}}}"));
     assert_eq!(series("gitcap_generated_tokens_total"), Some(generated as f64), "{text}");
     // One sample per finished generation; one inter-token gap per token after the first.
-    for histogram in ["queue_seconds", "time_to_first_token_seconds", "request_tokens_per_second"] {
+    for histogram in ["time_to_first_token_seconds", "request_tokens_per_second"] {
         assert_eq!(series(&format!("gitcap_{histogram}_count")), Some(2.0), "{histogram}: {text}");
         let infinite = format!(r#"gitcap_{histogram}_bucket{{{labels},le="+Inf"}}"#);
         assert_eq!(value(&text, &infinite), Some(2.0), "{histogram}: {text}");
     }
+    let queue = format!(r#"gitcap_queue_seconds_count{{{labels},priority="interactive"}}"#);
+    assert_eq!(value(&text, &queue), Some(2.0), "queue time by priority: {text}");
     assert_eq!(series("gitcap_inter_token_seconds_count"), Some((generated - 2) as f64), "{text}");
     assert!(series("gitcap_model_weight_bytes").is_some_and(|b| b > 10_000.0), "{text}");
     assert!(text.contains("# HELP gitcap_time_to_first_token_seconds "), "{text}");
     assert!(text.contains(r#"gitcap_queue_seconds_bucket{model="tiny","#), "{text}");
-    // The engine's side: decoding steps, a vision pass, and the second request on the same
-    // image found its image keys/values in the feature cache.
+    // The engine's side: decoding steps, vision passes (the load's warm-up inference, then the
+    // first request), and the second request on the same image found its image keys/values in
+    // the feature cache.
     assert!(series("gitcap_decode_batch_size_count").is_some_and(|n| n >= generated as f64 - 2.0), "{text}");
-    assert_eq!(series("gitcap_vision_batch_frames_count"), Some(1.0), "{text}");
+    assert_eq!(series("gitcap_vision_batch_frames_count"), Some(2.0), "{text}");
     let cache = |outcome: &str, kind: &str| {
         value(&text, &format!(r#"gitcap_feature_cache_{outcome}_total{{{labels},kind="{kind}"}}"#))
     };
     assert_eq!(cache("hits", "prefix"), Some(1.0), "{text}");
-    assert_eq!(cache("misses", "prefix"), Some(1.0), "{text}");
+    assert_eq!(cache("misses", "prefix"), Some(2.0), "the warm-up's and the first request's: {text}");
     assert!(series("gitcap_feature_cache_bytes").is_some_and(|b| b > 0.0), "{text}");
 
     // The admin listener answers the same, beside the admin service.

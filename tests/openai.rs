@@ -191,6 +191,23 @@ async fn stop_sequences_temperature_zero_and_gitcaps_own_options() {
         assert_eq!(status, 400, "{name}: {error}");
         assert_eq!(error["error"]["param"], name, "{error}");
     }
+    // `service_tier: "flex"` runs at batch priority and says so; an unknown tier is refused.
+    let (status, flex) = post(
+        &server,
+        serde_json::json!({"model": "tiny", "messages": image_message(), "max_tokens": 10, "service_tier": "flex"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{flex}");
+    assert_eq!(flex["service_tier"], "flex");
+    assert_eq!(flex["choices"][0]["message"]["content"], caption.as_str(), "batch priority, same answer");
+    assert_eq!(whole["service_tier"], "default");
+    let text = probe::scrape_until(&server.addr, |t| probe::finished_at_priority(t, "batch") >= 1.0);
+    assert_eq!(probe::finished_at_priority(&text, "batch"), 1.0, "{text}");
+    let (status, error) =
+        post(&server, serde_json::json!({"model": "tiny", "messages": image_message(), "service_tier": "urgent"}))
+            .await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["error"]["param"], "service_tier", "{error}");
     // An unknown field is ignored, as OpenAI clients expect.
     let (status, _) =
         post(&server, serde_json::json!({"model": "tiny", "messages": image_message(), "user": "u1"})).await;
@@ -199,9 +216,10 @@ async fn stop_sequences_temperature_zero_and_gitcaps_own_options() {
 
 #[tokio::test]
 async fn a_client_that_closes_the_stream_stops_the_generation() {
-    let server = TestServer::start("tiny-git-wide", &[]);
+    // Eight choices of 60 tokens, one row at a time: long enough for the client to leave first.
+    let server = TestServer::start_with_env("tiny-git-wide", &[], &[("GITCAP__ENGINE__MAX_BATCH_SIZE", "1")]);
     let request = serde_json::json!({
-        "model": "tiny", "messages": image_message(), "stream": true,
+        "model": "tiny", "messages": image_message(), "stream": true, "n": 8,
         "max_tokens": 60, "min_new_tokens": 60, "num_beams": 1,
     });
     // On a loaded machine the answer may be complete before the client leaves; that attempt

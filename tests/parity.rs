@@ -9,9 +9,9 @@ use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
 use common::fixtures::{cases, model_dir, tensors, Case, MODELS};
-use gitcap_server::engine::{Frame, InferenceRequest, Pipeline};
+use gitcap_server::engine::{EngineOptions, Frame, InferenceRequest, ModelWorker, Pipeline, PreparedFrame, Priority};
 use gitcap_server::media::{decode_image, MediaLimits};
-use gitcap_server::model::generation::{generate, FinishReason, GenerationOptions, StepControl};
+use gitcap_server::model::generation::{FinishReason, GenerationOptions};
 
 fn pipelines() -> HashMap<String, Pipeline> {
     MODELS
@@ -43,26 +43,36 @@ fn cases_ref() -> &'static Vec<Case> {
     CASES.get_or_init(cases)
 }
 
+/// Every request below runs through a model's own thread, the path served requests take.
+fn workers() -> &'static HashMap<String, ModelWorker> {
+    static WORKERS: std::sync::OnceLock<HashMap<String, ModelWorker>> = std::sync::OnceLock::new();
+    WORKERS.get_or_init(|| MODELS.iter().map(|name| (name.to_string(), common::engine::worker(name))).collect())
+}
+
+/// The case's golden pixels as the model's frames.
+fn golden_frames(case: &Case, golden: &HashMap<String, Tensor>) -> Vec<Frame> {
+    let pixels = case.pixel_values(golden);
+    (0..pixels.size()[0]).map(|i| Frame::Pixels(PreparedFrame::from_tensor(&pixels.get(i)).unwrap())).collect()
+}
+
+fn request(frames: Vec<Frame>, question: Option<String>, options: GenerationOptions) -> InferenceRequest {
+    InferenceRequest { frames, question, options, priority: Priority::Interactive }
+}
+
 #[test]
 fn generated_tokens_equal_transformers_from_the_same_pixels() {
-    let _guard = tch::no_grad_guard();
-    let pipelines = pipelines();
     let golden = tensors("cases.safetensors");
     for case in cases_ref() {
-        let p = &pipelines[&case.model];
-        let image_tokens = p.model.image_tokens(&p.model.encode_frames(&case.pixel_values(&golden)).unwrap()).unwrap();
-        let config = p.generation.with_options(&case.overrides());
+        let worker = &workers()[&case.model];
         let mut streamed = vec![];
-        let out = generate(&p.model, &image_tokens, &case.prompt_ids, &config, &mut |step| {
-            streamed.extend(step.map(|s| s.token_id));
-            StepControl::Continue
-        })
-        .unwrap();
+        let request = request(golden_frames(case, &golden), case.question.clone(), case.overrides());
+        let out = worker.run_blocking(request, |token| streamed.push(token.token_id)).unwrap();
+        assert_eq!(out.prompt_tokens, case.prompt_ids.len(), "{}: prompt length", case.name);
         assert_eq!(out.token_ids, case.generated_ids, "{}: token ids differ from transformers", case.name);
         assert_eq!(streamed, case.generated_ids, "{}: streamed ids", case.name);
         let eos = if case.finished_by_eos { FinishReason::Eos } else { FinishReason::Length };
         assert_eq!(out.finish_reason, eos, "{}", case.name);
-        assert_eq!(p.tokenizer.decode(&out.token_ids).unwrap(), case.text, "{}: text", case.name);
+        assert_eq!(out.text, case.text, "{}: text", case.name);
     }
 }
 
@@ -78,18 +88,11 @@ fn pipeline_from_media_files_equals_transformers() {
             .iter()
             .flat_map(|f| decode_image(&std::fs::read(media.join(f)).unwrap(), f, &MediaLimits::default()).unwrap())
             .collect();
-        let request = InferenceRequest {
-            frames: frames.iter().map(|f| Frame::from_image(f, &p.preprocessor).unwrap()).collect(),
-            question: case.question.clone(),
-            options: case.overrides(),
-        };
+        let frames = frames.iter().map(|f| Frame::from_image(f, &p.preprocessor).unwrap()).collect();
         let mut deltas = String::new();
-        let out = p
-            .run(&request, &mut |event| {
-                if let Some(event) = event {
-                    deltas.push_str(&event.text_delta);
-                }
-                StepControl::Continue
+        let out = workers()[&case.model]
+            .run_blocking(request(frames, case.question.clone(), case.overrides()), |token| {
+                deltas.push_str(&token.text_delta)
             })
             .unwrap();
         assert_eq!(p.prompt_ids(case.question.as_deref()).unwrap(), case.prompt_ids, "{}: prompt ids", case.name);
@@ -101,11 +104,9 @@ fn pipeline_from_media_files_equals_transformers() {
 
 #[test]
 fn sampling_with_a_seed_is_reproducible() {
-    let pipelines = pipelines();
     let golden = tensors("cases.safetensors");
     let case = cases_ref().iter().find(|c| c.name == "image_caption_greedy").unwrap();
-    let p = &pipelines[&case.model];
-    let image_tokens = p.model.image_tokens(&p.model.encode_frames(&case.pixel_values(&golden)).unwrap()).unwrap();
+    let worker = &workers()[&case.model];
     let run = |seed: u64, beams: u32| {
         let options = GenerationOptions {
             do_sample: Some(true),
@@ -117,8 +118,7 @@ fn sampling_with_a_seed_is_reproducible() {
             top_p: Some(0.95),
             ..Default::default()
         };
-        let config = p.generation.with_options(&options);
-        generate(&p.model, &image_tokens, &case.prompt_ids, &config, &mut |_| StepControl::Continue).unwrap().token_ids
+        worker.run_blocking(request(golden_frames(case, &golden), None, options), |_| {}).unwrap().token_ids
     };
     for beams in [1, 3] {
         assert_eq!(run(7, beams), run(7, beams), "same seed, same tokens (beams {beams})");
@@ -149,8 +149,12 @@ fn label_scores_equal_teacher_forced_log_probabilities() {
     let media = common::fixtures::fixtures().join("media/shapes.png");
     let image = decode_image(&std::fs::read(media).unwrap(), "image", &MediaLimits::default()).unwrap().remove(0);
     let labels: Vec<String> = ["a dog", "two red circles on a table", "shapes"].iter().map(|s| s.to_string()).collect();
-    let scores =
-        p.score_labels(&[Frame::from_image(&image, &p.preprocessor).unwrap()], Some("what is it?"), &labels).unwrap();
+    // Two rows per batch: the labels are scored in two chunks between decoding steps.
+    let options = EngineOptions { max_batch_size: 2, feature_cache_bytes: 0, ..EngineOptions::default() };
+    let worker = common::engine::worker_with("tiny-git-image", options);
+    let frames = vec![Frame::from_image(&image, &p.preprocessor).unwrap()];
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let scores = runtime.block_on(worker.score_labels(frames, Some("what is it?".into()), labels.clone())).unwrap();
     let pixels = p.pixel_values(&image).unwrap().unsqueeze(0);
     let prompt = p.prompt_ids(Some("what is it?")).unwrap();
     for (label, score) in labels.iter().zip(&scores) {

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::fixtures::fixtures;
+use common::probe;
 use common::python::{self, describe};
 use common::server::TestServer;
 use common::tools::{self, target_dir, Tool};
@@ -65,6 +66,21 @@ async fn the_python_example_captions_like_the_rust_client() {
     };
     assert_eq!(line("caption: "), expected.text, "the unary caption");
     assert_eq!(line("stream: "), expected.text, "the streamed text");
+
+    // --priority batch: the same answers, both calls queued as batch work.
+    let output = Command::new(&python)
+        .arg(example_dir().join("caption.py"))
+        .args(["--server", &server.addr, "--priority", "batch", "--image"])
+        .arg(&image)
+        .args(["--max-new-tokens", "12", "--stubs"])
+        .arg(&stubs)
+        .env_remove("GITCAP_TOKEN")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", describe("examples/python/caption.py --priority batch", &output));
+    assert!(String::from_utf8(output.stdout).unwrap().contains(&format!("caption: {}", expected.text)));
+    let text = probe::scrape_until(&server.addr, |t| probe::finished_at_priority(t, "batch") >= 2.0);
+    assert_eq!(probe::finished_at_priority(&text, "batch"), 2.0, "{text}");
 }
 
 /// A video file: uploaded in chunks by the Python example (UploadVideo), decoded by the server.

@@ -51,6 +51,31 @@ fn flag(option: &str) -> String {
     format!("--{}", option.replace('_', "-"))
 }
 
+/// Every request that generates carries a priority, except live captions (always interactive);
+/// every surface offers it.
+#[test]
+fn every_generating_request_has_a_priority() {
+    let generating: Vec<String> = descriptor::message_names()
+        .into_iter()
+        .filter(|m| descriptor::message_fields(m).unwrap().iter().any(|f| f.type_name == "GenerationOptions"))
+        .collect();
+    assert!(generating.len() >= 5, "{generating:?}");
+    for message in generating.iter().filter(|m| *m != "LiveStart") {
+        let fields = descriptor::message_fields(message).unwrap();
+        let priority = fields.iter().find(|f| f.name == "priority");
+        assert_eq!(priority.map(|f| f.type_name.as_str()), Some("Priority"), "{message} has no `Priority priority`");
+    }
+    let values: Vec<String> = descriptor::enum_values("Priority").unwrap().into_iter().map(|(name, _)| name).collect();
+    for priority in [gitcap_protocol::Priority::Interactive, gitcap_protocol::Priority::Batch] {
+        let wire = format!("PRIORITY_{}", priority.as_str().to_uppercase());
+        assert!(values.contains(&wire), "{wire} is not in the proto's Priority: {values:?}");
+    }
+    let readme = readme();
+    for documented in ["--priority", "service_tier", "PRIORITY_BATCH", "interactive_rows", "batch_max_wait_ms"] {
+        assert!(readme.contains(documented), "README does not document {documented}");
+    }
+}
+
 #[test]
 fn every_generation_option_is_on_every_server_surface() {
     let protocol = protocol_options();

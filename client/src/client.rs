@@ -22,7 +22,7 @@ use crate::proto::{
     ModelSpec, ModelStatus, ScoreLabelsRequest, SwapResponse, UploadMessage, UploadStart, VideoUploadMessage,
     VideoUploadStart,
 };
-use crate::{Caption, GenerationOptions};
+use crate::{Caption, GenerationOptions, Priority};
 
 /// Frames are sent in chunks of at most this many bytes unless [`ClientConfig::chunk_size`] says otherwise.
 pub const DEFAULT_CHUNK_SIZE: usize = 1 << 20;
@@ -163,6 +163,8 @@ pub struct CaptionOptions {
     pub model: String,
     pub question: String,
     pub generation: GenerationOptions,
+    /// Interactive (the default) or batch; live captions are always interactive.
+    pub priority: Priority,
 }
 
 impl CaptionOptions {
@@ -186,11 +188,21 @@ impl CaptionOptions {
         self
     }
 
+    /// Runs the request at `priority` (batch work leaves rows free for interactive callers).
+    pub fn priority(mut self, priority: Priority) -> Self {
+        self.priority = priority;
+        self
+    }
+
     /// Turns on sampling, reproducible with `seed`.
     pub fn sample(mut self, seed: Option<u64>) -> Self {
         self.generation.do_sample = Some(true);
         self.generation.seed = seed;
         self
+    }
+
+    fn wire_priority(&self) -> i32 {
+        proto::Priority::from(self.priority) as i32
     }
 
     fn generation(&self) -> Option<proto::GenerationOptions> {
@@ -555,6 +567,7 @@ impl GitcapClient {
             media: Some(media),
             question: options.question.clone(),
             options: options.generation(),
+            priority: options.wire_priority(),
         }
     }
 
@@ -598,6 +611,7 @@ impl GitcapClient {
             question: caption.question.clone(),
             options: caption.generation(),
             frame_count: upload.frame_count,
+            priority: caption.wire_priority(),
         };
         futures::stream::once(async move { UploadMessage { message: Some(upload_message::Message::Start(start)) } })
             .chain(
@@ -652,6 +666,7 @@ impl GitcapClient {
             options: caption.generation(),
             sampling: upload.sampling.clone(),
             size_bytes: upload.size_bytes,
+            priority: caption.wire_priority(),
         };
         let (progress, sent) = (upload.progress.clone(), Arc::new(AtomicU64::new(0)));
         let chunk_size = self.chunk_size.max(1);
@@ -760,6 +775,7 @@ impl GitcapClient {
             options: caption.generation(),
             window_s: options.window_s,
             stride_s: options.stride_s,
+            priority: caption.wire_priority(),
         };
         let events = self.captioner.clone().dense_caption(Request::new(request)).await?.into_inner();
         Ok(Box::pin(events.map(|event| Ok(event?))))
@@ -962,6 +978,7 @@ impl GitcapClient {
     ///     match event? {
     ///         ModelEvent::Model(m) => println!("{} {:?} {}", m.id, m.state(), m.progress),
     ///         ModelEvent::Alias(a) => println!("{} -> {}", a.alias, a.id),
+    ///         ModelEvent::DesiredState(d) => println!("{} in sync: {}", d.path, d.in_sync),
     ///     }
     /// }
     /// # Ok(())

@@ -47,7 +47,7 @@ pub use gitcap_protocol::descriptor as proto_descriptor;
 /// The generated protocol types and stubs (`proto/gitcap/v1/gitcap.proto`), from `gitcap_protocol`.
 pub use gitcap_protocol::proto;
 /// Decoding options (one definition for every surface) and recognising media by content.
-pub use gitcap_protocol::{media_kind, EarlyStopping, GenerationOptions, InvalidOption};
+pub use gitcap_protocol::{media_kind, EarlyStopping, GenerationOptions, InvalidOption, Priority};
 
 /// Compiles the README's examples as doctests.
 #[cfg(doctest)]

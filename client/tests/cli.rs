@@ -4,6 +4,8 @@
 //! (which needs LIBTORCH, as `scripts/test.sh` exports). Without LIBTORCH and without a built
 //! server the tests that need one say so loudly and pass.
 
+#[path = "../../tests/common/probe.rs"]
+mod probe;
 #[path = "../../tests/common/server.rs"]
 mod server;
 #[path = "../../tests/common/tools.rs"]
@@ -266,6 +268,24 @@ async fn a_video_file_is_sent_to_the_server_or_decoded_here() {
     let lines: Vec<&str> = printed.lines().collect();
     assert_eq!(lines.len(), 2, "{printed}");
     assert!(lines[0].starts_with("[0.00s-1.50s] ") && lines[1].starts_with("[1.50s-3.00s] "), "{printed}");
+}
+
+/// `--priority batch` reaches the server (its queue time is recorded as batch work); a priority
+/// the CLI does not know is refused with the choices.
+#[tokio::test]
+async fn priority_batch_reaches_the_server() {
+    let server = start("tiny-git-image");
+    let photo = media("photo.jpg");
+    let expected = ok(gitcap_at(&server, &["caption", path(&photo), "--max-new-tokens", "6"]));
+    let batch = ok(gitcap_at(&server, &["caption", path(&photo), "--max-new-tokens", "6", "--priority", "batch"]));
+    assert_eq!(batch, expected);
+    let text = probe::scrape_until(&server.addr, |t| probe::finished_at_priority(t, "batch") >= 1.0);
+    assert_eq!(probe::finished_at_priority(&text, "batch"), 1.0, "{text}");
+    let refused = fails(gitcap_at(&server, &["caption", path(&photo), "--priority", "urgent"]));
+    assert!(refused.contains("interactive") && refused.contains("batch"), "{refused}");
+    for command in ["caption", "dense"] {
+        assert!(ok(gitcap(&[command, "--help"])).contains("--priority"), "`gitcap {command}` has no --priority");
+    }
 }
 
 /// Every generation option of the protocol is a flag of `gitcap caption` and `gitcap live`.

@@ -38,6 +38,12 @@ def parse_args():
     parser.add_argument("--model", default="", help="model name, alias or name@version (default: the server's)")
     parser.add_argument("--question", default="", help="ask this about the image instead of captioning it")
     parser.add_argument("--max-new-tokens", type=int, help="most tokens to generate")
+    parser.add_argument(
+        "--priority",
+        choices=["interactive", "batch"],
+        default="interactive",
+        help="batch: offline work that leaves the server's rows free for interactive callers",
+    )
     parser.add_argument("--token", default=os.environ.get("GITCAP_TOKEN"), help="bearer token (or GITCAP_TOKEN)")
     parser.add_argument(
         "--stubs",
@@ -63,6 +69,7 @@ def main():
     options = gitcap_pb2.GenerationOptions()
     if args.max_new_tokens is not None:
         options.max_new_tokens = args.max_new_tokens
+    priority = gitcap_pb2.PRIORITY_BATCH if args.priority == "batch" else gitcap_pb2.PRIORITY_INTERACTIVE
     if args.image:
         with open(args.image, "rb") as f:
             image = f.read()
@@ -71,6 +78,7 @@ def main():
             media=gitcap_pb2.Media(image=image),
             question=args.question,
             options=options,
+            priority=priority,
         )
     else:
         sampling = gitcap_pb2.VideoSampling()
@@ -84,6 +92,7 @@ def main():
             options=options,
             sampling=sampling,
             size_bytes=os.path.getsize(args.video),
+            priority=priority,
         )
 
         def upload():

@@ -21,12 +21,14 @@ fn service(name: &str) -> Option<ServiceDescriptorProto> {
     services.find(|s| s.name() == name)
 }
 
-/// A field of a `gitcap.v1` message: its name, number and whether it is deprecated.
+/// A field of a `gitcap.v1` message: its name, number, whether it is deprecated, and the name
+/// of its message or enum type (empty for scalars).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Field {
     pub name: String,
     pub number: i32,
     pub deprecated: bool,
+    pub type_name: String,
 }
 
 /// The fields of the top-level message `name` (e.g. `GenerationOptions`), in declaration order;
@@ -41,9 +43,15 @@ pub fn message_fields(name: &str) -> Option<Vec<Field>> {
                 name: f.name().to_string(),
                 number: f.number(),
                 deprecated: f.options.as_ref().is_some_and(|o| o.deprecated()),
+                type_name: f.type_name().rsplit('.').next().unwrap_or_default().to_string(),
             })
             .collect(),
     )
+}
+
+/// The names of the top-level messages, in declaration order.
+pub fn message_names() -> Vec<String> {
+    file_descriptor_set().file.into_iter().flat_map(|f| f.message_type).map(|m| m.name().to_string()).collect()
 }
 
 /// The method names of the service `name` (e.g. `Captioner`), in declaration order.
@@ -69,6 +77,10 @@ mod tests {
         let names: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, ["width", "height", "rgb"]);
         assert_eq!(fields[2].number, 3);
+        let request = message_fields("CaptionRequest").unwrap();
+        assert_eq!(request.iter().find(|f| f.name == "options").unwrap().type_name, "GenerationOptions");
+        assert_eq!(request.iter().find(|f| f.name == "question").unwrap().type_name, "");
+        assert!(message_names().contains(&"CaptionRequest".to_string()));
         assert!(service_methods("Captioner").unwrap().contains(&"Caption".to_string()));
         assert!(message_fields("NoSuchMessage").is_none());
         assert!(enum_values("FinishReason").unwrap().contains(&("FINISH_REASON_EOS".to_string(), 1)));

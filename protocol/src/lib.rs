@@ -6,14 +6,17 @@
 //!   and its descriptor set;
 //! - [`GenerationOptions`]: the decoding options of a request, with their range checks, their
 //!   command-line flags (feature `clap`), their JSON names and their protocol mapping;
+//! - [`Priority`]: interactive or batch, on every request that generates;
 //! - [`media_kind`]: recognising images and video containers by their first bytes.
 
 pub mod descriptor;
 pub mod media_kind;
 pub mod options;
+pub mod priority;
 mod proto_ext;
 
 pub use options::{EarlyStopping, GenerationOptions, InvalidOption, MAX_TOP_LOGPROBS};
+pub use priority::Priority;
 
 /// The generated protocol (`proto/gitcap/v1/gitcap.proto`), server and client code.
 pub mod proto {

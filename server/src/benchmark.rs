@@ -8,9 +8,11 @@ use serde_json::json;
 use tch::{Device, Tensor};
 
 use crate::device::DeviceSpec;
-use crate::engine::Pipeline;
+use crate::engine::{
+    EngineOptions, Frame, InferenceRequest, ModelInfo, ModelWorker, Pipeline, PreparedFrame, Priority,
+};
 use crate::error::{GitcapError, Result};
-use crate::model::generation::{generate, GenerationOptions, StepControl};
+use crate::model::generation::GenerationOptions;
 use crate::model::Precision;
 
 pub struct Bench {
@@ -27,6 +29,10 @@ pub fn run(args: Bench) -> Result<()> {
     let precision = args.dtype;
     let device = args.device.available()?;
     let pipeline = Pipeline::load(&args.model, precision, device)?;
+    let info = ModelInfo::describe(&pipeline, "bench", precision.name(), precision, args.device);
+    // Every run computes the vision tower: no features kept between runs.
+    let worker =
+        ModelWorker::spawn(pipeline, info, EngineOptions { feature_cache_bytes: 0, ..EngineOptions::default() });
     let inputs = Tensor::read_safetensors(&args.inputs)
         .map_err(|e| GitcapError::invalid("inputs", format!("{}: {e}", args.inputs.display())))?;
     let options = GenerationOptions {
@@ -35,23 +41,25 @@ pub fn run(args: Bench) -> Result<()> {
         do_sample: Some(false),
         ..Default::default()
     };
-    let config = pipeline.generation.with_options(&options);
     let mut report = serde_json::Map::new();
     for (name, pixel_values) in inputs {
         let size = pixel_values.size();
         let frames = pixel_values.view([-1, size[size.len() - 3], size[size.len() - 2], size[size.len() - 1]]);
+        let frames: Vec<PreparedFrame> =
+            (0..frames.size()[0]).map(|i| PreparedFrame::from_tensor(&frames.get(i))).collect::<Result<_>>()?;
         // Returns the tokens and the seconds to the first token and between the first and last.
         let once = || -> Result<(Vec<i64>, f64, f64)> {
-            let _guard = tch::no_grad_guard();
+            let request = InferenceRequest {
+                frames: frames.iter().map(|f| Frame::Pixels(f.share())).collect(),
+                question: None,
+                options,
+                priority: Priority::Interactive,
+            };
             let start = Instant::now();
-            let image_tokens = pipeline.model.image_tokens(&pipeline.model.encode_frames(&frames)?)?;
             let (mut first, mut last) = (None, start);
-            let out = generate(&pipeline.model, &image_tokens, &[101], &config, &mut |step| {
-                if step.is_some() {
-                    last = Instant::now();
-                    first.get_or_insert(last);
-                }
-                StepControl::Continue
+            let out = worker.run_blocking(request, |_| {
+                last = Instant::now();
+                first.get_or_insert(last);
             })?;
             if device != Device::Cpu {
                 tch::Cuda::synchronize(0);

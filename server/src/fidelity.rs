@@ -13,11 +13,29 @@ use image::RgbImage;
 use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
 
-use crate::engine::Pipeline;
+use crate::device::DeviceSpec;
+use crate::engine::{EngineOptions, Frame, InferenceRequest, ModelInfo, ModelWorker, Pipeline, Priority};
 use crate::error::{GitcapError, Result};
 use crate::media::{decode_image, MediaLimits};
-use crate::model::generation::{generate, GenerationOptions, StepControl};
+use crate::model::generation::GenerationOptions;
 use crate::model::Precision;
+
+/// A precision as the engine runs it (its own thread, generating) and as the model computes
+/// teacher-forced logits.
+struct Loaded {
+    worker: ModelWorker,
+    pipeline: Pipeline,
+}
+
+impl Loaded {
+    fn new(dir: &Path, precision: Precision) -> Result<Self> {
+        let serving = Pipeline::load(dir, precision, Device::Cpu)?;
+        let info = ModelInfo::describe(&serving, "fidelity", precision.name(), precision, DeviceSpec::CPU);
+        let options = EngineOptions { feature_cache_bytes: 0, ..EngineOptions::default() };
+        let worker = ModelWorker::spawn(serving, info, options);
+        Ok(Self { worker, pipeline: Pipeline::load(dir, precision, Device::Cpu)? })
+    }
+}
 
 pub struct Fidelity {
     /// Checkpoint directory.
@@ -50,13 +68,13 @@ struct Positions {
 
 pub fn run(args: Fidelity) -> Result<()> {
     let precision = args.dtype;
-    let reference = Pipeline::load(&args.model, Kind::Float, Device::Cpu)?;
-    let reduced = Pipeline::load(&args.model, precision, Device::Cpu)?;
+    let reference = Loaded::new(&args.model, Precision::from(Kind::Float))?;
+    let reduced = Loaded::new(&args.model, precision)?;
     let mut inputs = match &args.cases {
         Some(path) => fixture_inputs(path)?,
         None => Vec::new(),
     };
-    inputs.extend(random_inputs(args.random_images, reference.model.config.max_frames() as usize, args.seed));
+    inputs.extend(random_inputs(args.random_images, reference.worker.info.max_frames, args.seed));
     println!(
         "{} vs f32 on {} ({} inputs, {} greedy f32 tokens each, teacher-forced)",
         precision.name(),
@@ -103,12 +121,15 @@ pub fn run(args: Fidelity) -> Result<()> {
     Ok(())
 }
 
-fn compare(reference: &Pipeline, reduced: &Pipeline, input: &Input, max_new_tokens: usize) -> Result<Positions> {
+fn compare(reference: &Loaded, reduced: &Loaded, input: &Input, max_new_tokens: usize) -> Result<Positions> {
     let _guard = tch::no_grad_guard();
-    let used = reference.frames_to_use(input.frames.len())?;
-    let pixels =
-        Tensor::stack(&used.iter().map(|&i| reference.pixel_values(&input.frames[i])).collect::<Result<Vec<_>>>()?, 0);
-    let prompt = reference.prompt_ids(input.question.as_deref())?;
+    let (reference_model, reduced_model) = (&reference.pipeline, &reduced.pipeline);
+    let used = reference_model.frames_to_use(input.frames.len())?;
+    let pixels = Tensor::stack(
+        &used.iter().map(|&i| reference_model.pixel_values(&input.frames[i])).collect::<Result<Vec<_>>>()?,
+        0,
+    );
+    let prompt = reference_model.prompt_ids(input.question.as_deref())?;
     // Plain greedy with EOS held back, so every input gives `max_new_tokens` positions.
     let options = GenerationOptions {
         max_new_tokens: Some(max_new_tokens as u32),
@@ -119,10 +140,12 @@ fn compare(reference: &Pipeline, reduced: &Pipeline, input: &Input, max_new_toke
         no_repeat_ngram_size: Some(0),
         ..Default::default()
     };
-    let greedy = |p: &Pipeline| -> Result<Vec<i64>> {
-        let image_tokens = p.model.image_tokens(&p.model.encode_frames(&pixels)?)?;
-        let config = p.generation.with_options(&options);
-        Ok(generate(&p.model, &image_tokens, &prompt, &config, &mut |_| StepControl::Continue)?.token_ids)
+    let greedy = |loaded: &Loaded| -> Result<Vec<i64>> {
+        let preprocessor = &loaded.worker.info.preprocessor;
+        let frames = input.frames.iter().map(|f| Frame::from_image(f, preprocessor)).collect::<Result<_>>()?;
+        let request =
+            InferenceRequest { frames, question: input.question.clone(), options, priority: Priority::Interactive };
+        Ok(loaded.worker.run_blocking(request, |_| {})?.token_ids)
     };
     let tokens = greedy(reference)?;
     let same_sequence = greedy(reduced)? == tokens;
@@ -134,7 +157,7 @@ fn compare(reference: &Pipeline, reduced: &Pipeline, input: &Input, max_new_toke
     let logits = |p: &Pipeline| -> Result<Tensor> {
         Ok(p.model.forward(&pixels, &ids)?.squeeze_dim(0).narrow(0, first, tokens.len() as i64))
     };
-    let (expected, actual) = (logits(reference)?, logits(reduced)?);
+    let (expected, actual) = (logits(reference_model)?, logits(reduced_model)?);
     let relative = ((&actual - &expected).norm_scalaropt_dim(2, [1], false)
         / expected.norm_scalaropt_dim(2, [1], false))
     .to_kind(Kind::Double);

@@ -231,8 +231,9 @@ pub fn request_finished(model: &str, version: &str, protocol: &str, rpc: &str, c
 }
 
 /// Time a request waited in the queue.
-pub fn queue_time(model: &str, version: &str, seconds: f64) {
-    histogram!(QUEUE, "model" => model.to_string(), "version" => version.to_string()).record(seconds);
+pub fn queue_time(model: &str, version: &str, priority: crate::engine::Priority, seconds: f64) {
+    let labels = [("model", model.to_string()), ("version", version.to_string()), ("priority", priority.to_string())];
+    histogram!(QUEUE, &labels).record(seconds);
 }
 
 /// Time from a request's arrival to its first token.
@@ -338,7 +339,7 @@ mod tests {
         request_finished(m, v, "grpc", "Caption", tonic::Code::Ok);
         request_finished(m, v, "grpc", "Caption", tonic::Code::Ok);
         request_finished(m, v, "grpc", "CaptionStream", tonic::Code::InvalidArgument);
-        queue_time(m, v, 0.003);
+        queue_time(m, v, crate::engine::Priority::Batch, 0.003);
         time_to_first_token(m, v, 0.02);
         time_to_first_token(m, v, 0.2);
         inter_token(m, v, 0.004);
@@ -374,9 +375,10 @@ mod tests {
         assert!(text.contains(&format!("{FIRST_TOKEN}_count{{{labels}}} 2")), "{text}");
         assert!(text.contains(&format!("{TOKENS_PER_SECOND}_bucket{{{labels},le=\"20\"}} 1")), "{text}");
         assert!(text.contains(&format!("{TOKENS_PER_SECOND}_bucket{{{labels},le=\"10\"}} 0")), "{text}");
-        for name in [QUEUE, INTER_TOKEN, BATCH, VISION_BATCH] {
+        for name in [INTER_TOKEN, BATCH, VISION_BATCH] {
             assert!(text.contains(&format!("{name}_count{{{labels}}} 1")), "{name}: {text}");
         }
+        assert!(text.contains(&format!("{QUEUE}_count{{{labels},priority=\"batch\"}} 1")), "{text}");
         for name in [REQUESTS, QUEUE, FIRST_TOKEN, WEIGHT_BYTES, CACHE_HITS] {
             assert!(text.contains(&format!("# HELP {name} ")), "{name} has no help: {text}");
         }

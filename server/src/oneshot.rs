@@ -1,5 +1,5 @@
 //! `gitcap-server caption`: caption or answer a question from the command line, without
-//! serving, through the same pipeline as the server.
+//! serving, through the same model thread and scheduler as the server.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -7,10 +7,10 @@ use std::time::Instant;
 use serde_json::json;
 
 use crate::device::DeviceSpec;
-use crate::engine::{Frame, InferenceRequest, Pipeline};
+use crate::engine::{EngineOptions, Frame, InferenceRequest, ModelInfo, ModelWorker, Pipeline, Priority};
 use crate::error::{GitcapError, Result};
 use crate::media::{decode_image, MediaLimits};
-use crate::model::generation::{FinishReason, GenerationOptions, StepControl};
+use crate::model::generation::{FinishReason, GenerationOptions};
 use crate::model::Precision;
 use crate::registry::{resolve, HubOptions};
 
@@ -38,6 +38,10 @@ pub fn run(args: OneShot) -> Result<()> {
     let precision = args.dtype;
     let checkpoint = resolve(&args.model, args.revision.as_deref(), &args.hub)?;
     let pipeline = Pipeline::load(&checkpoint.dir, precision, device)?;
+    let preprocessor = pipeline.preprocessor.clone();
+    let info = ModelInfo::describe(&pipeline, &args.model, &checkpoint.version, precision, args.device);
+    let options = EngineOptions { feature_cache_bytes: 0, ..EngineOptions::default() };
+    let worker = ModelWorker::spawn(pipeline, info, options);
     let load_ms = load_started.elapsed().as_secs_f64() * 1e3;
 
     let limits = MediaLimits::default();
@@ -48,21 +52,20 @@ pub fn run(args: OneShot) -> Result<()> {
         frames.extend(decode_image(&bytes, &path.display().to_string(), &limits)?);
     }
     let request = InferenceRequest {
-        frames: frames.iter().map(|f| Frame::from_image(f, &pipeline.preprocessor)).collect::<Result<_>>()?,
+        frames: frames.iter().map(|f| Frame::from_image(f, &preprocessor)).collect::<Result<_>>()?,
         question: args.question.clone(),
         options: args.options,
+        priority: Priority::Interactive,
     };
     let started = Instant::now();
     let mut first_token_ms = None;
-    let output = pipeline.run(&request, &mut |event| {
-        let Some(event) = event else { return StepControl::Continue };
+    let output = worker.run_blocking(request, |event| {
         first_token_ms.get_or_insert_with(|| started.elapsed().as_secs_f64() * 1e3);
         if args.stream && !args.json {
             use std::io::Write;
             print!("{}", event.text_delta);
             let _ = std::io::stdout().flush();
         }
-        StepControl::Continue
     })?;
     let total_ms = started.elapsed().as_secs_f64() * 1e3;
 

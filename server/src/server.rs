@@ -34,9 +34,12 @@ pub async fn run(settings: Settings) -> Result<()> {
         hub,
         engine: EngineOptions {
             queue_capacity: m.queue_capacity,
+            batch_queue_capacity: m.batch_queue_capacity,
             max_batch_size: settings.engine.max_batch_size,
             max_batch_tokens: settings.engine.max_batch_tokens,
             max_vision_batch: settings.engine.max_vision_batch,
+            interactive_rows: settings.engine.interactive_rows,
+            batch_max_wait: Duration::from_millis(settings.engine.batch_max_wait_ms),
             feature_cache_bytes: settings.engine.feature_cache_mb << 20,
         },
         model_roots: Some(admin.model_roots.clone()),

@@ -165,6 +165,7 @@ pub struct ModelSettings {
     pub device: DeviceSpec,
     pub dtype: Precision,
     pub queue_capacity: usize,
+    pub batch_queue_capacity: usize,
     pub threads: i32,
 }
 
@@ -173,6 +174,8 @@ pub struct EngineSettings {
     pub max_batch_size: usize,
     pub max_batch_tokens: usize,
     pub max_vision_batch: usize,
+    pub interactive_rows: usize,
+    pub batch_max_wait_ms: u64,
     pub feature_cache_mb: usize,
 }
 

@@ -19,7 +19,7 @@ use tonic::Status;
 use super::fixtures::fixtures;
 use gitcap_client::proto::{
     caption_event::Event, captioner_client::CaptionerClient, media::Kind, upload_message, CaptionEvent, CaptionRequest,
-    CaptionResponse, FrameChunk, Frames, GenerationOptions, Media, RawImage, UploadMessage, UploadStart,
+    CaptionResponse, FrameChunk, Frames, GenerationOptions, Media, Priority, RawImage, UploadMessage, UploadStart,
 };
 
 /// What to run.
@@ -202,11 +202,14 @@ async fn one_request(
     rng: &mut ChaCha8Rng,
 ) -> (&'static str, Result<CaptionResponse, Status>) {
     let (options, max_new_tokens) = options(rng);
+    // A quarter of the load is batch work, sharing the batch with the interactive requests.
+    let priority = if rng.random_bool(0.25) { Priority::Batch } else { Priority::Interactive } as i32;
     let request = |model: &str, kind: Kind, question: String| CaptionRequest {
         model: model.into(),
         media: Some(Media { kind: Some(kind), ..Default::default() }),
         question,
         options: Some(options),
+        priority,
     };
     let still = library.stills[rng.random_range(0..library.stills.len())].clone();
     let (kind, result) = match rng.random_range(0..8) {
@@ -239,6 +242,7 @@ async fn one_request(
                 question: question(rng),
                 options: Some(options),
                 frame_count: if rng.random_bool(0.5) { count as u32 } else { 0 },
+                priority,
             };
             let messages = upload_messages(start, &frames, rng.random_range(16..400));
             if rng.random_bool(0.5) {

@@ -1,5 +1,6 @@
 pub mod bad_input;
 pub mod browser;
+pub mod engine;
 pub mod fake_hub;
 pub mod fixtures;
 pub mod http_files;

@@ -44,6 +44,20 @@ pub fn gauge(text: &str, name: &str, model: &str) -> f64 {
     text.lines().filter(|l| l.starts_with(&prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 
+/// The sum of the series of `name` whose labels include `label` (written `key="value"`).
+pub fn sum_with_label(text: &str, name: &str, label: &str) -> f64 {
+    let prefix = format!("{name}{{");
+    text.lines()
+        .filter(|l| l.starts_with(&prefix) && l.split('}').next().is_some_and(|labels| labels.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Requests that finished at `priority` (`interactive` or `batch`), by their queue-time samples.
+pub fn finished_at_priority(text: &str, priority: &str) -> f64 {
+    sum_with_label(text, "gitcap_queue_seconds_count", &format!("priority=\"{priority}\""))
+}
+
 /// Scrapes `/metrics` at `addr` until `ready` holds, for at most 10 s; the last scrape.
 pub fn scrape_until(addr: &str, ready: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);

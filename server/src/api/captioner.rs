@@ -58,8 +58,9 @@ impl CaptionerService {
         let worker = self.model(&request.model, key.as_deref(), tally)?;
         let question = convert::question(&request.question, &self.limits)?;
         let options = convert::options(request.options.as_ref(), &self.limits)?;
+        let priority = convert::priority(request.priority)?;
         let media = within(timeout, started, self.media.prepare(request.media, &worker.info)).await?;
-        let request = InferenceRequest { frames: media.frames, question, options };
+        let request = InferenceRequest { frames: media.frames, question, options, priority };
         Ok(submit(worker, request, timeout, started, started)?.with_timestamps(media.timestamps_s))
     }
 
@@ -81,6 +82,7 @@ impl CaptionerService {
         let worker = self.model(&start.model, key.as_deref(), tally)?;
         let question = convert::question(&start.question, &self.limits)?;
         let options = convert::options(start.options.as_ref(), &self.limits)?;
+        let priority = convert::priority(start.priority)?;
         let declared = start.frame_count as usize;
         let mut assembler = FrameAssembler::new(worker.clone(), (*self.limits).clone(), self.media.clone(), declared)?;
         let mut tasks = Vec::new();
@@ -101,7 +103,7 @@ impl CaptionerService {
         for task in tasks {
             frames.push(Frame::Encoded(upload::encoded(task).await?));
         }
-        Ok(submit(worker, InferenceRequest { frames, question, options }, timeout, started, arrived)?)
+        Ok(submit(worker, InferenceRequest { frames, question, options, priority }, timeout, started, arrived)?)
     }
 
     /// Receives a video file in chunks, then samples and decodes it like `Media.video`.
@@ -121,12 +123,13 @@ impl CaptionerService {
         let worker = self.model(&start.model, key.as_deref(), tally)?;
         let question = convert::question(&start.question, &self.limits)?;
         let options = convert::options(start.options.as_ref(), &self.limits)?;
+        let priority = convert::priority(start.priority)?;
         let file = video_upload::receive(&mut stream, &self.media, start.size_bytes).await?;
         // Time to first token counts from here: the client's upload time is not the server's.
         let arrived = Instant::now();
         let media = self.media.video(&file, start.sampling.as_ref(), "upload", &worker.info);
         let media = within(timeout, started, media).await?;
-        let request = InferenceRequest { frames: media.frames, question, options };
+        let request = InferenceRequest { frames: media.frames, question, options, priority };
         Ok(submit(worker, request, timeout, started, arrived)?.with_timestamps(media.timestamps_s))
     }
 
@@ -357,6 +360,7 @@ impl Captioner for CaptionerService {
             Ok(DenseSession {
                 question: convert::question(&request.question, &self.limits)?,
                 options: convert::options(request.options.as_ref(), &self.limits)?,
+                priority: convert::priority(request.priority)?,
                 worker,
                 media: self.media.clone(),
                 window_s: request.window_s,

@@ -1,6 +1,6 @@
 //! Protocol messages ↔ the engine's types, with request validation against server limits.
 
-use crate::engine::{InferenceOutput, TokenEvent};
+use crate::engine::{InferenceOutput, Priority, TokenEvent};
 use crate::error::{GitcapError, Result};
 use crate::media::MediaLimits;
 use crate::model::generation::{FinishReason, GenerationOptions};
@@ -71,6 +71,11 @@ pub fn labels(labels: &[String], limits: &RequestLimits) -> Result<Vec<String>> 
             }
         })
         .collect()
+}
+
+/// A request's priority (unspecified = interactive).
+pub fn priority(value: i32) -> Result<Priority> {
+    Priority::from_wire(value).map_err(|message| GitcapError::invalid("priority", message))
 }
 
 /// A request's generation options: read from the message, range-checked

@@ -16,7 +16,7 @@ use tonic::Status;
 
 use super::media::MediaService;
 use super::request::submit;
-use crate::engine::{EncodedFrame, Frame, InferenceRequest, ModelWorker};
+use crate::engine::{EncodedFrame, Frame, InferenceRequest, ModelWorker, Priority};
 use crate::error::{GitcapError, Result};
 use crate::model::generation::GenerationOptions;
 use crate::proto;
@@ -85,6 +85,7 @@ pub(super) struct DenseSession {
     pub media: Arc<MediaService>,
     pub question: Option<String>,
     pub options: GenerationOptions,
+    pub priority: Priority,
     pub window_s: f64,
     pub stride_s: f64,
 }
@@ -145,7 +146,12 @@ impl DenseSession {
         tx: &mpsc::Sender<std::result::Result<proto::DenseCaptionEvent, Status>>,
     ) -> std::result::Result<(), Status> {
         let (timestamps, frames): (Vec<f64>, Vec<Frame>) = window.into_iter().unzip();
-        let request = InferenceRequest { frames, question: self.question.clone(), options: self.options };
+        let request = InferenceRequest {
+            frames,
+            question: self.question.clone(),
+            options: self.options,
+            priority: self.priority,
+        };
         let now = Instant::now();
         let caption =
             submit(self.worker.clone(), request, None, now, now)?.with_timestamps(timestamps).finish().await?;

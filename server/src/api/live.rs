@@ -13,7 +13,7 @@ use super::convert::RequestLimits;
 use super::media::MediaService;
 use super::request::submit;
 use super::upload::{self, FrameAssembler};
-use crate::engine::{EncodedFrame, Frame, InferenceRequest, ModelWorker};
+use crate::engine::{EncodedFrame, Frame, InferenceRequest, ModelWorker, Priority};
 use crate::error::GitcapError;
 use crate::model::generation::GenerationOptions;
 use crate::proto;
@@ -69,7 +69,12 @@ impl LiveSession {
         tx: &mpsc::Sender<Result<proto::LiveEvent, Status>>,
     ) -> Result<(), Status> {
         let first_frame = (last_frame + 1 - frames.len()) as u64;
-        let request = InferenceRequest { frames, question: self.question.clone(), options: self.options };
+        let request = InferenceRequest {
+            frames,
+            question: self.question.clone(),
+            options: self.options,
+            priority: Priority::Interactive,
+        };
         let now = Instant::now();
         let caption = submit(self.worker.clone(), request, None, now, now)?.finish().await?;
         let event = proto::LiveEvent { first_frame, last_frame: last_frame as u64, caption: Some(caption) };

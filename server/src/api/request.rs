@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tonic::{Code, Status};
 
 use super::convert;
-use crate::engine::{EngineEvent, InferenceRequest, ModelInfo, ModelWorker};
+use crate::engine::{EngineEvent, InferenceRequest, ModelInfo, ModelWorker, Priority};
 use crate::error::GitcapError;
 use crate::metrics;
 use crate::proto;
@@ -65,8 +65,19 @@ pub fn submit(
     let remaining = timeout.map(|t| t.saturating_sub(started.elapsed()));
     // Beam search sends its tokens all at once at the end: no inter-token gaps to measure.
     let beam = request.options.num_beams.is_some_and(|n| n > 1);
+    let priority = request.priority;
     let events = worker.submit(request, remaining)?;
-    Ok(Started { worker, events, started, arrived, beam, last_token: None, timestamps: vec![], read_tokens: 0 })
+    Ok(Started {
+        worker,
+        events,
+        started,
+        arrived,
+        beam,
+        priority,
+        last_token: None,
+        timestamps: vec![],
+        read_tokens: 0,
+    })
 }
 
 /// Runs `work` (a request's media preparation) within what is left of its deadline.
@@ -88,6 +99,7 @@ pub struct Started {
     started: Instant,
     arrived: Instant,
     beam: bool,
+    priority: Priority,
     last_token: Option<Instant>,
     /// The video frames' timestamps, reported in the response.
     timestamps: Vec<f64>,
@@ -135,7 +147,7 @@ impl Started {
                 self.last_token = Some(now);
             }
             EngineEvent::Done { output, queue_ms } => {
-                metrics::queue_time(model, version, queue_ms / 1e3);
+                metrics::queue_time(model, version, self.priority, queue_ms / 1e3);
                 let decode_seconds = output.timings.decode_ms / 1e3;
                 metrics::tokens_generated(model, version, output.token_ids.len() as u64, decode_seconds);
             }

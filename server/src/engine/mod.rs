@@ -1,14 +1,21 @@
-//! Running requests on a model: the inference pipeline, the model's own thread that batches
-//! requests from a bounded queue, and the cache of vision features it keeps.
+//! Running requests on a model. Read in this order: [`messages`] (what goes in and comes out),
+//! [`worker`] (the handle and the model's own thread), [`scheduler`] (the thread's loop),
+//! [`policy`] (which waiting request starts next), [`executor`] (the tensor work of a batch),
+//! [`pipeline`] (the model math a request needs: frames, image tokens, prompt, label scores),
+//! [`feature_cache`] (vision features kept between requests).
 
+mod executor;
 pub mod feature_cache;
+pub mod frames;
+pub mod messages;
 pub mod pipeline;
+mod policy;
 mod scheduler;
 pub mod stats;
 pub mod worker;
 
-pub use pipeline::{
-    EncodedFrame, Frame, InferenceOutput, InferenceRequest, LabelScore, Pipeline, PreparedFrame, TokenEvent,
-};
+pub use frames::{EncodedFrame, Frame, PreparedFrame};
+pub use messages::{EngineEvent, InferenceOutput, InferenceRequest, LabelScore, Priority, Timings, TokenEvent};
+pub use pipeline::Pipeline;
 pub use stats::EngineStatsSnapshot;
-pub use worker::{Drain, EngineEvent, EngineOptions, ModelInfo, ModelWorker};
+pub use worker::{Drain, EngineOptions, ModelInfo, ModelWorker};

@@ -1,66 +1,30 @@
-//! A model's own inference thread. Requests reach it through a bounded queue; it batches them
-//! ([`super::scheduler`]) and sends each request's tokens and result back over a channel, so
-//! the tokio runtime never waits on tensor work. A request whose caller went away or whose
-//! deadline passed is dropped from the queue or stopped at its next token.
+//! A model's own inference thread and the handle that feeds it. Requests reach the thread
+//! through a queue bounded per priority; it batches them ([`super::scheduler`]) and sends each
+//! request's tokens and result back over a channel, so the tokio runtime never waits on tensor
+//! work. A request whose caller went away or whose deadline passed is dropped from the queue or
+//! stopped at its next token.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::pipeline::{
-    EncodedFrame, Frame, InferenceOutput, InferenceRequest, LabelScore, Pipeline, PreparedFrame, TokenEvent,
-};
+use super::frames::{EncodedFrame, Frame, PreparedFrame};
+use super::messages::{Command, EngineEvent, InferenceOutput, InferenceRequest, Job, LabelScore, Priority, TokenEvent};
+use super::pipeline::Pipeline;
 use super::scheduler::Scheduler;
 use super::stats::{EngineStats, EngineStatsSnapshot};
 use crate::error::{GitcapError, Result};
 
-/// What a running request reports, in order: `Admitted` when it starts running, its tokens,
-/// then one `Done` or `Failed` (a request refused before it runs reports only `Failed`).
-#[derive(Debug)]
-pub enum EngineEvent {
-    /// The request left the queue: the model reads this many prompt and image tokens.
-    Admitted {
-        prompt_tokens: usize,
-        image_tokens: usize,
-    },
-    Token(TokenEvent),
-    Done {
-        output: InferenceOutput,
-        queue_ms: f64,
-    },
-    Failed(GitcapError),
-}
-
-pub(super) struct Job {
-    pub request: InferenceRequest,
-    pub deadline: Option<Instant>,
-    pub enqueued: Instant,
-    pub events: mpsc::UnboundedSender<EngineEvent>,
-}
-
-/// Work for the model thread.
-pub(super) enum Command {
-    Generate(Job),
-    /// Run the vision tower on one frame now (frame uploads, live captioning).
-    Encode {
-        frame: PreparedFrame,
-        reply: oneshot::Sender<Result<EncodedFrame>>,
-    },
-    ScoreLabels {
-        frames: Vec<Frame>,
-        prompt: Option<String>,
-        labels: Vec<String>,
-        reply: oneshot::Sender<Result<Vec<LabelScore>>>,
-    },
-}
-
 /// How a model's thread queues, batches and caches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EngineOptions {
-    /// Requests allowed to wait; beyond that callers get RESOURCE_EXHAUSTED at once.
+    /// Interactive requests (and frames to encode, label sets to score) allowed to wait; beyond
+    /// that callers get RESOURCE_EXHAUSTED at once.
     pub queue_capacity: usize,
+    /// Batch-priority requests allowed to wait, counted apart from the interactive ones.
+    pub batch_queue_capacity: usize,
     /// Decoder rows (sequences; a beam-search request takes one per beam) decoded together.
     pub max_batch_size: usize,
     /// Key/value positions the running requests may hold together (rows × (image tokens +
@@ -68,6 +32,10 @@ pub struct EngineOptions {
     pub max_batch_tokens: usize,
     /// Frames per vision-tower pass.
     pub max_vision_batch: usize,
+    /// Rows of `max_batch_size` batch requests leave free for interactive ones.
+    pub interactive_rows: usize,
+    /// A batch request waiting this long is admitted like an interactive one.
+    pub batch_max_wait: Duration,
     /// Bytes of vision features and image keys/values kept between requests (0 = none).
     pub feature_cache_bytes: usize,
 }
@@ -76,11 +44,51 @@ impl Default for EngineOptions {
     fn default() -> Self {
         Self {
             queue_capacity: 64,
+            batch_queue_capacity: 1024,
             max_batch_size: 16,
             max_batch_tokens: 131_072,
             max_vision_batch: 8,
+            interactive_rows: 4,
+            batch_max_wait: Duration::from_secs(10),
             feature_cache_bytes: 512 << 20,
         }
+    }
+}
+
+/// Work waiting for a model's thread, counted by the handles that send it (to refuse what is
+/// over capacity at once) and uncounted by the thread as the work starts or is dropped.
+#[derive(Default)]
+pub(super) struct QueueCounts {
+    interactive: AtomicUsize,
+    batch: AtomicUsize,
+    side: AtomicUsize,
+}
+
+impl QueueCounts {
+    fn counter(&self, priority: Priority) -> &AtomicUsize {
+        match priority {
+            Priority::Interactive => &self.interactive,
+            Priority::Batch => &self.batch,
+        }
+    }
+
+    /// Counts one more waiting, unless `capacity` are waiting already.
+    fn enter(counter: &AtomicUsize, capacity: usize) -> bool {
+        counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < capacity).then_some(n + 1)).is_ok()
+    }
+
+    /// A request of `priority` left the queue.
+    pub fn left(&self, priority: Priority) {
+        self.counter(priority).fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// A frame to encode or a label set to score left the queue.
+    pub fn side_left(&self) {
+        self.side.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn total(&self) -> usize {
+        [&self.interactive, &self.batch, &self.side].iter().map(|c| c.load(Ordering::Acquire)).sum()
     }
 }
 
@@ -96,6 +104,27 @@ pub struct ModelInfo {
     /// The checkpoint's image processor: requests' frames are preprocessed with it before they
     /// reach the model thread.
     pub preprocessor: Arc<crate::media::PreprocessorConfig>,
+}
+
+impl ModelInfo {
+    /// Describes `pipeline` loaded as `name` `version` at `dtype` on `device`.
+    pub fn describe(
+        pipeline: &Pipeline,
+        name: &str,
+        version: &str,
+        dtype: crate::model::Precision,
+        device: crate::device::DeviceSpec,
+    ) -> Self {
+        Self {
+            name: name.to_string(),
+            version: version.to_string(),
+            dtype,
+            device,
+            max_frames: pipeline.model.config.max_frames() as usize,
+            weights_bytes: pipeline.weights_bytes,
+            preprocessor: Arc::new(pipeline.preprocessor.clone()),
+        }
+    }
 }
 
 /// What is left of an unloaded model while its requests in flight finish: no way to submit,
@@ -123,7 +152,9 @@ impl Drain {
 #[derive(Clone)]
 pub struct ModelWorker {
     pub info: Arc<ModelInfo>,
-    queue: mpsc::Sender<Command>,
+    queue: mpsc::UnboundedSender<Command>,
+    queued: Arc<QueueCounts>,
+    options: EngineOptions,
     /// Set to stop the request running now and refuse the queued ones (a drain's deadline).
     closing: Arc<AtomicBool>,
     stopped: watch::Receiver<bool>,
@@ -133,7 +164,9 @@ pub struct ModelWorker {
 impl ModelWorker {
     /// Starts the thread that owns `pipeline`.
     pub fn spawn(pipeline: Pipeline, info: ModelInfo, options: EngineOptions) -> Self {
-        let (queue, mut commands) = mpsc::channel::<Command>(options.queue_capacity.max(1));
+        let (queue, mut commands) = mpsc::unbounded_channel::<Command>();
+        let queued = Arc::new(QueueCounts::default());
+        let thread_queued = queued.clone();
         let name = info.name.clone();
         let closing = Arc::new(AtomicBool::new(false));
         let (stopped_tx, stopped) = watch::channel(false);
@@ -144,13 +177,13 @@ impl ModelWorker {
             .name(format!("model-{name}"))
             .spawn(move || {
                 let _guard = tch::no_grad_guard();
-                Scheduler::new(&pipeline, options, &thread_closing, &thread_stats).run(&mut commands);
+                Scheduler::new(&pipeline, options, &thread_closing, &thread_stats, &thread_queued).run(&mut commands);
                 drop(pipeline);
                 tracing::info!(model = name, "model thread stopped");
                 let _ = stopped_tx.send(true);
             })
             .expect("spawning a model thread");
-        Self { info: Arc::new(info), queue, closing, stopped, stats }
+        Self { info: Arc::new(info), queue, queued, options, closing, stopped, stats }
     }
 
     /// Gives up this handle to watch the model's thread end (see [`Drain`]).
@@ -158,27 +191,57 @@ impl ModelWorker {
         Drain { closing: self.closing, stopped: self.stopped }
     }
 
-    /// Queues a request; fails at once with `ResourceExhausted` when the queue is full.
+    /// Queues a request; fails at once with `ResourceExhausted` when its priority's queue is
+    /// full.
     pub fn submit(
         &self,
         request: InferenceRequest,
         timeout: Option<Duration>,
     ) -> Result<mpsc::UnboundedReceiver<EngineEvent>> {
+        let priority = request.priority;
+        let (capacity, what) = match priority {
+            Priority::Interactive => (self.options.queue_capacity, "requests"),
+            Priority::Batch => (self.options.batch_queue_capacity, "batch requests"),
+        };
+        if !QueueCounts::enter(self.queued.counter(priority), capacity.max(1)) {
+            return Err(self.full(capacity, what));
+        }
         let (events, receiver) = mpsc::unbounded_channel();
         let job = Job { request, deadline: timeout.map(|t| Instant::now() + t), enqueued: Instant::now(), events };
-        self.send(Command::Generate(job))?;
+        self.send(Command::Generate(job)).inspect_err(|_| self.queued.left(priority))?;
         Ok(receiver)
+    }
+
+    /// Runs `request` to its end from a thread outside the async runtime (the command-line
+    /// caption, warm-up, benchmarks, tests), through the same queue and batches as served
+    /// requests, calling `on_token` with each token as it is generated.
+    pub fn run_blocking(
+        &self,
+        request: InferenceRequest,
+        mut on_token: impl FnMut(&TokenEvent),
+    ) -> Result<InferenceOutput> {
+        let mut events = self.submit(request, None)?;
+        while let Some(event) = events.blocking_recv() {
+            match event {
+                EngineEvent::Admitted { .. } => {}
+                EngineEvent::Token(token) => on_token(&token),
+                EngineEvent::Done { output, .. } => return Ok(output),
+                EngineEvent::Failed(error) => return Err(error),
+            }
+        }
+        Err(self.gone())
     }
 
     /// Runs the vision tower on one frame (or finds it in the feature cache) as soon as the
     /// model thread gets to it.
     pub async fn encode(&self, frame: PreparedFrame) -> Result<EncodedFrame> {
         let (reply, answer) = oneshot::channel();
-        self.send(Command::Encode { frame, reply })?;
+        self.send_side(Command::Encode { frame, reply })?;
         answer.await.map_err(|_| self.gone())?
     }
 
-    /// Ranks `labels` for `frames` (see [`Pipeline::score_labels`]).
+    /// Ranks `labels` for `frames` (see [`Pipeline::score_label_chunk`]), in chunks of at most
+    /// `max_batch_size` labels between decoding steps.
     pub async fn score_labels(
         &self,
         frames: Vec<Frame>,
@@ -186,7 +249,7 @@ impl ModelWorker {
         labels: Vec<String>,
     ) -> Result<Vec<LabelScore>> {
         let (reply, answer) = oneshot::channel();
-        self.send(Command::ScoreLabels { frames, prompt, labels, reply })?;
+        self.send_side(Command::ScoreLabels { frames, prompt, labels, reply })?;
         answer.await.map_err(|_| self.gone())?
     }
 
@@ -194,17 +257,24 @@ impl ModelWorker {
         GitcapError::Unavailable(format!("model `{}` stopped", self.info.name))
     }
 
+    fn full(&self, capacity: usize, what: &str) -> GitcapError {
+        GitcapError::ResourceExhausted(format!("model `{}` has {capacity} {what} waiting; retry later", self.info.name))
+    }
+
+    /// Side work shares the interactive queue's capacity: it is what interactive callers wait on.
+    fn send_side(&self, command: Command) -> Result<()> {
+        let capacity = self.options.queue_capacity.max(1);
+        let waiting = self.queued.interactive.load(Ordering::Acquire);
+        if !QueueCounts::enter(&self.queued.side, capacity.saturating_sub(waiting)) {
+            return Err(self.full(capacity, "requests"));
+        }
+        self.send(command).inspect_err(|_| self.queued.side_left())
+    }
+
     fn send(&self, command: Command) -> Result<()> {
-        self.queue.try_send(command).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => GitcapError::ResourceExhausted(format!(
-                "model `{}` has {} requests waiting; retry later",
-                self.info.name,
-                self.queue.max_capacity()
-            )),
-            mpsc::error::TrySendError::Closed(_) => {
-                GitcapError::Unavailable(format!("model `{}` is shutting down", self.info.name))
-            }
-        })
+        self.queue
+            .send(command)
+            .map_err(|_| GitcapError::Unavailable(format!("model `{}` is shutting down", self.info.name)))
     }
 
     /// Batching and feature-cache counters of the model's thread.
@@ -212,8 +282,8 @@ impl ModelWorker {
         self.stats.snapshot()
     }
 
-    /// Requests waiting in the queue.
+    /// Requests, frames and label sets waiting for the model's thread.
     pub fn queued(&self) -> usize {
-        self.queue.max_capacity() - self.queue.capacity()
+        self.queued.total()
     }
 }

@@ -12,7 +12,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use super::error::ApiError;
-use super::request::Plan;
+use super::request::{service_tier, Plan};
 use super::stop::{Released, StopMatcher};
 use super::types::{
     AssistantMessage, ChatChunk, ChatCompletion, Choice, ChunkChoice, Delta, Logprobs, TokenLogprob, TopLogprob, Usage,
@@ -53,6 +53,7 @@ pub async fn completions(state: &OpenAi, plan: Plan) -> Result<Response, ApiErro
         id: format!("chatcmpl-{:032x}", rand::random::<u128>()),
         model: running[0].started.model().name.clone(),
         created: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        service_tier: service_tier(plan.priority),
     };
     if plan.stream {
         return Ok(stream(running, tally, header, plan.logprobs, plan.include_usage));
@@ -60,7 +61,9 @@ pub async fn completions(state: &OpenAi, plan: Plan) -> Result<Response, ApiErro
     let mut choices = Vec::with_capacity(running.len());
     let mut usage = Usage::default();
     for mut choice in running {
-        let finished = tally.outcome_of(drive(&mut choice, plan.logprobs, |_| true).await)?;
+        // A client that goes away drops this whole future, and with it the request.
+        let listening = std::future::pending();
+        let finished = tally.outcome_of(drive(&mut choice, plan.logprobs, listening, |_| true).await)?;
         usage += finished.usage;
         choices.push(Choice {
             index: choice.index,
@@ -77,6 +80,7 @@ pub async fn completions(state: &OpenAi, plan: Plan) -> Result<Response, ApiErro
         choices,
         usage,
         system_fingerprint: fingerprint(),
+        service_tier: header.service_tier,
     };
     Ok(axum::Json(completion).into_response())
 }
@@ -94,7 +98,7 @@ async fn start(state: &OpenAi, plan: &Plan, tally: &mut Tally) -> crate::error::
         // Sampled choices differ: each its own seed when one was given.
         options.seed = options.seed.map(|seed| seed.wrapping_add(u64::from(index)));
         let frames = media.frames.iter().map(Frame::share).collect();
-        let request = InferenceRequest { frames, question: question.clone(), options };
+        let request = InferenceRequest { frames, question: question.clone(), options, priority: plan.priority };
         let queued = submit(worker.clone(), request, None, started, started)?;
         running.push(Running {
             index,
@@ -108,15 +112,22 @@ async fn start(state: &OpenAi, plan: &Plan, tally: &mut Tally) -> crate::error::
 }
 
 /// Runs one choice to its end, handing each piece of released text to `on_text`, which says
-/// whether anyone still listens (if not, the request is dropped, which stops its generation).
+/// whether anyone still listens. When no one does — `on_text` says so, or `gone` resolves while
+/// the request waits in the queue or between tokens — the request is dropped, which takes it out
+/// of the queue or stops its generation.
 async fn drive(
     choice: &mut Running,
     logprobs: bool,
+    gone: impl std::future::Future<Output = ()>,
     mut on_text: impl FnMut(Piece) -> bool,
 ) -> crate::error::Result<Finished> {
     let mut generated = 0u32;
+    let mut gone = std::pin::pin!(gone);
     loop {
-        let event = choice.started.next().await.ok_or_else(ended_without_an_answer)?;
+        let event = tokio::select! {
+            event = choice.started.next() => event.ok_or_else(ended_without_an_answer)?,
+            () = &mut gone => return Err(GitcapError::Cancelled),
+        };
         let (piece, end) = match event {
             EngineEvent::Admitted { .. } => continue,
             EngineEvent::Token(token) => {
@@ -196,6 +207,7 @@ struct Header {
     id: String,
     model: String,
     created: u64,
+    service_tier: &'static str,
 }
 
 impl Header {
@@ -207,6 +219,7 @@ impl Header {
             model: self.model.clone(),
             choices,
             system_fingerprint: fingerprint(),
+            service_tier: self.service_tier,
             usage,
         };
         Event::default().data(serde_json::to_string(&chunk).expect("a chunk serialises"))
@@ -238,7 +251,7 @@ fn stream(running: Vec<Running>, tally: Tally, header: Header, logprobs: bool, i
                     let chunk = ChunkChoice { index, delta, finish_reason: None, logprobs };
                     tx.send(header.chunk(vec![chunk], None)).is_ok()
                 };
-                let finished = drive(&mut choice, logprobs, send).await?;
+                let finished = drive(&mut choice, logprobs, tx.closed(), send).await?;
                 let last = ChunkChoice {
                     index,
                     delta: Delta::default(),

@@ -11,7 +11,8 @@
 //!   it), `top_p`, `seed`, `stop`, `logprobs`/`top_logprobs`, `n`; with neither `temperature` nor
 //!   `top_p`, the checkpoint's generation config decides (greedy for GIT), as over gRPC. gitcap's
 //!   own options (`num_beams`, `repetition_penalty`, every field of `GenerationOptions`) are
-//!   accepted as extra fields. What gitcap cannot honour is refused naming the field; any other
+//!   accepted as extra fields. `service_tier: "flex"` runs the request at batch priority
+//!   (`"auto"`, `"default"`, `"priority"`: interactive). What gitcap cannot honour is refused naming the field; any other
 //!   field is ignored.
 
 use base64::Engine;
@@ -20,6 +21,7 @@ use serde_json::{Map, Value};
 use super::error::ApiError;
 use super::types::{ChatRequest, Content, Part, Stop};
 use crate::api::convert::{self, RequestLimits};
+use crate::engine::Priority;
 use crate::model::generation::GenerationOptions;
 use crate::proto;
 
@@ -52,6 +54,7 @@ pub struct Plan {
     pub media: proto::Media,
     pub question: String,
     pub options: GenerationOptions,
+    pub priority: Priority,
     pub choices: u32,
     pub stops: Vec<String>,
     pub logprobs: bool,
@@ -64,6 +67,7 @@ impl Plan {
         refuse_unsupported(&request.extra)?;
         let options = options(&request, limits)?;
         let (media, question) = conversation(&request, url_allowed)?;
+        let priority = priority(request.service_tier.as_deref())?;
         let choices = request.n.unwrap_or(1);
         if !(1..=MAX_CHOICES).contains(&choices) {
             return Err(ApiError::invalid("n", format!("must be 1 to {MAX_CHOICES}, got {choices}")));
@@ -81,12 +85,33 @@ impl Plan {
             media,
             question,
             options,
+            priority,
             choices,
             stops,
             logprobs: request.logprobs,
             stream: request.stream,
             include_usage: request.stream_options.is_some_and(|o| o.include_usage),
         })
+    }
+}
+
+/// OpenAI's `service_tier` as a priority: `flex` (cheaper, slower) is batch.
+fn priority(service_tier: Option<&str>) -> Result<Priority, ApiError> {
+    match service_tier {
+        None | Some("auto" | "default" | "priority") => Ok(Priority::Interactive),
+        Some("flex") => Ok(Priority::Batch),
+        Some(other) => Err(ApiError::invalid(
+            "service_tier",
+            format!("must be \"auto\", \"default\", \"flex\" (batch priority) or \"priority\", got {other:?}"),
+        )),
+    }
+}
+
+/// The `service_tier` a response reports for `priority`.
+pub fn service_tier(priority: Priority) -> &'static str {
+    match priority {
+        Priority::Interactive => "default",
+        Priority::Batch => "flex",
     }
 }
 

@@ -24,6 +24,8 @@ pub struct ChatRequest {
     pub logprobs: bool,
     pub top_logprobs: Option<u32>,
     pub n: Option<u32>,
+    /// `"flex"` = batch priority; `"auto"`, `"default"` and `"priority"` = interactive.
+    pub service_tier: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -88,6 +90,7 @@ pub struct ChatCompletion {
     pub choices: Vec<Choice>,
     pub usage: Usage,
     pub system_fingerprint: String,
+    pub service_tier: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -148,6 +151,7 @@ pub struct ChatChunk {
     pub model: String,
     pub choices: Vec<ChunkChoice>,
     pub system_fingerprint: String,
+    pub service_tier: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
 }

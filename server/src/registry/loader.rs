@@ -10,9 +10,10 @@ use serde::{Deserialize, Serialize};
 pub use super::source::DownloadProgress;
 use super::source::{resolve_with_progress, HubOptions};
 use crate::device::DeviceSpec;
-use crate::engine::{Frame, InferenceRequest, ModelInfo, Pipeline};
+use crate::engine::{EngineOptions, Frame, InferenceRequest, ModelInfo, ModelWorker, Pipeline, Priority};
 use crate::error::{GitcapError, Result};
-use crate::model::generation::{GenerationOptions, StepControl};
+use crate::media::PreprocessorConfig;
+use crate::model::generation::GenerationOptions;
 use crate::model::Precision;
 
 /// What to load (the admin API's `ModelSpec`, with defaults filled in).
@@ -28,10 +29,9 @@ pub struct LoadSpec {
     pub dtype: Precision,
 }
 
-/// A loaded, warmed-up model and what describes it.
+/// A loaded, warmed-up model on its own thread.
 pub struct Loaded {
-    pub pipeline: Pipeline,
-    pub info: ModelInfo,
+    pub worker: ModelWorker,
     pub load_seconds: f64,
     /// The hub commit loaded (`None` for a local directory).
     pub commit: Option<String>,
@@ -54,9 +54,14 @@ pub fn check_root(source: &str, roots: Option<&[PathBuf]>) -> Result<()> {
     }
 }
 
-/// Loads and warms up `spec` (blocking: call it off the async runtime), reporting download
-/// progress.
-pub fn load(spec: &LoadSpec, hub: &HubOptions, progress: &mut dyn FnMut(DownloadProgress)) -> Result<Loaded> {
+/// Loads `spec` (blocking: call it off the async runtime), reporting download progress, starts
+/// its thread and warms it up.
+pub fn load(
+    spec: &LoadSpec,
+    hub: &HubOptions,
+    engine: EngineOptions,
+    progress: &mut dyn FnMut(DownloadProgress),
+) -> Result<Loaded> {
     let started = Instant::now();
     let device = spec.device.available()?;
     let revision = Some(spec.revision.as_str()).filter(|r| !r.is_empty());
@@ -65,30 +70,25 @@ pub fn load(spec: &LoadSpec, hub: &HubOptions, progress: &mut dyn FnMut(Download
     let from_hub = checkpoint.version != "local";
     let commit = from_hub.then(|| checkpoint.version.clone());
     let version = if spec.version.is_empty() { checkpoint.version } else { spec.version.clone() };
-    warm_up(&pipeline)?;
-    let info = ModelInfo {
-        name: spec.name.clone(),
-        version,
-        dtype: spec.dtype,
-        device: spec.device,
-        max_frames: pipeline.model.config.max_frames() as usize,
-        weights_bytes: pipeline.weights_bytes,
-        preprocessor: std::sync::Arc::new(pipeline.preprocessor.clone()),
-    };
-    Ok(Loaded { pipeline, info, load_seconds: started.elapsed().as_secs_f64(), commit })
+    let info = ModelInfo::describe(&pipeline, &spec.name, &version, spec.dtype, spec.device);
+    let preprocessor = info.preprocessor.clone();
+    let worker = ModelWorker::spawn(pipeline, info, engine);
+    warm_up(&worker, &preprocessor)?;
+    Ok(Loaded { worker, load_seconds: started.elapsed().as_secs_f64(), commit })
 }
 
-/// One real inference (a gray image, one token) so the first caller does not pay for
-/// libtorch's lazy initialisation, and a model that cannot run never serves.
-fn warm_up(pipeline: &Pipeline) -> Result<()> {
+/// One real inference through the model's thread (a gray image, one token), so the first caller
+/// does not pay for libtorch's lazy initialisation and a model that cannot run never serves.
+fn warm_up(worker: &ModelWorker, preprocessor: &PreprocessorConfig) -> Result<()> {
     let gray = RgbImage::from_pixel(64, 64, image::Rgb([128, 128, 128]));
     let request = InferenceRequest {
-        frames: vec![Frame::from_image(&gray, &pipeline.preprocessor)?],
+        frames: vec![Frame::from_image(&gray, preprocessor)?],
         question: None,
         options: GenerationOptions { max_new_tokens: Some(1), num_beams: Some(1), ..Default::default() },
+        priority: Priority::Interactive,
     };
-    pipeline
-        .run(&request, &mut |_| StepControl::Continue)
+    worker
+        .run_blocking(request, |_| {})
         .map(|_| ())
         .map_err(|e| GitcapError::model_files(format!("warm-up inference failed: {e}")))
 }

@@ -241,6 +241,7 @@ impl Registry {
         tracing::info!(model = spec.name, source = spec.source, "loading");
 
         let hub = self.options.hub.clone();
+        let engine = self.options.engine;
         let to_load = spec.clone();
         let events = self.events.clone();
         let result = tokio::task::spawn_blocking(move || {
@@ -249,7 +250,7 @@ impl Registry {
                 let text = format!("{}: {:.1} of {:.1} MB", p.file, mb(p.bytes), mb(p.total));
                 let _ = events.send(RegistryEvent::Model(Box::new(ModelStatus { progress: text, ..loading.clone() })));
             };
-            loader::load(&to_load, &hub, &mut report)
+            loader::load(&to_load, &hub, engine, &mut report)
         })
         .await
         .map_err(|e| GitcapError::Internal(format!("loading task failed: {e}")))?;
@@ -257,24 +258,25 @@ impl Registry {
         inner.entries.remove(&pending);
         match result {
             Ok(loaded) => {
-                let id = model_id(&spec.name, &loaded.info.version);
+                let info = loaded.worker.info.clone();
+                let id = model_id(&spec.name, &info.version);
                 if inner.entries.get(&id).is_some_and(|e| !matches!(e.status.state, ModelState::Failed(_))) {
                     return Err(GitcapError::AlreadyExists(format!("`{id}` is already loaded")));
                 }
                 let status = ModelStatus {
                     id: id.clone(),
                     spec,
-                    version: loaded.info.version.clone(),
+                    version: info.version.clone(),
                     state: ModelState::Ready,
                     load_seconds: loaded.load_seconds,
-                    memory_bytes: loaded.info.weights_bytes as u64,
+                    memory_bytes: info.weights_bytes as u64,
                     aliases: vec![],
                     progress: String::new(),
                     commit: loaded.commit.unwrap_or_default(),
                 };
                 tracing::info!(model = id, secs = loaded.load_seconds, "ready");
-                crate::metrics::model_memory(&loaded.info.name, &loaded.info.version, Some(loaded.info.weights_bytes));
-                let worker = ModelWorker::spawn(loaded.pipeline, loaded.info, self.options.engine);
+                crate::metrics::model_memory(&info.name, &info.version, Some(info.weights_bytes));
+                let worker = loaded.worker;
                 inner.entries.insert(id.clone(), Entry { status: status.clone(), worker: Some(worker) });
                 drop(inner);
                 self.emit(RegistryEvent::Model(Box::new(status.clone())));

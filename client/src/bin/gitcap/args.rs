@@ -1,7 +1,7 @@
 //! The `gitcap` command line: its commands, flags and their help.
 
 use clap::{Parser, Subcommand};
-use gitcap_client::{CaptionOptions, GenerationOptions, ModelSpec};
+use gitcap_client::{CaptionOptions, GenerationOptions, ModelSpec, Priority};
 
 #[derive(Parser)]
 #[command(name = "gitcap", version, about = "Client for the gitcap captioning server")]
@@ -45,6 +45,10 @@ pub enum Command {
         labels: Vec<String>,
         #[command(flatten)]
         request: RequestArgs,
+        /// interactive, or batch: offline work that leaves the server's rows free for interactive
+        /// callers (and is admitted anyway once it has waited the server's batch_max_wait_ms).
+        #[arg(long, value_enum, default_value_t)]
+        priority: Priority,
         /// Print tokens as they are generated.
         #[arg(long)]
         stream: bool,
@@ -67,6 +71,9 @@ pub enum Command {
         stride: f64,
         #[command(flatten)]
         request: RequestArgs,
+        /// interactive, or batch (see `gitcap caption --help`).
+        #[arg(long, value_enum, default_value_t)]
+        priority: Priority,
         /// Print each window as a JSON object on its own line.
         #[arg(long)]
         json: bool,
@@ -234,6 +241,7 @@ impl RequestArgs {
             model: self.model.clone().unwrap_or_default(),
             question: self.question.clone().unwrap_or_default(),
             generation: self.generation,
+            ..CaptionOptions::default()
         }
     }
 }

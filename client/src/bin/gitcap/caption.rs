@@ -24,12 +24,11 @@ pub async fn caption<F: Future<Output = Result<GitcapClient>>>(
     connect: impl FnOnce() -> F,
     target: &str,
     labels: &[String],
-    request: &RequestArgs,
+    options: CaptionOptions,
     stream: bool,
     json: bool,
     video: &VideoArgs,
 ) -> Result<ExitCode> {
-    let options = request.options();
     if is_url(target) {
         let client = connect().await?;
         let media = Media::url(target);
@@ -147,11 +146,11 @@ pub async fn dense(
     target: &str,
     window: f64,
     stride: f64,
-    request: &RequestArgs,
+    caption: CaptionOptions,
     json: bool,
 ) -> Result<ExitCode> {
     let media = if is_url(target) { Media::url(target) } else { Media::video(read(Path::new(target))?) };
-    let options = DenseOptions { caption: request.options(), window_s: window, stride_s: stride };
+    let options = DenseOptions { caption, window_s: window, stride_s: stride };
     let mut windows = client.dense_caption(media, &options).await?;
     while let Some(window) = windows.next().await {
         let window = window?;

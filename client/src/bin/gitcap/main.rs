@@ -95,13 +95,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(if status == HealthStatus::Serving { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Caption { path, labels, request, stream, json, video } => {
+        Command::Caption { path, labels, request, priority, stream, json, video } => {
             let client = || connect(&cli);
-            caption::caption(client, path, labels, request, *stream, *json, video).await
+            let options = request.options().priority(*priority);
+            caption::caption(client, path, labels, options, *stream, *json, video).await
         }
-        Command::Dense { path, window, stride, request, json } => {
+        Command::Dense { path, window, stride, request, priority, json } => {
             let client = connect(&cli).await?;
-            caption::dense(&client, path, *window, *stride, request, *json).await
+            let options = request.options().priority(*priority);
+            caption::dense(&client, path, *window, *stride, options, *json).await
         }
         Command::Live { path, window, stride, request, fps, json } => {
             let client = || connect(&cli);

@@ -11,7 +11,7 @@ pub use config::{EarlyStopping, GenerationConfig, GenerationOptions};
 use tch::Tensor;
 
 use crate::error::{GitcapError, Result};
-use crate::model::{GitForCausalLM, KvCache};
+use crate::model::KvCache;
 
 /// Why generation stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -134,26 +134,6 @@ impl Search {
         match self {
             Search::Sample(s) => s.step(logits, on_token),
             Search::Beam(b) => b.step(logits, cache, on_token),
-        }
-    }
-}
-
-/// Generates a continuation of `prompt` after `image_tokens` ([`GitForCausalLM::image_tokens`])
-/// for one request on its own (see [`Search::step`] for `on_token`).
-pub fn generate(
-    model: &GitForCausalLM,
-    image_tokens: &Tensor,
-    prompt: &[i64],
-    config: &GenerationConfig,
-    on_token: &mut dyn FnMut(Option<TokenStep>) -> StepControl,
-) -> Result<Generated> {
-    let mut search = Search::new(config, prompt)?;
-    let _guard = tch::no_grad_guard();
-    let mut cache = model.prefill_image(image_tokens, search.rows() as i64, search.text_capacity() as i64)?;
-    loop {
-        let logits = model.decode_last(&search.next_input(), &mut cache).to_device(tch::Device::Cpu);
-        if let Some(generated) = search.step(&logits, &mut cache, on_token)? {
-            return Ok(generated);
         }
     }
 }

@@ -1,0 +1,369 @@
+//! Execution: what a model's thread computes for the requests the policy admitted — the vision
+//! tower (batched across requests, frames and frame sequences from the feature cache skipped),
+//! the image prefill and the prompt, then one decoding step for every running request at once,
+//! each row attending to its own key/value cache — and the side work between steps (frames
+//! encoded ahead, label scores). A request that finishes, is cancelled or runs out of time
+//! leaves the batch at once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use tch::{Device, Tensor};
+
+use super::feature_cache::{ContentKey, FeatureCache};
+use super::frames::{EncodedFrame, Frame, PreparedFrame};
+use super::messages::{EngineEvent, InferenceOutput, Job, LabelScore, Timings, TokenEvent};
+use super::pipeline::{LabelContext, Pipeline};
+use super::policy::Waiting;
+use super::stats::EngineStats;
+use super::worker::EngineOptions;
+use crate::error::{GitcapError, Result};
+use crate::model::generation::{Generated, Search, StepControl, TokenStep};
+use crate::model::tokenizer::TextStream;
+use crate::model::KvCache;
+
+/// A request in the running batch.
+pub(super) struct Running<'p> {
+    job: Job,
+    search: Search,
+    kv: KvCache,
+    stream: TextStream<'p>,
+    stream_error: Option<GitcapError>,
+    prompt_tokens: usize,
+    image_tokens: usize,
+    frames_used: usize,
+    queue_ms: f64,
+    vision_ms: f64,
+    decode_started: Instant,
+    kv_tokens: usize,
+}
+
+/// The model's running requests and what computing them needs.
+pub(super) struct Executor<'p> {
+    pub pipeline: &'p Pipeline,
+    options: EngineOptions,
+    closing: &'p AtomicBool,
+    stats: &'p EngineStats,
+    cache: FeatureCache,
+    running: Vec<Running<'p>>,
+}
+
+impl<'p> Executor<'p> {
+    pub fn new(
+        pipeline: &'p Pipeline,
+        options: EngineOptions,
+        closing: &'p AtomicBool,
+        stats: &'p EngineStats,
+    ) -> Self {
+        let cache = FeatureCache::new(options.feature_cache_bytes);
+        Self { pipeline, options, closing, stats, cache, running: Vec::new() }
+    }
+
+    /// Requests in the decoding batch.
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Rows and key/value positions the running requests hold.
+    pub fn rows_and_tokens(&self) -> (usize, usize) {
+        self.running.iter().fold((0, 0), |(r, t), run| (r + run.search.rows(), t + run.kv_tokens))
+    }
+
+    /// Reports the feature cache's counters and size.
+    pub fn report_cache(&self) {
+        self.stats.cache(self.cache.stats(), self.cache.bytes());
+    }
+
+    /// Validates a new request and sets up its search: the request waiting to run.
+    pub fn prepare(&self, job: Job) -> std::result::Result<Waiting, (Box<Job>, GitcapError)> {
+        let request = &job.request;
+        let setup = || -> Result<(Search, Vec<i64>, usize)> {
+            let config = self.pipeline.generation.with_options(&request.options);
+            let prompt = self.pipeline.prompt_ids(request.question.as_deref())?;
+            let search = Search::new(&config, &prompt)?;
+            let frames = self.pipeline.frames_to_use(request.frames.len())?.len();
+            let image_tokens = frames * self.pipeline.model.config.vision_config.tokens_per_image() as usize;
+            let kv_tokens = search.rows() * (image_tokens + search.text_capacity());
+            Ok((search, prompt, kv_tokens))
+        };
+        match setup() {
+            Ok((search, prompt, kv_tokens)) => Ok(Waiting { job, search, prompt, kv_tokens }),
+            Err(e) => Err((Box::new(job), e)),
+        }
+    }
+
+    /// Label scoring's first part: the frames' image tokens and the prompt.
+    pub fn label_context(&self, frames: &[Frame], prompt: Option<&str>) -> Result<LabelContext> {
+        self.pipeline.label_context(frames, prompt)
+    }
+
+    /// Scores one chunk of labels.
+    pub fn score_labels(&self, context: &LabelContext, labels: &[String], first: usize) -> Result<Vec<LabelScore>> {
+        self.pipeline.score_label_chunk(context, labels, first)
+    }
+
+    /// An uploaded frame's features, from the cache when the same pixels were seen before.
+    pub fn encode_one(&mut self, frame: PreparedFrame) -> Result<EncodedFrame> {
+        let key = frame.key;
+        if let Some(features) = self.cache.frame(key) {
+            return Ok(EncodedFrame { key, features });
+        }
+        let features = self.pipeline.encode_frame(&frame)?;
+        self.stats.vision_pass(1);
+        self.cache.insert_frame(key, &features);
+        Ok(EncodedFrame { key, features })
+    }
+
+    /// Starts `batch`: vision tower (batched across requests, cached frames skipped), image
+    /// prefill (or a cached prefix), prompt, and the first token of each.
+    pub fn admit(&mut self, batch: Vec<Waiting>) {
+        let started = Instant::now();
+        let mut frames = match self.vision(&batch) {
+            Ok(frames) => frames,
+            Err(e) => {
+                let message = format!("vision tower: {e}");
+                for waiting in batch {
+                    let _ = waiting.job.events.send(EngineEvent::Failed(GitcapError::Internal(message.clone())));
+                }
+                return;
+            }
+        };
+        let vision_ms = started.elapsed().as_secs_f64() * 1e3;
+        for (waiting, frames) in batch.into_iter().zip(frames.drain(..)) {
+            // Decoding starts with the image prefill.
+            let decode_started = Instant::now();
+            let started = frames.and_then(|frames| {
+                let count = frames.count;
+                self.start(&waiting.search, frames).map(|kv| (kv, count))
+            });
+            let (kv, frames_used) = match started {
+                Ok(started) => started,
+                Err(e) => {
+                    let _ = waiting.job.events.send(EngineEvent::Failed(e));
+                    continue;
+                }
+            };
+            let queue_ms = waiting.job.enqueued.elapsed().as_secs_f64() * 1e3 - vision_ms;
+            let running = Running {
+                image_tokens: kv.image_tokens() as usize,
+                job: waiting.job,
+                search: waiting.search,
+                kv,
+                stream: TextStream::new(&self.pipeline.tokenizer),
+                stream_error: None,
+                prompt_tokens: waiting.prompt.len(),
+                frames_used,
+                queue_ms: queue_ms.max(0.0),
+                vision_ms,
+                decode_started,
+                kv_tokens: waiting.kv_tokens,
+            };
+            self.prefill_prompt(running);
+        }
+    }
+
+    /// Each request's used frames: a cached image prefix, or their vision features (frames not
+    /// encoded ahead nor cached go through the vision tower together, each distinct one once).
+    fn vision(&mut self, batch: &[Waiting]) -> Result<Vec<Result<UsedFrames>>> {
+        let mut prepared = Vec::with_capacity(batch.len());
+        let mut to_encode: Vec<(ContentKey, Tensor)> = Vec::new();
+        // Where each frame to encode goes: (request, frame slot).
+        let mut destinations: HashMap<ContentKey, Vec<(usize, usize)>> = HashMap::new();
+        for (request, waiting) in batch.iter().enumerate() {
+            prepared.push(self.lookup(request, &waiting.job.request.frames, &mut to_encode, &mut destinations));
+        }
+        for chunk in to_encode.chunks(self.options.max_vision_batch.max(1)) {
+            let pixels = Tensor::stack(&chunk.iter().map(|(_, p)| p.shallow_clone()).collect::<Vec<_>>(), 0);
+            let encoded = self.pipeline.model.encode_frames(&pixels)?;
+            self.stats.vision_pass(chunk.len());
+            for (row, (key, _)) in chunk.iter().enumerate() {
+                let features = encoded.narrow(0, row as i64, 1);
+                self.cache.insert_frame(*key, &features);
+                for &(request, slot) in destinations.get(key).into_iter().flatten() {
+                    if let Some(Ok(used)) = prepared.get_mut(request) {
+                        used.features[slot] = Some(features.shallow_clone());
+                    }
+                }
+            }
+        }
+        Ok(prepared)
+    }
+
+    /// One request's frames from the cache; the pixels of the others are queued in `to_encode`.
+    fn lookup(
+        &mut self,
+        request: usize,
+        all_frames: &[Frame],
+        to_encode: &mut Vec<(ContentKey, Tensor)>,
+        destinations: &mut HashMap<ContentKey, Vec<(usize, usize)>>,
+    ) -> Result<UsedFrames> {
+        let used = self.pipeline.frames_to_use(all_frames.len())?;
+        let frames: Vec<&Frame> = used.iter().map(|&i| &all_frames[i]).collect();
+        let keys: Vec<ContentKey> = frames
+            .iter()
+            .map(|f| match f {
+                Frame::Pixels(frame) => frame.key,
+                Frame::Encoded(e) => e.key,
+            })
+            .collect();
+        let key = ContentKey::of_frames(&keys);
+        if let Some(prefix) = self.cache.prefix(key) {
+            return Ok(UsedFrames { key, count: used.len(), prefix: Some(prefix), features: vec![] });
+        }
+        let mut features = Vec::with_capacity(frames.len());
+        for (slot, (frame, key)) in frames.iter().zip(&keys).enumerate() {
+            features.push(match frame {
+                Frame::Encoded(e) => Some(e.features.shallow_clone()),
+                Frame::Pixels(frame) => match self.cache.frame(*key) {
+                    Some(found) => Some(found),
+                    None => {
+                        if !destinations.contains_key(key) {
+                            to_encode.push((*key, frame.pixels.shallow_clone()));
+                        }
+                        destinations.entry(*key).or_default().push((request, slot));
+                        None
+                    }
+                },
+            });
+        }
+        Ok(UsedFrames { key, count: used.len(), prefix: None, features })
+    }
+
+    /// A request's key/value cache with its image tokens in place.
+    fn start(&mut self, search: &Search, frames: UsedFrames) -> Result<KvCache> {
+        let model = &self.pipeline.model;
+        let (rows, capacity) = (search.rows() as i64, search.text_capacity() as i64);
+        if let Some(prefix) = frames.prefix {
+            return model.cache_from_prefix(&prefix, rows, capacity);
+        }
+        let features = frames
+            .features
+            .into_iter()
+            .map(|f| f.ok_or_else(|| GitcapError::Internal("a frame was not encoded".into())))
+            .collect::<Result<Vec<_>>>()?;
+        let image_tokens = model.image_tokens(&Tensor::cat(&features, 0))?;
+        let kv = model.prefill_image(&image_tokens, rows, capacity)?;
+        if self.options.feature_cache_bytes > 0 {
+            self.cache.insert_prefix(frames.key, kv.image_prefix());
+        }
+        Ok(kv)
+    }
+
+    /// Feeds a newly started request's prompt and takes its first token; it joins the running
+    /// batch unless that already ended it.
+    fn prefill_prompt(&mut self, mut running: Running<'p>) {
+        let admitted =
+            EngineEvent::Admitted { prompt_tokens: running.prompt_tokens, image_tokens: running.image_tokens };
+        let _ = running.job.events.send(admitted);
+        let logits = self.pipeline.model.decode_last(&running.search.next_input(), &mut running.kv);
+        match advance(&mut running, &logits.to_device(Device::Cpu), self.closing) {
+            Some(event) => drop(running.job.events.send(event)),
+            None => self.running.push(running),
+        }
+    }
+
+    /// One decoding step for every running request together.
+    pub fn step(&mut self) {
+        let inputs: Vec<Tensor> = self.running.iter().map(|r| r.search.next_input()).collect();
+        self.stats.decode_step(self.running.iter().map(|r| r.search.rows()).sum());
+        let logits = {
+            let mut caches: Vec<&mut KvCache> = self.running.iter_mut().map(|r| &mut r.kv).collect();
+            self.pipeline.model.decode_step(&inputs, &mut caches).to_device(Device::Cpu)
+        };
+        let mut row = 0;
+        let mut still_running = Vec::with_capacity(self.running.len());
+        for mut running in self.running.drain(..) {
+            let rows = running.search.rows() as i64;
+            let event = advance(&mut running, &logits.narrow(0, row, rows), self.closing);
+            row += rows;
+            match event {
+                Some(event) => drop(running.job.events.send(event)),
+                None => still_running.push(running),
+            }
+        }
+        self.running = still_running;
+    }
+}
+
+/// A request's frames as the vision side left them.
+struct UsedFrames {
+    /// The content key of the frame sequence.
+    key: ContentKey,
+    count: usize,
+    prefix: Option<std::rc::Rc<crate::model::decoder::ImagePrefix>>,
+    /// Per used frame, once encoded.
+    features: Vec<Option<Tensor>>,
+}
+
+/// Advances one request with its rows of the step's `logits`, streaming its tokens; returns
+/// its final event once it has ended (finished, failed, cancelled or out of time).
+fn advance(running: &mut Running, logits: &Tensor, closing: &AtomicBool) -> Option<EngineEvent> {
+    let Running { job, search, kv, stream, stream_error, .. } = running;
+    let tokenizer = stream.tokenizer();
+    let (mut expired, mut closed) = (false, false);
+    let result = search.step(logits, kv, &mut |step: Option<TokenStep>| {
+        if closing.load(Ordering::Relaxed) {
+            closed = true;
+            return StepControl::Stop;
+        }
+        if job.deadline.is_some_and(|d| Instant::now() >= d) {
+            expired = true;
+            return StepControl::Stop;
+        }
+        let Some(step) = step else {
+            return if job.events.is_closed() { StepControl::Stop } else { StepControl::Continue };
+        };
+        let text_delta = stream.push(step.token_id, step.last).unwrap_or_else(|e| {
+            *stream_error = Some(e);
+            String::new()
+        });
+        let token = TokenEvent {
+            token_id: step.token_id,
+            text_delta,
+            logprob: step.logprob,
+            special: tokenizer.is_special(step.token_id),
+            top_logprobs: tokenizer.top_logprobs(&step.top),
+        };
+        match job.events.send(EngineEvent::Token(token)) {
+            Ok(()) => StepControl::Continue,
+            Err(_) => StepControl::Stop,
+        }
+    });
+    match result {
+        Ok(None) => None,
+        Ok(Some(generated)) => Some(finish(running, generated)),
+        Err(GitcapError::Cancelled) if closed => Some(EngineEvent::Failed(unloaded())),
+        Err(GitcapError::Cancelled) if expired => {
+            Some(EngineEvent::Failed(GitcapError::DeadlineExceeded("during generation".into())))
+        }
+        Err(e) => Some(EngineEvent::Failed(e)),
+    }
+}
+
+fn finish(running: &mut Running, generated: Generated) -> EngineEvent {
+    if let Some(e) = running.stream_error.take() {
+        return EngineEvent::Failed(e);
+    }
+    let text = match running.stream.tokenizer().decode(&generated.token_ids) {
+        Ok(text) => text,
+        Err(e) => return EngineEvent::Failed(e),
+    };
+    let output = InferenceOutput {
+        token_ids: generated.token_ids,
+        text,
+        finish_reason: generated.finish_reason,
+        prompt_tokens: running.prompt_tokens,
+        image_tokens: running.image_tokens,
+        frames_used: running.frames_used,
+        timings: Timings {
+            vision_ms: running.vision_ms,
+            decode_ms: running.decode_started.elapsed().as_secs_f64() * 1e3,
+        },
+    };
+    EngineEvent::Done { output, queue_ms: running.queue_ms }
+}
+
+pub(super) fn unloaded() -> GitcapError {
+    GitcapError::Unavailable("the model was unloaded before the request finished".into())
+}

@@ -1,0 +1,97 @@
+//! Admission policy: which waiting requests start next, apart from how they run.
+//!
+//! Requests wait in two queues, interactive and batch, each first come, first served. Between
+//! decoding steps the policy admits what fits the batch's row and key/value budgets:
+//! interactive requests first, and up to all `max_batch_size` rows; batch requests only up to
+//! `max_batch_size - interactive_rows`, so an interactive request finds rows free and starts at
+//! the next step instead of waiting for batch work to end. A batch request that has waited
+//! `batch_max_wait` counts as interactive, so batch work is never starved. One request always
+//! runs when nothing else does, however large.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::messages::{Job, Priority};
+use crate::model::generation::Search;
+
+/// A request received and validated, its search set up, not yet running.
+pub(super) struct Waiting {
+    pub job: Job,
+    pub search: Search,
+    pub prompt: Vec<i64>,
+    /// Key/value positions it will hold: rows × (image tokens + text capacity).
+    pub kv_tokens: usize,
+}
+
+/// The budgets the policy admits within.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Budgets {
+    pub max_batch_size: usize,
+    pub max_batch_tokens: usize,
+    /// Rows batch requests leave free for interactive ones.
+    pub interactive_rows: usize,
+    pub batch_max_wait: Duration,
+}
+
+#[derive(Default)]
+pub(super) struct Admission {
+    interactive: VecDeque<Waiting>,
+    batch: VecDeque<Waiting>,
+}
+
+impl Admission {
+    pub fn push(&mut self, waiting: Waiting) {
+        match waiting.job.request.priority {
+            Priority::Interactive => self.interactive.push_back(waiting),
+            Priority::Batch => self.batch.push_back(waiting),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.interactive.len() + self.batch.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Takes out the waiting requests `drop` says to drop (it answers them).
+    pub fn drop_where(&mut self, mut drop: impl FnMut(&Waiting) -> bool) -> Vec<Waiting> {
+        let mut dropped = Vec::new();
+        for queue in [&mut self.interactive, &mut self.batch] {
+            let (gone, kept): (VecDeque<Waiting>, VecDeque<Waiting>) =
+                std::mem::take(queue).into_iter().partition(&mut drop);
+            *queue = kept;
+            dropped.extend(gone);
+        }
+        dropped
+    }
+
+    /// The requests to start now, in order, given the rows and key/value positions the running
+    /// requests hold.
+    pub fn next_batch(&mut self, rows: usize, tokens: usize, budgets: &Budgets, now: Instant) -> Vec<Waiting> {
+        // Batch requests that waited too long join the interactive ones, in arrival order.
+        while self.batch.front().is_some_and(|w| now.duration_since(w.job.enqueued) >= budgets.batch_max_wait) {
+            let aged = self.batch.pop_front().expect("a front");
+            let at = self.interactive.partition_point(|w| w.job.enqueued <= aged.job.enqueued);
+            self.interactive.insert(at, aged);
+        }
+        let batch_rows = budgets.max_batch_size.saturating_sub(budgets.interactive_rows).max(1);
+        let (mut rows, mut tokens) = (rows, tokens);
+        let mut admitted = Vec::new();
+        for (queue, row_limit) in [(&mut self.interactive, budgets.max_batch_size), (&mut self.batch, batch_rows)] {
+            while let Some(next) = queue.front() {
+                let fits =
+                    rows + next.search.rows() <= row_limit && tokens + next.kv_tokens <= budgets.max_batch_tokens;
+                let nothing_runs = rows == 0 && admitted.is_empty();
+                if !fits && !nothing_runs {
+                    return admitted;
+                }
+                rows += next.search.rows();
+                tokens += next.kv_tokens;
+                admitted.extend(queue.pop_front());
+            }
+        }
+        admitted
+    }
+}
