@@ -16,6 +16,7 @@ pub mod openai;
 pub mod registry;
 pub mod server;
 pub mod settings;
+pub mod telemetry;
 pub mod web;
 
 /// The generated protocol (`proto/gitcap/v1/gitcap.proto`), from `gitcap_protocol`.

@@ -19,6 +19,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     if settings.metrics.enabled {
         crate::metrics::install(&settings.metrics)?;
     }
+    let telemetry = crate::telemetry::init(&settings.telemetry)?;
     let m = &settings.model;
     if m.threads > 0 {
         tch::set_num_threads(m.threads);
@@ -96,7 +97,12 @@ pub async fn run(settings: Settings) -> Result<()> {
         tls: settings.server.tls_identity()?,
         max_connection_age: settings.server.max_connection_age()?,
     };
-    api::serve(listener, registry, options, shutdown_signal()).await
+    let served = api::serve(listener, registry, options, shutdown_signal()).await;
+    // The spans of the last calls, before the process ends.
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown().await;
+    }
+    served
 }
 
 /// Media decoding as the settings say: the budget, the video decoder (or why there is none),

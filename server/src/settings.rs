@@ -31,6 +31,7 @@ pub struct Settings {
     pub media: MediaSettings,
     pub log: LogSettings,
     pub metrics: MetricsSettings,
+    pub telemetry: TelemetrySettings,
 }
 
 /// `None` for a missing key and for an empty value (`GITCAP__SERVER__TLS_CERT=` unsets it).
@@ -258,6 +259,19 @@ pub struct MetricsSettings {
     pub batch_size_buckets: Vec<f64>,
 }
 
+/// Traces over OTLP (crate::telemetry); off unless an endpoint is set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TelemetrySettings {
+    /// The OTLP/gRPC receiver (`http://host:4317`); `None` = traces off.
+    #[serde(default, deserialize_with = "optional")]
+    pub otlp_endpoint: Option<String>,
+    pub service_name: String,
+    /// Of the traces gitcap starts (no sampled `traceparent` from the caller), the share kept.
+    pub sample_ratio: f64,
+    /// How long finished spans wait to be sent together.
+    pub export_delay_ms: u64,
+}
+
 /// Settings whose values are lists; from the environment they are comma-separated
 /// (`GITCAP__ADMIN__MODEL_ROOTS=/a,/b`).
 const LIST_KEYS: [&str; 5] = [
@@ -427,6 +441,7 @@ mod tests {
         assert_eq!(settings.metrics.latency_buckets, [0.01, 0.1, 1.0], "lists from the environment");
         assert!(settings.metrics.enabled);
         assert_eq!(settings.log.format, LogFormat::Text);
+        assert_eq!(settings.telemetry.otlp_endpoint, None, "traces are off by default");
 
         let missing = Settings::load_from(Some(&dir.path().join("absent.toml")), &[], vec![]).unwrap_err();
         assert!(missing.to_string().contains("absent.toml"), "{missing}");

@@ -61,7 +61,7 @@ impl CaptionerService {
         let priority = convert::priority(request.priority)?;
         let media = within(timeout, started, self.media.prepare(request.media, &worker.info)).await?;
         let request = InferenceRequest { frames: media.frames, question, options, priority };
-        Ok(submit(worker, request, timeout, started, started)?.with_timestamps(media.timestamps_s))
+        Ok(submit(worker, request, timeout, started, started, tally.trace())?.with_timestamps(media.timestamps_s))
     }
 
     /// Receives an upload: the start message, then frames, each encoded by the vision tower
@@ -103,7 +103,8 @@ impl CaptionerService {
         for task in tasks {
             frames.push(Frame::Encoded(upload::encoded(task).await?));
         }
-        Ok(submit(worker, InferenceRequest { frames, question, options, priority }, timeout, started, arrived)?)
+        let request = InferenceRequest { frames, question, options, priority };
+        Ok(submit(worker, request, timeout, started, arrived, tally.trace())?)
     }
 
     /// Receives a video file in chunks, then samples and decodes it like `Media.video`.
@@ -130,7 +131,7 @@ impl CaptionerService {
         let media = self.media.video(&file, start.sampling.as_ref(), "upload", &worker.info);
         let media = within(timeout, started, media).await?;
         let request = InferenceRequest { frames: media.frames, question, options, priority };
-        Ok(submit(worker, request, timeout, started, arrived)?.with_timestamps(media.timestamps_s))
+        Ok(submit(worker, request, timeout, started, arrived, tally.trace())?.with_timestamps(media.timestamps_s))
     }
 
     /// Reads a live stream's start message and checks its window.
@@ -159,7 +160,8 @@ impl CaptionerService {
             ..(*self.limits).clone()
         };
         let media = self.media.clone();
-        Ok((LiveSession { worker, question, options, window, stride, limits, media }, stream))
+        let trace = tally.trace();
+        Ok((LiveSession { worker, question, options, window, stride, limits, media, trace }, stream))
     }
 
     async fn score(
@@ -241,7 +243,7 @@ impl Captioner for CaptionerService {
         &self,
         request: Request<proto::CaptionRequest>,
     ) -> Result<Response<proto::CaptionResponse>, Status> {
-        let mut tally = Tally::new("Caption");
+        let mut tally = Tally::new("Caption", request.metadata());
         let result = async {
             self.start(request, &mut tally).await?.finish().await.map_err(Status::from).inspect_err(log_failure)
         }
@@ -254,7 +256,7 @@ impl Captioner for CaptionerService {
     type CaptionStreamStream = EventStream;
 
     async fn caption_stream(&self, request: Request<proto::CaptionRequest>) -> Result<Response<EventStream>, Status> {
-        let mut tally = Tally::new("CaptionStream");
+        let mut tally = Tally::new("CaptionStream", request.metadata());
         let started = self.start(request, &mut tally).await;
         let started = tally.outcome(started)?;
         Ok(Response::new(relay(started, tally)))
@@ -264,7 +266,7 @@ impl Captioner for CaptionerService {
         &self,
         request: Request<Streaming<proto::UploadMessage>>,
     ) -> Result<Response<proto::CaptionResponse>, Status> {
-        let mut tally = Tally::new("UploadFrames");
+        let mut tally = Tally::new("UploadFrames", request.metadata());
         let result = async {
             self.start_upload(request, &mut tally).await?.finish().await.map_err(Status::from).inspect_err(log_failure)
         }
@@ -280,7 +282,7 @@ impl Captioner for CaptionerService {
         &self,
         request: Request<Streaming<proto::UploadMessage>>,
     ) -> Result<Response<EventStream>, Status> {
-        let mut tally = Tally::new("UploadFramesStream");
+        let mut tally = Tally::new("UploadFramesStream", request.metadata());
         let started = self.start_upload(request, &mut tally).await;
         let started = tally.outcome(started)?;
         Ok(Response::new(relay(started, tally)))
@@ -292,7 +294,7 @@ impl Captioner for CaptionerService {
         &self,
         request: Request<Streaming<proto::LiveMessage>>,
     ) -> Result<Response<LiveStream>, Status> {
-        let mut tally = Tally::new("LiveCaption");
+        let mut tally = Tally::new("LiveCaption", request.metadata());
         let session = self.start_live(request, &mut tally).await;
         let (live, mut stream) = tally.outcome(session)?;
         let (tx, rx) = mpsc::channel(8);
@@ -309,7 +311,7 @@ impl Captioner for CaptionerService {
         &self,
         request: Request<proto::ScoreLabelsRequest>,
     ) -> Result<Response<proto::ScoreLabelsResponse>, Status> {
-        let mut tally = Tally::new("ScoreLabels");
+        let mut tally = Tally::new("ScoreLabels", request.metadata());
         let result = self.score(request, &mut tally).await;
         Ok(Response::new(tally.outcome(result)?))
     }
@@ -318,7 +320,7 @@ impl Captioner for CaptionerService {
         &self,
         request: Request<Streaming<proto::VideoUploadMessage>>,
     ) -> Result<Response<proto::CaptionResponse>, Status> {
-        let mut tally = Tally::new("UploadVideo");
+        let mut tally = Tally::new("UploadVideo", request.metadata());
         let result = async {
             self.start_video_upload(request, &mut tally)
                 .await?
@@ -339,7 +341,7 @@ impl Captioner for CaptionerService {
         &self,
         request: Request<Streaming<proto::VideoUploadMessage>>,
     ) -> Result<Response<EventStream>, Status> {
-        let mut tally = Tally::new("UploadVideoStream");
+        let mut tally = Tally::new("UploadVideoStream", request.metadata());
         let started = self.start_video_upload(request, &mut tally).await;
         let started = tally.outcome(started)?;
         Ok(Response::new(relay(started, tally)))
@@ -351,7 +353,7 @@ impl Captioner for CaptionerService {
         &self,
         request: Request<proto::DenseCaptionRequest>,
     ) -> Result<Response<DenseStream>, Status> {
-        let mut tally = Tally::new("DenseCaption");
+        let mut tally = Tally::new("DenseCaption", request.metadata());
         let key = route_key(&request);
         let request = request.into_inner();
         let session = (|| -> Result<DenseSession, Status> {
@@ -365,6 +367,7 @@ impl Captioner for CaptionerService {
                 media: self.media.clone(),
                 window_s: request.window_s,
                 stride_s: request.stride_s,
+                trace: tally.trace(),
             })
         })();
         let session = tally.outcome(session)?;

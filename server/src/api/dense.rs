@@ -20,6 +20,7 @@ use crate::engine::{EncodedFrame, Frame, InferenceRequest, ModelWorker, Priority
 use crate::error::{GitcapError, Result};
 use crate::model::generation::GenerationOptions;
 use crate::proto;
+use crate::telemetry::RequestTrace;
 
 /// Seconds a window covers when the request leaves `window_s` at 0.
 pub const DEFAULT_WINDOW_S: f64 = 10.0;
@@ -88,6 +89,8 @@ pub(super) struct DenseSession {
     pub priority: Priority,
     pub window_s: f64,
     pub stride_s: f64,
+    /// The call's span (crate::telemetry): each window's stages go under it.
+    pub trace: Option<RequestTrace>,
 }
 
 impl DenseSession {
@@ -153,8 +156,10 @@ impl DenseSession {
             priority: self.priority,
         };
         let now = Instant::now();
-        let caption =
-            submit(self.worker.clone(), request, None, now, now)?.with_timestamps(timestamps).finish().await?;
+        let caption = submit(self.worker.clone(), request, None, now, now, self.trace.clone())?
+            .with_timestamps(timestamps)
+            .finish()
+            .await?;
         let (start_s, end_s) = plan.range(first);
         let event = proto::DenseCaptionEvent { start_s, end_s, caption: Some(caption) };
         tx.send(Ok(event)).await.map_err(|_| GitcapError::Cancelled.into())

@@ -17,6 +17,7 @@ use crate::engine::{EncodedFrame, Frame, InferenceRequest, ModelWorker, Priority
 use crate::error::GitcapError;
 use crate::model::generation::GenerationOptions;
 use crate::proto;
+use crate::telemetry::RequestTrace;
 
 /// One live-captioning stream: frames are encoded as they arrive and kept for the current
 /// window; every `stride` frames the latest `window` are captioned.
@@ -28,6 +29,8 @@ pub(super) struct LiveSession {
     pub stride: usize,
     pub limits: RequestLimits,
     pub media: Arc<MediaService>,
+    /// The stream's span (crate::telemetry): each window's stages go under it.
+    pub trace: Option<RequestTrace>,
 }
 
 impl LiveSession {
@@ -76,7 +79,7 @@ impl LiveSession {
             priority: Priority::Interactive,
         };
         let now = Instant::now();
-        let caption = submit(self.worker.clone(), request, None, now, now)?.finish().await?;
+        let caption = submit(self.worker.clone(), request, None, now, now, self.trace.clone())?.finish().await?;
         let event = proto::LiveEvent { first_frame, last_frame: last_frame as u64, caption: Some(caption) };
         tx.send(Ok(event)).await.map_err(|_| GitcapError::Cancelled.into())
     }

@@ -1,9 +1,9 @@
 //! One request's life, whatever the protocol (gRPC, the OpenAI-compatible API): queued on its
-//! model within its deadline, its events observed for the latency and token metrics, its
-//! outcome counted.
+//! model within its deadline, its events observed for the latency and token metrics and its
+//! trace (crate::telemetry), its outcome counted.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 use tonic::{Code, Status};
@@ -13,25 +13,35 @@ use crate::engine::{EngineEvent, InferenceRequest, ModelInfo, ModelWorker, Prior
 use crate::error::GitcapError;
 use crate::metrics;
 use crate::proto;
+use crate::telemetry::{self, RequestTrace, Stages};
 
 /// What `gitcap_requests_total` needs to know of one call: its protocol and name, the model it
 /// reached, and its status code, recorded when the tally is dropped. A call dropped before it set
-/// a code (its client went away) counts as CANCELLED.
+/// a code (its client went away) counts as CANCELLED. With traces on, the call's span lives as
+/// long as the tally.
 pub struct Tally {
     protocol: &'static str,
     rpc: &'static str,
     pub model: Option<Arc<ModelInfo>>,
     pub code: Code,
+    trace: Option<RequestTrace>,
 }
 
 impl Tally {
-    /// A gRPC call.
-    pub fn new(rpc: &'static str) -> Self {
-        Self::for_protocol("grpc", rpc)
+    /// A gRPC call, with its metadata (a caller's `traceparent`).
+    pub fn new(rpc: &'static str, metadata: &tonic::metadata::MetadataMap) -> Self {
+        Self::for_protocol("grpc", rpc, metadata.as_ref())
     }
 
-    pub fn for_protocol(protocol: &'static str, rpc: &'static str) -> Self {
-        Self { protocol, rpc, model: None, code: Code::Cancelled }
+    /// A call of `protocol`, with its headers (a caller's `traceparent`).
+    pub fn for_protocol(protocol: &'static str, rpc: &'static str, headers: &http::HeaderMap) -> Self {
+        let trace = telemetry::request(protocol, rpc, headers);
+        Self { protocol, rpc, model: None, code: Code::Cancelled, trace }
+    }
+
+    /// The call's span, for the requests it queues ([`submit`]); `None` with traces off.
+    pub fn trace(&self) -> Option<RequestTrace> {
+        self.trace.clone()
     }
 
     /// Notes `result`'s status code and passes it on.
@@ -51,21 +61,29 @@ impl Drop for Tally {
     fn drop(&mut self) {
         let (model, version) = self.model.as_ref().map_or(("", ""), |m| (m.name.as_str(), m.version.as_str()));
         metrics::request_finished(model, version, self.protocol, self.rpc, self.code);
+        if let Some(trace) = self.trace.take() {
+            trace.end(self.model.as_deref(), self.code);
+        }
     }
 }
 
-/// Queues `request`; `started` is when its RPC began, `arrived` when all of it had arrived.
+/// Queues `request`; `started` is when its RPC began, `arrived` when all of it had arrived;
+/// `trace` is its call's span ([`Tally::trace`]), which gets the request's stages.
 pub fn submit(
     worker: ModelWorker,
     request: InferenceRequest,
     timeout: Option<Duration>,
     started: Instant,
     arrived: Instant,
+    trace: Option<RequestTrace>,
 ) -> crate::error::Result<Started> {
     let remaining = timeout.map(|t| t.saturating_sub(started.elapsed()));
     // Beam search sends its tokens all at once at the end: no inter-token gaps to measure.
     let beam = request.options.num_beams.is_some_and(|n| n > 1);
     let priority = request.priority;
+    if let Some(trace) = &trace {
+        trace.priority(priority);
+    }
     let events = worker.submit(request, remaining)?;
     Ok(Started {
         worker,
@@ -77,6 +95,7 @@ pub fn submit(
         last_token: None,
         timestamps: vec![],
         read_tokens: 0,
+        trace,
     })
 }
 
@@ -105,6 +124,7 @@ pub struct Started {
     timestamps: Vec<f64>,
     /// Prompt and image tokens the model reads, once it has admitted the request.
     read_tokens: usize,
+    trace: Option<RequestTrace>,
 }
 
 impl Started {
@@ -132,7 +152,7 @@ impl Started {
     }
 
     /// Records an event's metrics: time to first token, inter-token gaps, and at the end the
-    /// queue time and generated tokens.
+    /// queue time and generated tokens, and the stages' spans.
     fn observe(&mut self, event: &EngineEvent) {
         let (model, version) = (self.worker.info.name.as_str(), self.worker.info.version.as_str());
         match event {
@@ -150,6 +170,16 @@ impl Started {
                 metrics::queue_time(model, version, self.priority, queue_ms / 1e3);
                 let decode_seconds = output.timings.decode_ms / 1e3;
                 metrics::tokens_generated(model, version, output.token_ids.len() as u64, decode_seconds);
+                if let Some(trace) = &self.trace {
+                    let stages = Stages {
+                        queue_ms: *queue_ms,
+                        vision_ms: output.timings.vision_ms,
+                        decode_ms: output.timings.decode_ms,
+                        prompt_tokens: (output.prompt_tokens + output.image_tokens) as u64,
+                        generated_tokens: output.token_ids.len() as u64,
+                    };
+                    trace.stages(SystemTime::now(), &stages);
+                }
             }
             EngineEvent::Failed(_) => {}
         }

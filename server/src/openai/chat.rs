@@ -45,8 +45,9 @@ struct Piece {
     logprob: Option<TokenLogprob>,
 }
 
-pub async fn completions(state: &OpenAi, plan: Plan) -> Result<Response, ApiError> {
-    let mut tally = Tally::for_protocol("openai", "ChatCompletions");
+/// Answers `plan`; `headers` may carry the caller's `traceparent`.
+pub async fn completions(state: &OpenAi, plan: Plan, headers: &axum::http::HeaderMap) -> Result<Response, ApiError> {
+    let mut tally = Tally::for_protocol("openai", "ChatCompletions", headers);
     let result = start(state, &plan, &mut tally).await;
     let running = tally.outcome_of(result)?;
     let header = Header {
@@ -99,7 +100,7 @@ async fn start(state: &OpenAi, plan: &Plan, tally: &mut Tally) -> crate::error::
         options.seed = options.seed.map(|seed| seed.wrapping_add(u64::from(index)));
         let frames = media.frames.iter().map(Frame::share).collect();
         let request = InferenceRequest { frames, question: question.clone(), options, priority: plan.priority };
-        let queued = submit(worker.clone(), request, None, started, started)?;
+        let queued = submit(worker.clone(), request, None, started, started, tally.trace())?;
         running.push(Running {
             index,
             started: queued.with_timestamps(media.timestamps_s.clone()),

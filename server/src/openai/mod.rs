@@ -74,7 +74,7 @@ async fn chat_completions(
     let plan = Plan::new(request, &state.limits, state.media.urls_enabled())?;
     let span = tracing::info_span!("request", method = "/v1/chat/completions", model = plan.model.as_str());
     let _entered = span.enter();
-    chat::completions(&state, plan).await
+    chat::completions(&state, plan, &headers).await
 }
 
 /// A body that is not the JSON a chat request is: 413 when it is too large, else 400 with
