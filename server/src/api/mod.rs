@@ -123,6 +123,7 @@ pub async fn serve(
             shutdown.await;
             tracing::info!("shutting down: health NOT_SERVING, no new requests, {grace:?} for in-flight ones");
             stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+            registry.stop_accepting();
             health.set_service_status("", ServingStatus::NotServing).await;
             health.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
             for (name, _) in registry.serving_names() {

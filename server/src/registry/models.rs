@@ -112,6 +112,8 @@ pub struct Registry {
     pub(super) admin: tokio::sync::Mutex<()>,
     /// Declarative mode: the last reconcile's outcome.
     pub(super) desired: Mutex<Option<DesiredStatus>>,
+    /// Set at shutdown: requests already running finish, new ones are refused.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 pub fn model_id(name: &str, version: &str) -> String {
@@ -127,7 +129,15 @@ impl Registry {
             events,
             admin: tokio::sync::Mutex::new(()),
             desired: Mutex::default(),
+            stopping: Default::default(),
         })
+    }
+
+    /// From now on every new request gets UNAVAILABLE (the server is shutting down); those
+    /// already holding a worker finish. A request that reaches the server on an open connection
+    /// before the client has read the GOAWAY is refused here rather than queued.
+    pub fn stop_accepting(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -146,6 +156,9 @@ impl Registry {
     /// Like [`Self::get`]; of an alias split between versions, `route_key` (when given) picks
     /// the version, the same one for the same key (see [`super::route`]).
     pub fn get_routed(&self, name: &str, route_key: Option<&str>) -> Result<ModelWorker> {
+        if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(GitcapError::Unavailable("the server is shutting down; retry on another replica".into()));
+        }
         let inner = self.lock();
         let wanted = if name.is_empty() { DEFAULT_ALIAS } else { name };
         let id = match inner.aliases.get(wanted) {
@@ -547,5 +560,31 @@ fn state_name(state: &ModelState) -> &'static str {
         ModelState::Draining => "draining",
         ModelState::Failed(_) => "failed",
         ModelState::Unloaded => "unloaded",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn after_stop_accepting_every_request_is_refused_unavailable() {
+        let registry = Registry::new(RegistryOptions {
+            hub: Default::default(),
+            engine: Default::default(),
+            model_roots: None,
+            state_file: None,
+            desired_state: None,
+            drain_timeout: Duration::from_secs(1),
+        });
+        assert!(matches!(registry.get("nothing-loaded"), Err(GitcapError::ModelNotFound(_))));
+        registry.stop_accepting();
+        for name in ["", "nothing-loaded", "tiny@local"] {
+            match registry.get_routed(name, Some("key")) {
+                Err(GitcapError::Unavailable(message)) => assert!(message.contains("shutting down"), "{message}"),
+                Err(other) => panic!("{name}: {other}"),
+                Ok(_) => panic!("{name}: a worker after stop_accepting"),
+            }
+        }
     }
 }
