@@ -26,15 +26,23 @@ struct Int8Weight {
     values: Tensor,
     /// bf16 [out]: `weight[o, i] ≈ values[o, i] * scales[o]`.
     scales: Tensor,
+    /// bf16 [out, in]: `values * scales`, made once, for inputs of [`int8_max_rows`] rows or
+    /// more (a prefill, a large decoding batch).
+    dequantised: Tensor,
     in_features: i64,
 }
 
 /// Reduction lengths of `_weight_int8pack_mm` must be multiples of this.
 const INT8_K_MULTIPLE: i64 = 16;
-/// Rows at least this many use a bf16 matmul on the dequantised weight instead: the int8
-/// kernel is a matrix-vector kernel (4×4 dot-product tiles), slower than oneDNN's GEMM on the
-/// hundreds of image tokens a prefill runs.
-const INT8_MAX_ROWS: i64 = 64;
+/// Inputs of at least this many rows multiply by the dequantised bf16 weight instead: the int8
+/// kernel is a matrix-vector kernel (4×4 dot-product tiles) whose time grows with the rows,
+/// while oneDNN's bf16 GEMM barely does. Measured with torch 2.11 (docs/fast-mode.md): on a CPU
+/// with AMX the GEMM wins from 8 rows (a decoding batch), on AVX-512/AVX2 only from about 64
+/// (a prefill).
+pub fn int8_max_rows() -> i64 {
+    static ROWS: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *ROWS.get_or_init(|| if super::precision::cpu_has_amx_bf16() { 8 } else { 64 })
+}
 
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
@@ -57,12 +65,13 @@ impl Linear {
 
     /// Replaces the weight by its int8 quantisation (symmetric, per output channel:
     /// `scale = max|w_row| / 127`, round to nearest, clamp to ±127); the bias keeps its dtype.
+    /// The dequantised weight is kept in bf16 too (the same values), for inputs of many rows.
     /// Returns the change in bytes this layer holds (negative: fewer); already int8: 0.
     pub fn quantize_int8(&mut self) -> i64 {
         let LinearWeight::Dense(weight) = &self.weight else { return 0 };
         let dense_bytes = tensor_bytes(weight);
         let q = Int8Weight::quantize(weight);
-        let int8_bytes = tensor_bytes(&q.values) + tensor_bytes(&q.scales);
+        let int8_bytes = tensor_bytes(&q.values) + tensor_bytes(&q.scales) + tensor_bytes(&q.dequantised);
         self.weight = LinearWeight::Int8(q);
         int8_bytes - dense_bytes
     }
@@ -93,7 +102,9 @@ impl Int8Weight {
         let values = (w / scales.to_kind(Kind::Float)).round().clamp(-127.0, 127.0).to_kind(Kind::Int8);
         let padded = (in_features + INT8_K_MULTIPLE - 1) / INT8_K_MULTIPLE * INT8_K_MULTIPLE;
         let values = if padded == in_features { values } else { values.constant_pad_nd([0, padded - in_features]) };
-        Self { values: values.contiguous(), scales: scales.view([-1]).contiguous(), in_features }
+        let (values, scales) = (values.contiguous(), scales.view([-1]).contiguous());
+        let dequantised = values.narrow(1, 0, in_features).to_kind(Kind::BFloat16) * scales.unsqueeze(1);
+        Self { values, scales, dequantised, in_features }
     }
 
     /// `xs` [.., in] of any float dtype → [.., out] in that dtype.
@@ -102,9 +113,8 @@ impl Int8Weight {
         let out_features = self.values.size()[0];
         let rows = xs.numel() as i64 / self.in_features;
         let x = xs.reshape([rows, self.in_features]).to_kind(Kind::BFloat16);
-        let y = if rows >= INT8_MAX_ROWS {
-            let dense = self.values.narrow(1, 0, self.in_features).to_kind(Kind::BFloat16) * self.scales.unsqueeze(1);
-            x.linear(&dense, None::<&Tensor>)
+        let y = if rows >= int8_max_rows() {
+            x.linear(&self.dequantised, None::<&Tensor>)
         } else {
             let padded = self.values.size()[1];
             let x = if padded == self.in_features { x } else { x.constant_pad_nd([0, padded - self.in_features]) };
@@ -234,10 +244,16 @@ mod tests {
         let (w, b) = linear(48, 64, 1);
         let _ = w.get(5).fill_(0.0);
         let mut layer = Linear::new(w.shallow_clone(), Some(b));
-        assert!(layer.quantize_int8() < 0, "int8 holds fewer bytes than f32");
+        let change = layer.quantize_int8();
+        assert_eq!(change, -(48 * 64 * 4) + 48 * 64 + 48 * 2 + 48 * 64 * 2, "int8, bf16 scales and the bf16 copy");
         let LinearWeight::Int8(q) = &layer.weight else { panic!("not quantised") };
         assert_eq!(q.values.kind(), Kind::Int8);
         assert_eq!(q.scales.kind(), Kind::BFloat16);
+        let dequantised = q.values.to_kind(Kind::BFloat16) * q.scales.unsqueeze(1);
+        assert!(
+            bool::try_from(q.dequantised.eq_tensor(&dequantised).all()).unwrap(),
+            "the bf16 copy is values × scales"
+        );
         let values = q.values.to_kind(Kind::Float);
         let scales = q.scales.to_kind(Kind::Float).unsqueeze(1);
         let row_max = values.abs().amax([1], false);
@@ -262,8 +278,8 @@ mod tests {
             let (w, b) = linear(out, inp, 2);
             let mut layer = Linear::new(w.shallow_clone(), Some(b.shallow_clone()));
             layer.quantize_int8();
-            // Below and above INT8_MAX_ROWS (the dequantised bf16 GEMM), with a leading batch.
-            for rows in [1, 3, INT8_MAX_ROWS + 5] {
+            // Below and above int8_max_rows (the dequantised bf16 GEMM), with a leading batch.
+            for rows in [1, 3, int8_max_rows() + 5] {
                 let xs = Tensor::randn([2, rows, inp], (Kind::Float, Device::Cpu));
                 let ys = layer.forward(&xs);
                 assert_eq!(ys.size(), [2, rows, out]);

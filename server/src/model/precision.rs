@@ -119,6 +119,25 @@ pub fn fast_vision_kind() -> Kind {
     }
 }
 
+/// AMX with bf16 tiles (Sapphire Rapids and later): oneDNN's bf16 GEMM is then fast even on a
+/// few rows.
+pub fn cpu_has_amx_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[allow(unused_unsafe)]
+        // SAFETY: CPUID is always available on x86-64, and leaf 7 is read only where the CPU
+        // reports it.
+        unsafe {
+            // CPUID leaf 7, sub-leaf 0, EDX bit 22: AMX-BF16.
+            std::arch::x86_64::__get_cpuid_max(0).0 >= 7 && std::arch::x86_64::__cpuid_count(7, 0).edx & (1 << 22) != 0
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 fn cpu_has_native_bf16() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -150,6 +169,7 @@ mod tests {
         #[cfg(target_os = "linux")]
         if let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") {
             assert_eq!(cpu_has_native_bf16(), cpuinfo.contains(" avx512_bf16") || cpuinfo.contains(" bf16"));
+            assert_eq!(cpu_has_amx_bf16(), cpuinfo.contains(" amx_bf16"));
         }
     }
 
