@@ -113,7 +113,8 @@ fn mixed_requests(model: &str) -> Vec<InferenceRequest> {
 async fn batched_requests_give_the_tokens_they_give_alone() {
     for model in MODELS {
         let expected = each_alone(&reference(model), mixed_requests(model)).await;
-        // No cache, so every request runs its own vision and prefill.
+        // No cache: each distinct frame sequence admitted goes through the vision tower and the
+        // image prefill (requests admitted together on the same frames share them).
         let worker = worker(model, EngineOptions { feature_cache_bytes: 0, ..Default::default() });
         let receivers: Vec<_> = mixed_requests(model).into_iter().map(|r| worker.submit(r, None).unwrap()).collect();
         for (i, (events, expected)) in receivers.into_iter().zip(&expected).enumerate() {
@@ -123,6 +124,7 @@ async fn batched_requests_give_the_tokens_they_give_alone() {
         assert!(stats.max_rows >= 4, "{model}: requests should have shared decoding steps: {stats:?}");
         assert!(stats.frames_encoded >= stats.vision_passes, "{stats:?}");
         assert!(stats.vision_passes < expected.len() as u64, "{model}: frames should be encoded in batches: {stats:?}");
+        assert!(stats.prefill_passes < stats.images_prefilled, "{model}: image prefills should be batched: {stats:?}");
     }
 }
 
@@ -334,12 +336,17 @@ fn submit_timed(worker: &ModelWorker, request: InferenceRequest) -> (UnboundedRe
     (events, before, Instant::now())
 }
 
-/// Whether request `a` was admitted before request `b`: each was admitted its queue time after
-/// it was enqueued, which happened between the instants around its submission.
-fn admitted_before(a: (Instant, f64), b: (Instant, f64)) -> bool {
+/// A request's submission instants (just before, just after) and its queue time (ms): it was
+/// admitted its queue time after it was enqueued, which happened between the two instants.
+type Admission = (Instant, Instant, f64);
+
+/// Whether request `a` was certainly admitted before request `b`: the latest `a` can have been
+/// admitted is before the earliest `b` can have been. Two requests admitted together (one
+/// admission, one queue-time origin) are not.
+fn admitted_before(a: Admission, b: Admission) -> bool {
     let ms = |t: Instant, since: Instant| t.saturating_duration_since(since).as_secs_f64() * 1e3;
     let origin = a.0.min(b.0);
-    ms(a.0, origin) + a.1 < ms(b.0, origin) + b.1
+    ms(a.1, origin) + a.2 < ms(b.0, origin) + b.2
 }
 
 /// With the queue full of batch work, an interactive request starts at once, in the rows batch
@@ -354,18 +361,19 @@ async fn interactive_requests_overtake_queued_batch_work() {
     let worker = worker(model, options);
     let batch: Vec<_> =
         (0..8).map(|i| submit_timed(&worker, at(Priority::Batch, request(model, &[pattern(i)], None, long)))).collect();
-    let (interactive, interactive_sent, _) = submit_timed(&worker, request(model, &[pattern(50)], None, short));
+    let (interactive, interactive_before, interactive_after) =
+        submit_timed(&worker, request(model, &[pattern(50)], None, short));
     let (out, interactive_queue_ms) = finished(interactive).await;
     assert_eq!(out.token_ids.len(), 6);
     assert!(worker.queued() >= 6, "at most two batch requests started: {} wait", worker.queued());
     let mut batch_admitted = Vec::new();
-    for (events, _, sent) in batch {
-        batch_admitted.push((sent, finished(events).await.1));
+    for (events, before, after) in batch {
+        batch_admitted.push((before, after, finished(events).await.1));
     }
     // Every batch request after the first two (the rows batch work may use) started after it.
     for (i, &admitted) in batch_admitted.iter().enumerate().skip(2) {
         assert!(
-            admitted_before((interactive_sent, interactive_queue_ms), admitted),
+            admitted_before((interactive_before, interactive_after, interactive_queue_ms), admitted),
             "batch request {i} started before the interactive one ({admitted:?} vs {interactive_queue_ms} ms)"
         );
     }
@@ -393,14 +401,14 @@ async fn batch_work_is_not_starved() {
         // interactive ones, all queued behind them.
         let busy: Vec<_> =
             (0..2).map(|i| submit_timed(&worker, request(model, &[pattern(i)], None, tokens(40)))).collect();
-        let (batch, _, batch_sent) =
+        let (batch, batch_before, batch_after) =
             submit_timed(&worker, at(Priority::Batch, request(model, &[pattern(9)], None, tokens(10))));
         let later: Vec<_> =
             (0..10).map(|i| submit_timed(&worker, request(model, &[pattern(20 + i)], None, tokens(10)))).collect();
-        let batch_admitted = (batch_sent, finished(batch).await.1);
+        let batch_admitted = (batch_before, batch_after, finished(batch).await.1);
         let mut overtaking = 0;
-        for (events, before, _) in later {
-            let admitted = (before, finished(events).await.1);
+        for (events, before, after) in later {
+            let admitted = (before, after, finished(events).await.1);
             overtaking += usize::from(admitted_before(admitted, batch_admitted));
         }
         for (events, _, _) in busy {

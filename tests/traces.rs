@@ -1,7 +1,7 @@
 //! Traces over OTLP against a real server process: a small OTLP/gRPC receiver (the collector's
 //! TraceService) on 127.0.0.1 gets gitcap's spans. A caller's `traceparent`, in gRPC metadata
-//! or an HTTP header, becomes the parent of the call's span; the `queue`, `vision` and `decode`
-//! spans under it are as long as the response's `Timings`. Without an endpoint nothing is
+//! or an HTTP header, becomes the parent of the call's span; the `queue`, `vision`, `prefill` and
+//! `decode` spans under it are as long as the response's `Timings`. Without an endpoint nothing is
 //! exported, even with the exporter's standard OTEL_* variables pointing at a receiver; with one,
 //! the spans still waiting at shutdown are sent before the process ends.
 
@@ -138,15 +138,15 @@ fn length_ms(span: &Span) -> f64 {
     (span.end_time_unix_nano - span.start_time_unix_nano) as f64 / 1e6
 }
 
-/// A call's span and its requests' stages (`queue`, `vision`, `decode` each).
+/// A call's span and its requests' stages (`queue`, `vision`, `prefill`, `decode` each).
 struct Call {
     span: Span,
-    requests: Vec<[Span; 3]>,
+    requests: Vec<[Span; 4]>,
 }
 
 /// The call `name` of trace `trace` with everything its spans must be: a server span whose
 /// parent is `parent` (none: a root), of the service under test, with `requests` sets of
-/// `queue`, `vision` and `decode` children, each set laid end to end within it.
+/// `queue`, `vision`, `prefill` and `decode` children, each set laid end to end within it.
 fn call(received: &[Received], trace: &str, name: &str, parent: Option<&str>, requests: usize) -> Call {
     let in_trace: Vec<&Span> = received.iter().map(|r| &r.span).filter(|s| hex(&s.trace_id) == trace).collect();
     let found = received.iter().find(|r| hex(&r.span.trace_id) == trace && r.span.name == name);
@@ -156,28 +156,29 @@ fn call(received: &[Received], trace: &str, name: &str, parent: Option<&str>, re
     assert_eq!(span.kind, SpanKind::Server as i32, "{name}");
     assert_eq!(hex(&span.parent_span_id), parent.unwrap_or(""), "{name}'s parent");
     let stages: Vec<&Span> = in_trace.into_iter().filter(|s| s.name != name).collect();
-    assert_eq!(stages.len(), 3 * requests, "{name}: {:#?}", summary(received));
+    assert_eq!(stages.len(), 4 * requests, "{name}: {:#?}", summary(received));
     for stage in &stages {
         assert_eq!(stage.parent_span_id, span.span_id, "{} is a child of {name}", stage.name);
         assert_eq!(stage.kind, SpanKind::Internal as i32);
     }
-    // Each request's stages follow one another: vision starts as its queue ends, decode as its
-    // vision ends.
+    // Each request's stages follow one another: vision starts as its queue ends, prefill as its
+    // vision ends, decode as its prefill ends.
     let after = |stage: &str, end: u64| {
         let next = stages.iter().find(|s| s.name == stage && s.start_time_unix_nano == end);
         (*next.unwrap_or_else(|| panic!("{name}: no {stage} span starts at {end}"))).clone()
     };
-    let requests: Vec<[Span; 3]> = stages
+    let requests: Vec<[Span; 4]> = stages
         .iter()
         .filter(|s| s.name == "queue")
         .map(|queue| {
             let vision = after("vision", queue.end_time_unix_nano);
-            let decode = after("decode", vision.end_time_unix_nano);
-            [(*queue).clone(), vision, decode]
+            let prefill = after("prefill", vision.end_time_unix_nano);
+            let decode = after("decode", prefill.end_time_unix_nano);
+            [(*queue).clone(), vision, prefill, decode]
         })
         .collect();
-    assert_eq!(requests.len(), stages.len() / 3, "{name}: a queue span per request");
-    for [_, _, decode] in &requests {
+    assert_eq!(requests.len(), stages.len() / 4, "{name}: a queue span per request");
+    for [.., decode] in &requests {
         assert!(decode.end_time_unix_nano <= span.end_time_unix_nano, "the answer arrives before the call ends");
         assert!(decode.end_time_unix_nano > span.start_time_unix_nano, "and after it began");
     }
@@ -186,8 +187,14 @@ fn call(received: &[Received], trace: &str, name: &str, parent: Option<&str>, re
 
 /// The stages agree with the response's `Timings`, and the call's span holds its `total_ms`.
 fn agree(call: &Call, timings: &Timings) {
-    let [[queue, vision, decode]] = &call.requests[..] else { panic!("one request's stages") };
-    for (span, ms) in [(queue, timings.queue_ms), (vision, timings.vision_ms), (decode, timings.decode_ms)] {
+    let [[queue, vision, prefill, decode]] = &call.requests[..] else { panic!("one request's stages") };
+    let stages = [
+        (queue, timings.queue_ms),
+        (vision, timings.vision_ms),
+        (prefill, timings.prefill_ms),
+        (decode, timings.decode_ms),
+    ];
+    for (span, ms) in stages {
         assert!((length_ms(span) - ms).abs() <= ROUNDING_MS, "{}: {} ms, Timings say {ms}", span.name, length_ms(span));
     }
     let total = length_ms(&call.span);
@@ -284,7 +291,7 @@ async fn a_callers_trace_continues_into_spans_as_long_as_the_timings() {
         .until("every call's spans", |received| {
             let calls = received.iter().filter(|r| r.span.name.starts_with("gitcap.")).count();
             let stages = received.len() - calls;
-            calls == 4 && stages == 3 * 5
+            calls == 4 && stages == 4 * 5
         })
         .await;
 
@@ -300,7 +307,11 @@ async fn a_callers_trace_continues_into_spans_as_long_as_the_timings() {
     assert_eq!(string(attributes, "gitcap.code").as_deref(), Some("OK"));
     assert_eq!(int(attributes, "gitcap.tokens.generated"), Some(unary.token_ids.len() as i64));
     let usage = unary.usage.unwrap();
-    assert_eq!(int(attributes, "gitcap.tokens.prompt"), Some(i64::from(usage.prompt_tokens + usage.image_tokens)));
+    let read = i64::from(usage.prompt_tokens + usage.image_tokens);
+    assert_eq!(int(attributes, "gitcap.tokens.prompt"), Some(read));
+    let [[_, _, prefill, decode]] = &caption.requests[..] else { unreachable!() };
+    assert_eq!(int(&prefill.attributes, "gitcap.tokens.prompt"), Some(read), "the prefill reads the tokens");
+    assert_eq!(int(&decode.attributes, "gitcap.tokens.generated"), Some(unary.token_ids.len() as i64));
 
     let stream = call(&received, stream_trace, "gitcap.CaptionStream", Some(stream_parent), 1);
     agree(&stream, streamed.timings.as_ref().unwrap());

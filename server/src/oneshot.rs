@@ -85,6 +85,7 @@ pub fn run(args: OneShot) -> Result<()> {
             "timings_ms": {
                 "load": load_ms,
                 "vision": output.timings.vision_ms,
+                "prefill": output.timings.prefill_ms,
                 "decode": output.timings.decode_ms,
                 "first_token": first_token_ms,
                 "total": total_ms,

@@ -4,9 +4,9 @@
 //! `gitcap.<rpc>`, from the moment the call reached its handler to its end. A W3C `traceparent`
 //! (and `tracestate`) in the call's gRPC metadata or HTTP headers makes it a child of the caller's
 //! span; without one it starts a new trace. Under it, each request the call queued on a model
-//! has the engine's stages as child spans, `queue`, `vision` and `decode`, laid end to end and
-//! ending when the answer arrived, each exactly as long as the `Timings` of the response
-//! (`queue_ms`, `vision_ms`, `decode_ms`): the engine reports durations, not instants, so the
+//! has the engine's stages as child spans, `queue`, `vision`, `prefill` and `decode`, laid end to
+//! end and ending when the answer arrived, each exactly as long as the `Timings` of the response
+//! (`queue_ms`, `vision_ms`, `prefill_ms`, `decode_ms`): the engine reports durations, not instants, so the
 //! spans are placed from them (see docs/traces.md for what each covers).
 //!
 //! Off, nothing is built: no exporter, no thread, and a call only looks up an empty [`OnceLock`].
@@ -122,6 +122,7 @@ struct Tokens {
 pub struct Stages {
     pub queue_ms: f64,
     pub vision_ms: f64,
+    pub prefill_ms: f64,
     pub decode_ms: f64,
     /// Prompt and image tokens the model read.
     pub prompt_tokens: u64,
@@ -163,11 +164,16 @@ impl RequestTrace {
     pub fn stages(&self, answered: SystemTime, stages: &Stages) {
         for (name, start, end) in layout(answered, stages) {
             let mut builder = self.tracer.span_builder(name).with_kind(SpanKind::Internal).with_start_time(start);
-            if name == "decode" {
-                builder = builder.with_attributes([
-                    KeyValue::new("gitcap.tokens.prompt", stages.prompt_tokens as i64),
-                    KeyValue::new("gitcap.tokens.generated", stages.generated_tokens as i64),
-                ]);
+            match name {
+                "prefill" => {
+                    builder =
+                        builder.with_attributes([KeyValue::new("gitcap.tokens.prompt", stages.prompt_tokens as i64)])
+                }
+                "decode" => {
+                    builder = builder
+                        .with_attributes([KeyValue::new("gitcap.tokens.generated", stages.generated_tokens as i64)])
+                }
+                _ => {}
             }
             builder.start_with_context(&self.tracer, &self.context).end_with_timestamp(end);
         }
@@ -196,17 +202,18 @@ impl RequestTrace {
     }
 }
 
-/// The stages' spans: `queue`, `vision` and `decode` end to end, the last ending at `answered`,
-/// each as long as the engine measured it.
-fn layout(answered: SystemTime, stages: &Stages) -> [(&'static str, SystemTime, SystemTime); 3] {
+/// The stages' spans: `queue`, `vision`, `prefill` and `decode` end to end, the last ending at
+/// `answered`, each as long as the engine measured it.
+fn layout(answered: SystemTime, stages: &Stages) -> [(&'static str, SystemTime, SystemTime); 4] {
     let before = |end: SystemTime, ms: f64| {
         let length = Duration::try_from_secs_f64(ms / 1e3).unwrap_or_default();
         end.checked_sub(length).unwrap_or(end)
     };
     let decode = before(answered, stages.decode_ms);
-    let vision = before(decode, stages.vision_ms);
+    let prefill = before(decode, stages.prefill_ms);
+    let vision = before(prefill, stages.vision_ms);
     let queue = before(vision, stages.queue_ms);
-    [("queue", queue, vision), ("vision", vision, decode), ("decode", decode, answered)]
+    [("queue", queue, vision), ("vision", vision, prefill), ("prefill", prefill, decode), ("decode", decode, answered)]
 }
 
 /// The codes that mark a server span as failed (OpenTelemetry's gRPC conventions): the
@@ -277,14 +284,24 @@ mod tests {
     #[test]
     fn stages_end_at_the_answer_each_as_long_as_measured() {
         let answered = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let stages =
-            Stages { queue_ms: 2.5, vision_ms: 10.25, decode_ms: 40.125, prompt_tokens: 3, generated_tokens: 8 };
-        let [queue, vision, decode] = layout(answered, &stages);
+        let stages = Stages {
+            queue_ms: 2.5,
+            vision_ms: 10.25,
+            prefill_ms: 7.5,
+            decode_ms: 40.125,
+            prompt_tokens: 3,
+            generated_tokens: 8,
+        };
+        let [queue, vision, prefill, decode] = layout(answered, &stages);
         let length = |(_, start, end): (&str, SystemTime, SystemTime)| micros(end.duration_since(start).unwrap());
-        assert_eq!((length(queue), length(vision), length(decode)), (2500, 10250, 40125));
-        assert_eq!((queue.2, vision.2, decode.2), (vision.1, decode.1, answered), "end to end, ending at the answer");
+        assert_eq!((length(queue), length(vision), length(prefill), length(decode)), (2500, 10250, 7500, 40125));
+        assert_eq!(
+            (queue.2, vision.2, prefill.2, decode.2),
+            (vision.1, prefill.1, decode.1, answered),
+            "end to end, ending at the answer"
+        );
         // A stage the engine did not run (frames encoded ahead, a cached prefix) is empty.
-        let [_, vision, _] = layout(answered, &Stages { vision_ms: 0.0, ..stages });
+        let [_, vision, ..] = layout(answered, &Stages { vision_ms: 0.0, ..stages });
         assert_eq!(vision.1, vision.2);
     }
 
@@ -297,14 +314,24 @@ mod tests {
         headers.insert("tracestate", "vendor=opaque".parse().unwrap());
         let trace = RequestTrace::start(&tracer, "grpc", "Caption", &headers);
         trace.priority(Priority::Batch);
-        let stages = Stages { queue_ms: 1.0, vision_ms: 2.0, decode_ms: 3.0, prompt_tokens: 5, generated_tokens: 4 };
+        let stages = Stages {
+            queue_ms: 1.0,
+            vision_ms: 2.0,
+            prefill_ms: 0.5,
+            decode_ms: 3.0,
+            prompt_tokens: 5,
+            generated_tokens: 4,
+        };
         trace.stages(SystemTime::now(), &stages);
         trace.stages(SystemTime::now(), &stages);
         trace.end(None, Code::Unavailable);
 
         let spans = exporter.0.lock().unwrap().clone();
         let names: Vec<&str> = spans.iter().map(|s| s.name.as_ref()).collect();
-        assert_eq!(names, ["queue", "vision", "decode", "queue", "vision", "decode", "gitcap.Caption"]);
+        assert_eq!(
+            names,
+            ["queue", "vision", "prefill", "decode", "queue", "vision", "prefill", "decode", "gitcap.Caption"]
+        );
         let call = spans.last().unwrap();
         assert_eq!(call.span_context.trace_id(), TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap());
         assert_eq!(call.parent_span_id, SpanId::from_hex("b7ad6b7169203331").unwrap());
@@ -315,7 +342,7 @@ mod tests {
         assert_eq!(attribute("gitcap.priority"), Some("batch".into()));
         assert_eq!(attribute("gitcap.tokens.generated"), Some(8i64.into()), "both requests' tokens");
         assert_eq!(attribute("rpc.method"), Some("Caption".into()));
-        for stage in &spans[..6] {
+        for stage in &spans[..8] {
             assert_eq!(stage.parent_span_id, call.span_context.span_id(), "{}", stage.name);
             assert_eq!(stage.span_context.trace_id(), call.span_context.trace_id());
         }

@@ -84,13 +84,14 @@ fn percentile(values: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// One call: its wall time, the tokens, and the server's own timings (queue, vision, decode ms).
-async fn call(client: &GitcapClient, media: Media, options: &CaptionOptions) -> Result<(f64, Vec<i64>, [f64; 3])> {
+/// One call: its wall time, the tokens, and the server's own timings (queue, vision, prefill,
+/// decode ms).
+async fn call(client: &GitcapClient, media: Media, options: &CaptionOptions) -> Result<(f64, Vec<i64>, [f64; 4])> {
     let start = Instant::now();
     let caption = client.caption(media, options).await?;
     let t = caption.timings.unwrap_or_default();
     let tokens = caption.token_ids.iter().map(|&t| t as i64).collect();
-    Ok((start.elapsed().as_secs_f64(), tokens, [t.queue_ms, t.vision_ms, t.decode_ms]))
+    Ok((start.elapsed().as_secs_f64(), tokens, [t.queue_ms, t.vision_ms, t.prefill_ms, t.decode_ms]))
 }
 
 async fn timed(client: &GitcapClient, media: Media, options: &CaptionOptions) -> Result<(f64, Vec<i64>)> {
@@ -145,7 +146,9 @@ async fn main() -> Result<()> {
                 "captions_per_s": requests as f64 / wall,
                 "latency_p50_s": percentile(&latencies, 0.5),
                 "latency_p99_s": percentile(&latencies, 0.99),
-                "server_median_ms": {"queue": server_ms(0), "vision": server_ms(1), "decode": server_ms(2)},
+                "server_median_ms": {
+                    "queue": server_ms(0), "vision": server_ms(1), "prefill": server_ms(2), "decode": server_ms(3)
+                },
             })
         }
         Command::FollowUp { sets, question, answer_tokens } => {

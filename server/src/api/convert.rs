@@ -142,6 +142,7 @@ pub fn response(
         timings: Some(proto::Timings {
             queue_ms,
             vision_ms: output.timings.vision_ms,
+            prefill_ms: output.timings.prefill_ms,
             decode_ms: output.timings.decode_ms,
             total_ms,
         }),

@@ -174,6 +174,7 @@ impl Started {
                     let stages = Stages {
                         queue_ms: *queue_ms,
                         vision_ms: output.timings.vision_ms,
+                        prefill_ms: output.timings.prefill_ms,
                         decode_ms: output.timings.decode_ms,
                         prompt_tokens: (output.prompt_tokens + output.image_tokens) as u64,
                         generated_tokens: output.token_ids.len() as u64,

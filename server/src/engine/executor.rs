@@ -35,9 +35,15 @@ pub(super) struct Running<'p> {
     frames_used: usize,
     queue_ms: f64,
     vision_ms: f64,
+    /// When the image prefill of its admission batch began.
+    prefill_started: Instant,
+    /// When its prompt was in the cache: generation's start.
     decode_started: Instant,
     kv_tokens: usize,
 }
+
+/// Image tokens one batched image prefill takes at most (6 video frames of git-base: 1182).
+const PREFILL_TOKENS_PER_PASS: i64 = 4096;
 
 /// The model's running requests and what computing them needs.
 pub(super) struct Executor<'p> {
@@ -116,10 +122,11 @@ impl<'p> Executor<'p> {
     }
 
     /// Starts `batch`: vision tower (batched across requests, cached frames skipped), image
-    /// prefill (or a cached prefix), prompt, and the first token of each.
+    /// prefill (batched across requests too, or a cached prefix), prompt, and the first token
+    /// of each.
     pub fn admit(&mut self, batch: Vec<Waiting>) {
-        let started = Instant::now();
-        let mut frames = match self.vision(&batch) {
+        let admitted = Instant::now();
+        let frames = match self.vision(&batch) {
             Ok(frames) => frames,
             Err(e) => {
                 let message = format!("vision tower: {e}");
@@ -129,14 +136,10 @@ impl<'p> Executor<'p> {
                 return;
             }
         };
-        let vision_ms = started.elapsed().as_secs_f64() * 1e3;
-        for (waiting, frames) in batch.into_iter().zip(frames.drain(..)) {
-            // Decoding starts with the image prefill.
-            let decode_started = Instant::now();
-            let started = frames.and_then(|frames| {
-                let count = frames.count;
-                self.start(&waiting.search, frames).map(|kv| (kv, count))
-            });
+        let prefill_started = Instant::now();
+        let vision_ms = (prefill_started - admitted).as_secs_f64() * 1e3;
+        let started = self.start(&batch, frames);
+        for (waiting, started) in batch.into_iter().zip(started) {
             let (kv, frames_used) = match started {
                 Ok(started) => started,
                 Err(e) => {
@@ -144,7 +147,7 @@ impl<'p> Executor<'p> {
                     continue;
                 }
             };
-            let queue_ms = waiting.job.enqueued.elapsed().as_secs_f64() * 1e3 - vision_ms;
+            let queue_ms = admitted.saturating_duration_since(waiting.job.enqueued).as_secs_f64() * 1e3;
             let running = Running {
                 image_tokens: kv.image_tokens() as usize,
                 job: waiting.job,
@@ -154,9 +157,10 @@ impl<'p> Executor<'p> {
                 stream_error: None,
                 prompt_tokens: waiting.prompt.len(),
                 frames_used,
-                queue_ms: queue_ms.max(0.0),
+                queue_ms,
                 vision_ms,
-                decode_started,
+                prefill_started,
+                decode_started: prefill_started,
                 kv_tokens: waiting.kv_tokens,
             };
             self.prefill_prompt(running);
@@ -230,33 +234,106 @@ impl<'p> Executor<'p> {
         Ok(UsedFrames { key, count: used.len(), prefix: None, features })
     }
 
-    /// A request's key/value cache with its image tokens in place.
-    fn start(&mut self, search: &Search, frames: UsedFrames) -> Result<KvCache> {
+    /// Each request's key/value cache with its image tokens in place, and the frames it used:
+    /// from a cached prefix, or by the image prefill, run once for every distinct frame
+    /// sequence and on requests with as many image tokens together (up to
+    /// [`PREFILL_TOKENS_PER_PASS`] tokens a pass).
+    fn start(&mut self, batch: &[Waiting], frames: Vec<Result<UsedFrames>>) -> Vec<Result<(KvCache, usize)>> {
         let model = &self.pipeline.model;
-        let (rows, capacity) = (search.rows() as i64, search.text_capacity() as i64);
-        if let Some(prefix) = frames.prefix {
-            return model.cache_from_prefix(&prefix, rows, capacity);
+        let mut started: Vec<Option<Result<(KvCache, usize)>>> = (0..batch.len()).map(|_| None).collect();
+        // Requests to prefill, the first of each frame sequence: (request, key, image tokens,
+        // frames used).
+        let mut to_prefill: Vec<(usize, ContentKey, Tensor, usize)> = Vec::new();
+        // Later requests on a frame sequence being prefilled: (request, the first one).
+        let mut same_frames: Vec<(usize, usize)> = Vec::new();
+        for (request, (waiting, frames)) in batch.iter().zip(frames).enumerate() {
+            let (rows, capacity) = (waiting.search.rows() as i64, waiting.search.text_capacity() as i64);
+            let frames = match frames.and_then(|f| model.check_text_capacity(capacity).map(|()| f)) {
+                Ok(frames) => frames,
+                Err(e) => {
+                    started[request] = Some(Err(e));
+                    continue;
+                }
+            };
+            if let Some(prefix) = &frames.prefix {
+                started[request] = Some(model.cache_from_prefix(prefix, rows, capacity).map(|kv| (kv, frames.count)));
+            } else if let Some(&(first, ..)) = to_prefill.iter().find(|(_, key, ..)| *key == frames.key) {
+                same_frames.push((request, first));
+            } else {
+                let (key, count) = (frames.key, frames.count);
+                let features = frames
+                    .features
+                    .into_iter()
+                    .map(|f| f.ok_or_else(|| GitcapError::Internal("a frame was not encoded".into())))
+                    .collect::<Result<Vec<_>>>();
+                match features.and_then(|features| model.image_tokens(&Tensor::cat(&features, 0))) {
+                    Ok(image_tokens) => to_prefill.push((request, key, image_tokens, count)),
+                    Err(e) => started[request] = Some(Err(e)),
+                }
+            }
         }
-        let features = frames
-            .features
-            .into_iter()
-            .map(|f| f.ok_or_else(|| GitcapError::Internal("a frame was not encoded".into())))
-            .collect::<Result<Vec<_>>>()?;
-        let image_tokens = model.image_tokens(&Tensor::cat(&features, 0))?;
-        let kv = model.prefill_image(&image_tokens, rows, capacity)?;
-        if self.options.feature_cache_bytes > 0 {
-            self.cache.insert_prefix(frames.key, kv.image_prefix());
+        // Requests with as many image tokens together, in order of arrival.
+        let mut groups: Vec<Vec<&(usize, ContentKey, Tensor, usize)>> = Vec::new();
+        for item in &to_prefill {
+            let tokens = item.2.size()[1];
+            match groups.iter_mut().find(|group| group[0].2.size()[1] == tokens) {
+                Some(group) => group.push(item),
+                None => groups.push(vec![item]),
+            }
         }
-        Ok(kv)
+        for group in groups {
+            let per_pass = (PREFILL_TOKENS_PER_PASS / group[0].2.size()[1].max(1)).max(1) as usize;
+            for pass in group.chunks(per_pass) {
+                let tokens = Tensor::cat(&pass.iter().map(|item| item.2.shallow_clone()).collect::<Vec<_>>(), 0);
+                let shapes: Vec<(i64, i64)> = pass
+                    .iter()
+                    .map(|item| (batch[item.0].search.rows() as i64, batch[item.0].search.text_capacity() as i64))
+                    .collect();
+                match model.prefill_images(&tokens, &shapes) {
+                    Ok(caches) => {
+                        self.stats.prefill_pass(pass.len());
+                        for (&&(request, key, _, count), kv) in pass.iter().zip(caches) {
+                            if self.options.feature_cache_bytes > 0 {
+                                self.cache.insert_prefix(key, kv.image_prefix());
+                            }
+                            started[request] = Some(Ok((kv, count)));
+                        }
+                    }
+                    Err(e) => {
+                        for item in pass {
+                            started[item.0] = Some(Err(GitcapError::Internal(format!("image prefill: {e}"))));
+                        }
+                    }
+                }
+            }
+        }
+        for (request, first) in same_frames {
+            let (rows, capacity) = (batch[request].search.rows() as i64, batch[request].search.text_capacity() as i64);
+            started[request] = Some(match &started[first] {
+                Some(Ok((kv, count))) => {
+                    model.cache_from_prefix(&kv.image_prefix(), rows, capacity).map(|kv| (kv, *count))
+                }
+                _ => Err(GitcapError::Internal("image prefill failed for these frames".into())),
+            });
+        }
+        started.into_iter().map(|s| s.unwrap_or_else(|| Err(GitcapError::Internal("not started".into())))).collect()
     }
 
-    /// Feeds a newly started request's prompt and takes its first token; it joins the running
-    /// batch unless that already ended it.
+    /// Starts decoding a newly started request. A prompt of more than one token (a question)
+    /// is fed on its own here, which yields the first token; a single-token prompt (BOS: a
+    /// caption) joins the running batch as it is, and the next step feeds it with the others.
     fn prefill_prompt(&mut self, mut running: Running<'p>) {
         let admitted =
             EngineEvent::Admitted { prompt_tokens: running.prompt_tokens, image_tokens: running.image_tokens };
         let _ = running.job.events.send(admitted);
-        let logits = self.pipeline.model.decode_last(&running.search.next_input(), &mut running.kv);
+        let input = running.search.next_input();
+        if input.size()[1] == 1 {
+            running.decode_started = Instant::now();
+            self.running.push(running);
+            return;
+        }
+        let logits = self.pipeline.model.decode_last(&input, &mut running.kv);
+        running.decode_started = Instant::now();
         match advance(&mut running, &logits.to_device(Device::Cpu), self.closing) {
             Some(event) => drop(running.job.events.send(event)),
             None => self.running.push(running),
@@ -271,6 +348,7 @@ impl<'p> Executor<'p> {
             let mut caches: Vec<&mut KvCache> = self.running.iter_mut().map(|r| &mut r.kv).collect();
             self.pipeline.model.decode_step(&inputs, &mut caches).to_device(Device::Cpu)
         };
+
         let mut row = 0;
         let mut still_running = Vec::with_capacity(self.running.len());
         for mut running in self.running.drain(..) {
@@ -358,6 +436,7 @@ fn finish(running: &mut Running, generated: Generated) -> EngineEvent {
         frames_used: running.frames_used,
         timings: Timings {
             vision_ms: running.vision_ms,
+            prefill_ms: (running.decode_started - running.prefill_started).as_secs_f64() * 1e3,
             decode_ms: running.decode_started.elapsed().as_secs_f64() * 1e3,
         },
     };

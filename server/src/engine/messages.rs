@@ -49,7 +49,10 @@ pub struct TokenEvent {
 pub struct Timings {
     /// The vision tower (for frames not encoded ahead).
     pub vision_ms: f64,
-    /// The image prefill, the prompt and the generation.
+    /// The image prefill (of the requests admitted with this one, or a cached prefix copied)
+    /// and a prompt of more than one token, which yields the first token.
+    pub prefill_ms: f64,
+    /// Generation after the prefill.
     pub decode_ms: f64,
 }
 

@@ -17,6 +17,8 @@ pub struct EngineStats {
     max_rows: AtomicU64,
     vision_passes: AtomicU64,
     frames_encoded: AtomicU64,
+    prefill_passes: AtomicU64,
+    images_prefilled: AtomicU64,
     frame_hits: AtomicU64,
     frame_misses: AtomicU64,
     prefix_hits: AtomicU64,
@@ -35,6 +37,9 @@ pub struct EngineStatsSnapshot {
     pub max_rows: u64,
     pub vision_passes: u64,
     pub frames_encoded: u64,
+    /// Image prefill passes run, and the frame sequences they prefilled.
+    pub prefill_passes: u64,
+    pub images_prefilled: u64,
     pub cache: CacheStats,
     pub cache_bytes: u64,
 }
@@ -55,6 +60,11 @@ impl EngineStats {
         metrics::vision_batch_size(&self.model, &self.version, frames);
         self.vision_passes.fetch_add(1, Relaxed);
         self.frames_encoded.fetch_add(frames as u64, Relaxed);
+    }
+
+    pub(super) fn prefill_pass(&self, sequences: usize) {
+        self.prefill_passes.fetch_add(1, Relaxed);
+        self.images_prefilled.fetch_add(sequences as u64, Relaxed);
     }
 
     pub(super) fn cache(&self, stats: CacheStats, bytes: usize) {
@@ -89,6 +99,8 @@ impl EngineStats {
             max_rows: self.max_rows.load(Relaxed),
             vision_passes: self.vision_passes.load(Relaxed),
             frames_encoded: self.frames_encoded.load(Relaxed),
+            prefill_passes: self.prefill_passes.load(Relaxed),
+            images_prefilled: self.images_prefilled.load(Relaxed),
             cache: CacheStats {
                 frame_hits: self.frame_hits.load(Relaxed),
                 frame_misses: self.frame_misses.load(Relaxed),

@@ -165,21 +165,32 @@ impl GitLayer {
         })
     }
 
-    /// Writes this layer's keys and values of `xs` into `keys`/`values` at `at..` and
-    /// returns them, split into heads.
+    /// Writes this layer's keys and values of `xs` into `keys`/`values` at `at..`, split into
+    /// heads.
     fn store_kv(&self, xs: &Tensor, keys: &Tensor, values: &Tensor, at: i64) {
         let len = xs.size()[1];
-        keys.narrow(2, at, len).copy_(&split_heads(&self.key.forward(xs), self.heads));
-        values.narrow(2, at, len).copy_(&split_heads(&self.value.forward(xs), self.heads));
+        let (k, v) = self.key_values(xs);
+        keys.narrow(2, at, len).copy_(&k);
+        values.narrow(2, at, len).copy_(&v);
     }
 
     /// Runs `xs` (tokens `at..at + len` of the cache) attending to cache entries `..at + len`.
     fn forward(&self, xs: &Tensor, keys: &Tensor, values: &Tensor, at: i64, mask: Option<&Tensor>) -> Tensor {
         self.store_kv(xs, keys, values, at);
         let visible = at + xs.size()[1];
+        self.attend(xs, &keys.narrow(2, 0, visible), &values.narrow(2, 0, visible), mask)
+    }
+
+    /// This layer's keys and values of `xs` [batch, seq, hidden], split into heads.
+    fn key_values(&self, xs: &Tensor) -> (Tensor, Tensor) {
+        (split_heads(&self.key.forward(xs), self.heads), split_heads(&self.value.forward(xs), self.heads))
+    }
+
+    /// `xs`' queries attending to `keys`/`values` [batch, heads, visible, head_dim], then the
+    /// output block.
+    fn attend(&self, xs: &Tensor, keys: &Tensor, values: &Tensor, mask: Option<&Tensor>) -> Tensor {
         let q = split_heads(&self.query.forward(xs), self.heads);
-        let context = attention(&q, &keys.narrow(2, 0, visible), &values.narrow(2, 0, visible), mask);
-        self.output_block(&context, xs)
+        self.output_block(&attention(&q, keys, values, mask), xs)
     }
 
     /// One new token per row for several requests at once, `xs` [rows, 1, hidden]: the
@@ -248,36 +259,56 @@ impl GitEncoder {
     /// Runs the projected image tokens [1, image_tokens, hidden] through every layer and
     /// returns a cache holding their keys and values for `batch` sequences, with room for
     /// `text_capacity` text tokens each.
+    pub fn prefill_image(&self, image_tokens: &Tensor, batch: i64, text_capacity: i64) -> KvCache {
+        self.prefill_images(image_tokens, &[(batch, text_capacity)]).remove(0)
+    }
+
+    /// [`Self::prefill_image`] for several requests with the same number of image tokens at
+    /// once: `image_tokens` [requests, image_tokens, hidden], `shapes[r]` = (sequences, text
+    /// capacity) of request `r`'s cache. Each layer's matrix products run on every request's
+    /// tokens together; each request's image tokens attend only to its own (image tokens see
+    /// only image tokens).
     ///
     /// The image tokens' outputs of the last layer are never used (logits come from text
     /// positions), so that layer only computes their keys and values.
-    pub fn prefill_image(&self, image_tokens: &Tensor, batch: i64, text_capacity: i64) -> KvCache {
+    pub fn prefill_images(&self, image_tokens: &Tensor, shapes: &[(i64, i64)]) -> Vec<KvCache> {
         let n = image_tokens.size()[1];
-        let shape = [batch, self.heads, n + text_capacity, self.head_dim];
         let (kind, device) = (image_tokens.kind(), image_tokens.device());
-        let mut cache = KvCache {
-            keys: (0..self.layers.len()).map(|_| Tensor::zeros(shape, (kind, device))).collect(),
-            values: (0..self.layers.len()).map(|_| Tensor::zeros(shape, (kind, device))).collect(),
-            image_tokens: n,
-            text_len: 0,
-        };
+        let mut caches: Vec<KvCache> = shapes
+            .iter()
+            .map(|&(batch, text_capacity)| {
+                let shape = [batch, self.heads, n + text_capacity, self.head_dim];
+                KvCache {
+                    keys: (0..self.layers.len()).map(|_| Tensor::zeros(shape, (kind, device))).collect(),
+                    values: (0..self.layers.len()).map(|_| Tensor::zeros(shape, (kind, device))).collect(),
+                    image_tokens: n,
+                    text_len: 0,
+                }
+            })
+            .collect();
         let mut xs = image_tokens.shallow_clone();
         let last = self.layers.len() - 1;
         for (i, layer) in self.layers.iter().enumerate() {
-            // One copy of the image states serves every sequence in the batch.
-            let (keys, values) = (cache.keys[i].narrow(0, 0, 1), cache.values[i].narrow(0, 0, 1));
-            if i == last {
-                layer.store_kv(&xs, &keys, &values, 0);
-            } else {
-                xs = layer.forward(&xs, &keys, &values, 0, None);
+            let (keys, values) = layer.key_values(&xs);
+            // One copy of the image states per request serves every sequence of its batch.
+            for (r, cache) in caches.iter().enumerate() {
+                cache.keys[i].narrow(0, 0, 1).narrow(2, 0, n).copy_(&keys.narrow(0, r as i64, 1));
+                cache.values[i].narrow(0, 0, 1).narrow(2, 0, n).copy_(&values.narrow(0, r as i64, 1));
+            }
+            if i != last {
+                xs = layer.attend(&xs, &keys, &values, None);
             }
         }
-        for buf in cache.keys.iter_mut().chain(cache.values.iter_mut()).filter(|_| batch > 1) {
-            let mut image = buf.narrow(2, 0, n);
-            let first = image.narrow(0, 0, 1).copy();
-            image.copy_(&first);
+        for cache in &mut caches {
+            if cache.batch() > 1 {
+                for buf in cache.keys.iter_mut().chain(cache.values.iter_mut()) {
+                    let mut image = buf.narrow(2, 0, n);
+                    let first = image.narrow(0, 0, 1).copy();
+                    image.copy_(&first);
+                }
+            }
         }
-        cache
+        caches
     }
 
     /// Runs text embeddings [batch, seq, hidden] that follow the cached tokens; returns the

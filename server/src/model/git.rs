@@ -126,13 +126,24 @@ impl GitForCausalLM {
         Ok(self.encoder.prefill_image(image_tokens, batch, text_capacity))
     }
 
+    /// [`Self::prefill_image`] for several requests at once, their image tokens (each from
+    /// [`Self::image_tokens`], all of one length) stacked [requests, image_tokens, hidden];
+    /// `shapes[r]` = (sequences, text capacity) of request `r`. One cache per request, in order.
+    pub fn prefill_images(&self, image_tokens: &Tensor, shapes: &[(i64, i64)]) -> Result<Vec<KvCache>> {
+        for &(_, text_capacity) in shapes {
+            self.check_text_capacity(text_capacity)?;
+        }
+        Ok(self.encoder.prefill_images(image_tokens, shapes))
+    }
+
     /// Like [`Self::prefill_image`], from image keys and values kept from an earlier request.
     pub fn cache_from_prefix(&self, prefix: &ImagePrefix, batch: i64, text_capacity: i64) -> Result<KvCache> {
         self.check_text_capacity(text_capacity)?;
         Ok(KvCache::from_prefix(prefix, batch, text_capacity))
     }
 
-    fn check_text_capacity(&self, text_capacity: i64) -> Result<()> {
+    /// Refuses a cache with room for more text tokens than the model has positions.
+    pub fn check_text_capacity(&self, text_capacity: i64) -> Result<()> {
         let max_text = self.config.max_position_embeddings;
         if text_capacity > max_text {
             return Err(GitcapError::invalid(

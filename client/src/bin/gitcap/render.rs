@@ -99,6 +99,7 @@ pub fn caption_json(caption: &Caption) -> Value {
         "timings_ms": {
             "queue": timings.queue_ms,
             "vision": timings.vision_ms,
+            "prefill": timings.prefill_ms,
             "decode": timings.decode_ms,
             "total": timings.total_ms,
         },
