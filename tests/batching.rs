@@ -451,3 +451,14 @@ async fn a_full_batch_queue_leaves_room_for_interactive_requests() {
     let interactive = worker.submit(request(model, &[pattern(60)], None, GenerationOptions::default()), None);
     assert!(interactive.is_ok(), "an interactive request is taken beside a full batch queue");
 }
+
+/// A model's thread loads its own weights (every test worker is loaded that way); a load that
+/// fails comes back as the error.
+#[test]
+fn a_failed_load_on_the_model_thread_is_reported() {
+    use gitcap_server::error::GitcapError;
+    let failed =
+        ModelWorker::load("broken", || Err(GitcapError::model_files("no weights here")), EngineOptions::default());
+    let error = failed.err().expect("a failed load is an error");
+    assert!(error.to_string().contains("no weights here"), "{error}");
+}

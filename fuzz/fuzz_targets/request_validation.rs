@@ -63,7 +63,7 @@ fn check_media(media: Option<&proto::Media>) {
             assert!(prepared.timestamps_s.is_empty());
             for frame in &prepared.frames {
                 let Frame::Pixels(frame) = frame else { panic!("a prepared frame that is not pixels") };
-                assert_eq!(frame.pixels.size(), [3, 224, 224]);
+                assert_eq!(frame.tensor().size(), [3, 224, 224]);
             }
         }
         Err(err) => expect_bad_input(err),

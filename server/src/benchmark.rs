@@ -28,13 +28,21 @@ pub struct Bench {
 pub fn run(args: Bench) -> Result<()> {
     let precision = args.dtype;
     let device = args.device.available()?;
-    let pipeline = Pipeline::load(&args.model, precision, device)?;
-    let info = ModelInfo::describe(&pipeline, "bench", precision.name(), precision, args.device);
+    let (dir, spec) = (args.model.clone(), args.device);
+    let load = move || {
+        let pipeline = Pipeline::load(&dir, precision, device)?;
+        let info = ModelInfo::describe(&pipeline, "bench", precision.name(), precision, spec);
+        Ok((pipeline, info))
+    };
     // Every run computes the vision tower: no features kept between runs.
     let worker =
-        ModelWorker::spawn(pipeline, info, EngineOptions { feature_cache_bytes: 0, ..EngineOptions::default() });
-    let inputs = Tensor::read_safetensors(&args.inputs)
-        .map_err(|e| GitcapError::invalid("inputs", format!("{}: {e}", args.inputs.display())))?;
+        ModelWorker::load("bench", load, EngineOptions { feature_cache_bytes: 0, ..EngineOptions::default() })?;
+    // Read on a thread of its own that then ends, so that its tensor work leaves no OpenMP team
+    // behind to slow the model's thread down (see ModelWorker::load).
+    let path = args.inputs.clone();
+    let inputs = std::thread::spawn(move || read_inputs(&path))
+        .join()
+        .map_err(|_| GitcapError::Internal("reading the inputs panicked".into()))??;
     let options = GenerationOptions {
         max_new_tokens: Some(args.max_new_tokens as u32),
         num_beams: Some(1),
@@ -42,11 +50,7 @@ pub fn run(args: Bench) -> Result<()> {
         ..Default::default()
     };
     let mut report = serde_json::Map::new();
-    for (name, pixel_values) in inputs {
-        let size = pixel_values.size();
-        let frames = pixel_values.view([-1, size[size.len() - 3], size[size.len() - 2], size[size.len() - 1]]);
-        let frames: Vec<PreparedFrame> =
-            (0..frames.size()[0]).map(|i| PreparedFrame::from_tensor(&frames.get(i))).collect::<Result<_>>()?;
+    for (name, frames) in inputs {
         // Returns the tokens and the seconds to the first token and between the first and last.
         let once = || -> Result<(Vec<i64>, f64, f64)> {
             let request = InferenceRequest {
@@ -95,4 +99,20 @@ fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     sorted[sorted.len() / 2]
+}
+
+/// The named pixel_values of the inputs file, each as its frames.
+fn read_inputs(path: &std::path::Path) -> Result<Vec<(String, Vec<PreparedFrame>)>> {
+    let inputs = Tensor::read_safetensors(path)
+        .map_err(|e| GitcapError::invalid("inputs", format!("{}: {e}", path.display())))?;
+    inputs
+        .into_iter()
+        .map(|(name, pixel_values)| {
+            let size = pixel_values.size();
+            let frames = pixel_values.view([-1, size[size.len() - 3], size[size.len() - 2], size[size.len() - 1]]);
+            let frames =
+                (0..frames.size()[0]).map(|i| PreparedFrame::from_tensor(&frames.get(i))).collect::<Result<_>>()?;
+            Ok((name, frames))
+        })
+        .collect()
 }

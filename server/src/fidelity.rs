@@ -29,10 +29,14 @@ struct Loaded {
 
 impl Loaded {
     fn new(dir: &Path, precision: Precision) -> Result<Self> {
-        let serving = Pipeline::load(dir, precision, Device::Cpu)?;
-        let info = ModelInfo::describe(&serving, "fidelity", precision.name(), precision, DeviceSpec::CPU);
         let options = EngineOptions { feature_cache_bytes: 0, ..EngineOptions::default() };
-        let worker = ModelWorker::spawn(serving, info, options);
+        let serving_dir = dir.to_path_buf();
+        let load = move || {
+            let serving = Pipeline::load(&serving_dir, precision, Device::Cpu)?;
+            let info = ModelInfo::describe(&serving, "fidelity", precision.name(), precision, DeviceSpec::CPU);
+            Ok((serving, info))
+        };
+        let worker = ModelWorker::load("fidelity", load, options)?;
         Ok(Self { worker, pipeline: Pipeline::load(dir, precision, Device::Cpu)? })
     }
 }

@@ -37,11 +37,19 @@ pub fn run(args: OneShot) -> Result<()> {
     let device = args.device.available()?;
     let precision = args.dtype;
     let checkpoint = resolve(&args.model, args.revision.as_deref(), &args.hub)?;
-    let pipeline = Pipeline::load(&checkpoint.dir, precision, device)?;
-    let preprocessor = pipeline.preprocessor.clone();
-    let info = ModelInfo::describe(&pipeline, &args.model, &checkpoint.version, precision, args.device);
     let options = EngineOptions { feature_cache_bytes: 0, ..EngineOptions::default() };
-    let worker = ModelWorker::spawn(pipeline, info, options);
+    let (name, version, spec, dir) =
+        (args.model.clone(), checkpoint.version.clone(), args.device, checkpoint.dir.clone());
+    let worker = ModelWorker::load(
+        &args.model,
+        move || {
+            let pipeline = Pipeline::load(&dir, precision, device)?;
+            let info = ModelInfo::describe(&pipeline, &name, &version, precision, spec);
+            Ok((pipeline, info))
+        },
+        options,
+    )?;
+    let preprocessor = (*worker.info.preprocessor).clone();
     let load_ms = load_started.elapsed().as_secs_f64() * 1e3;
 
     let limits = MediaLimits::default();

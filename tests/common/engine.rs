@@ -15,8 +15,13 @@ pub fn worker(model: &str) -> ModelWorker {
     worker_with(model, EngineOptions { feature_cache_bytes: 0, ..EngineOptions::default() })
 }
 
+/// Loaded on the model's own thread, as the server loads it.
 pub fn worker_with(model: &str, options: EngineOptions) -> ModelWorker {
-    let pipeline = Pipeline::load(&model_dir(model), Kind::Float, Device::Cpu).unwrap();
-    let info = ModelInfo::describe(&pipeline, model, "test", Precision::from(Kind::Float), DeviceSpec::CPU);
-    ModelWorker::spawn(pipeline, info, options)
+    let (dir, name) = (model_dir(model), model.to_string());
+    let load = move || {
+        let pipeline = Pipeline::load(&dir, Kind::Float, Device::Cpu)?;
+        let info = ModelInfo::describe(&pipeline, &name, "test", Precision::from(Kind::Float), DeviceSpec::CPU);
+        Ok((pipeline, info))
+    };
+    ModelWorker::load(model, load, options).unwrap()
 }

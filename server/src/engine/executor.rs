@@ -223,7 +223,7 @@ impl<'p> Executor<'p> {
                     Some(found) => Some(found),
                     None => {
                         if !destinations.contains_key(key) {
-                            to_encode.push((*key, frame.pixels.shallow_clone()));
+                            to_encode.push((*key, frame.tensor()));
                         }
                         destinations.entry(*key).or_default().push((request, slot));
                         None

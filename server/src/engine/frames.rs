@@ -1,6 +1,8 @@
 //! A request's frames as the model's thread takes them: preprocessed pixels, or the vision
 //! tower's output for a frame encoded ahead (uploads, live and dense captioning).
 
+use std::sync::Arc;
+
 use image::RgbImage;
 use tch::Tensor;
 
@@ -37,30 +39,38 @@ impl Frame {
     }
 }
 
-/// A frame ready for the vision tower: the image processor's output [3, H, W] (f32, CPU) and
-/// the content key of those pixels. Made off the model thread, as soon as a frame is decoded,
-/// so that only the model's input size is kept, not the decoded image.
+/// A frame ready for the vision tower: the image processor's output [3, H, W] (f32) and the
+/// content key of those pixels. Made off the model thread, as soon as a frame is decoded, so
+/// that only the model's input size is kept, not the decoded image.
+///
+/// The pixels stay plain memory until the model's thread makes them a tensor
+/// ([`Self::tensor`]): creating a tensor runs libtorch's parallel fill, and a thread that runs
+/// one keeps an OpenMP team, which slows down the model's thread (see [`super::ModelWorker::load`]).
 pub struct PreparedFrame {
     pub key: ContentKey,
-    pub pixels: Tensor,
+    pixels: Arc<PixelValues>,
 }
 
 impl PreparedFrame {
     /// Resizes, crops and normalises `image` as the checkpoint's image processor does.
     pub fn new(image: &RgbImage, preprocessor: &PreprocessorConfig) -> Result<Self> {
-        Ok(Self::from_pixel_values(&preprocessor.preprocess(image)?))
+        Ok(Self::from_pixel_values(preprocessor.preprocess(image)?))
     }
 
     /// Pixels already preprocessed (CHW).
-    pub fn from_pixel_values(pixels: &PixelValues) -> Self {
-        let key = ContentKey::of_pixels(pixels);
-        let (height, width) = (pixels.height as i64, pixels.width as i64);
-        Self { key, pixels: Tensor::from_slice(&pixels.data).view([3, height, width]) }
+    pub fn from_pixel_values(pixels: PixelValues) -> Self {
+        Self { key: ContentKey::of_pixels(&pixels), pixels: Arc::new(pixels) }
     }
 
     /// The same frame, sharing its pixels.
     pub fn share(&self) -> Self {
-        Self { key: self.key, pixels: self.pixels.shallow_clone() }
+        Self { key: self.key, pixels: self.pixels.clone() }
+    }
+
+    /// The pixels as a [3, H, W] f32 CPU tensor (on the model's thread).
+    pub fn tensor(&self) -> Tensor {
+        let (height, width) = (self.pixels.height as i64, self.pixels.width as i64);
+        Tensor::from_slice(&self.pixels.data).view([3, height, width])
     }
 
     /// A [3, H, W] f32 tensor of preprocessed pixels (golden inputs, benchmarks).
@@ -68,7 +78,7 @@ impl PreparedFrame {
         let size = pixels.size();
         let data: Vec<f32> = Vec::try_from(pixels.to_kind(tch::Kind::Float).contiguous().view([-1]))
             .map_err(|e| crate::error::GitcapError::Internal(format!("reading pixels: {e}")))?;
-        Ok(Self::from_pixel_values(&PixelValues { data, height: size[1] as usize, width: size[2] as usize }))
+        Ok(Self::from_pixel_values(PixelValues { data, height: size[1] as usize, width: size[2] as usize }))
     }
 }
 

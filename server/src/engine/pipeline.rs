@@ -48,13 +48,13 @@ impl Pipeline {
 
     /// Preprocessed pixels of one image [3, H, W] (f32, CPU).
     pub fn pixel_values(&self, image: &RgbImage) -> Result<Tensor> {
-        Ok(PreparedFrame::new(image, &self.preprocessor)?.pixels)
+        Ok(PreparedFrame::new(image, &self.preprocessor)?.tensor())
     }
 
     /// The vision tower's output for one frame: [1, tokens_per_image, vision hidden].
     pub fn encode_frame(&self, frame: &PreparedFrame) -> Result<Tensor> {
         let _guard = tch::no_grad_guard();
-        self.model.encode_frames(&frame.pixels.unsqueeze(0))
+        self.model.encode_frames(&frame.tensor().unsqueeze(0))
     }
 
     /// The decoder's image tokens for the frames the model uses, and how many that is.
@@ -66,7 +66,7 @@ impl Pipeline {
             match &frames[i] {
                 Frame::Encoded(e) => features.push(Some(e.features.shallow_clone())),
                 Frame::Pixels(frame) => {
-                    pending.push((features.len(), frame.pixels.shallow_clone()));
+                    pending.push((features.len(), frame.tensor()));
                     features.push(None);
                 }
             }

@@ -66,13 +66,17 @@ pub fn load(
     let device = spec.device.available()?;
     let revision = Some(spec.revision.as_str()).filter(|r| !r.is_empty());
     let checkpoint = resolve_with_progress(&spec.source, revision, hub, progress)?;
-    let pipeline = Pipeline::load(&checkpoint.dir, spec.dtype, device)?;
     let from_hub = checkpoint.version != "local";
     let commit = from_hub.then(|| checkpoint.version.clone());
     let version = if spec.version.is_empty() { checkpoint.version } else { spec.version.clone() };
-    let info = ModelInfo::describe(&pipeline, &spec.name, &version, spec.dtype, spec.device);
-    let preprocessor = info.preprocessor.clone();
-    let worker = ModelWorker::spawn(pipeline, info, engine);
+    let (dir, name, dtype, device_spec) = (checkpoint.dir, spec.name.clone(), spec.dtype, spec.device);
+    let load = move || {
+        let pipeline = Pipeline::load(&dir, dtype, device)?;
+        let info = ModelInfo::describe(&pipeline, &name, &version, dtype, device_spec);
+        Ok((pipeline, info))
+    };
+    let worker = ModelWorker::load(&spec.name, load, engine)?;
+    let preprocessor = worker.info.preprocessor.clone();
     warm_up(&worker, &preprocessor)?;
     Ok(Loaded { worker, load_seconds: started.elapsed().as_secs_f64(), commit })
 }
