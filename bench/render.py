@@ -32,7 +32,11 @@ def main():
     a = p.parse_args()
     dtypes, clients = a.dtypes.split(","), [int(c) for c in a.clients.split(",")]
     ref = load(a.work, "transformers.json")
+    machine = load(a.work, "machine.json")
     ref_of = lambda dtype: "f32" if dtype == "fast" else dtype  # noqa: E731
+    # The GEMM rate a dtype's matrix products run at: fast mode's vision tower and its prefill and
+    # batched decoding (the dequantised copy) run in bf16.
+    gemm_of = lambda dtype: machine["gemm_gflops"]["f32" if dtype == "f32" else "bf16"] * 1e9  # noqa: E731
     out = []
     w = out.append
     targets = []
@@ -73,6 +77,10 @@ def main():
               f"{per_token:.1f} | {same(r['tokens'], o['tokens'])} / {same(r['tokens'], g['tokens'])} |" if per_token is not None else
               f"| {label} | {dtype} | {r['median_s']:.3f} | {o['median_s']:.3f} | {ratio:.2f}{extra} | {g['median_s']:.3f} | {g_ratio:.2f} | – | "
               f"{same(r['tokens'], o['tokens'])} / {same(r['tokens'], g['tokens'])} |")
+            if name == "image":
+                gap = g["median_s"] / o["median_s"]
+                targets.append((f"{dtype} image: gRPC within 5% of in-process (one-shot)",
+                                f"{gap:.3f}× ({(g['median_s'] - o['median_s']) * 1e3:+.0f} ms)", gap <= 1.05))
             if dtype == "f32":
                 targets.append((f"f32 {label}: ≤ 1.0× transformers f32, tokens identical",
                                 f"{ratio:.2f}× one-shot, {g_ratio:.2f}× gRPC; tokens {same(r['tokens'], o['tokens'])} / {same(r['tokens'], g['tokens'])}",
@@ -95,19 +103,54 @@ def main():
     w("calling `Caption` at once through gRPC (continuous batching on; feature cache off), against")
     w(f"transformers captioning the images one after another, and in batches of {max(clients)} (its own batching:")
     w("one `generate` call on a stacked batch).\n")
-    w("| dtype | clients | captions/s | p50 latency (s) | p99 latency (s) | ÷ transformers sequential | ÷ transformers batched |")
-    w("|---|---:|---:|---:|---:|---:|---:|")
+    flops = machine["caption_flops"]
+    w(f"*Share of limit*: the caption's matrix FLOPs ({flops['total'] / 1e9:.1f} GFLOP: vision tower {flops['vision'] / 1e9:.1f},")
+    w(f"image prefill {flops['prefill'] / 1e9:.1f}, {a.max_new_tokens} decoding steps {flops['decode'] / 1e9:.1f}; `bench/machine_limit.py`) times")
+    w("captions per second, over the rate of a [3072, 768] × [768, 3072] matrix product measured in the same run")
+    w(f"(f32 {machine['gemm_gflops']['f32']:.0f} GFLOP/s, bf16 {machine['gemm_gflops']['bf16']:.0f} GFLOP/s, {machine['threads']} threads; fast mode")
+    w("counts at the bf16 rate): how close to the machine's ceiling each figure is. Server timings are the medians")
+    w("of the responses' `Timings` (ms).\n")
+    w("| dtype | clients | captions/s | share of limit | p50 latency (s) | p99 latency (s) | ÷ transformers sequential | ÷ transformers batched | server queue / vision / prefill / decode (ms) |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for dtype in dtypes:
         t = ref[ref_of(dtype)]["throughput"]
         seq, bat = t["sequential"]["captions_per_s"], t["batched"]["captions_per_s"]
         for c in clients:
             g = load(a.work, f"grpc-{dtype}-throughput-{c}.json")
             cps = g["captions_per_s"]
-            w(f"| {dtype} | {c} | {cps:.2f} | {g['latency_p50_s']:.2f} | {g['latency_p99_s']:.2f} | {cps / seq:.2f}× | {cps / bat:.2f}× |")
-            if c == max(clients) and dtype == "f32":
-                targets.append((f"{c} clients f32: ≥ 2× transformers sequential f32", f"{cps / seq:.2f}×", cps / seq >= 2))
-            if c == max(clients) and dtype == "fast":
-                targets.append((f"{c} clients fast: ≥ 4× transformers sequential f32", f"{cps / seq:.2f}×", cps / seq >= 4))
+            share = cps * flops["total"] / gemm_of(dtype)
+            s = g.get("server_median_ms", {})
+            stages = " / ".join(f"{s.get(k, float('nan')):.0f}" for k in ("queue", "vision", "prefill", "decode"))
+            w(f"| {dtype} | {c} | {cps:.2f} | {share:.0%} | {g['latency_p50_s']:.2f} | {g['latency_p99_s']:.2f} | {cps / seq:.2f}× | {cps / bat:.2f}× | {stages} |")
+            if c == max(clients):
+                bf16 = ref.get("bf16", {}).get("throughput", {}).get("batched", {}).get("captions_per_s")
+                goal = {"f32": ("transformers f32", bat, 1.0), "bf16": ("transformers bf16", bf16, 1.1), "fast": ("transformers bf16", bf16, 1.25)}
+                if dtype in goal and goal[dtype][1]:
+                    against, value, factor = goal[dtype]
+                    targets.append((f"{c} clients {dtype}: ≥ {factor}× {against} batched-{t['batched']['batch']}",
+                                    f"{cps / value:.2f}× ({cps:.2f} vs {value:.2f} captions/s)", cps / value >= factor))
+    w("")
+    w("| reference dtype | transformers batched: share of limit |")
+    w("|---|---:|")
+    for dtype in [d for d in ref if isinstance(ref[d], dict) and "throughput" in ref[d]]:
+        bat = ref[dtype]["throughput"]["batched"]["captions_per_s"]
+        w(f"| {dtype} | {bat * flops['total'] / gemm_of(dtype):.0%} |")
+    w("")
+
+    w("## Interactive requests behind batch work\n")
+    w(f"{max(clients) + 8} callers send batch-priority captions without pause (the queue stays full); meanwhile")
+    w(f"{a.runs} interactive captions, one after another. Their queue time, against one vision pass plus one")
+    w("decoding step of the batch work (medians of the batch requests' `Timings`: `vision_ms`, and")
+    w("`decode_ms` ÷ generated tokens).\n")
+    w("| dtype | interactive queue (ms) | vision pass (ms) | decoding step (ms) | queue ÷ (vision + step) |")
+    w("|---|---:|---:|---:|---:|")
+    for dtype in dtypes:
+        pr = load(a.work, f"grpc-{dtype}-priority.json")
+        if pr is None:
+            continue
+        w(f"| {dtype} | {pr['interactive_queue_median_ms']:.0f} | {pr['batch_vision_median_ms']:.0f} | {pr['batch_step_median_ms']:.1f} | {pr['ratio']:.2f} |")
+        targets.append((f"{dtype}: interactive queue time under batch load ≤ one vision pass + one decoding step",
+                        f"{pr['interactive_queue_median_ms']:.0f} ms vs {pr['bound_ms']:.0f} ms", pr["ratio"] <= 1.0))
     w("")
     w("| reference dtype | transformers sequential (captions/s) | transformers batched (captions/s) |")
     w("|---|---:|---:|")
@@ -117,17 +160,60 @@ def main():
     w("")
 
     w("## Follow-up question on cached frames\n")
-    w("Six new frames captioned (cold: decoding, preprocessing, vision tower, image prefill, 5 tokens), then a")
-    w("question about the same frames (the feature cache holds their image keys/values: prompt and 5 tokens")
-    w(f"only). Medians over {a.runs} frame sets, through gRPC.\n")
+    w(f"Six new frames captioned (cold: decoding, preprocessing, vision tower, image prefill, {a.max_new_tokens} tokens), then a")
+    w(f"question about the same frames (the feature cache holds their image keys/values: prompt and {a.max_new_tokens} tokens")
+    w("only). Medians over the frame sets after the first, through gRPC.\n")
     w("| dtype | cold (s) | follow-up (s) | ratio |")
     w("|---|---:|---:|---:|")
     for dtype in dtypes:
         f = load(a.work, f"grpc-{dtype}-followup.json")
         w(f"| {dtype} | {f['cold_median_s']:.3f} | {f['follow_up_median_s']:.3f} | {f['ratio']:.3f} |")
-        if dtype == "f32":
-            targets.append(("cached follow-up: ≤ 0.1× a cold request (f32)", f"{f['ratio']:.3f}×", f["ratio"] <= 0.1))
+        targets.append((f"cached follow-up, {f.get('answer_tokens', '?')} new tokens: ≤ 0.1× a cold request ({dtype})",
+                        f"{f['ratio']:.3f}×", f["ratio"] <= 0.1))
     w("")
+
+    w("## Memory\n")
+    w("The server's resident memory (RSS, MiB): one version loaded and warm; a hot swap to a second version")
+    w("of the same checkpoint (`gitcap models swap --keep-previous`: peak during it, and both loaded after);")
+    w("then the first unloaded and one more request served. Includes libtorch itself and its allocator's")
+    w("free lists.\n")
+    w("| dtype | one version | swap peak | two versions | first unloaded |")
+    w("|---|---:|---:|---:|---:|")
+    for dtype in dtypes:
+        m = load(a.work, f"memory-{dtype}.json")
+        if m is None:
+            continue
+        mib = lambda k: m[k] / 1024  # noqa: E731
+        w(f"| {dtype} | {mib('one_version_kib'):.0f} | {mib('swap_peak_kib'):.0f} | {mib('two_versions_kib'):.0f} | {mib('after_unload_kib'):.0f} |")
+    w("")
+
+    decoded = os.path.join(a.work, "video-decode.jsonl")
+    captioned = load(a.work, "grpc-video-files.json")
+    if os.path.exists(decoded) and captioned:
+        lines = [json.loads(l) for l in open(decoded) if l.strip().startswith("{")]
+        video_dtype = (load(a.work, "grpc-video-files.dtype.json") or {}).get("dtype", "?")
+        w("## Video files\n")
+        w("1080p H.264 files (x264 defaults, 30 fps, ffmpeg's testsrc2; `scripts/bench-video.sh` makes them once):")
+        w("*decode and sample* is the server's video path alone (`gitcap-server bench-video`: ffprobe, then the")
+        w("six sampled frames decoded by ffmpeg children seeking to the keyframe before each); *caption* is an")
+        w(f"`UploadVideo` call through gRPC ({video_dtype}, feature cache off): upload, decode, sample, caption. Medians of")
+        w(f"{a.runs} runs after a warm-up.\n")
+        w("| file | size (MB) | probe (ms) | sample (ms) | decode and sample (ms) | caption (s) | server vision / prefill / decode (ms) |")
+        w("|---|---:|---:|---:|---:|---:|---|")
+        rows = []
+        for d, c in zip(lines, captioned["files"]):
+            s = c["server_median_ms"]
+            name = os.path.basename(c["file"])
+            w(f"| {name} | {c['bytes'] / 1e6:.0f} | {d['probe_ms']:.0f} | {d['sample_ms']:.0f} | {d['total_ms']:.0f} | {c['caption_median_s']:.2f} | "
+              f"{s['vision']:.0f} / {s['prefill']:.0f} / {s['decode']:.0f} |")
+            rows.append((d["total_ms"], c["caption_median_s"]))
+        w("")
+        if len(rows) == 2:
+            (short_d, short_c), (long_d, long_c) = rows
+            targets.append(("10-minute video decode and sample: ≤ 2× the 10-second one and ≤ 1.5 s",
+                            f"{long_d / short_d:.2f}×, {long_d:.0f} ms", long_d / short_d <= 2 and long_d <= 1500))
+            targets.append(("10-minute video caption: ≤ 2× the 10-second one", f"{long_c / short_c:.2f}× ({long_c:.2f} s vs {short_c:.2f} s)",
+                            long_c / short_c <= 2))
 
     fidelity = os.path.join(a.work, "fidelity-fast.txt")
     if "fast" in dtypes and os.path.exists(fidelity):
@@ -143,9 +229,9 @@ def main():
                 worst = float(line.split("max")[1].split(",")[0])
                 mean = float(line.split("mean")[1])
                 agreement = next((l.split(":", 1)[1].strip() for l in text.splitlines() if "top-1 agreement" in l), "?")
-                targets.append(("fast logits relative error vs f32: ≤ 2e-2",
+                targets.append(("fast logits relative error vs f32: ≤ 1e-2",
                                 f"max {worst:.2e}, mean {mean:.2e}; teacher-forced top-1 agreement {agreement}",
-                                worst <= 2e-2))
+                                worst <= 1e-2))
 
     w("## Targets\n")
     w("| target | measured | met |")

@@ -6,8 +6,12 @@
 #                    [--max-new-tokens N] [--clients 1,4,16] [--write BENCHMARKS.md]
 #
 # Measures: one-request latency (image, 6 frames) one-shot and through gRPC; throughput of
-# 1/4/16 concurrent gRPC clients vs transformers sequential and batched; a follow-up question
-# on cached frames vs a cold request. Prints the report (Markdown); --write also saves it.
+# 1/4/16 concurrent gRPC clients vs transformers sequential and batched, and as a share of the
+# machine's limit (the caption's matrix FLOPs at the GEMM rate measured in the same run); an
+# interactive request's queue time behind batch work; a follow-up question on cached frames vs a
+# cold request; the server's RSS with one version loaded and through a hot swap; 10-second and
+# 10-minute 1080p video files decoded, sampled and captioned. Prints the report (Markdown);
+# --write also saves it.
 # Needs the reference Python environment (scripts/setup-python.sh, made once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,9 +37,10 @@ mkdir -p "$WORK"
 FEATURES=()
 [ "$DEVICE" = cpu ] || FEATURES=(--features cuda)
 cargo build --release --quiet --bin gitcap-server "${FEATURES[@]}"
-cargo build --release --quiet -p gitcap-client --bin gitcap-bench
+cargo build --release --quiet -p gitcap-client --bin gitcap-bench --bin gitcap
 BIN=target/release/gitcap-server
 LOAD=target/release/gitcap-bench
+CLI=target/release/gitcap
 MACHINE="$(lscpu | sed -n 's/^Model name: *//p') ($(nproc) cores), $(free -g | awk '/Mem:/{print $2}') GiB"
 echo "machine: $MACHINE" >&2
 
@@ -46,17 +51,21 @@ echo "transformers ($REF_DTYPES)..." >&2
 "$PY" bench/transformers_bench.py --workdir "$WORK" --runs "$RUNS" --threads "$THREADS" \
   --max-new-tokens "$MAX_NEW" --dtypes "$REF_DTYPES" --throughput-batch "$MAX_CLIENTS" \
   --throughput-images $((2 * MAX_CLIENTS)) > "$WORK/transformers.json"
+echo "the machine's limit (GEMM rate, FLOPs per caption)..." >&2
+"$PY" bench/machine_limit.py --model "$WORK/model" --threads "$THREADS" --max-new-tokens "$MAX_NEW" > "$WORK/machine.json"
 
 SERVER_PID=""
 stop_server() { [ -z "$SERVER_PID" ] || { kill "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""; }; }
 trap stop_server EXIT
 # Starts the server on the bench model; sets ADDR. Extra arguments: environment assignments.
+# SERVE_ARGS: more arguments for `serve`.
+SERVE_ARGS=()
 start_server() {
   local dtype=$1; shift
   env "$@" GITCAP__SERVER__LISTEN=127.0.0.1:0 GITCAP__MODEL__QUEUE_CAPACITY=256 \
     GITCAP__ENGINE__MAX_BATCH_SIZE="$MAX_CLIENTS" \
     "$BIN" serve --model "$WORK/model" --name bench --dtype "$dtype" --device "$DEVICE" --threads "$THREADS" \
-    > "$WORK/server.log" 2>&1 &
+    "${SERVE_ARGS[@]}" > "$WORK/server.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 600); do
     ADDR=$(sed -n 's/^gitcap-server listening on //p' "$WORK/server.log")
@@ -85,14 +94,51 @@ for dtype in ${DTYPES//,/ }; do
       --requests $((2 * clients > 8 ? 2 * clients : 8)) --images "$WORK/png/throughput" \
       > "$WORK/grpc-$dtype-throughput-$clients.json"
   done
+  # An interactive caption now and then while batch-priority work keeps the queue full.
+  "$LOAD" --url "$URL" --max-new-tokens "$MAX_NEW" priority --images "$WORK/png/throughput" \
+    --batch-clients $((MAX_CLIENTS + 8)) --runs "$RUNS" > "$WORK/grpc-$dtype-priority.json"
   stop_server
 
   echo "gitcap $dtype follow-up question (feature cache on)..." >&2
   start_server "$dtype"
   "$LOAD" --url "http://$ADDR" follow-up --sets "$WORK/png/followup" --question "what is happening?" \
-    --answer-tokens 5 > "$WORK/grpc-$dtype-followup.json"
+    --answer-tokens "$MAX_NEW" > "$WORK/grpc-$dtype-followup.json"
+  stop_server
+
+  echo "gitcap $dtype memory: one version, a hot swap to a second one, the first unloaded..." >&2
+  printf '[auth]\nadmin_token = "bench"\n[admin]\nmodel_roots = ["%s"]\n' "$WORK" > "$WORK/admin.toml"
+  SERVE_ARGS=(--config "$WORK/admin.toml")
+  start_server "$dtype"
+  SERVE_ARGS=()
+  admin=("$CLI" --server "http://$ADDR" --admin-token bench models)
+  kib() { awk -v key="$1:" '$1 == key { print $2 }' "/proc/$SERVER_PID/status"; }
+  "$LOAD" --url "http://$ADDR" --max-new-tokens "$MAX_NEW" latency --runs 1 --media "$WORK/png/image/frame_000.png" > /dev/null
+  one=$(kib VmRSS)
+  echo 5 > "/proc/$SERVER_PID/clear_refs"  # VmHWM from here: the swap's peak
+  # The default alias (what requests without a model use) moves to v2.
+  "${admin[@]}" swap --name bench --source "$WORK/model" --version v2 --keep-previous default > /dev/null
+  two=$(kib VmRSS) peak=$(kib VmHWM)
+  "${admin[@]}" unload bench@local > /dev/null
+  "$LOAD" --url "http://$ADDR" --max-new-tokens "$MAX_NEW" latency --runs 1 --media "$WORK/png/image/frame_000.png" > /dev/null
+  after=$(kib VmRSS)
+  echo "{\"one_version_kib\": $one, \"swap_peak_kib\": $peak, \"two_versions_kib\": $two, \"after_unload_kib\": $after}" \
+    > "$WORK/memory-$dtype.json"
   stop_server
 done
+
+# Video files: decode-and-sample alone (scripts/bench-video.sh, which makes the 10-second and
+# 10-minute 1080p files once), then captions of both through the server (upload, decode, sample,
+# caption), in the first of bf16 or the dtypes asked for.
+echo "video files: decode and sample..." >&2
+scripts/bench-video.sh --runs "$RUNS" > "$WORK/video-decode.jsonl" || true
+VIDEO_DTYPE=$([[ ",$DTYPES," == *,bf16,* ]] && echo bf16 || echo "${DTYPES%%,*}")
+echo "video files: captions through gRPC ($VIDEO_DTYPE)..." >&2
+start_server "$VIDEO_DTYPE" GITCAP__ENGINE__FEATURE_CACHE_MB=0
+VIDEOS=${GITCAP_BENCH_VIDEOS:-${XDG_CACHE_HOME:-$HOME/.cache}/gitcap/bench-videos}
+"$LOAD" --url "http://$ADDR" --max-new-tokens "$MAX_NEW" video --runs "$RUNS" \
+  --file "$VIDEOS/testsrc2-1080p30-10s.mp4" --file "$VIDEOS/testsrc2-1080p30-600s.mp4" > "$WORK/grpc-video-files.json"
+stop_server
+echo "{\"dtype\": \"$VIDEO_DTYPE\"}" > "$WORK/grpc-video-files.dtype.json"
 
 if [[ ",$DTYPES," == *,fast,* ]]; then
   echo "gitcap fast-mode fidelity..." >&2

@@ -4,17 +4,20 @@
 //!   gitcap-bench --url URL latency --media F [--media F ...] [--runs 5]
 //!   gitcap-bench --url URL throughput --clients 16 --images DIR [--requests 32]
 //!   gitcap-bench --url URL follow-up --sets DIR --question Q [--runs 5]
+//!   gitcap-bench --url URL priority --images DIR [--batch-clients 16] [--runs 5]
+//!   gitcap-bench --url URL video --file F [--file F ...] [--runs 3]
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use tokio::sync::Mutex;
 
-use gitcap_client::{CaptionOptions, ClientConfig, GitcapClient, Media};
+use gitcap_client::{CaptionOptions, ClientConfig, GitcapClient, Media, Priority, VideoUploadOptions};
 
 #[derive(Parser)]
 struct Args {
@@ -55,6 +58,28 @@ enum Command {
         /// New tokens of the follow-up answer.
         #[arg(long, default_value_t = 5)]
         answer_tokens: u32,
+    },
+    /// Interactive requests while batch work keeps the model busy and its queue full:
+    /// `batch_clients` callers send batch-priority captions of the images in DIR without pause;
+    /// meanwhile `runs` interactive captions, one after another. Reports the interactive queue
+    /// times against one vision pass plus one decoding step of the batch work.
+    Priority {
+        #[arg(long)]
+        images: PathBuf,
+        #[arg(long, default_value_t = 16)]
+        batch_clients: usize,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+    /// Each video file uploaded (`UploadVideo`, in chunks) and captioned by the server, which
+    /// decodes and samples it: wall time per caption and the server's timings; medians of
+    /// `runs` after a warm-up call per file (feature cache off on the server, or each run after
+    /// the first is a cache hit).
+    Video {
+        #[arg(long, required = true)]
+        file: Vec<PathBuf>,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
 }
 
@@ -174,7 +199,97 @@ async fn main() -> Result<()> {
                 "follow_up_s": warm,
             })
         }
+        Command::Priority { images, batch_clients, runs } => {
+            priority(&client, &options, &images, batch_clients, runs).await?
+        }
+        Command::Video { file, runs } => {
+            let upload = VideoUploadOptions::new(options.clone());
+            let mut files = Vec::new();
+            for path in file {
+                client.upload_video_file(&path, &upload).await?; // warm-up
+                let (mut wall, mut server) = (Vec::new(), Vec::new());
+                for _ in 0..runs {
+                    let start = Instant::now();
+                    let caption = client.upload_video_file(&path, &upload).await?;
+                    wall.push(start.elapsed().as_secs_f64());
+                    server.push(caption.timings.unwrap_or_default());
+                }
+                let server_ms =
+                    |f: fn(&gitcap_client::proto::Timings) -> f64| median(&server.iter().map(f).collect::<Vec<_>>());
+                files.push(json!({
+                    "file": path.display().to_string(),
+                    "bytes": std::fs::metadata(&path)?.len(),
+                    "caption_median_s": median(&wall),
+                    "runs_s": wall,
+                    "server_median_ms": {
+                        "queue": server_ms(|t| t.queue_ms), "vision": server_ms(|t| t.vision_ms),
+                        "prefill": server_ms(|t| t.prefill_ms), "decode": server_ms(|t| t.decode_ms),
+                        "total": server_ms(|t| t.total_ms),
+                    },
+                }));
+            }
+            json!({ "files": files })
+        }
     };
     println!("{report}");
     Ok(())
+}
+
+/// See [`Command::Priority`].
+async fn priority(
+    client: &GitcapClient,
+    options: &CaptionOptions,
+    images: &Path,
+    batch_clients: usize,
+    runs: usize,
+) -> Result<serde_json::Value> {
+    let images = Arc::new(files(images)?);
+    anyhow::ensure!(images.len() > runs, "{} needs more than {runs} images", images.len());
+    let stop = Arc::new(AtomicBool::new(false));
+    let batch_options = options.clone().priority(Priority::Batch);
+    let workers: Vec<_> = (0..batch_clients)
+        .map(|worker| {
+            let (client, options, images, stop) = (client.clone(), batch_options.clone(), images.clone(), stop.clone());
+            tokio::spawn(async move {
+                // (vision ms, decode ms per generated token) of each batch request.
+                let mut stages = Vec::new();
+                let mut next = worker;
+                while !stop.load(Ordering::Relaxed) {
+                    let image = images[next % images.len()].clone();
+                    next += batch_clients;
+                    let caption = client.caption(media(&[image])?, &options).await?;
+                    let timings = caption.timings.unwrap_or_default();
+                    let tokens = caption.token_ids.len().max(1) as f64;
+                    stages.push((timings.vision_ms, timings.decode_ms / tokens));
+                }
+                Ok::<_, anyhow::Error>(stages)
+            })
+        })
+        .collect();
+    // Let the batch work fill the model and its queue first.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut queue_ms = Vec::with_capacity(runs);
+    for run in 0..runs {
+        let image = images[images.len() - 1 - run].clone();
+        let caption = client.caption(media(&[image])?, options).await?;
+        queue_ms.push(caption.timings.unwrap_or_default().queue_ms);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut stages = Vec::new();
+    for worker in workers {
+        stages.extend(worker.await??);
+    }
+    let vision = median(&stages.iter().map(|s| s.0).collect::<Vec<_>>());
+    let step = median(&stages.iter().map(|s| s.1).collect::<Vec<_>>());
+    let queue = median(&queue_ms);
+    Ok(json!({
+        "batch_clients": batch_clients,
+        "batch_requests": stages.len(),
+        "interactive_queue_ms": queue_ms,
+        "interactive_queue_median_ms": queue,
+        "batch_vision_median_ms": vision,
+        "batch_step_median_ms": step,
+        "bound_ms": vision + step,
+        "ratio": queue / (vision + step),
+    }))
 }
