@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 LIBTORCH=$(scripts/setup-libtorch.sh)
 export LIBTORCH
 cargo build --release --bin gitcap-server
-exec target/release/gitcap-server serve "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/gitcap-server" serve "$@"
