@@ -8,9 +8,7 @@ use serde_json::json;
 use tch::{Device, Tensor};
 
 use crate::device::DeviceSpec;
-use crate::engine::{
-    EngineOptions, Frame, InferenceRequest, ModelInfo, ModelWorker, Pipeline, PreparedFrame, Priority,
-};
+use crate::engine::{EngineOptions, Frame, InferenceRequest, ModelWorker, PreparedFrame, Priority};
 use crate::error::{GitcapError, Result};
 use crate::model::generation::GenerationOptions;
 use crate::model::Precision;
@@ -28,15 +26,10 @@ pub struct Bench {
 pub fn run(args: Bench) -> Result<()> {
     let precision = args.dtype;
     let device = args.device.available()?;
-    let (dir, spec) = (args.model.clone(), args.device);
-    let load = move || {
-        let pipeline = Pipeline::load(&dir, precision, device)?;
-        let info = ModelInfo::describe(&pipeline, "bench", precision.name(), precision, spec);
-        Ok((pipeline, info))
-    };
     // Every run computes the vision tower: no features kept between runs.
+    let options = EngineOptions { feature_cache_bytes: 0, ..EngineOptions::default() };
     let worker =
-        ModelWorker::load("bench", load, EngineOptions { feature_cache_bytes: 0, ..EngineOptions::default() })?;
+        ModelWorker::load_checkpoint(args.model.clone(), "bench", precision.name(), precision, args.device, options)?;
     // Read on a thread of its own that then ends, so that its tensor work leaves no OpenMP team
     // behind to slow the model's thread down (see ModelWorker::load).
     let path = args.inputs.clone();

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
 
 use crate::device::DeviceSpec;
-use crate::engine::{EngineOptions, Frame, InferenceRequest, ModelInfo, ModelWorker, Pipeline, Priority};
+use crate::engine::{EngineOptions, Frame, InferenceRequest, ModelWorker, Pipeline, Priority};
 use crate::error::{GitcapError, Result};
 use crate::media::{decode_image, MediaLimits};
 use crate::model::generation::GenerationOptions;
@@ -30,13 +30,14 @@ struct Loaded {
 impl Loaded {
     fn new(dir: &Path, precision: Precision) -> Result<Self> {
         let options = EngineOptions { feature_cache_bytes: 0, ..EngineOptions::default() };
-        let serving_dir = dir.to_path_buf();
-        let load = move || {
-            let serving = Pipeline::load(&serving_dir, precision, Device::Cpu)?;
-            let info = ModelInfo::describe(&serving, "fidelity", precision.name(), precision, DeviceSpec::CPU);
-            Ok((serving, info))
-        };
-        let worker = ModelWorker::load("fidelity", load, options)?;
+        let worker = ModelWorker::load_checkpoint(
+            dir.to_path_buf(),
+            "fidelity",
+            precision.name(),
+            precision,
+            DeviceSpec::CPU,
+            options,
+        )?;
         Ok(Self { worker, pipeline: Pipeline::load(dir, precision, Device::Cpu)? })
     }
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde_json::json;
 
 use crate::device::DeviceSpec;
-use crate::engine::{EngineOptions, Frame, InferenceRequest, ModelInfo, ModelWorker, Pipeline, Priority};
+use crate::engine::{EngineOptions, Frame, InferenceRequest, ModelWorker, Priority};
 use crate::error::{GitcapError, Result};
 use crate::media::{decode_image, MediaLimits};
 use crate::model::generation::{FinishReason, GenerationOptions};
@@ -34,19 +34,16 @@ pub fn run(args: OneShot) -> Result<()> {
         |e: gitcap_protocol::InvalidOption| GitcapError::invalid(format!("--{}", e.field.replace('_', "-")), e.message);
     args.options.check().map_err(flag)?;
     let load_started = Instant::now();
-    let device = args.device.available()?;
+    args.device.available()?; // before any download: a missing device fails at once
     let precision = args.dtype;
     let checkpoint = resolve(&args.model, args.revision.as_deref(), &args.hub)?;
     let options = EngineOptions { feature_cache_bytes: 0, ..EngineOptions::default() };
-    let (name, version, spec, dir) =
-        (args.model.clone(), checkpoint.version.clone(), args.device, checkpoint.dir.clone());
-    let worker = ModelWorker::load(
+    let worker = ModelWorker::load_checkpoint(
+        checkpoint.dir,
         &args.model,
-        move || {
-            let pipeline = Pipeline::load(&dir, precision, device)?;
-            let info = ModelInfo::describe(&pipeline, &name, &version, precision, spec);
-            Ok((pipeline, info))
-        },
+        &checkpoint.version,
+        precision,
+        args.device,
         options,
     )?;
     let preprocessor = (*worker.info.preprocessor).clone();

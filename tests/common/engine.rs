@@ -3,11 +3,11 @@
 
 #![allow(dead_code)]
 
-use tch::{Device, Kind};
+use tch::Kind;
 
 use super::fixtures::model_dir;
 use gitcap_server::device::DeviceSpec;
-use gitcap_server::engine::{EngineOptions, ModelInfo, ModelWorker, Pipeline};
+use gitcap_server::engine::{EngineOptions, ModelWorker};
 use gitcap_server::model::Precision;
 
 /// Fixture model `model` in f32 on the CPU, nothing cached between requests.
@@ -17,11 +17,13 @@ pub fn worker(model: &str) -> ModelWorker {
 
 /// Loaded on the model's own thread, as the server loads it.
 pub fn worker_with(model: &str, options: EngineOptions) -> ModelWorker {
-    let (dir, name) = (model_dir(model), model.to_string());
-    let load = move || {
-        let pipeline = Pipeline::load(&dir, Kind::Float, Device::Cpu)?;
-        let info = ModelInfo::describe(&pipeline, &name, "test", Precision::from(Kind::Float), DeviceSpec::CPU);
-        Ok((pipeline, info))
-    };
-    ModelWorker::load(model, load, options).unwrap()
+    ModelWorker::load_checkpoint(
+        model_dir(model),
+        model,
+        "test",
+        Precision::from(Kind::Float),
+        DeviceSpec::CPU,
+        options,
+    )
+    .unwrap()
 }

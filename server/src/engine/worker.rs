@@ -162,6 +162,25 @@ pub struct ModelWorker {
 }
 
 impl ModelWorker {
+    /// [`Self::load`] of the checkpoint in `dir` at `dtype` on `device`, served as `name`
+    /// `version`.
+    pub fn load_checkpoint(
+        dir: std::path::PathBuf,
+        name: &str,
+        version: &str,
+        dtype: crate::model::Precision,
+        device: crate::device::DeviceSpec,
+        options: EngineOptions,
+    ) -> Result<Self> {
+        let (thread_name, version) = (name.to_string(), version.to_string());
+        let load = move || {
+            let pipeline = Pipeline::load(&dir, dtype, device.available()?)?;
+            let info = ModelInfo::describe(&pipeline, &thread_name, &version, dtype, device);
+            Ok((pipeline, info))
+        };
+        Self::load(name, load, options)
+    }
+
     /// Starts a model's thread named after `name`, which runs `load` and then serves what it
     /// loaded; returns once `load` has succeeded (or with its error).
     ///

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 pub use super::source::DownloadProgress;
 use super::source::{resolve_with_progress, HubOptions};
 use crate::device::DeviceSpec;
-use crate::engine::{EngineOptions, Frame, InferenceRequest, ModelInfo, ModelWorker, Pipeline, Priority};
+use crate::engine::{EngineOptions, Frame, InferenceRequest, ModelWorker, Priority};
 use crate::error::{GitcapError, Result};
 use crate::media::PreprocessorConfig;
 use crate::model::generation::GenerationOptions;
@@ -63,19 +63,13 @@ pub fn load(
     progress: &mut dyn FnMut(DownloadProgress),
 ) -> Result<Loaded> {
     let started = Instant::now();
-    let device = spec.device.available()?;
+    spec.device.available()?; // before any download: a missing device fails at once
     let revision = Some(spec.revision.as_str()).filter(|r| !r.is_empty());
     let checkpoint = resolve_with_progress(&spec.source, revision, hub, progress)?;
     let from_hub = checkpoint.version != "local";
     let commit = from_hub.then(|| checkpoint.version.clone());
     let version = if spec.version.is_empty() { checkpoint.version } else { spec.version.clone() };
-    let (dir, name, dtype, device_spec) = (checkpoint.dir, spec.name.clone(), spec.dtype, spec.device);
-    let load = move || {
-        let pipeline = Pipeline::load(&dir, dtype, device)?;
-        let info = ModelInfo::describe(&pipeline, &name, &version, dtype, device_spec);
-        Ok((pipeline, info))
-    };
-    let worker = ModelWorker::load(&spec.name, load, engine)?;
+    let worker = ModelWorker::load_checkpoint(checkpoint.dir, &spec.name, &version, spec.dtype, spec.device, engine)?;
     let preprocessor = worker.info.preprocessor.clone();
     warm_up(&worker, &preprocessor)?;
     Ok(Loaded { worker, load_seconds: started.elapsed().as_secs_f64(), commit })
