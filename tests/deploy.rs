@@ -8,10 +8,9 @@ mod common;
 use gitcap_client::{ClientConfig, GitcapClient, HealthStatus, ModelSpec, SwapOptions};
 
 use common::fixtures::{fixtures, model_dir};
-use common::probe::{gauge, http_get, scrape_until};
+use common::probe::{self, gauge, http_get, scrape_until};
 use common::server::TestServer;
 use gitcap_client::proto::captioner_client::CaptionerClient;
-use gitcap_client::proto::{media::Kind, CaptionRequest, GenerationOptions, Media};
 use gitcap_server::device::DeviceSpec;
 use gitcap_server::model::Precision;
 use gitcap_server::registry::desired;
@@ -110,18 +109,7 @@ async fn the_autoscaling_metric_comes_from_gauges_the_server_exports() {
     assert!(adapter.contains(summed), "the rule sums the two gauges: {adapter}");
 
     let server = TestServer::start("tiny-git-wide", &[]);
-    // A wide beam search that never ends early keeps the model busy for a while.
-    let image = std::fs::read(fixtures().join("media/photo.jpg")).unwrap();
-    let long = CaptionRequest {
-        media: Some(Media { kind: Some(Kind::Image(image)), ..Default::default() }),
-        options: Some(GenerationOptions {
-            max_new_tokens: Some(60),
-            min_new_tokens: Some(60),
-            num_beams: Some(32),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let long = probe::long_request(std::fs::read(fixtures().join("media/photo.jpg")).unwrap());
     let mut client = CaptionerClient::new(server.channel().await);
     let running = client.caption_stream(long).await.unwrap().into_inner();
     let inflight =

@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::server::{rss_bytes, TestServer};
+use common::server::{PeakRss, TestServer};
 use gitcap_client::{CaptionOptions, Media, UploadOptions};
 
 const BUDGET_MB: u64 = 1024;
@@ -59,18 +59,7 @@ async fn the_media_budget_holds_under_the_large_frame_attack() {
     client.caption(Media::image(small), &CaptionOptions::default().max_new_tokens(2)).await.unwrap();
     let before = server.rss_bytes();
 
-    let (stop, mut stopped) = tokio::sync::watch::channel(false);
-    let pid = server.pid();
-    let sampler = tokio::spawn(async move {
-        let mut peak = 0;
-        loop {
-            peak = peak.max(rss_bytes(pid).unwrap_or(0));
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
-                _ = stopped.changed() => return peak,
-            }
-        }
-    });
+    let sampler = PeakRss::start(server.pid(), Duration::from_millis(10));
     let options = CaptionOptions::default().max_new_tokens(4);
     let mut calls = Vec::new();
     for _ in 0..4 {
@@ -89,8 +78,7 @@ async fn the_media_budget_holds_under_the_large_frame_attack() {
     for call in calls {
         call.await.unwrap().expect("every well-formed request succeeds");
     }
-    stop.send(true).unwrap();
-    let peak = sampler.await.unwrap();
+    let peak = sampler.stop().await;
     let mib = |b: u64| b >> 20;
     eprintln!("server RSS: {} MiB before, {} MiB at the peak (budget {BUDGET_MB} MiB)", mib(before), mib(peak));
     assert!(

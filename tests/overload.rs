@@ -12,24 +12,13 @@ use tonic_health::pb::{health_check_response::ServingStatus, health_client::Heal
 use common::fixtures::fixtures;
 use common::probe::{self, HeldRequest};
 use common::server::TestServer;
-use gitcap_client::proto::{captioner_client::CaptionerClient, media::Kind, CaptionRequest, GenerationOptions, Media};
+use gitcap_client::proto::{captioner_client::CaptionerClient, CaptionRequest, GenerationOptions};
 
 /// The tests here measure time: they run one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn long_request() -> CaptionRequest {
-    let image = std::fs::read(fixtures().join("media/photo.jpg")).unwrap();
-    CaptionRequest {
-        media: Some(Media { kind: Some(Kind::Image(image)), ..Default::default() }),
-        // A wide beam search that never ends early keeps the model busy for a while.
-        options: Some(GenerationOptions {
-            max_new_tokens: Some(60),
-            min_new_tokens: Some(60),
-            num_beams: Some(32),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    probe::long_request(std::fs::read(fixtures().join("media/photo.jpg")).unwrap())
 }
 
 fn quick_request() -> CaptionRequest {

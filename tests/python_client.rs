@@ -31,13 +31,7 @@ fn venv_python() -> Option<PathBuf> {
 async fn the_python_example_captions_like_the_rust_client() {
     let Some(python) = venv_python() else { return };
     let stubs = target_dir().join("python-client-stubs");
-    let output = Command::new("bash")
-        .arg(example_dir().join("generate.sh"))
-        .arg(&stubs)
-        .env("PYTHON", &python)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", describe("examples/python/generate.sh", &output));
+    generate_stubs(&python, &stubs);
 
     let server = TestServer::start("tiny-git-image", &[]);
     let image = fixtures().join("media/shapes.png");
@@ -91,13 +85,7 @@ async fn the_python_example_uploads_a_video_like_the_rust_client() {
         return;
     }
     let stubs = target_dir().join("python-client-stubs-video");
-    let output = Command::new("bash")
-        .arg(example_dir().join("generate.sh"))
-        .arg(&stubs)
-        .env("PYTHON", &python)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", describe("examples/python/generate.sh", &output));
+    generate_stubs(&python, &stubs);
     let videos = common::videos::Videos::new();
     let video = videos.h264_mp4("clip.mp4", "64x48", 25, 2.0);
 
@@ -119,4 +107,11 @@ async fn the_python_example_uploads_a_video_like_the_rust_client() {
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert!(stdout.contains(&format!("caption: {}\n", expected.text)), "{stdout}");
     assert!(stdout.contains(&format!("stream: {}\n", expected.text)), "{stdout}");
+}
+
+/// The example's gRPC stubs, generated into `stubs` by examples/python/generate.sh.
+fn generate_stubs(python: &std::path::Path, stubs: &std::path::Path) {
+    let output =
+        Command::new("bash").arg(example_dir().join("generate.sh")).arg(stubs).env("PYTHON", python).output().unwrap();
+    assert!(output.status.success(), "{}", describe("examples/python/generate.sh", &output));
 }

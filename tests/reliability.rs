@@ -21,8 +21,8 @@ use tonic_health::pb::{health_check_response::ServingStatus, health_client::Heal
 use common::bad_input::{self, BadCase, Call, CorpusLimits};
 use common::fixtures::{fixtures, model_dir};
 use common::load::{self, LoadPlan, LoadReport};
-use common::probe;
-use common::server::{rss_bytes, TestServer};
+use common::probe::{self, long_beam};
+use common::server::{PeakRss, TestServer};
 use gitcap_client::proto::{
     admin_client::AdminClient, captioner_client::CaptionerClient, media::Kind, CaptionRequest, GenerationOptions,
     LoadRequest, Media, ModelSpec, SwapRequest, UploadStart,
@@ -82,12 +82,6 @@ fn caption(model: &str, options: GenerationOptions) -> CaptionRequest {
         options: Some(options),
         ..Default::default()
     }
-}
-
-/// A beam search that never ends early: keeps the model busy for a while, sends no token
-/// until it ends.
-fn long_beam() -> GenerationOptions {
-    GenerationOptions { max_new_tokens: Some(60), min_new_tokens: Some(60), num_beams: Some(32), ..Default::default() }
 }
 
 /// Greedy, 60 tokens, one token event each.
@@ -155,22 +149,10 @@ async fn measured_load(server: &TestServer, plan: &LoadPlan, warm_up: Duration) 
         load::run(channel.clone(), &LoadPlan { duration: warm_up, seed: plan.seed + 1, ..plan.clone() }, None).await;
     assert_eq!(warm.failed(), 0, "warm-up failures:\n{}", warm.summary());
     let start = server.rss_bytes();
-    let (stop, mut stopped) = tokio::sync::watch::channel(false);
-    let pid = server.pid();
-    let sampler = tokio::spawn(async move {
-        let mut peak = 0;
-        loop {
-            peak = peak.max(rss_bytes(pid).unwrap_or(0));
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                _ = stopped.changed() => return peak,
-            }
-        }
-    });
+    let sampler = PeakRss::start(server.pid(), Duration::from_millis(100));
     let report = load::run(channel, plan, None).await;
     let end = server.rss_bytes();
-    stop.send(true).unwrap();
-    let peak = sampler.await.unwrap().max(end);
+    let peak = sampler.stop().await.max(end);
     (report, Rss { start, peak, end })
 }
 

@@ -14,8 +14,24 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use gitcap_client::proto::{
-    captioner_client::CaptionerClient, live_message, FrameChunk, LiveEvent, LiveMessage, LiveStart,
+    captioner_client::CaptionerClient, live_message, media::Kind, CaptionRequest, FrameChunk, GenerationOptions,
+    LiveEvent, LiveMessage, LiveStart, Media,
 };
+
+/// A beam search that never ends early: keeps the model busy for a while, sends no token
+/// until it ends.
+pub fn long_beam() -> GenerationOptions {
+    GenerationOptions { max_new_tokens: Some(60), min_new_tokens: Some(60), num_beams: Some(32), ..Default::default() }
+}
+
+/// A caption of `image` (bytes) with [`long_beam`] options, for the default model.
+pub fn long_request(image: Vec<u8>) -> CaptionRequest {
+    CaptionRequest {
+        media: Some(Media { kind: Some(Kind::Image(image)), ..Default::default() }),
+        options: Some(long_beam()),
+        ..Default::default()
+    }
+}
 
 /// A plain HTTP/1.1 GET: (status code, content type, body).
 pub fn http_get(addr: &str, path: &str) -> (u16, String, String) {

@@ -185,6 +185,35 @@ impl Drop for TestServer {
     }
 }
 
+/// The highest RSS of a process, sampled every `every` until [`PeakRss::stop`].
+pub struct PeakRss {
+    stop: tokio::sync::watch::Sender<bool>,
+    sampler: tokio::task::JoinHandle<u64>,
+}
+
+impl PeakRss {
+    pub fn start(pid: u32, every: std::time::Duration) -> Self {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let sampler = tokio::spawn(async move {
+            let mut peak = 0;
+            loop {
+                peak = peak.max(rss_bytes(pid).unwrap_or(0));
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stopped.changed() => return peak,
+                }
+            }
+        });
+        Self { stop, sampler }
+    }
+
+    /// The peak seen, in bytes.
+    pub async fn stop(self) -> u64 {
+        self.stop.send(true).unwrap();
+        self.sampler.await.unwrap()
+    }
+}
+
 /// Resident memory of process `pid` (VmRSS from /proc/PID/status), in bytes; `None` once the
 /// process is gone (or off Linux).
 pub fn rss_bytes(pid: u32) -> Option<u64> {
