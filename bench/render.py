@@ -176,15 +176,19 @@ def main():
     w("The server's resident memory (RSS, MiB): one version loaded and warm; a hot swap to a second version")
     w("of the same checkpoint (`gitcap models swap --keep-previous`: peak during it, and both loaded after);")
     w("then the first unloaded and one more request served. Includes libtorch itself and its allocator's")
-    w("free lists.\n")
-    w("| dtype | one version | swap peak | two versions | first unloaded |")
+    w("free lists. *Mapped* is the part of it that is the checkpoint file's own pages (from `smaps`): weights")
+    w("already in the serving dtype are views of the mapped file, not copies (f32 from an f32 checkpoint);")
+    w("each version maps the file once, and the kernel counts the shared pages in each mapping.\n")
+    w("| dtype | one version (mapped) | swap peak | two versions (mapped) | first unloaded |")
     w("|---|---:|---:|---:|---:|")
     for dtype in dtypes:
         m = load(a.work, f"memory-{dtype}.json")
         if m is None:
             continue
         mib = lambda k: m[k] / 1024  # noqa: E731
-        w(f"| {dtype} | {mib('one_version_kib'):.0f} | {mib('swap_peak_kib'):.0f} | {mib('two_versions_kib'):.0f} | {mib('after_unload_kib'):.0f} |")
+        mapped = lambda k: f" ({m[k] / 1024:.0f})" if k in m else ""  # noqa: E731
+        w(f"| {dtype} | {mib('one_version_kib'):.0f}{mapped('one_version_file_kib')} | {mib('swap_peak_kib'):.0f} "
+          f"| {mib('two_versions_kib'):.0f}{mapped('two_versions_file_kib')} | {mib('after_unload_kib'):.0f} |")
     w("")
 
     decoded = os.path.join(a.work, "video-decode.jsonl")

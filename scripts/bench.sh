@@ -112,16 +112,22 @@ for dtype in ${DTYPES//,/ }; do
   SERVE_ARGS=()
   admin=("$CLI" --server "http://$ADDR" --admin-token bench models)
   kib() { awk -v key="$1:" '$1 == key { print $2 }' "/proc/$SERVER_PID/status"; }
+  # Resident pages of mapped checkpoint files (weights used in place of the file).
+  mapped_kib() {
+    awk '/^[0-9a-f]+-[0-9a-f]+ / { file = ($6 ~ /\.safetensors$/) } file && $1 == "Rss:" { sum += $2 } END { print sum + 0 }' \
+      "/proc/$SERVER_PID/smaps"
+  }
   "$LOAD" --url "http://$ADDR" --max-new-tokens "$MAX_NEW" latency --runs 1 --media "$WORK/png/image/frame_000.png" > /dev/null
-  one=$(kib VmRSS)
+  one=$(kib VmRSS) one_file=$(mapped_kib)
   echo 5 > "/proc/$SERVER_PID/clear_refs"  # VmHWM from here: the swap's peak
   # The default alias (what requests without a model use) moves to v2.
   "${admin[@]}" swap --name bench --source "$WORK/model" --version v2 --keep-previous default > /dev/null
-  two=$(kib VmRSS) peak=$(kib VmHWM)
+  two=$(kib VmRSS) two_file=$(mapped_kib) peak=$(kib VmHWM)
   "${admin[@]}" unload bench@local > /dev/null
   "$LOAD" --url "http://$ADDR" --max-new-tokens "$MAX_NEW" latency --runs 1 --media "$WORK/png/image/frame_000.png" > /dev/null
   after=$(kib VmRSS)
-  echo "{\"one_version_kib\": $one, \"swap_peak_kib\": $peak, \"two_versions_kib\": $two, \"after_unload_kib\": $after}" \
+  echo "{\"one_version_kib\": $one, \"one_version_file_kib\": $one_file, \"swap_peak_kib\": $peak," \
+    "\"two_versions_kib\": $two, \"two_versions_file_kib\": $two_file, \"after_unload_kib\": $after}" \
     > "$WORK/memory-$dtype.json"
   stop_server
 done

@@ -117,3 +117,58 @@ fn a_sharded_safetensors_checkpoint_loads_like_the_single_file() {
     let single = load(&src).unwrap().forward(&pixels, &ids).unwrap();
     assert!(sharded.equal(&single));
 }
+
+/// The file backing the memory at `ptr` in this process, if it is a file mapping.
+fn mapped_file_of(ptr: usize) -> Option<std::path::PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    maps.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (start, end) = fields.next()?.split_once('-')?;
+        let (start, end) = (usize::from_str_radix(start, 16).ok()?, usize::from_str_radix(end, 16).ok()?);
+        let path = fields.nth(4)?;
+        (start <= ptr && ptr < end && path.starts_with('/')).then(|| path.into())
+    })
+}
+
+const SOME_WEIGHT: (&str, [i64; 2]) = ("git.encoder.layer.0.intermediate.dense.weight", [32, 8]);
+
+#[test]
+fn weights_already_in_the_serving_dtype_are_views_of_the_file_others_are_copies() {
+    use gitcap_server::model::weights::{Storage, Weights};
+    let dir = model_dir("tiny-git-image");
+    let file = dir.join("model.safetensors").canonicalize().unwrap();
+    let (name, shape) = SOME_WEIGHT;
+
+    let mapped = Weights::from_dir(&dir, Kind::Float, Device::Cpu).unwrap().get(name, &shape).unwrap();
+    assert_eq!(mapped_file_of(mapped.data_ptr() as usize), Some(file.clone()), "f32 from an f32 file is mapped");
+    let reference = Tensor::read_safetensors(&file).unwrap().into_iter().find(|(n, _)| n == name).unwrap().1;
+    assert!(mapped.equal(&reference));
+
+    for (kind, storage) in [(Kind::BFloat16, Storage::Mapped), (Kind::Float, Storage::Copied)] {
+        let copied = Weights::read(&dir, kind, Device::Cpu, storage).unwrap().get(name, &shape).unwrap();
+        assert_eq!(mapped_file_of(copied.data_ptr() as usize), None, "{kind:?} {storage:?} is a copy");
+    }
+}
+
+#[test]
+fn a_mapped_model_outlives_its_file_and_never_writes_to_it() {
+    let dir = edited_checkpoint(|_| {});
+    let file = dir.path().join("model.safetensors");
+    let bytes_before = std::fs::read(&file).unwrap();
+    let _guard = tch::no_grad_guard();
+    let pixels = Tensor::rand([1, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let ids = Tensor::from_slice(&[101i64, 2054]).view([1, 2]);
+
+    let model = load(dir.path()).unwrap();
+    let expected = model.forward(&pixels, &ids).unwrap();
+    // A write to a mapped weight (nothing in gitcap does one) stays private to the process.
+    let weights = gitcap_server::model::Weights::from_dir(dir.path(), Kind::Float, Device::Cpu).unwrap();
+    let mut weight = weights.get(SOME_WEIGHT.0, &SOME_WEIGHT.1).unwrap();
+    let _ = weight.fill_(0.0);
+    assert_eq!(std::fs::read(&file).unwrap(), bytes_before, "the checkpoint file is unchanged");
+    drop(weights);
+
+    drop(dir);
+    assert!(!file.exists());
+    assert!(model.forward(&pixels, &ids).unwrap().equal(&expected), "the mapping lives as long as the model");
+}

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use tch::{Device, Kind};
 
+use super::weights::Storage;
 use super::{GitConfig, GitForCausalLM, Weights};
 use crate::error::{GitcapError, Result};
 
@@ -97,7 +98,7 @@ impl Precision {
                 }
                 // Quantised from the f32 weights; everything but the vision tower and the
                 // int8 matrices stays f32.
-                let mut weights = Weights::from_dir(dir, Kind::Float, device)?;
+                let mut weights = Weights::read(dir, Kind::Float, device, Storage::Copied)?;
                 weights.convert_prefix(VISION_PREFIX, fast_vision_kind());
                 let bytes = weights.bytes() as i64;
                 let mut model = GitForCausalLM::new(config, &weights, Kind::Float, device)?;

@@ -1,6 +1,10 @@
 //! Reading a checkpoint's tensors: `model.safetensors` (memory-mapped, possibly sharded with
 //! `model.safetensors.index.json`) or `pytorch_model.bin` (zip + pickle state dict), converted
 //! to the serving dtype and device, and looked up by their transformers names with a shape check.
+//!
+//! A safetensors tensor that is already in the serving dtype and stays on the CPU is not copied:
+//! it is a view of a private (copy-on-write) mapping of the file that libtorch owns, so its
+//! pages are clean file pages shared with the page cache, read in as they are first used.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,18 +23,33 @@ pub struct Weights {
     tensors: HashMap<String, Tensor>,
 }
 
+/// Whether tensors already in the serving dtype may stay views of the mapped file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    /// Views of the file where the dtype and device allow, copies elsewhere.
+    Mapped,
+    /// Copies of every tensor: for weights that are converted after loading (fast mode's
+    /// quantisation), whose file pages would otherwise stay mapped, read in, after the conversion.
+    Copied,
+}
+
 impl Weights {
-    /// Loads the weights of a checkpoint directory, whichever format it ships.
+    /// Loads the weights of a checkpoint directory, whichever format it ships, mapping the
+    /// tensors that need no conversion.
     pub fn from_dir(dir: &Path, kind: Kind, device: Device) -> Result<Self> {
+        Self::read(dir, kind, device, Storage::Mapped)
+    }
+
+    pub fn read(dir: &Path, kind: Kind, device: Device, storage: Storage) -> Result<Self> {
         let single = dir.join("model.safetensors");
         let index = dir.join("model.safetensors.index.json");
         let pickle = dir.join("pytorch_model.bin");
         let tensors = if single.exists() {
-            read_safetensors(&single, kind, device)?
+            read_safetensors(&single, kind, device, storage)?
         } else if index.exists() {
             let mut all = HashMap::new();
             for shard in shard_files(&index)? {
-                all.extend(read_safetensors(&dir.join(shard), kind, device)?);
+                all.extend(read_safetensors(&dir.join(shard), kind, device, storage)?);
             }
             all
         } else if pickle.exists() {
@@ -103,25 +122,52 @@ fn shard_files(index: &Path) -> Result<Vec<String>> {
     Ok(shards)
 }
 
-fn read_safetensors(path: &Path, kind: Kind, device: Device) -> Result<HashMap<String, Tensor>> {
+fn read_safetensors(path: &Path, kind: Kind, device: Device, storage: Storage) -> Result<HashMap<String, Tensor>> {
     let file = std::fs::File::open(path)
         .map_err(|e| GitcapError::model_files(format!("cannot open {}: {e}", path.display())))?;
-    // SAFETY: the file is opened read-only and only read while `mmap` is alive; each tensor is
-    // copied out of it once, so nothing refers to the mapping afterwards.
+    // SAFETY: the file is opened read-only and only read while `mmap` is alive; tensors are
+    // either copied out of it or made views of libtorch's own mapping below, so nothing refers
+    // to this one afterwards.
     let mmap = unsafe { memmap2::Mmap::map(&file) }
         .map_err(|e| GitcapError::model_files(format!("cannot map {}: {e}", path.display())))?;
     let st = SafeTensors::deserialize(&mmap)
         .map_err(|e| GitcapError::model_files(format!("{} is not a valid safetensors file: {e}", path.display())))?;
+    let mapped = (storage == Storage::Mapped && device == Device::Cpu).then(|| map_file(path, mmap.len())).flatten();
     let mut tensors = HashMap::new();
     for (name, view) in st.tensors() {
         let source_kind = kind_of(view.dtype()).ok_or_else(|| {
             GitcapError::model_files(format!("tensor `{name}` has unsupported dtype {:?}", view.dtype()))
         })?;
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        let tensor = Tensor::f_from_data_size(view.data(), &shape, source_kind)?;
-        tensors.insert(name, convert(tensor, kind, device));
+        let offset = view.data().as_ptr() as usize - mmap.as_ptr() as usize;
+        let view_of_file = mapped
+            .as_ref()
+            .filter(|_| serving_kind(source_kind, kind) == source_kind)
+            .and_then(|file| file_view(file, offset, view.data().len(), source_kind, &shape));
+        let tensor = match view_of_file {
+            Some(tensor) => tensor,
+            None => convert(Tensor::f_from_data_size(view.data(), &shape, source_kind)?, kind, device),
+        };
+        tensors.insert(name, tensor);
     }
     Ok(tensors)
+}
+
+/// The whole file as bytes [len] in a private mapping owned by libtorch (`torch.from_file`
+/// with `shared=False`): writes to it, if any, would stay in this process. None where it cannot
+/// be made; the tensors are then copied.
+fn map_file(path: &Path, len: usize) -> Option<Tensor> {
+    let name = path.to_str()?;
+    Tensor::f_from_file(name, false, len as i64, (Kind::Uint8, Device::Cpu)).ok()
+}
+
+/// The tensor at `offset..offset + len` of the mapped file, or None where the bytes are not
+/// aligned for `kind` (safetensors does not promise it) or the tensor is empty.
+fn file_view(file: &Tensor, offset: usize, len: usize, kind: Kind, shape: &[i64]) -> Option<Tensor> {
+    if len == 0 || offset % kind.elt_size_in_bytes() != 0 {
+        return None;
+    }
+    file.f_narrow(0, offset as i64, len as i64).ok()?.f_view_dtype(kind).ok()?.f_view(shape).ok()
 }
 
 fn read_pickle(path: &PathBuf, kind: Kind, device: Device) -> Result<HashMap<String, Tensor>> {
@@ -133,8 +179,17 @@ fn read_pickle(path: &PathBuf, kind: Kind, device: Device) -> Result<HashMap<Str
 
 /// Floating tensors take the serving dtype; integer buffers keep theirs.
 fn convert(tensor: Tensor, kind: Kind, device: Device) -> Tensor {
-    let target = if tensor.is_floating_point() { kind } else { tensor.kind() };
+    let target = serving_kind(tensor.kind(), kind);
     tensor.to_device(device).to_kind(target)
+}
+
+fn serving_kind(source: Kind, serving: Kind) -> Kind {
+    let floating = matches!(source, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16);
+    if floating {
+        serving
+    } else {
+        source
+    }
 }
 
 fn kind_of(dtype: Dtype) -> Option<Kind> {
