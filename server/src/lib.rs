@@ -2,6 +2,7 @@
 //!
 //! Data flows one way: request → `api` → `engine` (a model's own thread) → `model` → tokens.
 
+pub mod allocator;
 pub mod api;
 pub mod benchmark;
 pub mod device;

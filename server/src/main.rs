@@ -218,6 +218,7 @@ fn serve(args: ServeArgs) -> Result<(), gitcap_server::error::GitcapError> {
 }
 
 fn main() -> ExitCode {
+    gitcap_server::allocator::keep_freed_tensor_memory();
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Serve(_)) {
         init_logging(LogFormat::Text);
