@@ -76,6 +76,16 @@ impl Linear {
         int8_bytes - dense_bytes
     }
 
+    /// The same layer in bf16 for inputs of many rows: an int8 layer's dequantised weight
+    /// (shared, not copied), a dense one converted; the bias converted.
+    pub fn bf16_twin(&self) -> Linear {
+        let weight = match &self.weight {
+            LinearWeight::Dense(weight) => weight.to_kind(Kind::BFloat16),
+            LinearWeight::Int8(q) => q.dequantised.shallow_clone(),
+        };
+        Linear::new(weight, self.bias.as_ref().map(|b| b.to_kind(Kind::BFloat16)))
+    }
+
     /// The weight [out, in] unless it is quantised.
     pub fn dense_weight(&self) -> Option<&Tensor> {
         match &self.weight {
@@ -161,6 +171,10 @@ impl LayerNorm {
 
     pub fn forward(&self, xs: &Tensor) -> Tensor {
         xs.layer_norm([self.dim], Some(&self.weight), Some(&self.bias), self.eps, true)
+    }
+
+    pub fn to_kind(&self, kind: Kind) -> LayerNorm {
+        LayerNorm { weight: self.weight.to_kind(kind), bias: self.bias.to_kind(kind), eps: self.eps, dim: self.dim }
     }
 }
 
@@ -316,5 +330,23 @@ mod tests {
         let layer = Linear::new(w.shallow_clone(), Some(b.shallow_clone()));
         assert!(bool::try_from(layer.forward(&xs).eq_tensor(&xs.linear(&w, Some(&b))).all()).unwrap());
         assert!(layer.dense_weight().is_some());
+    }
+
+    #[test]
+    fn the_bf16_twin_of_an_int8_layer_shares_its_dequantised_weight_and_computes_the_same_product() {
+        let _guard = tch::no_grad_guard();
+        let (w, b) = linear(48, 64, 5);
+        let mut layer = Linear::new(w, Some(b));
+        layer.quantize_int8();
+        let twin = layer.bf16_twin();
+        let LinearWeight::Int8(q) = &layer.weight else { panic!("not quantised") };
+        let twin_weight = twin.dense_weight().expect("the twin is dense");
+        assert_eq!(twin_weight.data_ptr(), q.dequantised.data_ptr(), "no second copy of the weight");
+        assert_eq!((twin_weight.kind(), twin.bias.as_ref().unwrap().kind()), (Kind::BFloat16, Kind::BFloat16));
+        // Many rows: the int8 layer multiplies by the same dequantised weight.
+        let xs = Tensor::randn([int8_max_rows(), 64], (Kind::Float, Device::Cpu));
+        let expected = layer.forward(&xs);
+        let actual = twin.forward(&xs.to_kind(Kind::BFloat16)).to_kind(Kind::Float);
+        assert!(relative(&actual, &expected) < 1e-2, "{}", relative(&actual, &expected));
     }
 }
