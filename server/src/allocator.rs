@@ -5,7 +5,8 @@
 //! batched vision pass went to page faults (8 frames in bf16: 51 → 39 ms per frame with these
 //! settings; README, "Engine").
 //! Keeping freed memory in the process instead costs RSS up to the largest batch's working
-//! set, which the batch settings already bound.
+//! set, which the batch settings already bound; what a load or an unload frees is handed back
+//! ([`release_free_memory`]).
 
 /// Blocks up to this size come from the heap and are reused (glibc's maximum; larger ones are
 /// still mapped and unmapped each time).
@@ -27,6 +28,17 @@ pub fn keep_freed_tensor_memory() -> bool {
         return false;
     }
     apply()
+}
+
+/// Hands the heap's free memory back to the kernel. Called when a model has loaded (the
+/// checkpoint's conversion buffers, freed by then, would otherwise stay in the process under the
+/// settings above) and when one has been unloaded.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

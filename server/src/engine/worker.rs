@@ -206,7 +206,9 @@ impl ModelWorker {
             .name(format!("model-{name}"))
             .spawn(move || {
                 let _guard = tch::no_grad_guard();
-                let (pipeline, info) = match load() {
+                let loaded = load();
+                crate::allocator::release_free_memory();
+                let (pipeline, info) = match loaded {
                     Ok(loaded) => loaded,
                     Err(e) => {
                         let _ = loaded_tx.send(Err(e));
@@ -219,6 +221,7 @@ impl ModelWorker {
                 let _ = loaded_tx.send(Ok((info, stats.clone())));
                 Scheduler::new(&pipeline, options, &thread_closing, &stats, &thread_queued).run(&mut commands);
                 drop(pipeline);
+                crate::allocator::release_free_memory();
                 tracing::info!(model = name, "model thread stopped");
                 let _ = stopped_tx.send(true);
             })
