@@ -172,3 +172,46 @@ fn a_mapped_model_outlives_its_file_and_never_writes_to_it() {
     assert!(!file.exists());
     assert!(model.forward(&pixels, &ids).unwrap().equal(&expected), "the mapping lives as long as the model");
 }
+
+/// Resident kB of the mappings of `file` in process `pid`, or None when it is not mapped.
+fn mapped_kib_of(pid: u32, file: &Path) -> Option<u64> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut inside = false;
+    let mut total = None;
+    for line in smaps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.first().is_some_and(|f| f.contains('-') && f.chars().all(|c| c.is_ascii_hexdigit() || c == '-')) {
+            inside = fields.get(5).is_some_and(|path| Path::new(path) == file);
+            if inside {
+                total.get_or_insert(0);
+            }
+        } else if inside && fields.first() == Some(&"Rss:") {
+            *total.get_or_insert(0) += fields[1].parse::<u64>().unwrap();
+        }
+    }
+    total
+}
+
+/// Waits until the server's default model is loaded and serving.
+async fn wait_serving(server: &common::server::TestServer) {
+    let client = server.client(None).await;
+    for _ in 0..300 {
+        if client.health("gitcap.v1.Captioner/default").await.ok() == Some(gitcap_client::HealthStatus::Serving) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the model did not become ready");
+}
+
+#[tokio::test]
+async fn the_server_maps_the_checkpoint_unless_model_map_weights_is_false() {
+    let file = model_dir("tiny-git-image").join("model.safetensors").canonicalize().unwrap();
+    let mapped = common::server::TestServer::start("tiny-git-image", &[]);
+    wait_serving(&mapped).await;
+    assert!(mapped_kib_of(mapped.pid(), &file).is_some(), "f32 weights are views of the file by default");
+    let copied =
+        common::server::TestServer::start_with_env("tiny-git-image", &[], &[("GITCAP__MODEL__MAP_WEIGHTS", "false")]);
+    wait_serving(&copied).await;
+    assert_eq!(mapped_kib_of(copied.pid(), &file), None, "model.map_weights = false copies every tensor");
+}

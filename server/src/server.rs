@@ -11,6 +11,7 @@ use crate::engine::EngineOptions;
 use crate::error::Result;
 use crate::media::video::{VideoDecoder, VideoLimits};
 use crate::media::{MediaLimits, UrlFetcher, UrlPolicy};
+use crate::model::weights::Storage;
 use crate::registry::{FollowOptions, HubOptions, LoadSpec, Registry, RegistryOptions};
 use crate::settings::Settings;
 
@@ -42,6 +43,7 @@ pub async fn run(settings: Settings) -> Result<()> {
             interactive_rows: settings.engine.interactive_rows,
             batch_max_wait: Duration::from_millis(settings.engine.batch_max_wait_ms),
             feature_cache_bytes: settings.engine.feature_cache_mb << 20,
+            weights: if m.map_weights { Storage::Mapped } else { Storage::Copied },
         },
         model_roots: Some(admin.model_roots.clone()),
         state_file: admin.state_file.clone(),

@@ -168,6 +168,7 @@ pub struct ModelSettings {
     pub queue_capacity: usize,
     pub batch_queue_capacity: usize,
     pub threads: i32,
+    pub map_weights: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

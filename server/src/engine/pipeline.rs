@@ -13,6 +13,7 @@ use crate::error::{GitcapError, Result};
 use crate::media::{sample_frame_indices, PreprocessorConfig};
 use crate::model::generation::GenerationConfig;
 use crate::model::tokenizer::GitTokenizer;
+use crate::model::weights::Storage;
 use crate::model::{GitForCausalLM, Precision};
 
 pub struct Pipeline {
@@ -29,7 +30,12 @@ impl Pipeline {
     /// Loads a checkpoint directory at `precision` (a [`tch::Kind`] for one dtype throughout, or
     /// [`Precision::Fast`]).
     pub fn load(dir: &Path, precision: impl Into<Precision>, device: Device) -> Result<Self> {
-        let (model, weights_bytes) = precision.into().load(dir, device)?;
+        Self::load_stored(dir, precision, device, Storage::Mapped)
+    }
+
+    /// [`Self::load`] with the choice of mapping the weights or copying them.
+    pub fn load_stored(dir: &Path, precision: impl Into<Precision>, device: Device, storage: Storage) -> Result<Self> {
+        let (model, weights_bytes) = precision.into().load(dir, device, storage)?;
         let c = &model.config;
         let generation = GenerationConfig::for_checkpoint(dir, c.bos_token_id, c.eos_token_id, c.pad_token_id)?;
         let tokenizer = GitTokenizer::from_dir(dir)?;

@@ -16,6 +16,7 @@ use super::pipeline::Pipeline;
 use super::scheduler::Scheduler;
 use super::stats::{EngineStats, EngineStatsSnapshot};
 use crate::error::{GitcapError, Result};
+use crate::model::weights::Storage;
 
 /// How a model's thread queues, batches and caches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +39,8 @@ pub struct EngineOptions {
     pub batch_max_wait: Duration,
     /// Bytes of vision features and image keys/values kept between requests (0 = none).
     pub feature_cache_bytes: usize,
+    /// Whether a loaded checkpoint's tensors may stay views of its mapped file.
+    pub weights: Storage,
 }
 
 impl Default for EngineOptions {
@@ -51,6 +54,7 @@ impl Default for EngineOptions {
             interactive_rows: 4,
             batch_max_wait: Duration::from_secs(10),
             feature_cache_bytes: 512 << 20,
+            weights: Storage::Mapped,
         }
     }
 }
@@ -172,9 +176,9 @@ impl ModelWorker {
         device: crate::device::DeviceSpec,
         options: EngineOptions,
     ) -> Result<Self> {
-        let (thread_name, version) = (name.to_string(), version.to_string());
+        let (thread_name, version, weights) = (name.to_string(), version.to_string(), options.weights);
         let load = move || {
-            let pipeline = Pipeline::load(&dir, dtype, device.available()?)?;
+            let pipeline = Pipeline::load_stored(&dir, dtype, device.available()?, weights)?;
             let info = ModelInfo::describe(&pipeline, &thread_name, &version, dtype, device);
             Ok((pipeline, info))
         };

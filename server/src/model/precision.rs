@@ -81,11 +81,13 @@ impl Precision {
 
     /// Loads the checkpoint in `dir` at this precision; returns the model and the bytes of
     /// weights it holds.
-    pub fn load(self, dir: &Path, device: Device) -> Result<(GitForCausalLM, usize)> {
+    /// `storage`: whether tensors already in the serving dtype may stay views of the file (fast
+    /// mode copies either way: its decoder weights are quantised).
+    pub fn load(self, dir: &Path, device: Device, storage: Storage) -> Result<(GitForCausalLM, usize)> {
         let config = GitConfig::from_file(&dir.join("config.json"))?;
         match self {
             Self::Uniform(kind) => {
-                let weights = Weights::from_dir(dir, kind, device)?;
+                let weights = Weights::read(dir, kind, device, storage)?;
                 let bytes = weights.bytes();
                 Ok((GitForCausalLM::new(config, &weights, kind, device)?, bytes))
             }
@@ -189,7 +191,7 @@ mod tests {
     #[test]
     fn fast_is_refused_off_the_cpu_before_reading_weights() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/tiny-git-image");
-        let err = Precision::Fast.load(&dir, Device::Cuda(0)).err().expect("fast on CUDA must fail");
+        let err = Precision::Fast.load(&dir, Device::Cuda(0), Storage::Mapped).err().expect("fast on CUDA must fail");
         assert!(err.to_string().contains("--device cpu"), "{err}");
     }
 }
