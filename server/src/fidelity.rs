@@ -2,8 +2,8 @@
 //! checkpoint's outputs from f32 on the same inputs.
 //!
 //! For each input (the media and questions of the golden fixture cases, then seeded random
-//! images), f32 generates greedily; both precisions then run teacher-forced on those tokens,
-//! and at every generated position we compare the logits: relative error ‖Δ‖/‖f32‖ and whether
+//! images), f32 generates greedily; both precisions then run teacher-forced on those tokens
+//! (one token at a time, as a lone request decodes), and at every generated position we compare the logits: relative error ‖Δ‖/‖f32‖ and whether
 //! the top-1 token is the same. Random weights give near-tied logits, where any rounding flips
 //! the top-1, so the f32 top-1 margins of the positions are reported beside the agreement.
 
@@ -154,13 +154,18 @@ fn compare(reference: &Loaded, reduced: &Loaded, input: &Input, max_new_tokens: 
     };
     let tokens = greedy(reference)?;
     let same_sequence = greedy(reduced)? == tokens;
-    let mut ids = prompt.clone();
-    ids.extend(&tokens[..tokens.len() - 1]);
-    let ids = Tensor::from_slice(&ids).view([1, -1]);
-    // Positions prompt.len() - 1 .. predict the generated tokens.
-    let first = prompt.len() as i64 - 1;
+    // Teacher-forced as the model runs when it serves one request: the image prefill, the
+    // prompt in one pass, then each token alone. (One pass over all the positions would run
+    // fast mode's layers on many rows, through the bf16 dequantised weights, not the int8
+    // kernel that decodes a lone request.)
     let logits = |p: &Pipeline| -> Result<Tensor> {
-        Ok(p.model.forward(&pixels, &ids)?.squeeze_dim(0).narrow(0, first, tokens.len() as i64))
+        let image_tokens = p.model.image_tokens(&p.model.encode_frames(&pixels)?)?;
+        let mut cache = p.model.prefill_image(&image_tokens, 1, (prompt.len() + tokens.len()) as i64)?;
+        let mut rows = vec![p.model.decode_last(&Tensor::from_slice(&prompt).view([1, -1]), &mut cache)];
+        for &token in &tokens[..tokens.len() - 1] {
+            rows.push(p.model.decode_last(&Tensor::from_slice(&[token]).view([1, 1]), &mut cache));
+        }
+        Ok(Tensor::cat(&rows, 0))
     };
     let (expected, actual) = (logits(reference_model)?, logits(reduced_model)?);
     let relative = ((&actual - &expected).norm_scalaropt_dim(2, [1], false)

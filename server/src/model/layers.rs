@@ -65,7 +65,7 @@ impl Linear {
 
     /// Replaces the weight by its int8 quantisation (symmetric, per output channel:
     /// `scale = max|w_row| / 127`, round to nearest, clamp to ±127); the bias keeps its dtype.
-    /// The dequantised weight is kept in bf16 too (the same values), for inputs of many rows.
+    /// The dequantised weight is kept in bf16 too (int8 × scale, rounded), for inputs of many rows.
     /// Returns the change in bytes this layer holds (negative: fewer); already int8: 0.
     pub fn quantize_int8(&mut self) -> i64 {
         let LinearWeight::Dense(weight) = &self.weight else { return 0 };
