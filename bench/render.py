@@ -189,6 +189,10 @@ def main():
         mapped = lambda k: f" ({m[k] / 1024:.0f})" if k in m else ""  # noqa: E731
         w(f"| {dtype} | {mib('one_version_kib'):.0f}{mapped('one_version_file_kib')} | {mib('swap_peak_kib'):.0f} "
           f"| {mib('two_versions_kib'):.0f}{mapped('two_versions_file_kib')} | {mib('after_unload_kib'):.0f} |")
+        if dtype == "f32" and "one_version_file_kib" in m:
+            share = m["one_version_file_kib"] / m["one_version_kib"]
+            targets.append(("f32 weights mapped from the checkpoint, not copied",
+                            f"{share:.0%} of one version's RSS is the mapped file", share >= 0.5))
     w("")
 
     decoded = os.path.join(a.work, "video-decode.jsonl")
