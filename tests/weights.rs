@@ -215,3 +215,28 @@ async fn the_server_maps_the_checkpoint_unless_model_map_weights_is_false() {
     wait_serving(&copied).await;
     assert_eq!(mapped_kib_of(copied.pid(), &file), None, "model.map_weights = false copies every tensor");
 }
+
+#[test]
+fn a_tensor_misaligned_in_the_file_is_copied_with_its_values() {
+    // safetensors does not promise alignment: a 1-byte tensor first puts the f32 one at offset 1.
+    let header =
+        r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"b":{"dtype":"F32","shape":[2],"data_offsets":[1,9]}}"#;
+    let mut header = header.as_bytes().to_vec();
+    header.resize(header.len().div_ceil(8) * 8, b' ');
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend(&header);
+    file.push(7);
+    for value in [1.5f32, -2.25] {
+        file.extend(value.to_le_bytes());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("model.safetensors"), &file).unwrap();
+
+    let weights = gitcap_server::model::Weights::from_dir(dir.path(), Kind::Float, Device::Cpu).unwrap();
+    let b = weights.get("b", &[2]).unwrap();
+    assert_eq!(Vec::<f32>::try_from(&b).unwrap(), vec![1.5, -2.25]);
+    assert_eq!(mapped_file_of(b.data_ptr() as usize), None, "a misaligned tensor is a copy");
+    let a = weights.get("a", &[1]).unwrap();
+    assert_eq!((a.kind(), a.int64_value(&[0])), (Kind::Uint8, 7));
+    assert!(mapped_file_of(a.data_ptr() as usize).is_some(), "an aligned one in its own dtype is a view");
+}
