@@ -128,6 +128,35 @@ def time_throughput(model, processor, images, dtype, batch, max_new_tokens):
     }
 
 
+def batched_only(args):
+    """{"torch": …, dtype: {"batched": {…}}}: one batch of `--throughput-batch` of the PNG images
+    a full run wrote, generated in one call, timed like `time_throughput`'s batched figure."""
+    from transformers.models.videomae.image_processing_pil_videomae import VideoMAEImageProcessorPil
+
+    processor = VideoMAEImageProcessorPil(**{k: v for k, v in PREPROCESSOR.items() if k != "image_processor_type"})
+    directory = os.path.join(args.workdir, "png", "throughput")
+    images = [Image.open(os.path.join(directory, name)).convert("RGB") for name in sorted(os.listdir(directory))]
+    model = GitForCausalLM.from_pretrained(os.path.join(args.workdir, "model")).eval()
+    report = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    kwargs = dict(max_new_tokens=args.max_new_tokens, do_sample=False, num_beams=1)
+    for dtype_name in args.dtypes.split(","):
+        dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[dtype_name]
+        typed = model.to(dtype)
+        pixels = torch.cat([processor([image], return_tensors="pt").pixel_values.to(dtype)
+                            for image in images[: args.throughput_batch]], 0)
+        with torch.inference_mode():
+            typed.generate(pixel_values=pixels[:1], **kwargs)  # warm-up
+            times = []
+            for _ in range(2):
+                start = time.perf_counter()
+                typed.generate(pixel_values=pixels, **kwargs)
+                times.append(time.perf_counter() - start)
+        median = statistics.median(times)
+        report[dtype_name] = {"batched": {"captions_per_s": args.throughput_batch / median,
+                                          "batch": args.throughput_batch, "median_s": median}}
+    return report
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--workdir", required=True)
@@ -137,9 +166,15 @@ def main():
     parser.add_argument("--dtypes", default="f32,bf16")
     parser.add_argument("--throughput-batch", type=int, default=16)
     parser.add_argument("--throughput-images", type=int, default=32)
+    parser.add_argument("--batched-only", action="store_true",
+                        help="time only the batched generate on the workdir's existing model and images "
+                             "(scripts/bench.sh's back-to-back pairs with the server)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.batched_only:
+        print(json.dumps(batched_only(args)))
+        return
 
     model_dir = os.path.join(args.workdir, "model")
     if not os.path.exists(os.path.join(model_dir, "config.json")):

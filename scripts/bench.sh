@@ -7,7 +7,8 @@
 #
 # Measures: one-request latency (image, 6 frames) one-shot and through gRPC; throughput of
 # 1/4/16 concurrent gRPC clients vs transformers sequential and batched, and as a share of the
-# machine's limit (the caption's matrix FLOPs at the GEMM rate measured in the same run); an
+# machine's limit (the caption's matrix FLOPs at the GEMM rate measured in the same run), and the
+# largest client count again in three back-to-back pairs with transformers' batch; an
 # interactive request's queue time behind batch work; a follow-up question on cached frames vs a
 # cold request; the server's RSS with one version loaded and through a hot swap; 10-second and
 # 10-minute 1080p video files decoded, sampled and captioned. Prints the report (Markdown);
@@ -93,6 +94,16 @@ for dtype in ${DTYPES//,/ }; do
     "$LOAD" --url "$URL" --max-new-tokens "$MAX_NEW" throughput --clients "$clients" \
       --requests $((2 * clients > 8 ? 2 * clients : 8)) --images "$WORK/png/throughput" \
       > "$WORK/grpc-$dtype-throughput-$clients.json"
+  done
+  # Back-to-back pairs: transformers' batch of MAX_CLIENTS, then MAX_CLIENTS gRPC clients, three
+  # times; the targets use the median of the pairs' ratios, which a machine whose speed drifts
+  # over the minutes between the two sides' main runs does not move.
+  PAIR_REF=$([ "$dtype" = f32 ] && echo f32 || echo bf16)
+  for pair in 1 2 3; do
+    "$PY" bench/transformers_bench.py --workdir "$WORK" --threads "$THREADS" --max-new-tokens "$MAX_NEW" \
+      --dtypes "$PAIR_REF" --throughput-batch "$MAX_CLIENTS" --batched-only > "$WORK/pair-$dtype-$pair-transformers.json"
+    "$LOAD" --url "$URL" --max-new-tokens "$MAX_NEW" throughput --clients "$MAX_CLIENTS" \
+      --requests $((2 * MAX_CLIENTS)) --images "$WORK/png/throughput" > "$WORK/pair-$dtype-$pair-gitcap.json"
   done
   # An interactive caption now and then while batch-priority work keeps the queue full.
   "$LOAD" --url "$URL" --max-new-tokens "$MAX_NEW" priority --images "$WORK/png/throughput" \
