@@ -106,6 +106,28 @@ def save_pngs(directory, frames):
         frame.save(os.path.join(directory, f"frame_{i:03d}.png"))
 
 
+def video_processor():
+    """transformers' VideoMAE processor with git-base-vatex's settings. Imported here, not at the
+    top, so that scripts/gpu_check.py can reuse this file's model builder with a transformers that
+    names its processors differently."""
+    from transformers.models.videomae.image_processing_pil_videomae import VideoMAEImageProcessorPil
+
+    return VideoMAEImageProcessorPil(**{k: v for k, v in PREPROCESSOR.items() if k != "image_processor_type"})
+
+
+def time_batched(model, pixels, max_new_tokens):
+    """{"captions_per_s", "batch", "median_s"} of one `generate` call on the stacked `pixels`
+    (median of 2; the caller has warmed the model up)."""
+    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        model.generate(pixel_values=pixels, **kwargs)
+        times.append(time.perf_counter() - start)
+    batch = pixels.shape[0]
+    return {"captions_per_s": batch / statistics.median(times), "batch": batch, "median_s": statistics.median(times)}
+
+
 def time_throughput(model, processor, images, dtype, batch, max_new_tokens):
     """Captions per second of transformers' generate, one image at a time and `batch` at once."""
     kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
@@ -116,44 +138,26 @@ def time_throughput(model, processor, images, dtype, batch, max_new_tokens):
         for pv in pixels[: batch // 2]:
             model.generate(pixel_values=pv, **kwargs)
         sequential = (batch // 2) / (time.perf_counter() - start)
-        batched_input = torch.cat(pixels[:batch], 0)
-        times = []
-        for _ in range(2):
-            start = time.perf_counter()
-            model.generate(pixel_values=batched_input, **kwargs)
-            times.append(time.perf_counter() - start)
-    return {
-        "sequential": {"captions_per_s": sequential, "requests": batch // 2},
-        "batched": {"captions_per_s": batch / statistics.median(times), "batch": batch, "median_s": statistics.median(times)},
-    }
+        batched = time_batched(model, torch.cat(pixels[:batch], 0), max_new_tokens)
+    return {"sequential": {"captions_per_s": sequential, "requests": batch // 2}, "batched": batched}
 
 
 def batched_only(args):
     """{"torch": …, dtype: {"batched": {…}}}: one batch of `--throughput-batch` of the PNG images
-    a full run wrote, generated in one call, timed like `time_throughput`'s batched figure."""
-    from transformers.models.videomae.image_processing_pil_videomae import VideoMAEImageProcessorPil
-
-    processor = VideoMAEImageProcessorPil(**{k: v for k, v in PREPROCESSOR.items() if k != "image_processor_type"})
+    a full run wrote, generated in one call, timed as `time_throughput` times its batch."""
+    processor = video_processor()
     directory = os.path.join(args.workdir, "png", "throughput")
     images = [Image.open(os.path.join(directory, name)).convert("RGB") for name in sorted(os.listdir(directory))]
     model = GitForCausalLM.from_pretrained(os.path.join(args.workdir, "model")).eval()
     report = {"torch": torch.__version__, "threads": torch.get_num_threads()}
-    kwargs = dict(max_new_tokens=args.max_new_tokens, do_sample=False, num_beams=1)
     for dtype_name in args.dtypes.split(","):
         dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[dtype_name]
         typed = model.to(dtype)
         pixels = torch.cat([processor([image], return_tensors="pt").pixel_values.to(dtype)
                             for image in images[: args.throughput_batch]], 0)
         with torch.inference_mode():
-            typed.generate(pixel_values=pixels[:1], **kwargs)  # warm-up
-            times = []
-            for _ in range(2):
-                start = time.perf_counter()
-                typed.generate(pixel_values=pixels, **kwargs)
-                times.append(time.perf_counter() - start)
-        median = statistics.median(times)
-        report[dtype_name] = {"batched": {"captions_per_s": args.throughput_batch / median,
-                                          "batch": args.throughput_batch, "median_s": median}}
+            typed.generate(pixel_values=pixels[:1], max_new_tokens=args.max_new_tokens, do_sample=False, num_beams=1)
+            report[dtype_name] = {"batched": time_batched(typed, pixels, args.max_new_tokens)}
     return report
 
 
@@ -180,11 +184,7 @@ def main():
     if not os.path.exists(os.path.join(model_dir, "config.json")):
         shutil.rmtree(model_dir, ignore_errors=True)
         build_checkpoint(model_dir)
-    # Imported here, not above, so that scripts/gpu_check.py can reuse this file's model builder
-    # with a transformers that names its processors differently.
-    from transformers.models.videomae.image_processing_pil_videomae import VideoMAEImageProcessorPil
-
-    processor = VideoMAEImageProcessorPil(**{k: v for k, v in PREPROCESSOR.items() if k != "image_processor_type"})
+    processor = video_processor()
     frames = make_frames(6)
     inputs = {
         "image": processor(frames[:1], return_tensors="pt").pixel_values,  # [1, 1, 3, 224, 224]
