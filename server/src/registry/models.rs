@@ -296,12 +296,20 @@ impl Registry {
                 Ok(status)
             }
             Err(error) => {
-                let id = format!("{}@(failed {})", spec.name, spec.source);
-                tracing::warn!(model = spec.name, %error, "load failed");
+                // Listed under the id its Load call or desired-state file gave it, so that List
+                // and Watch find it; without a version label (the hub commit or `local` would
+                // have been it) or where that id serves already, under its source.
+                let given = (!spec.version.is_empty()).then(|| model_id(&spec.name, &spec.version));
+                let serving = |id: &String| inner.entries.get(id).is_some_and(|e| e.worker.is_some());
+                let (id, version) = match given.filter(|id| !serving(id)) {
+                    Some(id) => (id, spec.version.clone()),
+                    None => (format!("{}@(failed {})", spec.name, spec.source), String::new()),
+                };
+                tracing::warn!(model = id, %error, "load failed");
                 let status = ModelStatus {
                     id: id.clone(),
                     spec,
-                    version: String::new(),
+                    version,
                     state: ModelState::Failed(error.to_string()),
                     load_seconds: 0.0,
                     memory_bytes: 0,
@@ -511,7 +519,7 @@ impl Registry {
         }
         for (alias, target) in saved.aliases {
             let failed = |e: GitcapError| {
-                GitcapError::model_files(format!("state file {}: alias `{alias}` → {target:?}: {e}", path.display()))
+                GitcapError::model_files(format!("state file {}: alias `{alias}` → {target}: {e}", path.display()))
             };
             let route = Route::from_target(&target, "aliases").map_err(failed)?;
             self.point(&alias, route).map_err(failed)?;
@@ -566,6 +574,40 @@ fn state_name(state: &ModelState) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn registry() -> Arc<Registry> {
+        Registry::new(RegistryOptions {
+            hub: Default::default(),
+            engine: Default::default(),
+            model_roots: None,
+            state_file: None,
+            desired_state: None,
+            drain_timeout: Duration::from_secs(1),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_version_that_fails_to_load_is_listed_under_the_id_it_was_given() {
+        let registry = registry();
+        let missing = tempfile::tempdir().unwrap();
+        let spec = |version: &str| LoadSpec {
+            name: "hcap".into(),
+            source: missing.path().join("nothing-here").display().to_string(),
+            revision: "main".into(),
+            version: version.into(),
+            device: crate::device::DeviceSpec::CPU,
+            dtype: crate::model::Precision::Uniform(tch::Kind::Float),
+        };
+        registry.load(spec("bad"), true).await.unwrap_err();
+        let (statuses, _) = registry.list();
+        let failed = statuses.iter().find(|s| s.id == "hcap@bad").expect("listed as hcap@bad");
+        assert_eq!(failed.version, "bad");
+        assert!(matches!(failed.state, ModelState::Failed(ref error) if !error.is_empty()), "{:?}", failed.state);
+        // Without a version label the id would have come from the checkpoint: the source names it.
+        registry.load(spec(""), true).await.unwrap_err();
+        let (statuses, _) = registry.list();
+        assert!(statuses.iter().any(|s| s.id.starts_with("hcap@(failed ") && s.version.is_empty()), "{statuses:?}");
+    }
 
     #[test]
     fn after_stop_accepting_every_request_is_refused_unavailable() {

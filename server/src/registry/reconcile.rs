@@ -68,7 +68,7 @@ impl Registry {
             }
             if let Err(error) = self.point(alias, route.clone()) {
                 let stays = match current.get(alias) {
-                    Some(now) => format!("stays on {:?}", now.target()),
+                    Some(now) => format!("stays on {}", now.target()),
                     None => "is not served".to_string(),
                 };
                 errors.push(format!("alias `{alias}` {stays}: {error}"));

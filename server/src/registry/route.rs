@@ -24,6 +24,19 @@ pub enum AliasTarget {
     Split(BTreeMap<String, u32>),
 }
 
+/// As people write it: `hcap@v1`, or a split `hcap@v1=80,hcap@v2=20`.
+impl std::fmt::Display for AliasTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AliasTarget::One(id) => f.write_str(id),
+            AliasTarget::Split(weights) => {
+                let parts: Vec<String> = weights.iter().map(|(id, weight)| format!("{id}={weight}")).collect();
+                f.write_str(&parts.join(","))
+            }
+        }
+    }
+}
+
 /// An alias's versions and their weights (one version: weight 1), in id order.
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -154,6 +167,12 @@ mod tests {
 
     fn split(pairs: &[(&str, u32)]) -> Route {
         Route::split(&pairs.iter().map(|(id, w)| (id.to_string(), *w)).collect(), "split").unwrap()
+    }
+
+    #[test]
+    fn targets_print_as_people_write_them() {
+        assert_eq!(Route::one("hcap@v1").target().to_string(), "hcap@v1");
+        assert_eq!(split(&[("hcap@v2", 20), ("hcap@v1", 80)]).target().to_string(), "hcap@v1=80,hcap@v2=20");
     }
 
     #[test]
