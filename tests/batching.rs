@@ -10,6 +10,7 @@ use image::RgbImage;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use common::fixtures::{cases, fixtures, model_dir, MODELS};
+use gitcap_server::deadline::Deadline;
 use gitcap_server::engine::{
     EngineEvent, EngineOptions, Frame, InferenceOutput, InferenceRequest, ModelWorker, PreparedFrame, Priority,
 };
@@ -54,7 +55,7 @@ fn reference(model: &str) -> ModelWorker {
 
 /// The tokens `request` gives run alone.
 async fn alone(reference: &ModelWorker, request: InferenceRequest) -> Vec<i64> {
-    result(reference.submit(request, None).unwrap()).await.token_ids
+    result(reference.submit(request, Deadline::NONE).unwrap()).await.token_ids
 }
 
 async fn each_alone(reference: &ModelWorker, requests: Vec<InferenceRequest>) -> Vec<Vec<i64>> {
@@ -116,7 +117,8 @@ async fn batched_requests_give_the_tokens_they_give_alone() {
         // No cache: each distinct frame sequence admitted goes through the vision tower and the
         // image prefill (requests admitted together on the same frames share them).
         let worker = worker(model, EngineOptions { feature_cache_bytes: 0, ..Default::default() });
-        let receivers: Vec<_> = mixed_requests(model).into_iter().map(|r| worker.submit(r, None).unwrap()).collect();
+        let receivers: Vec<_> =
+            mixed_requests(model).into_iter().map(|r| worker.submit(r, Deadline::NONE).unwrap()).collect();
         for (i, (events, expected)) in receivers.into_iter().zip(&expected).enumerate() {
             assert_eq!(&result(events).await.token_ids, expected, "{model}: request {i} batched vs alone");
         }
@@ -142,7 +144,7 @@ async fn a_request_cancelled_mid_batch_leaves_the_others_alone() {
     // have finished it before the drop is seen; that attempt proves nothing and is made again.
     for attempt in 1..=5 {
         let worker = worker(model, EngineOptions::default());
-        let mut receivers: Vec<_> = requests().into_iter().map(|r| worker.submit(r, None).unwrap()).collect();
+        let mut receivers: Vec<_> = requests().into_iter().map(|r| worker.submit(r, Deadline::NONE).unwrap()).collect();
         let mut cancelled = receivers.remove(2);
         assert!(matches!(cancelled.recv().await, Some(EngineEvent::Admitted { .. })));
         for _ in 0..3 {
@@ -175,7 +177,7 @@ async fn the_batch_bounds_hold_and_one_request_always_runs() {
     let expected = each_alone(&reference, requests()).await;
     let run = |options: EngineOptions, batch: Vec<InferenceRequest>| async move {
         let worker = worker(model, options);
-        let receivers: Vec<_> = batch.into_iter().map(|r| worker.submit(r, None).unwrap()).collect();
+        let receivers: Vec<_> = batch.into_iter().map(|r| worker.submit(r, Deadline::NONE).unwrap()).collect();
         let mut ids = vec![];
         for events in receivers {
             ids.push(result(events).await.token_ids);
@@ -217,18 +219,18 @@ async fn cache_hits_give_what_misses_give() {
             GenerationOptions { max_new_tokens: Some(5), ..Default::default() },
         );
         let worker = worker(model, EngineOptions::default());
-        let cold = result(worker.submit(caption, None).unwrap()).await;
+        let cold = result(worker.submit(caption, Deadline::NONE).unwrap()).await;
         let before = worker.stats();
         let warm = result(
             worker
                 .submit(
                     request(model, &frames, None, GenerationOptions { max_new_tokens: Some(10), ..Default::default() }),
-                    None,
+                    Deadline::NONE,
                 )
                 .unwrap(),
         )
         .await;
-        let asked = result(worker.submit(follow_up, None).unwrap()).await;
+        let asked = result(worker.submit(follow_up, Deadline::NONE).unwrap()).await;
         let after = worker.stats();
         assert_eq!(warm.token_ids, cold.token_ids, "{model}: a cache hit gives the cold result");
         assert_eq!(
@@ -277,7 +279,7 @@ async fn cache_hits_give_what_misses_give() {
             request(model, &shifted_frames, None, GenerationOptions { max_new_tokens: Some(4), ..Default::default() }),
         )
         .await;
-        let out = result(worker.submit(shifted, None).unwrap()).await;
+        let out = result(worker.submit(shifted, Deadline::NONE).unwrap()).await;
         if model == "tiny-git-video" {
             assert_eq!(out.token_ids, expected, "{model}: overlapping window from cached frames");
             assert_eq!(worker.stats().frames_encoded, after.frames_encoded + 1, "every frame of the window was cached");
@@ -293,23 +295,23 @@ async fn the_cache_keeps_to_its_byte_bound() {
     let short = || GenerationOptions { max_new_tokens: Some(2), ..Default::default() };
     // What one request leaves in the cache: its frame's features and its image keys/values.
     let probe = worker(model, EngineOptions::default());
-    result(probe.submit(request(model, &[pattern(0)], None, short()), None).unwrap()).await;
+    result(probe.submit(request(model, &[pattern(0)], None, short()), Deadline::NONE).unwrap()).await;
     let per_request = probe.stats().cache_bytes as usize;
     assert!(per_request > 0);
 
     let bound = per_request * 5 / 2;
     let worker = worker(model, EngineOptions { feature_cache_bytes: bound, ..Default::default() });
     for i in 0..12 {
-        result(worker.submit(request(model, &[pattern(i)], None, short()), None).unwrap()).await;
+        result(worker.submit(request(model, &[pattern(i)], None, short()), Deadline::NONE).unwrap()).await;
         let stats = worker.stats();
         assert!(stats.cache_bytes as usize <= bound, "{stats:?} over {bound}");
         assert!(stats.cache_bytes as usize >= per_request, "{stats:?}");
     }
     // The latest request is still cached; the earliest was evicted and runs the tower again.
     let before = worker.stats().frames_encoded;
-    result(worker.submit(request(model, &[pattern(11)], None, short()), None).unwrap()).await;
+    result(worker.submit(request(model, &[pattern(11)], None, short()), Deadline::NONE).unwrap()).await;
     assert_eq!(worker.stats().frames_encoded, before);
-    result(worker.submit(request(model, &[pattern(0)], None, short()), None).unwrap()).await;
+    result(worker.submit(request(model, &[pattern(0)], None, short()), Deadline::NONE).unwrap()).await;
     assert_eq!(worker.stats().frames_encoded, before + 1);
 }
 
@@ -332,7 +334,7 @@ async fn finished(mut events: UnboundedReceiver<EngineEvent>) -> (InferenceOutpu
 /// Submits `request`; returns its events and the instants just before and after.
 fn submit_timed(worker: &ModelWorker, request: InferenceRequest) -> (UnboundedReceiver<EngineEvent>, Instant, Instant) {
     let before = Instant::now();
-    let events = worker.submit(request, None).unwrap();
+    let events = worker.submit(request, Deadline::NONE).unwrap();
     (events, before, Instant::now())
 }
 
@@ -436,7 +438,7 @@ async fn a_full_batch_queue_leaves_room_for_interactive_requests() {
     let mut accepted = Vec::new();
     let mut refused = None;
     for i in 0..8 {
-        match worker.submit(at(Priority::Batch, request(model, &[pattern(i)], None, long)), None) {
+        match worker.submit(at(Priority::Batch, request(model, &[pattern(i)], None, long)), Deadline::NONE) {
             Ok(events) => accepted.push(events),
             Err(error) => {
                 refused = Some(error);
@@ -448,7 +450,7 @@ async fn a_full_batch_queue_leaves_room_for_interactive_requests() {
     assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
     assert!(refused.to_string().contains("3 batch requests waiting"), "{refused}");
     assert!(accepted.len() >= 3, "{}", accepted.len());
-    let interactive = worker.submit(request(model, &[pattern(60)], None, GenerationOptions::default()), None);
+    let interactive = worker.submit(request(model, &[pattern(60)], None, GenerationOptions::default()), Deadline::NONE);
     assert!(interactive.is_ok(), "an interactive request is taken beside a full batch queue");
 }
 

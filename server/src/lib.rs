@@ -5,6 +5,7 @@
 pub mod allocator;
 pub mod api;
 pub mod benchmark;
+pub mod deadline;
 pub mod device;
 pub mod engine;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod oneshot;
 pub mod openai;
 pub mod registry;
 pub mod server;
+pub mod service;
 pub mod settings;
 pub mod telemetry;
 pub mod web;

@@ -88,6 +88,7 @@ pub async fn run(settings: Settings) -> Result<()> {
             max_question_chars: l.max_question_chars,
             max_labels: l.max_labels,
             max_frame_bytes: settings.server.max_message_bytes,
+            max_timeout: Duration::from_secs(l.max_timeout_secs),
         },
         max_message_bytes: settings.server.max_message_bytes,
         shutdown_grace: Duration::from_secs(settings.server.shutdown_grace_secs),

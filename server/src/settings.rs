@@ -196,6 +196,7 @@ pub struct LimitSettings {
     pub max_pixels: u64,
     pub max_question_chars: usize,
     pub max_labels: usize,
+    pub max_timeout_secs: u64,
 }
 
 /// Decoding media: the memory budget, video files, URLs.

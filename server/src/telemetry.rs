@@ -101,7 +101,7 @@ impl Telemetry {
 }
 
 /// The span of one inference call, shared by the requests it queues (cloning shares it). The
-/// call's [`crate::api::request::Tally`] ends it.
+/// call's [`crate::service::request::Tally`] ends it.
 #[derive(Clone)]
 pub struct RequestTrace {
     tracer: SdkTracer,

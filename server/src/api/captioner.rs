@@ -6,7 +6,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -18,7 +18,6 @@ use super::convert::{self, RequestLimits};
 use super::dense::DenseSession;
 use super::live::LiveSession;
 use super::media::MediaService;
-use super::request::{ended_without_an_answer, submit, within, Started, Tally};
 use super::upload::{self, FrameAssembler};
 use super::video_upload;
 use crate::engine::{EngineEvent, Frame, InferenceRequest, ModelWorker};
@@ -26,9 +25,8 @@ use crate::error::GitcapError;
 use crate::media::MediaLimits;
 use crate::proto::{self, captioner_server::Captioner};
 use crate::registry::Registry;
-
-/// gRPC metadata naming a caller's route key for canary splits (crate::registry::route).
-pub const ROUTE_KEY_HEADER: &str = "x-gitcap-route-key";
+use crate::service::request::{ended_without_an_answer, resolve, submit, Started, Tally};
+use crate::service::Call;
 
 pub struct CaptionerService {
     models: Arc<Registry>,
@@ -41,27 +39,29 @@ impl CaptionerService {
         Self { models, limits: Arc::new(limits), media }
     }
 
-    /// The worker serving `name` (of a canary split, the version `route_key` picks), noted in
-    /// the request's tally.
-    fn model(&self, name: &str, route_key: Option<&str>, tally: &mut Tally) -> Result<ModelWorker, Status> {
-        let worker = self.models.get_routed(name, route_key)?;
-        tally.model = Some(worker.info.clone());
-        Ok(worker)
+    /// Reads what the core needs of a call from its metadata (deadline, route key).
+    fn call<T>(&self, request: &Request<T>) -> Result<Call, Status> {
+        Ok(Call::read(request.metadata().as_ref(), self.limits.max_timeout)?)
+    }
+
+    /// The worker serving `name` for `call`, noted in the request's tally.
+    fn model(&self, name: &str, call: &Call, tally: &mut Tally) -> Result<ModelWorker, Status> {
+        Ok(resolve(&self.models, name, call, tally)?)
     }
 
     /// Validates a request, prepares its media (within its deadline) and queues it on its model.
     async fn start(&self, request: Request<proto::CaptionRequest>, tally: &mut Tally) -> Result<Started, Status> {
-        let started = Instant::now();
-        let timeout = grpc_timeout(&request);
-        let key = route_key(&request);
+        let call = self.call(&request)?;
         let request = request.into_inner();
-        let worker = self.model(&request.model, key.as_deref(), tally)?;
+        let worker = self.model(&request.model, &call, tally)?;
         let question = convert::question(&request.question, &self.limits)?;
         let options = convert::options(request.options.as_ref(), &self.limits)?;
         let priority = convert::priority(request.priority)?;
-        let media = within(timeout, started, self.media.prepare(request.media, &worker.info)).await?;
+        let media = self.media.prepare(request.media, &worker.info);
+        let media = call.deadline.run(media, "the media was being decoded").await?;
         let request = InferenceRequest { frames: media.frames, question, options, priority };
-        Ok(submit(worker, request, timeout, started, started, tally.trace())?.with_timestamps(media.timestamps_s))
+        let started = submit(worker, request, call.deadline, call.started, call.started, tally.trace())?;
+        Ok(started.with_timestamps(media.timestamps_s))
     }
 
     /// Receives an upload: the start message, then frames, each encoded by the vision tower
@@ -72,14 +72,12 @@ impl CaptionerService {
         tally: &mut Tally,
     ) -> Result<Started, Status> {
         use proto::upload_message::Message;
-        let started = Instant::now();
-        let timeout = grpc_timeout(&request);
-        let key = route_key(&request);
+        let call = self.call(&request)?;
         let mut stream = request.into_inner();
         let Some(Message::Start(start)) = stream.message().await?.and_then(|m| m.message) else {
             return Err(GitcapError::invalid("start", "the first message of an upload must be `start`").into());
         };
-        let worker = self.model(&start.model, key.as_deref(), tally)?;
+        let worker = self.model(&start.model, &call, tally)?;
         let question = convert::question(&start.question, &self.limits)?;
         let options = convert::options(start.options.as_ref(), &self.limits)?;
         let priority = convert::priority(start.priority)?;
@@ -104,7 +102,7 @@ impl CaptionerService {
             frames.push(Frame::Encoded(upload::encoded(task).await?));
         }
         let request = InferenceRequest { frames, question, options, priority };
-        Ok(submit(worker, request, timeout, started, arrived, tally.trace())?)
+        Ok(submit(worker, request, call.deadline, call.started, arrived, tally.trace())?)
     }
 
     /// Receives a video file in chunks, then samples and decodes it like `Media.video`.
@@ -114,14 +112,12 @@ impl CaptionerService {
         tally: &mut Tally,
     ) -> Result<Started, Status> {
         use proto::video_upload_message::Message;
-        let started = Instant::now();
-        let timeout = grpc_timeout(&request);
-        let key = route_key(&request);
+        let call = self.call(&request)?;
         let mut stream = request.into_inner();
         let Some(Message::Start(start)) = stream.message().await?.and_then(|m| m.message) else {
             return Err(GitcapError::invalid("start", "the first message of a video upload must be `start`").into());
         };
-        let worker = self.model(&start.model, key.as_deref(), tally)?;
+        let worker = self.model(&start.model, &call, tally)?;
         let question = convert::question(&start.question, &self.limits)?;
         let options = convert::options(start.options.as_ref(), &self.limits)?;
         let priority = convert::priority(start.priority)?;
@@ -129,9 +125,10 @@ impl CaptionerService {
         // Time to first token counts from here: the client's upload time is not the server's.
         let arrived = Instant::now();
         let media = self.media.video(&file, start.sampling.as_ref(), "upload", &worker.info);
-        let media = within(timeout, started, media).await?;
+        let media = call.deadline.run(media, "the media was being decoded").await?;
         let request = InferenceRequest { frames: media.frames, question, options, priority };
-        Ok(submit(worker, request, timeout, started, arrived, tally.trace())?.with_timestamps(media.timestamps_s))
+        let started = submit(worker, request, call.deadline, call.started, arrived, tally.trace())?;
+        Ok(started.with_timestamps(media.timestamps_s))
     }
 
     /// Reads a live stream's start message and checks its window.
@@ -141,12 +138,12 @@ impl CaptionerService {
         tally: &mut Tally,
     ) -> Result<(LiveSession, Streaming<proto::LiveMessage>), Status> {
         use proto::live_message::Message;
-        let key = route_key(&request);
+        let call = self.call(&request)?;
         let mut stream = request.into_inner();
         let Some(Message::Start(start)) = stream.message().await?.and_then(|m| m.message) else {
             return Err(GitcapError::invalid("start", "the first message of a live stream must be `start`").into());
         };
-        let worker = self.model(&start.model, key.as_deref(), tally)?;
+        let worker = self.model(&start.model, &call, tally)?;
         let question = convert::question(&start.question, &self.limits)?;
         let options = convert::options(start.options.as_ref(), &self.limits)?;
         let max = worker.info.max_frames;
@@ -169,13 +166,15 @@ impl CaptionerService {
         request: Request<proto::ScoreLabelsRequest>,
         tally: &mut Tally,
     ) -> Result<proto::ScoreLabelsResponse, Status> {
-        let key = route_key(&request);
+        let call = self.call(&request)?;
         let request = request.into_inner();
-        let worker = self.model(&request.model, key.as_deref(), tally)?;
+        let worker = self.model(&request.model, &call, tally)?;
         let labels = convert::labels(&request.labels, &self.limits)?;
         let prompt = convert::question(&request.prompt, &self.limits)?;
-        let frames = self.media.prepare(request.media, &worker.info).await?.frames;
-        let mut scores = worker.score_labels(frames, prompt, labels).await?;
+        let frames = call.deadline.run(self.media.prepare(request.media, &worker.info), "the media was being decoded");
+        let frames = frames.await?.frames;
+        let scores = worker.score_labels(frames, prompt, labels);
+        let mut scores = call.deadline.run(scores, "the labels were being scored").await?;
         scores.sort_by(|a, b| b.logprob.total_cmp(&a.logprob));
         Ok(proto::ScoreLabelsResponse {
             scores: scores
@@ -206,29 +205,6 @@ fn log_done(reply: &proto::CaptionResponse) {
 
 fn log_failure(status: &Status) {
     tracing::info!(code = ?status.code(), message = status.message(), "failed");
-}
-
-/// Parses the `grpc-timeout` header ("<digits><H|M|S|m|u|n>").
-/// The caller's route key (metadata `x-gitcap-route-key`): of an alias split between versions,
-/// the same key always reaches the same version.
-fn route_key<T>(request: &Request<T>) -> Option<String> {
-    let value = request.metadata().get(ROUTE_KEY_HEADER)?.to_str().ok()?;
-    Some(value.to_string()).filter(|key| !key.is_empty())
-}
-
-fn grpc_timeout<T>(request: &Request<T>) -> Option<Duration> {
-    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<proto::CaptionEvent, Status>> + Send>>;
@@ -354,10 +330,11 @@ impl Captioner for CaptionerService {
         request: Request<proto::DenseCaptionRequest>,
     ) -> Result<Response<DenseStream>, Status> {
         let mut tally = Tally::new("DenseCaption", request.metadata());
-        let key = route_key(&request);
+        let call = self.call(&request);
         let request = request.into_inner();
         let session = (|| -> Result<DenseSession, Status> {
-            let worker = self.model(&request.model, key.as_deref(), &mut tally)?;
+            let call = call?;
+            let worker = self.model(&request.model, &call, &mut tally)?;
             self.media.video_decoder()?;
             Ok(DenseSession {
                 question: convert::question(&request.question, &self.limits)?,

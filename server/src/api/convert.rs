@@ -16,6 +16,8 @@ pub struct RequestLimits {
     pub max_labels: usize,
     /// Largest single frame of an upload, in bytes (its chunks added up).
     pub max_frame_bytes: usize,
+    /// The longest deadline a caller may set; longer ones are clamped to it.
+    pub max_timeout: std::time::Duration,
 }
 
 impl Default for RequestLimits {
@@ -27,6 +29,7 @@ impl Default for RequestLimits {
             max_question_chars: 1000,
             max_labels: 100,
             max_frame_bytes: 32 << 20,
+            max_timeout: std::time::Duration::from_secs(3600),
         }
     }
 }

@@ -15,11 +15,12 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::media::MediaService;
-use super::request::submit;
+use crate::deadline::Deadline;
 use crate::engine::{EncodedFrame, Frame, InferenceRequest, ModelWorker, Priority};
 use crate::error::{GitcapError, Result};
 use crate::model::generation::GenerationOptions;
 use crate::proto;
+use crate::service::request::submit;
 use crate::telemetry::RequestTrace;
 
 /// Seconds a window covers when the request leaves `window_s` at 0.
@@ -156,7 +157,7 @@ impl DenseSession {
             priority: self.priority,
         };
         let now = Instant::now();
-        let caption = submit(self.worker.clone(), request, None, now, now, self.trace.clone())?
+        let caption = submit(self.worker.clone(), request, Deadline::NONE, now, now, self.trace.clone())?
             .with_timestamps(timestamps)
             .finish()
             .await?;

@@ -11,12 +11,13 @@ use tonic::{Status, Streaming};
 
 use super::convert::RequestLimits;
 use super::media::MediaService;
-use super::request::submit;
 use super::upload::{self, FrameAssembler};
+use crate::deadline::Deadline;
 use crate::engine::{EncodedFrame, Frame, InferenceRequest, ModelWorker, Priority};
 use crate::error::GitcapError;
 use crate::model::generation::GenerationOptions;
 use crate::proto;
+use crate::service::request::submit;
 use crate::telemetry::RequestTrace;
 
 /// One live-captioning stream: frames are encoded as they arrive and kept for the current
@@ -79,7 +80,8 @@ impl LiveSession {
             priority: Priority::Interactive,
         };
         let now = Instant::now();
-        let caption = submit(self.worker.clone(), request, None, now, now, self.trace.clone())?.finish().await?;
+        let caption =
+            submit(self.worker.clone(), request, Deadline::NONE, now, now, self.trace.clone())?.finish().await?;
         let event = proto::LiveEvent { first_frame, last_frame: last_frame as u64, caption: Some(caption) };
         tx.send(Ok(event)).await.map_err(|_| GitcapError::Cancelled.into())
     }

@@ -9,7 +9,6 @@ pub mod convert;
 pub mod dense;
 mod live;
 pub mod media;
-pub mod request;
 pub mod status;
 pub mod upload;
 mod video_upload;

@@ -14,10 +14,10 @@ use tch::{Device, Tensor};
 use super::feature_cache::{ContentKey, FeatureCache};
 use super::frames::{EncodedFrame, Frame, PreparedFrame};
 use super::messages::{EngineEvent, InferenceOutput, Job, LabelScore, Timings, TokenEvent};
+use super::options::EngineOptions;
 use super::pipeline::{LabelContext, Pipeline};
 use super::policy::Waiting;
 use super::stats::EngineStats;
-use super::worker::EngineOptions;
 use crate::error::{GitcapError, Result};
 use crate::model::generation::{Generated, Search, StepControl, TokenStep};
 use crate::model::tokenizer::TextStream;
@@ -385,7 +385,7 @@ fn advance(running: &mut Running, logits: &Tensor, closing: &AtomicBool) -> Opti
             closed = true;
             return StepControl::Stop;
         }
-        if job.deadline.is_some_and(|d| Instant::now() >= d) {
+        if job.deadline.passed() {
             expired = true;
             return StepControl::Stop;
         }

@@ -6,6 +6,8 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 use super::frames::{EncodedFrame, Frame, PreparedFrame};
+use super::queue::QueueSlot;
+use crate::deadline::Deadline;
 use crate::error::{GitcapError, Result};
 use crate::model::generation::{FinishReason, GenerationOptions};
 
@@ -96,9 +98,11 @@ pub struct LabelScore {
 /// A generation request on its way to the model's thread.
 pub(super) struct Job {
     pub request: InferenceRequest,
-    pub deadline: Option<Instant>,
+    pub deadline: Deadline,
     pub enqueued: Instant,
     pub events: mpsc::UnboundedSender<EngineEvent>,
+    /// Its place in the queue, given back when it starts running or is dropped.
+    pub slot: QueueSlot,
 }
 
 /// Work for a model's thread.
@@ -108,6 +112,7 @@ pub(super) enum Command {
     Encode {
         frame: PreparedFrame,
         reply: oneshot::Sender<Result<EncodedFrame>>,
+        slot: QueueSlot,
     },
     /// Score candidate labels after the frames (teacher-forced).
     ScoreLabels {
@@ -115,5 +120,6 @@ pub(super) enum Command {
         prompt: Option<String>,
         labels: Vec<String>,
         reply: oneshot::Sender<Result<Vec<LabelScore>>>,
+        slot: QueueSlot,
     },
 }

@@ -16,15 +16,16 @@ use tokio::sync::{mpsc, oneshot};
 use super::executor::{unloaded, Executor};
 use super::frames::{EncodedFrame, Frame, PreparedFrame};
 use super::messages::{Command, EngineEvent, Job, LabelScore};
+use super::options::EngineOptions;
 use super::pipeline::{LabelContext, Pipeline};
 use super::policy::{Admission, Budgets, Waiting};
+use super::queue::{QueueCounts, QueueSlot};
 use super::stats::EngineStats;
-use super::worker::{EngineOptions, QueueCounts};
 use crate::error::{GitcapError, Result};
 
 /// Work that is not decoding, run one unit per turn.
 enum SideWork {
-    Encode { frame: PreparedFrame, reply: oneshot::Sender<Result<EncodedFrame>> },
+    Encode { frame: PreparedFrame, reply: oneshot::Sender<Result<EncodedFrame>>, slot: QueueSlot },
     Labels(LabelWork),
 }
 
@@ -37,6 +38,7 @@ struct LabelWork {
     context: Option<LabelContext>,
     scores: Vec<LabelScore>,
     reply: oneshot::Sender<Result<Vec<LabelScore>>>,
+    slot: QueueSlot,
 }
 
 pub(super) struct Scheduler<'p> {
@@ -92,8 +94,9 @@ impl<'p> Scheduler<'p> {
             let (rows, tokens) = self.executor.rows_and_tokens();
             let batch = self.admission.next_batch(rows, tokens, &self.budgets, Instant::now());
             if !batch.is_empty() {
-                for waiting in &batch {
-                    self.queued.left(waiting.job.request.priority);
+                let mut batch = batch;
+                for waiting in &mut batch {
+                    waiting.job.slot.release();
                 }
                 self.executor.admit(batch);
                 self.executor.report_cache();
@@ -105,17 +108,20 @@ impl<'p> Scheduler<'p> {
         }
     }
 
+    /// Reports what runs and what waits; waiting is counted from the queue's own slots, so the
+    /// gauge shows everything that holds a place (work still in the channel included), which
+    /// is what turns callers away when the queue is full.
     fn report(&self) {
         self.stats.running(self.executor.running());
-        self.stats.queue_depth(self.admission.len() + self.side.len());
+        self.stats.queue_depth(self.queued.total());
     }
 
     fn accept(&mut self, command: Command) {
         match command {
             Command::Generate(job) => self.take(job),
-            Command::Encode { frame, reply } => self.side.push_back(SideWork::Encode { frame, reply }),
-            Command::ScoreLabels { frames, prompt, labels, reply } => {
-                let work = LabelWork { frames, prompt, labels, context: None, scores: vec![], reply };
+            Command::Encode { frame, reply, slot } => self.side.push_back(SideWork::Encode { frame, reply, slot }),
+            Command::ScoreLabels { frames, prompt, labels, reply, slot } => {
+                let work = LabelWork { frames, prompt, labels, context: None, scores: vec![], reply, slot };
                 self.side.push_back(SideWork::Labels(work));
             }
         }
@@ -124,7 +130,6 @@ impl<'p> Scheduler<'p> {
     /// Validates a new request into the policy's queues; one that cannot run is answered now.
     fn take(&mut self, job: Job) {
         if job.events.is_closed() {
-            self.queued.left(job.request.priority);
             return;
         }
         if let Some(error) = refusal(self.closing, &job) {
@@ -138,7 +143,6 @@ impl<'p> Scheduler<'p> {
     }
 
     fn fail(&self, job: Job, error: GitcapError) {
-        self.queued.left(job.request.priority);
         let _ = job.events.send(EngineEvent::Failed(error));
     }
 
@@ -149,9 +153,8 @@ impl<'p> Scheduler<'p> {
         let dropped =
             self.admission.drop_where(|w: &Waiting| w.job.events.is_closed() || refusal(closing, &w.job).is_some());
         for waiting in dropped {
-            match refusal(closing, &waiting.job) {
-                Some(error) => self.fail(waiting.job, error),
-                None => self.queued.left(waiting.job.request.priority),
+            if let Some(error) = refusal(closing, &waiting.job) {
+                self.fail(waiting.job, error);
             }
         }
     }
@@ -160,8 +163,8 @@ impl<'p> Scheduler<'p> {
     fn side_unit(&mut self) {
         let Some(work) = self.side.pop_front() else { return };
         match work {
-            SideWork::Encode { frame, reply } => {
-                self.queued.side_left();
+            SideWork::Encode { frame, reply, slot } => {
+                drop(slot);
                 if !reply.is_closed() {
                     let _ = reply.send(self.executor.encode_one(frame));
                     self.executor.report_cache();
@@ -169,17 +172,16 @@ impl<'p> Scheduler<'p> {
             }
             SideWork::Labels(mut work) => {
                 if work.reply.is_closed() {
-                    self.queued.side_left();
                     return;
                 }
                 match self.label_unit(&mut work) {
                     Ok(false) => self.side.push_front(SideWork::Labels(work)),
                     Ok(true) => {
-                        self.queued.side_left();
+                        work.slot.release();
                         let _ = work.reply.send(Ok(std::mem::take(&mut work.scores)));
                     }
                     Err(error) => {
-                        self.queued.side_left();
+                        work.slot.release();
                         let _ = work.reply.send(Err(error));
                     }
                 }
@@ -206,7 +208,7 @@ fn refusal(closing: &AtomicBool, job: &Job) -> Option<GitcapError> {
     if closing.load(Ordering::Relaxed) {
         return Some(unloaded());
     }
-    if job.deadline.is_some_and(|d| Instant::now() >= d) {
+    if job.deadline.passed() {
         let queue_ms = job.enqueued.elapsed().as_secs_f64() * 1e3;
         return Some(GitcapError::DeadlineExceeded(format!("while waiting in the queue ({queue_ms:.0} ms)")));
     }

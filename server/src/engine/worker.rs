@@ -4,97 +4,21 @@
 //! work. A request whose caller went away or whose deadline passed is dropped from the queue or
 //! stopped at its next token.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::frames::{EncodedFrame, Frame, PreparedFrame};
 use super::messages::{Command, EngineEvent, InferenceOutput, InferenceRequest, Job, LabelScore, Priority, TokenEvent};
+use super::options::EngineOptions;
 use super::pipeline::Pipeline;
+use super::queue::{QueueCounts, QueueSlot, Waits};
 use super::scheduler::Scheduler;
 use super::stats::{EngineStats, EngineStatsSnapshot};
+use crate::deadline::Deadline;
 use crate::error::{GitcapError, Result};
-use crate::model::weights::Storage;
-
-/// How a model's thread queues, batches and caches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EngineOptions {
-    /// Interactive requests (and frames to encode, label sets to score) allowed to wait; beyond
-    /// that callers get RESOURCE_EXHAUSTED at once.
-    pub queue_capacity: usize,
-    /// Batch-priority requests allowed to wait, counted apart from the interactive ones.
-    pub batch_queue_capacity: usize,
-    /// Decoder rows (sequences; a beam-search request takes one per beam) decoded together.
-    pub max_batch_size: usize,
-    /// Key/value positions the running requests may hold together (rows × (image tokens +
-    /// text capacity)); one request always runs, however large.
-    pub max_batch_tokens: usize,
-    /// Frames per vision-tower pass.
-    pub max_vision_batch: usize,
-    /// Rows of `max_batch_size` batch requests leave free for interactive ones.
-    pub interactive_rows: usize,
-    /// A batch request waiting this long is admitted like an interactive one.
-    pub batch_max_wait: Duration,
-    /// Bytes of vision features and image keys/values kept between requests (0 = none).
-    pub feature_cache_bytes: usize,
-    /// Whether a loaded checkpoint's tensors may stay views of its mapped file.
-    pub weights: Storage,
-}
-
-impl Default for EngineOptions {
-    fn default() -> Self {
-        Self {
-            queue_capacity: 64,
-            batch_queue_capacity: 1024,
-            max_batch_size: 16,
-            max_batch_tokens: 131_072,
-            max_vision_batch: 8,
-            interactive_rows: 4,
-            batch_max_wait: Duration::from_secs(10),
-            feature_cache_bytes: 512 << 20,
-            weights: Storage::Mapped,
-        }
-    }
-}
-
-/// Work waiting for a model's thread, counted by the handles that send it (to refuse what is
-/// over capacity at once) and uncounted by the thread as the work starts or is dropped.
-#[derive(Default)]
-pub(super) struct QueueCounts {
-    interactive: AtomicUsize,
-    batch: AtomicUsize,
-    side: AtomicUsize,
-}
-
-impl QueueCounts {
-    fn counter(&self, priority: Priority) -> &AtomicUsize {
-        match priority {
-            Priority::Interactive => &self.interactive,
-            Priority::Batch => &self.batch,
-        }
-    }
-
-    /// Counts one more waiting, unless `capacity` are waiting already.
-    fn enter(counter: &AtomicUsize, capacity: usize) -> bool {
-        counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < capacity).then_some(n + 1)).is_ok()
-    }
-
-    /// A request of `priority` left the queue.
-    pub fn left(&self, priority: Priority) {
-        self.counter(priority).fetch_sub(1, Ordering::AcqRel);
-    }
-
-    /// A frame to encode or a label set to score left the queue.
-    pub fn side_left(&self) {
-        self.side.fetch_sub(1, Ordering::AcqRel);
-    }
-
-    fn total(&self) -> usize {
-        [&self.interactive, &self.batch, &self.side].iter().map(|c| c.load(Ordering::Acquire)).sum()
-    }
-}
 
 /// Identity of a loaded model.
 #[derive(Debug, Clone)]
@@ -241,24 +165,25 @@ impl ModelWorker {
         Drain { closing: self.closing, stopped: self.stopped }
     }
 
-    /// Queues a request; fails at once with `ResourceExhausted` when its priority's queue is
-    /// full.
+    /// Queues a request, to be answered by `deadline`; fails at once with `ResourceExhausted`
+    /// when its priority's queue is full. Its place in the queue is given back when it starts
+    /// or is dropped, whatever happens in between.
     pub fn submit(
         &self,
         request: InferenceRequest,
-        timeout: Option<Duration>,
+        deadline: Deadline,
     ) -> Result<mpsc::UnboundedReceiver<EngineEvent>> {
         let priority = request.priority;
         let (capacity, what) = match priority {
             Priority::Interactive => (self.options.queue_capacity, "requests"),
             Priority::Batch => (self.options.batch_queue_capacity, "batch requests"),
         };
-        if !QueueCounts::enter(self.queued.counter(priority), capacity.max(1)) {
+        let Some(slot) = QueueSlot::take(&self.queued, Waits::Request(priority), capacity.max(1)) else {
             return Err(self.full(capacity, what));
-        }
+        };
         let (events, receiver) = mpsc::unbounded_channel();
-        let job = Job { request, deadline: timeout.map(|t| Instant::now() + t), enqueued: Instant::now(), events };
-        self.send(Command::Generate(job)).inspect_err(|_| self.queued.left(priority))?;
+        let job = Job { request, deadline, enqueued: Instant::now(), events, slot };
+        self.send(Command::Generate(job))?;
         Ok(receiver)
     }
 
@@ -270,7 +195,7 @@ impl ModelWorker {
         request: InferenceRequest,
         mut on_token: impl FnMut(&TokenEvent),
     ) -> Result<InferenceOutput> {
-        let mut events = self.submit(request, None)?;
+        let mut events = self.submit(request, Deadline::NONE)?;
         while let Some(event) = events.blocking_recv() {
             match event {
                 EngineEvent::Admitted { .. } => {}
@@ -286,7 +211,8 @@ impl ModelWorker {
     /// model thread gets to it.
     pub async fn encode(&self, frame: PreparedFrame) -> Result<EncodedFrame> {
         let (reply, answer) = oneshot::channel();
-        self.send_side(Command::Encode { frame, reply })?;
+        let slot = self.side_slot()?;
+        self.send(Command::Encode { frame, reply, slot })?;
         answer.await.map_err(|_| self.gone())?
     }
 
@@ -299,7 +225,8 @@ impl ModelWorker {
         labels: Vec<String>,
     ) -> Result<Vec<LabelScore>> {
         let (reply, answer) = oneshot::channel();
-        self.send_side(Command::ScoreLabels { frames, prompt, labels, reply })?;
+        let slot = self.side_slot()?;
+        self.send(Command::ScoreLabels { frames, prompt, labels, reply, slot })?;
         answer.await.map_err(|_| self.gone())?
     }
 
@@ -312,13 +239,10 @@ impl ModelWorker {
     }
 
     /// Side work shares the interactive queue's capacity: it is what interactive callers wait on.
-    fn send_side(&self, command: Command) -> Result<()> {
+    fn side_slot(&self) -> Result<QueueSlot> {
         let capacity = self.options.queue_capacity.max(1);
-        let waiting = self.queued.interactive.load(Ordering::Acquire);
-        if !QueueCounts::enter(&self.queued.side, capacity.saturating_sub(waiting)) {
-            return Err(self.full(capacity, "requests"));
-        }
-        self.send(command).inspect_err(|_| self.queued.side_left())
+        let room = capacity.saturating_sub(self.queued.interactive());
+        QueueSlot::take(&self.queued, Waits::Side, room).ok_or_else(|| self.full(capacity, "requests"))
     }
 
     fn send(&self, command: Command) -> Result<()> {

@@ -4,7 +4,7 @@
 //! stops their generation at the next token.
 
 use std::convert::Infallible;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -18,10 +18,11 @@ use super::types::{
     AssistantMessage, ChatChunk, ChatCompletion, Choice, ChunkChoice, Delta, Logprobs, TokenLogprob, TopLogprob, Usage,
 };
 use super::OpenAi;
-use crate::api::request::{ended_without_an_answer, submit, Started, Tally};
 use crate::engine::{EngineEvent, Frame, InferenceOutput, InferenceRequest, TokenEvent};
 use crate::error::GitcapError;
 use crate::model::generation::FinishReason;
+use crate::service::request::{ended_without_an_answer, resolve, submit, Started, Tally};
+use crate::service::Call;
 
 /// One choice being generated.
 struct Running {
@@ -48,8 +49,30 @@ struct Piece {
 /// Answers `plan`; `headers` may carry the caller's `traceparent`.
 pub async fn completions(state: &OpenAi, plan: Plan, headers: &axum::http::HeaderMap) -> Result<Response, ApiError> {
     let mut tally = Tally::for_protocol("openai", "ChatCompletions", headers);
-    let result = start(state, &plan, &mut tally).await;
+    let call = Call::read(headers, state.limits.max_timeout).map(|c| c.with_route_key_fallback(plan.user.as_deref()));
+    let result = match call {
+        Ok(call) => start(state, &plan, &call, &mut tally).await,
+        Err(e) => Err(e),
+    };
     let running = tally.outcome_of(result)?;
+    let version = running[0].started.model().version.clone();
+    let response = answer(running, tally, &plan).await?;
+    Ok(with_version(response, &version))
+}
+
+/// Which version of a model answered, on every OpenAI response: of a canary split, the one the
+/// call's route key picked (the gRPC response's `version`).
+pub const VERSION_HEADER: &str = "x-gitcap-model-version";
+
+fn with_version(mut response: Response, version: &str) -> Response {
+    if let Ok(value) = axum::http::HeaderValue::from_str(version) {
+        response.headers_mut().insert(VERSION_HEADER, value);
+    }
+    response
+}
+
+/// The whole answer, or its stream, for the choices running.
+async fn answer(running: Vec<Running>, mut tally: Tally, plan: &Plan) -> Result<Response, ApiError> {
     let header = Header {
         id: format!("chatcmpl-{:032x}", rand::random::<u128>()),
         model: running[0].started.model().name.clone(),
@@ -86,13 +109,13 @@ pub async fn completions(state: &OpenAi, plan: Plan, headers: &axum::http::Heade
     Ok(axum::Json(completion).into_response())
 }
 
-/// Resolves the model, prepares the media and queues one request per choice.
-async fn start(state: &OpenAi, plan: &Plan, tally: &mut Tally) -> crate::error::Result<Vec<Running>> {
-    let started = Instant::now();
-    let worker = state.registry.get(&plan.model)?;
-    tally.model = Some(worker.info.clone());
+/// Resolves the model (of a canary split, the version the call's route key picks), prepares
+/// the media and queues one request per choice, all within the call's deadline.
+async fn start(state: &OpenAi, plan: &Plan, call: &Call, tally: &mut Tally) -> crate::error::Result<Vec<Running>> {
+    let worker = resolve(&state.registry, &plan.model, call, tally)?;
     let question = crate::api::convert::question(&plan.question, &state.limits)?;
-    let media = state.media.prepare(Some(plan.media.clone()), &worker.info).await?;
+    let media = state.media.prepare(Some(plan.media.clone()), &worker.info);
+    let media = call.deadline.run(media, "the media was being decoded").await?;
     let mut running = Vec::with_capacity(plan.choices as usize);
     for index in 0..plan.choices {
         let mut options = plan.options;
@@ -100,7 +123,7 @@ async fn start(state: &OpenAi, plan: &Plan, tally: &mut Tally) -> crate::error::
         options.seed = options.seed.map(|seed| seed.wrapping_add(u64::from(index)));
         let frames = media.frames.iter().map(Frame::share).collect();
         let request = InferenceRequest { frames, question: question.clone(), options, priority: plan.priority };
-        let queued = submit(worker.clone(), request, None, started, started, tally.trace())?;
+        let queued = submit(worker.clone(), request, call.deadline, call.started, call.started, tally.trace())?;
         running.push(Running {
             index,
             started: queued.with_timestamps(media.timestamps_s.clone()),

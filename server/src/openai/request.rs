@@ -60,6 +60,9 @@ pub struct Plan {
     pub logprobs: bool,
     pub stream: bool,
     pub include_usage: bool,
+    /// OpenAI's `user` (the end user's id): the route key of a canary split when the call's
+    /// `x-gitcap-route-key` header gives none, so one user stays on one version.
+    pub user: Option<String>,
 }
 
 impl Plan {
@@ -91,6 +94,7 @@ impl Plan {
             logprobs: request.logprobs,
             stream: request.stream,
             include_usage: request.stream_options.is_some_and(|o| o.include_usage),
+            user: request.extra.get("user").and_then(Value::as_str).map(str::to_string),
         })
     }
 }

@@ -1,18 +1,21 @@
-//! One request's life, whatever the protocol (gRPC, the OpenAI-compatible API): queued on its
-//! model within its deadline, its events observed for the latency and token metrics and its
-//! trace (crate::telemetry), its outcome counted.
+//! One request's life, whatever the protocol (gRPC, the OpenAI-compatible API): its model
+//! resolved, queued on it within its deadline, its events observed for the latency and token
+//! metrics and its trace (crate::telemetry), its outcome counted.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use tokio::sync::mpsc;
 use tonic::{Code, Status};
 
-use super::convert;
+use super::Call;
+use crate::api::convert;
+use crate::deadline::Deadline;
 use crate::engine::{EngineEvent, InferenceRequest, ModelInfo, ModelWorker, Priority};
 use crate::error::GitcapError;
 use crate::metrics;
 use crate::proto;
+use crate::registry::Registry;
 use crate::telemetry::{self, RequestTrace, Stages};
 
 /// What `gitcap_requests_total` needs to know of one call: its protocol and name, the model it
@@ -67,24 +70,32 @@ impl Drop for Tally {
     }
 }
 
-/// Queues `request`; `started` is when its RPC began, `arrived` when all of it had arrived;
-/// `trace` is its call's span ([`Tally::trace`]), which gets the request's stages.
+/// The worker serving `name` for `call` (of a canary split, the version its route key picks),
+/// noted in the call's tally.
+pub fn resolve(registry: &Registry, name: &str, call: &Call, tally: &mut Tally) -> crate::error::Result<ModelWorker> {
+    let worker = registry.get_routed(name, call.route_key.as_deref())?;
+    tally.model = Some(worker.info.clone());
+    Ok(worker)
+}
+
+/// Queues `request`, to be answered by `deadline`; `started` is when its call began, `arrived`
+/// when all of it had arrived; `trace` is its call's span ([`Tally::trace`]), which gets the
+/// request's stages.
 pub fn submit(
     worker: ModelWorker,
     request: InferenceRequest,
-    timeout: Option<Duration>,
+    deadline: Deadline,
     started: Instant,
     arrived: Instant,
     trace: Option<RequestTrace>,
 ) -> crate::error::Result<Started> {
-    let remaining = timeout.map(|t| t.saturating_sub(started.elapsed()));
     // Beam search sends its tokens all at once at the end: no inter-token gaps to measure.
     let beam = request.options.num_beams.is_some_and(|n| n > 1);
     let priority = request.priority;
     if let Some(trace) = &trace {
         trace.priority(priority);
     }
-    let events = worker.submit(request, remaining)?;
+    let events = worker.submit(request, deadline)?;
     Ok(Started {
         worker,
         events,
@@ -99,22 +110,9 @@ pub fn submit(
     })
 }
 
-/// Runs `work` (a request's media preparation) within what is left of its deadline.
-pub async fn within<T>(
-    timeout: Option<Duration>,
-    started: Instant,
-    work: impl std::future::Future<Output = crate::error::Result<T>>,
-) -> crate::error::Result<T> {
-    let Some(timeout) = timeout else { return work.await };
-    match tokio::time::timeout(timeout.saturating_sub(started.elapsed()), work).await {
-        Ok(result) => result,
-        Err(_) => Err(GitcapError::DeadlineExceeded("while the media was being decoded".into())),
-    }
-}
-
 pub struct Started {
     worker: ModelWorker,
-    pub(super) events: mpsc::UnboundedReceiver<EngineEvent>,
+    events: mpsc::UnboundedReceiver<EngineEvent>,
     started: Instant,
     arrived: Instant,
     beam: bool,
