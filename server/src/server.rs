@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use crate::api::{self, convert::RequestLimits, media::MediaService, ServeOptions};
+use crate::api::{self, media::MediaService, ServeOptions};
 use crate::engine::EngineOptions;
 use crate::error::Result;
 use crate::media::video::{VideoDecoder, VideoLimits};
 use crate::media::{MediaLimits, UrlFetcher, UrlPolicy};
 use crate::model::weights::Storage;
 use crate::registry::{FollowOptions, HubOptions, LoadSpec, Registry, RegistryOptions};
+use crate::service::validation::RequestLimits;
 use crate::settings::Settings;
 
 pub async fn run(settings: Settings) -> Result<()> {

@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use super::convert::{self, RequestLimits};
+use super::convert;
 use super::dense::DenseSession;
 use super::live::LiveSession;
 use super::media::MediaService;
@@ -26,6 +26,7 @@ use crate::media::MediaLimits;
 use crate::proto::{self, captioner_server::Captioner};
 use crate::registry::Registry;
 use crate::service::request::{ended_without_an_answer, resolve, submit, Started, Tally};
+use crate::service::validation::{self, RequestLimits};
 use crate::service::Call;
 
 pub struct CaptionerService {
@@ -54,8 +55,8 @@ impl CaptionerService {
         let call = self.call(&request)?;
         let request = request.into_inner();
         let worker = self.model(&request.model, &call, tally)?;
-        let question = convert::question(&request.question, &self.limits)?;
-        let options = convert::options(request.options.as_ref(), &self.limits)?;
+        let question = validation::question(&request.question, &self.limits)?;
+        let options = convert::options(request.options.as_ref(), &worker.info, &self.limits)?;
         let priority = convert::priority(request.priority)?;
         let media = self.media.prepare(request.media, &worker.info);
         let media = call.deadline.run(media, "the media was being decoded").await?;
@@ -78,8 +79,8 @@ impl CaptionerService {
             return Err(GitcapError::invalid("start", "the first message of an upload must be `start`").into());
         };
         let worker = self.model(&start.model, &call, tally)?;
-        let question = convert::question(&start.question, &self.limits)?;
-        let options = convert::options(start.options.as_ref(), &self.limits)?;
+        let question = validation::question(&start.question, &self.limits)?;
+        let options = convert::options(start.options.as_ref(), &worker.info, &self.limits)?;
         let priority = convert::priority(start.priority)?;
         let declared = start.frame_count as usize;
         let mut assembler = FrameAssembler::new(worker.clone(), (*self.limits).clone(), self.media.clone(), declared)?;
@@ -118,8 +119,8 @@ impl CaptionerService {
             return Err(GitcapError::invalid("start", "the first message of a video upload must be `start`").into());
         };
         let worker = self.model(&start.model, &call, tally)?;
-        let question = convert::question(&start.question, &self.limits)?;
-        let options = convert::options(start.options.as_ref(), &self.limits)?;
+        let question = validation::question(&start.question, &self.limits)?;
+        let options = convert::options(start.options.as_ref(), &worker.info, &self.limits)?;
         let priority = convert::priority(start.priority)?;
         let file = video_upload::receive(&mut stream, &self.media, start.size_bytes).await?;
         // Time to first token counts from here: the client's upload time is not the server's.
@@ -144,8 +145,8 @@ impl CaptionerService {
             return Err(GitcapError::invalid("start", "the first message of a live stream must be `start`").into());
         };
         let worker = self.model(&start.model, &call, tally)?;
-        let question = convert::question(&start.question, &self.limits)?;
-        let options = convert::options(start.options.as_ref(), &self.limits)?;
+        let question = validation::question(&start.question, &self.limits)?;
+        let options = convert::options(start.options.as_ref(), &worker.info, &self.limits)?;
         let max = worker.info.max_frames;
         let window = if start.window == 0 { max } else { start.window as usize };
         if window > max {
@@ -169,8 +170,8 @@ impl CaptionerService {
         let call = self.call(&request)?;
         let request = request.into_inner();
         let worker = self.model(&request.model, &call, tally)?;
-        let labels = convert::labels(&request.labels, &self.limits)?;
-        let prompt = convert::question(&request.prompt, &self.limits)?;
+        let labels = validation::labels(&request.labels, &self.limits)?;
+        let prompt = validation::question(&request.prompt, &self.limits)?;
         let frames = call.deadline.run(self.media.prepare(request.media, &worker.info), "the media was being decoded");
         let frames = frames.await?.frames;
         let scores = worker.score_labels(frames, prompt, labels);
@@ -337,8 +338,8 @@ impl Captioner for CaptionerService {
             let worker = self.model(&request.model, &call, &mut tally)?;
             self.media.video_decoder()?;
             Ok(DenseSession {
-                question: convert::question(&request.question, &self.limits)?,
-                options: convert::options(request.options.as_ref(), &self.limits)?,
+                question: validation::question(&request.question, &self.limits)?,
+                options: convert::options(request.options.as_ref(), &worker.info, &self.limits)?,
                 priority: convert::priority(request.priority)?,
                 worker,
                 media: self.media.clone(),

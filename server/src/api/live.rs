@@ -9,7 +9,6 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
-use super::convert::RequestLimits;
 use super::media::MediaService;
 use super::upload::{self, FrameAssembler};
 use crate::deadline::Deadline;
@@ -18,6 +17,7 @@ use crate::error::GitcapError;
 use crate::model::generation::GenerationOptions;
 use crate::proto;
 use crate::service::request::submit;
+use crate::service::validation::RequestLimits;
 use crate::telemetry::RequestTrace;
 
 /// One live-captioning stream: frames are encoded as they arrive and kept for the current

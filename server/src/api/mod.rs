@@ -29,11 +29,11 @@ use crate::model::Precision;
 use crate::proto::admin_server::AdminServer;
 use crate::proto::captioner_server::CaptionerServer;
 use crate::registry::Registry;
+use crate::service::validation::RequestLimits;
 use admin::AdminService;
 use auth::BearerAuth;
 use captioner::CaptionerService;
 use connection_age::AgedConnection;
-use convert::RequestLimits;
 use media::MediaService;
 
 /// Health service name of the captioning API; each model also has `gitcap.v1.Captioner/<model>`.

@@ -6,12 +6,12 @@ use tokio::task::JoinHandle;
 
 use std::sync::Arc;
 
-use super::convert::RequestLimits;
 use super::media::MediaService;
 use crate::engine::{EncodedFrame, Frame, ModelWorker};
 use crate::error::{GitcapError, Result};
 use crate::media::sample_frame_indices;
 use crate::proto::FrameChunk;
+use crate::service::validation::RequestLimits;
 
 /// A frame being decoded and run through the vision tower.
 pub type EncodeTask = JoinHandle<Result<EncodedFrame>>;

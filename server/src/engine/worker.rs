@@ -32,6 +32,9 @@ pub struct ModelInfo {
     /// The checkpoint's image processor: requests' frames are preprocessed with it before they
     /// reach the model thread.
     pub preprocessor: Arc<crate::media::PreprocessorConfig>,
+    /// The checkpoint's generation defaults (`generation_config.json`), which requests'
+    /// options are validated against and applied over.
+    pub generation: Arc<crate::model::generation::GenerationConfig>,
 }
 
 impl ModelInfo {
@@ -51,6 +54,7 @@ impl ModelInfo {
             max_frames: pipeline.model.config.max_frames() as usize,
             weights_bytes: pipeline.weights_bytes,
             preprocessor: Arc::new(pipeline.preprocessor.clone()),
+            generation: Arc::new(pipeline.generation.clone()),
         }
     }
 }

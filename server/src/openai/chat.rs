@@ -22,7 +22,7 @@ use crate::engine::{EngineEvent, Frame, InferenceOutput, InferenceRequest, Token
 use crate::error::GitcapError;
 use crate::model::generation::FinishReason;
 use crate::service::request::{ended_without_an_answer, resolve, submit, Started, Tally};
-use crate::service::Call;
+use crate::service::{validation, Call};
 
 /// One choice being generated.
 struct Running {
@@ -54,7 +54,7 @@ pub async fn completions(state: &OpenAi, plan: Plan, headers: &axum::http::Heade
         Ok(call) => start(state, &plan, &call, &mut tally).await,
         Err(e) => Err(e),
     };
-    let running = tally.outcome_of(result)?;
+    let running = tally.outcome_of(result).map_err(|e| plan.in_openai_terms(e))?;
     let version = running[0].started.model().version.clone();
     let response = answer(running, tally, &plan).await?;
     Ok(with_version(response, &version))
@@ -113,7 +113,8 @@ async fn answer(running: Vec<Running>, mut tally: Tally, plan: &Plan) -> Result<
 /// the media and queues one request per choice, all within the call's deadline.
 async fn start(state: &OpenAi, plan: &Plan, call: &Call, tally: &mut Tally) -> crate::error::Result<Vec<Running>> {
     let worker = resolve(&state.registry, &plan.model, call, tally)?;
-    let question = crate::api::convert::question(&plan.question, &state.limits)?;
+    validation::generation(&worker.info.generation, &plan.options, &state.limits)?;
+    let question = validation::question(&plan.question, &state.limits)?;
     let media = state.media.prepare(Some(plan.media.clone()), &worker.info);
     let media = call.deadline.run(media, "the media was being decoded").await?;
     let mut running = Vec::with_capacity(plan.choices as usize);

@@ -20,9 +20,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use crate::api::auth::BearerAuth;
-use crate::api::convert::RequestLimits;
 use crate::api::media::MediaService;
 use crate::registry::Registry;
+use crate::service::validation::RequestLimits;
 pub use error::ApiError;
 use request::Plan;
 use types::{ChatRequest, ModelCard, ModelList};
@@ -71,7 +71,7 @@ async fn chat_completions(
 ) -> Result<Response, ApiError> {
     state.authorize(&headers)?;
     let Json(request) = body.map_err(rejection)?;
-    let plan = Plan::new(request, &state.limits, state.media.urls_enabled())?;
+    let plan = Plan::new(request, state.media.urls_enabled())?;
     let span = tracing::info_span!("request", method = "/v1/chat/completions", model = plan.model.as_str());
     let _entered = span.enter();
     chat::completions(&state, plan, &headers).await

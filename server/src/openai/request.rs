@@ -20,8 +20,8 @@ use serde_json::{Map, Value};
 
 use super::error::ApiError;
 use super::types::{ChatRequest, Content, Part, Stop};
-use crate::api::convert::{self, RequestLimits};
 use crate::engine::Priority;
+use crate::error::GitcapError;
 use crate::model::generation::GenerationOptions;
 use crate::proto;
 
@@ -63,12 +63,14 @@ pub struct Plan {
     /// OpenAI's `user` (the end user's id): the route key of a canary split when the call's
     /// `x-gitcap-route-key` header gives none, so one user stays on one version.
     pub user: Option<String>,
+    /// The OpenAI parameter that set `max_new_tokens`, if one did, for error messages.
+    max_tokens_param: Option<&'static str>,
 }
 
 impl Plan {
-    pub fn new(request: ChatRequest, limits: &RequestLimits, url_allowed: bool) -> Result<Self, ApiError> {
+    pub fn new(request: ChatRequest, url_allowed: bool) -> Result<Self, ApiError> {
         refuse_unsupported(&request.extra)?;
-        let options = options(&request, limits)?;
+        let options = options(&request)?;
         let (media, question) = conversation(&request, url_allowed)?;
         let priority = priority(request.service_tier.as_deref())?;
         let choices = request.n.unwrap_or(1);
@@ -95,7 +97,23 @@ impl Plan {
             stream: request.stream,
             include_usage: request.stream_options.is_some_and(|o| o.include_usage),
             user: request.extra.get("user").and_then(Value::as_str).map(str::to_string),
+            max_tokens_param: if request.max_completion_tokens.is_some() {
+                Some("max_completion_tokens")
+            } else {
+                request.max_tokens.map(|_| "max_tokens")
+            },
         })
+    }
+
+    /// An error of the core's validation, with the request field named as this request spelt
+    /// it: `top_p`, not `options.top_p`; `max_tokens` where it set the most tokens that way.
+    pub fn in_openai_terms(&self, error: GitcapError) -> ApiError {
+        let mut error = ApiError::from(error);
+        error.param = error.param.map(|param| match param.strip_prefix("options.").unwrap_or(&param) {
+            "max_new_tokens" => self.max_tokens_param.unwrap_or("max_new_tokens").to_string(),
+            other => other.to_string(),
+        });
+        error
     }
 }
 
@@ -141,7 +159,7 @@ fn refuse_unsupported(extra: &Map<String, Value>) -> Result<(), ApiError> {
 }
 
 /// gitcap's options: its own from the extra fields, then the OpenAI parameters over them.
-fn options(request: &ChatRequest, limits: &RequestLimits) -> Result<GenerationOptions, ApiError> {
+fn options(request: &ChatRequest) -> Result<GenerationOptions, ApiError> {
     let mut options = GenerationOptions::default();
     for (name, value) in &request.extra {
         // Each extra field on its own: a name that is not an option leaves the options empty.
@@ -178,17 +196,6 @@ fn options(request: &ChatRequest, limits: &RequestLimits) -> Result<GenerationOp
         }
         options.top_logprobs = Some(k);
     }
-    let openai_name = |field: &str| match field {
-        "max_new_tokens" if request.max_completion_tokens.is_some() => "max_completion_tokens".to_string(),
-        "max_new_tokens" if request.max_tokens.is_some() => "max_tokens".to_string(),
-        other => other.to_string(),
-    };
-    options.check().map_err(|e| ApiError::invalid(openai_name(e.field), e.message))?;
-    convert::within_limits(&options, limits).map_err(|e| {
-        let mut error = ApiError::from(e);
-        error.param = error.param.map(|p| openai_name(p.trim_start_matches("options.")));
-        error
-    })?;
     Ok(options)
 }
 

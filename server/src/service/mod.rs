@@ -6,5 +6,6 @@
 
 pub mod call;
 pub mod request;
+pub mod validation;
 
 pub use call::{Call, ROUTE_KEY_HEADER};

@@ -90,7 +90,7 @@ pub fn submit(
     trace: Option<RequestTrace>,
 ) -> crate::error::Result<Started> {
     // Beam search sends its tokens all at once at the end: no inter-token gaps to measure.
-    let beam = request.options.num_beams.is_some_and(|n| n > 1);
+    let beam = worker.info.generation.with_options(&request.options).is_beam_search();
     let priority = request.priority;
     if let Some(trace) = &trace {
         trace.priority(priority);

@@ -136,48 +136,47 @@ impl GenerationConfig {
 
 impl GenerationConfig {
     /// This config with the caller's options over it (unset options keep the config's values).
+    ///
+    /// The one place a request's options take effect. Every field is named (no `..`), so an
+    /// option added to `GenerationOptions` and not applied here fails to compile
+    /// (docs/adding-an-option.md).
     pub fn with_options(&self, options: &GenerationOptions) -> GenerationConfig {
-        let mut c = self.clone();
-        let o = options;
-        if let Some(v) = o.max_new_tokens {
-            c.max_new_tokens = Some(v as usize);
+        let GenerationOptions {
+            max_new_tokens,
+            min_new_tokens,
+            num_beams,
+            length_penalty,
+            early_stopping,
+            do_sample,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            repetition_penalty,
+            no_repeat_ngram_size,
+            top_logprobs,
+        } = *options;
+        let c = self.clone();
+        GenerationConfig {
+            max_new_tokens: max_new_tokens.map(|v| v as usize).or(c.max_new_tokens),
+            min_new_tokens: min_new_tokens.map(|v| v as usize).or(c.min_new_tokens),
+            num_beams: num_beams.map_or(c.num_beams, |v| v as usize),
+            length_penalty: length_penalty.map_or(c.length_penalty, f64::from),
+            early_stopping: early_stopping.unwrap_or(c.early_stopping),
+            do_sample: do_sample.unwrap_or(c.do_sample),
+            temperature: temperature.map_or(c.temperature, f64::from),
+            top_k: top_k.map_or(c.top_k, |v| v as usize),
+            top_p: top_p.map_or(c.top_p, f64::from),
+            seed: seed.or(c.seed),
+            repetition_penalty: repetition_penalty.map_or(c.repetition_penalty, f64::from),
+            no_repeat_ngram_size: no_repeat_ngram_size.map_or(c.no_repeat_ngram_size, |v| v as usize),
+            top_logprobs: top_logprobs.map_or(c.top_logprobs, |v| v as usize),
+            ..c
         }
-        if let Some(v) = o.min_new_tokens {
-            c.min_new_tokens = Some(v as usize);
-        }
-        if let Some(v) = o.num_beams {
-            c.num_beams = v as usize;
-        }
-        if let Some(v) = o.length_penalty {
-            c.length_penalty = f64::from(v);
-        }
-        if let Some(v) = o.early_stopping {
-            c.early_stopping = v;
-        }
-        if let Some(v) = o.do_sample {
-            c.do_sample = v;
-        }
-        if let Some(v) = o.temperature {
-            c.temperature = f64::from(v);
-        }
-        if let Some(v) = o.top_k {
-            c.top_k = v as usize;
-        }
-        if let Some(v) = o.top_p {
-            c.top_p = f64::from(v);
-        }
-        if let Some(v) = o.repetition_penalty {
-            c.repetition_penalty = f64::from(v);
-        }
-        if let Some(v) = o.no_repeat_ngram_size {
-            c.no_repeat_ngram_size = v as usize;
-        }
-        if o.seed.is_some() {
-            c.seed = o.seed;
-        }
-        if let Some(v) = o.top_logprobs {
-            c.top_logprobs = v as usize;
-        }
-        c
+    }
+
+    /// Whether this config runs beam search (the request's `num_beams`, else the checkpoint's).
+    pub fn is_beam_search(&self) -> bool {
+        self.num_beams > 1
     }
 }

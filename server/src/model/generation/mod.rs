@@ -61,22 +61,9 @@ pub enum Search {
 }
 
 impl Search {
-    /// Validates `config` for a continuation of `prompt` (ids, [CLS] first).
+    /// The search for a continuation of `prompt` (ids, [CLS] first) with `config`, whose values
+    /// crate::service::validation has checked; what only the prompt can tell is checked here.
     pub fn new(config: &GenerationConfig, prompt: &[i64]) -> Result<Self> {
-        if let (Some(min), Some(max)) = (config.min_new_tokens, config.max_new_tokens) {
-            if min > max {
-                return Err(GitcapError::invalid(
-                    "options.min_new_tokens",
-                    format!("{min} is more than max_new_tokens {max} (the request's or the checkpoint's)"),
-                ));
-            }
-        }
-        if config.do_sample && !(config.temperature > 0.0 && config.temperature.is_finite()) {
-            return Err(GitcapError::invalid(
-                "options.temperature",
-                format!("sampling needs a positive temperature; the checkpoint's is {}", config.temperature),
-            ));
-        }
         if prompt.is_empty() {
             return Err(GitcapError::invalid("prompt", "the prompt needs at least the BOS ([CLS]) token"));
         }
