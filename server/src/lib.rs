@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod model;
 pub mod oneshot;
 pub mod openai;
+pub mod optional_setting;
 pub mod registry;
 pub mod server;
 pub mod service;

@@ -18,7 +18,18 @@ use ::metrics::{counter, describe_counter, describe_histogram, histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::error::{GitcapError, Result};
-use crate::settings::MetricsSettings;
+use serde::{Deserialize, Serialize};
+
+/// Prometheus metrics (crate::metrics), served at `GET /metrics` without a token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MetricsSettings {
+    pub enabled: bool,
+    /// Bucket bounds in seconds of the queue-time, time-to-first-token and inter-token histograms.
+    pub latency_buckets: Vec<f64>,
+    pub tokens_per_second_buckets: Vec<f64>,
+    /// Bucket bounds of the decode batch-size and vision batch-frames histograms.
+    pub batch_size_buckets: Vec<f64>,
+}
 
 /// `Content-Type` of [`render`]'s output: the Prometheus text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -231,7 +242,7 @@ pub fn request_finished(model: &str, version: &str, protocol: &str, rpc: &str, c
 }
 
 /// Time a request waited in the queue.
-pub fn queue_time(model: &str, version: &str, priority: crate::engine::Priority, seconds: f64) {
+pub fn queue_time(model: &str, version: &str, priority: gitcap_protocol::Priority, seconds: f64) {
     let labels = [("model", model.to_string()), ("version", version.to_string()), ("priority", priority.to_string())];
     histogram!(QUEUE, &labels).record(seconds);
 }
@@ -339,7 +350,7 @@ mod tests {
         request_finished(m, v, "grpc", "Caption", tonic::Code::Ok);
         request_finished(m, v, "grpc", "Caption", tonic::Code::Ok);
         request_finished(m, v, "grpc", "CaptionStream", tonic::Code::InvalidArgument);
-        queue_time(m, v, crate::engine::Priority::Batch, 0.003);
+        queue_time(m, v, gitcap_protocol::Priority::Batch, 0.003);
         time_to_first_token(m, v, 0.02);
         time_to_first_token(m, v, 0.2);
         inter_token(m, v, 0.004);

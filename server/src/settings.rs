@@ -10,11 +10,14 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 use crate::device::DeviceSpec;
 use crate::error::{GitcapError, Result};
+pub use crate::metrics::MetricsSettings;
 use crate::model::Precision;
+use crate::optional_setting::optional;
+pub use crate::telemetry::TelemetrySettings;
 
 const DEFAULTS: &str = include_str!("../../config/default.toml");
 const ENV_PREFIX: &str = "GITCAP__";
@@ -32,17 +35,6 @@ pub struct Settings {
     pub log: LogSettings,
     pub metrics: MetricsSettings,
     pub telemetry: TelemetrySettings,
-}
-
-/// `None` for a missing key and for an empty value (`GITCAP__SERVER__TLS_CERT=` unsets it).
-fn optional<'de, D: Deserializer<'de>, T: std::str::FromStr>(d: D) -> std::result::Result<Option<T>, D::Error>
-where
-    T::Err: std::fmt::Display,
-{
-    match Option::<String>::deserialize(d)? {
-        Some(text) if !text.trim().is_empty() => text.parse().map(Some).map_err(serde::de::Error::custom),
-        _ => Ok(None),
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -248,30 +240,6 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LogSettings {
     pub format: LogFormat,
-}
-
-/// Prometheus metrics (crate::metrics), served at `GET /metrics` without a token.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MetricsSettings {
-    pub enabled: bool,
-    /// Bucket bounds in seconds of the queue-time, time-to-first-token and inter-token histograms.
-    pub latency_buckets: Vec<f64>,
-    pub tokens_per_second_buckets: Vec<f64>,
-    /// Bucket bounds of the decode batch-size and vision batch-frames histograms.
-    pub batch_size_buckets: Vec<f64>,
-}
-
-/// Traces over OTLP (crate::telemetry); off unless an endpoint is set.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TelemetrySettings {
-    /// The OTLP/gRPC receiver (`http://host:4317`); `None` = traces off.
-    #[serde(default, deserialize_with = "optional")]
-    pub otlp_endpoint: Option<String>,
-    pub service_name: String,
-    /// Of the traces gitcap starts (no sampled `traceparent` from the caller), the share kept.
-    pub sample_ratio: f64,
-    /// How long finished spans wait to be sent together.
-    pub export_delay_ms: u64,
 }
 
 /// Settings whose values are lists; from the environment they are comma-separated

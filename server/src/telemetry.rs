@@ -28,7 +28,21 @@ use tonic::Code;
 
 use crate::engine::{ModelInfo, Priority};
 use crate::error::{GitcapError, Result};
-use crate::settings::TelemetrySettings;
+use crate::optional_setting::optional;
+use serde::{Deserialize, Serialize};
+
+/// Traces over OTLP (crate::telemetry); off unless an endpoint is set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TelemetrySettings {
+    /// The OTLP/gRPC receiver (`http://host:4317`); `None` = traces off.
+    #[serde(default, deserialize_with = "optional")]
+    pub otlp_endpoint: Option<String>,
+    pub service_name: String,
+    /// Of the traces gitcap starts (no sampled `traceparent` from the caller), the share kept.
+    pub sample_ratio: f64,
+    /// How long finished spans wait to be sent together.
+    pub export_delay_ms: u64,
+}
 
 /// The tracer of this process, once [`init`] has turned traces on.
 static TRACER: OnceLock<SdkTracer> = OnceLock::new();
@@ -142,7 +156,7 @@ impl RequestTrace {
         match protocol {
             "grpc" => attributes.extend([
                 KeyValue::new("rpc.system", "grpc"),
-                KeyValue::new("rpc.service", crate::api::SERVICE_NAME),
+                KeyValue::new("rpc.service", crate::proto::captioner_server::SERVICE_NAME),
                 KeyValue::new("rpc.method", rpc),
             ]),
             _ => attributes.push(KeyValue::new("http.request.method", "POST")),

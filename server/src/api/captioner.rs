@@ -222,7 +222,13 @@ impl Captioner for CaptionerService {
     ) -> Result<Response<proto::CaptionResponse>, Status> {
         let mut tally = Tally::new("Caption", request.metadata());
         let result = async {
-            self.start(request, &mut tally).await?.finish().await.map_err(Status::from).inspect_err(log_failure)
+            self.start(request, &mut tally)
+                .await?
+                .finish()
+                .await
+                .map(convert::response)
+                .map_err(Status::from)
+                .inspect_err(log_failure)
         }
         .await;
         let reply = tally.outcome(result)?;
@@ -245,7 +251,13 @@ impl Captioner for CaptionerService {
     ) -> Result<Response<proto::CaptionResponse>, Status> {
         let mut tally = Tally::new("UploadFrames", request.metadata());
         let result = async {
-            self.start_upload(request, &mut tally).await?.finish().await.map_err(Status::from).inspect_err(log_failure)
+            self.start_upload(request, &mut tally)
+                .await?
+                .finish()
+                .await
+                .map(convert::response)
+                .map_err(Status::from)
+                .inspect_err(log_failure)
         }
         .await;
         let reply = tally.outcome(result)?;
@@ -303,6 +315,7 @@ impl Captioner for CaptionerService {
                 .await?
                 .finish()
                 .await
+                .map(convert::response)
                 .map_err(Status::from)
                 .inspect_err(log_failure)
         }
@@ -382,7 +395,7 @@ fn relay(mut started: Started, mut tally: Tally) -> EventStream {
                 EngineEvent::Admitted { .. } => continue,
                 EngineEvent::Token(token) => (Ok(Event::Token(convert::token_event(token))), None),
                 EngineEvent::Done { output, queue_ms } => {
-                    let reply = started.response(output, queue_ms);
+                    let reply = convert::response(started.answer(output, queue_ms));
                     log_done(&reply);
                     (Ok(Event::Done(reply)), Some(Code::Ok))
                 }

@@ -1,10 +1,11 @@
 //! gRPC messages ↔ the core's types; what they carry is checked by the core
 //! (crate::service::validation).
 
-use crate::engine::{InferenceOutput, ModelInfo, Priority, TokenEvent};
+use crate::engine::{ModelInfo, Priority, TokenEvent};
 use crate::error::{GitcapError, Result};
 use crate::model::generation::{FinishReason, GenerationOptions};
 use crate::proto;
+use crate::service::request::Answer;
 use crate::service::validation::{self, RequestLimits};
 
 /// A request's priority (unspecified = interactive).
@@ -42,13 +43,9 @@ pub fn token_event(event: TokenEvent) -> proto::TokenEvent {
     }
 }
 
-pub fn response(
-    output: InferenceOutput,
-    queue_ms: f64,
-    total_ms: f64,
-    model: &str,
-    version: &str,
-) -> proto::CaptionResponse {
+/// The gRPC response for a request's whole answer.
+pub fn response(answer: Answer) -> proto::CaptionResponse {
+    let Answer { output, queue_ms, total_ms, model, timestamps_s } = answer;
     proto::CaptionResponse {
         text: output.text,
         token_ids: output.token_ids.iter().map(|&t| t as u32).collect(),
@@ -68,8 +65,8 @@ pub fn response(
             decode_ms: output.timings.decode_ms,
             total_ms,
         }),
-        model: model.to_string(),
-        version: version.to_string(),
-        frame_timestamps_s: vec![],
+        model: model.name.clone(),
+        version: model.version.clone(),
+        frame_timestamps_s: timestamps_s,
     }
 }

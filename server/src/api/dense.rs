@@ -161,6 +161,7 @@ impl DenseSession {
             .with_timestamps(timestamps)
             .finish()
             .await?;
+        let caption = super::convert::response(caption);
         let (start_s, end_s) = plan.range(first);
         let event = proto::DenseCaptionEvent { start_s, end_s, caption: Some(caption) };
         tx.send(Ok(event)).await.map_err(|_| GitcapError::Cancelled.into())

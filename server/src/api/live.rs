@@ -82,6 +82,7 @@ impl LiveSession {
         let now = Instant::now();
         let caption =
             submit(self.worker.clone(), request, Deadline::NONE, now, now, self.trace.clone())?.finish().await?;
+        let caption = super::convert::response(caption);
         let event = proto::LiveEvent { first_frame, last_frame: last_frame as u64, caption: Some(caption) };
         tx.send(Ok(event)).await.map_err(|_| GitcapError::Cancelled.into())
     }

@@ -37,7 +37,7 @@ use connection_age::AgedConnection;
 use media::MediaService;
 
 /// Health service name of the captioning API; each model also has `gitcap.v1.Captioner/<model>`.
-pub const SERVICE_NAME: &str = "gitcap.v1.Captioner";
+pub const SERVICE_NAME: &str = crate::proto::captioner_server::SERVICE_NAME;
 /// Health service name that says whether this server can decode video files (it has ffmpeg):
 /// SERVING or NOT_SERVING.
 pub const VIDEO_SERVICE_NAME: &str = "gitcap.v1.VideoDecoding";

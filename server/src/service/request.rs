@@ -9,12 +9,10 @@ use tokio::sync::mpsc;
 use tonic::{Code, Status};
 
 use super::Call;
-use crate::api::convert;
 use crate::deadline::Deadline;
-use crate::engine::{EngineEvent, InferenceRequest, ModelInfo, ModelWorker, Priority};
+use crate::engine::{EngineEvent, InferenceOutput, InferenceRequest, ModelInfo, ModelWorker, Priority};
 use crate::error::GitcapError;
 use crate::metrics;
-use crate::proto;
 use crate::registry::Registry;
 use crate::telemetry::{self, RequestTrace, Stages};
 
@@ -185,25 +183,39 @@ impl Started {
     }
 
     /// Waits for the whole answer.
-    pub async fn finish(mut self) -> crate::error::Result<proto::CaptionResponse> {
+    pub async fn finish(mut self) -> crate::error::Result<Answer> {
         while let Some(event) = self.next().await {
             match event {
                 EngineEvent::Admitted { .. } | EngineEvent::Token(_) => {}
-                EngineEvent::Done { output, queue_ms } => return Ok(self.response(output, queue_ms)),
+                EngineEvent::Done { output, queue_ms } => return Ok(self.answer(output, queue_ms)),
                 EngineEvent::Failed(e) => return Err(e),
             }
         }
         Err(ended_without_an_answer())
     }
 
-    /// The final response for the request's output.
-    pub fn response(&self, output: crate::engine::InferenceOutput, queue_ms: f64) -> proto::CaptionResponse {
-        let total_ms = self.started.elapsed().as_secs_f64() * 1e3;
-        let mut response =
-            convert::response(output, queue_ms, total_ms, &self.worker.info.name, &self.worker.info.version);
-        response.frame_timestamps_s = self.timestamps.clone();
-        response
+    /// The whole answer, once the request's output has come.
+    pub fn answer(&self, output: InferenceOutput, queue_ms: f64) -> Answer {
+        Answer {
+            output,
+            queue_ms,
+            total_ms: self.started.elapsed().as_secs_f64() * 1e3,
+            model: self.worker.info.clone(),
+            timestamps_s: self.timestamps.clone(),
+        }
     }
+}
+
+/// A request's whole answer as the core has it; each door writes it in its own format.
+pub struct Answer {
+    pub output: InferenceOutput,
+    /// Time in the model's queue, and from the call's start to the answer.
+    pub queue_ms: f64,
+    pub total_ms: f64,
+    /// The model (name and version) that answered.
+    pub model: Arc<ModelInfo>,
+    /// The video frames' timestamps, for a video file.
+    pub timestamps_s: Vec<f64>,
 }
 
 /// The error for a model thread that ended without answering.
