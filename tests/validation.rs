@@ -112,3 +112,20 @@ async fn a_checkpoints_default_num_beams_is_beam_search_everywhere() {
     let gaps = value(&metrics, r#"gitcap_inter_token_seconds_count{model="tiny",version="local"}"#).unwrap_or(0.0);
     assert_eq!(gaps, 5.0, "{metrics}");
 }
+
+#[tokio::test]
+async fn a_label_too_long_for_the_model_is_named_as_the_label() {
+    // The fixture reads at most 64 positions; the second label alone is 80 tokens.
+    let server = TestServer::start("tiny-git-image", &[]);
+    let mut grpc = CaptionerClient::new(server.channel().await);
+    let request = gitcap_client::proto::ScoreLabelsRequest {
+        model: "tiny".into(),
+        media: Some(Media { kind: Some(Kind::Image(image())), ..Default::default() }),
+        labels: vec!["a cat".into(), vec!["cat"; 80].join(" ")],
+        ..Default::default()
+    };
+    let status = grpc.score_labels(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().starts_with("labels[1]:"), "{status:?}");
+    assert!(!status.message().contains("max_new_tokens"), "names an option the caller never set: {status:?}");
+}

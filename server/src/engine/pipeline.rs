@@ -132,6 +132,17 @@ impl Pipeline {
             if ids.is_empty() {
                 return Err(GitcapError::invalid(format!("labels[{}]", first + i), "the label has no tokens"));
             }
+            // The prompt and the label (EOS excluded) are fed together: they must fit the model.
+            let positions = self.model.config.max_position_embeddings;
+            let fed = (prompt.len() + ids.len()) as i64;
+            if fed > positions {
+                return Err(GitcapError::invalid(
+                    format!("labels[{}]", first + i),
+                    format!(
+                        "the prompt and this label take {fed} tokens; this model reads at most {positions}                          (shorten the label or the prompt)"
+                    ),
+                ));
+            }
             ids.push(eos);
             targets.push(ids);
         }
