@@ -35,17 +35,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     let desired_state = admin.desired_state()?;
     let registry = Registry::new(RegistryOptions {
         hub,
-        engine: EngineOptions {
-            queue_capacity: m.queue_capacity,
-            batch_queue_capacity: m.batch_queue_capacity,
-            max_batch_size: settings.engine.max_batch_size,
-            max_batch_tokens: settings.engine.max_batch_tokens,
-            max_vision_batch: settings.engine.max_vision_batch,
-            interactive_rows: settings.engine.interactive_rows,
-            batch_max_wait: Duration::from_millis(settings.engine.batch_max_wait_ms),
-            feature_cache_bytes: settings.engine.feature_cache_mb << 20,
-            weights: if m.map_weights { Storage::Mapped } else { Storage::Copied },
-        },
+        engine: settings.engine_options(),
         model_roots: Some(admin.model_roots.clone()),
         state_file: admin.state_file.clone(),
         desired_state: desired_state.as_ref().map(|(path, _)| path.clone()),
@@ -77,20 +67,11 @@ pub async fn run(settings: Settings) -> Result<()> {
     };
     // Tests and scripts read the port from this line.
     println!("gitcap-server listening on {addr}");
-    let l = &settings.limits;
-    let media_limits = MediaLimits { max_pixels: l.max_pixels, max_frames: l.max_frames };
-    let media = Arc::new(media_service(&settings, media_limits)?);
+    let limits = settings.request_limits();
+    let media = Arc::new(media_service(&settings, limits.media)?);
     let options = ServeOptions {
         media,
-        limits: RequestLimits {
-            media: media_limits,
-            max_new_tokens: l.max_new_tokens,
-            max_beams: l.max_beams,
-            max_question_chars: l.max_question_chars,
-            max_labels: l.max_labels,
-            max_frame_bytes: settings.server.max_message_bytes,
-            max_timeout: Duration::from_secs(l.max_timeout_secs),
-        },
+        limits,
         max_message_bytes: settings.server.max_message_bytes,
         shutdown_grace: Duration::from_secs(settings.server.shutdown_grace_secs),
         inference_token: settings.auth.inference_token.clone(),

@@ -13,10 +13,14 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::device::DeviceSpec;
+use crate::engine::EngineOptions;
 use crate::error::{GitcapError, Result};
+use crate::media::MediaLimits;
 pub use crate::metrics::MetricsSettings;
+use crate::model::weights::Storage;
 use crate::model::Precision;
 use crate::optional_setting::optional;
+use crate::service::validation::RequestLimits;
 pub use crate::telemetry::TelemetrySettings;
 
 const DEFAULTS: &str = include_str!("../../config/default.toml");
@@ -253,6 +257,36 @@ const LIST_KEYS: [&str; 5] = [
 ];
 
 impl Settings {
+    /// How each model's thread queues, batches and caches (`model.*` queues, `engine.*`).
+    pub fn engine_options(&self) -> EngineOptions {
+        let (m, e) = (&self.model, &self.engine);
+        EngineOptions {
+            queue_capacity: m.queue_capacity,
+            batch_queue_capacity: m.batch_queue_capacity,
+            max_batch_size: e.max_batch_size,
+            max_batch_tokens: e.max_batch_tokens,
+            max_vision_batch: e.max_vision_batch,
+            interactive_rows: e.interactive_rows,
+            batch_max_wait: std::time::Duration::from_millis(e.batch_max_wait_ms),
+            feature_cache_bytes: e.feature_cache_mb << 20,
+            weights: if m.map_weights { Storage::Mapped } else { Storage::Copied },
+        }
+    }
+
+    /// What a request may ask for (`limits.*`; a frame's bytes from `server.max_message_bytes`).
+    pub fn request_limits(&self) -> RequestLimits {
+        let l = &self.limits;
+        RequestLimits {
+            media: MediaLimits { max_pixels: l.max_pixels, max_frames: l.max_frames },
+            max_new_tokens: l.max_new_tokens,
+            max_beams: l.max_beams,
+            max_question_chars: l.max_question_chars,
+            max_labels: l.max_labels,
+            max_frame_bytes: self.server.max_message_bytes,
+            max_timeout: std::time::Duration::from_secs(l.max_timeout_secs),
+        }
+    }
+
     /// Layers the defaults, `file`, the environment and `overrides` ("section.key" → value).
     pub fn load(file: Option<&Path>, overrides: &[(&str, Option<String>)]) -> Result<Self> {
         Self::load_from(file, overrides, std::env::vars())
@@ -288,6 +322,9 @@ impl Settings {
         }
         builder = builder.add_source(env_source);
         for (key, value) in overrides {
+            if !known.contains(*key) {
+                return Err(unknown(key, "a command-line override", &known));
+            }
             if let Some(value) = value {
                 builder =
                     builder.set_override(*key, value.clone()).map_err(|e| GitcapError::invalid(*key, e.to_string()))?;
@@ -415,6 +452,24 @@ mod tests {
 
         let missing = Settings::load_from(Some(&dir.path().join("absent.toml")), &[], vec![]).unwrap_err();
         assert!(missing.to_string().contains("absent.toml"), "{missing}");
+    }
+
+    #[test]
+    fn the_structs_defaults_are_config_default_toml() {
+        // config/default.toml is where defaults are written; the Default impls that tests and
+        // the command line use must say the same.
+        let settings = Settings::load_from(None, &[], vec![]).unwrap();
+        assert_eq!(settings.engine_options(), EngineOptions::default());
+        let (limits, default) = (settings.request_limits(), RequestLimits::default());
+        assert_eq!(format!("{limits:?}"), format!("{default:?}"));
+        assert_eq!(format!("{:?}", limits.media), format!("{:?}", MediaLimits::default()));
+    }
+
+    #[test]
+    fn a_misspelt_command_line_override_is_refused_like_an_environment_key() {
+        let flags = [("limits.max_beam", Some("3".to_string()))];
+        let error = Settings::load_from(None, &flags, vec![]).unwrap_err().to_string();
+        assert!(error.contains("limits.max_beam") && error.contains("did you mean `limits.max_beams`"), "{error}");
     }
 
     #[test]

@@ -51,9 +51,9 @@ pub struct MediaLimits {
 }
 
 impl Default for MediaLimits {
-    /// 40 megapixels (about 120 MB decoded), 512 frames.
+    /// As config/default.toml's `limits`: 40 megapixels (about 120 MB decoded), 64 frames.
     fn default() -> Self {
-        Self { max_pixels: 40_000_000, max_frames: 512 }
+        Self { max_pixels: 40_000_000, max_frames: 64 }
     }
 }
 
