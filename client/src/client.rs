@@ -160,7 +160,8 @@ type Inner = InterceptedService<Channel, Auth>;
 /// ```
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CaptionOptions {
-    pub model: String,
+    /// The model, alias or `name@version` to ask; `None` = the server's default model.
+    pub model: Option<String>,
     pub question: String,
     pub generation: GenerationOptions,
     /// Interactive (the default) or batch; live captions are always interactive.
@@ -169,7 +170,7 @@ pub struct CaptionOptions {
 
 impl CaptionOptions {
     pub fn model(mut self, model: impl Into<String>) -> Self {
-        self.model = model.into();
+        self.model = Some(model.into());
         self
     }
 
@@ -563,7 +564,7 @@ impl GitcapClient {
 
     fn caption_request(media: Media, options: &CaptionOptions) -> proto::CaptionRequest {
         proto::CaptionRequest {
-            model: options.model.clone(),
+            model: options.model.clone().unwrap_or_default(),
             media: Some(media),
             question: options.question.clone(),
             options: options.generation(),
@@ -607,7 +608,7 @@ impl GitcapClient {
     {
         let caption = &upload.caption;
         let start = UploadStart {
-            model: caption.model.clone(),
+            model: caption.model.clone().unwrap_or_default(),
             question: caption.question.clone(),
             options: caption.generation(),
             frame_count: upload.frame_count,
@@ -661,7 +662,7 @@ impl GitcapClient {
     {
         let caption = &upload.caption;
         let start = VideoUploadStart {
-            model: caption.model.clone(),
+            model: caption.model.clone().unwrap_or_default(),
             question: caption.question.clone(),
             options: caption.generation(),
             sampling: upload.sampling.clone(),
@@ -769,7 +770,7 @@ impl GitcapClient {
     ) -> Result<BoxStream<proto::DenseCaptionEvent>> {
         let caption = &options.caption;
         let request = proto::DenseCaptionRequest {
-            model: caption.model.clone(),
+            model: caption.model.clone().unwrap_or_default(),
             media: Some(media),
             question: caption.question.clone(),
             options: caption.generation(),
@@ -805,7 +806,7 @@ impl GitcapClient {
     {
         let caption = &options.caption;
         let start = LiveStart {
-            model: caption.model.clone(),
+            model: caption.model.clone().unwrap_or_default(),
             question: caption.question.clone(),
             options: caption.generation(),
             window: options.window,

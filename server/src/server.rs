@@ -7,13 +7,10 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use crate::api::{self, media::MediaService, ServeOptions};
-use crate::engine::EngineOptions;
 use crate::error::Result;
 use crate::media::video::{VideoDecoder, VideoLimits};
 use crate::media::{MediaLimits, UrlFetcher, UrlPolicy};
-use crate::model::weights::Storage;
 use crate::registry::{FollowOptions, HubOptions, LoadSpec, Registry, RegistryOptions};
-use crate::service::validation::RequestLimits;
 use crate::settings::Settings;
 
 pub async fn run(settings: Settings) -> Result<()> {
@@ -49,7 +46,7 @@ pub async fn run(settings: Settings) -> Result<()> {
             name: m.name.clone(),
             source: m.source.clone(),
             revision: m.revision.clone(),
-            version: String::new(),
+            version: None,
             device: m.device,
             dtype: m.dtype,
         };

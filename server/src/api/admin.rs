@@ -48,7 +48,7 @@ impl AdminService {
             name: spec.name,
             source: spec.source,
             revision: spec.revision,
-            version: spec.version,
+            version: Some(spec.version).filter(|version| !version.is_empty()),
             device,
             dtype,
         })

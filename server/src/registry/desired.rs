@@ -85,7 +85,7 @@ pub fn parse(text: &str, default_device: DeviceSpec, default_dtype: Precision) -
             name: name.to_string(),
             source: entry.source,
             revision: entry.revision,
-            version: version.to_string(),
+            version: Some(version.to_string()),
             device,
             dtype,
         };
@@ -157,7 +157,10 @@ mod tests {
         )
         .unwrap();
         let v2 = &state.versions["vatex@v2.1"];
-        assert_eq!((v2.name.as_str(), v2.version.as_str(), v2.source.as_str()), ("vatex", "v2.1", "/models/vatex-v2"));
+        assert_eq!(
+            (v2.name.as_str(), v2.version.as_deref(), v2.source.as_str()),
+            ("vatex", Some("v2.1"), "/models/vatex-v2")
+        );
         assert_eq!(v2.dtype, Precision::parse("bf16").unwrap());
         assert_eq!(state.versions["vatex@v1"].revision, "abc123");
         assert_eq!(state.versions["vatex@v1"].device, DeviceSpec::CPU);

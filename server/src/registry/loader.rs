@@ -22,9 +22,10 @@ pub struct LoadSpec {
     pub name: String,
     pub source: String,
     pub revision: String,
-    /// The version label (the `version` of the id `name@version`); empty = the hub commit, or
-    /// `local` for a directory.
-    pub version: String,
+    /// The version label (the `version` of the id `name@version`); `None` = the hub commit, or
+    /// `local` for a directory. (State files written with `version = ""` read as `None`.)
+    #[serde(default, deserialize_with = "crate::optional_setting::optional")]
+    pub version: Option<String>,
     pub device: DeviceSpec,
     pub dtype: Precision,
 }
@@ -68,7 +69,7 @@ pub fn load(
     let checkpoint = resolve_with_progress(&spec.source, revision, hub, progress)?;
     let from_hub = checkpoint.version != "local";
     let commit = from_hub.then(|| checkpoint.version.clone());
-    let version = if spec.version.is_empty() { checkpoint.version } else { spec.version.clone() };
+    let version = spec.version.clone().unwrap_or(checkpoint.version);
     let worker = ModelWorker::load_checkpoint(checkpoint.dir, &spec.name, &version, spec.dtype, spec.device, engine)?;
     let preprocessor = worker.info.preprocessor.clone();
     warm_up(&worker, &preprocessor)?;

@@ -299,10 +299,10 @@ impl Registry {
                 // Listed under the id its Load call or desired-state file gave it, so that List
                 // and Watch find it; without a version label (the hub commit or `local` would
                 // have been it) or where that id serves already, under its source.
-                let given = (!spec.version.is_empty()).then(|| model_id(&spec.name, &spec.version));
                 let serving = |id: &String| inner.entries.get(id).is_some_and(|e| e.worker.is_some());
-                let (id, version) = match given.filter(|id| !serving(id)) {
-                    Some(id) => (id, spec.version.clone()),
+                let given = spec.version.as_ref().map(|version| (model_id(&spec.name, version), version.clone()));
+                let (id, version) = match given.filter(|(id, _)| !serving(id)) {
+                    Some(given) => given,
                     None => (format!("{}@(failed {})", spec.name, spec.source), String::new()),
                 };
                 tracing::warn!(model = id, %error, "load failed");
@@ -540,7 +540,7 @@ impl Registry {
                     // A hub model restarts at the commit it runs now.
                     let revision =
                         if e.status.commit.is_empty() { spec.revision.clone() } else { e.status.commit.clone() };
-                    LoadSpec { version: e.status.version.clone(), revision, ..spec.clone() }
+                    LoadSpec { version: Some(e.status.version.clone()), revision, ..spec.clone() }
                 })
                 .collect(),
             aliases: inner.aliases.iter().map(|(alias, route)| (alias.clone(), route.target())).collect(),
@@ -594,7 +594,7 @@ mod tests {
             name: "hcap".into(),
             source: missing.path().join("nothing-here").display().to_string(),
             revision: "main".into(),
-            version: version.into(),
+            version: Some(version.to_string()).filter(|v| !v.is_empty()),
             device: crate::device::DeviceSpec::CPU,
             dtype: crate::model::Precision::Uniform(tch::Kind::Float),
         };

@@ -59,7 +59,7 @@ mod tests {
                 name: "vatex".into(),
                 source: "microsoft/git-base-vatex".into(),
                 revision: "abc".into(),
-                version: "abc".into(),
+                version: Some("abc".into()),
                 device: crate::device::DeviceSpec::CPU,
                 dtype: crate::model::Precision::from(tch::Kind::Float),
             }],
@@ -73,10 +73,15 @@ mod tests {
             .into(),
         };
         write(&path, &state).unwrap();
-        assert_eq!(read(&path).unwrap(), Some(state));
+        assert_eq!(read(&path).unwrap().as_ref(), Some(&state));
         // A file written before splits existed (every alias a plain id) still reads.
         std::fs::write(&path, r#"{"models": [], "aliases": {"default": "vatex@abc"}}"#).unwrap();
         assert_eq!(read(&path).unwrap().unwrap().aliases["default"], AliasTarget::One("vatex@abc".into()));
+        // A file whose versions were written as "" for "unset" reads them as unset.
+        let mut legacy = serde_json::to_value(&state).unwrap();
+        legacy["models"][0]["version"] = "".into();
+        std::fs::write(&path, legacy.to_string()).unwrap();
+        assert_eq!(read(&path).unwrap().unwrap().models[0].version, None);
         std::fs::write(&path, "{ not json").unwrap();
         let message = read(&path).unwrap_err().to_string();
         assert!(message.contains("corrupt") && message.contains("models.json"), "{message}");

@@ -238,7 +238,7 @@ pub struct RequestArgs {
 impl RequestArgs {
     pub fn options(&self) -> CaptionOptions {
         CaptionOptions {
-            model: self.model.clone().unwrap_or_default(),
+            model: self.model.clone(),
             question: self.question.clone().unwrap_or_default(),
             generation: self.generation,
             ..CaptionOptions::default()

@@ -101,7 +101,9 @@ async fn caption_media(
     json: bool,
 ) -> Result<ExitCode> {
     if !labels.is_empty() {
-        let ranked = client.score_labels(media, labels.to_vec(), &options.question, &options.model).await?;
+        let ranked = client
+            .score_labels(media, labels.to_vec(), &options.question, options.model.as_deref().unwrap_or_default())
+            .await?;
         print_labels(&ranked, json);
     } else if stream {
         print_events(client.caption_stream(media, options).await?, json).await?;
