@@ -216,7 +216,7 @@ fn route_key<T>(request: &Request<T>) -> Option<String> {
     Some(value.to_string()).filter(|key| !key.is_empty())
 }
 
-fn grpc_timeout<T>(request: &Request<T>) -> Option<Duration> {
+pub(crate) fn grpc_timeout<T>(request: &Request<T>) -> Option<Duration> {
     let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     let n: u64 = digits.parse().ok()?;
@@ -353,8 +353,10 @@ impl Captioner for CaptionerService {
         &self,
         request: Request<proto::DenseCaptionRequest>,
     ) -> Result<Response<DenseStream>, Status> {
+        let started = Instant::now();
         let mut tally = Tally::new("DenseCaption", request.metadata());
         let key = route_key(&request);
+        let timeout = grpc_timeout(&request);
         let request = request.into_inner();
         let session = (|| -> Result<DenseSession, Status> {
             let worker = self.model(&request.model, key.as_deref(), &mut tally)?;
@@ -367,17 +369,21 @@ impl Captioner for CaptionerService {
                 media: self.media.clone(),
                 window_s: request.window_s,
                 stride_s: request.stride_s,
+                timeout,
+                started,
                 trace: tally.trace(),
             })
         })();
         let session = tally.outcome(session)?;
+        let send_timeout = session.send_timeout();
         let (tx, rx) = mpsc::channel(8);
         let media = request.media;
         tokio::spawn(
             async move {
                 let result = session.run(media, &tx).await;
                 if let Err(status) = tally.outcome(result) {
-                    let _ = tx.send(Err(status)).await;
+                    // Bounded too: a client that reads nothing must not keep this task.
+                    let _ = tokio::time::timeout(send_timeout, tx.send(Err(status))).await;
                 }
             }
             .instrument(tracing::Span::current()),
