@@ -202,7 +202,18 @@ pub struct MediaSettings {
     #[serde(default, deserialize_with = "optional")]
     pub spool_dir: Option<PathBuf>,
     pub video: VideoSettings,
+    pub dense: DenseSettings,
     pub url: UrlSettings,
+}
+
+/// Bounds on one dense captioning request (`DenseCaption`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DenseSettings {
+    pub min_window_secs: f64,
+    pub min_stride_secs: f64,
+    pub max_windows: usize,
+    pub max_frames: usize,
+    pub send_timeout_secs: f64,
 }
 
 /// Video files, decoded by ffmpeg children under limits.

@@ -358,17 +358,20 @@ impl Captioner for CaptionerService {
                 media: self.media.clone(),
                 window_s: request.window_s,
                 stride_s: request.stride_s,
+                deadline: call.deadline,
                 trace: tally.trace(),
             })
         })();
         let session = tally.outcome(session)?;
+        let send_timeout = session.send_timeout();
         let (tx, rx) = mpsc::channel(8);
         let media = request.media;
         tokio::spawn(
             async move {
                 let result = session.run(media, &tx).await;
                 if let Err(status) = tally.outcome(result) {
-                    let _ = tx.send(Err(status)).await;
+                    // Bounded too: a client that reads nothing must not keep this task.
+                    let _ = tokio::time::timeout(send_timeout, tx.send(Err(status))).await;
                 }
             }
             .instrument(tracing::Span::current()),

@@ -67,7 +67,10 @@ impl MediaService {
                 ),
             ));
         }
-        Ok(Self { limits, budget: MediaBudget::new(budget_bytes), video, fetcher, spool_dir, max_video_bytes })
+        let budget = MediaBudget::new(budget_bytes);
+        let video = video.map(|decoder| decoder.with_media_budget(budget.clone()));
+        let fetcher = fetcher.with_spool_dir(spool_dir.as_deref());
+        Ok(Self { limits, budget, video, fetcher, spool_dir, max_video_bytes })
     }
 
     /// The video decoder, or FAILED_PRECONDITION saying how to install one.
@@ -230,17 +233,15 @@ impl MediaService {
         let info = decoder.probe(file, field).await?;
         let sampling = video_sampling(sampling, model.max_frames)?;
         let timestamps = sample_timestamps(&info, &sampling, model.max_frames)?;
+        // Each frame comes with its room in the media budget, reserved by the decoder.
         let mut stream = std::pin::pin!(decoder.frames_at(file, &info, &timestamps, field));
-        let frame_cost = info.frame_bytes() as u64 * 2;
         let mut frames = Vec::with_capacity(timestamps.len());
         let mut used = Vec::with_capacity(timestamps.len());
-        loop {
-            let room = self.budget.reserve(frame_cost, field).await?;
-            let Some(frame) = stream.next().await else { break };
+        while let Some(frame) = stream.next().await {
             let frame = frame?;
             used.push(frame.timestamp_s);
             frames.push(self.shrink(frame.image, model).await?);
-            drop(room);
+            drop(frame.room);
         }
         Ok(PreparedMedia { frames, timestamps_s: used })
     }

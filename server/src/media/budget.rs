@@ -3,26 +3,36 @@
 //! declares, before any pixel is decoded) and gives it back once the frame has been shrunk to
 //! the model's input; a request that finds the budget spent waits for room (within its
 //! deadline). Four requests of 48 large JPEGs each then cost what the budget allows, not 20 GB.
+//!
+//! Video frames are reserved by the decoder itself, only while it holds the process slot of the
+//! child writing them (see crate::media::video): a request never waits for a decoder process
+//! while holding room here, so the budget and the process slots are always taken in one order
+//! (slot, then room) and cannot deadlock.
 
-use tokio::sync::{Semaphore, SemaphorePermit};
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
 
 use crate::error::{GitcapError, Result};
 
-/// Bytes of decoded pixels in flight, across all requests.
-#[derive(Debug)]
+/// Bytes of decoded pixels in flight, across all requests. Clones share the budget.
+#[derive(Debug, Clone)]
 pub struct MediaBudget {
     /// One permit per KiB.
-    kib: Semaphore,
+    kib: Arc<Semaphore>,
     total_kib: u32,
 }
 
 /// Room reserved in the [`MediaBudget`], given back when dropped.
 pub type Reservation<'a> = SemaphorePermit<'a>;
 
+/// Room reserved in the [`MediaBudget`] that may travel with what it holds (a video frame).
+pub type OwnedReservation = OwnedSemaphorePermit;
+
 impl MediaBudget {
     pub fn new(bytes: u64) -> Self {
         let total_kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX).min(Semaphore::MAX_PERMITS as u32);
-        Self { kib: Semaphore::new(total_kib as usize), total_kib }
+        Self { kib: Arc::new(Semaphore::new(total_kib as usize)), total_kib }
     }
 
     /// The whole budget, in bytes.
@@ -38,6 +48,17 @@ impl MediaBudget {
     /// Reserves `bytes` for decoding `field`, waiting for room. More than the whole budget can
     /// never fit: RESOURCE_EXHAUSTED at once.
     pub async fn reserve(&self, bytes: u64, field: &str) -> Result<Reservation<'_>> {
+        let kib = self.kib_for(bytes, field)?;
+        self.kib.acquire_many(kib).await.map_err(|_| stopping())
+    }
+
+    /// [`Self::reserve`], as room that is not tied to this handle's lifetime.
+    pub async fn reserve_owned(&self, bytes: u64, field: &str) -> Result<OwnedReservation> {
+        let kib = self.kib_for(bytes, field)?;
+        self.kib.clone().acquire_many_owned(kib).await.map_err(|_| stopping())
+    }
+
+    fn kib_for(&self, bytes: u64, field: &str) -> Result<u32> {
         let kib = bytes.div_ceil(1024).max(1);
         if kib > u64::from(self.total_kib) {
             return Err(GitcapError::ResourceExhausted(format!(
@@ -47,8 +68,12 @@ impl MediaBudget {
                 self.bytes() >> 20
             )));
         }
-        self.kib.acquire_many(kib as u32).await.map_err(|_| GitcapError::Unavailable("the server is stopping".into()))
+        Ok(kib as u32)
     }
+}
+
+fn stopping() -> GitcapError {
+    GitcapError::Unavailable("the server is stopping".into())
 }
 
 /// What decoding an image of `width` × `height` holds at its peak, in bytes: the decoder's own

@@ -31,6 +31,7 @@ mod test_server;
 #[cfg(test)]
 mod tests;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -117,6 +118,8 @@ pub struct UrlFetcher {
     allow: Arc<AllowList>,
     /// `None` when fetching is off (no TLS roots are loaded then).
     client: Option<reqwest::Client>,
+    /// Where [`UrlFetcher::fetch`] writes bodies; `None` = the system's temporary directory.
+    spool_dir: Option<Arc<Path>>,
 }
 
 /// The response headers of the last hop, once a fetch has got past redirects and status checks.
@@ -143,7 +146,14 @@ impl UrlFetcher {
         } else {
             None
         };
-        Ok(Self { policy: Arc::new(policy), allow, client })
+        Ok(Self { policy: Arc::new(policy), allow, client, spool_dir: None })
+    }
+
+    /// Writes fetched bodies into `dir` (`media.spool_dir`) rather than the system's temporary
+    /// directory; `None` keeps the latter.
+    pub fn with_spool_dir(mut self, dir: Option<&Path>) -> Self {
+        self.spool_dir = dir.map(Arc::from);
+        self
     }
 
     /// The policy this fetcher enforces.
@@ -154,7 +164,7 @@ impl UrlFetcher {
     /// Fetches `url` into a temporary file. `field` is the request field that named the URL; every
     /// error is [`GitcapError::Media`] on it, with a message saying what to change.
     pub async fn fetch(&self, url: &str, field: &str) -> Result<Fetched> {
-        let (answer, sink) = self.fetch_into(url, field, Sink::temp_file).await?;
+        let (answer, sink) = self.fetch_into(url, field, || Sink::temp_file(self.spool_dir.as_deref())).await?;
         let Sink::File(file) = sink else { unreachable!("fetch_into returns the sink it was given") };
         let file = file.finish().await.map_err(|e| temp_file_error(url, e))?;
         let bytes = file.as_file().metadata().map_err(|e| temp_file_error(url, e))?.len();

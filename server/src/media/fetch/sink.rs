@@ -2,6 +2,7 @@
 //! megabytes) or, for small media such as images, memory. Either way the body is held once.
 
 use std::io::{self, Seek, Write};
+use std::path::Path;
 use std::sync::Arc;
 
 use tempfile::NamedTempFile;
@@ -15,9 +16,14 @@ pub(super) enum Sink {
 }
 
 impl Sink {
-    /// A new, empty temporary file in the system's temporary directory.
-    pub fn temp_file() -> io::Result<Self> {
-        let file = tempfile::Builder::new().prefix("gitcap-url-").tempfile()?;
+    /// A new, empty temporary file in `dir` (`None`: the system's temporary directory).
+    pub fn temp_file(dir: Option<&Path>) -> io::Result<Self> {
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("gitcap-url-");
+        let file = match dir {
+            Some(dir) => builder.tempfile_in(dir)?,
+            None => builder.tempfile()?,
+        };
         let writer = Arc::new(file.as_file().try_clone()?);
         Ok(Self::File(FileSink { file, writer, pending: Vec::new() }))
     }

@@ -5,8 +5,10 @@
 //! `RLIMIT_AS`, `RLIMIT_FSIZE = 0` (it may not write a file) and `RLIMIT_CORE = 0`, and its own
 //! process group; an empty environment but `LD_LIBRARY_PATH` (no `FFREPORT` log files, no
 //! proxies), `/` as its working directory, stdin from `/dev/null`. Its stderr is drained into a
-//! bounded tail for error messages. It is killed when dropped (a dropped request kills its decoder), and when a read from
-//! it waits past the call's wall-clock budget. A semaphore bounds the children alive at once.
+//! bounded tail for error messages. It is killed when dropped (a dropped request kills its
+//! decoder), and when a read from it waits past the call's wall-clock budget. A semaphore bounds
+//! the children alive at once: a child's slot is given back only once the child has been reaped,
+//! so a killed child that has not exited yet still counts.
 //!
 //! A child may also get a side channel: a pipe on its descriptor 3 (`pipe:3` to ffmpeg), read
 //! line by line by a task of its own so that the child never blocks on it.
@@ -27,6 +29,7 @@ use tokio::task::JoinHandle;
 
 use super::VideoLimits;
 use crate::error::{GitcapError, Result};
+use crate::media::budget::{MediaBudget, OwnedReservation};
 
 /// The most stderr kept for an error message (its end, where ffmpeg says what went wrong).
 const STDERR_TAIL_BYTES: usize = 8 << 10;
@@ -42,6 +45,8 @@ pub(crate) struct Budget {
     pub field: Arc<str>,
     /// The file's path, replaced by "the file" in ffmpeg's messages.
     pub file: Arc<Path>,
+    /// The media budget decoded frames are reserved in, if any.
+    pub room: Option<MediaBudget>,
 }
 
 impl Budget {
@@ -59,6 +64,16 @@ impl Budget {
                 ))
             })?
             .map_err(|_| GitcapError::Internal("the video decoding semaphore was closed".into()))
+    }
+
+    /// Room in the media budget for `bytes` of a decoded frame. Called only while the caller
+    /// holds the slot of the child writing the frame (never the other way round: see
+    /// crate::media::budget).
+    pub async fn frame_room(&self, bytes: u64) -> Result<Option<OwnedReservation>> {
+        match &self.room {
+            Some(budget) => Ok(Some(budget.reserve_owned(bytes, &self.field).await?)),
+            None => Ok(None),
+        }
     }
 
     /// A process slot if one is free now.
@@ -83,14 +98,15 @@ pub(crate) enum Filled {
 
 /// A running child.
 pub(crate) struct Child {
-    child: tokio::process::Child,
+    /// Taken by `Drop`, which reaps it before giving its slot back.
+    child: Option<tokio::process::Child>,
     stdout: BufReader<ChildStdout>,
     side: Option<mpsc::UnboundedReceiver<String>>,
     stderr: Option<JoinHandle<Vec<u8>>>,
     clock: WaitClock,
     what: &'static str,
     budget: Budget,
-    _slot: OwnedSemaphorePermit,
+    slot: Option<OwnedSemaphorePermit>,
 }
 
 impl Child {
@@ -147,14 +163,14 @@ impl Child {
         let stdout = child.stdout.take().ok_or_else(|| GitcapError::Internal("child without stdout".into()))?;
         let stderr = child.stderr.take().map(|stderr| tokio::spawn(stderr_tail(stderr)));
         Ok(Self {
-            child,
+            child: Some(child),
             stdout: BufReader::with_capacity(64 << 10, stdout),
             side,
             stderr,
             clock: WaitClock { left: wall },
             what,
             budget: budget.clone(),
-            _slot: slot,
+            slot: Some(slot),
         })
     }
 
@@ -203,7 +219,8 @@ impl Child {
     /// Waits for the child to exit: `None` if it succeeded, what it said on stderr if it failed
     /// on its own (an exit status), an error if a limit stopped it or it crashed.
     pub async fn finish_plainly(mut self) -> Result<Option<String>> {
-        let status = self.clock.run(self.child.wait()).await;
+        let child = self.child.as_mut().expect("a running child");
+        let status = self.clock.run(child.wait()).await;
         let status = self.checked(status)?;
         let status = status.map_err(|e| GitcapError::Internal(format!("waiting for {}: {e}", self.what)))?;
         if status.success() {
@@ -223,7 +240,9 @@ impl Child {
 
     /// Kills the child now (it is also killed when dropped).
     pub fn kill(&mut self) {
-        let _ = self.child.start_kill();
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
     }
 
     /// The value, or the wall-clock error after killing the child.
@@ -263,6 +282,28 @@ impl Child {
             None => return None,
         };
         Some(self.budget.media_error(message))
+    }
+}
+
+impl Drop for Child {
+    /// Kills the child if it still runs, and gives its slot back only once it is reaped: until
+    /// then it is still a process, and the limit on children alive at once counts it.
+    fn drop(&mut self) {
+        let (Some(mut child), slot) = (self.child.take(), self.slot.take()) else { return };
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let _ = child.start_kill();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    let _ = child.wait().await;
+                    drop(slot);
+                });
+            }
+            // No runtime to wait on: kill_on_drop and tokio's orphan reaping take over.
+            Err(_) => drop((child, slot)),
+        }
     }
 }
 

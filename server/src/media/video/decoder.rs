@@ -17,6 +17,7 @@ use super::sniff::{sniff_container, SNIFF_BYTES};
 use super::tools::{self, Tools};
 use super::{stream, VideoLimits, ACCEPTED_CONTAINERS, ACCEPTED_NAMES};
 use crate::error::{GitcapError, Result};
+use crate::media::budget::{MediaBudget, OwnedReservation};
 
 /// Largest ffprobe report read (a video stream's entries are about 1 KiB).
 const PROBE_OUTPUT_BYTES: u64 = 1 << 20;
@@ -31,10 +32,12 @@ pub struct VideoDecoder {
     tools: Arc<Tools>,
     limits: Arc<VideoLimits>,
     slots: Arc<Semaphore>,
+    /// Where decoded frames reserve their memory (see [`Self::with_media_budget`]).
+    room: Option<MediaBudget>,
 }
 
 /// A decoded frame and the sample it answers.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub struct TimedFrame {
     /// The sample's position in the timestamps asked for.
     pub index: usize,
@@ -42,6 +45,9 @@ pub struct TimedFrame {
     pub timestamp_s: f64,
     /// The frame `ffmpeg -ss <timestamp> -i FILE -frames:v 1` writes, as RGB.
     pub image: RgbImage,
+    /// Its room in the media budget (with [`VideoDecoder::with_media_budget`]): drop it once
+    /// the image has been shrunk.
+    pub room: Option<OwnedReservation>,
 }
 
 impl VideoDecoder {
@@ -50,7 +56,16 @@ impl VideoDecoder {
     pub fn detect(ffmpeg: Option<&Path>, ffprobe: Option<&Path>, limits: VideoLimits) -> Result<Self, String> {
         let tools = tools::find(ffmpeg, ffprobe)?;
         let slots = Arc::new(Semaphore::new(limits.max_processes.max(1)));
-        Ok(Self { tools: Arc::new(tools), limits: Arc::new(limits), slots })
+        Ok(Self { tools: Arc::new(tools), limits: Arc::new(limits), slots, room: None })
+    }
+
+    /// Each decoded frame reserves twice its RGB size in `budget` (the frame, and a copy while
+    /// one frame answers several timestamps) before it is read from its child, and holds it in
+    /// [`TimedFrame::room`]. The decoder reserves only while it holds the frame's process slot,
+    /// so requests waiting for room and requests waiting for a process cannot deadlock.
+    pub fn with_media_budget(mut self, budget: MediaBudget) -> Self {
+        self.room = Some(budget);
+        self
     }
 
     /// The ffmpeg in use, e.g. `ffmpeg 5.1.6-0+deb12u1`.
@@ -100,7 +115,8 @@ impl VideoDecoder {
     ///
     /// Timestamps close together are decoded by one child going forward; far apart, each run of
     /// them by a child that seeks to the keyframe before it, up to `processes_per_call` at once.
-    /// The first error ends the stream.
+    /// The first error ends the stream. Drop each frame's [`TimedFrame::room`] before asking for
+    /// the next frame: the stream may wait for a process slot, and must not hold room meanwhile.
     pub fn frames_at(
         &self,
         file: &Path,
@@ -186,7 +202,8 @@ impl VideoDecoder {
     }
 
     fn budget(&self, file: &Path, field: &str) -> Budget {
-        Budget { limits: self.limits.clone(), slots: self.slots.clone(), field: field.into(), file: file.into() }
+        let (limits, slots, room) = (self.limits.clone(), self.slots.clone(), self.room.clone());
+        Budget { limits, slots, field: field.into(), file: file.into(), room }
     }
 
     fn ffprobe_common_args(&self) -> Vec<OsString> {

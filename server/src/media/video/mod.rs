@@ -71,7 +71,7 @@ mod timing;
 mod tools;
 
 pub use decoder::{TimedFrame, VideoDecoder};
-pub use limits::VideoLimits;
+pub use limits::{DenseLimits, VideoLimits};
 pub use probe::VideoInfo;
 pub use sampling::{sample_timestamps, Sampling, SAMPLING_FIELD};
 pub use sniff::sniff_container;

@@ -22,6 +22,7 @@ use super::child::{Child, Filled};
 use super::timing::{ss_arg, threshold, us_from_seconds, TimeBase};
 use super::{Source, VideoInfo};
 use crate::error::{GitcapError, Result};
+use crate::media::budget::OwnedReservation;
 
 /// The most samples one pass picks with an exact `select` expression (one term each).
 pub(crate) const MAX_EXACT_SAMPLES: usize = 64;
@@ -170,6 +171,8 @@ fn relative_thresholds(info: &VideoInfo, seek_us: i64, samples: &[Sample]) -> Ve
 pub(crate) struct Hit {
     pub image: RgbImage,
     pub samples: Vec<Sample>,
+    /// The image's room in the media budget.
+    pub room: Option<OwnedReservation>,
 }
 
 /// What a pass gives next.
@@ -204,7 +207,7 @@ impl RunningPass {
     /// The next frame that answers samples, in order.
     pub async fn next_step(&mut self, source: &Source) -> Result<Step> {
         while self.next < self.plan.samples.len() && self.frames_read < self.plan.max_frames {
-            let Some((pixels, pts)) = next_frame(&mut self.child, source).await? else { break };
+            let Some(Decoded { pixels, pts, room }) = next_frame(&mut self.child, source).await? else { break };
             self.frames_read += 1;
             let first = self.next;
             while self.next < self.plan.samples.len() && self.plan.thresholds[self.next] <= pts {
@@ -215,7 +218,7 @@ impl RunningPass {
                     self.stop();
                 }
                 let image = to_image(&source.info, pixels)?;
-                return Ok(Step::Hit(Hit { image, samples: self.plan.samples[first..self.next].to_vec() }));
+                return Ok(Step::Hit(Hit { image, samples: self.plan.samples[first..self.next].to_vec(), room }));
             }
         }
         self.stop();
@@ -240,15 +243,25 @@ impl RunningPass {
     }
 }
 
+/// A frame read from a child.
+struct Decoded {
+    pixels: Vec<u8>,
+    pts: i64,
+    /// Its room in the media budget (twice its size: see `VideoDecoder::with_media_budget`).
+    room: Option<OwnedReservation>,
+}
+
 /// The next frame's pixels and timestamp from a pass's child; `None` once it ended cleanly (it
-/// is then gone from `running`). A child that ended badly is an error saying why.
-async fn next_frame(running: &mut Option<Child>, source: &Source) -> Result<Option<(Vec<u8>, i64)>> {
+/// is then gone from `running`). A child that ended badly is an error saying why. The frame's
+/// room is reserved while this pass holds its child's slot, before the pixels are allocated.
+async fn next_frame(running: &mut Option<Child>, source: &Source) -> Result<Option<Decoded>> {
     let Some(child) = running.as_mut() else { return Ok(None) };
     let frame_bytes = source.info.frame_bytes();
+    let room = source.budget.frame_room(frame_bytes as u64 * 2).await?;
     let mut pixels = vec![0u8; frame_bytes];
     let problem = match child.read_frame(&mut pixels).await? {
         Filled::Whole => match frame_stamp(child, source).await? {
-            Some(pts) => return Ok(Some((pixels, pts))),
+            Some(pts) => return Ok(Some(Decoded { pixels, pts, room })),
             None => Some("the video decoder wrote a frame without its timestamp".to_string()),
         },
         Filled::Ended => None,
@@ -325,8 +338,9 @@ fn to_image(info: &VideoInfo, pixels: Vec<u8>) -> Result<RgbImage> {
 
 /// The last frame of the video, the answer for every sample after its start (`sample` is the
 /// first of them): one child lists the timestamps of the frames from a little before `sample`
-/// to the end, a second fetches the last of them. Each waits for a process slot.
-pub(crate) async fn last_frame(source: &Source, sample: Sample) -> Result<RgbImage> {
+/// to the end, a second fetches the last of them. Each waits for a process slot. The image comes
+/// with its room in the media budget.
+pub(crate) async fn last_frame(source: &Source, sample: Sample) -> Result<(RgbImage, Option<OwnedReservation>)> {
     let info = &source.info;
     let search_s = (TAIL_SEARCH_FRAMES / info.rate_or_typical()).max(TAIL_SEARCH_MIN_S);
     let seek_us = (sample.us - us_from_seconds(search_s)).max(0);
@@ -350,10 +364,10 @@ pub(crate) async fn last_frame(source: &Source, sample: Sample) -> Result<RgbIma
     fetch.max_frames = 2;
     let slot = source.budget.wait_for_slot().await?;
     let mut pass = RunningPass::start(fetch, source, slot)?;
-    while let Some((pixels, pts)) = next_frame(&mut pass.child, source).await? {
+    while let Some(Decoded { pixels, pts, room }) = next_frame(&mut pass.child, source).await? {
         if pts >= wanted {
             pass.stop();
-            return to_image(info, pixels);
+            return Ok((to_image(info, pixels)?, room));
         }
     }
     Err(source.budget.media_error("the video's last frame could not be decoded a second time"))

@@ -10,6 +10,7 @@ use image::RgbImage;
 use super::pass::{last_frame, PassPlan, RunningPass, Sample, Step};
 use super::{Source, TimedFrame};
 use crate::error::Result;
+use crate::media::budget::OwnedReservation;
 
 /// The stream of `TimedFrame`s for `passes` (in sample order), or of `error` alone.
 pub(crate) fn frames(source: Result<Source>, passes: Vec<PassPlan>) -> impl Stream<Item = Result<TimedFrame>> + Send {
@@ -31,6 +32,12 @@ enum State {
     Failed(Option<crate::error::GitcapError>),
 }
 
+struct Pending {
+    image: RgbImage,
+    samples: VecDeque<Sample>,
+    room: Option<OwnedReservation>,
+}
+
 /// Where a call's stream stands.
 struct Frames {
     source: Source,
@@ -38,8 +45,9 @@ struct Frames {
     queued: VecDeque<PassPlan>,
     /// Passes started, in order; the first is the one being read.
     running: VecDeque<RunningPass>,
-    /// A frame still owed to some samples (one frame may answer several).
-    pending: Option<(RgbImage, VecDeque<Sample>)>,
+    /// A frame still owed to some samples (one frame may answer several), and its room in the
+    /// media budget, which goes with the last of them.
+    pending: Option<Pending>,
     finished: bool,
 }
 
@@ -65,10 +73,15 @@ impl Frames {
 
     /// Hands out the pending frame to its next sample (a copy while more samples want it).
     fn take_pending(&mut self) -> Option<TimedFrame> {
-        let (image, samples) = self.pending.as_mut()?;
-        let sample = samples.pop_front()?;
-        let image = if samples.is_empty() { self.pending.take().expect("pending frame").0 } else { image.clone() };
-        Some(TimedFrame { index: sample.index, timestamp_s: sample.timestamp_s, image })
+        let pending = self.pending.as_mut()?;
+        let sample = pending.samples.pop_front()?;
+        let (image, room) = if pending.samples.is_empty() {
+            let last = self.pending.take().expect("pending frame");
+            (last.image, last.room)
+        } else {
+            (pending.image.clone(), None)
+        };
+        Some(TimedFrame { index: sample.index, timestamp_s: sample.timestamp_s, image, room })
     }
 
     /// Starts passes up to the window, then reads the front one until it gives a frame or ends.
@@ -79,7 +92,9 @@ impl Frames {
             return Ok(());
         };
         match front.next_step(&self.source).await? {
-            Step::Hit(hit) => self.pending = Some((hit.image, hit.samples.into())),
+            Step::Hit(hit) => {
+                self.pending = Some(Pending { image: hit.image, samples: hit.samples.into(), room: hit.room })
+            }
             Step::Done => {
                 self.running.pop_front();
             }
@@ -88,8 +103,8 @@ impl Frames {
                 rest.extend(self.running.iter().skip(1).flat_map(|pass| pass.unanswered().iter().copied()));
                 rest.extend(self.queued.iter().flat_map(|plan| plan.samples().iter().copied()));
                 self.finish();
-                let image = last_frame(&self.source, rest[0]).await?;
-                self.pending = Some((image, rest.into()));
+                let (image, room) = last_frame(&self.source, rest[0]).await?;
+                self.pending = Some(Pending { image, samples: rest.into(), room });
             }
         }
         Ok(())
