@@ -47,7 +47,10 @@ impl MediaBudget {
                 self.bytes() >> 20
             )));
         }
-        self.kib.acquire_many(kib as u32).await.map_err(|_| GitcapError::Unavailable("the server is stopping".into()))
+        let reservation = self.kib.acquire_many(kib as u32).await;
+        let reservation = reservation.map_err(|_| GitcapError::Unavailable("the server is stopping".into()))?;
+        crate::metrics::media_budget_reserved(self.bytes() - self.available());
+        Ok(reservation)
     }
 }
 
