@@ -297,7 +297,8 @@ async fn callers_that_go_away_at_random_points_cost_nothing() {
     let rows = rows_when_idle(&server.addr).await - rows_before;
     let kind = |k: &str| kinds.get(k).copied().unwrap_or(0) as f64;
     let stayed = 32.0 * beams_to_the_end as f64 * long_steps;
-    let left = (kind("stream_tokens") + 32.0 * (kind("stream_beam") - beams_to_the_end as f64 + kind("unary"))) * long_steps;
+    let left =
+        (kind("stream_tokens") + 32.0 * (kind("stream_beam") - beams_to_the_end as f64 + kind("unary"))) * long_steps;
     eprintln!("tiny decoded {rows} rows: {stayed} for callers that stayed, of {left} for those that left");
     assert!(rows < stayed + left * ABANDONED_SHARE, "abandoned requests kept the model busy: {rows} rows");
     assert_good_request_succeeds(channel, "cancellations").await;
