@@ -20,6 +20,30 @@ use gitcap_client::proto::{
 
 const ADMIN: &str = "admin-secret";
 
+/// Tests that need requests served during a swap, or time a shutdown, run one at a time, not
+/// beside the others' server start-ups (CI has 2 cores).
+static TIMING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Captions of `model` answered OK by `version`, from the server's metrics.
+fn served(addr: &str, model: &str, version: &str) -> f64 {
+    let text = common::probe::http_get(addr, "/metrics").2;
+    let prefix = format!(r#"gitcap_requests_total{{model="{model}",version="{version}","#);
+    text.lines()
+        .filter(|l| l.starts_with(&prefix) && l.contains(r#"code="OK""#))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Polls the server's metrics (60 s at most) until `version` of `model` has answered at least
+/// `count` captions.
+async fn wait_until_served(addr: &str, model: &str, version: &str, count: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while served(addr, model, version) < count {
+        assert!(std::time::Instant::now() < deadline, "{model}@{version} answered fewer than {count} captions in 60 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn authed<T>(message: T, token: &str) -> Request<T> {
     let mut request = Request::new(message);
     request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
@@ -122,7 +146,9 @@ async fn keep_captioning(
 
 #[tokio::test]
 async fn hot_swap_under_load_fails_no_request_and_a_bad_version_changes_nothing() {
-    let server = start("tiny-git-image", &admin_env(&models_root()));
+    let _timing = TIMING.lock().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let server = start("tiny-git-image", &admin_env(&format!("{},{}", models_root(), scratch.path().display())));
     let channel = server.channel().await;
     let mut admin = AdminClient::new(channel.clone());
 
@@ -130,13 +156,14 @@ async fn hot_swap_under_load_fails_no_request_and_a_bad_version_changes_nothing(
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let clients: Vec<_> =
         (0..3).map(|_| tokio::spawn(keep_captioning(channel.clone(), "tiny", stop.clone()))).collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The clients are being answered before the swap, and by v2 after it.
+    wait_until_served(&server.addr, "tiny", "local", 3.0).await;
     let swap = SwapRequest { alias: "tiny".into(), spec: spec("tiny", "tiny-git-image", "v2"), ..Default::default() };
     let swapped = admin.swap(authed(swap, ADMIN)).await.unwrap().into_inner();
     assert_eq!(swapped.alias.as_ref().unwrap().id, "tiny@v2");
     assert_eq!(swapped.alias.as_ref().unwrap().previous_id, "tiny@local");
     assert_eq!(swapped.model.as_ref().unwrap().state, ModelState::Ready as i32);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until_served(&server.addr, "tiny", "v2", 3.0).await;
     stop_tx.send(true).unwrap();
     let mut versions = vec![];
     for client in clients {
@@ -152,7 +179,7 @@ async fn hot_swap_under_load_fails_no_request_and_a_bad_version_changes_nothing(
     assert_eq!(captioner.caption(caption("", 2)).await.unwrap().into_inner().version, "local");
 
     // A version that cannot load leaves the alias where it was.
-    let broken = tempfile::tempdir_in(fixtures().join("models")).unwrap();
+    let broken = tempfile::tempdir_in(scratch.path()).unwrap();
     for file in ["config.json", "preprocessor_config.json", "tokenizer.json"] {
         std::fs::copy(model_dir("tiny-git-image").join(file), broken.path().join(file)).unwrap();
     }
@@ -231,6 +258,7 @@ async fn unload_drains_requests_in_flight_and_then_answers_not_found() {
 
 #[tokio::test]
 async fn a_restart_restores_models_and_aliases_from_the_state_file() {
+    let _timing = TIMING.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state.json");
     let mut env = admin_env(&models_root());
@@ -289,7 +317,8 @@ async fn the_admin_service_can_live_on_its_own_address() {
 
 #[tokio::test]
 async fn replace_mode_unloads_first_and_the_alias_waits_meanwhile() {
-    let server = start("tiny-git-image", &admin_env(&models_root()));
+    let scratch = tempfile::tempdir().unwrap();
+    let server = start("tiny-git-image", &admin_env(&format!("{},{}", models_root(), scratch.path().display())));
     let channel = server.channel().await;
     let mut admin = AdminClient::new(channel.clone());
     let swap = SwapRequest {
@@ -313,18 +342,26 @@ async fn replace_mode_unloads_first_and_the_alias_waits_meanwhile() {
     assert_eq!(admin.swap(authed(swap, ADMIN)).await.unwrap_err().code(), Code::PermissionDenied);
     // A refused spec changed nothing.
     assert_eq!(captioner.caption(caption("", 2)).await.unwrap().into_inner().version, "video");
-    let escape = tempfile::tempdir_in(fixtures().join("models")).unwrap();
+    let escape = tempfile::tempdir_in(scratch.path()).unwrap();
     let broken = ModelSpec { name: "tiny".into(), source: escape.path().display().to_string(), ..Default::default() };
     let swap = SwapRequest { alias: "default".into(), spec: Some(broken), replace: true, ..Default::default() };
     assert!(admin.swap(authed(swap, ADMIN)).await.is_err());
     assert_eq!(captioner.caption(caption("", 2)).await.unwrap_err().code(), Code::Unavailable);
+    // Health follows (polled, 10 s at most).
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let reply = health
-        .check(tonic_health::pb::HealthCheckRequest { service: "gitcap.v1.Captioner/default".into() })
-        .await
-        .unwrap();
-    assert_eq!(reply.into_inner().status, tonic_health::pb::health_check_response::ServingStatus::NotServing as i32);
+    let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = health
+            .check(tonic_health::pb::HealthCheckRequest { service: "gitcap.v1.Captioner/default".into() })
+            .await
+            .unwrap();
+        if reply.into_inner().status == not_serving {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "gitcap.v1.Captioner/default is still SERVING after 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The admin service loads from the Hub (a stand-in on 127.0.0.1 with the Hub's endpoints) with

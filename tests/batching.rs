@@ -17,6 +17,10 @@ use gitcap_server::engine::{
 use gitcap_server::media::{decode_image, MediaLimits, PreprocessorConfig};
 use gitcap_server::model::generation::GenerationOptions;
 
+/// Tests whose outcome depends on when the engine sees a request (a cancellation, admission
+/// order) run one at a time, not beside the others' CPU load (CI has 2 cores).
+static TIMING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn worker(model: &str, options: EngineOptions) -> ModelWorker {
     common::engine::worker_with(model, options)
 }
@@ -132,6 +136,7 @@ async fn batched_requests_give_the_tokens_they_give_alone() {
 
 #[tokio::test]
 async fn a_request_cancelled_mid_batch_leaves_the_others_alone() {
+    let _timing = TIMING.lock().await;
     let model = "tiny-git-image";
     let reference = reference(model);
     let short = GenerationOptions { min_new_tokens: Some(24), max_new_tokens: Some(24), ..Default::default() };
@@ -194,6 +199,16 @@ async fn the_batch_bounds_hold_and_one_request_always_runs() {
     let (ids, stats) = run(EngineOptions { max_batch_tokens: 1, ..Default::default() }, requests()).await;
     assert_eq!(ids, expected);
     assert_eq!(stats.max_rows, 1, "max_batch_tokens 1: {stats:?}");
+
+    // A token budget of exactly two requests: each holds 17 image tokens (a 32 px image in
+    // 8 px patches, and one more) and its text capacity (the one-token prompt and 8 new
+    // tokens), 26 positions. Two run together, never three, though six fit max_batch_size.
+    let config = gitcap_server::model::GitConfig::from_file(&model_dir(model).join("config.json")).unwrap();
+    let per_request = config.vision_config.tokens_per_image() as usize + 1 + 8;
+    assert_eq!(per_request, 26);
+    let (ids, stats) = run(EngineOptions { max_batch_tokens: 2 * per_request, ..Default::default() }, requests()).await;
+    assert_eq!(ids, expected);
+    assert_eq!(stats.max_rows, 2, "max_batch_tokens of two requests: {stats:?}");
 
     // A beam search wider than the batch runs too, on its own.
     let beams = GenerationOptions { num_beams: Some(4), max_new_tokens: Some(6), ..Default::default() };
@@ -355,6 +370,7 @@ fn admitted_before(a: Admission, b: Admission) -> bool {
 /// work leaves free, ahead of the batch requests queued before it.
 #[tokio::test]
 async fn interactive_requests_overtake_queued_batch_work() {
+    let _timing = TIMING.lock().await;
     let model = "tiny-git-image";
     let long = GenerationOptions { min_new_tokens: Some(60), max_new_tokens: Some(60), ..Default::default() };
     let short = GenerationOptions { min_new_tokens: Some(6), max_new_tokens: Some(6), ..Default::default() };
@@ -387,6 +403,7 @@ async fn interactive_requests_overtake_queued_batch_work() {
 /// arrival order; without that it waits for every interactive request behind it.
 #[tokio::test]
 async fn batch_work_is_not_starved() {
+    let _timing = TIMING.lock().await;
     let model = "tiny-git-image";
     let options = |batch_max_wait| EngineOptions {
         max_batch_size: 2,

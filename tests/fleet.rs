@@ -24,6 +24,10 @@ use gitcap_client::proto::{media::Kind, CaptionRequest, GenerationOptions, Media
 use gitcap_client::{ClientConfig, GitcapClient, HealthStatus, ModelSpec};
 
 const ADMIN: &str = "fleet-admin";
+
+/// Tests that time how soon servers follow a change run one at a time, not beside the others'
+/// server start-ups (CI has 2 cores).
+pub static TIMING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// The health service that says whether a server has reached its desired-state file's state.
 const DESIRED_STATE_HEALTH: &str = "gitcap.v1.DesiredState";
 
@@ -165,6 +169,7 @@ async fn admin(server: &TestServer) -> GitcapClient {
 /// every server on the old one, each saying why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_servers_follow_one_desired_state_file() {
+    let _timing = TIMING.lock().await;
     let roots = tempfile::tempdir().unwrap();
     let (image, wide) = (model_dir("tiny-git-image"), model_dir("tiny-git-wide"));
     let mut volume =

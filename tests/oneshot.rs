@@ -98,11 +98,12 @@ fn an_unreachable_hub_says_how_to_serve_locally() {
 #[test]
 fn a_hub_that_cannot_be_reached_says_how_to_serve_locally() {
     let cache = tempfile::tempdir().unwrap();
-    // A loopback endpoint with nothing listening: the same failure as no network.
+    // A loopback port with nothing listening (bound, then closed): the same failure as no network.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let out = Command::new(env!("CARGO_BIN_EXE_gitcap-server"))
         .args(["caption", "--model", "microsoft/git-base-vatex", "--image", "x.png"])
         .env("HF_HOME", cache.path())
-        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .env("HF_ENDPOINT", format!("http://127.0.0.1:{port}"))
         .env_remove("HF_HUB_OFFLINE")
         .output()
         .unwrap();

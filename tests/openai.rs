@@ -8,6 +8,7 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -214,38 +215,143 @@ async fn stop_sequences_temperature_zero_and_gitcaps_own_options() {
     assert_eq!(status, 200);
 }
 
-#[tokio::test]
+/// Decoding steps model `tiny` has run (with `max_batch_size` 8, one 8-beam search at a time).
+fn decode_steps(text: &str) -> f64 {
+    value(text, r#"gitcap_decode_batch_size_count{model="tiny",version="local"}"#).unwrap_or(0.0)
+}
+
+// Several threads: the connection task that closes the socket when the response is dropped
+// must run while the test waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_closes_the_stream_stops_the_generation() {
-    // Eight choices of 60 tokens, one row at a time: long enough for the client to leave first.
-    let server = TestServer::start_with_env("tiny-git-wide", &[], &[("GITCAP__ENGINE__MAX_BATCH_SIZE", "1")]);
+    // Eight choices of 60 tokens, each an 8-beam search (which sends its tokens at its end), one
+    // at a time: 8 × 60 decoding steps if nothing stops them. A client that leaves after the
+    // first chunk (the role, sent before any token) leaves at most the choice then running to
+    // finish.
+    let server = TestServer::start_with_env("tiny-git-wide", &[], &[("GITCAP__ENGINE__MAX_BATCH_SIZE", "8")]);
     let request = serde_json::json!({
         "model": "tiny", "messages": image_message(), "stream": true, "n": 8,
-        "max_tokens": 60, "min_new_tokens": 60, "num_beams": 1,
+        "max_tokens": 60, "min_new_tokens": 60, "num_beams": 8,
     });
-    // On a loaded machine the answer may be complete before the client leaves; that attempt
-    // proves nothing and is made again.
-    for attempt in 1..=5 {
-        let mut response = http()
-            .post(format!("{}/v1/chat/completions", server.url()))
-            .header("content-type", "application/json")
-            .body(request.to_string())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 200);
-        let first = response.chunk().await.unwrap().unwrap();
-        assert!(String::from_utf8_lossy(&first).contains("chat.completion.chunk"));
-        drop(response);
-        let cancelled = r#"gitcap_requests_total{model="tiny",version="local",protocol="openai",rpc="ChatCompletions",code="CANCELLED"}"#;
-        let done =
-            r#"gitcap_requests_total{model="tiny",version="local",protocol="openai",rpc="ChatCompletions",code="OK"}"#;
-        let text = probe::scrape_until(&server.addr, |t| value(t, cancelled).is_some() || value(t, done).is_some());
-        if value(&text, cancelled) == Some(1.0) {
-            // And the model is free again.
-            probe::wait_for_engine(&server.addr, "tiny", 0.0, 0.0).await;
-            return;
-        }
-        eprintln!("attempt {attempt}: the answer was complete before the client left");
+    let before = decode_steps(&probe::scrape_until(&server.addr, |_| true));
+    let mut response = http()
+        .post(format!("{}/v1/chat/completions", server.url()))
+        .header("content-type", "application/json")
+        .body(request.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let first = response.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("chat.completion.chunk"));
+    drop(response);
+    let cancelled = r#"gitcap_requests_total{model="tiny",version="local",protocol="openai",rpc="ChatCompletions",code="CANCELLED"}"#;
+    let text = probe::scrape_until(&server.addr, |t| value(t, cancelled).is_some());
+    assert_eq!(value(&text, cancelled), Some(1.0), "the closed stream is counted as CANCELLED: {text}");
+
+    // The model goes idle (nothing running, nothing queued) without generating the rest.
+    let idle = probe::wait_for_idle(&server.addr, "tiny", Duration::from_secs(60)).await;
+    let steps = decode_steps(&idle) - before;
+    assert!(steps < 4.0 * 60.0, "{steps} decoding steps after the client left: the choices kept generating");
+}
+
+/// The error object of an OpenAI answer: (type, code).
+fn error_kind(body: &Value) -> (Option<&str>, Option<&str>) {
+    (body["error"]["type"].as_str(), body["error"]["code"].as_str())
+}
+
+#[tokio::test]
+async fn a_body_over_twice_max_message_bytes_is_413() {
+    let server = TestServer::start_with_env("tiny-git-image", &[], &[("GITCAP__SERVER__MAX_MESSAGE_BYTES", "1048576")]);
+    let mut request = serde_json::json!({"model": "tiny", "messages": image_message(), "max_tokens": 4});
+    request["messages"][0]["content"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"type": "text", "text": "x".repeat(2 << 20)}));
+    assert!(request.to_string().len() > 2 << 20);
+    let (status, error) = post(&server, request).await;
+    assert_eq!(status, 413, "{error}");
+    assert_eq!(error_kind(&error), (Some("invalid_request_error"), Some("request_too_large")), "{error}");
+    assert!(error["error"]["message"].as_str().unwrap().contains("server.max_message_bytes"), "{error}");
+    // A body within the limit is answered, and the server is still up.
+    let (status, _) =
+        post(&server, serde_json::json!({"model": "tiny", "messages": image_message(), "max_tokens": 4})).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_full_queue_is_429() {
+    // One request running (a 32-beam search fills the batch by itself) and one waiting fill a
+    // queue of 1.
+    let server = TestServer::start_with_env("tiny-git-image", &[], &[("GITCAP__MODEL__QUEUE_CAPACITY", "1")]);
+    let channel = server.channel().await;
+    let image = std::fs::read(fixtures().join("media/shapes.png")).unwrap();
+    let hold = || {
+        let mut client = gitcap_client::proto::captioner_client::CaptionerClient::new(channel.clone());
+        let request = probe::long_request(image.clone());
+        tokio::spawn(async move { client.caption(request).await.map(|_| ()) })
+    };
+    let running = hold();
+    probe::wait_for_engine(&server.addr, "tiny", 1.0, 0.0).await;
+    let waiting = hold();
+    probe::wait_for_engine(&server.addr, "tiny", 1.0, 1.0).await;
+    let (status, error) =
+        post(&server, serde_json::json!({"model": "tiny", "messages": image_message(), "max_tokens": 4})).await;
+    assert_eq!(status, 429, "{error}");
+    assert_eq!(error_kind(&error).0, Some("rate_limit_error"), "{error}");
+    assert!(error["error"]["message"].as_str().unwrap().contains("retry"), "{error}");
+    // The held requests are served, and then so is this one.
+    running.await.unwrap().expect("the running request");
+    waiting.await.unwrap().expect("the waiting request");
+    let (status, _) =
+        post(&server, serde_json::json!({"model": "tiny", "messages": image_message(), "max_tokens": 4})).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_model_that_cannot_serve_is_503() {
+    // Replace mode unloads the alias's version first; a replacement that fails to load leaves the
+    // alias without a version able to serve (UNAVAILABLE on gRPC), not unknown.
+    use gitcap_client::proto::{admin_client::AdminClient, ModelSpec, SwapRequest};
+    let roots = tempfile::tempdir().unwrap();
+    let broken = roots.path().join("broken");
+    std::fs::create_dir(&broken).unwrap();
+    for file in ["config.json", "preprocessor_config.json", "tokenizer.json"] {
+        std::fs::copy(common::fixtures::model_dir("tiny-git-image").join(file), broken.join(file)).unwrap();
     }
-    panic!("a closed stream was never seen mid-generation");
+    std::fs::write(broken.join("model.safetensors"), b"corrupt").unwrap();
+    let server = TestServer::start_with_env(
+        "tiny-git-image",
+        &[],
+        &[
+            ("GITCAP__AUTH__ADMIN_TOKEN", "admin-secret"),
+            ("GITCAP__ADMIN__MODEL_ROOTS", roots.path().to_str().unwrap()),
+        ],
+    );
+    let (status, _) =
+        post(&server, serde_json::json!({"model": "tiny", "messages": image_message(), "max_tokens": 4})).await;
+    assert_eq!(status, 200, "served before the swap");
+    let spec = ModelSpec { name: "tiny".into(), source: broken.display().to_string(), ..Default::default() };
+    let mut swap = tonic::Request::new(SwapRequest {
+        alias: "tiny".into(),
+        spec: Some(spec),
+        replace: true,
+        ..Default::default()
+    });
+    swap.metadata_mut().insert("authorization", "Bearer admin-secret".parse().unwrap());
+    AdminClient::new(server.channel().await).swap(swap).await.expect_err("a corrupt checkpoint does not load");
+    let (status, error) =
+        post(&server, serde_json::json!({"model": "tiny", "messages": image_message(), "max_tokens": 4})).await;
+    assert_eq!(status, 503, "{error}");
+    assert_eq!(error_kind(&error).0, Some("server_error"), "{error}");
+    let grpc = server
+        .client(None)
+        .await
+        .caption(
+            gitcap_client::Media::image(std::fs::read(fixtures().join("media/shapes.png")).unwrap()),
+            &CaptionOptions::default().model("tiny"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(grpc.code(), Some(tonic::Code::Unavailable), "{grpc}");
 }

@@ -112,7 +112,7 @@ async fn every_codec_and_container_gives_ffmpegs_pixels() {
         ("321x241 VP9 4:2:0", videos.odd_size_vp9()),
         ("321x241 H.264 4:4:4", videos.odd_size_h264()),
     ];
-    cases.extend(videos.av1_mp4().map(|file| ("AV1 MP4", file)));
+    cases.extend(videos.av1_mp4("video_decode_every_codec_av1").map(|file| ("AV1 MP4", file)));
     for (name, file) in &cases {
         let info = check_parity(&decoder, file, name).await;
         eprintln!(
@@ -357,4 +357,79 @@ async fn dropping_a_stream_frees_its_process_slot() {
         collect(decoder.frames_on_grid(&file, &info, 0.0, 0.5, 5, FIELD))
     );
     assert_eq!((a.unwrap().len(), b.unwrap().len()), (3, 5));
+}
+
+/// The processes whose parent is this one, whose name is `name` and whose command line
+/// mentions `file` (as a path or a `file:` URL; other tests here run ffmpeg too, on files of
+/// their own).
+fn children_on(name: &str, file: &Path) -> Vec<u32> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { return false };
+            let ppid = stat[close + 1..].split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok());
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let path = file.as_os_str().as_encoded_bytes();
+            let mentions = cmdline.windows(path.len()).any(|w| w == path);
+            &stat[open + 1..close] == name && ppid == Some(me) && mentions
+        })
+        .collect()
+}
+
+/// How the live process `pid` falls short of a decoder child's isolation: it may write no file
+/// (`RLIMIT_FSIZE` 0, soft and hard), dump no core, and leads its own process group (so that
+/// killing the group kills whatever it started). Empty when it is isolated.
+fn isolation_faults(pid: u32) -> Vec<String> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let limit = |name: &str| -> Vec<String> {
+        let line = limits.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name}: {limits}"));
+        line[name.len()..].split_whitespace().take(2).map(str::to_string).collect()
+    };
+    let mut faults = vec![];
+    for name in ["Max file size", "Max core file size"] {
+        if limit(name) != ["0", "0"] {
+            faults.push(format!("{name} is {:?}, not 0", limit(name)));
+        }
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 1..];
+    let pgid: u32 = after_name.split_whitespace().nth(2).unwrap().parse().unwrap();
+    if pgid != pid {
+        faults.push(format!("process group {pgid}, not its own ({pid})"));
+    }
+    faults
+}
+
+#[tokio::test]
+async fn decoder_children_may_write_no_file_and_lead_their_own_process_group() {
+    let videos = Videos::new();
+    let file = videos.h264_mp4("long.mp4", "640x480", 25, 12.0);
+    let decoder = decoder(VideoLimits::default());
+    let info = decoder.probe(&file, FIELD).await.unwrap();
+    // One frame read of 250: the child is alive, blocked writing the next ones into its pipe.
+    let mut stream = std::pin::pin!(decoder.frames_on_grid(&file, &info, 0.0, 0.04, 250, FIELD));
+    stream.next().await.unwrap().unwrap();
+    let children = children_on("ffmpeg", &file);
+    assert!(!children.is_empty(), "no ffmpeg child alive while its frames are being read");
+    for pid in children {
+        assert_eq!(isolation_faults(pid), Vec::<String>::new(), "ffmpeg child {pid}");
+        assert_eq!(std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(), Path::new("/"), "its working directory");
+    }
+
+    // The check itself: a child started without the isolation fails it.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let plain = Killed(std::process::Command::new("sleep").arg("30").spawn().unwrap());
+    let faults = isolation_faults(plain.0.id());
+    drop(plain);
+    let said = |what: &str| faults.iter().any(|f| f.contains(what));
+    assert!(said("Max file size") && said("process group"), "{faults:?}");
 }

@@ -11,10 +11,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use ::metrics::{counter, describe_counter, describe_histogram, histogram, Unit};
+use ::metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::error::{GitcapError, Result};
@@ -50,6 +51,7 @@ const QUEUE_DEPTH: &str = "gitcap_queue_depth";
 const RUNNING: &str = "gitcap_running_requests";
 const DESIRED_IN_SYNC: &str = "gitcap_desired_state_in_sync";
 const DESIRED_ERRORS: &str = "gitcap_desired_state_errors_total";
+const MEDIA_BUDGET_PEAK: &str = "gitcap_media_budget_peak_reserved_bytes";
 
 /// Help text of the gauges, in the order they are rendered.
 const GAUGES: [(&str, &str); 4] = [
@@ -66,6 +68,9 @@ static RECORDER: OnceLock<std::result::Result<PrometheusHandle, String>> = OnceL
 
 /// (gauge name, model, version) → value.
 static GAUGE_VALUES: Mutex<BTreeMap<(&'static str, String, String), u64>> = Mutex::new(BTreeMap::new());
+
+/// The most bytes of the media budget reserved at once so far.
+static MEDIA_BUDGET_PEAK_BYTES: AtomicU64 = AtomicU64::new(0);
 
 /// Declarative mode: whether the server is in sync with its desired-state file (`None`: not in
 /// declarative mode, no series).
@@ -145,6 +150,11 @@ fn describe() {
         DESIRED_ERRORS,
         Unit::Count,
         "Attempts to apply the desired-state file that failed (unreadable, invalid, or a version or alias not reached)."
+    );
+    describe_gauge!(
+        MEDIA_BUDGET_PEAK,
+        Unit::Bytes,
+        "The most bytes of media.decode_budget_mb reserved at once (decoded pixels in flight) since the server started."
     );
     describe_counter!(
         CACHE_MISSES,
@@ -317,6 +327,12 @@ pub fn desired_state(in_sync: bool) {
     }
 }
 
+/// The media budget has `reserved` bytes reserved, just after a reservation: its high-water mark.
+pub fn media_budget_reserved(reserved: u64) {
+    let peak = MEDIA_BUDGET_PEAK_BYTES.fetch_max(reserved, Ordering::Relaxed).max(reserved);
+    gauge!(MEDIA_BUDGET_PEAK).set(peak as f64);
+}
+
 /// Declarative mode: an attempt to apply the desired-state file failed.
 pub fn desired_state_error() {
     counter!(DESIRED_ERRORS).increment(1);
@@ -364,6 +380,8 @@ mod tests {
         model_memory(m, v, Some(123_456));
         queue_depth(m, v, 2);
         running_requests(m, v, 3);
+        media_budget_reserved(5 << 20);
+        media_budget_reserved(1 << 20);
 
         let text = render().unwrap();
         let labels = r#"model="render-test",version="v\"1""#;
@@ -377,6 +395,10 @@ mod tests {
         assert_eq!(series(&text, CACHE_BYTES), format!("{CACHE_BYTES}{{{labels}}} 4096"));
         assert_eq!(series(&text, QUEUE_DEPTH), format!("{QUEUE_DEPTH}{{{labels}}} 2"));
         assert_eq!(series(&text, RUNNING), format!("{RUNNING}{{{labels}}} 3"));
+        // The high-water mark (the budget's own tests in this process may have reserved more).
+        let peak = lines(&text, &format!("{MEDIA_BUDGET_PEAK} "));
+        let peak: f64 = peak.first().and_then(|l| l.rsplit(' ').next()?.parse().ok()).expect("the gauge");
+        assert!(peak >= f64::from(5 << 20), "{text}");
 
         // Histograms: the configured buckets, cumulative counts, sum and count.
         let ttft = format!("{FIRST_TOKEN}_bucket{{{labels}");

@@ -43,17 +43,19 @@ impl Browser {
             .expect("starting chromium");
         // Once it listens, Chromium writes its DevTools port and browser path into the profile.
         let port_file = profile.path().join("DevToolsActivePort");
+        // Owned (killed when dropped) before the wait can panic.
+        let mut browser = Self { child, endpoint: String::new(), _profile: profile };
         let deadline = Instant::now() + Duration::from_secs(30);
-        let endpoint = loop {
+        loop {
             let written = std::fs::read_to_string(&port_file).unwrap_or_default();
             let mut lines = written.lines();
             if let (Some(port), Some(path)) = (lines.next(), lines.next()) {
-                break format!("ws://127.0.0.1:{port}{path}");
+                browser.endpoint = format!("ws://127.0.0.1:{port}{path}");
+                return browser;
             }
             assert!(Instant::now() < deadline, "chromium did not open its DevTools port");
             std::thread::sleep(Duration::from_millis(50));
-        };
-        Self { child, endpoint, _profile: profile }
+        }
     }
 
     /// A new tab, with a DevTools session attached to it.

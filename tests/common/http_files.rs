@@ -14,6 +14,8 @@ use tokio::net::TcpListener;
 #[derive(Clone)]
 pub enum Answer {
     File(Vec<u8>),
+    /// A body of this many zero bytes, written as it is sent (never whole in memory).
+    Zeros(u64),
     Redirect(String),
 }
 
@@ -48,6 +50,22 @@ impl HttpFiles {
                     counted.fetch_add(1, Ordering::SeqCst);
                     let head = String::from_utf8_lossy(&head);
                     let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    if let Some(Answer::Zeros(size)) = answers.get(&path) {
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n"
+                        );
+                        let _ = socket.write_all(head.as_bytes()).await;
+                        let block = vec![0u8; 1 << 20];
+                        let mut left = *size;
+                        while left > 0 {
+                            let n = left.min(block.len() as u64) as usize;
+                            if socket.write_all(&block[..n]).await.is_err() {
+                                return;
+                            }
+                            left -= n as u64;
+                        }
+                        return;
+                    }
                     let response = match answers.get(&path) {
                         Some(Answer::File(bytes)) => {
                             let mut r = format!(
@@ -62,6 +80,7 @@ impl HttpFiles {
                             "HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
                         )
                         .into_bytes(),
+                        Some(Answer::Zeros(_)) => unreachable!("answered above"),
                         None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
                     };
                     let _ = socket.write_all(&response).await;

@@ -108,6 +108,26 @@ pub async fn wait_for_engine(addr: &str, model: &str, running: f64, queued: f64)
     }
 }
 
+/// Waits (for at most `limit`) until model `model` of the server at `addr` runs nothing and has
+/// nothing queued; the last scrape. Panics, naming what is left, if it is still busy then.
+pub async fn wait_for_idle(addr: &str, model: &str, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let addr_owned = addr.to_string();
+        let text = tokio::task::spawn_blocking(move || http_get(&addr_owned, "/metrics").2).await.unwrap();
+        let (running, queued) =
+            (gauge(&text, "gitcap_running_requests", model), gauge(&text, "gitcap_queue_depth", model));
+        if running == 0.0 && queued == 0.0 {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "model {model} still has {running} running and {queued} queued after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A live-captioning stream held open: a request in flight on its model for as long as the test
 /// wants, each frame it sends captioned (window 1).
 pub struct HeldRequest {

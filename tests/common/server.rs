@@ -93,20 +93,22 @@ impl TestServer {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("starting gitcap-server");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut admin_addr = None;
-        let addr = loop {
+        let stdout = child.stdout.take().unwrap();
+        // Owned (killed when dropped) before anything here can panic.
+        let mut server = Self { child, addr: String::new(), admin_addr: None };
+        let mut stdout = BufReader::new(stdout);
+        loop {
             let mut line = String::new();
             stdout.read_line(&mut line).expect("reading the server's output");
             if let Some(admin) = line.trim().strip_prefix("gitcap-server admin listening on ") {
-                admin_addr = Some(admin.to_string());
+                server.admin_addr = Some(admin.to_string());
             } else if let Some(addr) = line.trim().strip_prefix("gitcap-server listening on ") {
-                break addr.to_string();
+                server.addr = addr.to_string();
+                return server;
             } else {
                 panic!("unexpected line from the server: {line:?}");
             }
-        };
-        Self { child, addr, admin_addr }
+        }
     }
 
     pub fn url(&self) -> String {

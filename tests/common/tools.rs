@@ -103,12 +103,18 @@ pub fn require(tool: Tool, test: &str) -> Option<PathBuf> {
     match locate(tool) {
         Ok(path) => Some(path),
         Err(why) => {
-            let message = format!("{test}: needs {} ({why}); install it: {}", tool.name(), tool.install_hint());
-            assert!(!in_ci(), "CI must run every test, but {message}");
-            record_skip(test, &message);
+            missing(test, &format!("{} ({why})", tool.name()), tool.install_hint());
             None
         }
     }
+}
+
+/// The test `test` lacks `what` (a program, or a feature of one), which `hint` says how to get:
+/// a failure in CI, a recorded skip elsewhere. The test then returns, or leaves its case out.
+pub fn missing(test: &str, what: &str, hint: &str) {
+    let message = format!("{test}: needs {what}; install it: {hint}");
+    assert!(!in_ci(), "CI must run every test, but {message}");
+    record_skip(test, &message);
 }
 
 /// Notes a skipped test for `scripts/test.sh`'s summary (and on stderr).

@@ -109,6 +109,7 @@ async fn join_a_replica(age: bool, limit: Duration) -> (Option<Duration>, usize,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_round_robin_client_reaches_a_new_replica_within_the_connection_age() {
+    let _timing = super::TIMING.lock().await;
     let limit = Duration::from_secs(AGE_SECS + 10);
     let (reached, resolutions, failures) = join_a_replica(true, limit).await;
     eprintln!("max_connection_age {AGE_SECS} s: the new replica answered after {reached:?}; {resolutions} resolutions");
@@ -122,6 +123,7 @@ async fn a_round_robin_client_reaches_a_new_replica_within_the_connection_age() 
 /// resolves again, so the new replica gets nothing in the same time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_a_connection_age_the_client_never_finds_the_new_replica() {
+    let _timing = super::TIMING.lock().await;
     let (reached, resolutions, failures) = join_a_replica(false, Duration::from_secs(AGE_SECS + 3)).await;
     assert_eq!((reached, resolutions), (None, 1));
     assert!(failures.is_empty(), "{failures:?}");

@@ -49,13 +49,22 @@ impl MediaBudget {
     /// never fit: RESOURCE_EXHAUSTED at once.
     pub async fn reserve(&self, bytes: u64, field: &str) -> Result<Reservation<'_>> {
         let kib = self.kib_for(bytes, field)?;
-        self.kib.acquire_many(kib).await.map_err(|_| stopping())
+        let reservation = self.kib.acquire_many(kib).await.map_err(|_| stopping())?;
+        self.report();
+        Ok(reservation)
     }
 
     /// [`Self::reserve`], as room that is not tied to this handle's lifetime.
     pub async fn reserve_owned(&self, bytes: u64, field: &str) -> Result<OwnedReservation> {
         let kib = self.kib_for(bytes, field)?;
-        self.kib.clone().acquire_many_owned(kib).await.map_err(|_| stopping())
+        let reservation = self.kib.clone().acquire_many_owned(kib).await.map_err(|_| stopping())?;
+        self.report();
+        Ok(reservation)
+    }
+
+    /// Tells the metrics how much is reserved now (they keep the high-water mark).
+    fn report(&self) {
+        crate::metrics::media_budget_reserved(self.bytes() - self.available());
     }
 
     fn kib_for(&self, bytes: u64, field: &str) -> Result<u32> {
