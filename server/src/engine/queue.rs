@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::messages::Priority;
+use gitcap_protocol::Priority;
 
 /// What is waiting, by kind.
 #[derive(Default)]

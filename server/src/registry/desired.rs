@@ -23,14 +23,28 @@
 //! under a new id and move the aliases.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
 use super::loader::LoadSpec;
-use super::models::DEFAULT_ALIAS;
-use super::route::{AliasTarget, Route};
+use super::route::{AliasTarget, Route, DEFAULT_ALIAS};
 use crate::device::DeviceSpec;
 use crate::model::Precision;
+
+/// Where a server stands against its desired-state file.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DesiredStatus {
+    pub path: PathBuf,
+    /// BLAKE3 of the content last read (hex, 16 digits); empty when the file could not be read.
+    pub content_hash: String,
+    /// The content whose state this server last reached in full; empty before the first time.
+    pub applied_hash: String,
+    /// The content last read is applied in full: every version READY, every alias in place.
+    pub in_sync: bool,
+    /// Why not, one line per problem.
+    pub errors: Vec<String>,
+}
 
 /// The file as written.
 #[derive(Debug, Deserialize)]

@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::desired::DesiredStatus;
 use super::desired::{self, DesiredState};
 use super::models::Registry;
-use super::reconcile::DesiredStatus;
 use crate::device::DeviceSpec;
 use crate::error::{GitcapError, Result};
 use crate::model::Precision;

@@ -11,9 +11,10 @@ pub mod route;
 pub mod source;
 pub mod state_file;
 
+pub use desired::DesiredStatus;
 pub use follow::FollowOptions;
 pub use loader::LoadSpec;
-pub use models::{ModelState, ModelStatus, Registry, RegistryEvent, RegistryOptions, DEFAULT_ALIAS};
-pub use reconcile::DesiredStatus;
+pub use models::{ModelState, ModelStatus, Registry, RegistryEvent, RegistryOptions};
+pub use route::DEFAULT_ALIAS;
 pub use route::{AliasTarget, Route};
 pub use source::{resolve, HubOptions, ResolvedCheckpoint};

@@ -13,16 +13,13 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 
+use super::desired::DesiredStatus;
 use super::loader::{self, check_root, LoadSpec};
-use super::reconcile::DesiredStatus;
-use super::route::Route;
+use super::route::{Route, DEFAULT_ALIAS};
 use super::source::HubOptions;
 use super::state_file::{self, SavedState};
 use crate::engine::{EngineOptions, ModelWorker};
 use crate::error::{GitcapError, Result};
-
-/// The alias requests without a model name use.
-pub const DEFAULT_ALIAS: &str = "default";
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelState {

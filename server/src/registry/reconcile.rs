@@ -12,23 +12,9 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::desired::DesiredState;
+use super::desired::{DesiredState, DesiredStatus};
 use super::loader::LoadSpec;
 use super::models::{ModelState, Registry};
-
-/// Where a server stands against its desired-state file.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct DesiredStatus {
-    pub path: PathBuf,
-    /// BLAKE3 of the content last read (hex, 16 digits); empty when the file could not be read.
-    pub content_hash: String,
-    /// The content whose state this server last reached in full; empty before the first time.
-    pub applied_hash: String,
-    /// The content last read is applied in full: every version READY, every alias in place.
-    pub in_sync: bool,
-    /// Why not, one line per problem.
-    pub errors: Vec<String>,
-}
 
 impl Registry {
     /// Brings the registry to `desired`; the problems met (none: in sync). Loads run one at a

@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{GitcapError, Result};
 
+/// The alias that requests naming no model use.
+pub const DEFAULT_ALIAS: &str = "default";
+
 /// An alias's target as written in the desired-state and state files: an id, or id → weight.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
