@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tower_http::cors::CorsLayer;
@@ -65,6 +64,10 @@ pub struct ServeOptions {
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
     /// Close connections after this age (GOAWAY), letting calls finish within the grace.
     pub max_connection_age: Option<(Duration, Duration)>,
+    /// Calls open at once on one HTTP/2 connection.
+    pub max_concurrent_streams: u32,
+    /// How long an HTTP/1.1 request body may take to arrive (crate::web).
+    pub http1_body_timeout: Duration,
 }
 
 /// Serves on `listener` until `shutdown` resolves; then reports NOT_SERVING, stops taking
@@ -131,6 +134,7 @@ pub async fn serve(
         }
     };
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    let (max_concurrent_streams, http1_body_timeout) = (options.max_concurrent_streams, options.http1_body_timeout);
     let (admin_here, admin_apart) = match options.admin_listener.take() {
         Some(listener) => (None, Some((admin, listener))),
         None => (admin, None),
@@ -142,7 +146,8 @@ pub async fn serve(
             let served = Server::builder()
                 .trace_fn(request_span)
                 .accept_http1(true)
-                .layer(crate::web::PageLayer::metrics_only())
+                .max_concurrent_streams(max_concurrent_streams)
+                .layer(crate::web::PageLayer::metrics_only(http1_body_timeout))
                 .add_optional_service(admin)
                 .serve_with_incoming(incoming(listener, None))
                 .await;
@@ -151,7 +156,7 @@ pub async fn serve(
             }
         });
     }
-    let mut builder = Server::builder();
+    let mut builder = Server::builder().max_concurrent_streams(max_concurrent_streams);
     // GOAWAY at the age (tonic); the hard close after the grace is the connection's own
     // (connection_age), since tonic's own grace would skip the GOAWAY.
     let lifetime = options.max_connection_age.map(|(age, grace)| age + grace);
@@ -169,7 +174,7 @@ pub async fn serve(
         .accept_http1(true)
         // `GET /`: the browser page, `GET /metrics` (crate::web), `/v1/…`: the OpenAI-compatible
         // API (crate::openai); everything else goes on to gRPC.
-        .layer(crate::web::PageLayer::main(openai))
+        .layer(crate::web::PageLayer::main(openai, http1_body_timeout))
         .layer(CorsLayer::very_permissive())
         .layer(status::OversizedMessageLayer)
         .layer(tonic_web::GrpcWebLayer::new())
@@ -271,23 +276,48 @@ fn request_span(request: &http::Request<()>) -> tracing::Span {
     tracing::info_span!("request", id, method = request.uri().path())
 }
 
-/// Binds `addr` (port 0 = any free port).
 /// Accepted connections with Nagle's algorithm off: a response is written as several small
 /// frames (headers, message, trailers), and with Nagle on the trailers wait for the client's
 /// delayed ACK (~40 ms on Linux) on every call. Each is closed `lifetime` after it was accepted
 /// (`None`: never).
+///
+/// An accept that fails for the server's own reasons (out of file descriptors or memory) is
+/// retried after a pause that doubles up to a second: the listener stays readable while the
+/// connection waits in the backlog, so retrying at once would spin a core (and tonic's own loop
+/// retries at once). Errors of one connection (reset before it was accepted) are skipped.
 fn incoming(
     listener: TcpListener,
     lifetime: Option<Duration>,
 ) -> impl tokio_stream::Stream<Item = std::io::Result<AgedConnection>> {
-    use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(move |accepted| {
-        let stream = accepted?;
-        stream.set_nodelay(true)?;
-        Ok(AgedConnection::new(stream, lifetime))
+    const FIRST_PAUSE: Duration = Duration::from_millis(10);
+    const LONGEST_PAUSE: Duration = Duration::from_secs(1);
+    futures::stream::unfold(listener, move |listener| async move {
+        let mut pause = FIRST_PAUSE;
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let accepted = stream.set_nodelay(true).map(|()| AgedConnection::new(stream, lifetime));
+                    return Some((accepted, listener));
+                }
+                Err(e) if of_one_connection(&e) => continue,
+                Err(e) => {
+                    tracing::warn!(%e, "cannot accept a connection; trying again in {pause:?}");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(LONGEST_PAUSE);
+                }
+            }
+        }
     })
 }
 
+/// Whether an accept error concerns only the connection being accepted (the next may succeed at
+/// once), rather than the server (EMFILE, ENFILE, ENOBUFS, ENOMEM).
+fn of_one_connection(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(error.kind(), ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted | WouldBlock)
+}
+
+/// Binds `addr` (port 0 = any free port).
 pub async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr)> {
     let listener = TcpListener::bind(addr)
         .await
