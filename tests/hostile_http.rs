@@ -104,6 +104,35 @@ async fn streams_per_connection_are_bounded_and_hold_no_file_until_data() {
     assert_eq!(spooled(spool.path()), 1, "streams that sent no bytes hold spool files");
 }
 
+/// Connections beyond `server.max_connections` wait in the backlog until one closes, instead of
+/// each taking a descriptor and up to `max_concurrent_streams` calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_wait_for_one_to_close() {
+    let server = TestServer::start_with_env("tiny-git-image", &[], &[("GITCAP__SERVER__MAX_CONNECTIONS", "3")]);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let client = server.client(None).await;
+        client.health("gitcap.v1.Captioner").await.unwrap();
+        held.push(client);
+    }
+    let tcp = TcpStream::connect(&server.addr).await.unwrap();
+    let (send, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::post(format!("http://{}/grpc.health.v1.Health/Check", server.addr))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut body) = send.ready().await.unwrap().send_request(request, false).unwrap();
+    body.send_data(grpc_frame(&tonic_health::pb::HealthCheckRequest::default()), true).unwrap();
+    let mut response = std::pin::pin!(response);
+    let early = tokio::time::timeout(Duration::from_secs(1), &mut response).await;
+    assert!(early.is_err(), "a fourth connection was served past the cap of 3: {early:?}");
+    drop(held.pop());
+    let served = tokio::time::timeout(Duration::from_secs(10), response).await;
+    assert_eq!(served.expect("still waiting after a connection closed").unwrap().status(), 200);
+}
+
 /// An accept that fails for want of file descriptors once made tonic's accept loop retry at
 /// once, for ever: a core at 100% for as long as the descriptors stayed spent. Now it backs
 /// off, and serves again once descriptors are free.

@@ -54,6 +54,8 @@ pub struct ServerSettings {
     pub max_connection_age_grace_secs: f64,
     /// Calls open at once on one HTTP/2 connection.
     pub max_concurrent_streams: u32,
+    /// Connections open at once (on each listener).
+    pub max_connections: usize,
     /// How long an HTTP/1.1 request body may take to arrive, from its headers.
     pub http1_body_timeout_secs: f64,
     #[serde(default, deserialize_with = "optional")]
@@ -551,7 +553,7 @@ mod tests {
     #[test]
     fn connection_bounds_have_defaults_and_are_checked() {
         let settings = Settings::load_from(None, &[], vec![]).unwrap();
-        assert_eq!(settings.server.max_concurrent_streams, 256);
+        assert_eq!((settings.server.max_concurrent_streams, settings.server.max_connections), (256, 4096));
         assert_eq!(settings.server.http1_body_timeout().unwrap(), Duration::from_secs(120));
         let environment = env(&[("GITCAP__SERVER__HTTP1_BODY_TIMEOUT_SECS", "0")]);
         let err = Settings::load_from(None, &[], environment).unwrap().server.http1_body_timeout().unwrap_err();

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod auth;
 pub mod captioner;
 mod connection_age;
+mod connection_slots;
 pub mod convert;
 pub mod dense;
 mod live;
@@ -33,6 +34,7 @@ use admin::AdminService;
 use auth::BearerAuth;
 use captioner::CaptionerService;
 use connection_age::AgedConnection;
+use connection_slots::{ConnectionSlots, Slotted};
 use media::MediaService;
 
 /// Health service name of the captioning API; each model also has `gitcap.v1.Captioner/<model>`.
@@ -66,6 +68,8 @@ pub struct ServeOptions {
     pub max_connection_age: Option<(Duration, Duration)>,
     /// Calls open at once on one HTTP/2 connection.
     pub max_concurrent_streams: u32,
+    /// Connections open at once, on each listener.
+    pub max_connections: usize,
     /// How long an HTTP/1.1 request body may take to arrive (crate::web).
     pub http1_body_timeout: Duration,
 }
@@ -135,6 +139,7 @@ pub async fn serve(
     };
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let (max_concurrent_streams, http1_body_timeout) = (options.max_concurrent_streams, options.http1_body_timeout);
+    let max_connections = options.max_connections;
     let (admin_here, admin_apart) = match options.admin_listener.take() {
         Some(listener) => (None, Some((admin, listener))),
         None => (admin, None),
@@ -149,7 +154,7 @@ pub async fn serve(
                 .max_concurrent_streams(max_concurrent_streams)
                 .layer(crate::web::PageLayer::metrics_only(http1_body_timeout))
                 .add_optional_service(admin)
-                .serve_with_incoming(incoming(listener, None))
+                .serve_with_incoming(incoming(listener, None, ConnectionSlots::new(max_connections)))
                 .await;
             if let Err(e) = served {
                 tracing::error!(%e, "admin server stopped");
@@ -183,10 +188,13 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(captioner)
         .add_optional_service(admin_here)
-        .serve_with_incoming_shutdown(incoming(listener, lifetime), async move {
-            draining.await;
-            let _ = stopped_tx.send(());
-        });
+        .serve_with_incoming_shutdown(
+            incoming(listener, lifetime, ConnectionSlots::new(max_connections)),
+            async move {
+                draining.await;
+                let _ = stopped_tx.send(());
+            },
+        );
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => result.map_err(|e| GitcapError::Internal(e.to_string()))?,
@@ -279,7 +287,7 @@ fn request_span(request: &http::Request<()>) -> tracing::Span {
 /// Accepted connections with Nagle's algorithm off: a response is written as several small
 /// frames (headers, message, trailers), and with Nagle on the trailers wait for the client's
 /// delayed ACK (~40 ms on Linux) on every call. Each is closed `lifetime` after it was accepted
-/// (`None`: never).
+/// (`None`: never). Each holds one of `slots` while open: at the cap, nothing is accepted.
 ///
 /// An accept that fails for the server's own reasons (out of file descriptors or memory) is
 /// retried after a pause that doubles up to a second: the listener stays readable while the
@@ -288,22 +296,27 @@ fn request_span(request: &http::Request<()>) -> tracing::Span {
 fn incoming(
     listener: TcpListener,
     lifetime: Option<Duration>,
-) -> impl tokio_stream::Stream<Item = std::io::Result<AgedConnection>> {
+    slots: ConnectionSlots,
+) -> impl tokio_stream::Stream<Item = std::io::Result<Slotted<AgedConnection>>> {
     const FIRST_PAUSE: Duration = Duration::from_millis(10);
     const LONGEST_PAUSE: Duration = Duration::from_secs(1);
-    futures::stream::unfold(listener, move |listener| async move {
-        let mut pause = FIRST_PAUSE;
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    let accepted = stream.set_nodelay(true).map(|()| AgedConnection::new(stream, lifetime));
-                    return Some((accepted, listener));
-                }
-                Err(e) if of_one_connection(&e) => continue,
-                Err(e) => {
-                    tracing::warn!(%e, "cannot accept a connection; trying again in {pause:?}");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(LONGEST_PAUSE);
+    futures::stream::unfold(listener, move |listener| {
+        let slots = slots.clone();
+        async move {
+            let slot = slots.take().await;
+            let mut pause = FIRST_PAUSE;
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        let accepted = stream.set_nodelay(true).map(|()| AgedConnection::new(stream, lifetime));
+                        return Some((accepted.map(|c| Slotted::new(c, slot)), listener));
+                    }
+                    Err(e) if of_one_connection(&e) => continue,
+                    Err(e) => {
+                        tracing::warn!(%e, "cannot accept a connection; trying again in {pause:?}");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(LONGEST_PAUSE);
+                    }
                 }
             }
         }
