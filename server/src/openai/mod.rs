@@ -45,7 +45,8 @@ struct Served {
 
 /// What parsing a chat request holds at its peak, per byte of its body: the body, the text of
 /// its strings, serde's buffered copy of the request (its flattened extra fields make serde read
-/// the whole object into a buffer first) and the decoded media (3/4 of their base64).
+/// the whole object into a buffer first) and the decoded media (3/4 of their base64). Measured:
+/// a 49 MiB body with an image raised the server's RSS by 3.7 times its size.
 const PARSE_BYTES_PER_BODY_BYTE: u64 = 4;
 
 /// The routes under `/v1`. Request bodies may be up to `max_body_bytes` (media arrive base64
