@@ -201,11 +201,11 @@ fn with_still((w, h): (u32, u32)) -> (u32, u32, bool) {
 }
 
 /// What decoding `bytes` holds at its peak, in bytes, from its headers alone (for the media
-/// budget): [`decode_cost`] of its declared size, and for a GIF also the buffer of its largest
-/// frame, which the decoder allocates at the frame's own size (up to RGBA and the decoder's
-/// index buffer: 8 bytes a pixel, rounded up). 0 when decoding will refuse the image before
-/// allocating anything (over the limits, or not an image), so that it gets that error, not
-/// the budget's.
+/// budget): [`decode_cost`] of its declared size (for an animation, which counts a frame of the
+/// screen's size), and for a GIF whose largest frame is larger than its screen, the excess: the
+/// decoder allocates each frame at its own size (RGBA and its index buffer: 8 bytes a pixel,
+/// rounded up). 0 when decoding will refuse the image before allocating anything (over the
+/// limits, or not an image), so that it gets that error, not the budget's.
 pub fn decode_footprint(bytes: &[u8], limits: &MediaLimits) -> u64 {
     let within = |w: u32, h: u32| u64::from(w) * u64::from(h) <= limits.max_pixels;
     if sniff_image(bytes) == Some(ImageFormat::Gif) {
@@ -215,7 +215,8 @@ pub fn decode_footprint(bytes: &[u8], limits: &MediaLimits) -> u64 {
         }
         let (w, h) = layout.screen;
         let largest = layout.frames.iter().map(|&(w, h)| u64::from(w) * u64::from(h)).max().unwrap_or(0);
-        return decode_cost(w, h, true).saturating_add(largest.saturating_mul(8));
+        let beyond_screen = largest.saturating_sub(u64::from(w) * u64::from(h));
+        return decode_cost(w, h, true).saturating_add(beyond_screen.saturating_mul(8));
     }
     declared_size(bytes).filter(|&(w, h, _)| within(w, h)).map_or(0, |(w, h, animated)| decode_cost(w, h, animated))
 }
@@ -964,7 +965,9 @@ mod tests {
     #[test]
     fn the_footprint_of_a_gif_counts_its_largest_frame() {
         let bytes = gif((4, 4), &[(2, 2), (100, 50)]);
-        assert_eq!(decode_footprint(&bytes, &limits()), decode_cost(4, 4, true) + 100 * 50 * 8);
+        assert_eq!(decode_footprint(&bytes, &limits()), decode_cost(4, 4, true) + (100 * 50 - 16) * 8);
+        let within = gif((40, 30), &[(40, 30), (10, 10)]);
+        assert_eq!(decode_footprint(&within, &limits()), decode_cost(40, 30, true), "frames within the screen");
         let still = png(30, 20, 2, &vec![vec![0; 90]; 20], &[]);
         assert_eq!(decode_footprint(&still, &limits()), decode_cost(30, 20, false));
         assert_eq!(decode_footprint(b"not an image", &limits()), 0);
