@@ -10,6 +10,8 @@ raw_frames: `arbitrary`-encoded inputs are opaque, so its seeds are raw bytes th
 mutates from (a few small RGB buffers).
 request_validation: protobuf encodings of each request kind, hand-encoded here (first byte =
 which message, as in the target).
+openai_chat: chat-completions JSON bodies (an image, frames, a video, a follow-up, options,
+parameters gitcap cannot honour), with a tiny PNG made here without Pillow.
 """
 import io
 import os
@@ -118,9 +120,52 @@ def request_validation_seeds():
     out("request_validation", "options", bytes([4]) + options())
 
 
+def tiny_png():
+    """A 2x2 RGB PNG, written by hand (no Pillow needed for this target's seeds)."""
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    pixels = [[(200, 30, 30), (30, 200, 30)], [(30, 30, 200), (240, 240, 240)]]
+    rows = b"".join(b"\0" + b"".join(bytes(p) for p in row) for row in pixels)
+    ihdr = struct.pack(">IIBBBBB", 2, 2, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def openai_chat_seeds():
+    import base64
+    import json
+
+    uri = "data:image/png;base64," + base64.b64encode(tiny_png()).decode()
+    image = {"type": "image_url", "image_url": {"url": uri}}
+    ask = {"type": "text", "text": "what is it?"}
+
+    def body(name, **request):
+        request.setdefault("model", "tiny")
+        out("openai_chat", name, json.dumps(request).encode())
+
+    body("caption", messages=[{"role": "user", "content": [image]}])
+    body("question_options", messages=[{"role": "user", "content": [image, ask]}], max_tokens=8, temperature=0.7,
+         top_p=0.9, seed=3, n=2, stop=["."], logprobs=True, top_logprobs=2, stream=True,
+         stream_options={"include_usage": True}, service_tier="flex", num_beams=2, repetition_penalty=1.2)
+    body("frames", messages=[{"role": "user", "content": [image, image, image]}])
+    body("video", messages=[{"role": "user", "content": [
+        {"type": "video_url", "video_url": {"url": "data:video/mp4;base64,AAAAGGZ0eXBpc29t"}}]}])
+    body("follow_up", messages=[
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": [image]},
+        {"role": "assistant", "content": "a square"},
+        {"role": "user", "content": "what colour?"}])
+    body("unsupported", messages=[{"role": "user", "content": [image]}], frequency_penalty=0, presence_penalty=0.0,
+         tools=[], tool_choice="none", response_format={"type": "text"}, modalities=["text"], best_of=1, echo=False)
+    body("url", messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}])
+
+
 if __name__ == "__main__":
     shutil.rmtree(ROOT, ignore_errors=True)
     os.makedirs(f"{ROOT}/decode_image")
     decode_image_seeds()
     raw_frames_seeds()
     request_validation_seeds()
+    openai_chat_seeds()

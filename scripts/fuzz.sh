@@ -31,8 +31,9 @@ if ! cargo fuzz --version >/dev/null 2>&1 && ! cargo install cargo-fuzz --locked
 fi
 
 # Input size caps: a few small images or frames, a request with a small image, a tiny video.
-declare -A max_len=([decode_image]=32768 [raw_frames]=8192 [request_validation]=16384 [video_container]=16384)
-targets=(decode_image raw_frames request_validation video_container)
+declare -A max_len=([decode_image]=32768 [raw_frames]=8192 [request_validation]=16384 [video_container]=16384
+  [openai_chat]=16384)
+targets=(decode_image raw_frames request_validation video_container openai_chat)
 
 # video_container runs the ffmpeg and ffprobe programs; its seeds are tiny videos of each accepted
 # container and codec, made here (no video file is committed) into its uncommitted corpus.
@@ -55,7 +56,7 @@ else
     exit 1
   fi
   echo "fuzz: SKIPPING video_container: it needs the ffmpeg and ffprobe programs (apt-get install ffmpeg)" >&2
-  targets=(decode_image raw_frames request_validation)
+  targets=(decode_image raw_frames request_validation openai_chat)
 fi
 
 cargo +nightly fuzz build --sanitizer "$sanitizer"

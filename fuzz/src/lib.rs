@@ -4,7 +4,7 @@
 
 use std::sync::OnceLock;
 
-use gitcap_server::api::convert::RequestLimits;
+use gitcap_server::service::validation::RequestLimits;
 use gitcap_server::error::GitcapError;
 use gitcap_server::media::{sample_frame_indices, MediaLimits, PixelValues, PreprocessorConfig, VideoLimits};
 use image::RgbImage;

@@ -78,6 +78,9 @@ pub async fn run(settings: Settings) -> Result<()> {
         default_dtype: m.dtype,
         tls: settings.server.tls_identity()?,
         max_connection_age: settings.server.max_connection_age()?,
+        max_concurrent_streams: settings.server.max_concurrent_streams.max(1),
+        max_connections: settings.server.max_connections,
+        http1_body_timeout: settings.server.http1_body_timeout()?,
     };
     let served = api::serve(listener, registry, options, shutdown_signal()).await;
     // The spans of the last calls, before the process ends.

@@ -52,6 +52,12 @@ pub struct ServerSettings {
     pub max_connection_age_secs: Option<f64>,
     /// How long calls on a connection past its age may take before it is closed anyway.
     pub max_connection_age_grace_secs: f64,
+    /// Calls open at once on one HTTP/2 connection.
+    pub max_concurrent_streams: u32,
+    /// Connections open at once (on each listener).
+    pub max_connections: usize,
+    /// How long an HTTP/1.1 request body may take to arrive, from its headers.
+    pub http1_body_timeout_secs: f64,
     #[serde(default, deserialize_with = "optional")]
     pub tls_cert: Option<PathBuf>,
     #[serde(default, deserialize_with = "optional")]
@@ -72,6 +78,18 @@ impl ServerSettings {
             seconds("server.max_connection_age_secs", age)?,
             seconds("server.max_connection_age_grace_secs", self.max_connection_age_grace_secs)?,
         )))
+    }
+
+    /// `http1_body_timeout_secs`, checked.
+    pub fn http1_body_timeout(&self) -> Result<std::time::Duration> {
+        std::time::Duration::try_from_secs_f64(self.http1_body_timeout_secs).ok().filter(|d| !d.is_zero()).ok_or_else(
+            || {
+                GitcapError::invalid(
+                    "server.http1_body_timeout_secs",
+                    format!("{} is not a positive number of seconds", self.http1_body_timeout_secs),
+                )
+            },
+        )
     }
 
     /// The PEM certificate chain and key, when TLS is configured.
@@ -541,6 +559,16 @@ mod tests {
         let both = env(&[("GITCAP__ADMIN__DESIRED_STATE", "/m.toml"), ("GITCAP__ADMIN__STATE_FILE", "/s.json")]);
         let err = Settings::load_from(None, &[], both).unwrap().admin.desired_state().unwrap_err().to_string();
         assert!(err.starts_with("admin.desired_state: cannot be set together with admin.state_file"), "{err}");
+    }
+
+    #[test]
+    fn connection_bounds_have_defaults_and_are_checked() {
+        let settings = Settings::load_from(None, &[], vec![]).unwrap();
+        assert_eq!((settings.server.max_concurrent_streams, settings.server.max_connections), (256, 4096));
+        assert_eq!(settings.server.http1_body_timeout().unwrap(), Duration::from_secs(120));
+        let environment = env(&[("GITCAP__SERVER__HTTP1_BODY_TIMEOUT_SECS", "0")]);
+        let err = Settings::load_from(None, &[], environment).unwrap().server.http1_body_timeout().unwrap_err();
+        assert!(err.to_string().starts_with("server.http1_body_timeout_secs"), "{err}");
     }
 
     #[test]

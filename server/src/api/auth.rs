@@ -29,9 +29,16 @@ impl BearerAuth {
     /// Whether an `authorization` header value (gRPC metadata or HTTP) lets a call through.
     pub fn allows(&self, header: Option<&str>) -> bool {
         let Some(expected) = &self.token else { return true };
-        let given = header.and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+        let given = header.and_then(bearer_credentials).unwrap_or("");
         constant_time_eq(given.as_bytes(), expected.as_bytes())
     }
+}
+
+/// The credentials of a `Bearer` authorization: the scheme is case-insensitive and followed by
+/// one or more spaces (RFC 7235 section 2.1, RFC 6750 section 2.1).
+fn bearer_credentials(header: &str) -> Option<&str> {
+    let (scheme, rest) = header.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim_start_matches(' '))
 }
 
 /// Equal without an early exit on the first differing byte (length is not secret).
@@ -57,6 +64,10 @@ mod tests {
             auth.check(request).map(|_| ()).map_err(|s| s.code())
         };
         assert_eq!(with(Some("Bearer s3cret")), Ok(()));
+        assert_eq!(with(Some("bearer s3cret")), Ok(()), "the scheme is case-insensitive");
+        assert_eq!(with(Some("BEARER  s3cret")), Ok(()));
+        assert_eq!(with(Some("Basic s3cret")), Err(tonic::Code::Unauthenticated));
+        assert_eq!(with(Some("Bearers3cret")), Err(tonic::Code::Unauthenticated));
         assert_eq!(with(Some("Bearer s3cre")), Err(tonic::Code::Unauthenticated));
         assert_eq!(with(Some("s3cret")), Err(tonic::Code::Unauthenticated));
         assert_eq!(with(None), Err(tonic::Code::Unauthenticated));

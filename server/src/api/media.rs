@@ -17,8 +17,8 @@ use crate::engine::{Frame, ModelInfo, PreparedFrame};
 use crate::error::{GitcapError, Result};
 use crate::media::video::{sample_timestamps, Sampling, VideoDecoder};
 use crate::media::{
-    declared_size, decode_cost, decode_image_each, from_raw_rgb, sample_frame_indices, MediaBudget, MediaLimits,
-    UrlFetcher,
+    decode_cost, decode_footprint, decode_image_each, from_raw_rgb, sample_frame_indices, CancelFlag, MediaBudget,
+    MediaLimits, UrlFetcher,
 };
 use crate::proto;
 
@@ -123,17 +123,17 @@ impl MediaService {
         model: &ModelInfo,
         all_frames: bool,
     ) -> Result<Vec<Frame>> {
-        // An image over the pixel limit is refused by the decoder, from its header, before any
-        // pixel is decoded: it needs no room (and must get that error, not a budget's).
-        let within = |w: u32, h: u32| u64::from(w) * u64::from(h) <= self.limits.max_pixels;
-        let cost = declared_size(&bytes)
-            .filter(|&(w, h, _)| within(w, h))
-            .map_or(0, |(w, h, animated)| decode_cost(w, h, animated));
+        // From the headers (every frame's of a GIF); an image over the limits is refused by the
+        // decoder before any pixel is decoded: it needs no room (and must get that error).
+        let cost = decode_footprint(&bytes, &self.limits);
         let _room = self.budget.reserve(cost, &field).await?;
         let (limits, preprocessor) = (self.limits, model.preprocessor.clone());
+        // Dropping this future (the request's deadline, its caller gone) stops the decode.
+        let cancel = CancelFlag::new();
+        let _cancel_on_drop = cancel.cancel_on_drop();
         blocking(move || {
             let mut frames = Vec::new();
-            decode_image_each(&bytes, &field, &limits, &mut |image| {
+            decode_image_each(&bytes, &field, &limits, &cancel, &mut |image| {
                 if all_frames || frames.is_empty() {
                     frames.push(Frame::from_image(&image, &preprocessor)?);
                 }

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod auth;
 pub mod captioner;
 mod connection_age;
+mod connection_slots;
 pub mod convert;
 pub mod dense;
 mod live;
@@ -18,7 +19,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tower_http::cors::CorsLayer;
@@ -34,6 +34,7 @@ use admin::AdminService;
 use auth::BearerAuth;
 use captioner::CaptionerService;
 use connection_age::AgedConnection;
+use connection_slots::{ConnectionSlots, Slotted};
 use media::MediaService;
 
 /// Health service name of the captioning API; each model also has `gitcap.v1.Captioner/<model>`.
@@ -65,6 +66,12 @@ pub struct ServeOptions {
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
     /// Close connections after this age (GOAWAY), letting calls finish within the grace.
     pub max_connection_age: Option<(Duration, Duration)>,
+    /// Calls open at once on one HTTP/2 connection.
+    pub max_concurrent_streams: u32,
+    /// Connections open at once, on each listener.
+    pub max_connections: usize,
+    /// How long an HTTP/1.1 request body may take to arrive (crate::web).
+    pub http1_body_timeout: Duration,
 }
 
 /// Serves on `listener` until `shutdown` resolves; then reports NOT_SERVING, stops taking
@@ -131,6 +138,8 @@ pub async fn serve(
         }
     };
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    let (max_concurrent_streams, http1_body_timeout) = (options.max_concurrent_streams, options.http1_body_timeout);
+    let max_connections = options.max_connections;
     let (admin_here, admin_apart) = match options.admin_listener.take() {
         Some(listener) => (None, Some((admin, listener))),
         None => (admin, None),
@@ -142,16 +151,17 @@ pub async fn serve(
             let served = Server::builder()
                 .trace_fn(request_span)
                 .accept_http1(true)
-                .layer(crate::web::PageLayer::metrics_only())
+                .max_concurrent_streams(max_concurrent_streams)
+                .layer(crate::web::PageLayer::metrics_only(http1_body_timeout))
                 .add_optional_service(admin)
-                .serve_with_incoming(incoming(listener, None))
+                .serve_with_incoming(incoming(listener, None, ConnectionSlots::new(max_connections)))
                 .await;
             if let Err(e) = served {
                 tracing::error!(%e, "admin server stopped");
             }
         });
     }
-    let mut builder = Server::builder();
+    let mut builder = Server::builder().max_concurrent_streams(max_concurrent_streams);
     // GOAWAY at the age (tonic); the hard close after the grace is the connection's own
     // (connection_age), since tonic's own grace would skip the GOAWAY.
     let lifetime = options.max_connection_age.map(|(age, grace)| age + grace);
@@ -169,7 +179,7 @@ pub async fn serve(
         .accept_http1(true)
         // `GET /`: the browser page, `GET /metrics` (crate::web), `/v1/…`: the OpenAI-compatible
         // API (crate::openai); everything else goes on to gRPC.
-        .layer(crate::web::PageLayer::main(openai))
+        .layer(crate::web::PageLayer::main(openai, http1_body_timeout))
         .layer(CorsLayer::very_permissive())
         .layer(status::OversizedMessageLayer)
         .layer(tonic_web::GrpcWebLayer::new())
@@ -178,10 +188,13 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(captioner)
         .add_optional_service(admin_here)
-        .serve_with_incoming_shutdown(incoming(listener, lifetime), async move {
-            draining.await;
-            let _ = stopped_tx.send(());
-        });
+        .serve_with_incoming_shutdown(
+            incoming(listener, lifetime, ConnectionSlots::new(max_connections)),
+            async move {
+                draining.await;
+                let _ = stopped_tx.send(());
+            },
+        );
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => result.map_err(|e| GitcapError::Internal(e.to_string()))?,
@@ -271,23 +284,53 @@ fn request_span(request: &http::Request<()>) -> tracing::Span {
     tracing::info_span!("request", id, method = request.uri().path())
 }
 
-/// Binds `addr` (port 0 = any free port).
 /// Accepted connections with Nagle's algorithm off: a response is written as several small
 /// frames (headers, message, trailers), and with Nagle on the trailers wait for the client's
 /// delayed ACK (~40 ms on Linux) on every call. Each is closed `lifetime` after it was accepted
-/// (`None`: never).
+/// (`None`: never). Each holds one of `slots` while open: at the cap, nothing is accepted.
+///
+/// An accept that fails for the server's own reasons (out of file descriptors or memory) is
+/// retried after a pause that doubles up to a second: the listener stays readable while the
+/// connection waits in the backlog, so retrying at once would spin a core (and tonic's own loop
+/// retries at once). Errors of one connection (reset before it was accepted) are skipped.
 fn incoming(
     listener: TcpListener,
     lifetime: Option<Duration>,
-) -> impl tokio_stream::Stream<Item = std::io::Result<AgedConnection>> {
-    use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(move |accepted| {
-        let stream = accepted?;
-        stream.set_nodelay(true)?;
-        Ok(AgedConnection::new(stream, lifetime))
+    slots: ConnectionSlots,
+) -> impl tokio_stream::Stream<Item = std::io::Result<Slotted<AgedConnection>>> {
+    const FIRST_PAUSE: Duration = Duration::from_millis(10);
+    const LONGEST_PAUSE: Duration = Duration::from_secs(1);
+    futures::stream::unfold(listener, move |listener| {
+        let slots = slots.clone();
+        async move {
+            let slot = slots.take().await;
+            let mut pause = FIRST_PAUSE;
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        let accepted = stream.set_nodelay(true).map(|()| AgedConnection::new(stream, lifetime));
+                        return Some((accepted.map(|c| Slotted::new(c, slot)), listener));
+                    }
+                    Err(e) if of_one_connection(&e) => continue,
+                    Err(e) => {
+                        tracing::warn!(%e, "cannot accept a connection; trying again in {pause:?}");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(LONGEST_PAUSE);
+                    }
+                }
+            }
+        }
     })
 }
 
+/// Whether an accept error concerns only the connection being accepted (the next may succeed at
+/// once), rather than the server (EMFILE, ENFILE, ENOBUFS, ENOMEM).
+fn of_one_connection(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(error.kind(), ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted | WouldBlock)
+}
+
+/// Binds `addr` (port 0 = any free port).
 pub async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr)> {
     let listener = TcpListener::bind(addr)
         .await

@@ -23,11 +23,17 @@
 //! - **Truncated data** is an error, as in Pillow ("image file is truncated"); for JPEG this means
 //!   the data must reach the end-of-image marker.
 //!
-//! Decompression bombs: an image's declared size (the GIF logical screen for animations) is
-//! checked against [`MediaLimits::max_pixels`] from its header, before any pixel buffer is
-//! allocated; animations are also limited in frame count and in pixels summed over all frames.
+//! Decompression bombs: an image's declared size is checked against [`MediaLimits::max_pixels`]
+//! from its header, before any pixel buffer is allocated. A GIF's frames are read from their own
+//! headers first ([`gif_layout`]): a frame may declare itself far larger than the logical screen,
+//! and the decoder allocates what the frame declares, so every frame's own size counts, in the
+//! pixel limit and in the media budget ([`decode_footprint`]). Animations are also limited in
+//! frame count and in pixels summed over all frames, all before the first frame is decoded, and
+//! decoding stops between frames once the request is gone ([`CancelFlag`]).
 
 use std::io::Cursor;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use image::codecs::gif::GifDecoder;
 use image::codecs::jpeg::JpegDecoder;
@@ -39,6 +45,7 @@ use image::{AnimationDecoder, DynamicImage, ImageDecoder, ImageError, RgbImage};
 use gitcap_protocol::media_kind::{is_heif_image, sniff_image, sniff_video, ImageFormat};
 
 use crate::error::{GitcapError, Result};
+use crate::media::budget::decode_cost;
 
 /// Bounds on what one piece of media may decode to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +61,42 @@ impl Default for MediaLimits {
     /// As config/default.toml's `limits`: 40 megapixels (about 120 MB decoded), 64 frames.
     fn default() -> Self {
         Self { max_pixels: 40_000_000, max_frames: 64 }
+    }
+}
+
+/// Set once the request a decode works for has ended (its deadline passed, or its caller left):
+/// decoding runs off the async threads, so it cannot be dropped with the request's future, and
+/// instead checks this between frames and gives up. Clones share the flag.
+#[derive(Debug, Clone, Default)]
+pub struct CancelFlag(Arc<AtomicBool>);
+
+impl CancelFlag {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// A guard that cancels this flag when dropped: held by the request's future, so that
+    /// dropping the future (a deadline, a disconnect) stops the decode it started.
+    pub fn cancel_on_drop(&self) -> CancelOnDrop {
+        CancelOnDrop(self.clone())
+    }
+}
+
+/// Cancels its [`CancelFlag`] when dropped.
+#[derive(Debug)]
+pub struct CancelOnDrop(CancelFlag);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
     }
 }
 
@@ -128,7 +171,7 @@ fn decode_error(field: &str, format: ImageFormat, err: ImageError) -> GitcapErro
 /// documentation for how the result matches transformers' `load_image`.
 pub fn decode_image(bytes: &[u8], field: &str, limits: &MediaLimits) -> Result<Vec<RgbImage>> {
     let mut frames = Vec::new();
-    decode_image_each(bytes, field, limits, &mut |frame| {
+    decode_image_each(bytes, field, limits, &CancelFlag::new(), &mut |frame| {
         frames.push(frame);
         Ok(())
     })?;
@@ -157,12 +200,131 @@ fn with_still((w, h): (u32, u32)) -> (u32, u32, bool) {
     (w, h, false)
 }
 
+/// What decoding `bytes` holds at its peak, in bytes, from its headers alone (for the media
+/// budget): [`decode_cost`] of its declared size (for an animation, which counts a frame of the
+/// screen's size), and for a GIF whose largest frame is larger than its screen, the excess: the
+/// decoder allocates each frame at its own size (RGBA and its index buffer: 8 bytes a pixel,
+/// rounded up). 0 when decoding will refuse the image before allocating anything (over the
+/// limits, or not an image), so that it gets that error, not the budget's.
+pub fn decode_footprint(bytes: &[u8], limits: &MediaLimits) -> u64 {
+    let within = |w: u32, h: u32| u64::from(w) * u64::from(h) <= limits.max_pixels;
+    if sniff_image(bytes) == Some(ImageFormat::Gif) {
+        let Some(layout) = gif_layout(bytes, limits.max_frames) else { return 0 };
+        if check_gif_layout("", &layout, limits).is_err() {
+            return 0;
+        }
+        let (w, h) = layout.screen;
+        let largest = layout.frames.iter().map(|&(w, h)| u64::from(w) * u64::from(h)).max().unwrap_or(0);
+        let beyond_screen = largest.saturating_sub(u64::from(w) * u64::from(h));
+        return decode_cost(w, h, true).saturating_add(beyond_screen.saturating_mul(8));
+    }
+    declared_size(bytes).filter(|&(w, h, _)| within(w, h)).map_or(0, |(w, h, animated)| decode_cost(w, h, animated))
+}
+
+/// What a GIF's headers declare: its logical screen and each frame's own size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct GifLayout {
+    screen: (u32, u32),
+    frames: Vec<(u32, u32)>,
+}
+
+/// Reads a GIF's block structure without decoding any pixel: the logical screen, then each
+/// extension and image is stepped over by its data sub-blocks' lengths (GIF89a, sections 18–27).
+/// Stops at the trailer, at a block it cannot read whole (decoding then says what is wrong), or
+/// once it has seen more than `max_frames` frames. A frame whose descriptor is whole counts even
+/// when its data is cut short: the decoder allocates it from the descriptor alone.
+fn gif_layout(b: &[u8], max_frames: usize) -> Option<GifLayout> {
+    let u16_at = |i: usize| b.get(i..i + 2).map(|x| u32::from(u16::from_le_bytes([x[0], x[1]])));
+    let colour_table = |flags: u8| if flags & 0x80 != 0 { 3usize << ((flags & 7) + 1) } else { 0 };
+    // Past a run of data sub-blocks (a length byte, then that many bytes) and its terminator.
+    let past_sub_blocks = |mut i: usize| -> Option<usize> {
+        loop {
+            let len = usize::from(*b.get(i)?);
+            i += 1 + len;
+            if len == 0 {
+                return Some(i);
+            }
+        }
+    };
+    if !b.starts_with(b"GIF") {
+        return None;
+    }
+    let screen = (u16_at(6)?, u16_at(8)?);
+    let mut i = 13 + colour_table(*b.get(10)?);
+    let mut frames = Vec::new();
+    while frames.len() <= max_frames {
+        let next = match b.get(i) {
+            // Extension: introducer, label, sub-blocks.
+            Some(0x21) => past_sub_blocks(i + 2),
+            // Image: descriptor (position, size, flags), local colour table, LZW code size, data.
+            Some(0x2C) => {
+                let (Some(w), Some(h), Some(&flags)) = (u16_at(i + 5), u16_at(i + 7), b.get(i + 9)) else { break };
+                frames.push((w, h));
+                past_sub_blocks(i + 10 + colour_table(flags) + 1)
+            }
+            // The trailer, the end of the data, or a block the decoder refuses.
+            _ => None,
+        };
+        match next {
+            Some(next) => i = next,
+            None => break,
+        }
+    }
+    Some(GifLayout { screen, frames })
+}
+
+/// The limits on what a GIF will decode to, from its layout: the screen and every frame within
+/// the pixel limit, at most `max_frames` frames, and at most `max_pixels` decoded over all
+/// frames, each counting its own size or the screen's (what it is composed onto), the larger.
+fn check_gif_layout(field: &str, layout: &GifLayout, limits: &MediaLimits) -> Result<()> {
+    let (sw, sh) = layout.screen;
+    check_size(field, sw, sh, limits)?;
+    if layout.frames.len() > limits.max_frames {
+        return Err(GitcapError::media(
+            field,
+            format!("animated GIF has more than {} frames, the limit", limits.max_frames),
+        ));
+    }
+    let screen = u64::from(sw) * u64::from(sh);
+    let mut total = 0u64;
+    for (k, &(w, h)) in layout.frames.iter().enumerate() {
+        let pixels = u64::from(w) * u64::from(h);
+        if pixels > limits.max_pixels {
+            return Err(GitcapError::media(
+                field,
+                format!(
+                    "frame {k} of the GIF is {w}x{h} = {} megapixels (its screen is {sw}x{sh}), above the {} \
+                     megapixel limit",
+                    megapixels(pixels),
+                    megapixels(limits.max_pixels)
+                ),
+            ));
+        }
+        total += pixels.max(screen);
+        if total > limits.max_pixels {
+            return Err(GitcapError::media(
+                field,
+                format!(
+                    "animated GIF decodes to at least {} megapixels in its first {} frames (each frame its own \
+                     size or the {sw}x{sh} screen's, the larger), above the {} megapixel limit",
+                    megapixels(total),
+                    k + 1,
+                    megapixels(limits.max_pixels)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// [`decode_image`], handing each frame to `on_frame` as soon as it is decoded, so that an
-/// animation's frames need not all be held at full size. Returns the number of frames.
+/// animation's frames need not all be held at full size; an animation stops with
+/// [`GitcapError::Cancelled`] between frames once `cancel` is set. Returns the number of frames.
 pub fn decode_image_each(
     bytes: &[u8],
     field: &str,
     limits: &MediaLimits,
+    cancel: &CancelFlag,
     on_frame: &mut dyn FnMut(RgbImage) -> Result<()>,
 ) -> Result<usize> {
     let one = |image: RgbImage, on_frame: &mut dyn FnMut(RgbImage) -> Result<()>| on_frame(image).map(|()| 1);
@@ -203,19 +365,23 @@ pub fn decode_image_each(
                 let (w, h) = decoder.dimensions();
                 check_size(field, w, h, limits)?;
                 decoder.set_limits(decoder_limits(limits)).map_err(|e| decode_error(field, format, e))?;
-                decode_frames(decoder.into_frames(), (w, h), format, field, limits, on_frame)
+                decode_frames(decoder.into_frames(), (w, h), format, field, limits, cancel, on_frame)
             } else {
                 one(decode_still(decoder, format, field, limits)?, on_frame)
             }
         }
         ImageFormat::Gif => {
+            // Each frame declares its own size, which may exceed the logical screen: the decoder
+            // allocates it before reading any pixel, so every frame is checked first.
+            if let Some(layout) = gif_layout(bytes, limits.max_frames) {
+                check_gif_layout(field, &layout, limits)?;
+            }
             let mut decoder = GifDecoder::new(Cursor::new(bytes)).map_err(|e| decode_error(field, format, e))?;
             let (w, h) = decoder.dimensions();
             check_size(field, w, h, limits)?;
-            // Each frame declares its own size, which may exceed the logical screen: the decoder
-            // allocates it before reading any pixel, so it too must be bounded.
+            // A backstop, should the decoder read a frame the layout did not.
             decoder.set_limits(decoder_limits(limits)).map_err(|e| decode_error(field, format, e))?;
-            decode_frames(decoder.into_frames(), (w, h), format, field, limits, on_frame)
+            decode_frames(decoder.into_frames(), (w, h), format, field, limits, cancel, on_frame)
         }
     }
 }
@@ -296,16 +462,21 @@ fn decoder_limits(limits: &MediaLimits) -> image::Limits {
 }
 
 fn decode_frames(
-    frames: image::Frames<'_>,
+    mut frames: image::Frames<'_>,
     (w, h): (u32, u32),
     format: ImageFormat,
     field: &str,
     limits: &MediaLimits,
+    cancel: &CancelFlag,
     on_frame: &mut dyn FnMut(RgbImage) -> Result<()>,
 ) -> Result<usize> {
     let frame_pixels = u64::from(w) * u64::from(h);
     let mut count = 0usize;
-    for frame in frames {
+    loop {
+        if cancel.is_cancelled() {
+            return Err(GitcapError::Cancelled);
+        }
+        let Some(frame) = frames.next() else { break };
         let frame = frame.map_err(|e| decode_error(field, format, e))?;
         if count == limits.max_frames {
             return Err(GitcapError::media(
@@ -723,7 +894,100 @@ mod tests {
         // Image descriptor at (0, 0), 30000 x 30000, then a little LZW data and the trailer.
         bytes.extend_from_slice(b"\x2c\x00\x00\x00\x00\x30\x75\x30\x75\x00\x02\x02\x4c\x01\x00\x3b");
         let m = message(decode_image(&bytes, "media.image", &limits()).unwrap_err());
-        assert_eq!(m, "media.image: cannot decode the GIF image: it needs more memory than allowed");
+        assert_eq!(
+            m,
+            "media.image: frame 0 of the GIF is 30000x30000 = 900 megapixels (its screen is 4x4), above the 40 \
+             megapixel limit"
+        );
+        assert_eq!(decode_footprint(&bytes, &limits()), 0, "refused by the limits: needs no room");
+    }
+
+    /// A GIF with a 2-colour global table, a looping extension, then each frame at (0, 0) in its
+    /// own size, behind a graphic control extension, every pixel colour 0.
+    fn gif(screen: (u16, u16), frames: &[(u16, u16)]) -> Vec<u8> {
+        let mut out = b"GIF89a".to_vec();
+        out.extend(screen.0.to_le_bytes());
+        out.extend(screen.1.to_le_bytes());
+        out.extend([0x80, 0, 0, 0, 0, 0, 255, 255, 255]);
+        out.extend(b"\x21\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00");
+        for &(w, h) in frames {
+            out.extend(b"\x21\xf9\x04\x00\x00\x00\x00\x00\x2c\x00\x00\x00\x00");
+            out.extend(w.to_le_bytes());
+            out.extend(h.to_le_bytes());
+            out.extend([0, 2]);
+            let pixels = vec![0u8; usize::from(w) * usize::from(h)];
+            let data = weezl::encode::Encoder::new(weezl::BitOrder::Lsb, 2).encode(&pixels).unwrap();
+            for block in data.chunks(255) {
+                out.push(block.len() as u8);
+                out.extend(block);
+            }
+            out.push(0);
+        }
+        out.push(0x3b);
+        out
+    }
+
+    #[test]
+    fn gif_layout_reads_every_frame_header() {
+        let bytes = gif((4, 3), &[(4, 3), (9, 2), (1, 1)]);
+        let layout = gif_layout(&bytes, 512).unwrap();
+        assert_eq!(layout, GifLayout { screen: (4, 3), frames: vec![(4, 3), (9, 2), (1, 1)] });
+        assert_eq!(gif_layout(&bytes, 1).unwrap().frames.len(), 2, "stops counting past the frame limit");
+        // Cut inside the last frame's data: its descriptor still counts.
+        let cut = gif_layout(&bytes[..bytes.len() - 4], 512).unwrap();
+        assert_eq!(cut.frames.len(), 3);
+        assert_eq!(decode_image(&bytes, "f", &limits()).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn gif_frames_count_their_own_size_towards_the_pixel_limit() {
+        let tight = MediaLimits { max_pixels: 100, max_frames: 10 };
+        assert_eq!(decode_image(&gif((4, 4), &[(4, 4), (4, 4)]), "f", &tight).unwrap().len(), 2);
+        // Two 8x8 frames on a 4x4 screen decode 128 pixels, not 32.
+        let bytes = gif((4, 4), &[(8, 8), (8, 8)]);
+        let m = message(decode_image(&bytes, "media.image", &tight).unwrap_err());
+        assert!(m.contains("decodes to at least 0.0 megapixels in its first 2 frames"), "{m}");
+        assert_eq!(decode_footprint(&bytes, &tight), 0);
+        // Small frames count the screen they are composed onto.
+        let m = message(decode_image(&gif((7, 7), &[(1, 1), (1, 1), (1, 1)]), "f", &tight).unwrap_err());
+        assert!(m.contains("in its first 3 frames"), "{m}");
+    }
+
+    #[test]
+    fn too_many_gif_frames_are_refused_before_decoding() {
+        let tight = MediaLimits { max_pixels: 1000, max_frames: 10 };
+        let bytes = gif((1, 1), &[(1, 1); 11]);
+        let m = message(decode_image(&bytes, "media.image", &tight).unwrap_err());
+        assert_eq!(m, "media.image: animated GIF has more than 10 frames, the limit");
+        assert_eq!(decode_image(&gif((1, 1), &[(1, 1); 10]), "f", &tight).unwrap().len(), 10);
+    }
+
+    #[test]
+    fn the_footprint_of_a_gif_counts_its_largest_frame() {
+        let bytes = gif((4, 4), &[(2, 2), (100, 50)]);
+        assert_eq!(decode_footprint(&bytes, &limits()), decode_cost(4, 4, true) + (100 * 50 - 16) * 8);
+        let within = gif((40, 30), &[(40, 30), (10, 10)]);
+        assert_eq!(decode_footprint(&within, &limits()), decode_cost(40, 30, true), "frames within the screen");
+        let still = png(30, 20, 2, &vec![vec![0; 90]; 20], &[]);
+        assert_eq!(decode_footprint(&still, &limits()), decode_cost(30, 20, false));
+        assert_eq!(decode_footprint(b"not an image", &limits()), 0);
+    }
+
+    #[test]
+    fn a_cancelled_decode_stops_between_frames() {
+        let bytes = gif((2, 2), &[(2, 2); 5]);
+        let cancel = CancelFlag::new();
+        let mut seen = 0;
+        let result = decode_image_each(&bytes, "f", &limits(), &cancel, &mut |_| {
+            seen += 1;
+            cancel.cancel();
+            Ok(())
+        });
+        assert!(matches!(result, Err(GitcapError::Cancelled)), "{result:?}");
+        assert_eq!(seen, 1);
+        let gone = CancelFlag::new();
+        drop(gone.cancel_on_drop());
+        assert!(gone.is_cancelled());
     }
 
     /// Found by the `decode_image` fuzz target: the png crate (0.18.1) panics expanding a

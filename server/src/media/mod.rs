@@ -28,7 +28,10 @@ mod resample;
 pub mod video;
 
 pub use budget::{decode_cost, MediaBudget};
-pub use decode::{declared_size, decode_image, decode_image_each, from_raw_rgb, MediaLimits};
+pub use decode::{
+    declared_size, decode_footprint, decode_image, decode_image_each, from_raw_rgb, CancelFlag, CancelOnDrop,
+    MediaLimits,
+};
 pub use fetch::{Fetched, FetchedBytes, UrlFetcher, UrlPolicy};
 pub use frames::sample_frame_indices;
 pub use preprocess::{

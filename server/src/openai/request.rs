@@ -28,24 +28,88 @@ use crate::proto;
 /// The most completions one request may ask for (`n`).
 pub const MAX_CHOICES: u32 = 8;
 
-/// Parameters of the OpenAI API that gitcap cannot honour, with what they would have to be
-/// for gitcap to ignore them safely.
-const UNSUPPORTED: &[(&str, &str)] = &[
-    ("frequency_penalty", "0"),
-    ("presence_penalty", "0"),
-    ("logit_bias", "empty"),
-    ("tools", "empty"),
-    ("tool_choice", "\"none\""),
-    ("functions", "empty"),
-    ("function_call", "\"none\""),
-    ("response_format", "{\"type\": \"text\"}"),
-    ("audio", "absent"),
-    ("modalities", "[\"text\"]"),
-    ("prediction", "absent"),
-    ("best_of", "1"),
-    ("echo", "false"),
-    ("suffix", "absent"),
+/// What a parameter gitcap cannot honour must be for gitcap to ignore it safely (`null` always
+/// is). A value of another JSON type than the parameter has is a mistake, refused as such.
+#[derive(Debug, Clone, Copy)]
+enum Harmless {
+    /// A number equal to this.
+    Number(f64),
+    /// `false`.
+    False,
+    /// A list holding only these strings (none at all: empty).
+    List(&'static [&'static str]),
+    /// An object that is empty, or whose `type` is this.
+    Object(Option<&'static str>),
+    /// This string (the parameter may also be an object, which gitcap cannot honour).
+    Word(&'static str),
+    /// Not given.
+    Absent,
+}
+
+/// Parameters of the OpenAI API that gitcap cannot honour, with what they must be for gitcap to
+/// ignore them safely.
+const UNSUPPORTED: &[(&str, Harmless)] = &[
+    ("frequency_penalty", Harmless::Number(0.0)),
+    ("presence_penalty", Harmless::Number(0.0)),
+    ("logit_bias", Harmless::Object(None)),
+    ("tools", Harmless::List(&[])),
+    ("tool_choice", Harmless::Word("none")),
+    ("functions", Harmless::List(&[])),
+    ("function_call", Harmless::Word("none")),
+    ("response_format", Harmless::Object(Some("text"))),
+    ("audio", Harmless::Absent),
+    ("modalities", Harmless::List(&["text"])),
+    ("prediction", Harmless::Absent),
+    ("best_of", Harmless::Number(1.0)),
+    ("echo", Harmless::False),
+    ("suffix", Harmless::Absent),
 ];
+
+impl Harmless {
+    /// The JSON type the parameter has, when a value of another type is a mistake.
+    fn json_type(self) -> Option<&'static str> {
+        match self {
+            Harmless::Number(_) => Some("a number"),
+            Harmless::False => Some("a boolean"),
+            Harmless::List(_) => Some("a list"),
+            Harmless::Object(_) => Some("an object"),
+            Harmless::Word(_) => Some("a string or an object"),
+            Harmless::Absent => None,
+        }
+    }
+
+    /// How to leave the parameter, for the error message.
+    fn advice(self) -> String {
+        match self {
+            Harmless::Number(n) => format!("{n}"),
+            Harmless::False => "false".into(),
+            Harmless::List([]) => "empty".into(),
+            Harmless::List(words) => format!("{words:?}"),
+            Harmless::Object(None) => "empty".into(),
+            Harmless::Object(Some(kind)) => format!("{{\"type\": \"{kind}\"}}"),
+            Harmless::Word(word) => format!("\"{word}\""),
+            Harmless::Absent => "absent".into(),
+        }
+    }
+
+    /// `Some(ignorable)` for a value of the parameter's type, `None` for a value of another.
+    fn ignores(self, value: &Value) -> Option<bool> {
+        Some(match (self, value) {
+            (_, Value::Null) => true,
+            (Harmless::Number(n), Value::Number(v)) => v.as_f64() == Some(n),
+            (Harmless::False, Value::Bool(b)) => !b,
+            (Harmless::List(words), Value::Array(a)) => {
+                a.iter().all(|v| v.as_str().is_some_and(|s| words.contains(&s)))
+            }
+            (Harmless::Object(kind), Value::Object(o)) => {
+                o.is_empty() || kind.is_some_and(|kind| o.get("type").and_then(Value::as_str) == Some(kind))
+            }
+            (Harmless::Word(word), Value::String(s)) => s == word,
+            (Harmless::Word(_), Value::Object(_)) | (Harmless::Absent, _) => false,
+            _ => return None,
+        })
+    }
+}
 
 /// A chat request as gitcap runs it.
 #[derive(Debug)]
@@ -138,24 +202,41 @@ pub fn service_tier(priority: Priority) -> &'static str {
 }
 
 fn refuse_unsupported(extra: &Map<String, Value>) -> Result<(), ApiError> {
-    for (name, harmless) in UNSUPPORTED {
-        let Some(value) = extra.get(*name) else { continue };
-        let ignorable = match value {
-            Value::Null => true,
-            Value::Number(n) => n.as_f64() == Some(if *name == "best_of" { 1.0 } else { 0.0 }),
-            Value::Bool(b) => !b,
-            Value::Array(a) => a.is_empty() || (*name == "modalities" && a == &[Value::from("text")]),
-            Value::Object(o) => o.is_empty() || (*name == "response_format" && o.get("type") == Some(&"text".into())),
-            Value::String(s) => s == "none",
-        };
-        if !ignorable {
-            return Err(ApiError::invalid(
-                *name,
-                format!("gitcap cannot honour `{name}` (it captions and answers questions about media); leave it {harmless}"),
-            ));
+    for &(name, harmless) in UNSUPPORTED {
+        let Some(value) = extra.get(name) else { continue };
+        match harmless.ignores(value) {
+            Some(true) => {}
+            Some(false) => {
+                return Err(ApiError::invalid(
+                    name,
+                    format!(
+                        "gitcap cannot honour `{name}` (it captions and answers questions about media); leave it {}",
+                        harmless.advice()
+                    ),
+                ))
+            }
+            None => {
+                let expected = harmless.json_type().unwrap_or("absent");
+                return Err(ApiError::invalid(
+                    name,
+                    format!("`{name}` must be {expected}, got {}", json_type_of(value)),
+                ));
+            }
         }
     }
     Ok(())
+}
+
+/// A JSON value's type, as an error message names it.
+fn json_type_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
 }
 
 /// gitcap's options: its own from the extra fields, then the OpenAI parameters over them.
@@ -331,4 +412,50 @@ fn remote(url: &str, field: &str, url_allowed: bool) -> Result<proto::Media, Api
         ));
     }
     Ok(proto::Media::url(url))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(json: serde_json::Value) -> Result<Plan, ApiError> {
+        let mut request = serde_json::json!({"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]});
+        request.as_object_mut().unwrap().extend(json.as_object().unwrap().clone());
+        Plan::new(serde_json::from_value(request).unwrap(), false)
+    }
+
+    #[test]
+    fn parameters_gitcap_cannot_honour_are_ignored_only_when_harmless() {
+        for harmless in [
+            serde_json::json!({"frequency_penalty": 0, "presence_penalty": 0.0, "best_of": 1, "echo": false}),
+            serde_json::json!({"tools": [], "tool_choice": "none", "function_call": null, "logit_bias": {}}),
+            serde_json::json!({"response_format": {"type": "text"}, "modalities": ["text"]}),
+        ] {
+            assert!(plan(harmless.clone()).is_ok(), "{harmless}");
+        }
+        let error = plan(serde_json::json!({"frequency_penalty": 0.5})).unwrap_err();
+        assert_eq!(error.param.as_deref(), Some("frequency_penalty"));
+        assert!(error.message.contains("leave it 0"), "{}", error.message);
+        let error = plan(serde_json::json!({"tool_choice": {"type": "function"}})).unwrap_err();
+        assert_eq!(error.param.as_deref(), Some("tool_choice"));
+    }
+
+    /// A string where a number is meant is a mistake, not a harmless value: "none" once passed
+    /// for `frequency_penalty` because `tool_choice` may say "none".
+    #[test]
+    fn a_value_of_the_wrong_type_is_refused_naming_the_field() {
+        for (name, value, expected) in [
+            ("frequency_penalty", serde_json::json!("none"), "`frequency_penalty` must be a number, got a string"),
+            ("presence_penalty", serde_json::json!("0"), "`presence_penalty` must be a number, got a string"),
+            ("echo", serde_json::json!("false"), "`echo` must be a boolean, got a string"),
+            ("tools", serde_json::json!("none"), "`tools` must be a list, got a string"),
+            ("tool_choice", serde_json::json!(0), "`tool_choice` must be a string or an object, got a number"),
+        ] {
+            let error = plan(serde_json::json!({ name: value })).unwrap_err();
+            assert_eq!(error.status, axum::http::StatusCode::BAD_REQUEST);
+            assert_eq!(error.param.as_deref(), Some(name));
+            assert_eq!(error.message, expected);
+        }
+    }
 }

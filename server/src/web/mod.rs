@@ -3,13 +3,17 @@
 //! video over gRPC-Web on the same port, or chats through the OpenAI-compatible API; `GET
 //! /metrics` with the Prometheus metrics (crate::metrics), open like health; `/v1/…` goes to the
 //! OpenAI-compatible API (crate::openai). Every other request goes on to the gRPC services
-//! unchanged.
+//! unchanged, except that an HTTP/1.1 request's body must arrive within
+//! `server.http1_body_timeout_secs` ([`TimedBody`]): a client that sends its headers and then
+//! trickles (or never finishes) its body is answered and disconnected instead of holding the
+//! connection open forever.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use http::{header, Method, Request, Response, StatusCode};
+use http::{header, Method, Request, Response, StatusCode, Version};
 use tonic::body::Body;
 use tonic::codegen::Service;
 
@@ -59,22 +63,72 @@ fn respond(route: Route, head_only: bool) -> Response<Body> {
     }
 }
 
+/// A request body that fails with DEADLINE_EXCEEDED once `timeout` has passed since the
+/// request's headers, if it has not ended by then.
+pub struct TimedBody {
+    inner: Body,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    timeout: Duration,
+}
+
+impl TimedBody {
+    pub fn new(inner: Body, timeout: Duration) -> Self {
+        Self { inner, deadline: Box::pin(tokio::time::sleep(timeout)), timeout }
+    }
+}
+
+/// Whether `error` (from reading a request body) is [`TimedBody`]'s.
+pub fn is_body_timeout(error: &tonic::Status) -> bool {
+    error.code() == tonic::Code::DeadlineExceeded && error.message().contains("server.http1_body_timeout_secs")
+}
+
+impl http_body::Body for TimedBody {
+    type Data = tonic::codegen::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            let message = format!(
+                "the request body did not arrive within {:?} of its headers (server.http1_body_timeout_secs)",
+                self.timeout
+            );
+            return Poll::Ready(Some(Err(tonic::Status::deadline_exceeded(message))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Serves the page, `/metrics` and the OpenAI-compatible API in front of the gRPC router.
 #[derive(Clone)]
 pub struct PageLayer {
     page: bool,
     openai: Option<axum::Router>,
+    http1_body_timeout: Duration,
 }
 
 impl PageLayer {
     /// The main port: the page, `/metrics` and `/v1/…` (the OpenAI-compatible API).
-    pub fn main(openai: axum::Router) -> Self {
-        Self { page: true, openai: Some(openai) }
+    pub fn main(openai: axum::Router, http1_body_timeout: Duration) -> Self {
+        Self { page: true, openai: Some(openai), http1_body_timeout }
     }
 
     /// The admin listener: `/metrics` only.
-    pub fn metrics_only() -> Self {
-        Self { page: false, openai: None }
+    pub fn metrics_only(http1_body_timeout: Duration) -> Self {
+        Self { page: false, openai: None, http1_body_timeout }
     }
 }
 
@@ -82,7 +136,7 @@ impl<S> tower_layer::Layer<S> for PageLayer {
     type Service = PageService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        PageService { inner, page: self.page, openai: self.openai.clone() }
+        PageService { inner, page: self.page, openai: self.openai.clone(), http1_body_timeout: self.http1_body_timeout }
     }
 }
 
@@ -91,14 +145,13 @@ pub struct PageService<S> {
     inner: S,
     page: bool,
     openai: Option<axum::Router>,
+    http1_body_timeout: Duration,
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for PageService<S>
+impl<S, ResBody> Service<Request<Body>> for PageService<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<Body>, Response = Response<ResBody>>,
     S::Future: Send + 'static,
-    ReqBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
-    ReqBody::Error: Into<tonic::codegen::StdError>,
     ResBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
     ResBody::Error: Into<tonic::codegen::StdError>,
 {
@@ -110,11 +163,17 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
         if let Some(route) = route(&request, self.page) {
             let head_only = request.method() == Method::HEAD;
             return Box::pin(async move { Ok(respond(route, head_only)) });
         }
+        let request = if request.version() <= Version::HTTP_11 {
+            let timeout = self.http1_body_timeout;
+            request.map(|body| Body::new(TimedBody::new(body, timeout)))
+        } else {
+            request
+        };
         if let Some(openai) = self.openai.as_ref().filter(|_| request.uri().path().starts_with("/v1/")) {
             let mut openai = openai.clone();
             let request = request.map(axum::body::Body::new);
