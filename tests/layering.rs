@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 /// lower layers only; modules of one layer do not import each other.
 const LAYERS: &[&[&str]] = &[
     &["server"],
-    &["settings", "oneshot", "benchmark", "fidelity"],
+    // The shared port, which routes each request to its door; the settings and the other
+    // commands of the binary.
+    &["transport", "settings", "oneshot", "benchmark", "fidelity"],
     // The doors: each translates its wire format into the core's types and back.
     &["api", "openai", "web"],
     // The request core, and the traces each request's life reports.

@@ -1,7 +1,8 @@
 //! When a request must be answered by, whatever door it came through: the caller's timeout
 //! (gRPC `grpc-timeout`, HTTP `x-gitcap-timeout-ms`) counted from when its call began, never
-//! later than the server's `server.max_timeout_secs` allows. The arithmetic cannot overflow: a
-//! timeout larger than the maximum is clamped to it before any instant is computed.
+//! later than the server's `limits.max_timeout_secs` allows. The arithmetic cannot overflow: a
+//! timeout larger than the maximum is clamped to it before any instant is computed. And the
+//! server's own deadline on an HTTP/1.1 request body's arrival ([`TimedBody`]).
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -89,6 +90,55 @@ pub fn parse_timeout_ms(value: &str) -> Result<Duration> {
         GitcapError::invalid(TIMEOUT_HEADER, format!("`{value}` is not a whole number of milliseconds"))
     })?;
     Ok(Duration::from_millis(ms))
+}
+
+/// A request body that fails with DEADLINE_EXCEEDED once `timeout` has passed since the
+/// request's headers, if it has not ended by then.
+pub struct TimedBody {
+    inner: tonic::body::Body,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    timeout: Duration,
+}
+
+impl TimedBody {
+    pub fn new(inner: tonic::body::Body, timeout: Duration) -> Self {
+        Self { inner, deadline: Box::pin(tokio::time::sleep(timeout)), timeout }
+    }
+}
+
+/// Whether `error` (from reading a request body) is [`TimedBody`]'s.
+pub fn is_body_timeout(error: &tonic::Status) -> bool {
+    error.code() == tonic::Code::DeadlineExceeded && error.message().contains("server.http1_body_timeout_secs")
+}
+
+impl http_body::Body for TimedBody {
+    type Data = tonic::codegen::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if let std::task::Poll::Ready(frame) = std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            return std::task::Poll::Ready(frame);
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            let message = format!(
+                "the request body did not arrive within {:?} of its headers (server.http1_body_timeout_secs)",
+                self.timeout
+            );
+            return std::task::Poll::Ready(Some(Err(tonic::Status::deadline_exceeded(message))));
+        }
+        std::task::Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 #[cfg(test)]

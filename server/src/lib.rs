@@ -21,6 +21,7 @@ pub mod server;
 pub mod service;
 pub mod settings;
 pub mod telemetry;
+pub mod transport;
 pub mod web;
 
 /// The generated protocol (`proto/gitcap/v1/gitcap.proto`), from `gitcap_protocol`.

@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use crate::api::{self, media::MediaService, ServeOptions};
 use crate::error::Result;
 use crate::media::video::{DenseLimits, VideoDecoder, VideoLimits};
 use crate::media::{MediaLimits, UrlFetcher, UrlPolicy};
 use crate::registry::{FollowOptions, HubOptions, LoadSpec, Registry, RegistryOptions};
+use crate::service::media::MediaService;
 use crate::settings::Settings;
+use crate::transport::{self, ServeOptions};
 
 pub async fn run(settings: Settings) -> Result<()> {
     // Before the first load, so that its memory is reported.
@@ -53,11 +54,11 @@ pub async fn run(settings: Settings) -> Result<()> {
         registry.load(spec, false).await?;
     }
 
-    let (listener, addr) = api::bind(&settings.server.listen).await?;
+    let (listener, addr) = transport::bind(&settings.server.listen).await?;
     let admin_listener = match &admin.listen {
         None => None,
         Some(address) => {
-            let (listener, admin_addr) = api::bind(address).await?;
+            let (listener, admin_addr) = transport::bind(address).await?;
             println!("gitcap-server admin listening on {admin_addr}");
             Some(listener)
         }
@@ -82,7 +83,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         max_connections: settings.server.max_connections,
         http1_body_timeout: settings.server.http1_body_timeout()?,
     };
-    let served = api::serve(listener, registry, options, shutdown_signal()).await;
+    let served = transport::serve(listener, registry, options, shutdown_signal()).await;
     // The spans of the last calls, before the process ends.
     if let Some(telemetry) = telemetry {
         telemetry.shutdown().await;

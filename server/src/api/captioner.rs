@@ -1,5 +1,5 @@
 //! The `gitcap.v1.Captioner` service: converts messages, prepares their media
-//! ([`super::media`]), hands requests to a model's worker and relays its events. One helper
+//! ([`crate::service::media`]), hands requests to a model's worker and relays its events. One helper
 //! (`submit` + `finish` / `relay`) serves every RPC; live and dense captioning and the uploads
 //! have their own modules. Each RPC's outcome, queue time, token timings and generated tokens go
 //! to crate::metrics.
@@ -17,7 +17,6 @@ use tracing::Instrument;
 use super::convert;
 use super::dense::DenseSession;
 use super::live::LiveSession;
-use super::media::MediaService;
 use super::upload::{self, FrameAssembler};
 use super::video_upload;
 use crate::engine::{EngineEvent, Frame, InferenceRequest, ModelWorker};
@@ -25,6 +24,7 @@ use crate::error::GitcapError;
 use crate::media::MediaLimits;
 use crate::proto::{self, captioner_server::Captioner};
 use crate::registry::Registry;
+use crate::service::media::MediaService;
 use crate::service::request::{ended_without_an_answer, resolve, submit, Started, Tally};
 use crate::service::validation::{self, RequestLimits};
 use crate::service::Call;

@@ -21,13 +21,13 @@ use futures::{Stream, StreamExt};
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tonic::Status;
 
-use super::media::MediaService;
 use crate::deadline::Deadline;
 use crate::engine::{EncodedFrame, Frame, InferenceRequest, ModelWorker, Priority};
 use crate::error::{GitcapError, Result};
 use crate::media::video::{DenseLimits, TimedFrame, VideoDecoder, VideoInfo};
 use crate::model::generation::GenerationOptions;
 use crate::proto;
+use crate::service::media::MediaService;
 use crate::service::request::submit;
 use crate::telemetry::RequestTrace;
 

@@ -9,13 +9,13 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
-use super::media::MediaService;
 use super::upload::{self, FrameAssembler};
 use crate::deadline::Deadline;
 use crate::engine::{EncodedFrame, Frame, InferenceRequest, ModelWorker, Priority};
 use crate::error::GitcapError;
 use crate::model::generation::GenerationOptions;
 use crate::proto;
+use crate::service::media::MediaService;
 use crate::service::request::submit;
 use crate::service::validation::RequestLimits;
 use crate::telemetry::RequestTrace;

@@ -6,11 +6,11 @@ use tokio::task::JoinHandle;
 
 use std::sync::Arc;
 
-use super::media::MediaService;
 use crate::engine::{EncodedFrame, Frame, ModelWorker};
 use crate::error::{GitcapError, Result};
 use crate::media::sample_frame_indices;
 use crate::proto::FrameChunk;
+use crate::service::media::MediaService;
 use crate::service::validation::RequestLimits;
 
 /// A frame being decoded and run through the vision tower.

@@ -7,9 +7,9 @@ use tempfile::TempPath;
 use tokio::io::AsyncWriteExt;
 use tonic::{Status, Streaming};
 
-use super::media::MediaService;
 use crate::error::GitcapError;
 use crate::proto::{self, video_upload_message::Message};
+use crate::service::media::MediaService;
 
 /// Receives the chunks after the start message into a temporary file; `declared` is the size
 /// the start message announced (0 = not announced).

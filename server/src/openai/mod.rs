@@ -21,9 +21,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::StreamExt;
 
-use crate::api::auth::BearerAuth;
-use crate::api::media::MediaService;
 use crate::registry::Registry;
+use crate::service::auth::BearerAuth;
+use crate::service::media::MediaService;
 use crate::service::validation::RequestLimits;
 pub use error::ApiError;
 use request::Plan;
@@ -125,11 +125,11 @@ fn too_large() -> ApiError {
     }
 }
 
-/// A body that could not be read: 408 when it did not arrive in time (crate::web), else 400.
+/// A body that could not be read: 408 when it did not arrive in time (crate::deadline::TimedBody), else 400.
 fn unreadable(error: axum::Error) -> ApiError {
     let inner = error.into_inner();
     match inner.downcast_ref::<tonic::Status>() {
-        Some(status) if crate::web::is_body_timeout(status) => {
+        Some(status) if crate::deadline::is_body_timeout(status) => {
             ApiError { status: StatusCode::REQUEST_TIMEOUT, message: status.message().to_string(), param: None }
         }
         _ => ApiError {

@@ -9,7 +9,6 @@
 //! requests to it (because that alias could not move) stays loaded until the alias moves.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::desired::{DesiredState, DesiredStatus};

@@ -4,7 +4,9 @@
 //! the request on it within its deadline, observes its events for metrics and traces, and counts
 //! its outcome. Nothing here knows a door's wire types.
 
+pub mod auth;
 pub mod call;
+pub mod media;
 pub mod request;
 pub mod validation;
 

@@ -4,7 +4,7 @@
 //! /metrics` with the Prometheus metrics (crate::metrics), open like health; `/v1/…` goes to the
 //! OpenAI-compatible API (crate::openai). Every other request goes on to the gRPC services
 //! unchanged, except that an HTTP/1.1 request's body must arrive within
-//! `server.http1_body_timeout_secs` ([`TimedBody`]): a client that sends its headers and then
+//! `server.http1_body_timeout_secs` ([`crate::deadline::TimedBody`]): a client that sends its headers and then
 //! trickles (or never finishes) its body is answered and disconnected instead of holding the
 //! connection open forever.
 
@@ -60,55 +60,6 @@ fn respond(route: Route, head_only: bool) -> Response<Body> {
                 text_response(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", text.into(), head_only)
             }
         },
-    }
-}
-
-/// A request body that fails with DEADLINE_EXCEEDED once `timeout` has passed since the
-/// request's headers, if it has not ended by then.
-pub struct TimedBody {
-    inner: Body,
-    deadline: Pin<Box<tokio::time::Sleep>>,
-    timeout: Duration,
-}
-
-impl TimedBody {
-    pub fn new(inner: Body, timeout: Duration) -> Self {
-        Self { inner, deadline: Box::pin(tokio::time::sleep(timeout)), timeout }
-    }
-}
-
-/// Whether `error` (from reading a request body) is [`TimedBody`]'s.
-pub fn is_body_timeout(error: &tonic::Status) -> bool {
-    error.code() == tonic::Code::DeadlineExceeded && error.message().contains("server.http1_body_timeout_secs")
-}
-
-impl http_body::Body for TimedBody {
-    type Data = tonic::codegen::Bytes;
-    type Error = tonic::Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
-            return Poll::Ready(frame);
-        }
-        if self.deadline.as_mut().poll(cx).is_ready() {
-            let message = format!(
-                "the request body did not arrive within {:?} of its headers (server.http1_body_timeout_secs)",
-                self.timeout
-            );
-            return Poll::Ready(Some(Err(tonic::Status::deadline_exceeded(message))));
-        }
-        Poll::Pending
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }
 
@@ -170,7 +121,7 @@ where
         }
         let request = if request.version() <= Version::HTTP_11 {
             let timeout = self.http1_body_timeout;
-            request.map(|body| Body::new(TimedBody::new(body, timeout)))
+            request.map(|body| Body::new(crate::deadline::TimedBody::new(body, timeout)))
         } else {
             request
         };
