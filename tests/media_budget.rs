@@ -76,7 +76,7 @@ async fn the_media_budget_holds_under_the_large_frame_attack() {
     );
     let client = server.client(None).await;
     let jpeg = one_colour_jpeg(SIDE);
-    assert!(FRAME_COST < BUDGET_MB << 20 && 2 * FRAME_COST > BUDGET_MB << 20);
+    const { assert!(FRAME_COST < BUDGET_MB << 20 && 2 * FRAME_COST > BUDGET_MB << 20) };
     let gif = big_gif(900, 9);
     // Warm up (the first request pays libtorch's start-up), then measure from here.
     let small = one_colour_jpeg(64);
