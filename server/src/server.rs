@@ -63,8 +63,6 @@ pub async fn run(settings: Settings) -> Result<()> {
             Some(listener)
         }
     };
-    // Tests and scripts read the port from this line.
-    println!("gitcap-server listening on {addr}");
     let limits = settings.request_limits();
     let media = Arc::new(media_service(&settings, limits.media)?);
     let options = ServeOptions {
@@ -83,6 +81,9 @@ pub async fn run(settings: Settings) -> Result<()> {
         max_connections: settings.server.max_connections,
         http1_body_timeout: settings.server.http1_body_timeout()?,
     };
+    // Tests and scripts read the port from this line, printed once every setting has been read:
+    // a misconfigured server announces nothing before it stops.
+    println!("gitcap-server listening on {addr}");
     let served = transport::serve(listener, registry, options, shutdown_signal()).await;
     // The spans of the last calls, before the process ends.
     if let Some(telemetry) = telemetry {
