@@ -7,7 +7,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::media::video::{DenseLimits, VideoDecoder, VideoLimits};
+use crate::media::video::{VideoDecoder, VideoLimits};
 use crate::media::{MediaLimits, UrlFetcher, UrlPolicy};
 use crate::registry::{FollowOptions, HubOptions, LoadSpec, Registry, RegistryOptions};
 use crate::service::media::MediaService;
@@ -104,13 +104,7 @@ fn media_service(settings: &Settings, limits: MediaLimits) -> Result<MediaServic
         wall_seconds: v.wall_secs,
         memory_bytes: v.memory_mb << 20,
         max_processes: v.max_processes.max(1),
-        dense: DenseLimits {
-            min_window_s: m.dense.min_window_secs,
-            min_stride_s: m.dense.min_stride_secs,
-            max_windows: m.dense.max_windows,
-            max_frames: m.dense.max_frames,
-            send_timeout_s: m.dense.send_timeout_secs,
-        },
+        dense: settings.dense_limits(),
         ..VideoLimits::default()
     };
     let video = VideoDecoder::detect(v.ffmpeg.as_deref(), v.ffprobe.as_deref(), video_limits);

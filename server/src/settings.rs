@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::device::DeviceSpec;
 use crate::engine::EngineOptions;
 use crate::error::{GitcapError, Result};
+use crate::media::video::DenseLimits;
 use crate::media::MediaLimits;
 pub use crate::metrics::MetricsSettings;
 use crate::model::weights::Storage;
@@ -316,6 +317,18 @@ impl Settings {
         }
     }
 
+    /// What one DenseCaption request may ask for (`media.dense.*`).
+    pub fn dense_limits(&self) -> DenseLimits {
+        let d = &self.media.dense;
+        DenseLimits {
+            min_window_s: d.min_window_secs,
+            min_stride_s: d.min_stride_secs,
+            max_windows: d.max_windows,
+            max_frames: d.max_frames,
+            send_timeout_s: d.send_timeout_secs,
+        }
+    }
+
     /// Layers the defaults, `file`, the environment and `overrides` ("section.key" → value).
     pub fn load(file: Option<&Path>, overrides: &[(&str, Option<String>)]) -> Result<Self> {
         Self::load_from(file, overrides, std::env::vars())
@@ -492,6 +505,7 @@ mod tests {
         let (limits, default) = (settings.request_limits(), RequestLimits::default());
         assert_eq!(format!("{limits:?}"), format!("{default:?}"));
         assert_eq!(format!("{:?}", limits.media), format!("{:?}", MediaLimits::default()));
+        assert_eq!(settings.dense_limits(), DenseLimits::default());
     }
 
     #[test]

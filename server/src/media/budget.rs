@@ -113,6 +113,17 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn clones_share_the_budget_and_owned_room_travels() {
+        let budget = MediaBudget::new(4 << 20);
+        let room = budget.clone().reserve_owned(3 << 20, "media.video").await.unwrap();
+        assert_eq!(budget.available(), 1 << 20);
+        let frame = std::thread::spawn(move || room).join().unwrap();
+        assert_eq!(budget.available(), 1 << 20, "the room went with the frame");
+        drop(frame);
+        assert_eq!(budget.available(), 4 << 20);
+    }
+
+    #[tokio::test]
     async fn more_than_the_whole_budget_is_refused_at_once() {
         let budget = MediaBudget::new(1 << 20);
         let error = budget.reserve(2 << 20, "media.frames[3]").await.unwrap_err();

@@ -121,6 +121,18 @@ async fn an_allowed_address_is_fetched_into_a_file_or_memory() {
 }
 
 #[tokio::test]
+async fn bodies_are_spooled_in_the_directory_given() {
+    let server = TestServer::start(|_| Reply::ok("video/mp4", &sample_body(4096))).await;
+    let spool = tempfile::tempdir().unwrap();
+    let fetcher = fetcher(&["127.0.0.1"]).with_spool_dir(Some(spool.path()));
+    let fetched = fetcher.fetch(&server.url("/clip.mp4"), FIELD).await.unwrap();
+    assert_eq!(fetched.file.path().parent(), Some(spool.path()));
+    assert!(fetched.file.path().file_name().unwrap().to_string_lossy().starts_with("gitcap-url-"));
+    drop(fetched);
+    assert_eq!(std::fs::read_dir(spool.path()).unwrap().count(), 0, "the file goes with the Fetched");
+}
+
+#[tokio::test]
 async fn a_body_over_the_cap_stops_early() {
     // 64 MiB offered without a Content-Length; the cap is 256 KiB.
     let server = TestServer::start(|_| Reply::Stream { declared: None, total: 64 << 20 }).await;
