@@ -94,3 +94,33 @@ fn every_generation_option_is_on_every_server_surface() {
         assert!(readme.contains(&flag(option)), "README does not document {}", flag(option));
     }
 }
+
+/// docs/hostile-input.md names the test that holds each bound: each must exist.
+#[test]
+fn every_bound_in_the_hostile_input_doc_names_a_real_test() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/hostile-input.md")).unwrap();
+    let mut sources = String::new();
+    let mut dirs = vec![root.join("tests"), root.join("server/src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                sources.push_str(&std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+    let named: BTreeSet<&str> = doc
+        .split("::")
+        .skip(1)
+        .filter_map(|rest| rest.split('`').next())
+        .filter(|name| {
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        })
+        .collect();
+    assert!(named.len() >= 20, "the doc names {} tests", named.len());
+    let missing: Vec<&str> = named.into_iter().filter(|name| !sources.contains(&format!("fn {name}("))).collect();
+    assert!(missing.is_empty(), "docs/hostile-input.md names tests that do not exist: {missing:?}");
+}
