@@ -58,7 +58,7 @@ fn page_streams_a_caption_equal_to_the_one_shot_output() {
         "document.getElementById('output').dataset.state + ': ' + document.getElementById('error').textContent",
     );
     let error = error.as_str().unwrap();
-    assert!(error.starts_with("error: grpc-status 3: media.image: not a JPEG"), "{error}");
+    assert!(error.starts_with("error: grpc-status 3: media.image: not an image gitcap reads (JPEG"), "{error}");
 }
 
 /// A video file picked in the page goes to the server whole (`Media.video`); the caption and the

@@ -5,12 +5,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The image file extensions a frame directory is read for.
-pub const IMAGE_EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "webp", "gif"];
-/// The file extensions read as videos.
-pub const VIDEO_EXTENSIONS: [&str; 7] = ["mp4", "webm", "mov", "mkv", "avi", "m4v", "mpg"];
-
+use gitcap_protocol::media_kind::{image_by_extension, image_names, video_by_extension, VideoContainer};
 pub use gitcap_protocol::media_kind::{sniff_image, ImageFormat};
+
+/// The file extensions of `kinds`, for messages ("mp4, mov, …").
+fn extensions<K: Copy>(kinds: &[K], kind: impl Fn(K) -> &'static gitcap_protocol::media_kind::MediaKind) -> String {
+    kinds.iter().flat_map(|k| kind(*k).extensions.iter().copied()).collect::<Vec<_>>().join(", ")
+}
 
 /// What a path holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,7 +30,7 @@ fn extension(path: &Path) -> String {
 
 /// Whether a path's extension is a video's.
 pub fn is_video_path(path: &Path) -> bool {
-    VIDEO_EXTENSIONS.contains(&extension(path).as_str())
+    video_by_extension(&extension(path)).is_some()
 }
 
 /// The image files of a directory (by extension), sorted by name.
@@ -37,7 +38,7 @@ pub fn list_frames(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut frames = vec![];
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        if path.is_file() && IMAGE_EXTENSIONS.contains(&extension(&path).as_str()) {
+        if path.is_file() && image_by_extension(&extension(&path)).is_some() {
             frames.push(path);
         }
     }
@@ -54,7 +55,11 @@ pub fn classify(path: &Path) -> io::Result<MediaSource> {
         if frames.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("{} holds no image files ({})", path.display(), IMAGE_EXTENSIONS.join(", ")),
+                format!(
+                    "{} holds no image files ({})",
+                    path.display(),
+                    extensions(&ImageFormat::ALL, ImageFormat::kind)
+                ),
             ));
         }
         return Ok(MediaSource::Frames(frames));
@@ -78,21 +83,16 @@ pub fn classify(path: &Path) -> io::Result<MediaSource> {
     if is_video_path(path) {
         return Ok(MediaSource::Video(path.to_path_buf()));
     }
-    let format = match extension(path).as_str() {
-        "jpg" | "jpeg" => Some(ImageFormat::Jpeg),
-        "png" => Some(ImageFormat::Png),
-        "webp" => Some(ImageFormat::WebP),
-        "gif" => Some(ImageFormat::Gif),
-        _ => None,
-    };
+    let format = image_by_extension(&extension(path));
     match format {
         Some(format) => Ok(MediaSource::Image(path.to_path_buf(), format)),
         None => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
-                "{}: not a supported file: expected an image (JPEG, PNG, WebP, GIF), a video ({}) or a directory of images",
+                "{}: not a supported file: expected an image ({}), a video ({}) or a directory of images",
                 path.display(),
-                VIDEO_EXTENSIONS.join(", ")
+                image_names(),
+                extensions(&VideoContainer::ALL, VideoContainer::kind)
             ),
         )),
     }

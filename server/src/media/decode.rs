@@ -103,7 +103,8 @@ impl Drop for CancelOnDrop {
 /// Says what unsupported bytes look like, for the error message.
 fn describe_unknown(bytes: &[u8]) -> String {
     let head: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    let mut msg = format!("not a JPEG, PNG, WebP or GIF image (first bytes {})", head.join(" "));
+    let names = gitcap_protocol::media_kind::image_names();
+    let mut msg = format!("not an image gitcap reads ({names}; first bytes {})", head.join(" "));
     let what = if is_heif_image(bytes) {
         Some("a HEIC/HEIF or AVIF image".to_string())
     } else if let Some(container) = sniff_video(bytes) {
@@ -755,7 +756,7 @@ mod tests {
         let m = message(decode_image(&[], "media.image", &limits()).unwrap_err());
         assert!(m.starts_with("media.image: empty"), "{m}");
         let m = message(decode_image(b"<html><body>", "media.image", &limits()).unwrap_err());
-        assert!(m.contains("not a JPEG, PNG, WebP or GIF image (first bytes 3c 68 74 6d"), "{m}");
+        assert!(m.contains("not an image gitcap reads (JPEG, PNG, WebP, GIF; first bytes 3c 68 74 6d"), "{m}");
         let m = message(decode_image(b"BM\x36\0\0\0\0\0\0\0\x36\0\0\0(", "f", &limits()).unwrap_err());
         assert!(m.contains("looks like a Bmp image"), "{m}");
         let m = message(decode_image(b"iVBORw0KGgoAAAANSUhEUg", "f", &limits()).unwrap_err());

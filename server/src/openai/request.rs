@@ -395,6 +395,20 @@ fn data_uri(url: &str, field: &str) -> Result<Option<Vec<u8>>, ApiError> {
     if !header.ends_with(";base64") {
         return Err(ApiError::invalid(field, "only base64 data: URIs are read (data:image/png;base64,…)"));
     }
+    // The content decides what the bytes are; a declared image or video type outside the media
+    // table is refused at once. (An untyped or generic one, application/octet-stream, is sniffed.)
+    let mime = header.split(';').next().unwrap_or_default();
+    let media_type = mime.starts_with("image/") || mime.starts_with("video/");
+    if media_type && !gitcap_protocol::media_kind::is_known_mime(mime) {
+        return Err(ApiError::invalid(
+            field,
+            format!(
+                "{mime} is not a kind gitcap reads: images {}, videos {}",
+                gitcap_protocol::media_kind::image_names(),
+                gitcap_protocol::media_kind::video_names()
+            ),
+        ));
+    }
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(data.trim())
         .map_err(|e| ApiError::invalid(field, format!("the data: URI's base64 does not decode: {e}")))?;
@@ -417,6 +431,21 @@ fn remote(url: &str, field: &str, url_allowed: bool) -> Result<proto::Media, Api
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_data_uri_of_a_media_type_gitcap_does_not_read_is_refused_naming_the_kinds() {
+        let error = data_uri("data:image/heic;base64,AAAA", "messages[0].content[0].image_url").unwrap_err();
+        assert_eq!(error.param.as_deref(), Some("messages[0].content[0].image_url"));
+        assert!(
+            error.message.contains("image/heic") && error.message.contains("JPEG, PNG, WebP, GIF"),
+            "{}",
+            error.message
+        );
+        assert!(data_uri("data:video/mpeg;base64,AAAA", "f").is_err());
+        for fine in ["image/jpeg", "image/jpg", "video/webm", "video/mp4", "application/octet-stream", ""] {
+            assert!(data_uri(&format!("data:{fine};base64,AAAA"), "f").is_ok(), "{fine}");
+        }
+    }
 
     fn plan(json: serde_json::Value) -> Result<Plan, ApiError> {
         let mut request = serde_json::json!({"messages": [{"role": "user", "content": [

@@ -294,8 +294,9 @@ impl MediaService {
             return Err(GitcapError::media(
                 "media.url",
                 format!(
-                    "{url} is neither an image (JPEG, PNG, WebP, GIF) nor a video file (MP4/MOV, WebM, MKV, \
-                     AVI): {what}"
+                    "{url} is neither an image ({}) nor a video file ({}): {what}",
+                    gitcap_protocol::media_kind::image_names(),
+                    gitcap_protocol::media_kind::video_names()
                 ),
             ));
         }

@@ -15,7 +15,7 @@ use super::probe::{self, VideoInfo};
 use super::sampling::{check_timestamps, SAMPLING_FIELD};
 use super::sniff::{sniff_container, SNIFF_BYTES};
 use super::tools::{self, Tools};
-use super::{stream, VideoLimits, ACCEPTED_CONTAINERS, ACCEPTED_NAMES};
+use super::{accepted_demuxers, accepted_names, stream, VideoLimits};
 use crate::error::{GitcapError, Result};
 use crate::media::budget::{MediaBudget, OwnedReservation};
 
@@ -239,7 +239,7 @@ impl Source {
 /// `file` protocol (no network, no `concat:`/`subfile:` tricks), only the accepted demuxers (no
 /// HLS, DASH or ffconcat playlists, no image sequences).
 fn input_restrictions() -> [OsString; 4] {
-    ["-protocol_whitelist", "file", "-format_whitelist", &ACCEPTED_CONTAINERS.join(",")].map(OsString::from)
+    ["-protocol_whitelist", "file", "-format_whitelist", &accepted_demuxers().join(",")].map(OsString::from)
 }
 
 /// `file:` and the absolute path, so that no part of the name reads as another protocol.
@@ -279,12 +279,13 @@ async fn unreadable_message(file: &Path, said: &str) -> String {
     if let Ok(opened) = tokio::fs::File::open(file).await {
         let _ = opened.take(SNIFF_BYTES as u64).read_to_end(&mut head).await;
     }
-    let accepted = ACCEPTED_NAMES.join(", ");
+    let names = accepted_names();
+    let accepted = names.join(", ");
     match sniff_container(&head) {
         Some(list @ ("HLS playlist" | "ffconcat list" | "DASH manifest")) => {
             format!("an {list} points at other files and is not accepted; send the video file itself")
         }
-        Some(name) if !ACCEPTED_NAMES.contains(&name) => format!(
+        Some(name) if !names.contains(&name) => format!(
             "{name} videos are not accepted (accepted: {accepted}); convert it, e.g. ffmpeg -i IN -c copy OUT.mp4 \
              (or -c:v libx264 if the codec does not fit MP4)"
         ),

@@ -56,7 +56,7 @@
 //! its own process group, with an empty environment and no stdin; a call stops waiting on it
 //! after `wall_seconds` and kills it; dropping a stream kills its children; a semaphore bounds
 //! the children alive at once. Inputs are read through the `file` protocol only, by the demuxers
-//! of [`ACCEPTED_CONTAINERS`] only, so an HLS or ffconcat playlist (which would make ffmpeg open
+//! of [`accepted_demuxers`] only, so an HLS or ffconcat playlist (which would make ffmpeg open
 //! other files or URLs) is refused before it is parsed. See `child` for the details.
 
 pub mod bench;
@@ -81,8 +81,12 @@ pub(crate) use decoder::Source;
 
 mod limits;
 
-/// The containers accepted, by ffmpeg's demuxer names (`-format_whitelist`).
-pub const ACCEPTED_CONTAINERS: &[&str] = &["mov", "mp4", "matroska", "webm", "avi", "gif"];
+/// The containers accepted, by ffmpeg's demuxer names (`-format_whitelist`), from the one media
+/// table.
+pub use gitcap_protocol::media_kind::accepted_demuxers;
 
-/// The same, by the names [`sniff_container`] gives.
-pub const ACCEPTED_NAMES: &[&str] = &["MP4/MOV", "Matroska", "WebM", "AVI", "GIF"];
+/// The same, by the names [`sniff_container`] gives: every video container, and animated GIFs.
+pub fn accepted_names() -> Vec<&'static str> {
+    use gitcap_protocol::media_kind::{ImageFormat, VideoContainer};
+    VideoContainer::ALL.map(VideoContainer::name).into_iter().chain([ImageFormat::Gif.name()]).collect()
+}

@@ -7,7 +7,7 @@ use std::ffi::OsString;
 use serde::Deserialize;
 
 use super::timing::TimeBase;
-use super::{VideoLimits, ACCEPTED_CONTAINERS};
+use super::{accepted_demuxers, VideoLimits};
 use crate::error::{GitcapError, Result};
 
 /// The container and the video stream that is decoded (the first that is not cover art).
@@ -180,7 +180,7 @@ fn check(info: &VideoInfo, limits: &VideoLimits, field: &str) -> Result<()> {
             format!("the video is {:.1} s long; the limit is {} s", info.duration_s, limits.max_duration_s),
         ));
     }
-    if !ACCEPTED_CONTAINERS.iter().any(|name| info.container.split(',').any(|part| part == *name)) {
+    if !accepted_demuxers().iter().any(|name| info.container.split(',').any(|part| part == *name)) {
         return Err(GitcapError::media(field, format!("videos in {} containers are not accepted", info.container)));
     }
     Ok(())

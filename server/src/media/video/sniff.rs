@@ -1,27 +1,24 @@
 //! Which video container a file is, from its leading bytes: for routing an upload and for error
 //! messages that name what was sent. Whether ffmpeg is allowed to read it is
-//! [`super::ACCEPTED_CONTAINERS`]' business, not this one's.
+//! [`super::accepted_demuxers`]' business, not this one's.
+
+use gitcap_protocol::media_kind::{sniff_image, sniff_video, ImageFormat};
 
 /// How many leading bytes [`sniff_container`] looks at, at most.
 pub const SNIFF_BYTES: usize = 512;
 
 /// The container the leading bytes of a file announce, by a short human name ("MP4/MOV",
-/// "Matroska", "WebM", "AVI", "GIF", "MPEG-TS", "MPEG-PS", "FLV", "ASF/WMV", "Ogg", "RealMedia",
+/// "Matroska/WebM", "AVI", "GIF", "MPEG-TS", "MPEG-PS", "FLV", "ASF/WMV", "Ogg", "RealMedia",
 /// "HLS playlist", "ffconcat list", "DASH manifest"), or `None`.
 pub fn sniff_container(bytes: &[u8]) -> Option<&'static str> {
     let head = &bytes[..bytes.len().min(SNIFF_BYTES)];
     let at = |offset: usize, magic: &[u8]| head.get(offset..offset + magic.len()) == Some(magic);
-    if at(4, b"ftyp")
-        || [&b"moov"[..], b"mdat", b"free", b"wide", b"skip", b"pnot"].iter().any(|box_type| at(4, box_type))
-    {
-        Some("MP4/MOV")
-    } else if at(0, &[0x1A, 0x45, 0xDF, 0xA3]) {
-        // The EBML header names the document type within its first few dozen bytes.
-        Some(if contains(&head[..head.len().min(64)], b"webm") { "WebM" } else { "Matroska" })
-    } else if at(0, b"RIFF") && at(8, b"AVI ") {
-        Some("AVI")
-    } else if at(0, b"GIF87a") || at(0, b"GIF89a") {
-        Some("GIF")
+    // What the decoder reads is named by the one media table (gitcap_protocol::media_kind);
+    // what it refuses, here.
+    if let Some(container) = sniff_video(head) {
+        Some(container.name())
+    } else if sniff_image(head) == Some(ImageFormat::Gif) {
+        Some(ImageFormat::Gif.name())
     } else if is_mpeg_ts(head) {
         Some("MPEG-TS")
     } else if at(0, &[0x00, 0x00, 0x01, 0xBA]) {
@@ -73,8 +70,8 @@ mod tests {
         assert_eq!(sniff_container(b"\0\0\0\x20ftypisom\0\0\x02\0"), Some("MP4/MOV"));
         assert_eq!(sniff_container(b"\0\0\0\x14ftypqt  \0\0\0\0"), Some("MP4/MOV"));
         assert_eq!(sniff_container(b"\0\0\0\x08wide\0\0\0\x10mdat"), Some("MP4/MOV"));
-        assert_eq!(sniff_container(b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01\x42\x82\x84webm"), Some("WebM"));
-        assert_eq!(sniff_container(b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01\x42\x82\x88matroska"), Some("Matroska"));
+        assert_eq!(sniff_container(b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01\x42\x82\x84webm"), Some("Matroska/WebM"));
+        assert_eq!(sniff_container(b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01\x42\x82\x88matroska"), Some("Matroska/WebM"));
         assert_eq!(sniff_container(b"RIFF\x10\0\0\0AVI LIST"), Some("AVI"));
         assert_eq!(sniff_container(b"GIF89a\x01\0\x01\0"), Some("GIF"));
         assert_eq!(sniff_container(b"\0\0\x01\xba\x44"), Some("MPEG-PS"));
