@@ -9,7 +9,7 @@
 
 use gitcap_fuzz::{expect_bad_input, media_harness};
 use gitcap_server::openai::request::MAX_CHOICES;
-use gitcap_server::proto::media::Kind;
+use gitcap_server::service::media::MediaInput;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|body: &[u8]| {
@@ -25,16 +25,15 @@ fuzz_target!(|body: &[u8]| {
     assert!((1..=MAX_CHOICES).contains(&plan.choices), "{} choices", plan.choices);
     assert!(plan.stops.len() <= 4, "{} stop sequences", plan.stops.len());
     assert_eq!(plan.question, plan.question.trim());
-    match plan.media.kind {
+    match plan.media {
         // URLs are off here; video files have their own target (video_container).
-        Some(Kind::Url(_)) => panic!("a URL accepted with URLs off"),
-        Some(Kind::Video(_)) => {}
-        Some(_) => {
+        MediaInput::Url { .. } => panic!("a URL accepted with URLs off"),
+        MediaInput::Video { .. } => {}
+        media => {
             let harness = media_harness();
-            if let Err(error) = harness.runtime.block_on(harness.media.prepare(Some(plan.media), &harness.model)) {
+            if let Err(error) = harness.runtime.block_on(harness.media.prepare(media, &harness.model)) {
                 expect_bad_input(error);
             }
         }
-        None => panic!("a plan without media"),
     }
 });

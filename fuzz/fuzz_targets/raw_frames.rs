@@ -1,6 +1,6 @@
 //! Frames as the API receives them, arbitrary: raw RGB images (`media.raw`, width/height/bytes)
 //! (`media::from_raw_rgb`) and frame lists (`media.frames`, through the API's media preparation,
-//! `api::media::MediaService::prepare`); an upload's chunks
+//! `service::media::MediaService::prepare`); an upload's chunks
 //! through `api::upload::FrameChunks` (the validation half of `FrameAssembler`); which frames a
 //! video model sees through `media::sample_frame_indices`; then the video preprocessing.
 #![no_main]
@@ -9,8 +9,9 @@ use arbitrary::Arbitrary;
 use gitcap_fuzz::{
     check_frames, check_preprocess, check_sampling, expect_bad_input, media_harness, preprocessors, request_limits,
 };
-use gitcap_server::media::from_raw_rgb;
+use gitcap_server::api::convert;
 use gitcap_server::api::upload::{CompletedFrame, FrameChunks};
+use gitcap_server::media::from_raw_rgb;
 use gitcap_server::proto::{self, media::Kind};
 use libfuzzer_sys::fuzz_target;
 
@@ -71,7 +72,9 @@ fuzz_target!(|input: Input| {
         }
         // The API's own path for it: one frame, or the same refusal.
         let harness = media_harness();
-        match harness.runtime.block_on(harness.media.prepare(Some(media.clone()), &harness.model)) {
+        let prepared = convert::media(Some(media.clone()))
+            .and_then(|media| harness.runtime.block_on(harness.media.prepare(media, &harness.model)));
+        match prepared {
             Ok(prepared) => assert_eq!(prepared.frames.len(), 1, "a raw image is one frame"),
             Err(err) => expect_bad_input(err),
         }
@@ -84,7 +87,9 @@ fuzz_target!(|input: Input| {
     // The same bytes as a frame list (each must be an encoded image).
     let list = proto::Media::frames(input.raw.iter().map(|f| f.rgb.clone()));
     let harness = media_harness();
-    match harness.runtime.block_on(harness.media.prepare(Some(list), &harness.model)) {
+    let prepared = convert::media(Some(list))
+        .and_then(|media| harness.runtime.block_on(harness.media.prepare(media, &harness.model)));
+    match prepared {
         // Only the frames a 6-frame model uses are decoded.
         Ok(prepared) => assert_eq!(prepared.frames.len(), input.raw.len().min(harness.model.max_frames)),
         Err(err) => expect_bad_input(err),

@@ -1,17 +1,19 @@
 //! Arbitrary bytes as a request message off the wire (prost decoding of the generated
 //! `gitcap.v1` types), then the checks the Captioner service runs before a request reaches a
-//! model: `api::convert` (question, labels, generation options, media) and, for uploads,
+//! model: `api::convert` (generation options, media) and `service::validation` (question, labels,
+//! options against the checkpoint's defaults and the limits) and, for uploads,
 //! `api::upload::FrameChunks`. Nothing may panic; rejected input must be a typed error that
 //! maps to `INVALID_ARGUMENT`; accepted options must be within the limits and, applied to the
 //! default generation config, must pass or fail its validation with a typed error.
 #![no_main]
 
 use gitcap_fuzz::{expect_bad_input, media_harness, request_limits};
-use gitcap_server::engine::Frame;
-use gitcap_server::api::convert::{self, RequestLimits};
+use gitcap_server::api::convert;
 use gitcap_server::api::upload::FrameChunks;
+use gitcap_server::engine::Frame;
 use gitcap_server::model::generation::{GenerationConfig, Search};
 use gitcap_server::proto;
+use gitcap_server::service::validation::{self, RequestLimits};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 
@@ -19,7 +21,7 @@ use prost::Message;
 const MODEL_FRAMES: usize = 6;
 
 fn check_question(text: &str, limits: &RequestLimits) {
-    match convert::question(text, limits) {
+    match validation::question(text, limits) {
         Ok(Some(q)) => {
             assert!(!q.is_empty() && q == q.trim());
             assert!(q.chars().count() <= limits.max_question_chars);
@@ -30,7 +32,7 @@ fn check_question(text: &str, limits: &RequestLimits) {
 }
 
 fn check_options(options: Option<&proto::GenerationOptions>, limits: &RequestLimits) {
-    match convert::options(options, limits) {
+    match convert::options(options, &media_harness().model, limits) {
         Ok(options) => {
             assert!(options.max_new_tokens.is_none_or(|n| (1..=limits.max_new_tokens).contains(&(n as usize))));
             assert!(options.num_beams.is_none_or(|n| (1..=limits.max_beams).contains(&(n as usize))));
@@ -39,10 +41,8 @@ fn check_options(options: Option<&proto::GenerationOptions>, limits: &RequestLim
             assert!(options.repetition_penalty.is_none_or(|p| p > 0.0 && p <= 100.0));
             assert!(options.length_penalty.is_none_or(|p| p.is_finite() && p.abs() <= 100.0));
             let config = GenerationConfig::default().with_options(&options);
-            // The combination with the checkpoint's defaults is checked when the search is set up.
-            if let Err(err) = Search::new(&config, &[101]) {
-                expect_bad_input(err);
-            }
+            // Options the core validated, over the defaults, always set up a search.
+            Search::new(&config, &[101]).expect("validated options set up a search");
             let _ = config.max_total_len(limits.max_question_chars);
         }
         Err(err) => expect_bad_input(err),
@@ -57,7 +57,9 @@ fn check_media(media: Option<&proto::Media>) {
         return;
     }
     let harness = media_harness();
-    match harness.runtime.block_on(harness.media.prepare(media.cloned(), &harness.model)) {
+    let prepared = convert::media(media.cloned())
+        .and_then(|media| harness.runtime.block_on(harness.media.prepare(media, &harness.model)));
+    match prepared {
         Ok(prepared) => {
             assert!(!prepared.frames.is_empty(), "media prepared into no frame");
             assert!(prepared.timestamps_s.is_empty());
@@ -71,7 +73,7 @@ fn check_media(media: Option<&proto::Media>) {
 }
 
 fn check_labels(labels: &[String], limits: &RequestLimits) {
-    match convert::labels(labels, limits) {
+    match validation::labels(labels, limits) {
         Ok(accepted) => {
             assert_eq!(accepted.len(), labels.len());
             assert!(accepted.iter().all(|l| !l.is_empty() && l.chars().count() <= limits.max_question_chars));

@@ -4,9 +4,9 @@
 
 use std::sync::OnceLock;
 
-use gitcap_server::service::validation::RequestLimits;
 use gitcap_server::error::GitcapError;
 use gitcap_server::media::{sample_frame_indices, MediaLimits, PixelValues, PreprocessorConfig, VideoLimits};
+use gitcap_server::service::validation::RequestLimits;
 use image::RgbImage;
 
 /// The server's media limits, made smaller so that the fuzzer reaches them often and spends
@@ -109,7 +109,7 @@ pub fn check_sampling(total: usize, wanted: usize) -> Vec<usize> {
 /// fuzz limits, a 1 GiB budget, no video decoder (video has its own target), URLs off.
 pub struct MediaHarness {
     pub runtime: tokio::runtime::Runtime,
-    pub media: gitcap_server::api::media::MediaService,
+    pub media: gitcap_server::service::media::MediaService,
     pub model: gitcap_server::engine::ModelInfo,
 }
 
@@ -118,7 +118,7 @@ pub fn media_harness() -> &'static MediaHarness {
     HARNESS.get_or_init(|| {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
         let fetcher = gitcap_server::media::UrlFetcher::new(Default::default()).expect("a URL fetcher");
-        let media = gitcap_server::api::media::MediaService::new(
+        let media = gitcap_server::service::media::MediaService::new(
             media_limits(),
             1 << 30,
             Err("no video decoding in this target".into()),
@@ -135,6 +135,7 @@ pub fn media_harness() -> &'static MediaHarness {
             max_frames: 6,
             weights_bytes: 0,
             preprocessor: std::sync::Arc::new(PreprocessorConfig::clip()),
+            generation: std::sync::Arc::new(gitcap_server::model::generation::GenerationConfig::default()),
         };
         MediaHarness { runtime, media, model }
     })

@@ -24,6 +24,7 @@ use crate::error::GitcapError;
 use crate::media::MediaLimits;
 use crate::proto::{self, captioner_server::Captioner};
 use crate::registry::Registry;
+use crate::service::media::MediaInput;
 use crate::service::media::MediaService;
 use crate::service::request::{ended_without_an_answer, resolve, submit, Started, Tally};
 use crate::service::validation::{self, RequestLimits};
@@ -58,7 +59,7 @@ impl CaptionerService {
         let question = validation::question(&request.question, &self.limits)?;
         let options = convert::options(request.options.as_ref(), &worker.info, &self.limits)?;
         let priority = convert::priority(request.priority)?;
-        let media = self.media.prepare(request.media, &worker.info);
+        let media = self.media.prepare(convert::media(request.media)?, &worker.info);
         let media = call.deadline.run(media, "the media was being decoded").await?;
         let request = InferenceRequest { frames: media.frames, question, options, priority };
         let started = submit(worker, request, call.deadline, call.started, call.started, tally.trace())?;
@@ -125,7 +126,8 @@ impl CaptionerService {
         let file = video_upload::receive(&mut stream, &self.media, start.size_bytes).await?;
         // Time to first token counts from here: the client's upload time is not the server's.
         let arrived = Instant::now();
-        let media = self.media.video(&file, start.sampling.as_ref(), "upload", &worker.info);
+        let sampling = start.sampling.map(convert::sampling);
+        let media = self.media.video(&file, sampling.as_ref(), "upload", &worker.info);
         let media = call.deadline.run(media, "the media was being decoded").await?;
         let request = InferenceRequest { frames: media.frames, question, options, priority };
         let started = submit(worker, request, call.deadline, call.started, arrived, tally.trace())?;
@@ -172,7 +174,8 @@ impl CaptionerService {
         let worker = self.model(&request.model, &call, tally)?;
         let labels = validation::labels(&request.labels, &self.limits)?;
         let prompt = validation::question(&request.prompt, &self.limits)?;
-        let frames = call.deadline.run(self.media.prepare(request.media, &worker.info), "the media was being decoded");
+        let frames = self.media.prepare(convert::media(request.media)?, &worker.info);
+        let frames = call.deadline.run(frames, "the media was being decoded");
         let frames = frames.await?.frames;
         let scores = worker.score_labels(frames, prompt, labels);
         let mut scores = call.deadline.run(scores, "the labels were being scored").await?;
@@ -345,12 +348,21 @@ impl Captioner for CaptionerService {
     ) -> Result<Response<DenseStream>, Status> {
         let mut tally = Tally::new("DenseCaption", request.metadata());
         let call = self.call(&request);
-        let request = request.into_inner();
-        let session = (|| -> Result<DenseSession, Status> {
+        let mut request = request.into_inner();
+        let media = request.media.take();
+        let session = (|| -> Result<(DenseSession, MediaInput), Status> {
             let call = call?;
             let worker = self.model(&request.model, &call, &mut tally)?;
             self.media.video_decoder()?;
-            Ok(DenseSession {
+            let media = match media {
+                None => {
+                    return Err(
+                        GitcapError::invalid("media", "a video file is needed: set media.video or media.url").into()
+                    )
+                }
+                media => convert::media(media)?,
+            };
+            let session = DenseSession {
                 question: validation::question(&request.question, &self.limits)?,
                 options: convert::options(request.options.as_ref(), &worker.info, &self.limits)?,
                 priority: convert::priority(request.priority)?,
@@ -360,12 +372,12 @@ impl Captioner for CaptionerService {
                 stride_s: request.stride_s,
                 deadline: call.deadline,
                 trace: tally.trace(),
-            })
+            };
+            Ok((session, media))
         })();
-        let session = tally.outcome(session)?;
+        let (session, media) = tally.outcome(session)?;
         let send_timeout = session.send_timeout();
         let (tx, rx) = mpsc::channel(8);
-        let media = request.media;
         tokio::spawn(
             async move {
                 let result = session.run(media, &tx).await;

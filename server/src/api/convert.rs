@@ -5,12 +5,42 @@ use crate::engine::{ModelInfo, Priority, TokenEvent};
 use crate::error::{GitcapError, Result};
 use crate::model::generation::{FinishReason, GenerationOptions};
 use crate::proto;
+use crate::service::media::{MediaInput, VideoSampling};
 use crate::service::request::Answer;
 use crate::service::validation::{self, RequestLimits};
 
 /// A request's priority (unspecified = interactive).
 pub fn priority(value: i32) -> Result<Priority> {
     Priority::from_wire(value).map_err(|message| GitcapError::invalid("priority", message))
+}
+
+/// A request's media as the core takes it; `None` when the message has none.
+pub fn media(media: Option<proto::Media>) -> Result<MediaInput> {
+    use proto::media::Kind;
+    let media = media.unwrap_or_default();
+    let sampling = media.sampling.map(sampling);
+    let Some(kind) = media.kind else {
+        return Err(GitcapError::invalid(
+            "media",
+            "no media: set media.image, media.frames, media.raw, media.video or media.url",
+        ));
+    };
+    if sampling.is_some() && !matches!(kind, Kind::Video(_) | Kind::Url(_)) {
+        return Err(GitcapError::invalid("media.sampling", "applies to video files only (media.video, media.url)"));
+    }
+    Ok(match kind {
+        Kind::Image(bytes) => MediaInput::Image(bytes),
+        Kind::Frames(list) => MediaInput::Frames(list.frames),
+        Kind::Raw(raw) => MediaInput::Raw { width: raw.width, height: raw.height, rgb: raw.rgb },
+        Kind::Video(bytes) => MediaInput::Video { bytes, sampling },
+        Kind::Url(url) => MediaInput::Url { url, sampling },
+    })
+}
+
+/// Which frames of a video file a request samples.
+pub fn sampling(sampling: proto::VideoSampling) -> VideoSampling {
+    let proto::VideoSampling { start_s, end_s, timestamps_s } = sampling;
+    VideoSampling { start_s, end_s, timestamps_s }
 }
 
 /// A request's generation options, read from the message and validated for `model`

@@ -27,6 +27,7 @@ use crate::error::{GitcapError, Result};
 use crate::media::video::{DenseLimits, TimedFrame, VideoDecoder, VideoInfo};
 use crate::model::generation::GenerationOptions;
 use crate::proto;
+use crate::service::media::MediaInput;
 use crate::service::media::MediaService;
 use crate::service::request::submit;
 use crate::telemetry::RequestTrace;
@@ -158,7 +159,7 @@ pub(super) struct DenseSession {
 impl DenseSession {
     /// Captions every window of the video in `media`, sending each caption as it is ready;
     /// DEADLINE_EXCEEDED, with decoding and captioning stopped, at the caller's deadline.
-    pub async fn run(self, media: Option<proto::Media>, tx: &Sender) -> std::result::Result<(), Status> {
+    pub async fn run(self, media: MediaInput, tx: &Sender) -> std::result::Result<(), Status> {
         let Some(at) = self.deadline.instant() else { return self.captions(media, tx).await };
         match tokio::time::timeout_at(at.into(), self.captions(media, tx)).await {
             Ok(result) => result,
@@ -172,7 +173,7 @@ impl DenseSession {
         Duration::from_secs_f64(seconds.max(0.0))
     }
 
-    async fn captions(&self, media: Option<proto::Media>, tx: &Sender) -> std::result::Result<(), Status> {
+    async fn captions(&self, media: MediaInput, tx: &Sender) -> std::result::Result<(), Status> {
         let file = self.media.video_file(media).await?;
         let decoder = self.media.video_decoder()?;
         let info = decoder.probe(&file, MEDIA_FIELD).await?;

@@ -115,7 +115,7 @@ async fn start(state: &OpenAi, plan: &Plan, call: &Call, tally: &mut Tally) -> c
     let worker = resolve(&state.registry, &plan.model, call, tally)?;
     validation::generation(&worker.info.generation, &plan.options, &state.limits)?;
     let question = validation::question(&plan.question, &state.limits)?;
-    let media = state.media.prepare(Some(plan.media.clone()), &worker.info);
+    let media = state.media.prepare(plan.media.clone(), &worker.info);
     let media = call.deadline.run(media, "the media was being decoded").await?;
     let mut running = Vec::with_capacity(plan.choices as usize);
     for index in 0..plan.choices {

@@ -23,7 +23,7 @@ use super::types::{ChatRequest, Content, Part, Stop};
 use crate::engine::Priority;
 use crate::error::GitcapError;
 use crate::model::generation::GenerationOptions;
-use crate::proto;
+use crate::service::media::MediaInput;
 
 /// The most completions one request may ask for (`n`).
 pub const MAX_CHOICES: u32 = 8;
@@ -115,7 +115,7 @@ impl Harmless {
 #[derive(Debug)]
 pub struct Plan {
     pub model: String,
-    pub media: proto::Media,
+    pub media: MediaInput,
     pub question: String,
     pub options: GenerationOptions,
     pub priority: Priority,
@@ -298,7 +298,7 @@ enum PartMedia {
 }
 
 /// The media and the question of the conversation (see the module documentation).
-fn conversation(request: &ChatRequest, url_allowed: bool) -> Result<(proto::Media, String), ApiError> {
+fn conversation(request: &ChatRequest, url_allowed: bool) -> Result<(MediaInput, String), ApiError> {
     if request.messages.is_empty() {
         return Err(ApiError::invalid("messages", "the conversation is empty"));
     }
@@ -353,7 +353,7 @@ fn parts(content: Option<&Content>, message: usize) -> Result<(String, Vec<PartM
 }
 
 /// The media of one message's parts.
-fn media(parts: &[PartMedia], message: usize, url_allowed: bool) -> Result<proto::Media, ApiError> {
+fn media(parts: &[PartMedia], message: usize, url_allowed: bool) -> Result<MediaInput, ApiError> {
     let field = |kind: &str| format!("messages[{message}].content.{kind}.url");
     let videos: Vec<&String> =
         parts.iter().filter_map(|p| if let PartMedia::Video(u) = p { Some(u) } else { None }).collect();
@@ -361,11 +361,11 @@ fn media(parts: &[PartMedia], message: usize, url_allowed: bool) -> Result<proto
         parts.iter().filter_map(|p| if let PartMedia::Image(u) = p { Some(u) } else { None }).collect();
     match (videos.as_slice(), images.as_slice()) {
         ([video], []) => match data_uri(video, &field("video_url"))? {
-            Some(bytes) => Ok(proto::Media::video(bytes)),
+            Some(bytes) => Ok(MediaInput::Video { bytes, sampling: None }),
             None => remote(video, &field("video_url"), url_allowed),
         },
         ([], [image]) => match data_uri(image, &field("image_url"))? {
-            Some(bytes) => Ok(proto::Media::image(bytes)),
+            Some(bytes) => Ok(MediaInput::Image(bytes)),
             None => remote(image, &field("image_url"), url_allowed),
         },
         ([], images) => {
@@ -377,7 +377,7 @@ fn media(parts: &[PartMedia], message: usize, url_allowed: bool) -> Result<proto
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(proto::Media::frames(frames))
+            Ok(MediaInput::Frames(frames))
         }
         _ => Err(ApiError::invalid(
             format!("messages[{message}].content"),
@@ -415,7 +415,7 @@ fn data_uri(url: &str, field: &str) -> Result<Option<Vec<u8>>, ApiError> {
     Ok(Some(bytes))
 }
 
-fn remote(url: &str, field: &str, url_allowed: bool) -> Result<proto::Media, ApiError> {
+fn remote(url: &str, field: &str, url_allowed: bool) -> Result<MediaInput, ApiError> {
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err(ApiError::invalid(field, "must be a data: URI or an http(s) URL"));
     }
@@ -425,7 +425,7 @@ fn remote(url: &str, field: &str, url_allowed: bool) -> Result<proto::Media, Api
             "this server does not fetch media from URLs (media.url.enabled is off): send the media as a data: URI",
         ));
     }
-    Ok(proto::Media::url(url))
+    Ok(MediaInput::Url { url: url.to_string(), sampling: None })
 }
 
 #[cfg(test)]

@@ -20,7 +20,32 @@ use crate::media::{
     decode_cost, decode_footprint, decode_image_each, from_raw_rgb, sample_frame_indices, CancelFlag, MediaBudget,
     MediaLimits, UrlFetcher,
 };
-use crate::proto;
+
+/// A request's media in the core's terms, whatever door it came through (each door reads its
+/// own wire format into this). Error messages name fields as the gRPC protocol does
+/// (`media.image`, `media.frames[2]`), which every door documents.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MediaInput {
+    /// An encoded image (an animated GIF or WebP is a video's frames).
+    Image(Vec<u8>),
+    /// The encoded frames of one video, in order.
+    Frames(Vec<Vec<u8>>),
+    /// RGB pixels, row by row.
+    Raw { width: u32, height: u32, rgb: Vec<u8> },
+    /// A video file, and which of its frames to sample.
+    Video { bytes: Vec<u8>, sampling: Option<VideoSampling> },
+    /// An http(s) URL of an image or a video file.
+    Url { url: String, sampling: Option<VideoSampling> },
+}
+
+/// Which frames of a video file to sample: evenly within a window (the whole video by default),
+/// or at the given times.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VideoSampling {
+    pub start_s: Option<f64>,
+    pub end_s: Option<f64>,
+    pub timestamps_s: Vec<f64>,
+}
 
 /// What a URL turned out to hold.
 enum Download {
@@ -89,28 +114,16 @@ impl MediaService {
     }
 
     /// The frames of `media` that `model` will see.
-    pub async fn prepare(&self, media: Option<proto::Media>, model: &ModelInfo) -> Result<PreparedMedia> {
-        use proto::media::Kind;
-        let media = media.unwrap_or_default();
-        let sampling = media.sampling;
-        let Some(kind) = media.kind else {
-            return Err(GitcapError::invalid(
-                "media",
-                "no media: set media.image, media.frames, media.raw, media.video or media.url",
-            ));
-        };
-        if sampling.is_some() && !matches!(kind, Kind::Video(_) | Kind::Url(_)) {
-            return Err(GitcapError::invalid("media.sampling", "applies to video files only (media.video, media.url)"));
-        }
-        let frames = match kind {
-            Kind::Image(bytes) => self.image(bytes, "media.image".into(), model, true).await?,
-            Kind::Frames(list) => self.frame_list(list.frames, model).await?,
-            Kind::Raw(raw) => vec![self.raw(raw, model).await?],
-            Kind::Video(bytes) => {
+    pub async fn prepare(&self, media: MediaInput, model: &ModelInfo) -> Result<PreparedMedia> {
+        let frames = match media {
+            MediaInput::Image(bytes) => self.image(bytes, "media.image".into(), model, true).await?,
+            MediaInput::Frames(list) => self.frame_list(list, model).await?,
+            MediaInput::Raw { width, height, rgb } => vec![self.raw(width, height, rgb, model).await?],
+            MediaInput::Video { bytes, sampling } => {
                 let file = self.spool(bytes, "media.video").await?;
                 return self.video(&file, sampling.as_ref(), "media.video", model).await;
             }
-            Kind::Url(url) => return self.url(&url, sampling.as_ref(), model).await,
+            MediaInput::Url { url, sampling } => return self.url(&url, sampling.as_ref(), model).await,
         };
         Ok(PreparedMedia { frames, timestamps_s: vec![] })
     }
@@ -166,14 +179,14 @@ impl MediaService {
         Ok(prepared)
     }
 
-    async fn raw(&self, raw: proto::RawImage, model: &ModelInfo) -> Result<Frame> {
-        let pixels = u64::from(raw.width) * u64::from(raw.height);
+    async fn raw(&self, width: u32, height: u32, rgb: Vec<u8>, model: &ModelInfo) -> Result<Frame> {
+        let pixels = u64::from(width) * u64::from(height);
         let cost = if pixels <= self.limits.max_pixels { pixels * 3 } else { 0 };
         let _room = self.budget.reserve(cost, "media.raw").await?;
         let (limits, preprocessor) = (self.limits, model.preprocessor.clone());
         blocking(move || {
-            let image = from_raw_rgb(raw.width, raw.height, &raw.rgb, "media.raw", &limits)?;
-            drop(raw);
+            let image = from_raw_rgb(width, height, &rgb, "media.raw", &limits)?;
+            drop(rgb);
             Frame::from_image(&image, &preprocessor)
         })
         .await
@@ -225,7 +238,7 @@ impl MediaService {
     pub async fn video(
         &self,
         file: &Path,
-        sampling: Option<&proto::VideoSampling>,
+        sampling: Option<&VideoSampling>,
         field: &str,
         model: &ModelInfo,
     ) -> Result<PreparedMedia> {
@@ -253,12 +266,7 @@ impl MediaService {
     }
 
     /// An image or video the server fetches itself (where the URL policy allows it).
-    async fn url(
-        &self,
-        url: &str,
-        sampling: Option<&proto::VideoSampling>,
-        model: &ModelInfo,
-    ) -> Result<PreparedMedia> {
+    async fn url(&self, url: &str, sampling: Option<&VideoSampling>, model: &ModelInfo) -> Result<PreparedMedia> {
         match self.download(url).await? {
             Download::Image(bytes) => {
                 if sampling.is_some() {
@@ -308,11 +316,10 @@ impl MediaService {
     }
 
     /// The video file `media` holds or names (`media.video`, `media.url`), on disk.
-    pub async fn video_file(&self, media: Option<proto::Media>) -> Result<TempPath> {
-        use proto::media::Kind;
-        match media.and_then(|m| m.kind) {
-            Some(Kind::Video(bytes)) => self.spool(bytes, "media.video").await,
-            Some(Kind::Url(url)) => match self.download(&url).await? {
+    pub async fn video_file(&self, media: MediaInput) -> Result<TempPath> {
+        match media {
+            MediaInput::Video { bytes, .. } => self.spool(bytes, "media.video").await,
+            MediaInput::Url { url, .. } => match self.download(&url).await? {
                 Download::Video(path) => Ok(path),
                 Download::Image(_) => Err(GitcapError::invalid("media.url", "names an image; a video file is needed")),
             },
@@ -327,7 +334,7 @@ impl MediaService {
 }
 
 /// The protocol's sampling as the video decoder's; explicit timestamps at most `max_frames`.
-pub fn video_sampling(sampling: Option<&proto::VideoSampling>, max_frames: usize) -> Result<Sampling> {
+pub fn video_sampling(sampling: Option<&VideoSampling>, max_frames: usize) -> Result<Sampling> {
     let Some(sampling) = sampling else { return Ok(Sampling::Even { start_s: None, end_s: None }) };
     if sampling.timestamps_s.is_empty() {
         return Ok(Sampling::Even { start_s: sampling.start_s, end_s: sampling.end_s });
