@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use tonic::Request;
 
 use common::fixtures::{fixtures, model_dir};
+use common::openai::{caption_body, post_chat};
 use common::probe::{gauge, http_get, long_request};
 use common::server::TestServer;
 use gitcap_client::proto::captioner_client::CaptionerClient;
@@ -34,37 +35,17 @@ fn caption_request(max_new_tokens: u32) -> CaptionRequest {
     }
 }
 
-fn http() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
-}
-
 fn chat_body(extra: Value) -> Value {
-    use base64::Engine;
-    let url = format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(image()));
-    let mut body = json!({
-        "model": "tiny",
-        "max_tokens": 4,
-        "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}],
-    });
-    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-    body
+    let mut extra = extra;
+    extra.as_object_mut().unwrap().entry("max_tokens").or_insert(4.into());
+    caption_body("tiny", extra)
 }
 
 /// Posts a chat completion with `headers`: (status, the answering version, body).
 async fn chat(server: &TestServer, headers: &[(&str, &str)], body: Value) -> (u16, Option<String>, Value) {
-    let mut request = http()
-        .post(format!("{}/v1/chat/completions", server.url()))
-        .header("content-type", "application/json")
-        .body(body.to_string());
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let version = response.headers().get(VERSION).map(|v| v.to_str().unwrap().to_string());
-    let text = response.text().await.unwrap();
-    (status, version, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    let (status, response_headers, body) = post_chat(server, headers, &body).await;
+    let version = response_headers.get(VERSION).map(|v| v.to_str().unwrap().to_string());
+    (status, version, body)
 }
 
 /// A server whose `tiny` alias is split 50/50 between two versions.

@@ -8,6 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::openai::{data_uri, http};
 use common::server::TestServer;
 use gitcap_client::proto::{video_upload_message, VideoUploadMessage, VideoUploadStart};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -219,7 +220,7 @@ async fn a_wrong_token_is_refused_before_the_body_is_read() {
 async fn a_string_for_a_number_is_refused_naming_the_field() {
     let server = TestServer::start("tiny-git-image", &[]);
     let png = std::fs::read(common::fixtures::fixtures().join("media/shapes.png")).unwrap();
-    let uri = format!("data:image/png;base64,{}", base64_encode(&png));
+    let uri = data_uri("image/png", &png);
     let body = serde_json::json!({"model": "tiny", "frequency_penalty": "none", "max_tokens": 2, "messages": [
         {"role": "user", "content": [{"type": "image_url", "image_url": {"url": uri}}]}]});
     let response = http()
@@ -233,16 +234,6 @@ async fn a_string_for_a_number_is_refused_naming_the_field() {
     let error: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
     assert_eq!(error["error"]["param"], "frequency_penalty", "{error}");
     assert_eq!(error["error"]["message"], "`frequency_penalty` must be a number, got a string", "{error}");
-}
-
-fn http() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
-}
-
-fn base64_encode(bytes: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// RFC 7235: the scheme is case-insensitive; `bearer …` was refused on both doors.
@@ -303,7 +294,7 @@ fn big_chat_body(side: u32) -> String {
         image::codecs::png::FilterType::NoFilter,
     );
     image.write_with_encoder(encoder).unwrap();
-    let uri = format!("data:image/png;base64,{}", base64_encode(&png));
+    let uri = data_uri("image/png", &png);
     serde_json::json!({"model": "tiny", "max_tokens": 2, "messages": [
         {"role": "user", "content": [{"type": "image_url", "image_url": {"url": uri}}]}]})
     .to_string()

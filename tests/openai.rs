@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use common::fixtures::fixtures;
+use common::openai::{data_uri, http, post_chat};
 use common::probe::{self, value};
 use common::python::{self, describe};
 use common::server::TestServer;
@@ -111,35 +112,15 @@ async fn the_openai_sdk_gets_what_grpc_answers() {
     assert_eq!(value(&text, ok), Some(6.0), "the six calls that succeeded");
 }
 
-/// An HTTP client (rustls on ring, the crypto the server's TLS uses too).
-fn http() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
-}
-
 /// Plain HTTP, as any OpenAI client would speak it: (status, body).
 async fn post(server: &TestServer, body: Value) -> (u16, Value) {
-    let response = http()
-        .post(format!("{}/v1/chat/completions", server.url()))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    let (status, _, body) = post_chat(server, &[], &body).await;
+    (status, body)
 }
 
 fn image_message() -> Value {
     let bytes = std::fs::read(fixtures().join("media/shapes.png")).unwrap();
-    let uri = format!("data:image/png;base64,{}", base64_encode(&bytes));
-    serde_json::json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": uri}}]}])
-}
-
-fn base64_encode(bytes: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
+    serde_json::json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_uri("image/png", &bytes)}}]}])
 }
 
 /// The text of each `data:` event of an SSE body, `[DONE]` included.

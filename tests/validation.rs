@@ -7,6 +7,7 @@ mod common;
 use serde_json::{json, Value};
 
 use common::fixtures::{fixtures, model_dir};
+use common::openai::{caption_body, post_chat};
 use common::probe::{http_get, value};
 use common::server::TestServer;
 use gitcap_client::proto::captioner_client::CaptionerClient;
@@ -26,23 +27,8 @@ fn caption(options: GenerationOptions) -> CaptionRequest {
 }
 
 async fn chat(server: &TestServer, extra: Value) -> (u16, Value) {
-    use base64::Engine;
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let url = format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(image()));
-    let mut body = json!({
-        "model": "tiny",
-        "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}],
-    });
-    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-    let response = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", server.url()))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, serde_json::from_str(&response.text().await.unwrap()).unwrap())
+    let (status, _, body) = post_chat(server, &[], &caption_body("tiny", extra)).await;
+    (status, body)
 }
 
 /// A copy of the image fixture whose `generation_config.json` sets `config`.

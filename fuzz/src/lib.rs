@@ -34,6 +34,7 @@ pub fn video_limits() -> VideoLimits {
         max_processes: 2,
         processes_per_call: 1,
         threads_per_process: 1,
+        dense: Default::default(),
     }
 }
 

@@ -608,14 +608,7 @@ mod tests {
 
     #[test]
     fn after_stop_accepting_every_request_is_refused_unavailable() {
-        let registry = Registry::new(RegistryOptions {
-            hub: Default::default(),
-            engine: Default::default(),
-            model_roots: None,
-            state_file: None,
-            desired_state: None,
-            drain_timeout: Duration::from_secs(1),
-        });
+        let registry = registry();
         assert!(matches!(registry.get("nothing-loaded"), Err(GitcapError::ModelNotFound(_))));
         registry.stop_accepting();
         for name in ["", "nothing-loaded", "tiny@local"] {
