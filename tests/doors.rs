@@ -79,6 +79,14 @@ async fn a_route_key_reaches_the_same_version_through_every_door() {
         by_grpc.push(answered.remove(0));
     }
     assert!(by_grpc.iter().any(|v| v == "v2") && by_grpc.iter().any(|v| v == "local"), "{by_grpc:?}");
+    // The Rust client's route key is the same metadata.
+    for (key, version) in keys.iter().zip(&by_grpc).take(8) {
+        let client = GitcapClient::connect(ClientConfig::new(server.url()).route_key(key)).await.unwrap();
+        let png = std::fs::read(fixtures().join("media/shapes.png")).unwrap();
+        let options = gitcap_client::CaptionOptions::default().model("tiny").max_new_tokens(2);
+        let answer = client.caption(gitcap_client::Media::image(png), &options).await.unwrap();
+        assert_eq!(&answer.version, version, "the Rust client with route key {key}");
+    }
 
     for (key, version) in keys.iter().zip(&by_grpc) {
         // The header, as over gRPC; and OpenAI's `user` field when no header is given.

@@ -65,6 +65,9 @@ pub struct ClientConfig {
     pub max_encoding_message_size: usize,
     /// The largest frame chunk an upload sends in one message.
     pub chunk_size: usize,
+    /// Sent as `x-gitcap-route-key` on every `Captioner` call: of a model alias split between
+    /// versions (a canary), the same key always reaches the same version.
+    pub route_key: Option<String>,
 }
 
 impl ClientConfig {
@@ -81,7 +84,14 @@ impl ClientConfig {
             max_decoding_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             max_encoding_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             chunk_size: DEFAULT_CHUNK_SIZE,
+            route_key: None,
         }
+    }
+
+    /// Sets the route key: this client's calls stay on one version of a split alias.
+    pub fn route_key(mut self, key: impl Into<String>) -> Self {
+        self.route_key = Some(key.into());
+        self
     }
 
     /// Trusts the PEM certificate authority `pem` for `https://` URLs.
@@ -134,18 +144,25 @@ impl ClientConfig {
     }
 }
 
-/// Adds the bearer token to every call (the interceptor in [`GitcapClient::raw`]'s type).
+/// Adds the bearer token, and the route key where one is set, to every call (the interceptor in
+/// [`GitcapClient::raw`]'s type).
 #[derive(Clone)]
-pub struct Auth(Option<MetadataValue<Ascii>>);
+pub struct Auth(Option<MetadataValue<Ascii>>, Option<MetadataValue<Ascii>>);
 
 impl tonic::service::Interceptor for Auth {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if let Some(value) = &self.0 {
             request.metadata_mut().insert("authorization", value.clone());
         }
+        if let Some(key) = &self.1 {
+            request.metadata_mut().insert(ROUTE_KEY_HEADER, key.clone());
+        }
         Ok(request)
     }
 }
+
+/// The metadata naming a caller's route key.
+const ROUTE_KEY_HEADER: &str = "x-gitcap-route-key";
 
 type Inner = InterceptedService<Channel, Auth>;
 
@@ -514,10 +531,16 @@ impl GitcapClient {
     pub fn with_channel(channel: Channel, config: ClientConfig) -> Result<Self> {
         let token = bearer(config.token.as_deref(), "the token")?;
         let admin_token = bearer(config.admin_token.as_deref(), "the admin token")?;
-        let admin = AdminClient::new(InterceptedService::new(channel.clone(), Auth(admin_token)))
+        let route_key = config
+            .route_key
+            .as_deref()
+            .map(|key| key.parse::<MetadataValue<Ascii>>())
+            .transpose()
+            .map_err(|_| Error::Config("the route key must be printable ASCII".into()))?;
+        let admin = AdminClient::new(InterceptedService::new(channel.clone(), Auth(admin_token, None)))
             .max_decoding_message_size(config.max_decoding_message_size)
             .max_encoding_message_size(config.max_encoding_message_size);
-        let service = InterceptedService::new(channel, Auth(token));
+        let service = InterceptedService::new(channel, Auth(token, route_key));
         let captioner = CaptionerClient::new(service.clone())
             .max_decoding_message_size(config.max_decoding_message_size)
             .max_encoding_message_size(config.max_encoding_message_size);
@@ -1063,9 +1086,10 @@ mod tests {
     fn the_token_goes_in_the_authorization_header() {
         use tonic::service::Interceptor;
         let value = "Bearer s3cret".parse().unwrap();
-        let request = Auth(Some(value)).call(Request::new(())).unwrap();
+        let request = Auth(Some(value), Some("tenant-7".parse().unwrap())).call(Request::new(())).unwrap();
         assert_eq!(request.metadata().get("authorization").unwrap(), "Bearer s3cret");
-        let request = Auth(None).call(Request::new(())).unwrap();
+        assert_eq!(request.metadata().get("x-gitcap-route-key").unwrap(), "tenant-7");
+        let request = Auth(None, None).call(Request::new(())).unwrap();
         assert!(request.metadata().get("authorization").is_none());
     }
 

@@ -15,6 +15,10 @@ pub struct Cli {
     /// Admin bearer token, sent with the `models` commands.
     #[arg(long, global = true, env = "GITCAP_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Route key sent with every call: of a model alias split between versions (a canary), the
+    /// same key always reaches the same version.
+    #[arg(long, global = true, env = "GITCAP_ROUTE_KEY")]
+    pub route_key: Option<String>,
     /// Seconds a call with a single answer may take.
     #[arg(long, global = true, value_name = "SECONDS")]
     pub timeout: Option<f64>,

@@ -50,6 +50,9 @@ fn client_config(cli: &Cli) -> Result<ClientConfig> {
     if let Some(timeout) = cli.timeout {
         config = config.request_timeout(Duration::from_secs_f64(timeout));
     }
+    if let Some(key) = &cli.route_key {
+        config = config.route_key(key);
+    }
     if let Some(ca) = &cli.tls_ca {
         let pem = std::fs::read(ca).with_context(|| format!("reading the TLS CA file {}", ca.display()))?;
         config = config.tls_ca_pem(pem);
