@@ -361,7 +361,9 @@ impl Registry {
             route: Some(route),
             previous_id: previous.map(|p| p.primary().to_string()),
         };
-        tracing::info!(alias, route = ?change.route.as_ref().map(Route::target), previous = ?change.previous_id, "alias set");
+        let target = change.route.as_ref().map_or_else(String::new, |route| route.target().to_string());
+        let previous = change.previous_id.as_deref().unwrap_or("");
+        tracing::info!(alias, route = %target, previous, "alias set");
         self.emit(RegistryEvent::Alias(change.clone()));
         Ok(change)
     }
