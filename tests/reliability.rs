@@ -406,7 +406,9 @@ async fn deadlines_expire_in_the_queue_and_mid_generation() {
     }
     // Unary, in the queue: DEADLINE_EXCEEDED, or CANCELLED "Timeout expired" when tonic's
     // client-side timer for the same deadline fires first (as tests/overload.rs accepts). The
-    // blocker runs alone first, so the request cannot slip in between two blockers.
+    // blocker runs on an idle model (the gauges may still show the last blocker running just
+    // after its answer came), so the request cannot slip in ahead of it.
+    steps_when_idle(&server.addr).await;
     let blocker = {
         let mut c = CaptionerClient::new(channel.clone());
         tokio::spawn(async move { c.caption(caption("", long_beam())).await })
