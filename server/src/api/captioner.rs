@@ -207,6 +207,11 @@ fn log_done(reply: &proto::CaptionResponse) {
     );
 }
 
+/// The whole answer of a started request, as the gRPC response (failures logged).
+async fn answer(started: Started) -> Result<proto::CaptionResponse, Status> {
+    started.finish().await.map(convert::response).map_err(Status::from).inspect_err(log_failure)
+}
+
 fn log_failure(status: &Status) {
     tracing::info!(code = ?status.code(), message = status.message(), "failed");
 }
@@ -224,16 +229,7 @@ impl Captioner for CaptionerService {
         request: Request<proto::CaptionRequest>,
     ) -> Result<Response<proto::CaptionResponse>, Status> {
         let mut tally = Tally::new("Caption", request.metadata());
-        let result = async {
-            self.start(request, &mut tally)
-                .await?
-                .finish()
-                .await
-                .map(convert::response)
-                .map_err(Status::from)
-                .inspect_err(log_failure)
-        }
-        .await;
+        let result = async { answer(self.start(request, &mut tally).await?).await }.await;
         let reply = tally.outcome(result)?;
         log_done(&reply);
         Ok(Response::new(reply))
@@ -253,16 +249,7 @@ impl Captioner for CaptionerService {
         request: Request<Streaming<proto::UploadMessage>>,
     ) -> Result<Response<proto::CaptionResponse>, Status> {
         let mut tally = Tally::new("UploadFrames", request.metadata());
-        let result = async {
-            self.start_upload(request, &mut tally)
-                .await?
-                .finish()
-                .await
-                .map(convert::response)
-                .map_err(Status::from)
-                .inspect_err(log_failure)
-        }
-        .await;
+        let result = async { answer(self.start_upload(request, &mut tally).await?).await }.await;
         let reply = tally.outcome(result)?;
         log_done(&reply);
         Ok(Response::new(reply))
@@ -313,16 +300,7 @@ impl Captioner for CaptionerService {
         request: Request<Streaming<proto::VideoUploadMessage>>,
     ) -> Result<Response<proto::CaptionResponse>, Status> {
         let mut tally = Tally::new("UploadVideo", request.metadata());
-        let result = async {
-            self.start_video_upload(request, &mut tally)
-                .await?
-                .finish()
-                .await
-                .map(convert::response)
-                .map_err(Status::from)
-                .inspect_err(log_failure)
-        }
-        .await;
+        let result = async { answer(self.start_video_upload(request, &mut tally).await?).await }.await;
         let reply = tally.outcome(result)?;
         log_done(&reply);
         Ok(Response::new(reply))
