@@ -32,7 +32,10 @@ fn check_question(text: &str, limits: &RequestLimits) {
 }
 
 fn check_options(options: Option<&proto::GenerationOptions>, limits: &RequestLimits) {
-    match convert::options(options, &media_harness().model, limits) {
+    let model = &media_harness().model;
+    let checked = convert::options(options)
+        .and_then(|options| validation::generation(&model.generation, &options, limits).map(|_| options));
+    match checked {
         Ok(options) => {
             assert!(options.max_new_tokens.is_none_or(|n| (1..=limits.max_new_tokens).contains(&(n as usize))));
             assert!(options.num_beams.is_none_or(|n| (1..=limits.max_beams).contains(&(n as usize))));

@@ -19,51 +19,53 @@ use super::dense::DenseSession;
 use super::live::LiveSession;
 use super::upload::{self, FrameAssembler};
 use super::video_upload;
-use crate::engine::{EngineEvent, Frame, InferenceRequest, ModelWorker};
+use crate::engine::{EngineEvent, Frame};
 use crate::error::GitcapError;
 use crate::media::MediaLimits;
 use crate::proto::{self, captioner_server::Captioner};
-use crate::registry::Registry;
 use crate::service::media::MediaInput;
-use crate::service::media::MediaService;
-use crate::service::request::{ended_without_an_answer, resolve, submit, Started, Tally};
+use crate::service::request::{ended_without_an_answer, resolve, Started, Tally};
 use crate::service::validation::{self, RequestLimits};
-use crate::service::Call;
+use crate::service::{Admitted, Ask, Call, Core};
 
 pub struct CaptionerService {
-    models: Arc<Registry>,
-    limits: Arc<RequestLimits>,
-    media: Arc<MediaService>,
+    core: Arc<Core>,
 }
 
 impl CaptionerService {
-    pub fn new(models: Arc<Registry>, limits: RequestLimits, media: Arc<MediaService>) -> Self {
-        Self { models, limits: Arc::new(limits), media }
+    pub fn new(core: Arc<Core>) -> Self {
+        Self { core }
     }
 
     /// Reads what the core needs of a call from its metadata (deadline, route key).
     fn call<T>(&self, request: &Request<T>) -> Result<Call, Status> {
-        Ok(Call::read(request.metadata().as_ref(), self.limits.max_timeout)?)
-    }
-
-    /// The worker serving `name` for `call`, noted in the request's tally.
-    fn model(&self, name: &str, call: &Call, tally: &mut Tally) -> Result<ModelWorker, Status> {
-        Ok(resolve(&self.models, name, call, tally)?)
+        Ok(self.core.call(request.metadata().as_ref())?)
     }
 
     /// Validates a request, prepares its media (within its deadline) and queues it on its model.
     async fn start(&self, request: Request<proto::CaptionRequest>, tally: &mut Tally) -> Result<Started, Status> {
         let call = self.call(&request)?;
         let request = request.into_inner();
-        let worker = self.model(&request.model, &call, tally)?;
-        let question = validation::question(&request.question, &self.limits)?;
-        let options = convert::options(request.options.as_ref(), &worker.info, &self.limits)?;
-        let priority = convert::priority(request.priority)?;
-        let media = self.media.prepare(convert::media(request.media)?, &worker.info);
-        let media = call.deadline.run(media, "the media was being decoded").await?;
-        let request = InferenceRequest { frames: media.frames, question, options, priority };
-        let started = submit(worker, request, call.deadline, call.started, call.started, tally.trace())?;
-        Ok(started.with_timestamps(media.timestamps_s))
+        let ask = Ask {
+            model: request.model,
+            media: convert::media(request.media)?,
+            question: request.question,
+            options: convert::options(request.options.as_ref())?,
+            priority: convert::priority(request.priority)?,
+        };
+        Ok(self.core.start(&call, ask, tally).await?)
+    }
+
+    /// An upload's or stream's model, question and options, read from its start message.
+    fn admit(
+        &self,
+        call: &Call,
+        model: &str,
+        question: &str,
+        options: Option<&proto::GenerationOptions>,
+        tally: &mut Tally,
+    ) -> Result<Admitted, Status> {
+        Ok(self.core.admit(call, model, question, convert::options(options)?, tally)?)
     }
 
     /// Receives an upload: the start message, then frames, each encoded by the vision tower
@@ -79,12 +81,11 @@ impl CaptionerService {
         let Some(Message::Start(start)) = stream.message().await?.and_then(|m| m.message) else {
             return Err(GitcapError::invalid("start", "the first message of an upload must be `start`").into());
         };
-        let worker = self.model(&start.model, &call, tally)?;
-        let question = validation::question(&start.question, &self.limits)?;
-        let options = convert::options(start.options.as_ref(), &worker.info, &self.limits)?;
+        let admitted = self.admit(&call, &start.model, &start.question, start.options.as_ref(), tally)?;
         let priority = convert::priority(start.priority)?;
         let declared = start.frame_count as usize;
-        let mut assembler = FrameAssembler::new(worker.clone(), (*self.limits).clone(), self.media.clone(), declared)?;
+        let (limits, media) = ((*self.core.limits).clone(), self.core.media.clone());
+        let mut assembler = FrameAssembler::new(admitted.worker.clone(), limits, media, declared)?;
         let mut tasks = Vec::new();
         while let Some(message) = stream.message().await? {
             match message.message {
@@ -103,8 +104,7 @@ impl CaptionerService {
         for task in tasks {
             frames.push(Frame::Encoded(upload::encoded(task).await?));
         }
-        let request = InferenceRequest { frames, question, options, priority };
-        Ok(submit(worker, request, call.deadline, call.started, arrived, tally.trace())?)
+        Ok(admitted.submit(frames, priority, &call, arrived, tally)?)
     }
 
     /// Receives a video file in chunks, then samples and decodes it like `Media.video`.
@@ -119,18 +119,15 @@ impl CaptionerService {
         let Some(Message::Start(start)) = stream.message().await?.and_then(|m| m.message) else {
             return Err(GitcapError::invalid("start", "the first message of a video upload must be `start`").into());
         };
-        let worker = self.model(&start.model, &call, tally)?;
-        let question = validation::question(&start.question, &self.limits)?;
-        let options = convert::options(start.options.as_ref(), &worker.info, &self.limits)?;
+        let admitted = self.admit(&call, &start.model, &start.question, start.options.as_ref(), tally)?;
         let priority = convert::priority(start.priority)?;
-        let file = video_upload::receive(&mut stream, &self.media, start.size_bytes).await?;
+        let file = video_upload::receive(&mut stream, &self.core.media, start.size_bytes).await?;
         // Time to first token counts from here: the client's upload time is not the server's.
         let arrived = Instant::now();
         let sampling = start.sampling.map(convert::sampling);
-        let media = self.media.video(&file, sampling.as_ref(), "upload", &worker.info);
+        let media = self.core.media.video(&file, sampling.as_ref(), "upload", admitted.model());
         let media = call.deadline.run(media, "the media was being decoded").await?;
-        let request = InferenceRequest { frames: media.frames, question, options, priority };
-        let started = submit(worker, request, call.deadline, call.started, arrived, tally.trace())?;
+        let started = admitted.submit(media.frames, priority, &call, arrived, tally)?;
         Ok(started.with_timestamps(media.timestamps_s))
     }
 
@@ -146,9 +143,8 @@ impl CaptionerService {
         let Some(Message::Start(start)) = stream.message().await?.and_then(|m| m.message) else {
             return Err(GitcapError::invalid("start", "the first message of a live stream must be `start`").into());
         };
-        let worker = self.model(&start.model, &call, tally)?;
-        let question = validation::question(&start.question, &self.limits)?;
-        let options = convert::options(start.options.as_ref(), &worker.info, &self.limits)?;
+        let Admitted { worker, question, options } =
+            self.admit(&call, &start.model, &start.question, start.options.as_ref(), tally)?;
         let max = worker.info.max_frames;
         let window = if start.window == 0 { max } else { start.window as usize };
         if window > max {
@@ -156,10 +152,10 @@ impl CaptionerService {
         }
         let stride = if start.stride == 0 { window } else { start.stride as usize };
         let limits = RequestLimits {
-            media: MediaLimits { max_frames: usize::MAX, ..self.limits.media },
-            ..(*self.limits).clone()
+            media: MediaLimits { max_frames: usize::MAX, ..self.core.limits.media },
+            ..(*self.core.limits).clone()
         };
-        let media = self.media.clone();
+        let media = self.core.media.clone();
         let trace = tally.trace();
         Ok((LiveSession { worker, question, options, window, stride, limits, media, trace }, stream))
     }
@@ -171,10 +167,10 @@ impl CaptionerService {
     ) -> Result<proto::ScoreLabelsResponse, Status> {
         let call = self.call(&request)?;
         let request = request.into_inner();
-        let worker = self.model(&request.model, &call, tally)?;
-        let labels = validation::labels(&request.labels, &self.limits)?;
-        let prompt = validation::question(&request.prompt, &self.limits)?;
-        let frames = self.media.prepare(convert::media(request.media)?, &worker.info);
+        let worker = resolve(&self.core.registry, &request.model, &call, tally)?;
+        let labels = validation::labels(&request.labels, &self.core.limits)?;
+        let prompt = validation::question(&request.prompt, &self.core.limits)?;
+        let frames = self.core.media.prepare(convert::media(request.media)?, &worker.info);
         let frames = call.deadline.run(frames, "the media was being decoded");
         let frames = frames.await?.frames;
         let scores = worker.score_labels(frames, prompt, labels);
@@ -330,8 +326,9 @@ impl Captioner for CaptionerService {
         let media = request.media.take();
         let session = (|| -> Result<(DenseSession, MediaInput), Status> {
             let call = call?;
-            let worker = self.model(&request.model, &call, &mut tally)?;
-            self.media.video_decoder()?;
+            let admitted =
+                self.admit(&call, &request.model, &request.question, request.options.as_ref(), &mut tally)?;
+            self.core.media.video_decoder()?;
             let media = match media {
                 None => {
                     return Err(
@@ -341,11 +338,11 @@ impl Captioner for CaptionerService {
                 media => convert::media(media)?,
             };
             let session = DenseSession {
-                question: validation::question(&request.question, &self.limits)?,
-                options: convert::options(request.options.as_ref(), &worker.info, &self.limits)?,
+                question: admitted.question,
+                options: admitted.options,
                 priority: convert::priority(request.priority)?,
-                worker,
-                media: self.media.clone(),
+                worker: admitted.worker,
+                media: self.core.media.clone(),
                 window_s: request.window_s,
                 stride_s: request.stride_s,
                 deadline: call.deadline,

@@ -1,13 +1,12 @@
 //! gRPC messages ↔ the core's types; what they carry is checked by the core
 //! (crate::service::validation).
 
-use crate::engine::{ModelInfo, Priority, TokenEvent};
+use crate::engine::{Priority, TokenEvent};
 use crate::error::{GitcapError, Result};
 use crate::model::generation::{FinishReason, GenerationOptions};
 use crate::proto;
 use crate::service::media::{MediaInput, VideoSampling};
 use crate::service::request::Answer;
-use crate::service::validation::{self, RequestLimits};
 
 /// A request's priority (unspecified = interactive).
 pub fn priority(value: i32) -> Result<Priority> {
@@ -43,20 +42,14 @@ pub fn sampling(sampling: proto::VideoSampling) -> VideoSampling {
     VideoSampling { start_s, end_s, timestamps_s }
 }
 
-/// A request's generation options, read from the message and validated for `model`
-/// ([`validation::generation`]: ranges, the server's limits, the checkpoint's values).
-pub fn options(
-    message: Option<&proto::GenerationOptions>,
-    model: &ModelInfo,
-    limits: &RequestLimits,
-) -> Result<GenerationOptions> {
-    let options = match message {
-        None => GenerationOptions::default(),
+/// A request's generation options as the message carries them (the core checks them for the
+/// model: crate::service::validation).
+pub fn options(message: Option<&proto::GenerationOptions>) -> Result<GenerationOptions> {
+    match message {
+        None => Ok(GenerationOptions::default()),
         Some(message) => GenerationOptions::try_from(message)
-            .map_err(|e| GitcapError::invalid(format!("options.{}", e.field), e.message))?,
-    };
-    validation::generation(&model.generation, &options, limits)?;
-    Ok(options)
+            .map_err(|e| GitcapError::invalid(format!("options.{}", e.field), e.message)),
+    }
 }
 
 pub fn token_event(event: TokenEvent) -> proto::TokenEvent {

@@ -18,11 +18,11 @@ use super::types::{
     AssistantMessage, ChatChunk, ChatCompletion, Choice, ChunkChoice, Delta, Logprobs, TokenLogprob, TopLogprob, Usage,
 };
 use super::OpenAi;
-use crate::engine::{EngineEvent, Frame, InferenceOutput, InferenceRequest, TokenEvent};
+use crate::engine::{EngineEvent, InferenceOutput, TokenEvent};
 use crate::error::GitcapError;
 use crate::model::generation::FinishReason;
-use crate::service::request::{ended_without_an_answer, resolve, submit, Started, Tally};
-use crate::service::{validation, Call};
+use crate::service::request::{ended_without_an_answer, Started, Tally};
+use crate::service::{Ask, Call};
 
 /// One choice being generated.
 struct Running {
@@ -49,7 +49,7 @@ struct Piece {
 /// Answers `plan`; `headers` may carry the caller's `traceparent`.
 pub async fn completions(state: &OpenAi, plan: Plan, headers: &axum::http::HeaderMap) -> Result<Response, ApiError> {
     let mut tally = Tally::for_protocol("openai", "ChatCompletions", headers);
-    let call = Call::read(headers, state.limits.max_timeout).map(|c| c.with_route_key_fallback(plan.user.as_deref()));
+    let call = state.core.call(headers).map(|c| c.with_route_key_fallback(plan.user.as_deref()));
     let result = match call {
         Ok(call) => start(state, &plan, &call, &mut tally).await,
         Err(e) => Err(e),
@@ -112,22 +112,22 @@ async fn answer(running: Vec<Running>, mut tally: Tally, plan: &Plan) -> Result<
 /// Resolves the model (of a canary split, the version the call's route key picks), prepares
 /// the media and queues one request per choice, all within the call's deadline.
 async fn start(state: &OpenAi, plan: &Plan, call: &Call, tally: &mut Tally) -> crate::error::Result<Vec<Running>> {
-    let worker = resolve(&state.registry, &plan.model, call, tally)?;
-    validation::generation(&worker.info.generation, &plan.options, &state.limits)?;
-    let question = validation::question(&plan.question, &state.limits)?;
-    let media = state.media.prepare(plan.media.clone(), &worker.info);
-    let media = call.deadline.run(media, "the media was being decoded").await?;
+    let ask = Ask {
+        model: plan.model.clone(),
+        media: plan.media.clone(),
+        question: plan.question.clone(),
+        options: plan.options,
+        priority: plan.priority,
+    };
+    let prepared = state.core.prepare(call, ask, tally).await?;
     let mut running = Vec::with_capacity(plan.choices as usize);
     for index in 0..plan.choices {
         let mut options = plan.options;
         // Sampled choices differ: each its own seed when one was given.
         options.seed = options.seed.map(|seed| seed.wrapping_add(u64::from(index)));
-        let frames = media.frames.iter().map(Frame::share).collect();
-        let request = InferenceRequest { frames, question: question.clone(), options, priority: plan.priority };
-        let queued = submit(worker.clone(), request, call.deadline, call.started, call.started, tally.trace())?;
         running.push(Running {
             index,
-            started: queued.with_timestamps(media.timestamps_s.clone()),
+            started: prepared.submit(options, tally)?,
             stops: StopMatcher::new(plan.stops.clone()),
             text: String::new(),
             logprobs: Vec::new(),

@@ -21,19 +21,15 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::StreamExt;
 
-use crate::registry::Registry;
 use crate::service::auth::BearerAuth;
-use crate::service::media::MediaService;
-use crate::service::validation::RequestLimits;
+use crate::service::Core;
 pub use error::ApiError;
 use request::Plan;
 use types::{ChatRequest, ModelCard, ModelList};
 
 /// What the API's handlers share.
 pub struct OpenAi {
-    pub registry: Arc<Registry>,
-    pub limits: RequestLimits,
-    pub media: Arc<MediaService>,
+    pub core: Arc<Core>,
     pub auth: BearerAuth,
 }
 
@@ -102,7 +98,7 @@ async fn read_plan(state: &Served, headers: &HeaderMap, body: Body) -> Result<Pl
         return Err(too_large());
     }
     let cost = declared.unwrap_or(limit as u64).saturating_mul(PARSE_BYTES_PER_BODY_BYTE);
-    let _room = state.api.media.budget().reserve(cost, "the request body").await?;
+    let _room = state.api.core.media.budget().reserve(cost, "the request body").await?;
     let mut bytes = Vec::with_capacity(declared.unwrap_or(0) as usize);
     let mut chunks = body.into_data_stream();
     while let Some(chunk) = chunks.next().await {
@@ -112,7 +108,7 @@ async fn read_plan(state: &Served, headers: &HeaderMap, body: Body) -> Result<Pl
         }
         bytes.extend_from_slice(&chunk);
     }
-    let urls_enabled = state.api.media.urls_enabled();
+    let urls_enabled = state.api.core.media.urls_enabled();
     let parsed = tokio::task::spawn_blocking(move || plan(&bytes, urls_enabled));
     parsed.await.map_err(|e| ApiError::from(crate::error::GitcapError::Internal(format!("parsing a request: {e}"))))?
 }
@@ -174,7 +170,7 @@ fn parse(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
 
 /// Every name a request may use: aliases (the model names among them) and exact versions.
 async fn models(State(state): State<Arc<Served>>) -> Result<impl IntoResponse, ApiError> {
-    let (versions, aliases) = state.api.registry.list();
+    let (versions, aliases) = state.api.core.registry.list();
     let mut data: Vec<ModelCard> = aliases
         .keys()
         .cloned()

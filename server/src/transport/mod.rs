@@ -27,6 +27,7 @@ use crate::registry::Registry;
 use crate::service::auth::BearerAuth;
 use crate::service::media::MediaService;
 use crate::service::validation::RequestLimits;
+use crate::service::Core;
 use connection_age::AgedConnection;
 use connection_slots::{ConnectionSlots, Slotted};
 
@@ -82,19 +83,14 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| GitcapError::Internal(e.to_string()))?;
     let inference_auth = BearerAuth::new(options.inference_token.take());
+    let core = Arc::new(Core::new(registry.clone(), options.limits, options.media.clone()));
     let openai = crate::openai::router(
-        crate::openai::OpenAi {
-            registry: registry.clone(),
-            limits: options.limits.clone(),
-            media: options.media.clone(),
-            auth: inference_auth.clone(),
-        },
+        crate::openai::OpenAi { core: core.clone(), auth: inference_auth.clone() },
         options.max_message_bytes.saturating_mul(2),
     );
-    let captioner =
-        CaptionerServer::new(CaptionerService::new(registry.clone(), options.limits, options.media.clone()))
-            .max_decoding_message_size(options.max_message_bytes)
-            .max_encoding_message_size(options.max_message_bytes);
+    let captioner = CaptionerServer::new(CaptionerService::new(core.clone()))
+        .max_decoding_message_size(options.max_message_bytes)
+        .max_encoding_message_size(options.max_message_bytes);
     let captioner =
         tonic::service::interceptor::InterceptedService::new(captioner, move |request| inference_auth.check(request));
     let admin = options.admin_token.take().map(|token| {
