@@ -1,7 +1,7 @@
 //! Frames as the API receives them, arbitrary: raw RGB images (`media.raw`, width/height/bytes)
 //! (`media::from_raw_rgb`) and frame lists (`media.frames`, through the API's media preparation,
 //! `service::media::MediaService::prepare`); an upload's chunks
-//! through `api::upload::FrameChunks` (the validation half of `FrameAssembler`); which frames a
+//! through `service::upload::FrameChunks` (the validation half of `FrameAssembler`); which frames a
 //! video model sees through `media::sample_frame_indices`; then the video preprocessing.
 #![no_main]
 
@@ -10,7 +10,7 @@ use gitcap_fuzz::{
     check_frames, check_preprocess, check_sampling, expect_bad_input, media_harness, preprocessors, request_limits,
 };
 use gitcap_server::api::convert;
-use gitcap_server::api::upload::{CompletedFrame, FrameChunks};
+use gitcap_server::service::upload::{CompletedFrame, FrameChunk, FrameChunks};
 use gitcap_server::media::from_raw_rgb;
 use gitcap_server::proto::{self, media::Kind};
 use libfuzzer_sys::fuzz_target;
@@ -108,7 +108,7 @@ fuzz_target!(|input: Input| {
     let (mut pending, mut received, mut failed) = (0usize, 0usize, false);
     for chunk in input.chunks {
         let (len, end) = (chunk.data.len(), chunk.end_of_frame);
-        match upload.push(proto::FrameChunk { data: chunk.data, end_of_frame: chunk.end_of_frame }) {
+        match upload.push(FrameChunk { data: chunk.data, end_of_frame: chunk.end_of_frame }) {
             Ok(None) => {
                 assert!(!end);
                 pending += len;

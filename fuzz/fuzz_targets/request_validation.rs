@@ -2,14 +2,14 @@
 //! `gitcap.v1` types), then the checks the Captioner service runs before a request reaches a
 //! model: `api::convert` (generation options, media) and `service::validation` (question, labels,
 //! options against the checkpoint's defaults and the limits) and, for uploads,
-//! `api::upload::FrameChunks`. Nothing may panic; rejected input must be a typed error that
+//! `service::upload::FrameChunks`. Nothing may panic; rejected input must be a typed error that
 //! maps to `INVALID_ARGUMENT`; accepted options must be within the limits and, applied to the
 //! default generation config, must pass or fail its validation with a typed error.
 #![no_main]
 
 use gitcap_fuzz::{expect_bad_input, media_harness, request_limits};
 use gitcap_server::api::convert;
-use gitcap_server::api::upload::FrameChunks;
+use gitcap_server::service::upload::FrameChunks;
 use gitcap_server::engine::Frame;
 use gitcap_server::model::generation::{GenerationConfig, Search};
 use gitcap_server::proto;
@@ -97,7 +97,7 @@ fn check_upload(messages: &[proto::UploadMessage], limits: &RequestLimits) {
     };
     for message in &messages[1..] {
         let Some(Upload::Chunk(chunk)) = &message.message else { return };
-        if let Err(err) = upload.push(chunk.clone()) {
+        if let Err(err) = upload.push(convert::frame_chunk(chunk.clone())) {
             return expect_bad_input(err);
         }
     }

@@ -48,6 +48,16 @@ pub enum GitcapError {
     Torch(#[from] tch::TchError),
     #[error("internal error: {0}")]
     Internal(String),
+    /// The caller's own stream failed (a gRPC stream's error: the client went away, or sent a
+    /// message that does not decode), passed on as it came.
+    #[error("{}", .0.message())]
+    Stream(tonic::Status),
+}
+
+impl From<tonic::Status> for GitcapError {
+    fn from(status: tonic::Status) -> Self {
+        Self::Stream(status)
+    }
 }
 
 impl GitcapError {

@@ -8,24 +8,21 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use super::convert;
-use super::dense::DenseSession;
-use super::live::LiveSession;
-use super::upload::{self, FrameAssembler};
-use super::video_upload;
-use crate::engine::{EngineEvent, Frame};
+use crate::engine::EngineEvent;
 use crate::error::GitcapError;
-use crate::media::MediaLimits;
 use crate::proto::{self, captioner_server::Captioner};
+use crate::service::dense::DenseSession;
+use crate::service::live::LiveSession;
 use crate::service::media::MediaInput;
 use crate::service::request::{ended_without_an_answer, resolve, Started, Tally};
-use crate::service::validation::{self, RequestLimits};
+use crate::service::{upload, validation};
 use crate::service::{Admitted, Ask, Call, Core};
 
 pub struct CaptionerService {
@@ -83,27 +80,13 @@ impl CaptionerService {
         };
         let admitted = self.admit(&call, &start.model, &start.question, start.options.as_ref(), tally)?;
         let priority = convert::priority(start.priority)?;
-        let declared = start.frame_count as usize;
-        let (limits, media) = ((*self.core.limits).clone(), self.core.media.clone());
-        let mut assembler = FrameAssembler::new(admitted.worker.clone(), limits, media, declared)?;
-        let mut tasks = Vec::new();
-        while let Some(message) = stream.message().await? {
-            match message.message {
-                Some(Message::Chunk(chunk)) => {
-                    if let Some((_, Some(task))) = assembler.push(chunk)? {
-                        tasks.push(task);
-                    }
-                }
-                _ => return Err(GitcapError::invalid("start", "only the first message may be `start`").into()),
-            }
-        }
-        assembler.finish(declared)?;
+        let chunks = after_start(stream, |m| match m.message {
+            Some(Message::Chunk(chunk)) => Some(convert::frame_chunk(chunk)),
+            _ => None,
+        });
+        let frames = upload::receive_frames(&self.core, &admitted, start.frame_count as usize, chunks).await?;
         // Time to first token counts from here: the client's upload time is not the server's.
         let arrived = Instant::now();
-        let mut frames = Vec::with_capacity(tasks.len());
-        for task in tasks {
-            frames.push(Frame::Encoded(upload::encoded(task).await?));
-        }
         Ok(admitted.submit(frames, priority, &call, arrived, tally)?)
     }
 
@@ -121,7 +104,11 @@ impl CaptionerService {
         };
         let admitted = self.admit(&call, &start.model, &start.question, start.options.as_ref(), tally)?;
         let priority = convert::priority(start.priority)?;
-        let file = video_upload::receive(&mut stream, &self.core.media, start.size_bytes).await?;
+        let pieces = after_start(stream, |m| match m.message {
+            Some(Message::Chunk(piece)) => Some(piece),
+            _ => None,
+        });
+        let file = upload::receive_video(pieces, &self.core.media, start.size_bytes).await?;
         // Time to first token counts from here: the client's upload time is not the server's.
         let arrived = Instant::now();
         let sampling = start.sampling.map(convert::sampling);
@@ -143,21 +130,9 @@ impl CaptionerService {
         let Some(Message::Start(start)) = stream.message().await?.and_then(|m| m.message) else {
             return Err(GitcapError::invalid("start", "the first message of a live stream must be `start`").into());
         };
-        let Admitted { worker, question, options } =
-            self.admit(&call, &start.model, &start.question, start.options.as_ref(), tally)?;
-        let max = worker.info.max_frames;
-        let window = if start.window == 0 { max } else { start.window as usize };
-        if window > max {
-            return Err(GitcapError::invalid("start.window", format!("this model takes at most {max} frames")).into());
-        }
-        let stride = if start.stride == 0 { window } else { start.stride as usize };
-        let limits = RequestLimits {
-            media: MediaLimits { max_frames: usize::MAX, ..self.core.limits.media },
-            ..(*self.core.limits).clone()
-        };
-        let media = self.core.media.clone();
-        let trace = tally.trace();
-        Ok((LiveSession { worker, question, options, window, stride, limits, media, trace }, stream))
+        let admitted = self.admit(&call, &start.model, &start.question, start.options.as_ref(), tally)?;
+        let live = LiveSession::new(&self.core, admitted, start.window, start.stride, tally.trace())?;
+        Ok((live, stream))
     }
 
     async fn score(
@@ -271,15 +246,20 @@ impl Captioner for CaptionerService {
     ) -> Result<Response<LiveStream>, Status> {
         let mut tally = Tally::new("LiveCaption", request.metadata());
         let session = self.start_live(request, &mut tally).await;
-        let (live, mut stream) = tally.outcome(session)?;
+        let (live, stream) = tally.outcome(session)?;
+        let chunks = after_start(stream, |m| match m.message {
+            Some(proto::live_message::Message::Chunk(chunk)) => Some(convert::frame_chunk(chunk)),
+            _ => None,
+        });
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(async move {
-            let result = live.run(&mut stream, &tx).await;
-            if let Err(status) = tally.outcome(result) {
-                let _ = tx.send(Err(status)).await;
+            let result = live.run(chunks, &tx).await;
+            if let Err(error) = tally.outcome_of(result) {
+                let _ = tx.send(Err(error)).await;
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let events = ReceiverStream::new(rx).map(|caption| Ok(convert::live_event(caption?)));
+        Ok(Response::new(Box::pin(events)))
     }
 
     async fn score_labels(
@@ -328,7 +308,9 @@ impl Captioner for CaptionerService {
             let call = call?;
             let admitted =
                 self.admit(&call, &request.model, &request.question, request.options.as_ref(), &mut tally)?;
-            self.core.media.video_decoder()?;
+            let priority = convert::priority(request.priority)?;
+            let (window_s, stride_s) = (request.window_s, request.stride_s);
+            let dense = DenseSession::new(&self.core, admitted, priority, window_s, stride_s, &call, tally.trace())?;
             let media = match media {
                 None => {
                     return Err(
@@ -337,18 +319,7 @@ impl Captioner for CaptionerService {
                 }
                 media => convert::media(media)?,
             };
-            let session = DenseSession {
-                question: admitted.question,
-                options: admitted.options,
-                priority: convert::priority(request.priority)?,
-                worker: admitted.worker,
-                media: self.core.media.clone(),
-                window_s: request.window_s,
-                stride_s: request.stride_s,
-                deadline: call.deadline,
-                trace: tally.trace(),
-            };
-            Ok((session, media))
+            Ok((dense, media))
         })();
         let (session, media) = tally.outcome(session)?;
         let send_timeout = session.send_timeout();
@@ -356,15 +327,27 @@ impl Captioner for CaptionerService {
         tokio::spawn(
             async move {
                 let result = session.run(media, &tx).await;
-                if let Err(status) = tally.outcome(result) {
+                if let Err(error) = tally.outcome_of(result) {
                     // Bounded too: a client that reads nothing must not keep this task.
-                    let _ = tokio::time::timeout(send_timeout, tx.send(Err(status))).await;
+                    let _ = tokio::time::timeout(send_timeout, tx.send(Err(error))).await;
                 }
             }
             .instrument(tracing::Span::current()),
         );
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let events = ReceiverStream::new(rx).map(|caption| Ok(convert::dense_event(caption?)));
+        Ok(Response::new(Box::pin(events)))
     }
+}
+
+/// The messages of a client stream after its start message, as `chunk` reads them; a second
+/// start (or an empty message) is refused by name, and the stream's own errors pass on.
+fn after_start<M, C>(
+    stream: Streaming<M>,
+    chunk: impl Fn(M) -> Option<C>,
+) -> impl futures::Stream<Item = crate::error::Result<C>> + Unpin {
+    stream.map(move |message| {
+        chunk(message?).ok_or_else(|| GitcapError::invalid("start", "only the first message may be `start`"))
+    })
 }
 
 /// Forwards a request's engine events to the client as `CaptionEvent`s. When the client goes

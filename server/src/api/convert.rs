@@ -5,8 +5,11 @@ use crate::engine::{Priority, TokenEvent};
 use crate::error::{GitcapError, Result};
 use crate::model::generation::{FinishReason, GenerationOptions};
 use crate::proto;
+use crate::service::dense::DenseCaption;
+use crate::service::live::LiveCaption;
 use crate::service::media::{MediaInput, VideoSampling};
 use crate::service::request::Answer;
+use crate::service::upload::FrameChunk;
 
 /// A request's priority (unspecified = interactive).
 pub fn priority(value: i32) -> Result<Priority> {
@@ -92,4 +95,20 @@ pub fn response(answer: Answer) -> proto::CaptionResponse {
         version: model.version.clone(),
         frame_timestamps_s: timestamps_s,
     }
+}
+
+/// A piece of an uploaded or live frame.
+pub fn frame_chunk(chunk: proto::FrameChunk) -> FrameChunk {
+    let proto::FrameChunk { data, end_of_frame } = chunk;
+    FrameChunk { data, end_of_frame }
+}
+
+pub fn live_event(caption: LiveCaption) -> proto::LiveEvent {
+    let LiveCaption { first_frame, last_frame, answer } = caption;
+    proto::LiveEvent { first_frame, last_frame, caption: Some(response(answer)) }
+}
+
+pub fn dense_event(caption: DenseCaption) -> proto::DenseCaptionEvent {
+    let DenseCaption { start_s, end_s, answer } = caption;
+    proto::DenseCaptionEvent { start_s, end_s, caption: Some(response(answer)) }
 }

@@ -5,12 +5,8 @@
 pub mod admin;
 pub mod captioner;
 pub mod convert;
-pub mod dense;
 mod health;
-mod live;
 pub mod status;
-pub mod upload;
-mod video_upload;
 
 pub use health::track_model_health;
 

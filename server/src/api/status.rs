@@ -27,6 +27,7 @@ impl GitcapError {
             | GitcapError::TensorShape { .. }
             | GitcapError::Tokenizer(_) => Code::FailedPrecondition,
             GitcapError::Torch(_) | GitcapError::Internal(_) => Code::Internal,
+            GitcapError::Stream(status) => status.code(),
         }
     }
 }
@@ -36,6 +37,7 @@ impl From<GitcapError> for Status {
         let message = error.to_string();
         let code = error.code();
         match error {
+            GitcapError::Stream(status) => status,
             GitcapError::InvalidArgument { field, message: why } | GitcapError::Media { field, message: why } => {
                 let details = ErrorDetails::with_bad_request_violation(field, why);
                 Status::with_error_details(code, message, details)

@@ -7,8 +7,11 @@
 pub mod ask;
 pub mod auth;
 pub mod call;
+pub mod dense;
+pub mod live;
 pub mod media;
 pub mod request;
+pub mod upload;
 pub mod validation;
 
 pub use ask::{Admitted, Ask, Core, Prepared};

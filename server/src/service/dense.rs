@@ -19,17 +19,16 @@ use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc::{self, error::TrySendError};
-use tonic::Status;
 
+use super::request::{submit, Answer};
+use super::{Admitted, Call, Core};
 use crate::deadline::Deadline;
 use crate::engine::{EncodedFrame, Frame, InferenceRequest, ModelWorker, Priority};
 use crate::error::{GitcapError, Result};
 use crate::media::video::{DenseLimits, TimedFrame, VideoDecoder, VideoInfo};
 use crate::model::generation::GenerationOptions;
-use crate::proto;
 use crate::service::media::MediaInput;
 use crate::service::media::MediaService;
-use crate::service::request::submit;
 use crate::telemetry::RequestTrace;
 
 /// Seconds a window covers when the request leaves `window_s` at 0.
@@ -139,31 +138,56 @@ impl DensePlan {
     }
 }
 
-type Sender = mpsc::Sender<std::result::Result<proto::DenseCaptionEvent, Status>>;
+/// One window's caption: the seconds it covers and its answer (with its frames' timestamps).
+pub struct DenseCaption {
+    pub start_s: f64,
+    pub end_s: f64,
+    pub answer: Answer,
+}
+
+type Sender = mpsc::Sender<Result<DenseCaption>>;
 
 /// One dense captioning request, validated.
-pub(super) struct DenseSession {
-    pub worker: ModelWorker,
-    pub media: Arc<MediaService>,
-    pub question: Option<String>,
-    pub options: GenerationOptions,
-    pub priority: Priority,
-    pub window_s: f64,
-    pub stride_s: f64,
+pub struct DenseSession {
+    worker: ModelWorker,
+    media: Arc<MediaService>,
+    question: Option<String>,
+    options: GenerationOptions,
+    priority: Priority,
+    window_s: f64,
+    stride_s: f64,
     /// The caller's deadline.
-    pub deadline: Deadline,
+    deadline: Deadline,
     /// The call's span (crate::telemetry): each window's stages go under it.
-    pub trace: Option<RequestTrace>,
+    trace: Option<RequestTrace>,
 }
 
 impl DenseSession {
+    /// Dense captions for `admitted` with windows of `window_s` seconds every `stride_s` (0 = the
+    /// defaults; checked against the video once its duration is known), within `call`'s
+    /// deadline. Refused at once where this server decodes no video.
+    pub fn new(
+        core: &Core,
+        admitted: Admitted,
+        priority: Priority,
+        window_s: f64,
+        stride_s: f64,
+        call: &Call,
+        trace: Option<RequestTrace>,
+    ) -> Result<Self> {
+        core.media.video_decoder()?;
+        let Admitted { worker, question, options } = admitted;
+        let media = core.media.clone();
+        Ok(Self { worker, media, question, options, priority, window_s, stride_s, deadline: call.deadline, trace })
+    }
+
     /// Captions every window of the video in `media`, sending each caption as it is ready;
     /// DEADLINE_EXCEEDED, with decoding and captioning stopped, at the caller's deadline.
-    pub async fn run(self, media: MediaInput, tx: &Sender) -> std::result::Result<(), Status> {
+    pub async fn run(self, media: MediaInput, tx: &Sender) -> Result<()> {
         let Some(at) = self.deadline.instant() else { return self.captions(media, tx).await };
         match tokio::time::timeout_at(at.into(), self.captions(media, tx)).await {
             Ok(result) => result,
-            Err(_) => Err(GitcapError::DeadlineExceeded("while the video was being captioned".into()).into()),
+            Err(_) => Err(GitcapError::DeadlineExceeded("while the video was being captioned".into())),
         }
     }
 
@@ -173,7 +197,7 @@ impl DenseSession {
         Duration::from_secs_f64(seconds.max(0.0))
     }
 
-    async fn captions(&self, media: MediaInput, tx: &Sender) -> std::result::Result<(), Status> {
+    async fn captions(&self, media: MediaInput, tx: &Sender) -> Result<()> {
         let file = self.media.video_file(media).await?;
         let decoder = self.media.video_decoder()?;
         let info = decoder.probe(&file, MEDIA_FIELD).await?;
@@ -195,7 +219,7 @@ impl DenseSession {
                 let pixels = self.media.shrink(frame.image, &self.worker.info).await?;
                 drop(frame.room);
                 let Frame::Pixels(pixels) = pixels else {
-                    return Err(GitcapError::Internal("a decoded frame was not pixels".into()).into());
+                    return Err(GitcapError::Internal("a decoded frame was not pixels".into()));
                 };
                 recent.push_back((next, frame.timestamp_s, self.worker.encode(pixels).await?));
                 next += 1;
@@ -218,12 +242,7 @@ impl DenseSession {
         Ok(())
     }
 
-    async fn caption(
-        &self,
-        plan: &DensePlan,
-        first: usize,
-        window: Vec<(f64, Frame)>,
-    ) -> std::result::Result<proto::DenseCaptionEvent, Status> {
+    async fn caption(&self, plan: &DensePlan, first: usize, window: Vec<(f64, Frame)>) -> Result<DenseCaption> {
         let (timestamps, frames): (Vec<f64>, Vec<Frame>) = window.into_iter().unzip();
         let request = InferenceRequest {
             frames,
@@ -232,34 +251,28 @@ impl DenseSession {
             priority: self.priority,
         };
         let now = Instant::now();
-        let caption = submit(self.worker.clone(), request, self.deadline, now, now, self.trace.clone())?
+        let answer = submit(self.worker.clone(), request, self.deadline, now, now, self.trace.clone())?
             .with_timestamps(timestamps)
             .finish()
             .await?;
-        let caption = super::convert::response(caption);
         let (start_s, end_s) = plan.range(first);
-        Ok(proto::DenseCaptionEvent { start_s, end_s, caption: Some(caption) })
+        Ok(DenseCaption { start_s, end_s, answer })
     }
 }
 
 /// Sends `event` to the client. When the client is not keeping up (the stream's buffer is
 /// full), the decoding pass is stopped first, so that no decoder process waits on the client,
 /// and the wait is bounded by `media.dense.send_timeout_secs`.
-async fn send(
-    tx: &Sender,
-    event: proto::DenseCaptionEvent,
-    grid: &mut GridFrames<'_>,
-    wait: Duration,
-) -> std::result::Result<(), Status> {
+async fn send(tx: &Sender, event: DenseCaption, grid: &mut GridFrames<'_>, wait: Duration) -> Result<()> {
     let permit = match tx.try_reserve() {
         Ok(permit) => permit,
-        Err(TrySendError::Closed(())) => return Err(GitcapError::Cancelled.into()),
+        Err(TrySendError::Closed(())) => return Err(GitcapError::Cancelled),
         Err(TrySendError::Full(())) => {
             grid.pause();
             match tokio::time::timeout(wait, tx.reserve()).await {
                 Ok(Ok(permit)) => permit,
-                Ok(Err(_)) => return Err(GitcapError::Cancelled.into()),
-                Err(_) => return Err(client_stalled(wait).into()),
+                Ok(Err(_)) => return Err(GitcapError::Cancelled),
+                Err(_) => return Err(client_stalled(wait)),
             }
         }
     };

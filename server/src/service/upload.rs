@@ -1,7 +1,12 @@
-//! Frames that arrive as a stream of chunks: reassembled, decoded and shrunk to the model's
-//! input off the runtime (within the media budget), and handed to the model thread's vision
-//! tower one by one as they complete.
+//! Media that arrive in pieces. Frames (an upload, a live stream): reassembled, decoded and
+//! shrunk to the model's input off the runtime (within the media budget), and handed to the
+//! model thread's vision tower one by one as they complete. A video file: appended to a
+//! temporary file as it arrives, within the size limit, so that a file of hundreds of MB is
+//! never held in memory ([`receive_video`]).
 
+use futures::{Stream, StreamExt};
+use tempfile::TempPath;
+use tokio::io::AsyncWriteExt;
 use tokio::task::JoinHandle;
 
 use std::sync::Arc;
@@ -9,9 +14,17 @@ use std::sync::Arc;
 use crate::engine::{EncodedFrame, Frame, ModelWorker};
 use crate::error::{GitcapError, Result};
 use crate::media::sample_frame_indices;
-use crate::proto::FrameChunk;
 use crate::service::media::MediaService;
 use crate::service::validation::RequestLimits;
+use crate::service::{Admitted, Core};
+
+/// A piece of a frame, as an upload or a live stream sends it; the last piece of each frame
+/// says so.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FrameChunk {
+    pub data: Vec<u8>,
+    pub end_of_frame: bool,
+}
 
 /// A frame being decoded and run through the vision tower.
 pub type EncodeTask = JoinHandle<Result<EncodedFrame>>;
@@ -145,6 +158,77 @@ impl FrameChunks {
         }
         Ok(())
     }
+}
+
+/// Receives an upload's frames for `admitted`, each encoded by the vision tower as soon as it is
+/// complete; `declared` is the frame count the caller announced (0 = not announced), with
+/// which only the frames the model will use are decoded.
+pub async fn receive_frames(
+    core: &Core,
+    admitted: &Admitted,
+    declared: usize,
+    mut chunks: impl Stream<Item = Result<FrameChunk>> + Unpin,
+) -> Result<Vec<Frame>> {
+    let (limits, media) = ((*core.limits).clone(), core.media.clone());
+    let mut assembler = FrameAssembler::new(admitted.worker.clone(), limits, media, declared)?;
+    let mut tasks = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        if let Some((_, Some(task))) = assembler.push(chunk?)? {
+            tasks.push(task);
+        }
+    }
+    assembler.finish(declared)?;
+    let mut frames = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        frames.push(Frame::Encoded(encoded(task).await?));
+    }
+    Ok(frames)
+}
+
+/// Receives a video file's pieces into a temporary file; `declared` is the size the caller
+/// announced (0 = not announced). The file is opened when the first bytes arrive, not when the
+/// call opens: a call that sends nothing holds no file descriptor.
+pub async fn receive_video(
+    mut pieces: impl Stream<Item = Result<Vec<u8>>> + Unpin,
+    media: &MediaService,
+    declared: u64,
+) -> Result<TempPath> {
+    media.video_decoder()?;
+    if declared > media.max_video_bytes {
+        return Err(media.too_large("start.size_bytes", declared));
+    }
+    let write_error = |e: std::io::Error| GitcapError::Internal(format!("writing an uploaded video to disk: {e}"));
+    let mut spooled: Option<(tokio::fs::File, TempPath)> = None;
+    let mut received: u64 = 0;
+    while let Some(piece) = pieces.next().await {
+        let piece = piece?;
+        if piece.is_empty() {
+            continue;
+        }
+        received += piece.len() as u64;
+        if received > media.max_video_bytes {
+            return Err(media.too_large("chunk", received));
+        }
+        let file = match &mut spooled {
+            Some((file, _)) => file,
+            none => {
+                let (file, path) = media.spool_file()?.into_parts();
+                &mut none.insert((tokio::fs::File::from_std(file), path)).0
+            }
+        };
+        file.write_all(&piece).await.map_err(write_error)?;
+    }
+    let Some((mut file, path)) = spooled else {
+        return Err(GitcapError::invalid("chunk", "no video bytes were uploaded"));
+    };
+    file.flush().await.map_err(write_error)?;
+    if declared > 0 && declared != received {
+        return Err(GitcapError::invalid(
+            "start.size_bytes",
+            format!("{declared} bytes were announced but {received} arrived"),
+        ));
+    }
+    Ok(path)
 }
 
 /// Waits for a frame's encoding task.
