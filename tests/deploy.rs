@@ -1,7 +1,9 @@
 //! The Kubernetes settings file (deploy/k8s/base/gitcap.toml) and models file (base/models.toml,
 //! the desired state every pod follows) as a real server reads them, the health services the
 //! probes name (readiness and startup on `gitcap.v1.Captioner/default`, liveness on the overall
-//! status), and the metrics the autoscaler's adapter rule reads.
+//! status), and the metrics the autoscaler's adapter rule reads. The KServe runtime's container
+//! (deploy/kserve/runtime.yaml) as a real server runs it, and the custom-resource validator
+//! scripts/validate-deploy.sh checks deploy/kserve and deploy/gateway with.
 
 mod common;
 
@@ -143,4 +145,163 @@ async fn unloading_the_default_model_makes_the_pod_unready() {
     client.unload_model("tiny@local").await.unwrap();
     becomes(&client, READINESS_SERVICE, HealthStatus::NotServing).await;
     assert_eq!(client.health("").await.unwrap(), HealthStatus::Serving, "the pod stays alive");
+}
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// The python of a venv with scripts/lib/requirements-deploy.txt: what scripts/validate-deploy.sh
+/// validates deploy/ with (`None`: no python3 venv here, outside CI).
+fn deploy_python(test: &str) -> Option<std::path::PathBuf> {
+    let requirements = std::path::Path::new(ROOT).join("scripts/lib/requirements-deploy.txt");
+    common::python::venv("deploy-validate-venv", &requirements, test)
+}
+
+/// Runs scripts/lib/validate_crs.py on `manifest` (text): Ok(stdout) or Err(stderr).
+fn validate_custom_resource(python: &std::path::Path, manifest: &str) -> Result<String, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("manifest.yaml");
+    std::fs::write(&path, manifest).unwrap();
+    let output = std::process::Command::new(python)
+        .current_dir(ROOT)
+        .args(["scripts/lib/validate_crs.py", "--crds", "deploy/crds"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    if output.status.success() {
+        Ok(text(&output.stdout))
+    } else {
+        assert_eq!(output.status.code(), Some(1), "{}", common::python::describe("validate_crs.py", &output));
+        Err(text(&output.stderr))
+    }
+}
+
+/// The custom-resource validator scripts/validate-deploy.sh runs on deploy/kserve and
+/// deploy/gateway passes the real manifests and refuses each of them once broken, naming the
+/// field: an unknown field, a wrong type, a value outside an enum, a missing required field, a
+/// misspelt metadata field, a kind no vendored CRD serves.
+#[test]
+fn the_custom_resource_validator_refuses_unknown_fields_wrong_types_and_missing_ones() {
+    let Some(python) =
+        deploy_python("the_custom_resource_validator_refuses_unknown_fields_wrong_types_and_missing_ones")
+    else {
+        return;
+    };
+    let read = |path: &str| std::fs::read_to_string(format!("{ROOT}/{path}")).unwrap();
+    let (runtime, pool, service) =
+        (read("deploy/kserve/runtime.yaml"), read("deploy/gateway/inferencepool.yaml"), read("deploy/kserve/raw.yaml"));
+    for valid in [&runtime, &pool, &service] {
+        let out = validate_custom_resource(&python, valid).unwrap_or_else(|e| panic!("{e}\n{valid}"));
+        assert!(out.starts_with("1 custom resource(s) valid"), "{out}");
+    }
+    let broken = |text: &str, from: &str, to: &str| {
+        assert!(text.contains(from), "{from:?} is not in the manifest any more: update the test");
+        text.replacen(from, to, 1)
+    };
+    let cases = [
+        (broken(&runtime, "  protocolVersions:", "  protocolVersion:"), "spec: unknown field(s) protocolVersion"),
+        (
+            broken(&runtime, "          containerPort: 8080", "          containerPort: 8080\n          portName: h2c"),
+            "spec.containers.0.ports.0: unknown field(s) portName",
+        ),
+        (
+            broken(&pool, "number: 50051", "number: \"50051\""),
+            "spec.targetPorts.0.number: '50051' is not of type 'integer'",
+        ),
+        (
+            broken(&pool, "failureMode: FailOpen", "failureMode: Open"),
+            "spec.endpointPickerRef.failureMode: 'Open' is not one of",
+        ),
+        (broken(&pool, "  targetPorts:", "  targetPort:"), "'targetPorts' is a required property"),
+        (
+            broken(&service, "scaleTarget: 70", "scaleTarget: 70%"),
+            "spec.predictor.scaleTarget: '70%' is not of type 'integer'",
+        ),
+        (broken(&service, "  annotations:", "  annotation:"), "metadata: unknown field(s) annotation"),
+        (
+            broken(&service, "kind: InferenceService", "kind: InferenceGraph"),
+            "no CRD under deploy/crds serves serving.kserve.io/v1beta1 InferenceGraph",
+        ),
+    ];
+    for (manifest, expected) in cases {
+        let error = validate_custom_resource(&python, &manifest).expect_err(&format!("passed: {expected}"));
+        assert!(error.contains(expected), "expected {expected:?}, got: {error}");
+    }
+}
+
+/// The KServe runtime's container (deploy/kserve/runtime.yaml) as a JSON value.
+fn kserve_container(python: &std::path::Path) -> serde_json::Value {
+    let output = std::process::Command::new(python)
+        .current_dir(ROOT)
+        .args(["-c", "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))"])
+        .arg("deploy/kserve/runtime.yaml")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", common::python::describe("reading runtime.yaml", &output));
+    let runtime: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    runtime["spec"]["containers"][0].clone()
+}
+
+/// The ClusterServingRuntime's args and env start a real server that serves the checkpoint KServe's
+/// storage initializer puts at /mnt/models under the InferenceService's name ({{.Name}}), with
+/// the inference extension's metrics labelled by it, on one port that speaks HTTP/1.1 and HTTP/2
+/// cleartext both (the port is named h2c: Knative then sends everything over HTTP/2).
+#[tokio::test]
+async fn the_kserve_runtime_serves_the_storage_mount_under_the_inference_service_name() {
+    let Some(python) = deploy_python("the_kserve_runtime_serves_the_storage_mount_under_the_inference_service_name")
+    else {
+        return;
+    };
+    let container = kserve_container(&python);
+    let port = container["ports"][0].clone();
+    assert_eq!((port["name"].as_str(), port["containerPort"].as_u64()), (Some("h2c"), Some(8080)), "{container}");
+    let model = model_dir("tiny-git-image");
+    let mut args: Vec<String> = Vec::new();
+    for arg in container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()) {
+        match arg {
+            "serve" => {}
+            // The test's own port instead (TestServer gives --listen).
+            "--listen=0.0.0.0:8080" => {}
+            _ => args.push(arg.replace("/mnt/models", model.to_str().unwrap()).replace("{{.Name}}", "git-vatex")),
+        }
+    }
+    assert!(
+        args.contains(&"--name=git-vatex".to_string()) && args.iter().any(|a| a.contains("tiny-git-image")),
+        "{args:?}"
+    );
+    let env: Vec<(String, String)> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().to_string(), e["value"].as_str().unwrap().to_string()))
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let server = TestServer::serve("127.0.0.1:0", &args, &env);
+
+    let client = GitcapClient::connect(ClientConfig::new(server.url())).await.unwrap();
+    assert_eq!(client.health("gitcap.v1.Captioner/git-vatex").await.unwrap(), HealthStatus::Serving);
+    let image = std::fs::read(fixtures().join("media/shapes.png")).unwrap();
+    let request = gitcap_client::proto::CaptionRequest {
+        model: "git-vatex".into(),
+        media: Some(gitcap_client::proto::Media {
+            kind: Some(gitcap_client::proto::media::Kind::Image(image)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let reply = CaptionerClient::new(server.channel().await).caption(request).await.unwrap().into_inner();
+    assert!(!reply.text.is_empty(), "{reply:?}");
+
+    // /metrics over HTTP/1.1, as the endpoint picker and Prometheus scrape it...
+    let (status, _, metrics) = http_get(&server.addr, "/metrics");
+    assert_eq!(status, 200);
+    assert!(metrics.contains(r#"vllm:num_requests_running{model_name="git-vatex"} 0"#), "{metrics}");
+    // ...and over HTTP/2 with prior knowledge, as Knative's queue-proxy speaks to an h2c port.
+    let tcp = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    let (send, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get(format!("http://{}/metrics", server.addr)).body(()).unwrap();
+    let (response, _) = send.ready().await.unwrap().send_request(request, true).unwrap();
+    assert_eq!(response.await.unwrap().status(), 200);
 }

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -30,6 +30,9 @@ pub struct MetricsSettings {
     pub tokens_per_second_buckets: Vec<f64>,
     /// Bucket bounds of the decode batch-size and vision batch-frames histograms.
     pub batch_size_buckets: Vec<f64>,
+    /// Also render the Gateway API inference extension's model-server metrics, per model, under
+    /// the names its endpoint picker reads by default (vLLM's): see [`render_gateway`].
+    pub inference_gateway: bool,
 }
 
 /// `Content-Type` of [`render`]'s output: the Prometheus text exposition format.
@@ -49,17 +52,53 @@ const CACHE_BYTES: &str = "gitcap_feature_cache_bytes";
 const WEIGHT_BYTES: &str = "gitcap_model_weight_bytes";
 const QUEUE_DEPTH: &str = "gitcap_queue_depth";
 const RUNNING: &str = "gitcap_running_requests";
+const BATCH_UTILIZATION: &str = "gitcap_batch_utilization";
 const DESIRED_IN_SYNC: &str = "gitcap_desired_state_in_sync";
 const DESIRED_ERRORS: &str = "gitcap_desired_state_errors_total";
 const MEDIA_BUDGET_PEAK: &str = "gitcap_media_budget_peak_reserved_bytes";
 
 /// Help text of the gauges, in the order they are rendered.
-const GAUGES: [(&str, &str); 4] = [
+const GAUGES: [(&str, &str); 5] = [
     (WEIGHT_BYTES, "Bytes of model weights held by a loaded model version (removed on unload)."),
     (CACHE_BYTES, "Bytes held by a model's feature cache (encoded frames and prefixes)."),
     (QUEUE_DEPTH, "Requests waiting in a model's queue."),
     (RUNNING, "Requests a model is running now (in its decoding batch)."),
+    (
+        BATCH_UTILIZATION,
+        "Fraction (0 to 1) of a model's decoding batch its running requests hold: the larger of rows / \
+         engine.max_batch_size and reserved key/value positions / engine.max_batch_tokens.",
+    ),
 ];
+
+/// The Gateway API inference extension's model-server protocol (its proposal 003) under the
+/// names its endpoint picker reads by default (v1.5.0: vLLM's), labelled `model_name` as vLLM's
+/// are: (name, help, the gitcap gauge it comes from, how a model's versions combine).
+const GATEWAY: [(&str, &str, &str, Combine); 3] = [
+    (
+        "vllm:num_requests_waiting",
+        "Requests waiting in the model's queues (gitcap_queue_depth summed over its versions).",
+        QUEUE_DEPTH,
+        Combine::Sum,
+    ),
+    (
+        "vllm:num_requests_running",
+        "Requests the model is running (gitcap_running_requests summed over its versions).",
+        RUNNING,
+        Combine::Sum,
+    ),
+    (
+        "vllm:kv_cache_usage_perc",
+        "Fraction (0 to 1) of the decoding batch in use: gitcap_batch_utilization of the model's fullest version.",
+        BATCH_UTILIZATION,
+        Combine::Max,
+    ),
+];
+
+#[derive(Clone, Copy)]
+enum Combine {
+    Sum,
+    Max,
+}
 
 /// How often histogram samples are folded into their buckets between scrapes.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
@@ -67,7 +106,11 @@ const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 static RECORDER: OnceLock<std::result::Result<PrometheusHandle, String>> = OnceLock::new();
 
 /// (gauge name, model, version) → value.
-static GAUGE_VALUES: Mutex<BTreeMap<(&'static str, String, String), u64>> = Mutex::new(BTreeMap::new());
+type GaugeValues = BTreeMap<(&'static str, String, String), f64>;
+static GAUGE_VALUES: Mutex<GaugeValues> = Mutex::new(BTreeMap::new());
+
+/// `metrics.inference_gateway` of the first [`install`].
+static GATEWAY_NAMES: AtomicBool = AtomicBool::new(false);
 
 /// The most bytes of the media budget reserved at once so far.
 static MEDIA_BUDGET_PEAK_BYTES: AtomicU64 = AtomicU64::new(0);
@@ -100,6 +143,7 @@ pub fn install(settings: &MetricsSettings) -> Result<()> {
             builder = builder.set_buckets_for_metric(Matcher::Full(name.into()), buckets).map_err(|e| e.to_string())?;
         }
         let handle = builder.install_recorder().map_err(|e| e.to_string())?;
+        GATEWAY_NAMES.store(settings.inference_gateway, Ordering::Relaxed);
         describe();
         let upkeep = handle.clone();
         std::thread::Builder::new()
@@ -167,7 +211,14 @@ fn describe() {
 pub fn render() -> Option<String> {
     let handle = RECORDER.get()?.as_ref().ok()?;
     let mut text = handle.render();
-    render_gauges(&mut text);
+    {
+        // One reading for both, so that the inference extension's series add up to gitcap's.
+        let values = lock_gauges();
+        render_gauges(&mut text, &values);
+        if GATEWAY_NAMES.load(Ordering::Relaxed) {
+            render_gateway(&mut text, &values);
+        }
+    }
     if let Some(in_sync) = *DESIRED_STATE.lock().unwrap_or_else(|e| e.into_inner()) {
         let _ = write!(
             text,
@@ -179,8 +230,7 @@ pub fn render() -> Option<String> {
     Some(text)
 }
 
-fn render_gauges(out: &mut String) {
-    let values = lock_gauges();
+fn render_gauges(out: &mut String, values: &GaugeValues) {
     for (name, help) in GAUGES {
         let mut series = values.range((name, String::new(), String::new())..).take_while(|((n, _, _), _)| *n == name);
         let Some(first) = series.next() else { continue };
@@ -192,12 +242,37 @@ fn render_gauges(out: &mut String) {
     }
 }
 
+/// The inference extension's gauges, one series per model (`model_name`), from the same values
+/// as gitcap's own: an endpoint picker scores pods by them without knowing gitcap.
+fn render_gateway(out: &mut String, values: &GaugeValues) {
+    for (name, help, source, combine) in GATEWAY {
+        let mut per_model: BTreeMap<&str, f64> = BTreeMap::new();
+        for ((_, model, _), value) in
+            values.range((source, String::new(), String::new())..).take_while(|((n, _, _), _)| *n == source)
+        {
+            let combined = per_model.entry(model.as_str()).or_insert(0.0);
+            *combined = match combine {
+                Combine::Sum => *combined + value,
+                Combine::Max => combined.max(*value),
+            };
+        }
+        if per_model.is_empty() {
+            continue;
+        }
+        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n");
+        for (model, value) in per_model {
+            let _ = writeln!(out, "{name}{{model_name=\"{}\"}} {value}", escape(model));
+        }
+        out.push('\n');
+    }
+}
+
 /// A label value in the text format: backslash, double quote and newline escaped.
 fn escape(value: &str) -> String {
     value.replace('\\', r"\\").replace('"', "\\\"").replace('\n', r"\n")
 }
 
-fn lock_gauges() -> std::sync::MutexGuard<'static, BTreeMap<(&'static str, String, String), u64>> {
+fn lock_gauges() -> std::sync::MutexGuard<'static, GaugeValues> {
     GAUGE_VALUES.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -205,7 +280,7 @@ fn installed() -> bool {
     RECORDER.get().is_some_and(|r| r.is_ok())
 }
 
-fn set_gauge(name: &'static str, model: &str, version: &str, value: Option<u64>) {
+fn set_gauge(name: &'static str, model: &str, version: &str, value: Option<f64>) {
     if !installed() {
         return;
     }
@@ -295,14 +370,14 @@ pub fn feature_cache(model: &str, version: &str, kind: &str, hit: bool) {
 
 /// Bytes the feature cache holds now.
 pub fn feature_cache_bytes(model: &str, version: &str, bytes: usize) {
-    set_gauge(CACHE_BYTES, model, version, Some(bytes as u64));
+    set_gauge(CACHE_BYTES, model, version, Some(bytes as f64));
 }
 
 /// Bytes of a loaded version's weights; `None` when it is unloaded, which also removes the
-/// version's other gauges (feature cache bytes, queue depth).
+/// version's other gauges (feature cache bytes, queue depth, running, batch utilization).
 pub fn model_memory(model: &str, version: &str, bytes: Option<usize>) {
     match bytes {
-        Some(bytes) => set_gauge(WEIGHT_BYTES, model, version, Some(bytes as u64)),
+        Some(bytes) => set_gauge(WEIGHT_BYTES, model, version, Some(bytes as f64)),
         None => {
             for (name, _) in GAUGES {
                 set_gauge(name, model, version, None);
@@ -313,11 +388,16 @@ pub fn model_memory(model: &str, version: &str, bytes: Option<usize>) {
 
 /// Requests waiting in a model's queue now.
 pub fn queue_depth(model: &str, version: &str, waiting: usize) {
-    set_gauge(QUEUE_DEPTH, model, version, Some(waiting as u64));
+    set_gauge(QUEUE_DEPTH, model, version, Some(waiting as f64));
 }
 
 pub fn running_requests(model: &str, version: &str, running: usize) {
-    set_gauge(RUNNING, model, version, Some(running as u64));
+    set_gauge(RUNNING, model, version, Some(running as f64));
+}
+
+/// The fraction of a model's decoding batch in use (0 to 1; more is clamped).
+pub fn batch_utilization(model: &str, version: &str, fraction: f64) {
+    set_gauge(BATCH_UTILIZATION, model, version, Some(fraction.clamp(0.0, 1.0)));
 }
 
 /// Declarative mode: whether the server has reached its desired-state file's state.
@@ -349,6 +429,7 @@ mod tests {
             latency_buckets: vec![0.001, 0.01, 0.025, 0.1, 0.25, 1.0],
             tokens_per_second_buckets: vec![1.0, 10.0, 20.0, 100.0],
             batch_size_buckets: vec![1.0, 2.0, 4.0, 8.0],
+            inference_gateway: true,
         }
     }
 
@@ -421,7 +502,7 @@ mod tests {
         model_memory("other-model", "1", Some(7));
         model_memory(m, v, None);
         let text = render().unwrap();
-        for name in [WEIGHT_BYTES, CACHE_BYTES, QUEUE_DEPTH, RUNNING] {
+        for name in [WEIGHT_BYTES, CACHE_BYTES, QUEUE_DEPTH, RUNNING, BATCH_UTILIZATION] {
             assert_eq!(series(&text, name), "", "{name} stays after the unload: {text}");
         }
         assert_eq!(
@@ -430,6 +511,33 @@ mod tests {
         );
         assert!(series(&text, REQUESTS).contains(r#"code="OK"} 2"#), "counters stay after an unload: {text}");
         model_memory("other-model", "1", None);
+    }
+
+    /// The inference extension's names: one series per model, its versions summed (waiting,
+    /// running) or the fullest one (utilization), from gitcap's own gauges.
+    #[test]
+    fn renders_the_inference_gateway_gauges_per_model_from_gitcaps_own() {
+        install(&settings()).unwrap();
+        let m = "gateway-test";
+        queue_depth(m, "v1", 2);
+        queue_depth(m, "v2", 3);
+        running_requests(m, "v1", 4);
+        running_requests(m, "v2", 1);
+        batch_utilization(m, "v1", 0.25);
+        batch_utilization(m, "v2", 1.5);
+        let text = render().unwrap();
+        let series = |name: &str| lines(&text, &format!("{name}{{model_name=\"{m}\"}}")).join("\n");
+        assert_eq!(series("vllm:num_requests_waiting"), format!("vllm:num_requests_waiting{{model_name=\"{m}\"}} 5"));
+        assert_eq!(series("vllm:num_requests_running"), format!("vllm:num_requests_running{{model_name=\"{m}\"}} 5"));
+        assert_eq!(series("vllm:kv_cache_usage_perc"), format!("vllm:kv_cache_usage_perc{{model_name=\"{m}\"}} 1"));
+        assert_eq!(lines(&text, "# TYPE vllm:num_requests_waiting gauge").len(), 1);
+        // Unloaded versions leave the sums; the last one takes the model's series with it.
+        model_memory(m, "v2", None);
+        let text = render().unwrap();
+        assert!(text.contains(&format!("vllm:num_requests_waiting{{model_name=\"{m}\"}} 2\n")), "{text}");
+        assert!(text.contains(&format!("vllm:kv_cache_usage_perc{{model_name=\"{m}\"}} 0.25\n")), "{text}");
+        model_memory(m, "v1", None);
+        assert!(!render().unwrap().contains(&format!("model_name=\"{m}\"")));
     }
 
     #[test]

@@ -33,6 +33,16 @@ pub(super) struct Budgets {
     pub batch_max_wait: Duration,
 }
 
+impl Budgets {
+    /// How full the decoding batch is, 0 to 1: the larger of its two bounds' shares, since
+    /// either one turns the next request away. (A request larger than a whole budget runs
+    /// alone, so the shares may pass 1; they are clamped.)
+    pub fn utilization(&self, rows: usize, tokens: usize) -> f64 {
+        let share = |used: usize, limit: usize| if limit == 0 { 1.0 } else { used as f64 / limit as f64 };
+        share(rows, self.max_batch_size).max(share(tokens, self.max_batch_tokens)).min(1.0)
+    }
+}
+
 #[derive(Default)]
 pub(super) struct Admission {
     interactive: VecDeque<Waiting>,
@@ -93,5 +103,24 @@ impl Admission {
             }
         }
         admitted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utilization_is_the_fuller_bound_within_0_and_1() {
+        let budgets = Budgets {
+            max_batch_size: 16,
+            max_batch_tokens: 1000,
+            interactive_rows: 4,
+            batch_max_wait: Duration::from_secs(1),
+        };
+        assert_eq!(budgets.utilization(0, 0), 0.0);
+        assert_eq!(budgets.utilization(4, 100), 0.25);
+        assert_eq!(budgets.utilization(2, 500), 0.5);
+        assert_eq!(budgets.utilization(1, 5000), 1.0, "one request over the token budget runs alone");
     }
 }

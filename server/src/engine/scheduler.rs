@@ -114,6 +114,8 @@ impl<'p> Scheduler<'p> {
     fn report(&self) {
         self.stats.running(self.executor.running());
         self.stats.queue_depth(self.queued.total());
+        let (rows, tokens) = self.executor.rows_and_tokens();
+        self.stats.batch_utilization(self.budgets.utilization(rows, tokens));
     }
 
     fn accept(&mut self, command: Command) {

@@ -92,6 +92,10 @@ impl EngineStats {
         metrics::running_requests(&self.model, &self.version, requests);
     }
 
+    pub(super) fn batch_utilization(&self, fraction: f64) {
+        metrics::batch_utilization(&self.model, &self.version, fraction);
+    }
+
     pub fn snapshot(&self) -> EngineStatsSnapshot {
         EngineStatsSnapshot {
             decode_steps: self.decode_steps.load(Relaxed),
