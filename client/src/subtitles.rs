@@ -133,7 +133,10 @@ mod tests {
     #[test]
     fn srt_uses_commas_and_no_header() {
         let file = srt(&[segment(0.0, 1.5, "a dog runs"), segment(1.5, 3.0, "a dog sits")]);
-        assert_eq!(file, "1\n00:00:00,000 --> 00:00:01,500\na dog runs\n\n2\n00:00:01,500 --> 00:00:03,000\na dog sits\n\n");
+        assert_eq!(
+            file,
+            "1\n00:00:00,000 --> 00:00:01,500\na dog runs\n\n2\n00:00:01,500 --> 00:00:03,000\na dog sits\n\n"
+        );
     }
 
     #[test]

@@ -158,7 +158,8 @@ impl Page {
         let down = json!({ "type": "keyDown", "key": key, "code": key, "windowsVirtualKeyCode": code,
                            "text": text, "modifiers": modifiers });
         self.call("Input.dispatchKeyEvent", down);
-        let up = json!({ "type": "keyUp", "key": key, "code": key, "windowsVirtualKeyCode": code, "modifiers": modifiers });
+        let up =
+            json!({ "type": "keyUp", "key": key, "code": key, "windowsVirtualKeyCode": code, "modifiers": modifiers });
         self.call("Input.dispatchKeyEvent", up);
     }
 
@@ -169,7 +170,10 @@ impl Page {
 
     /// The `id` of the focused element ("" for none or one without an id).
     pub fn focused(&mut self) -> String {
-        self.evaluate("document.activeElement ? document.activeElement.id : ''").as_str().unwrap_or_default().to_string()
+        self.evaluate("document.activeElement ? document.activeElement.id : ''")
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     /// Puts `files` into the file input matching `selector`, as if the user picked them.

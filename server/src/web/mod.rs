@@ -146,3 +146,36 @@ where
         Box::pin(async move { Ok(future.await?.map(Body::new)) })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(path: &str, page: bool) -> Option<Route> {
+        route(&Request::get(path).body(()).unwrap(), page)
+    }
+
+    #[test]
+    fn every_file_the_page_loads_is_served_with_its_type_on_the_main_port_only() {
+        let index = ASSETS[0].2;
+        let linked: Vec<&str> = index
+            .split(['"', '\''])
+            .filter(|piece| piece.starts_with('/') && piece.len() > 1 && !piece.starts_with("/v1/"))
+            .collect();
+        assert!(linked.len() >= 4, "{linked:?}");
+        for path in linked.iter().copied().chain(["/", "/index.html"]) {
+            let Some(Route::Page(content_type, content)) = get(path, true) else { panic!("{path} is not served") };
+            let expected = if path.ends_with(".css") {
+                "text/css"
+            } else if path.ends_with(".js") {
+                "text/javascript"
+            } else {
+                "text/html"
+            };
+            assert!(content_type.starts_with(expected) && !content.is_empty(), "{path}: {content_type}");
+            assert!(get(path, false).is_none(), "{path} on the admin listener");
+        }
+        assert!(get("/page.js.map", true).is_none() && get("/../Cargo.toml", true).is_none());
+        assert!(matches!(get("/metrics", false), Some(Route::Metrics)));
+    }
+}

@@ -7,9 +7,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
 use gitcap_client::media::{self, MediaSource};
-use gitcap_client::{
-    CaptionOptions, GitcapClient, LiveOptions, Media, UploadOptions, VideoUploadOptions,
-};
+use gitcap_client::{CaptionOptions, GitcapClient, LiveOptions, Media, UploadOptions, VideoUploadOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 

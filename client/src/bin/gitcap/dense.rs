@@ -33,7 +33,10 @@ pub async fn dense(
         match format {
             DenseFormat::Text => println!("[{:.2}s-{:.2}s] {}", window.start_s, window.end_s, caption.text),
             DenseFormat::Jsonl => {
-                println!("{}", json!({"start_s": window.start_s, "end_s": window.end_s, "caption": caption_json(&caption)}))
+                println!(
+                    "{}",
+                    json!({"start_s": window.start_s, "end_s": window.end_s, "caption": caption_json(&caption)})
+                )
             }
             DenseFormat::Vtt | DenseFormat::Srt => segments.push(Segment::from(&window)),
         }
