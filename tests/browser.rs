@@ -126,6 +126,49 @@ fn a_conversation_about_an_image_streams_goldens_and_reuses_the_features() {
     assert_eq!(failed["meta"].as_str(), Some(error), "{failed}");
 }
 
+/// Frames dropped on the page (a drag and drop, as from a file manager) are a video's frames: the
+/// caption and the answer to a question are the goldens of those frames.
+#[test]
+fn dropped_frames_are_captioned_and_questioned_like_a_video() {
+    let Some(chromium) = tools::require(Tool::Chromium, "browser_page_drop") else { return };
+    use base64::Engine as _;
+    let frames: Vec<(String, String)> = (0..6)
+        .map(|i| {
+            let name = format!("frame_{i}.png");
+            let bytes = std::fs::read(fixtures().join("media/frames").join(&name)).unwrap();
+            (name, base64::engine::general_purpose::STANDARD.encode(bytes))
+        })
+        .collect();
+    let server = TestServer::start("tiny-git-video", &[]);
+    let browser = Browser::launch(&chromium);
+    let mut page = browser.page();
+    page.open(&format!("{}/", server.url()));
+    page.evaluate("document.getElementById('max_new_tokens').value = '12'");
+    let dropped = serde_json::to_string(&frames).unwrap();
+    page.evaluate(&format!(
+        "(() => {{ const files = new DataTransfer(); \
+         for (const [name, data] of {dropped}) \
+           files.items.add(new File([Uint8Array.from(atob(data), c => c.charCodeAt(0))], name, {{ type: 'image/png' }})); \
+         const zone = document.getElementById('drop'); \
+         zone.dispatchEvent(new DragEvent('dragover', {{ dataTransfer: files, cancelable: true }})); \
+         zone.dispatchEvent(new DragEvent('drop', {{ dataTransfer: files, cancelable: true }})); }})()"
+    ));
+    page.wait_for("document.querySelectorAll('#preview figure').length === 6");
+    let labels =
+        page.evaluate("[...document.querySelectorAll('#preview figcaption')].map(f => f.textContent).join(',')");
+    assert_eq!(labels, json!("frame 1,frame 2,frame 3,frame 4,frame 5,frame 6"));
+    assert_eq!(page.evaluate("document.getElementById('files').files.length"), json!(6), "the picker shows the drop");
+
+    page.evaluate("document.getElementById('send').click()");
+    let caption = answer(&mut page, 1);
+    assert_eq!(caption["text"].as_str(), Some(golden("video_caption_greedy").as_str()), "{caption}");
+    page.evaluate("document.getElementById('message').value = 'what is happening in the video?'");
+    page.evaluate("document.getElementById('send').click()");
+    let answered = answer(&mut page, 2);
+    assert_eq!(answered["text"].as_str(), Some(golden("video_vqa_greedy").as_str()), "{answered}");
+    assert_eq!(answered["cached"], "true", "{answered}");
+}
+
 /// The main flow by keyboard alone, on a server that needs the inference token: Tab to the token
 /// field and type it (the models then load), Tab to the file picker (the file itself comes from
 /// the system's dialog, set here over DevTools), Tab to the message field, Enter to caption, type
