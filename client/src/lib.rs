@@ -19,6 +19,7 @@
 //!
 //! [`replicas`] runs one call on every replica behind a name (a headless Service) at once;
 //! [`balance`] spreads calls over them, round robin, following the name as replicas come and go.
+//! [`subtitles`] writes dense captions as WebVTT or SRT.
 //!
 //! The generated types and stubs are in [`proto`], for anything this wrapper does not cover.
 
@@ -27,6 +28,7 @@ mod client;
 mod error;
 pub mod media;
 pub mod replicas;
+pub mod subtitles;
 
 pub use client::{
     frame_chunks, Auth, CaptionEvent, CaptionOptions, ClientConfig, DenseOptions, GitcapClient, HealthStatus,

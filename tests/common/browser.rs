@@ -132,6 +132,50 @@ impl Page {
         }
     }
 
+    /// Sizes the tab's viewport (CSS pixels, at a device scale of 1).
+    pub fn set_viewport(&mut self, width: u32, height: u32) {
+        let metrics = json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": false });
+        self.call("Emulation.setDeviceMetricsOverride", metrics);
+    }
+
+    /// A PNG of the whole page (beyond the viewport too).
+    pub fn screenshot(&mut self) -> Vec<u8> {
+        use base64::Engine as _;
+        let shot = self.call("Page.captureScreenshot", json!({ "format": "png", "captureBeyondViewport": true }));
+        base64::engine::general_purpose::STANDARD.decode(shot["data"].as_str().unwrap()).expect("base64 from chromium")
+    }
+
+    /// Presses and releases a key as a keyboard does: `Tab`, `Enter`, `Escape` (on whatever
+    /// has the focus; Enter in a text field submits its form).
+    pub fn press(&mut self, key: &str, shift: bool) {
+        let (code, text) = match key {
+            "Tab" => (9, ""),
+            "Enter" => (13, "\r"),
+            "Escape" => (27, ""),
+            other => panic!("press: no key code for {other}"),
+        };
+        let modifiers = if shift { 8 } else { 0 };
+        let down = json!({ "type": "keyDown", "key": key, "code": key, "windowsVirtualKeyCode": code,
+                           "text": text, "modifiers": modifiers });
+        self.call("Input.dispatchKeyEvent", down);
+        let up =
+            json!({ "type": "keyUp", "key": key, "code": key, "windowsVirtualKeyCode": code, "modifiers": modifiers });
+        self.call("Input.dispatchKeyEvent", up);
+    }
+
+    /// Types `text` into whatever has the focus, as a keyboard (or an input method) would.
+    pub fn type_text(&mut self, text: &str) {
+        self.call("Input.insertText", json!({ "text": text }));
+    }
+
+    /// The `id` of the focused element ("" for none or one without an id).
+    pub fn focused(&mut self) -> String {
+        self.evaluate("document.activeElement ? document.activeElement.id : ''")
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
     /// Puts `files` into the file input matching `selector`, as if the user picked them.
     pub fn set_files(&mut self, selector: &str, files: &[&Path]) {
         let document = self.call("DOM.getDocument", json!({}));

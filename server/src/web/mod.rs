@@ -1,6 +1,7 @@
-//! Plain HTTP in front of the gRPC services: `GET /` and `GET /index.html` answer with a small
-//! self-contained page (`index.html`, embedded at build time) that captions an image, frames or a
-//! video over gRPC-Web on the same port, or chats through the OpenAI-compatible API; `GET
+//! Plain HTTP in front of the gRPC services: `GET /` and `GET /index.html` answer with the page
+//! (`index.html` and its scripts and style sheet, [`ASSETS`], embedded at build time, no build
+//! step) that captions an image, frames or a video and answers questions about it over gRPC-Web
+//! on the same port, with dense captions of a video as a subtitle track; `GET
 //! /metrics` with the Prometheus metrics (crate::metrics), open like health; `/v1/…` goes to the
 //! OpenAI-compatible API (crate::openai). Every other request goes on to the gRPC services
 //! unchanged, except that an HTTP/1.1 request's body must arrive within
@@ -17,11 +18,17 @@ use http::{header, Method, Request, Response, StatusCode, Version};
 use tonic::body::Body;
 use tonic::codegen::Service;
 
-/// The page, HTML + CSS + JavaScript in one file.
-pub const INDEX_HTML: &str = include_str!("index.html");
+/// The page's files: path, content type, content.
+pub const ASSETS: &[(&str, &str, &str)] = &[
+    ("/index.html", "text/html; charset=utf-8", include_str!("index.html")),
+    ("/page.css", "text/css; charset=utf-8", include_str!("page.css")),
+    ("/grpcweb.js", "text/javascript; charset=utf-8", include_str!("grpcweb.js")),
+    ("/subtitles.js", "text/javascript; charset=utf-8", include_str!("subtitles.js")),
+    ("/page.js", "text/javascript; charset=utf-8", include_str!("page.js")),
+];
 
 enum Route {
-    Page,
+    Page(&'static str, &'static str),
     Metrics,
 }
 
@@ -30,11 +37,13 @@ fn route<B>(request: &Request<B>, page: bool) -> Option<Route> {
     if !matches!(*request.method(), Method::GET | Method::HEAD) {
         return None;
     }
-    match request.uri().path() {
-        "/" | "/index.html" if page => Some(Route::Page),
-        "/metrics" => Some(Route::Metrics),
-        _ => None,
-    }
+    let path = match request.uri().path() {
+        "/metrics" => return Some(Route::Metrics),
+        "/" => "/index.html",
+        path => path,
+    };
+    let (_, content_type, content) = ASSETS.iter().find(|(asset, ..)| page && *asset == path)?;
+    Some(Route::Page(content_type, content))
 }
 
 fn text_response(status: StatusCode, content_type: &str, text: String, head_only: bool) -> Response<Body> {
@@ -51,7 +60,7 @@ fn text_response(status: StatusCode, content_type: &str, text: String, head_only
 
 fn respond(route: Route, head_only: bool) -> Response<Body> {
     match route {
-        Route::Page => text_response(StatusCode::OK, "text/html; charset=utf-8", INDEX_HTML.into(), head_only),
+        Route::Page(content_type, content) => text_response(StatusCode::OK, content_type, content.into(), head_only),
         Route::Metrics => match crate::metrics::render() {
             Some(text) => text_response(StatusCode::OK, crate::metrics::CONTENT_TYPE, text, head_only),
             None => {
@@ -135,5 +144,38 @@ where
         }
         let future = self.inner.call(request);
         Box::pin(async move { Ok(future.await?.map(Body::new)) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(path: &str, page: bool) -> Option<Route> {
+        route(&Request::get(path).body(()).unwrap(), page)
+    }
+
+    #[test]
+    fn every_file_the_page_loads_is_served_with_its_type_on_the_main_port_only() {
+        let index = ASSETS[0].2;
+        let linked: Vec<&str> = index
+            .split(['"', '\''])
+            .filter(|piece| piece.starts_with('/') && piece.len() > 1 && !piece.starts_with("/v1/"))
+            .collect();
+        assert!(linked.len() >= 4, "{linked:?}");
+        for path in linked.iter().copied().chain(["/", "/index.html"]) {
+            let Some(Route::Page(content_type, content)) = get(path, true) else { panic!("{path} is not served") };
+            let expected = if path.ends_with(".css") {
+                "text/css"
+            } else if path.ends_with(".js") {
+                "text/javascript"
+            } else {
+                "text/html"
+            };
+            assert!(content_type.starts_with(expected) && !content.is_empty(), "{path}: {content_type}");
+            assert!(get(path, false).is_none(), "{path} on the admin listener");
+        }
+        assert!(get("/page.js.map", true).is_none() && get("/../Cargo.toml", true).is_none());
+        assert!(matches!(get("/metrics", false), Some(Route::Metrics)));
     }
 }

@@ -1,6 +1,6 @@
 //! The `gitcap` command line: its commands, flags and their help.
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use gitcap_client::{CaptionOptions, GenerationOptions, ModelSpec, Priority};
 
 #[derive(Parser)]
@@ -78,8 +78,13 @@ pub enum Command {
         /// interactive, or batch (see `gitcap caption --help`).
         #[arg(long, value_enum, default_value_t)]
         priority: Priority,
-        /// Print each window as a JSON object on its own line.
-        #[arg(long)]
+        /// How to print the windows: text (`[0.00s-10.00s] caption`, each as it is ready), jsonl
+        /// (a JSON object per window), vtt or srt (subtitles, once every window is captioned;
+        /// overlapping windows end where the next starts).
+        #[arg(long, value_enum, default_value_t)]
+        format: DenseFormat,
+        /// The same as --format jsonl.
+        #[arg(long, conflicts_with = "format")]
         json: bool,
     },
     /// Live captioning of a video file or directory of frames: a caption every `stride` frames
@@ -248,4 +253,14 @@ impl RequestArgs {
             ..CaptionOptions::default()
         }
     }
+}
+
+/// `gitcap dense --format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum DenseFormat {
+    #[default]
+    Text,
+    Jsonl,
+    Vtt,
+    Srt,
 }

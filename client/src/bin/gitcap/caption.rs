@@ -7,9 +7,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
 use gitcap_client::media::{self, MediaSource};
-use gitcap_client::{
-    CaptionOptions, DenseOptions, GitcapClient, LiveOptions, Media, UploadOptions, VideoUploadOptions,
-};
+use gitcap_client::{CaptionOptions, GitcapClient, LiveOptions, Media, UploadOptions, VideoUploadOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
@@ -87,7 +85,7 @@ pub async fn caption<F: Future<Output = Result<GitcapClient>>>(
     }
 }
 
-fn is_url(target: &str) -> bool {
+pub fn is_url(target: &str) -> bool {
     target.starts_with("http://") || target.starts_with("https://")
 }
 
@@ -138,31 +136,6 @@ async fn caption_frames(
         let caption = client.upload_frames(frames, &upload).await;
         bar.finish_and_clear();
         print_caption(&caption?, json);
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `gitcap dense`.
-pub async fn dense(
-    client: &GitcapClient,
-    target: &str,
-    window: f64,
-    stride: f64,
-    caption: CaptionOptions,
-    json: bool,
-) -> Result<ExitCode> {
-    let media = if is_url(target) { Media::url(target) } else { Media::video(read(Path::new(target))?) };
-    let options = DenseOptions { caption, window_s: window, stride_s: stride };
-    let mut windows = client.dense_caption(media, &options).await?;
-    while let Some(window) = windows.next().await {
-        let window = window?;
-        let caption = window.caption.clone().unwrap_or_default();
-        if json {
-            let value = json!({"start_s": window.start_s, "end_s": window.end_s, "caption": caption_json(&caption)});
-            println!("{value}");
-        } else {
-            println!("[{:.2}s-{:.2}s] {}", window.start_s, window.end_s, caption.text);
-        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -218,7 +191,7 @@ pub async fn live<F: Future<Output = Result<GitcapClient>>>(
     Ok(ExitCode::SUCCESS)
 }
 
-fn read(path: &Path) -> Result<Vec<u8>> {
+pub fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
 

@@ -1,11 +1,12 @@
 //! `gitcap`: caption images and videos, score labels, watch live captions, check the health
 //! of a gitcap server and manage its models from the command line.
 //!
-//! `args` defines the command line, `caption` and `models` run the commands, `render` prints
+//! `args` defines the command line, `caption`, `dense` and `models` run the commands, `render` prints
 //! their answers.
 
 mod args;
 mod caption;
+mod dense;
 mod models;
 mod render;
 
@@ -16,7 +17,7 @@ use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser};
 use gitcap_client::{ClientConfig, GitcapClient, HealthStatus};
 
-use args::{Cli, Command};
+use args::{Cli, Command, DenseFormat};
 
 /// The health service that says whether the server decodes video files.
 const VIDEO_HEALTH_SERVICE: &str = "gitcap.v1.VideoDecoding";
@@ -103,10 +104,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let options = request.options().priority(*priority);
             caption::caption(client, path, labels, options, *stream, *json, video).await
         }
-        Command::Dense { path, window, stride, request, priority, json } => {
+        Command::Dense { path, window, stride, request, priority, format, json } => {
             let client = connect(&cli).await?;
             let options = request.options().priority(*priority);
-            caption::dense(&client, path, *window, *stride, options, *json).await
+            let format = if *json { DenseFormat::Jsonl } else { *format };
+            dense::dense(&client, path, *window, *stride, options, format).await
         }
         Command::Live { path, window, stride, request, fps, json } => {
             let client = || connect(&cli);
