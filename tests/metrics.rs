@@ -56,12 +56,18 @@ async fn requests_leave_labelled_series_on_both_listeners_without_a_token() {
 
     let unary = client.caption(request(image.clone(), "")).await.unwrap().into_inner();
     let mut events = client.caption_stream(request(image.clone(), "tiny")).await.unwrap().into_inner();
-    let mut streamed = 0;
+    let (mut streamed, mut done) = (0, None);
     while let Some(event) = events.next().await {
-        if let Event::Token(_) = event.unwrap().event.unwrap() {
-            streamed += 1;
+        match event.unwrap().event.unwrap() {
+            Event::Token(_) => streamed += 1,
+            Event::Done(response) => done = response.usage,
         }
     }
+    // The second request on the same image found its image tokens in the feature cache, and
+    // its answer says so; the first computed them.
+    let (first, second) = (unary.usage.unwrap(), done.expect("a final response"));
+    assert_eq!(first.cached_image_tokens, 0, "{first:?}");
+    assert!(second.image_tokens > 0 && second.cached_image_tokens == second.image_tokens, "{second:?}");
     let bad = client.caption(request(b"not an image".to_vec(), "")).await.unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
     let unknown = client.caption_stream(request(image, "no-such-model")).await.unwrap_err();

@@ -62,6 +62,11 @@ async fn the_openai_sdk_gets_what_grpc_answers() {
     assert!(got["stream_deltas"].as_array().unwrap().len() > 1, "{got}");
     assert_eq!((got["stream_finish"].as_str(), got["stream_usage"].as_u64()), (Some("length"), Some(8)));
 
+    // The first caption computed the image's tokens; the follow-up found them in the feature
+    // cache, and its usage says so as OpenAI's SDK reads it (prompt_tokens_details.cached_tokens).
+    assert_eq!(got["caption_cached"].as_u64(), Some(0), "{got}");
+    let cached = got["follow_up_cached"].as_u64().unwrap();
+    assert!(cached > 0 && cached < got["follow_up_prompt"].as_u64().unwrap(), "{got}");
     let question = CaptionOptions::default().question("what is in the picture?").max_new_tokens(6);
     assert_eq!(got["follow_up"], grpc(&client, Media::image(bytes.clone()), question).await.as_str());
     let video = Media::video(std::fs::read(&video).unwrap());

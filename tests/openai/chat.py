@@ -38,6 +38,7 @@ def main():
     out["caption"] = answer.choices[0].message.content
     out["caption_finish"] = answer.choices[0].finish_reason
     out["caption_usage"] = answer.usage.completion_tokens
+    out["caption_cached"] = answer.usage.prompt_tokens_details.cached_tokens
 
     # The same, streamed, with the usage at the end.
     stream = client.chat.completions.create(
@@ -69,6 +70,8 @@ def main():
     ]
     answer = client.chat.completions.create(model="tiny", messages=history, max_tokens=6)
     out["follow_up"] = answer.choices[0].message.content
+    out["follow_up_cached"] = answer.usage.prompt_tokens_details.cached_tokens
+    out["follow_up_prompt"] = answer.usage.prompt_tokens
 
     # A video file.
     answer = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": [video]}], max_tokens=8)

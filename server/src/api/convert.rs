@@ -83,6 +83,7 @@ pub fn response(answer: Answer) -> proto::CaptionResponse {
             prompt_tokens: output.prompt_tokens as u32,
             image_tokens: output.image_tokens as u32,
             generated_tokens: output.token_ids.len() as u32,
+            cached_image_tokens: if output.image_cached { output.image_tokens as u32 } else { 0 },
         }),
         timings: Some(proto::Timings {
             queue_ms,

@@ -33,6 +33,8 @@ pub(super) struct Running<'p> {
     prompt_tokens: usize,
     image_tokens: usize,
     frames_used: usize,
+    /// Its image tokens' keys and values came from the feature cache.
+    image_cached: bool,
     queue_ms: f64,
     vision_ms: f64,
     /// When the image prefill of its admission batch began.
@@ -140,7 +142,7 @@ impl<'p> Executor<'p> {
         let vision_ms = (prefill_started - admitted).as_secs_f64() * 1e3;
         let started = self.start(&batch, frames);
         for (waiting, started) in batch.into_iter().zip(started) {
-            let (kv, frames_used) = match started {
+            let (kv, frames_used, image_cached) = match started {
                 Ok(started) => started,
                 Err(e) => {
                     let _ = waiting.job.events.send(EngineEvent::Failed(e));
@@ -157,6 +159,7 @@ impl<'p> Executor<'p> {
                 stream_error: None,
                 prompt_tokens: waiting.prompt.len(),
                 frames_used,
+                image_cached,
                 queue_ms,
                 vision_ms,
                 prefill_started,
@@ -234,13 +237,13 @@ impl<'p> Executor<'p> {
         Ok(UsedFrames { key, count: used.len(), prefix: None, features })
     }
 
-    /// Each request's key/value cache with its image tokens in place, and the frames it used:
-    /// from a cached prefix, or by the image prefill, run once for every distinct frame
+    /// Each request's key/value cache with its image tokens in place, the frames it used, and
+    /// whether those image tokens came from the cache: from a cached prefix, or by the image prefill, run once for every distinct frame
     /// sequence and on requests with as many image tokens together (up to
     /// [`PREFILL_TOKENS_PER_PASS`] tokens a pass).
-    fn start(&mut self, batch: &[Waiting], frames: Vec<Result<UsedFrames>>) -> Vec<Result<(KvCache, usize)>> {
+    fn start(&mut self, batch: &[Waiting], frames: Vec<Result<UsedFrames>>) -> Vec<Result<(KvCache, usize, bool)>> {
         let model = &self.pipeline.model;
-        let mut started: Vec<Option<Result<(KvCache, usize)>>> = (0..batch.len()).map(|_| None).collect();
+        let mut started: Vec<Option<Result<(KvCache, usize, bool)>>> = (0..batch.len()).map(|_| None).collect();
         // Requests to prefill, the first of each frame sequence: (request, key, image tokens,
         // frames used).
         let mut to_prefill: Vec<(usize, ContentKey, Tensor, usize)> = Vec::new();
@@ -256,7 +259,8 @@ impl<'p> Executor<'p> {
                 }
             };
             if let Some(prefix) = &frames.prefix {
-                started[request] = Some(model.cache_from_prefix(prefix, rows, capacity).map(|kv| (kv, frames.count)));
+                let kv = model.cache_from_prefix(prefix, rows, capacity);
+                started[request] = Some(kv.map(|kv| (kv, frames.count, true)));
             } else if let Some(&(first, ..)) = to_prefill.iter().find(|(_, key, ..)| *key == frames.key) {
                 same_frames.push((request, first));
             } else {
@@ -296,7 +300,7 @@ impl<'p> Executor<'p> {
                             if self.options.feature_cache_bytes > 0 {
                                 self.cache.insert_prefix(key, kv.image_prefix());
                             }
-                            started[request] = Some(Ok((kv, count)));
+                            started[request] = Some(Ok((kv, count, false)));
                         }
                     }
                     Err(e) => {
@@ -310,8 +314,8 @@ impl<'p> Executor<'p> {
         for (request, first) in same_frames {
             let (rows, capacity) = (batch[request].search.rows() as i64, batch[request].search.text_capacity() as i64);
             started[request] = Some(match &started[first] {
-                Some(Ok((kv, count))) => {
-                    model.cache_from_prefix(&kv.image_prefix(), rows, capacity).map(|kv| (kv, *count))
+                Some(Ok((kv, count, _))) => {
+                    model.cache_from_prefix(&kv.image_prefix(), rows, capacity).map(|kv| (kv, *count, false))
                 }
                 _ => Err(GitcapError::Internal("image prefill failed for these frames".into())),
             });
@@ -323,8 +327,11 @@ impl<'p> Executor<'p> {
     /// is fed on its own here, which yields the first token; a single-token prompt (BOS: a
     /// caption) joins the running batch as it is, and the next step feeds it with the others.
     fn prefill_prompt(&mut self, mut running: Running<'p>) {
-        let admitted =
-            EngineEvent::Admitted { prompt_tokens: running.prompt_tokens, image_tokens: running.image_tokens };
+        let admitted = EngineEvent::Admitted {
+            prompt_tokens: running.prompt_tokens,
+            image_tokens: running.image_tokens,
+            image_cached: running.image_cached,
+        };
         let _ = running.job.events.send(admitted);
         let input = running.search.next_input();
         if input.size()[1] == 1 {
@@ -434,6 +441,7 @@ fn finish(running: &mut Running, generated: Generated) -> EngineEvent {
         prompt_tokens: running.prompt_tokens,
         image_tokens: running.image_tokens,
         frames_used: running.frames_used,
+        image_cached: running.image_cached,
         timings: Timings {
             vision_ms: running.vision_ms,
             prefill_ms: (running.decode_started - running.prefill_started).as_secs_f64() * 1e3,

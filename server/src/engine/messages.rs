@@ -67,6 +67,9 @@ pub struct InferenceOutput {
     pub prompt_tokens: usize,
     pub image_tokens: usize,
     pub frames_used: usize,
+    /// The image tokens' keys and values came from the feature cache (the same frames were
+    /// seen before): no vision tower, no image prefill.
+    pub image_cached: bool,
     pub timings: Timings,
 }
 
@@ -78,6 +81,8 @@ pub enum EngineEvent {
     Admitted {
         prompt_tokens: usize,
         image_tokens: usize,
+        /// Its image tokens came from the feature cache.
+        image_cached: bool,
     },
     Token(TokenEvent),
     Done {

@@ -15,7 +15,8 @@ use super::error::ApiError;
 use super::request::{service_tier, Plan};
 use super::stop::{Released, StopMatcher};
 use super::types::{
-    AssistantMessage, ChatChunk, ChatCompletion, Choice, ChunkChoice, Delta, Logprobs, TokenLogprob, TopLogprob, Usage,
+    AssistantMessage, ChatChunk, ChatCompletion, Choice, ChunkChoice, Delta, Logprobs, PromptTokensDetails,
+    TokenLogprob, TopLogprob, Usage,
 };
 use super::OpenAi;
 use crate::engine::{EngineEvent, InferenceOutput, TokenEvent};
@@ -169,6 +170,9 @@ async fn drive(
                             prompt_tokens: prompt,
                             completion_tokens: generated,
                             total_tokens: prompt + generated,
+                            prompt_tokens_details: PromptTokensDetails {
+                                cached_tokens: choice.started.cached_tokens(),
+                            },
                         };
                         (Piece { text, logprob }, Some(Finished { reason: "stop", usage }))
                     }
@@ -204,7 +208,13 @@ fn finish_reason(output: &InferenceOutput) -> &'static str {
 fn usage(output: &InferenceOutput) -> Usage {
     let prompt = (output.prompt_tokens + output.image_tokens) as u32;
     let completion = output.token_ids.len() as u32;
-    Usage { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion }
+    let cached_tokens = if output.image_cached { output.image_tokens as u32 } else { 0 };
+    Usage {
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        total_tokens: prompt + completion,
+        prompt_tokens_details: PromptTokensDetails { cached_tokens },
+    }
 }
 
 fn token_logprob(token: &TokenEvent) -> TokenLogprob {

@@ -104,6 +104,7 @@ pub fn submit(
         last_token: None,
         timestamps: vec![],
         read_tokens: 0,
+        cached_tokens: 0,
         trace,
     })
 }
@@ -120,6 +121,8 @@ pub struct Started {
     timestamps: Vec<f64>,
     /// Prompt and image tokens the model reads, once it has admitted the request.
     read_tokens: usize,
+    /// Of those, the image tokens that came from the feature cache.
+    cached_tokens: usize,
     trace: Option<RequestTrace>,
 }
 
@@ -139,6 +142,12 @@ impl Started {
         self.read_tokens as u32
     }
 
+    /// Image tokens that came from the feature cache (0 until the model has admitted the
+    /// request).
+    pub fn cached_tokens(&self) -> u32 {
+        self.cached_tokens as u32
+    }
+
     /// The next event of the request, once its metrics are recorded; `None` if the model thread
     /// ended without one (an internal error).
     pub async fn next(&mut self) -> Option<EngineEvent> {
@@ -152,7 +161,10 @@ impl Started {
     fn observe(&mut self, event: &EngineEvent) {
         let (model, version) = (self.worker.info.name.as_str(), self.worker.info.version.as_str());
         match event {
-            EngineEvent::Admitted { prompt_tokens, image_tokens } => self.read_tokens = prompt_tokens + image_tokens,
+            EngineEvent::Admitted { prompt_tokens, image_tokens, image_cached } => {
+                self.read_tokens = prompt_tokens + image_tokens;
+                self.cached_tokens = if *image_cached { *image_tokens } else { 0 };
+            }
             EngineEvent::Token(_) => {
                 let now = Instant::now();
                 match self.last_token {

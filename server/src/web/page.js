@@ -8,10 +8,6 @@ const $ = (id) => document.getElementById(id);
 // Protobuf field numbers, by message and field name (tests/browser.rs checks them).
 const F = JSON.parse($("proto-fields").textContent);
 const G = GrpcWeb;
-// Below this the vision tower did not run: the engine reports no cache hit per answer, but a
-// feature-cache lookup takes tens of microseconds and a tower pass a millisecond or more, even
-// for the two-layer test fixtures (measured: 0.02-0.03 ms against 1.5-280 ms).
-const CACHED_VISION_MS = 0.25;
 
 // `loading`: the files being read (a question asked meanwhile waits for them); `picks` counts
 // picks, so that only the latest one's files are kept.
@@ -145,7 +141,9 @@ const secondsList = (stamps) => stamps.map((t) => t.toFixed(2)).join(", ");
 
 function describeAnswer(done) {
   const R = F.CaptionResponse, T = F.Timings, timings = G.message(done, R.timings);
-  const vision = G.num(timings, T.vision_ms), cached = vision < CACHED_VISION_MS;
+  const vision = G.num(timings, T.vision_ms);
+  // The engine says when the frames' image tokens came from the feature cache.
+  const cached = G.num(G.message(done, R.usage), F.Usage.cached_image_tokens) > 0;
   const stamps = G.doubles(done, R.frame_timestamps_s);
   const parts = [
     `${G.text(done, R.model)}@${G.text(done, R.version)}`,

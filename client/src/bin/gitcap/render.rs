@@ -94,6 +94,7 @@ pub fn caption_json(caption: &Caption) -> Value {
             "prompt_tokens": usage.prompt_tokens,
             "image_tokens": usage.image_tokens,
             "generated_tokens": usage.generated_tokens,
+            "cached_image_tokens": usage.cached_image_tokens,
         },
         "frame_timestamps_s": caption.frame_timestamps_s,
         "timings_ms": {
