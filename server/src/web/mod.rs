@@ -11,6 +11,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::LazyLock;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,13 +20,28 @@ use tonic::body::Body;
 use tonic::codegen::Service;
 
 /// The page's files: path, content type, content.
-pub const ASSETS: &[(&str, &str, &str)] = &[
-    ("/index.html", "text/html; charset=utf-8", include_str!("index.html")),
-    ("/page.css", "text/css; charset=utf-8", include_str!("page.css")),
-    ("/grpcweb.js", "text/javascript; charset=utf-8", include_str!("grpcweb.js")),
-    ("/subtitles.js", "text/javascript; charset=utf-8", include_str!("subtitles.js")),
-    ("/page.js", "text/javascript; charset=utf-8", include_str!("page.js")),
-];
+pub static ASSETS: LazyLock<[(&str, &str, &str); 5]> = LazyLock::new(|| {
+    [
+        ("/index.html", "text/html; charset=utf-8", INDEX.as_str()),
+        ("/page.css", "text/css; charset=utf-8", include_str!("page.css")),
+        ("/grpcweb.js", "text/javascript; charset=utf-8", include_str!("grpcweb.js")),
+        ("/subtitles.js", "text/javascript; charset=utf-8", include_str!("subtitles.js")),
+        ("/page.js", "text/javascript; charset=utf-8", include_str!("page.js")),
+    ]
+});
+
+/// The page, its file picker taking what this server decodes: the media table's MIME types and
+/// extensions (gitcap_protocol::media_kind), not every `image/*` and `video/*`.
+static INDEX: LazyLock<String> = LazyLock::new(|| include_str!("index.html").replace("{{accept}}", &accepted_files()));
+
+fn accepted_files() -> String {
+    let kinds = gitcap_protocol::media_kind::all_kinds();
+    let names = kinds.flat_map(|kind| {
+        let extensions = kind.extensions.iter().map(|e| format!(".{e}"));
+        kind.mime_types.iter().map(|m| m.to_string()).chain(extensions)
+    });
+    names.collect::<Vec<_>>().join(",")
+}
 
 enum Route {
     Page(&'static str, &'static str),
@@ -158,6 +174,10 @@ mod tests {
     #[test]
     fn every_file_the_page_loads_is_served_with_its_type_on_the_main_port_only() {
         let index = ASSETS[0].2;
+        // The picker takes exactly the media table's kinds.
+        let accept = index.split("accept=\"").nth(1).and_then(|rest| rest.split('"').next()).unwrap();
+        assert_eq!(accept, accepted_files());
+        assert!(accept.contains("video/mp4") && accept.contains(".mkv") && !accept.contains("video/*"), "{accept}");
         let linked: Vec<&str> = index
             .split(['"', '\''])
             .filter(|piece| piece.starts_with('/') && piece.len() > 1 && !piece.starts_with("/v1/"))
