@@ -46,7 +46,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         let spec = LoadSpec {
             name: m.name.clone(),
             source: m.source.clone(),
-            revision: m.revision.clone(),
+            revision: Some(m.revision.clone()).filter(|revision| !revision.is_empty()),
             version: None,
             device: m.device,
             dtype: m.dtype,

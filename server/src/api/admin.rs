@@ -47,7 +47,7 @@ impl AdminService {
         Ok(LoadSpec {
             name: spec.name,
             source: spec.source,
-            revision: spec.revision,
+            revision: Some(spec.revision).filter(|revision| !revision.is_empty()),
             version: Some(spec.version).filter(|version| !version.is_empty()),
             device,
             dtype,

@@ -44,7 +44,7 @@ impl CaptionerService {
         let call = self.call(&request)?;
         let request = request.into_inner();
         let ask = Ask {
-            model: request.model,
+            model: convert::model(&request.model).map(str::to_string),
             media: convert::media(request.media)?,
             question: request.question,
             options: convert::options(request.options.as_ref())?,
@@ -62,7 +62,7 @@ impl CaptionerService {
         options: Option<&proto::GenerationOptions>,
         tally: &mut Tally,
     ) -> Result<Admitted, Status> {
-        Ok(self.core.admit(call, model, question, convert::options(options)?, tally)?)
+        Ok(self.core.admit(call, convert::model(model), question, convert::options(options)?, tally)?)
     }
 
     /// Receives an upload: the start message, then frames, each encoded by the vision tower
@@ -142,7 +142,7 @@ impl CaptionerService {
     ) -> Result<proto::ScoreLabelsResponse, Status> {
         let call = self.call(&request)?;
         let request = request.into_inner();
-        let worker = resolve(&self.core.registry, &request.model, &call, tally)?;
+        let worker = resolve(&self.core.registry, convert::model(&request.model), &call, tally)?;
         let labels = validation::labels(&request.labels, &self.core.limits)?;
         let prompt = validation::question(&request.prompt, &self.core.limits)?;
         let frames = self.core.media.prepare(convert::media(request.media)?, &worker.info);

@@ -11,6 +11,11 @@ use crate::service::media::{MediaInput, VideoSampling};
 use crate::service::request::Answer;
 use crate::service::upload::FrameChunk;
 
+/// A request's model: a name, alias or `name@version`; empty (proto3's unset) = the default.
+pub fn model(name: &str) -> Option<&str> {
+    Some(name).filter(|name| !name.is_empty())
+}
+
 /// A request's priority (unspecified = interactive).
 pub fn priority(value: i32) -> Result<Priority> {
     Priority::from_wire(value).map_err(|message| GitcapError::invalid("priority", message))

@@ -61,8 +61,7 @@ struct File {
 #[serde(deny_unknown_fields)]
 struct VersionEntry {
     source: String,
-    #[serde(default)]
-    revision: String,
+    revision: Option<String>,
     device: Option<String>,
     dtype: Option<String>,
 }
@@ -176,7 +175,7 @@ mod tests {
             ("vatex", Some("v2.1"), "/models/vatex-v2")
         );
         assert_eq!(v2.dtype, Precision::parse("bf16").unwrap());
-        assert_eq!(state.versions["vatex@v1"].revision, "abc123");
+        assert_eq!(state.versions["vatex@v1"].revision.as_deref(), Some("abc123"));
         assert_eq!(state.versions["vatex@v1"].device, DeviceSpec::CPU);
         assert_eq!(state.aliases["vatex"], Route::one("vatex@v1"));
         assert!(state.aliases["captions"].is_split());

@@ -21,7 +21,10 @@ use crate::model::Precision;
 pub struct LoadSpec {
     pub name: String,
     pub source: String,
-    pub revision: String,
+    /// The hub branch, tag or commit; `None` = the repository's default branch (and nothing for
+    /// a directory). (State files written with `revision = ""` read as `None`.)
+    #[serde(default, deserialize_with = "crate::optional_setting::optional")]
+    pub revision: Option<String>,
     /// The version label (the `version` of the id `name@version`); `None` = the hub commit, or
     /// `local` for a directory. (State files written with `version = ""` read as `None`.)
     #[serde(default, deserialize_with = "crate::optional_setting::optional")]
@@ -65,8 +68,7 @@ pub fn load(
 ) -> Result<Loaded> {
     let started = Instant::now();
     spec.device.available()?; // before any download: a missing device fails at once
-    let revision = Some(spec.revision.as_str()).filter(|r| !r.is_empty());
-    let checkpoint = resolve_with_progress(&spec.source, revision, hub, progress)?;
+    let checkpoint = resolve_with_progress(&spec.source, spec.revision.as_deref(), hub, progress)?;
     let from_hub = checkpoint.version != "local";
     let commit = from_hub.then(|| checkpoint.version.clone());
     let version = spec.version.clone().unwrap_or(checkpoint.version);

@@ -145,19 +145,19 @@ impl Registry {
         self.events.subscribe()
     }
 
-    /// The worker serving `name`: an alias, a `name@version`, or the default when empty.
-    pub fn get(&self, name: &str) -> Result<ModelWorker> {
+    /// The worker serving `name`: an alias, a `name@version`, or (`None`) the default.
+    pub fn get(&self, name: Option<&str>) -> Result<ModelWorker> {
         self.get_routed(name, None)
     }
 
     /// Like [`Self::get`]; of an alias split between versions, `route_key` (when given) picks
     /// the version, the same one for the same key (see [`super::route`]).
-    pub fn get_routed(&self, name: &str, route_key: Option<&str>) -> Result<ModelWorker> {
+    pub fn get_routed(&self, name: Option<&str>, route_key: Option<&str>) -> Result<ModelWorker> {
         if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(GitcapError::Unavailable("the server is shutting down; retry on another replica".into()));
         }
         let inner = self.lock();
-        let wanted = if name.is_empty() { DEFAULT_ALIAS } else { name };
+        let wanted = name.unwrap_or(DEFAULT_ALIAS);
         let id = match inner.aliases.get(wanted) {
             Some(route) => route.pick(route_key).to_string(),
             None => wanted.to_string(),
@@ -537,8 +537,8 @@ impl Registry {
                 .map(|e| {
                     let spec = &e.status.spec;
                     // A hub model restarts at the commit it runs now.
-                    let revision =
-                        if e.status.commit.is_empty() { spec.revision.clone() } else { e.status.commit.clone() };
+                    let commit = Some(e.status.commit.clone()).filter(|commit| !commit.is_empty());
+                    let revision = commit.or_else(|| spec.revision.clone());
                     LoadSpec { version: Some(e.status.version.clone()), revision, ..spec.clone() }
                 })
                 .collect(),
@@ -592,7 +592,7 @@ mod tests {
         let spec = |version: &str| LoadSpec {
             name: "hcap".into(),
             source: missing.path().join("nothing-here").display().to_string(),
-            revision: "main".into(),
+            revision: Some("main".into()),
             version: Some(version.to_string()).filter(|v| !v.is_empty()),
             device: crate::device::DeviceSpec::CPU,
             dtype: crate::model::Precision::Uniform(tch::Kind::Float),
@@ -611,13 +611,13 @@ mod tests {
     #[test]
     fn after_stop_accepting_every_request_is_refused_unavailable() {
         let registry = registry();
-        assert!(matches!(registry.get("nothing-loaded"), Err(GitcapError::ModelNotFound(_))));
+        assert!(matches!(registry.get(Some("nothing-loaded")), Err(GitcapError::ModelNotFound(_))));
         registry.stop_accepting();
-        for name in ["", "nothing-loaded", "tiny@local"] {
+        for name in [None, Some("nothing-loaded"), Some("tiny@local")] {
             match registry.get_routed(name, Some("key")) {
                 Err(GitcapError::Unavailable(message)) => assert!(message.contains("shutting down"), "{message}"),
-                Err(other) => panic!("{name}: {other}"),
-                Ok(_) => panic!("{name}: a worker after stop_accepting"),
+                Err(other) => panic!("{name:?}: {other}"),
+                Ok(_) => panic!("{name:?}: a worker after stop_accepting"),
             }
         }
     }

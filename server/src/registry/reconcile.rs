@@ -97,6 +97,6 @@ fn same_source(a: &LoadSpec, b: &LoadSpec) -> bool {
 }
 
 fn describe(spec: &LoadSpec) -> String {
-    let revision = if spec.revision.is_empty() { String::new() } else { format!(" at {}", spec.revision) };
+    let revision = spec.revision.as_ref().map(|revision| format!(" at {revision}")).unwrap_or_default();
     format!("{}{revision} ({}, {})", spec.source, spec.device, spec.dtype)
 }

@@ -58,7 +58,7 @@ mod tests {
             models: vec![LoadSpec {
                 name: "vatex".into(),
                 source: "microsoft/git-base-vatex".into(),
-                revision: "abc".into(),
+                revision: Some("abc".into()),
                 version: Some("abc".into()),
                 device: crate::device::DeviceSpec::CPU,
                 dtype: crate::model::Precision::from(tch::Kind::Float),
@@ -80,8 +80,10 @@ mod tests {
         // A file whose versions were written as "" for "unset" reads them as unset.
         let mut legacy = serde_json::to_value(&state).unwrap();
         legacy["models"][0]["version"] = "".into();
+        legacy["models"][0]["revision"] = "".into();
         std::fs::write(&path, legacy.to_string()).unwrap();
-        assert_eq!(read(&path).unwrap().unwrap().models[0].version, None);
+        let legacy = read(&path).unwrap().unwrap();
+        assert_eq!((&legacy.models[0].version, &legacy.models[0].revision), (&None, &None));
         std::fs::write(&path, "{ not json").unwrap();
         let message = read(&path).unwrap_err().to_string();
         assert!(message.contains("corrupt") && message.contains("models.json"), "{message}");

@@ -25,8 +25,8 @@ pub struct Core {
 
 /// A caption (no question) or an answer about media, as the core takes it from any door.
 pub struct Ask {
-    /// A model name, alias or `name@version`.
-    pub model: String,
+    /// A model name, alias or `name@version`; `None` = the default model.
+    pub model: Option<String>,
     pub media: MediaInput,
     /// Empty for a caption.
     pub question: String,
@@ -61,12 +61,12 @@ impl Core {
         Call::read(headers, self.limits.max_timeout)
     }
 
-    /// The worker serving `model` for `call` (noted in its tally), with `question` and `options`
+    /// The worker serving `model` (`None`: the default) for `call` (noted in its tally), with `question` and `options`
     /// checked for it ([`validation`]: one place for every door).
     pub fn admit(
         &self,
         call: &Call,
-        model: &str,
+        model: Option<&str>,
         question: &str,
         options: GenerationOptions,
         tally: &mut Tally,
@@ -80,7 +80,7 @@ impl Core {
     /// Admits `ask` and prepares its media within the call's deadline.
     pub async fn prepare(&self, call: &Call, ask: Ask, tally: &mut Tally) -> Result<Prepared> {
         let Ask { model, media, question, options, priority } = ask;
-        let admitted = self.admit(call, &model, &question, options, tally)?;
+        let admitted = self.admit(call, model.as_deref(), &question, options, tally)?;
         let media = self.media.prepare(media, &admitted.worker.info);
         let media = call.deadline.run(media, "the media was being decoded").await?;
         Ok(Prepared { admitted, media, priority, call: call.clone() })

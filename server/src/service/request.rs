@@ -68,9 +68,14 @@ impl Drop for Tally {
     }
 }
 
-/// The worker serving `name` for `call` (of a canary split, the version its route key picks),
-/// noted in the call's tally.
-pub fn resolve(registry: &Registry, name: &str, call: &Call, tally: &mut Tally) -> crate::error::Result<ModelWorker> {
+/// The worker serving `name` (`None`: the default model) for `call` (of a canary split, the
+/// version its route key picks), noted in the call's tally.
+pub fn resolve(
+    registry: &Registry,
+    name: Option<&str>,
+    call: &Call,
+    tally: &mut Tally,
+) -> crate::error::Result<ModelWorker> {
     let worker = registry.get_routed(name, call.route_key.as_deref())?;
     tally.model = Some(worker.info.clone());
     Ok(worker)
