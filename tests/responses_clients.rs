@@ -71,12 +71,8 @@ async fn the_openai_sdk_gets_the_goldens_and_a_follow_up_hits_the_feature_cache(
     let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
     let deltas = kinds.iter().filter(|k| **k == "response.output_text.delta").count();
     assert!(deltas > 1, "{kinds:?}");
-    let mut expected = vec![
-        "response.created",
-        "response.in_progress",
-        "response.output_item.added",
-        "response.content_part.added",
-    ];
+    let mut expected =
+        vec!["response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"];
     expected.extend(std::iter::repeat_n("response.output_text.delta", deltas));
     let last = if got["stream_final"]["status"] == "incomplete" { "response.incomplete" } else { "response.completed" };
     expected.extend(["response.output_text.done", "response.content_part.done", "response.output_item.done", last]);
