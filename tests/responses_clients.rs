@@ -1,6 +1,7 @@
 //! `/v1/responses` driven by clients nobody here wrote, pinned: the official `openai` Python SDK
 //! (tests/responses/requirements.txt: `responses.create` whole and streamed, a
-//! `previous_response_id` follow-up served from the feature cache, retrieve and delete, mistakes)
+//! `previous_response_id` follow-up served from the feature cache, retrieve and delete, mistakes;
+//! every Response object and event received validated against the SDK's own types)
 //! and the Vercel AI SDK in Node (tests/responses/node: `generateText` and `streamText` with an
 //! image, through its default OpenAI provider, which speaks the Responses API). Every answer must
 //! be the transformers golden for the same input and options.
@@ -53,6 +54,7 @@ async fn the_openai_sdk_gets_the_goldens_and_a_follow_up_hits_the_feature_cache(
         .unwrap();
     assert!(output.status.success(), "{}", describe("tests/responses/responses.py", &output));
     let got: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(got["invalid"], serde_json::json!([]), "what the SDK's types refuse of what gitcap sent");
 
     let caption = &got["caption"];
     assert_eq!(caption["text"], golden("image_caption_greedy").as_str(), "{got}");

@@ -11,6 +11,21 @@ import json
 import sys
 
 import openai
+import pydantic
+from openai.types.responses import Response, ResponseStreamEvent
+
+# The SDK builds its objects without validating them; these check every field received against
+# its types, so a field gitcap writes in the wrong shape fails the test.
+EVENT = pydantic.TypeAdapter(ResponseStreamEvent)
+invalid = []
+
+
+def check(model, received):
+    """Validates what the server sent (the fields it set) against `model`'s type."""
+    try:
+        model.validate_python(received) if isinstance(model, pydantic.TypeAdapter) else model.model_validate(received)
+    except pydantic.ValidationError as e:
+        invalid.append(str(e))
 
 
 def data_uri(path, mime):
@@ -42,6 +57,7 @@ def main():
         input=[{"role": "user", "content": [photo]}],
         max_output_tokens=12,
     )
+    check(Response, answer.to_dict())
     out["caption"] = {
         "id": answer.id,
         "text": answer.output_text,
@@ -54,6 +70,7 @@ def main():
     follow_up = client.responses.create(
         model="tiny", previous_response_id=answer.id, input="what is in the picture?", max_output_tokens=12
     )
+    check(Response, follow_up.to_dict())
     out["follow_up"] = {"text": follow_up.output_text, "previous_response_id": follow_up.previous_response_id}
 
     # Another image, streamed: every event, in order.
@@ -62,13 +79,16 @@ def main():
         model="tiny", input=[{"role": "user", "content": [shapes]}], max_output_tokens=12, stream=True
     )
     for event in stream:
+        check(EVENT, event.to_dict())
         events.append({"type": event.type, "sequence_number": event.sequence_number, "delta": getattr(event, "delta", None)})
         if event.type in ("response.completed", "response.incomplete"):
             out["stream_final"] = {"text": event.response.output_text, "status": event.response.status}
     out["stream_events"] = events
 
     # Stored: retrieved, then deleted (and then not found).
-    out["retrieved"] = client.responses.retrieve(answer.id).output_text
+    retrieved = client.responses.retrieve(answer.id)
+    check(Response, retrieved.to_dict())
+    out["retrieved"] = retrieved.output_text
     client.responses.delete(answer.id)
     out["errors"] = {
         "deleted": error(lambda: client.responses.retrieve(answer.id)),
@@ -85,6 +105,7 @@ def main():
         "wrong_token": error(lambda: openai.OpenAI(base_url=base_url, api_key="wrong", max_retries=0)
                              .responses.create(model="tiny", input=[{"role": "user", "content": [photo]}])),
     }
+    out["invalid"] = invalid
     print(json.dumps(out))
 
 

@@ -26,24 +26,22 @@ use crate::service::media::MediaInput;
 use crate::service::request::{ended_without_an_answer, Started, Tally};
 use crate::service::Ask;
 use object::{IncompleteDetails, OutputMessage, OutputText, ResponseObject, TokenLogprob, Usage};
-use request::Plan;
+use request::{Plan, Source};
 pub use store::{ResponseStore, StoreLimits};
 
 /// Answers `plan`: the whole Response object, or its events; `headers` may carry the caller's
 /// deadline, route key and `traceparent`.
-pub async fn create(api: &OpenAi, store: &Arc<ResponseStore>, mut plan: Plan, headers: &HeaderMap) -> Response {
-    // The media to ask about, and the copy kept with the response when it is stored (the core
-    // takes the request's own).
-    let (media, kept) = match (plan.media.take(), &plan.previous_response_id) {
-        (Some(media), _) => {
-            let kept = plan.store.then(|| Arc::new(media.clone()));
-            (media, kept)
-        }
-        (None, Some(id)) => match store.get(id) {
-            Some(previous) => ((*previous.media).clone(), Some(previous.media.clone())),
+pub async fn create(api: &OpenAi, store: &Arc<ResponseStore>, plan: Plan, headers: &HeaderMap) -> Response {
+    // The media to ask about, and the copy kept with the response when it is stored.
+    let (media, kept) = match plan.media {
+        Source::Given { media, kept } => (media, kept),
+        Source::Previous(ref id) => match store.get(id) {
+            Some(previous) => match copy(previous.media.clone()).await {
+                Ok(media) => (media, Some(previous.media.clone())),
+                Err(error) => return ApiError::from(error).into_response(),
+            },
             None => return store::not_found(id, Some("previous_response_id")),
         },
-        (None, None) => unreachable!("Plan::new refuses a request without media or a previous response"),
     };
     let mut tally = Tally::for_protocol("openai", "Responses", headers);
     let call = api.core.call(headers).map(|c| c.with_route_key_fallback(plan.echo.user.as_deref()));
@@ -199,6 +197,13 @@ fn ending(output: &InferenceOutput) -> Ending {
         FinishReason::Eos => Ending { status: "completed", incomplete: false, usage },
         FinishReason::Length => Ending { status: "incomplete", incomplete: true, usage },
     }
+}
+
+/// A copy of stored media for the core to take, made off the async threads (a video may be tens
+/// of megabytes).
+async fn copy(media: Arc<MediaInput>) -> crate::error::Result<MediaInput> {
+    let copied = tokio::task::spawn_blocking(move || (*media).clone());
+    copied.await.map_err(|e| GitcapError::Internal(format!("copying stored media: {e}")))
 }
 
 /// Seconds since the epoch, as OpenAI's timestamps are.

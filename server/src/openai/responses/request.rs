@@ -21,6 +21,8 @@
 //! - What gitcap cannot honour (tools, reasoning, `text.format` other than text, background mode,
 //!   conversations, prompt templates) is refused naming the field unless at its no-op value.
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -141,12 +143,21 @@ pub struct Echo {
     pub user: Option<String>,
 }
 
+/// Where a request's media come from.
+#[derive(Debug)]
+pub enum Source {
+    /// Its own; with the copy to keep with the response when it is stored (the core takes the
+    /// request's own), made here, off the async threads.
+    Given { media: MediaInput, kept: Option<Arc<MediaInput>> },
+    /// Those of the stored response with this id.
+    Previous(String),
+}
+
 /// A Responses request as gitcap runs it.
 #[derive(Debug)]
 pub struct Plan {
     pub model: String,
-    /// `None`: the media of `previous_response_id`'s response.
-    pub media: Option<MediaInput>,
+    pub media: Source,
     pub question: String,
     pub options: GenerationOptions,
     pub priority: Priority,
@@ -174,13 +185,18 @@ impl Plan {
             Some(Input::Text(text)) => (None, text.trim().to_string()),
             Some(Input::Items(items)) => conversation(items, url_allowed)?,
         };
-        if media.is_none() && request.previous_response_id.is_none() {
-            return Err(ApiError::invalid(
-                "input",
-                "no image or video in the input: gitcap captions and answers questions about media; add an \
-                 input_image or input_file part, or name a previous_response_id whose media to ask about",
-            ));
-        }
+        let store = request.store.unwrap_or(true);
+        let media = match (media, &request.previous_response_id) {
+            (Some(media), _) => Source::Given { kept: store.then(|| Arc::new(media.clone())), media },
+            (None, Some(id)) => Source::Previous(id.clone()),
+            (None, None) => {
+                return Err(ApiError::invalid(
+                    "input",
+                    "no image or video in the input: gitcap captions and answers questions about media; add an \
+                     input_image or input_file part, or name a previous_response_id whose media to ask about",
+                ))
+            }
+        };
         let logprobs = request.top_logprobs.is_some()
             || request.include.iter().flatten().any(|include| include == LOGPROBS_INCLUDE);
         Ok(Self {
@@ -190,7 +206,7 @@ impl Plan {
             options,
             priority: priority(request.service_tier.as_deref())?,
             stream: request.stream,
-            store: request.store.unwrap_or(true),
+            store,
             previous_response_id: request.previous_response_id,
             logprobs,
             echo: Echo {
