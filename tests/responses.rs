@@ -119,6 +119,20 @@ async fn a_response_has_openais_shape_whole_and_streamed() {
     assert_eq!(events[0].1["response"]["status"], "in_progress");
     let (status, stored) = get(&server, last["id"].as_str().unwrap()).await;
     assert_eq!((status, text(&stored)), (200, streamed.as_str()), "a streamed response is stored too");
+
+    // More tokens than the model's 64 positions hold: refused when the model admits the request,
+    // after the stream began, which then ends with response.failed; whole, a 400 naming the field.
+    let request = ask(vec![image_part("photo.jpg")], json!({"max_output_tokens": 100, "stream": true}));
+    let (status, body) = post(&server, &request).await;
+    assert_eq!(status, 200, "{body}");
+    let events = sse_events(body.as_str().unwrap());
+    let (name, failed) = events.last().unwrap();
+    assert_eq!(name, "response.failed", "{body}");
+    assert_eq!(failed["response"]["status"], "failed");
+    assert_eq!(failed["response"]["error"]["code"], "invalid_prompt", "{failed}");
+    assert!(failed["response"]["error"]["message"].as_str().unwrap().contains("64 positions"), "{failed}");
+    let (status, error) = post(&server, &ask(vec![image_part("photo.jpg")], json!({"max_output_tokens": 100}))).await;
+    assert_eq!((status, error["error"]["param"].as_str()), (400, Some("max_output_tokens")), "{error}");
 }
 
 #[tokio::test]
@@ -354,12 +368,13 @@ fn decode_steps(text: &str) -> f64 {
 // must run while the test waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_closes_the_stream_stops_the_generation() {
-    // An 8-beam search of 256 tokens sends its tokens at its end: 256 decoding steps if nothing
-    // stops it. The client leaves after the first event (sent before any token).
+    // An 8-beam search of 60 tokens (as many as the fixture's 64 positions allow) sends its tokens
+    // at its end: 60 decoding steps, over a second or more, if nothing stops it. The client
+    // leaves after the first event, sent before any token.
     let server = TestServer::start_with_env("tiny-git-wide", &[], &[("GITCAP__ENGINE__MAX_BATCH_SIZE", "8")]);
     let request = ask(
         vec![image_part("shapes.png")],
-        json!({"stream": true, "max_output_tokens": 256, "min_new_tokens": 256, "num_beams": 8}),
+        json!({"stream": true, "max_output_tokens": 60, "min_new_tokens": 60, "num_beams": 8}),
     );
     let before = decode_steps(&probe::scrape_until(&server.addr, |_| true));
     let mut response = http()
@@ -379,5 +394,5 @@ async fn a_client_that_closes_the_stream_stops_the_generation() {
     assert_eq!(value(&text, cancelled), Some(1.0), "the closed stream is counted as CANCELLED: {text}");
     let idle = probe::wait_for_idle(&server.addr, "tiny", Duration::from_secs(60)).await;
     let steps = decode_steps(&idle) - before;
-    assert!(steps < 256.0, "{steps} decoding steps after the client left: the generation went on");
+    assert!(steps < 60.0, "{steps} decoding steps after the client left: the generation went on");
 }

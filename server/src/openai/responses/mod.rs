@@ -82,7 +82,7 @@ pub async fn create(api: &OpenAi, store: &Arc<ResponseStore>, plan: Plan, header
     } else {
         match whole(running, &mut tally).await {
             Ok(response) => axum::Json(response).into_response(),
-            Err(error) => ApiError::from(error).into_response(),
+            Err(error) => in_openai_terms(error, Some("max_output_tokens")).into_response(),
         }
     };
     with_version(response, &version)
