@@ -396,3 +396,46 @@ async fn a_client_that_closes_the_stream_stops_the_generation() {
     let steps = decode_steps(&idle) - before;
     assert!(steps < 60.0, "{steps} decoding steps after the client left: the generation went on");
 }
+
+#[tokio::test]
+async fn the_token_and_the_deadline_hold_on_every_responses_route() {
+    let server = TestServer::start_with_env("tiny-git-image", &[], &[("GITCAP__AUTH__INFERENCE_TOKEN", "secret")]);
+    let body =
+        ask(vec![image_part("shapes.png")], json!({"max_output_tokens": 60, "min_new_tokens": 60, "num_beams": 32}));
+    let url = format!("{}/v1/responses", server.url());
+    for request in [
+        http().post(&url).header("content-type", "application/json").body(body.to_string()),
+        http().get(format!("{url}/resp_1")),
+        http().delete(format!("{url}/resp_1")),
+    ] {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 401, "{:?}", response.url());
+    }
+    // `x-gitcap-timeout-ms` on a request that needs seconds: OpenAI's 504, and nothing left running.
+    let started = Instant::now();
+    let response = http()
+        .post(&url)
+        .bearer_auth("secret")
+        .header("content-type", "application/json")
+        .header("x-gitcap-timeout-ms", "300")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 504);
+    assert!(response.text().await.unwrap().contains("deadline"));
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    probe::wait_for_idle(&server.addr, "tiny", Duration::from_secs(60)).await;
+    // Every answer names the version that gave it.
+    let quick = ask(vec![image_part("shapes.png")], json!({"max_output_tokens": 2}));
+    let response = http()
+        .post(&url)
+        .bearer_auth("secret")
+        .header("content-type", "application/json")
+        .body(quick.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.headers()["x-gitcap-model-version"], "local");
+}
