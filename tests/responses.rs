@@ -267,6 +267,9 @@ async fn a_follow_up_asks_about_the_previous_responses_media() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(text(&answer), golden("image_vqa_greedy"));
     assert_eq!(answer["previous_response_id"], id);
+    assert_eq!(caption["usage"]["input_tokens_details"]["cached_tokens"], 0, "{caption}");
+    let cached = answer["usage"]["input_tokens_details"]["cached_tokens"].as_u64().unwrap();
+    assert!(cached > 0 && cached < answer["usage"]["input_tokens"].as_u64().unwrap(), "the image's tokens: {answer}");
     let text_metrics = probe::scrape_until(&server.addr, |_| true);
     let hits = probe::sum_with_label(&text_metrics, "gitcap_feature_cache_hits_total", r#"model="tiny""#);
     assert!(hits >= 1.0, "the follow-up's features came from the cache: {text_metrics}");

@@ -64,6 +64,7 @@ async fn the_openai_sdk_gets_the_goldens_and_a_follow_up_hits_the_feature_cache(
     assert_eq!(usage[0] + usage[1], usage[2], "input + output = total: {got}");
     assert_eq!(got["follow_up"]["text"], golden("image_vqa_greedy").as_str(), "{got}");
     assert_eq!(got["follow_up"]["previous_response_id"], caption["id"]);
+    assert!(got["follow_up"]["cached_tokens"].as_u64().unwrap() > 0, "the follow-up's usage says so: {got}");
     assert_eq!(got["retrieved"], caption["text"], "the stored response, retrieved");
 
     // The streamed events: the documented sequence, numbered from 0, deltas adding up to the golden.

@@ -71,7 +71,11 @@ def main():
         model="tiny", previous_response_id=answer.id, input="what is in the picture?", max_output_tokens=12
     )
     check(Response, follow_up.to_dict())
-    out["follow_up"] = {"text": follow_up.output_text, "previous_response_id": follow_up.previous_response_id}
+    out["follow_up"] = {
+        "text": follow_up.output_text,
+        "previous_response_id": follow_up.previous_response_id,
+        "cached_tokens": follow_up.usage.input_tokens_details.cached_tokens,
+    }
 
     # Another image, streamed: every event, in order.
     events = []

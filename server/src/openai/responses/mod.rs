@@ -189,10 +189,12 @@ impl Generation {
     }
 }
 
-/// Prompt tokens count the image tokens too: they are what the model reads.
+/// Input tokens count the image tokens too: they are what the model reads. They are cached when
+/// they came from the feature cache.
 fn ending(output: &InferenceOutput) -> Ending {
     let input = (output.prompt_tokens + output.image_tokens) as u32;
-    let usage = Usage::new(input, output.token_ids.len() as u32);
+    let cached = if output.image_cached { output.image_tokens as u32 } else { 0 };
+    let usage = Usage::new(input, cached, output.token_ids.len() as u32);
     match output.finish_reason {
         FinishReason::Eos => Ending { status: "completed", incomplete: false, usage },
         FinishReason::Length => Ending { status: "incomplete", incomplete: true, usage },

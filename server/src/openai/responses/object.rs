@@ -169,10 +169,11 @@ pub struct Usage {
 }
 
 impl Usage {
-    pub fn new(input_tokens: u32, output_tokens: u32) -> Self {
+    /// `cached_tokens` of the `input_tokens` came from the feature cache (a follow-up's image).
+    pub fn new(input_tokens: u32, cached_tokens: u32, output_tokens: u32) -> Self {
         Self {
             input_tokens,
-            input_tokens_details: InputDetails { cached_tokens: 0, cache_write_tokens: 0 },
+            input_tokens_details: InputDetails { cached_tokens, cache_write_tokens: 0 },
             output_tokens,
             output_tokens_details: OutputDetails { reasoning_tokens: 0 },
             total_tokens: input_tokens + output_tokens,
