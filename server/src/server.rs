@@ -80,6 +80,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         max_concurrent_streams: settings.server.max_concurrent_streams.max(1),
         max_connections: settings.server.max_connections,
         http1_body_timeout: settings.server.http1_body_timeout()?,
+        stored_responses: settings.response_store_limits(),
     };
     // Tests and scripts read the port from this line, printed once every setting has been read:
     // a misconfigured server announces nothing before it stops.

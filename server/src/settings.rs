@@ -20,6 +20,7 @@ use crate::media::MediaLimits;
 pub use crate::metrics::MetricsSettings;
 use crate::model::weights::Storage;
 use crate::model::Precision;
+use crate::openai::responses::StoreLimits;
 use crate::optional_setting::optional;
 use crate::service::validation::RequestLimits;
 pub use crate::telemetry::TelemetrySettings;
@@ -37,6 +38,7 @@ pub struct Settings {
     pub hub: HubSettings,
     pub limits: LimitSettings,
     pub media: MediaSettings,
+    pub responses: ResponsesSettings,
     pub log: LogSettings,
     pub metrics: MetricsSettings,
     pub telemetry: TelemetrySettings,
@@ -261,6 +263,14 @@ pub struct UrlSettings {
     pub max_redirects: usize,
 }
 
+/// Responses stored for `GET /v1/responses/{id}` and `previous_response_id` follow-ups.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResponsesSettings {
+    pub max_stored: usize,
+    pub max_stored_mb: usize,
+    pub ttl_secs: u64,
+}
+
 /// How log lines are written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -314,6 +324,16 @@ impl Settings {
             max_labels: l.max_labels,
             max_frame_bytes: self.server.max_message_bytes,
             max_timeout: std::time::Duration::from_secs(l.max_timeout_secs),
+        }
+    }
+
+    /// The bounds on stored responses (`responses.*`).
+    pub fn response_store_limits(&self) -> StoreLimits {
+        let r = &self.responses;
+        StoreLimits {
+            max_stored: r.max_stored,
+            max_bytes: r.max_stored_mb.saturating_mul(1 << 20),
+            ttl: std::time::Duration::from_secs(r.ttl_secs),
         }
     }
 

@@ -23,6 +23,8 @@ pub enum Tool {
     /// `python3` able to make virtual environments (with pip), for the Python example and the
     /// `openai` SDK tests.
     PythonVenv,
+    /// Node.js with npm, for the Vercel AI SDK test (tests/responses_clients.rs).
+    Node,
 }
 
 impl Tool {
@@ -31,6 +33,7 @@ impl Tool {
             Tool::Chromium => "apt-get install -y chromium (or set GITCAP_CHROMIUM to a Chromium binary)",
             Tool::Ffmpeg => "apt-get install -y ffmpeg",
             Tool::PythonVenv => "apt-get install -y python3-venv",
+            Tool::Node => "apt-get install -y nodejs npm",
         }
     }
 
@@ -39,6 +42,7 @@ impl Tool {
             Tool::Chromium => "chromium",
             Tool::Ffmpeg => "ffmpeg",
             Tool::PythonVenv => "python3 -m venv",
+            Tool::Node => "node and npm",
         }
     }
 }
@@ -59,7 +63,8 @@ fn is_executable(path: &Path) -> bool {
     path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// Where `tool` is (for `PythonVenv`: the `python3` that can make one), or why not.
+/// Where `tool` is (for `PythonVenv`: the `python3` that can make one; for `Node`: `node`, with
+/// `npm` beside it on PATH), or why not.
 pub fn locate(tool: Tool) -> Result<PathBuf, String> {
     match tool {
         Tool::Chromium => {
@@ -80,6 +85,11 @@ pub fn locate(tool: Tool) -> Result<PathBuf, String> {
             let ffmpeg = on_path("ffmpeg").ok_or("no ffmpeg on PATH")?;
             on_path("ffprobe").ok_or("ffmpeg is on PATH but ffprobe is not")?;
             Ok(ffmpeg)
+        }
+        Tool::Node => {
+            let node = on_path("node").ok_or("no node on PATH")?;
+            on_path("npm").ok_or("node is on PATH but npm is not")?;
+            Ok(node)
         }
         Tool::PythonVenv => {
             let python = on_path("python3").ok_or("no python3 on PATH")?;

@@ -65,7 +65,7 @@ pub async fn completions(state: &OpenAi, plan: Plan, headers: &axum::http::Heade
 /// call's route key picked (the gRPC response's `version`).
 pub const VERSION_HEADER: &str = "x-gitcap-model-version";
 
-fn with_version(mut response: Response, version: &str) -> Response {
+pub(super) fn with_version(mut response: Response, version: &str) -> Response {
     if let Ok(value) = axum::http::HeaderValue::from_str(version) {
         response.headers_mut().insert(VERSION_HEADER, value);
     }

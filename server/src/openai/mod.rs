@@ -1,19 +1,21 @@
-//! The OpenAI-compatible API, on the gRPC port: `POST /v1/chat/completions` (captions and
-//! answers about images and videos, whole or streamed as Server-Sent Events) and
-//! `GET /v1/models`, so chat UIs and the `openai` SDKs can use gitcap. The same engine, queues,
+//! The OpenAI-compatible API, on the gRPC port: `POST /v1/chat/completions` and `POST
+//! /v1/responses` (captions and answers about images and videos, whole or streamed as
+//! Server-Sent Events; stored responses at `/v1/responses/{id}`) and `GET /v1/models`, so chat
+//! UIs, the `openai` SDKs and the Vercel AI SDK can use gitcap. The same engine, queues,
 //! limits, media budget, metrics (`protocol="openai"`) and inference token as gRPC; how a chat
 //! maps onto GIT is in [`request`].
 
 mod chat;
 mod error;
 pub mod request;
+pub mod responses;
 mod stop;
 pub mod types;
 
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -25,17 +27,22 @@ use crate::service::auth::BearerAuth;
 use crate::service::Core;
 pub use error::ApiError;
 use request::Plan;
+use responses::request::{Plan as ResponsesPlan, ResponsesRequest};
+use responses::{ResponseStore, StoreLimits};
 use types::{ChatRequest, ModelCard, ModelList};
 
 /// What the API's handlers share.
 pub struct OpenAi {
     pub core: Arc<Core>,
     pub auth: BearerAuth,
+    /// The bounds on stored responses (`responses.*`).
+    pub stored_responses: StoreLimits,
 }
 
-/// The API's state: what the handlers share, and the largest request body.
+/// The API's state: what the handlers share, the stored responses, and the largest request body.
 struct Served {
     api: OpenAi,
+    responses: Arc<ResponseStore>,
     max_body_bytes: usize,
 }
 
@@ -49,14 +56,19 @@ const PARSE_BYTES_PER_BODY_BYTE: u64 = 4;
 /// encoded, a third larger than in a gRPC message). Every route checks the inference token
 /// first, before any of the body is read.
 pub fn router(state: OpenAi, max_body_bytes: usize) -> Router {
-    let state = Arc::new(Served { api: state, max_body_bytes });
+    let responses = Arc::new(ResponseStore::new(state.stored_responses));
+    let state = Arc::new(Served { api: state, responses, max_body_bytes });
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/responses", post(create_response))
+        .route("/v1/responses/{id}", get(get_response).delete(delete_response))
         .route("/v1/models", get(models))
         .fallback(|| async {
             ApiError {
                 status: StatusCode::NOT_FOUND,
-                message: "no such endpoint: gitcap serves POST /v1/chat/completions and GET /v1/models".into(),
+                message: "no such endpoint: gitcap serves POST /v1/chat/completions, POST /v1/responses, \
+                          GET and DELETE /v1/responses/{id} and GET /v1/models"
+                    .into(),
                 param: None,
             }
         })
@@ -82,16 +94,40 @@ async fn chat_completions(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let plan = read_plan(&state, &headers, body).await?;
+    let plan = read_request(&state, &headers, body, plan).await?;
     let span = tracing::info_span!("request", method = "/v1/chat/completions", model = plan.model.as_str());
     let _entered = span.enter();
     chat::completions(&state.api, plan, &headers).await
 }
 
-/// Reads a chat request's body and parses it (the JSON, then the base64 of its media) within
-/// the media budget and off the async threads: a large body costs memory and CPU seconds, and
-/// must neither exceed the budget nor hold up other requests while it is parsed.
-async fn read_plan(state: &Served, headers: &HeaderMap, body: Body) -> Result<Plan, ApiError> {
+async fn create_response(
+    State(state): State<Arc<Served>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    use tracing::Instrument;
+    let plan = read_request(&state, &headers, body, responses_plan).await?;
+    let span = tracing::info_span!("request", method = "/v1/responses", model = plan.model.as_str());
+    Ok(responses::create(&state.api, &state.responses, plan, &headers).instrument(span).await)
+}
+
+async fn get_response(State(state): State<Arc<Served>>, Path(id): Path<String>) -> Response {
+    responses::get(&state.responses, &id)
+}
+
+async fn delete_response(State(state): State<Arc<Served>>, Path(id): Path<String>) -> Response {
+    responses::delete(&state.responses, &id)
+}
+
+/// Reads a request's body and parses it with `parse` (the JSON, then the base64 of its media)
+/// within the media budget and off the async threads: a large body costs memory and CPU seconds,
+/// and must neither exceed the budget nor hold up other requests while it is parsed.
+async fn read_request<T: Send + 'static>(
+    state: &Served,
+    headers: &HeaderMap,
+    body: Body,
+    parse: fn(&[u8], bool) -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
     let limit = state.max_body_bytes;
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
@@ -109,7 +145,7 @@ async fn read_plan(state: &Served, headers: &HeaderMap, body: Body) -> Result<Pl
         bytes.extend_from_slice(&chunk);
     }
     let urls_enabled = state.api.core.media.urls_enabled();
-    let parsed = tokio::task::spawn_blocking(move || plan(&bytes, urls_enabled));
+    let parsed = tokio::task::spawn_blocking(move || parse(&bytes, urls_enabled));
     parsed.await.map_err(|e| ApiError::from(crate::error::GitcapError::Internal(format!("parsing a request: {e}"))))?
 }
 
@@ -136,15 +172,15 @@ fn unreadable(error: axum::Error) -> ApiError {
     }
 }
 
-/// A body that is not the JSON a chat request is: 400 with serde's words, naming the field
-/// (`messages[0].content`) when the JSON is well formed but a value is not what it should be.
-fn not_json(error: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+/// A body that is not the JSON a `what` (chat request) is: 400 with serde's words, naming the
+/// field (`messages[0].content`) when the JSON is well formed but a value is not what it should be.
+fn not_json(error: serde_path_to_error::Error<serde_json::Error>, what: &str) -> ApiError {
     let path = error.path().to_string();
     let inner = error.into_inner();
     let param = (inner.classify() == serde_json::error::Category::Data && path != ".").then_some(path.clone());
     let message = match &param {
-        Some(path) => format!("the body is not a valid chat request: {path}: {inner}"),
-        None => format!("the body is not a valid chat request: {inner}"),
+        Some(path) => format!("the body is not a valid {what}: {path}: {inner}"),
+        None => format!("the body is not a valid {what}: {inner}"),
     };
     ApiError { status: StatusCode::BAD_REQUEST, message, param }
 }
@@ -153,16 +189,23 @@ fn not_json(error: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
 /// `data:` media decoded from base64. CPU work proportional to the body: call it off the async
 /// threads.
 pub fn plan(body: &[u8], urls_enabled: bool) -> Result<Plan, ApiError> {
-    Plan::new(parse(body)?, urls_enabled)
+    Plan::new(parse::<ChatRequest>(body, "chat request")?, urls_enabled)
 }
 
-/// Parses a chat request, keeping the path of the field at fault.
-fn parse(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
+/// A Responses request's body (JSON) as the request gitcap runs: parsed, read as a GIT request,
+/// its `data:` media decoded from base64. CPU work proportional to the body: call it off the
+/// async threads.
+pub fn responses_plan(body: &[u8], urls_enabled: bool) -> Result<ResponsesPlan, ApiError> {
+    ResponsesPlan::new(parse::<ResponsesRequest>(body, "responses request")?, urls_enabled)
+}
+
+/// Parses a request (a `what`, for errors), keeping the path of the field at fault.
+fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, ApiError> {
     let mut json = serde_json::Deserializer::from_slice(bytes);
-    let request = serde_path_to_error::deserialize(&mut json).map_err(not_json)?;
+    let request = serde_path_to_error::deserialize(&mut json).map_err(|e| not_json(e, what))?;
     json.end().map_err(|e| ApiError {
         status: StatusCode::BAD_REQUEST,
-        message: format!("the body is not a valid chat request: {e}"),
+        message: format!("the body is not a valid {what}: {e}"),
         param: None,
     })?;
     Ok(request)

@@ -31,7 +31,7 @@ pub const MAX_CHOICES: u32 = 8;
 /// What a parameter gitcap cannot honour must be for gitcap to ignore it safely (`null` always
 /// is). A value of another JSON type than the parameter has is a mistake, refused as such.
 #[derive(Debug, Clone, Copy)]
-enum Harmless {
+pub(super) enum Harmless {
     /// A number equal to this.
     Number(f64),
     /// `false`.
@@ -41,7 +41,7 @@ enum Harmless {
     /// An object that is empty, or whose `type` is this.
     Object(Option<&'static str>),
     /// This string (the parameter may also be an object, which gitcap cannot honour).
-    Word(&'static str),
+    Word(&'static [&'static str]),
     /// Not given.
     Absent,
 }
@@ -53,9 +53,9 @@ const UNSUPPORTED: &[(&str, Harmless)] = &[
     ("presence_penalty", Harmless::Number(0.0)),
     ("logit_bias", Harmless::Object(None)),
     ("tools", Harmless::List(&[])),
-    ("tool_choice", Harmless::Word("none")),
+    ("tool_choice", Harmless::Word(&["none"])),
     ("functions", Harmless::List(&[])),
-    ("function_call", Harmless::Word("none")),
+    ("function_call", Harmless::Word(&["none"])),
     ("response_format", Harmless::Object(Some("text"))),
     ("audio", Harmless::Absent),
     ("modalities", Harmless::List(&["text"])),
@@ -87,7 +87,7 @@ impl Harmless {
             Harmless::List(words) => format!("{words:?}"),
             Harmless::Object(None) => "empty".into(),
             Harmless::Object(Some(kind)) => format!("{{\"type\": \"{kind}\"}}"),
-            Harmless::Word(word) => format!("\"{word}\""),
+            Harmless::Word(words) => words.iter().map(|w| format!("\"{w}\"")).collect::<Vec<_>>().join(" or "),
             Harmless::Absent => "absent".into(),
         }
     }
@@ -104,7 +104,7 @@ impl Harmless {
             (Harmless::Object(kind), Value::Object(o)) => {
                 o.is_empty() || kind.is_some_and(|kind| o.get("type").and_then(Value::as_str) == Some(kind))
             }
-            (Harmless::Word(word), Value::String(s)) => s == word,
+            (Harmless::Word(words), Value::String(s)) => words.contains(&s.as_str()),
             (Harmless::Word(_), Value::Object(_)) | (Harmless::Absent, _) => false,
             _ => return None,
         })
@@ -133,7 +133,7 @@ pub struct Plan {
 
 impl Plan {
     pub fn new(request: ChatRequest, url_allowed: bool) -> Result<Self, ApiError> {
-        refuse_unsupported(&request.extra)?;
+        refuse_unsupported(&request.extra, UNSUPPORTED)?;
         let options = options(&request)?;
         let (media, question) = conversation(&request, url_allowed)?;
         let priority = priority(request.service_tier.as_deref())?;
@@ -172,17 +172,24 @@ impl Plan {
     /// An error of the core's validation, with the request field named as this request spelt
     /// it: `top_p`, not `options.top_p`; `max_tokens` where it set the most tokens that way.
     pub fn in_openai_terms(&self, error: GitcapError) -> ApiError {
-        let mut error = ApiError::from(error);
-        error.param = error.param.map(|param| match param.strip_prefix("options.").unwrap_or(&param) {
-            "max_new_tokens" => self.max_tokens_param.unwrap_or("max_new_tokens").to_string(),
-            other => other.to_string(),
-        });
-        error
+        in_openai_terms(error, self.max_tokens_param)
     }
 }
 
+/// An error of the core's validation, with the request field named as an OpenAI request spells
+/// it: `top_p`, not `options.top_p`; `max_tokens_param` (`max_tokens`, `max_output_tokens`)
+/// where that parameter set the most tokens.
+pub(super) fn in_openai_terms(error: GitcapError, max_tokens_param: Option<&'static str>) -> ApiError {
+    let mut error = ApiError::from(error);
+    error.param = error.param.map(|param| match param.strip_prefix("options.").unwrap_or(&param) {
+        "max_new_tokens" => max_tokens_param.unwrap_or("max_new_tokens").to_string(),
+        other => other.to_string(),
+    });
+    error
+}
+
 /// OpenAI's `service_tier` as a priority: `flex` (cheaper, slower) is batch.
-fn priority(service_tier: Option<&str>) -> Result<Priority, ApiError> {
+pub(super) fn priority(service_tier: Option<&str>) -> Result<Priority, ApiError> {
     match service_tier {
         None | Some("auto" | "default" | "priority") => Ok(Priority::Interactive),
         Some("flex") => Ok(Priority::Batch),
@@ -201,8 +208,9 @@ pub fn service_tier(priority: Priority) -> &'static str {
     }
 }
 
-fn refuse_unsupported(extra: &Map<String, Value>) -> Result<(), ApiError> {
-    for &(name, harmless) in UNSUPPORTED {
+/// Refuses, naming it, a parameter of `table` that is not at its harmless value.
+pub(super) fn refuse_unsupported(extra: &Map<String, Value>, table: &[(&str, Harmless)]) -> Result<(), ApiError> {
+    for &(name, harmless) in table {
         let Some(value) = extra.get(name) else { continue };
         match harmless.ignores(value) {
             Some(true) => {}
@@ -228,7 +236,7 @@ fn refuse_unsupported(extra: &Map<String, Value>) -> Result<(), ApiError> {
 }
 
 /// A JSON value's type, as an error message names it.
-fn json_type_of(value: &Value) -> &'static str {
+pub(super) fn json_type_of(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -239,20 +247,49 @@ fn json_type_of(value: &Value) -> &'static str {
     }
 }
 
-/// gitcap's options: its own from the extra fields, then the OpenAI parameters over them.
+/// The sampling parameters every OpenAI API has (chat completions, responses), however it names
+/// them.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Sampling {
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub seed: Option<u64>,
+    pub top_logprobs: Option<u32>,
+}
+
 fn options(request: &ChatRequest) -> Result<GenerationOptions, ApiError> {
+    if request.top_logprobs.is_some() && !request.logprobs {
+        return Err(ApiError::invalid("top_logprobs", "needs `logprobs: true`"));
+    }
+    let sampling = Sampling {
+        max_tokens: request.max_completion_tokens.or(request.max_tokens),
+        temperature: request.temperature,
+        top_p: request.top_p,
+        seed: request.seed,
+        top_logprobs: request.top_logprobs,
+    };
+    generation_options(&request.extra, sampling)
+}
+
+/// gitcap's options: its own from the extra fields, then the OpenAI parameters over them
+/// (temperature 0 = greedy; neither temperature nor top_p = the checkpoint's default).
+pub(super) fn generation_options(
+    extra: &Map<String, Value>,
+    sampling: Sampling,
+) -> Result<GenerationOptions, ApiError> {
     let mut options = GenerationOptions::default();
-    for (name, value) in &request.extra {
+    for (name, value) in extra {
         // Each extra field on its own: a name that is not an option leaves the options empty.
         let single = Value::Object(Map::from_iter([(name.clone(), value.clone())]));
         let parsed: GenerationOptions = serde_json::from_value(single)
             .map_err(|e| ApiError::invalid(name.clone(), format!("not a valid `{name}`: {e}")))?;
         merge(&mut options, parsed);
     }
-    if let Some(n) = request.max_completion_tokens.or(request.max_tokens) {
+    if let Some(n) = sampling.max_tokens {
         options.max_new_tokens = Some(n);
     }
-    match request.temperature {
+    match sampling.temperature {
         Some(0.0) => {
             options.do_sample = Some(false);
         }
@@ -262,19 +299,16 @@ fn options(request: &ChatRequest) -> Result<GenerationOptions, ApiError> {
         }
         None => {}
     }
-    if let Some(p) = request.top_p {
+    if let Some(p) = sampling.top_p {
         options.top_p = Some(p);
-        if request.temperature.is_none_or(|t| t != 0.0) {
+        if sampling.temperature.is_none_or(|t| t != 0.0) {
             options.do_sample = Some(true);
         }
     }
-    if request.seed.is_some() {
-        options.seed = request.seed;
+    if sampling.seed.is_some() {
+        options.seed = sampling.seed;
     }
-    if let Some(k) = request.top_logprobs {
-        if !request.logprobs {
-            return Err(ApiError::invalid("top_logprobs", "needs `logprobs: true`"));
-        }
+    if let Some(k) = sampling.top_logprobs {
         options.top_logprobs = Some(k);
     }
     Ok(options)
@@ -291,10 +325,10 @@ fn merge(into: &mut GenerationOptions, from: GenerationOptions) {
     *into = serde_json::from_value(merged).expect("merged options deserialise");
 }
 
-/// A content part's media.
-enum PartMedia {
-    Image(String),
-    Video(String),
+/// A content part's media: its URL, and the request field it came from.
+pub(super) enum PartMedia {
+    Image { url: String, field: String },
+    Video { url: String, field: String },
 }
 
 /// The media and the question of the conversation (see the module documentation).
@@ -322,7 +356,7 @@ fn conversation(request: &ChatRequest, url_allowed: bool) -> Result<(MediaInput,
              image_url or video_url part",
         ));
     };
-    let media = media(parts, *index, url_allowed)?;
+    let media = media(parts, &format!("messages[{index}].content"), url_allowed)?;
     Ok((media, question.unwrap_or_default().trim().to_string()))
 }
 
@@ -337,8 +371,14 @@ fn parts(content: Option<&Content>, message: usize) -> Result<(String, Vec<PartM
             for (j, part) in parts.iter().enumerate() {
                 match part {
                     Part::Text { text: t } => text.push(t.as_str()),
-                    Part::ImageUrl { image_url } => media.push(PartMedia::Image(image_url.url.clone())),
-                    Part::VideoUrl { video_url } => media.push(PartMedia::Video(video_url.url.clone())),
+                    Part::ImageUrl { image_url } => media.push(PartMedia::Image {
+                        url: image_url.url.clone(),
+                        field: format!("messages[{message}].content.image_url.url"),
+                    }),
+                    Part::VideoUrl { video_url } => media.push(PartMedia::Video {
+                        url: video_url.url.clone(),
+                        field: format!("messages[{message}].content.video_url.url"),
+                    }),
                     Part::Other => {
                         return Err(ApiError::invalid(
                             format!("messages[{message}].content[{j}].type"),
@@ -352,42 +392,43 @@ fn parts(content: Option<&Content>, message: usize) -> Result<(String, Vec<PartM
     }
 }
 
-/// The media of one message's parts.
-fn media(parts: &[PartMedia], message: usize, url_allowed: bool) -> Result<MediaInput, ApiError> {
-    let field = |kind: &str| format!("messages[{message}].content.{kind}.url");
-    let videos: Vec<&String> =
-        parts.iter().filter_map(|p| if let PartMedia::Video(u) = p { Some(u) } else { None }).collect();
-    let images: Vec<&String> =
-        parts.iter().filter_map(|p| if let PartMedia::Image(u) = p { Some(u) } else { None }).collect();
+/// The media of one message's parts (`content` names the message's content, for errors): one
+/// image, several images (a video's frames), or one video.
+pub(super) fn media(parts: &[PartMedia], content: &str, url_allowed: bool) -> Result<MediaInput, ApiError> {
+    let videos: Vec<(&String, &String)> = parts
+        .iter()
+        .filter_map(|p| if let PartMedia::Video { url, field } = p { Some((url, field)) } else { None })
+        .collect();
+    let images: Vec<(&String, &String)> = parts
+        .iter()
+        .filter_map(|p| if let PartMedia::Image { url, field } = p { Some((url, field)) } else { None })
+        .collect();
     match (videos.as_slice(), images.as_slice()) {
-        ([video], []) => match data_uri(video, &field("video_url"))? {
+        ([(video, field)], []) => match data_uri(video, field)? {
             Some(bytes) => Ok(MediaInput::Video { bytes, sampling: None }),
-            None => remote(video, &field("video_url"), url_allowed),
+            None => remote(video, field, url_allowed),
         },
-        ([], [image]) => match data_uri(image, &field("image_url"))? {
+        ([], [(image, field)]) => match data_uri(image, field)? {
             Some(bytes) => Ok(MediaInput::Image(bytes)),
-            None => remote(image, &field("image_url"), url_allowed),
+            None => remote(image, field, url_allowed),
         },
         ([], images) => {
             let frames = images
                 .iter()
-                .map(|url| {
-                    data_uri(url, &field("image_url"))?.ok_or_else(|| {
-                        ApiError::invalid(field("image_url"), "several images (a video's frames) must be data: URIs")
+                .map(|(url, field)| {
+                    data_uri(url, field)?.ok_or_else(|| {
+                        ApiError::invalid(*field, "several images (a video's frames) must be data: URIs")
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(MediaInput::Frames(frames))
         }
-        _ => Err(ApiError::invalid(
-            format!("messages[{message}].content"),
-            "one message may hold one video_url, or images, not both",
-        )),
+        _ => Err(ApiError::invalid(content, "one message may hold one video, or images, not both")),
     }
 }
 
 /// The bytes of a `data:` URI (`None` for any other URL).
-fn data_uri(url: &str, field: &str) -> Result<Option<Vec<u8>>, ApiError> {
+pub(super) fn data_uri(url: &str, field: &str) -> Result<Option<Vec<u8>>, ApiError> {
     let Some(rest) = url.strip_prefix("data:") else { return Ok(None) };
     let Some((header, data)) = rest.split_once(',') else {
         return Err(ApiError::invalid(field, "a data: URI needs a comma before its data"));
@@ -415,7 +456,7 @@ fn data_uri(url: &str, field: &str) -> Result<Option<Vec<u8>>, ApiError> {
     Ok(Some(bytes))
 }
 
-fn remote(url: &str, field: &str, url_allowed: bool) -> Result<MediaInput, ApiError> {
+pub(super) fn remote(url: &str, field: &str, url_allowed: bool) -> Result<MediaInput, ApiError> {
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err(ApiError::invalid(field, "must be a data: URI or an http(s) URL"));
     }

@@ -55,6 +55,8 @@ pub struct ServeOptions {
     pub max_connections: usize,
     /// How long an HTTP/1.1 request body may take to arrive (crate::web).
     pub http1_body_timeout: Duration,
+    /// The bounds on stored responses (`/v1/responses`).
+    pub stored_responses: crate::openai::responses::StoreLimits,
 }
 
 /// Serves on `listener` until `shutdown` resolves; then reports NOT_SERVING, stops taking
@@ -85,7 +87,11 @@ pub async fn serve(
     let inference_auth = BearerAuth::new(options.inference_token.take());
     let core = Arc::new(Core::new(registry.clone(), options.limits, options.media.clone()));
     let openai = crate::openai::router(
-        crate::openai::OpenAi { core: core.clone(), auth: inference_auth.clone() },
+        crate::openai::OpenAi {
+            core: core.clone(),
+            auth: inference_auth.clone(),
+            stored_responses: options.stored_responses,
+        },
         options.max_message_bytes.saturating_mul(2),
     );
     let captioner = CaptionerServer::new(CaptionerService::new(core.clone()))
