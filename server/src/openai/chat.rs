@@ -114,8 +114,7 @@ async fn answer(running: Vec<Running>, mut tally: Tally, plan: &Plan) -> Result<
 /// the media and queues one request per choice, all within the call's deadline.
 async fn start(state: &OpenAi, plan: &Plan, call: &Call, tally: &mut Tally) -> crate::error::Result<Vec<Running>> {
     let ask = Ask {
-        // An empty `model` asks for the server's default, as an empty gRPC `model` does.
-        model: Some(plan.model.clone()).filter(|model| !model.is_empty()),
+        model: super::request::model(&plan.model),
         media: plan.media.clone(),
         question: plan.question.clone(),
         options: plan.options,

@@ -189,6 +189,12 @@ pub(super) fn in_openai_terms(error: GitcapError, max_tokens_param: Option<&'sta
 }
 
 /// OpenAI's `service_tier` as a priority: `flex` (cheaper, slower) is batch.
+/// The model a request names; an empty `model` asks for the server's default, as an empty gRPC
+/// `model` does.
+pub(super) fn model(name: &str) -> Option<String> {
+    Some(name).filter(|name| !name.is_empty()).map(str::to_string)
+}
+
 pub(super) fn priority(service_tier: Option<&str>) -> Result<Priority, ApiError> {
     match service_tier {
         None | Some("auto" | "default" | "priority") => Ok(Priority::Interactive),

@@ -48,7 +48,7 @@ pub async fn create(api: &OpenAi, store: &Arc<ResponseStore>, plan: Plan, header
     let result = match call {
         Ok(call) => {
             let ask = Ask {
-                model: plan.model.clone(),
+                model: super::request::model(&plan.model),
                 media,
                 question: plan.question.clone(),
                 options: plan.options,
