@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::media::video::{VideoDecoder, VideoLimits};
-use crate::media::{MediaLimits, UrlFetcher, UrlPolicy};
+use crate::media::{MediaLimits, UrlFetcher};
 use crate::registry::{FollowOptions, HubOptions, LoadSpec, Registry, RegistryOptions};
 use crate::service::media::MediaService;
 use crate::settings::Settings;
@@ -105,7 +105,7 @@ fn media_service(settings: &Settings, limits: MediaLimits) -> Result<MediaServic
         wall_seconds: v.wall_secs,
         memory_bytes: v.memory_mb << 20,
         max_processes: v.max_processes.max(1),
-        dense: settings.dense_limits(),
+        dense: m.dense.clone(),
         ..VideoLimits::default()
     };
     let video = VideoDecoder::detect(v.ffmpeg.as_deref(), v.ffprobe.as_deref(), video_limits);
@@ -113,15 +113,7 @@ fn media_service(settings: &Settings, limits: MediaLimits) -> Result<MediaServic
         Ok(decoder) => tracing::info!(ffmpeg = decoder.version(), "video decoding available"),
         Err(why) => tracing::warn!("video decoding unavailable: {why}"),
     }
-    let u = &m.url;
-    let fetcher = UrlFetcher::new(UrlPolicy {
-        enabled: u.enabled,
-        allow_hosts: u.allow_hosts.clone(),
-        max_bytes: u.max_bytes,
-        timeout: Duration::from_secs_f64(u.timeout_secs),
-        connect_timeout: Duration::from_secs_f64(u.connect_timeout_secs),
-        max_redirects: u.max_redirects,
-    })?;
+    let fetcher = UrlFetcher::new(m.url.clone())?;
     MediaService::new(limits, m.decode_budget_mb << 20, video, fetcher, m.spool_dir.clone(), v.max_bytes)
 }
 

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::device::DeviceSpec;
 use crate::engine::EngineOptions;
 use crate::error::{GitcapError, Result};
+use crate::media::fetch::UrlPolicy;
 use crate::media::video::DenseLimits;
 use crate::media::MediaLimits;
 pub use crate::metrics::MetricsSettings;
@@ -223,18 +224,8 @@ pub struct MediaSettings {
     #[serde(default, deserialize_with = "optional")]
     pub spool_dir: Option<PathBuf>,
     pub video: VideoSettings,
-    pub dense: DenseSettings,
-    pub url: UrlSettings,
-}
-
-/// Bounds on one dense captioning request (`DenseCaption`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DenseSettings {
-    pub min_window_secs: f64,
-    pub min_stride_secs: f64,
-    pub max_windows: usize,
-    pub max_frames: usize,
-    pub send_timeout_secs: f64,
+    pub dense: DenseLimits,
+    pub url: UrlPolicy,
 }
 
 /// Video files, decoded by ffmpeg children under limits.
@@ -250,17 +241,6 @@ pub struct VideoSettings {
     pub wall_secs: f64,
     pub memory_mb: u64,
     pub max_processes: usize,
-}
-
-/// Media named by URL, fetched by the server.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct UrlSettings {
-    pub enabled: bool,
-    pub allow_hosts: Vec<String>,
-    pub max_bytes: u64,
-    pub timeout_secs: f64,
-    pub connect_timeout_secs: f64,
-    pub max_redirects: usize,
 }
 
 /// Responses stored for `GET /v1/responses/{id}` and `previous_response_id` follow-ups.
@@ -334,18 +314,6 @@ impl Settings {
             max_stored: r.max_stored,
             max_bytes: r.max_stored_mb.saturating_mul(1 << 20),
             ttl: std::time::Duration::from_secs(r.ttl_secs),
-        }
-    }
-
-    /// What one DenseCaption request may ask for (`media.dense.*`).
-    pub fn dense_limits(&self) -> DenseLimits {
-        let d = &self.media.dense;
-        DenseLimits {
-            min_window_s: d.min_window_secs,
-            min_stride_s: d.min_stride_secs,
-            max_windows: d.max_windows,
-            max_frames: d.max_frames,
-            send_timeout_s: d.send_timeout_secs,
         }
     }
 
@@ -525,7 +493,8 @@ mod tests {
         let (limits, default) = (settings.request_limits(), RequestLimits::default());
         assert_eq!(format!("{limits:?}"), format!("{default:?}"));
         assert_eq!(format!("{:?}", limits.media), format!("{:?}", MediaLimits::default()));
-        assert_eq!(settings.dense_limits(), DenseLimits::default());
+        assert_eq!(settings.media.dense, DenseLimits::default());
+        assert_eq!(settings.media.url, UrlPolicy::default());
     }
 
     #[test]

@@ -66,23 +66,23 @@ impl DensePlan {
         limits: &DenseLimits,
     ) -> Result<Self> {
         let window_s = if window_s == 0.0 { DEFAULT_WINDOW_S } else { window_s };
-        if !(window_s.is_finite() && window_s > 0.0 && window_s >= limits.min_window_s) {
+        if !(window_s.is_finite() && window_s > 0.0 && window_s >= limits.min_window_secs) {
             return Err(GitcapError::invalid(
                 "window_s",
                 format!(
                     "must be at least {} s (media.dense.min_window_secs), or 0 for {DEFAULT_WINDOW_S} s; not {window_s}",
-                    limits.min_window_s
+                    limits.min_window_secs
                 ),
             ));
         }
         let stride_s = if stride_s == 0.0 { window_s } else { stride_s };
-        if !(stride_s.is_finite() && stride_s > 0.0 && stride_s >= limits.min_stride_s) {
+        if !(stride_s.is_finite() && stride_s > 0.0 && stride_s >= limits.min_stride_secs) {
             return Err(GitcapError::invalid(
                 "stride_s",
                 format!(
                     "must be at least {} s (media.dense.min_stride_secs), or 0 for windows that do not overlap; \
                      not {stride_s}",
-                    limits.min_stride_s
+                    limits.min_stride_secs
                 ),
             ));
         }
@@ -193,7 +193,7 @@ impl DenseSession {
 
     /// How long the request waits for its client to take an event (`media.dense.send_timeout_secs`).
     pub fn send_timeout(&self) -> Duration {
-        let seconds = self.media.video_decoder().map_or(0.0, |decoder| decoder.limits().dense.send_timeout_s);
+        let seconds = self.media.video_decoder().map_or(0.0, |decoder| decoder.limits().dense.send_timeout_secs);
         Duration::from_secs_f64(seconds.max(0.0))
     }
 

@@ -55,8 +55,10 @@ const SETTING_MAX_REDIRECTS: &str = "media.url.max_redirects";
 /// URLs longer than this are shortened in messages.
 const MAX_URL_CHARS_SHOWN: usize = 200;
 
-/// What may be fetched, and within which limits.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What may be fetched, and within which limits; read straight from the settings' `[media.url]`
+/// table.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UrlPolicy {
     /// Whether media may be named by URL at all.
     pub enabled: bool,
@@ -67,20 +69,22 @@ pub struct UrlPolicy {
     /// The most bytes one URL's body may have.
     pub max_bytes: u64,
     /// The most time for one fetch, redirects and body included.
+    #[serde(rename = "timeout_secs", with = "crate::optional_setting::seconds")]
     pub timeout: Duration,
     /// The most time to open one connection (DNS, TCP and TLS).
+    #[serde(rename = "connect_timeout_secs", with = "crate::optional_setting::seconds")]
     pub connect_timeout: Duration,
     /// How many redirects are followed; 0 refuses every redirect.
     pub max_redirects: usize,
 }
 
 impl Default for UrlPolicy {
-    /// Off; when turned on: 64 MiB, 30 s in all, 10 s to connect, 5 redirects.
+    /// Off; when turned on: 256 MiB, 30 s in all, 10 s to connect, 5 redirects.
     fn default() -> Self {
         Self {
             enabled: false,
             allow_hosts: Vec::new(),
-            max_bytes: 64 << 20,
+            max_bytes: 256 << 20,
             timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             max_redirects: 5,

@@ -27,26 +27,33 @@ pub struct VideoLimits {
     pub dense: DenseLimits,
 }
 
-/// Bounds on one dense captioning request (`DenseCaption`), checked before anything is decoded
-/// (settings `media.dense.*`).
-#[derive(Debug, Clone, PartialEq)]
+/// Bounds on one dense captioning request (`DenseCaption`), checked before anything is decoded;
+/// read straight from the settings' `[media.dense]` table.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DenseLimits {
     /// The shortest window and stride accepted, in seconds.
-    pub min_window_s: f64,
-    pub min_stride_s: f64,
+    pub min_window_secs: f64,
+    pub min_stride_secs: f64,
     /// The most windows (captions) and grid frames one request may cover.
     pub max_windows: usize,
     pub max_frames: usize,
     /// How long a request waits for its client to take the next caption, in seconds, before it
     /// stops; it holds no decoder process meanwhile.
-    pub send_timeout_s: f64,
+    pub send_timeout_secs: f64,
 }
 
 impl Default for DenseLimits {
     /// Windows and strides of at least 1 s, at most 1024 windows and 4320 frames (two hours at
     /// the default 10 s windows of a 6-frame model), 60 s for a client to read.
     fn default() -> Self {
-        Self { min_window_s: 1.0, min_stride_s: 1.0, max_windows: 1024, max_frames: 4320, send_timeout_s: 60.0 }
+        Self {
+            min_window_secs: 1.0,
+            min_stride_secs: 1.0,
+            max_windows: 1024,
+            max_frames: 4320,
+            send_timeout_secs: 60.0,
+        }
     }
 }
 
