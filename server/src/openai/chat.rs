@@ -16,10 +16,10 @@ use super::request::{service_tier, Plan};
 use super::stop::{Released, StopMatcher};
 use super::types::{
     AssistantMessage, ChatChunk, ChatCompletion, Choice, ChunkChoice, Delta, Logprobs, PromptTokensDetails,
-    TokenLogprob, TopLogprob, Usage,
+    TokenLogprob, Usage,
 };
 use super::OpenAi;
-use crate::engine::{EngineEvent, InferenceOutput, TokenEvent};
+use crate::engine::{EngineEvent, InferenceOutput};
 use crate::error::GitcapError;
 use crate::model::generation::FinishReason;
 use crate::service::request::{ended_without_an_answer, Started, Tally};
@@ -158,7 +158,7 @@ async fn drive(
             EngineEvent::Admitted { .. } => continue,
             EngineEvent::Token(token) => {
                 generated += 1;
-                let logprob = logprobs.then(|| token_logprob(&token));
+                let logprob = logprobs.then(|| TokenLogprob::of(&token));
                 if let Some(logprob) = &logprob {
                     choice.logprobs.push(logprob.clone());
                 }
@@ -214,23 +214,6 @@ fn usage(output: &InferenceOutput) -> Usage {
         completion_tokens: completion,
         total_tokens: prompt + completion,
         prompt_tokens_details: PromptTokensDetails { cached_tokens },
-    }
-}
-
-fn token_logprob(token: &TokenEvent) -> TokenLogprob {
-    TokenLogprob {
-        token: token.text_delta.clone(),
-        logprob: token.logprob,
-        bytes: token.text_delta.as_bytes().to_vec(),
-        top_logprobs: token
-            .top_logprobs
-            .iter()
-            .map(|(_, text, logprob)| TopLogprob {
-                token: text.clone(),
-                logprob: *logprob,
-                bytes: text.as_bytes().to_vec(),
-            })
-            .collect(),
     }
 }
 

@@ -151,6 +151,27 @@ pub struct TopLogprob {
     pub bytes: Vec<u8>,
 }
 
+impl TokenLogprob {
+    /// A generated token's log-probability, with its alternatives when asked for (the same
+    /// shape on chat completions and responses).
+    pub fn of(token: &crate::engine::TokenEvent) -> Self {
+        Self {
+            token: token.text_delta.clone(),
+            logprob: token.logprob,
+            bytes: token.text_delta.as_bytes().to_vec(),
+            top_logprobs: token
+                .top_logprobs
+                .iter()
+                .map(|(_, text, logprob)| TopLogprob {
+                    token: text.clone(),
+                    logprob: *logprob,
+                    bytes: text.as_bytes().to_vec(),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// One Server-Sent Event of a streamed completion.
 #[derive(Debug, Serialize)]
 pub struct ChatChunk {

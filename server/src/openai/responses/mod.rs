@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use super::chat::with_version;
 use super::error::ApiError;
 use super::request::{in_openai_terms, service_tier};
+use super::types::TokenLogprob;
 use super::OpenAi;
 use crate::engine::{EngineEvent, InferenceOutput};
 use crate::error::GitcapError;
@@ -25,7 +26,7 @@ use crate::model::generation::FinishReason;
 use crate::service::media::MediaInput;
 use crate::service::request::{ended_without_an_answer, Started, Tally};
 use crate::service::Ask;
-use object::{IncompleteDetails, OutputMessage, OutputText, ResponseObject, TokenLogprob, Usage};
+use object::{IncompleteDetails, OutputMessage, OutputText, ResponseObject, Usage};
 use request::{Plan, Source};
 pub use store::{ResponseStore, StoreLimits};
 

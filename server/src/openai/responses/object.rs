@@ -5,7 +5,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::request::Echo;
-use crate::engine::TokenEvent;
+use crate::openai::types::TokenLogprob;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ResponseObject {
@@ -121,40 +121,6 @@ pub struct OutputText {
 impl OutputText {
     pub fn new(text: String, logprobs: Vec<TokenLogprob>) -> Self {
         Self { kind: "output_text", text, annotations: vec![], logprobs }
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct TokenLogprob {
-    pub token: String,
-    pub logprob: f32,
-    pub bytes: Vec<u8>,
-    pub top_logprobs: Vec<TopLogprob>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct TopLogprob {
-    pub token: String,
-    pub logprob: f32,
-    pub bytes: Vec<u8>,
-}
-
-impl TokenLogprob {
-    pub fn of(token: &TokenEvent) -> Self {
-        Self {
-            token: token.text_delta.clone(),
-            logprob: token.logprob,
-            bytes: token.text_delta.as_bytes().to_vec(),
-            top_logprobs: token
-                .top_logprobs
-                .iter()
-                .map(|(_, text, logprob)| TopLogprob {
-                    token: text.clone(),
-                    logprob: *logprob,
-                    bytes: text.as_bytes().to_vec(),
-                })
-                .collect(),
-        }
     }
 }
 
