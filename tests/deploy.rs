@@ -294,9 +294,18 @@ async fn the_kserve_runtime_serves_the_storage_mount_under_the_inference_service
     assert!(!reply.text.is_empty(), "{reply:?}");
 
     // /metrics over HTTP/1.1, as the endpoint picker and Prometheus scrape it...
-    let (status, _, metrics) = http_get(&server.addr, "/metrics");
-    assert_eq!(status, 200);
-    assert!(metrics.contains(r#"vllm:num_requests_running{model_name="git-vatex"} 0"#), "{metrics}");
+    // (The running gauge drops just after the answer is sent: poll for it.)
+    let idle = r#"vllm:num_requests_running{model_name="git-vatex"} 0"#;
+    let polling = std::time::Instant::now();
+    let metrics = loop {
+        let (status, _, metrics) = http_get(&server.addr, "/metrics");
+        assert_eq!(status, 200);
+        if metrics.contains(idle) || polling.elapsed() > std::time::Duration::from_secs(10) {
+            break metrics;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(metrics.contains(idle), "{metrics}");
     // ...and over HTTP/2 with prior knowledge, as Knative's queue-proxy speaks to an h2c port.
     let tcp = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
     let (send, connection) = h2::client::handshake(tcp).await.unwrap();
