@@ -23,6 +23,8 @@ CACHE=${GITCAP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/gitcap}
 TOOLS="$CACHE/deploy-validate"
 PYTHON=${PYTHON:-python3}
 RENDERED=deploy/k8s/rendered
+# Stand-alone examples (deploy/k8s/examples), validated beside the rendered overlays.
+EXAMPLES=(deploy/k8s/examples/*.yaml)
 REQUIREMENTS=scripts/lib/requirements-deploy.txt
 # The custom resources: their own directories, validated against the CRDs in deploy/crds.
 CUSTOM=(deploy/kserve deploy/gateway)
@@ -117,7 +119,7 @@ else
 fi
 
 # 2. Every manifest against the schemas, strict; a kind without a schema fails too.
-for file in "$RENDERED"/*.yaml; do
+for file in "$RENDERED"/*.yaml "${EXAMPLES[@]}"; do
   for version in "${K8S_VERSIONS[@]}"; do
     if ! out=$(py -m kubernetes_validate --strict --quiet -k "$version" "$file" 2>&1) || [ -n "$out" ]; then
       echo "$out" >&2
@@ -162,7 +164,7 @@ log "${custom_files[*]}: valid against their CRDs (strict)"
 #    deploy/k8s/autoscaling/prometheus-adapter.yaml from metrics the server exports. The
 #    KServe runtime's `gitcap-server serve` flags exist, and the KServe and gateway resources
 #    name each other and the Deployment's pods as they must.
-py - "$RENDERED"/*.yaml "${custom_files[@]}" <<'PY' || fail "settings in deploy/ (above) do not exist, or compose.yaml does not hang together"
+py - "$RENDERED"/*.yaml "${EXAMPLES[@]}" "${custom_files[@]}" <<'PY' || fail "settings in deploy/ (above) do not exist, or compose.yaml does not hang together"
 import pathlib, re, sys, yaml
 
 RENDERED_HINT = "deploy/k8s/rendered"

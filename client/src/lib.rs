@@ -24,6 +24,7 @@
 //! The generated types and stubs are in [`proto`], for anything this wrapper does not cover.
 
 pub mod balance;
+pub mod batch;
 mod client;
 mod error;
 pub mod media;

@@ -56,6 +56,9 @@ const BATCH_UTILIZATION: &str = "gitcap_batch_utilization";
 const DESIRED_IN_SYNC: &str = "gitcap_desired_state_in_sync";
 const DESIRED_ERRORS: &str = "gitcap_desired_state_errors_total";
 const MEDIA_BUDGET_PEAK: &str = "gitcap_media_budget_peak_reserved_bytes";
+const BATCH_JOBS: &str = "gitcap_batch_jobs";
+const BATCH_LINES: &str = "gitcap_batch_lines_total";
+const BATCH_LINES_IN_FLIGHT: &str = "gitcap_batch_lines_in_flight";
 
 /// Help text of the gauges, in the order they are rendered.
 const GAUGES: [(&str, &str); 5] = [
@@ -199,6 +202,21 @@ fn describe() {
         MEDIA_BUDGET_PEAK,
         Unit::Bytes,
         "The most bytes of media.decode_budget_mb reserved at once (decoded pixels in flight) since the server started."
+    );
+    describe_gauge!(
+        BATCH_JOBS,
+        Unit::Count,
+        "Batch API jobs held, by status (validating, in_progress, completed, ...)."
+    );
+    describe_counter!(
+        BATCH_LINES,
+        Unit::Count,
+        "Batch API lines answered, by outcome: completed (output file) or failed (error file)."
+    );
+    describe_gauge!(
+        BATCH_LINES_IN_FLIGHT,
+        Unit::Count,
+        "Batch API lines being answered now (batch.lines_in_flight at most)."
     );
     describe_counter!(
         CACHE_MISSES,
@@ -398,6 +416,26 @@ pub fn running_requests(model: &str, version: &str, running: usize) {
 /// The fraction of a model's decoding batch in use (0 to 1; more is clamped).
 pub fn batch_utilization(model: &str, version: &str, fraction: f64) {
     set_gauge(BATCH_UTILIZATION, model, version, Some(fraction.clamp(0.0, 1.0)));
+}
+
+/// The Batch API's jobs in each status (every status, so one that empties reads 0).
+pub fn batch_jobs(counts: &[(String, u64)]) {
+    const STATUSES: [&str; 8] =
+        ["validating", "in_progress", "finalizing", "completed", "failed", "cancelling", "cancelled", "expired"];
+    for status in STATUSES {
+        let count = counts.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
+        gauge!(BATCH_JOBS, "status" => status).set(count as f64);
+    }
+}
+
+/// One Batch API line answered: to the output file (`ok`) or to the error file.
+pub fn batch_line(ok: bool) {
+    counter!(BATCH_LINES, "outcome" => if ok { "completed" } else { "failed" }).increment(1);
+}
+
+/// Batch API lines being answered now, up or down by `change`.
+pub fn batch_lines_in_flight(change: i64) {
+    gauge!(BATCH_LINES_IN_FLIGHT).increment(change as f64);
 }
 
 /// Declarative mode: whether the server has reached its desired-state file's state.

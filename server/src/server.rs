@@ -65,6 +65,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     };
     let limits = settings.request_limits();
     let media = Arc::new(media_service(&settings, limits.media)?);
+    let batch = crate::openai::batch::Batches::open(&settings.batch)?;
     let options = ServeOptions {
         media,
         limits,
@@ -81,6 +82,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         max_connections: settings.server.max_connections,
         http1_body_timeout: settings.server.http1_body_timeout()?,
         stored_responses: settings.response_store_limits(),
+        batch,
     };
     // Tests and scripts read the port from this line, printed once every setting has been read:
     // a misconfigured server announces nothing before it stops.

@@ -43,6 +43,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub metrics: MetricsSettings,
     pub telemetry: TelemetrySettings,
+    pub batch: BatchSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -215,6 +216,25 @@ pub struct LimitSettings {
     pub max_question_chars: usize,
     pub max_labels: usize,
     pub max_timeout_secs: u64,
+}
+
+/// The Batch API (`/v1/files`, `/v1/batches`; crate::openai::batch): where its jobs and files
+/// live, and their bounds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchSettings {
+    /// Directory of the jobs' database and files; `None` = the Batch API is off.
+    #[serde(default, deserialize_with = "optional")]
+    pub data_dir: Option<PathBuf>,
+    pub max_file_mb: u64,
+    pub max_disk_mb: u64,
+    pub max_lines: usize,
+    pub max_active_jobs: usize,
+    pub lines_in_flight: usize,
+    pub line_attempts: u32,
+    pub completion_window_secs: u64,
+    pub file_expiry_secs: u64,
+    pub job_expiry_secs: u64,
+    pub sweep_interval_secs: f64,
 }
 
 /// Decoding media: the memory budget, video files, URLs.

@@ -5,6 +5,7 @@
 //! limits, media budget, metrics (`protocol="openai"`) and inference token as gRPC; how a chat
 //! maps onto GIT is in [`request`].
 
+pub mod batch;
 mod chat;
 mod error;
 pub mod request;
@@ -44,6 +45,8 @@ struct Served {
     api: OpenAi,
     responses: Arc<ResponseStore>,
     max_body_bytes: usize,
+    /// The Files and Batches API, when `batch.data_dir` is set.
+    batch: Option<Arc<batch::Batches>>,
 }
 
 /// What parsing a chat request holds at its peak, per byte of its body: the body, the text of
@@ -55,19 +58,21 @@ const PARSE_BYTES_PER_BODY_BYTE: u64 = 4;
 /// The routes under `/v1`. Request bodies may be up to `max_body_bytes` (media arrive base64
 /// encoded, a third larger than in a gRPC message). Every route checks the inference token
 /// first, before any of the body is read.
-pub fn router(state: OpenAi, max_body_bytes: usize) -> Router {
+pub fn router(state: OpenAi, max_body_bytes: usize, batch: Option<Arc<batch::Batches>>) -> Router {
     let responses = Arc::new(ResponseStore::new(state.stored_responses));
-    let state = Arc::new(Served { api: state, responses, max_body_bytes });
+    let state = Arc::new(Served { api: state, responses, max_body_bytes, batch });
+    batch::start(state.clone());
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/responses", post(create_response))
         .route("/v1/responses/{id}", get(get_response).delete(delete_response))
         .route("/v1/models", get(models))
+        .merge(batch::routes())
         .fallback(|| async {
             ApiError {
                 status: StatusCode::NOT_FOUND,
                 message: "no such endpoint: gitcap serves POST /v1/chat/completions, POST /v1/responses, \
-                          GET and DELETE /v1/responses/{id} and GET /v1/models"
+                          GET and DELETE /v1/responses/{id}, GET /v1/models, /v1/files and /v1/batches"
                     .into(),
                 param: None,
             }

@@ -57,6 +57,8 @@ pub struct ServeOptions {
     pub http1_body_timeout: Duration,
     /// The bounds on stored responses (`/v1/responses`).
     pub stored_responses: crate::openai::responses::StoreLimits,
+    /// The OpenAI Files and Batches API's store, when `batch.data_dir` is set.
+    pub batch: Option<Arc<crate::openai::batch::Batches>>,
 }
 
 /// Serves on `listener` until `shutdown` resolves; then reports NOT_SERVING, stops taking
@@ -93,6 +95,7 @@ pub async fn serve(
             stored_responses: options.stored_responses,
         },
         options.max_message_bytes.saturating_mul(2),
+        options.batch.take(),
     );
     let captioner = CaptionerServer::new(CaptionerService::new(core.clone()))
         .max_decoding_message_size(options.max_message_bytes)

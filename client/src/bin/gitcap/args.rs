@@ -107,6 +107,48 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Caption many files: a directory of images and videos, a JSONL manifest (one object a line:
+    /// `path` or `url`, optional `id`, `question`, `options`) or a CSV (columns path or url, id,
+    /// question). One output line per item, written as each is done; Ctrl-C leaves an output that
+    /// --resume continues.
+    Batch {
+        /// A directory, a .jsonl manifest or a .csv file.
+        input: std::path::PathBuf,
+        /// The output file (one line per item).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// jsonl (one JSON object a line) or csv.
+        #[arg(long, value_enum, default_value_t)]
+        format: gitcap_client::batch::Format,
+        /// Items captioned at once.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Continue an output that exists: skip the items it holds.
+        #[arg(long)]
+        resume: bool,
+        /// Caption only shard INDEX of COUNT (INDEX/COUNT, 0-based: items INDEX, INDEX + COUNT, …),
+        /// so COUNT runs split the input, e.g. the pods of a Kubernetes Indexed Job.
+        #[arg(long, value_name = "INDEX/COUNT")]
+        shard: Option<gitcap_client::batch::Shard>,
+        /// Videos get timestamped captions (DenseCaption), one WebVTT file each in --subtitles-dir.
+        #[arg(long)]
+        dense: bool,
+        /// With --dense: the directory the WebVTT files go in (default: the output's path with the
+        /// extension .vtt).
+        #[arg(long, requires = "dense")]
+        subtitles_dir: Option<std::path::PathBuf>,
+        /// With --dense: seconds each caption covers (0 = the server's default).
+        #[arg(long, default_value_t = 0.0, requires = "dense")]
+        window: f64,
+        /// With --dense: seconds from one caption's start to the next's (0 = the window).
+        #[arg(long, default_value_t = 0.0, requires = "dense")]
+        stride: f64,
+        #[command(flatten)]
+        request: RequestArgs,
+        /// batch (the default here: leaves the server's rows free for interactive callers) or interactive.
+        #[arg(long, value_enum, default_value_t = Priority::Batch)]
+        priority: Priority,
+    },
     /// Check the server's health.
     Health {
         /// The service to check (empty = the whole server), e.g. gitcap.v1.Captioner.

@@ -5,6 +5,7 @@
 //! their answers.
 
 mod args;
+mod batch;
 mod caption;
 mod dense;
 mod models;
@@ -109,6 +110,30 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let options = request.options().priority(*priority);
             let format = if *json { DenseFormat::Jsonl } else { *format };
             dense::dense(&client, path, *window, *stride, options, format).await
+        }
+        Command::Batch {
+            input,
+            out,
+            format,
+            concurrency,
+            resume,
+            shard,
+            dense,
+            subtitles_dir,
+            window,
+            stride,
+            request,
+            priority,
+        } => {
+            let client = connect(&cli).await?;
+            let dense = dense.then(|| gitcap_client::batch::Dense {
+                dir: subtitles_dir.clone().unwrap_or_else(|| out.with_extension("vtt")),
+                window_s: *window,
+                stride_s: *stride,
+            });
+            let plan = gitcap_client::batch::Plan { options: request.options().priority(*priority), dense };
+            let files = batch::Files { input, out, format: *format, resume: *resume, shard: *shard };
+            batch::batch(client, files, *concurrency, plan).await
         }
         Command::Live { path, window, stride, request, fps, json } => {
             let client = || connect(&cli);
