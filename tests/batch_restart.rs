@@ -16,10 +16,10 @@ use common::fixtures::fixtures;
 use common::openai::post_chat;
 use common::server::TestServer;
 
-const LINES: usize = 240;
+const LINES: usize = 120;
 
 fn server(dir: &std::path::Path) -> TestServer {
-    let env = [("GITCAP__BATCH__DATA_DIR", dir.to_str().unwrap()), ("GITCAP__BATCH__LINES_IN_FLIGHT", "2")];
+    let env = [("GITCAP__BATCH__DATA_DIR", dir.to_str().unwrap()), ("GITCAP__BATCH__LINES_IN_FLIGHT", "4")];
     TestServer::start_with_env("tiny-git-image", &[], &env)
 }
 

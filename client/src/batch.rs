@@ -472,13 +472,13 @@ mod tests {
             drop(output);
             assert!(Output::open(&path, format, false).is_err(), "an existing output needs --resume");
             let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
-            file.write_all(b"{\"id\": \"c\", \"te").unwrap();
+            file.write_all(b"{\"id\": \"c\", \"cut").unwrap();
             let (mut output, done) = Output::open(&path, format, true).unwrap();
             assert_eq!(done, HashSet::from(["a,1".to_string(), "b".to_string()]), "{format:?}");
             output.write(&Record { id: "c".into(), ..Default::default() }).unwrap();
             let text = std::fs::read_to_string(&path).unwrap();
             assert_eq!(text.lines().count(), if format == Format::Csv { 4 } else { 3 }, "{text}");
-            assert!(text.ends_with('\n') && !text.contains("\"te"), "{text}");
+            assert!(text.ends_with('\n') && !text.contains("\"cut"), "{text}");
         }
     }
 }

@@ -337,6 +337,35 @@ impl Settings {
         }
     }
 
+    /// The Batch API's store and bounds (`batch.*`); `None` when `batch.data_dir` is not set
+    /// (the API is off).
+    pub fn batch_options(&self) -> Result<Option<crate::openai::batch::BatchOptions>> {
+        let b = &self.batch;
+        let Some(data_dir) = b.data_dir.clone() else { return Ok(None) };
+        if b.lines_in_flight == 0 {
+            return Err(GitcapError::invalid("batch.lines_in_flight", "must be at least 1"));
+        }
+        if b.line_attempts == 0 {
+            return Err(GitcapError::invalid("batch.line_attempts", "must be at least 1"));
+        }
+        if !(b.sweep_interval_secs.is_finite() && b.sweep_interval_secs > 0.0) {
+            return Err(GitcapError::invalid("batch.sweep_interval_secs", "must be a positive number of seconds"));
+        }
+        Ok(Some(crate::openai::batch::BatchOptions {
+            data_dir,
+            max_file_mb: b.max_file_mb,
+            max_disk_mb: b.max_disk_mb,
+            max_lines: b.max_lines,
+            max_active_jobs: b.max_active_jobs,
+            lines_in_flight: b.lines_in_flight,
+            line_attempts: b.line_attempts,
+            completion_window_secs: b.completion_window_secs,
+            file_expiry_secs: b.file_expiry_secs,
+            job_expiry_secs: b.job_expiry_secs,
+            sweep_interval_secs: b.sweep_interval_secs,
+        }))
+    }
+
     /// Layers the defaults, `file`, the environment and `overrides` ("section.key" → value).
     pub fn load(file: Option<&Path>, overrides: &[(&str, Option<String>)]) -> Result<Self> {
         Self::load_from(file, overrides, std::env::vars())

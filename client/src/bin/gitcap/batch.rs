@@ -36,7 +36,7 @@ pub async fn batch(client: GitcapClient, files: Files<'_>, concurrency: usize, p
         bar.set_style(style);
     }
     if !done.is_empty() {
-        bar.println(format!("resuming: {} items already in {}", done.len(), out.display()));
+        say(&bar, format!("resuming: {} items already in {}", done.len(), out.display()));
     }
     bar.set_message("0");
     let (client, plan) = (Arc::new(client), Arc::new(plan));
@@ -53,18 +53,29 @@ pub async fn batch(client: GitcapClient, files: Files<'_>, concurrency: usize, p
         let record = tokio::select! {
             record = answers.next() => match record { Some(record) => record, None => break },
             _ = &mut interrupted => {
-                bar.abandon_with_message(format!("{failed} (interrupted: run again with --resume to continue)"));
+                bar.abandon_with_message(failed.to_string());
+                say(&bar, format!("interrupted: {} is complete up to here; run again with --resume to continue", out.display()));
                 return Ok(ExitCode::from(130));
             }
         };
         if let Some(error) = &record.error {
             failed += 1;
             bar.set_message(failed.to_string());
-            bar.println(format!("{}: {error}", record.id));
+            say(&bar, format!("{}: {error}", record.id));
         }
         output.write(&record)?;
         bar.inc(1);
     }
     bar.finish();
+    say(&bar, format!("{} done, {failed} failed: {}", bar.position(), out.display()));
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) })
+}
+
+/// A line on stderr, above the progress bar (which is hidden when stderr is not a terminal).
+fn say(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
 }

@@ -19,13 +19,29 @@ use axum::Router;
 
 use super::{ApiError, Served};
 use crate::error::Result;
-use crate::settings::BatchSettings;
 use store::Store;
+
+/// Where the Batch API keeps its jobs and files, and its bounds (the `batch.*` settings, which
+/// config/default.toml documents).
+#[derive(Debug, Clone)]
+pub struct BatchOptions {
+    pub data_dir: std::path::PathBuf,
+    pub max_file_mb: u64,
+    pub max_disk_mb: u64,
+    pub max_lines: usize,
+    pub max_active_jobs: usize,
+    pub lines_in_flight: usize,
+    pub line_attempts: u32,
+    pub completion_window_secs: u64,
+    pub file_expiry_secs: u64,
+    pub job_expiry_secs: u64,
+    pub sweep_interval_secs: f64,
+}
 
 /// The Batch API's state: its store, its bounds, and the jobs running here.
 pub struct Batches {
     store: Store,
-    settings: BatchSettings,
+    settings: BatchOptions,
     /// Lines being answered at once, over every job (`batch.lines_in_flight`).
     lines: Arc<tokio::sync::Semaphore>,
     /// The cancel signal of each job running in this process.
@@ -33,20 +49,15 @@ pub struct Batches {
 }
 
 impl Batches {
-    /// Opens the store in `batch.data_dir`; `None` when it is not set (the Batch API is off).
-    /// Blocking: call at start-up.
-    pub fn open(settings: &BatchSettings) -> Result<Option<Arc<Self>>> {
-        let Some(dir) = &settings.data_dir else { return Ok(None) };
-        if settings.lines_in_flight == 0 {
-            return Err(crate::error::GitcapError::invalid("batch.lines_in_flight", "must be at least 1"));
-        }
-        let store = Store::open(dir)?;
-        Ok(Some(Arc::new(Self {
+    /// Opens the store in `options.data_dir`. Blocking: call at start-up.
+    pub fn open(options: BatchOptions) -> Result<Arc<Self>> {
+        let store = Store::open(&options.data_dir)?;
+        Ok(Arc::new(Self {
             store,
-            settings: settings.clone(),
-            lines: Arc::new(tokio::sync::Semaphore::new(settings.lines_in_flight)),
+            lines: Arc::new(tokio::sync::Semaphore::new(options.lines_in_flight.max(1))),
+            settings: options,
             running: Mutex::new(HashMap::new()),
-        })))
+        }))
     }
 
     fn max_file_bytes(&self) -> u64 {
@@ -90,7 +101,7 @@ pub(super) fn start(state: Arc<Served>) {
             }
             Err(error) => tracing::error!(%error, "could not read the batch jobs to resume"),
         }
-        let interval = Duration::from_secs_f64(batches.settings.sweep_interval_secs.max(0.05));
+        let interval = Duration::from_secs_f64(batches.settings.sweep_interval_secs);
         loop {
             let ttl = (batches.settings.job_expiry_secs > 0).then_some(batches.settings.job_expiry_secs as i64);
             match batches.store.sweep(now(), ttl).await {
