@@ -319,8 +319,8 @@ async fn answer_chat(state: &Served, body: Vec<u8>) -> std::result::Result<(Stat
         });
     }
     let cost = (body.len() as u64).saturating_mul(super::super::PARSE_BYTES_PER_BODY_BYTE);
-    let room = state.api.media.budget().reserve(cost, "a batch line").await?;
-    let urls_enabled = state.api.media.urls_enabled();
+    let room = state.api.core.media.budget().reserve(cost, "a batch line").await?;
+    let urls_enabled = state.api.core.media.urls_enabled();
     let parsed = tokio::task::spawn_blocking(move || super::super::plan(&body, urls_enabled));
     let mut plan =
         parsed.await.map_err(|e| ApiError::from(GitcapError::Internal(format!("parsing a line: {e}"))))??;
