@@ -341,14 +341,9 @@ async fn answer_chat(state: &Served, body: Vec<u8>) -> std::result::Result<(Stat
 /// Writes the job's output and error files from its recorded answers and ends it. Safe to run
 /// again after a crash: the files' ids are the job's, and are written whole before they count.
 async fn finalize(batches: &Batches, id: &str) -> Result<()> {
-    let results = batches.store.results(id).await?;
     let suffix = id.trim_start_matches("batch_");
     let mut files = Vec::new();
     for (ok, kind) in [(true, "output"), (false, "error")] {
-        let lines: Vec<&str> = results.iter().filter(|(o, _)| *o == ok).map(|(_, line)| line.as_str()).collect();
-        if lines.is_empty() {
-            continue;
-        }
         let created_at = now();
         let row = FileRow {
             id: format!("file-{suffix}-{kind}"),
@@ -358,20 +353,11 @@ async fn finalize(batches: &Batches, id: &str) -> Result<()> {
             created_at,
             expires_at: batches.file_expiry(created_at),
         };
-        let mut content = lines.join("\n");
-        content.push('\n');
-        let (temp, path) = (batches.store.temp_path(), batches.store.content_path(&row.id));
-        let bytes = content.len() as u64;
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut file = std::fs::File::create(&temp)?;
-            file.write_all(content.as_bytes())?;
-            file.sync_all()?;
-            std::fs::rename(&temp, &path)
-        })
-        .await
-        .map_err(|e| GitcapError::Internal(e.to_string()))?
-        .map_err(|e| GitcapError::Internal(format!("writing a batch's {kind} file: {e}")))?;
+        let temp = batches.store.temp_path();
+        let Some(bytes) = batches.store.write_results(id, ok, temp.clone()).await? else { continue };
+        tokio::fs::rename(&temp, batches.store.content_path(&row.id))
+            .await
+            .map_err(|e| GitcapError::Internal(format!("writing a batch's {kind} file: {e}")))?;
         files.push(FileRow { bytes, ..row });
     }
     let Some(row) = batches.store.batch(id).await? else { return Ok(()) };

@@ -10,6 +10,7 @@
 //! same files.
 
 use std::collections::HashSet;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -330,13 +331,35 @@ impl Store {
         .await
     }
 
-    /// A job's recorded answers, in line order, each with whether it succeeded.
-    pub async fn results(&self, id: &str) -> Result<Vec<(bool, String)>> {
+    /// Writes a job's recorded answers that succeeded (`ok`) or failed, in line order, one a line,
+    /// to a new file at `path` (synced); how many bytes, `None` when there were none (no file).
+    /// Streams from the database: a job's answers are never all in memory.
+    pub async fn write_results(&self, id: &str, ok: bool, path: PathBuf) -> Result<Option<u64>> {
         let id = id.to_string();
         self.run(move |c| {
-            let mut statement = c.prepare("SELECT ok, result FROM lines WHERE batch_id = ?1 ORDER BY line_no")?;
-            let results = statement.query_map([id], |row| Ok((row.get(0)?, row.get(1)?)))?.collect();
-            results
+            let mut statement =
+                c.prepare("SELECT result FROM lines WHERE batch_id = ?1 AND ok = ?2 ORDER BY line_no")?;
+            let mut rows = statement.query(params![id, ok])?;
+            let mut file: Option<std::io::BufWriter<std::fs::File>> = None;
+            let mut bytes = 0u64;
+            let io = |e: std::io::Error| rusqlite::Error::ToSqlConversionFailure(Box::new(e));
+            while let Some(row) = rows.next()? {
+                let line: String = row.get(0)?;
+                let out = match &mut file {
+                    Some(out) => out,
+                    None => file.insert(std::io::BufWriter::new(std::fs::File::create(&path).map_err(io)?)),
+                };
+                out.write_all(line.as_bytes()).and_then(|()| out.write_all(b"\n")).map_err(io)?;
+                bytes += line.len() as u64 + 1;
+            }
+            match file {
+                None => Ok(None),
+                Some(out) => {
+                    let file = out.into_inner().map_err(|e| io(e.into_error()))?;
+                    file.sync_all().map_err(io)?;
+                    Ok(Some(bytes))
+                }
+            }
         })
         .await
     }
@@ -427,11 +450,19 @@ mod tests {
         store.record_line("batch_1", 4, false, "bad".into()).await.unwrap();
         let row = store.batch("batch_1").await.unwrap().unwrap();
         assert_eq!((row.completed, row.failed), (1, 1));
-        assert_eq!(store.results("batch_1").await.unwrap(), vec![(true, "first".into()), (false, "bad".into())]);
-        assert_eq!(store.done_lines("batch_1").await.unwrap(), HashSet::from([3, 4]));
+        let path = dir.path().join("errors");
+        assert_eq!(store.write_results("batch_1", false, path.clone()).await.unwrap(), Some(4));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "bad\n");
+        let none = dir.path().join("none");
+        store.record_line("batch_1", 5, true, "second".into()).await.unwrap();
+        assert_eq!(store.write_results("batch_1", true, none.clone()).await.unwrap(), Some(13));
+        assert_eq!(std::fs::read_to_string(&none).unwrap(), "first\nsecond\n", "in line order");
+        assert_eq!(store.write_results("batch_0", true, dir.path().join("x")).await.unwrap(), None);
+        assert!(!dir.path().join("x").exists());
+        assert_eq!(store.done_lines("batch_1").await.unwrap(), HashSet::from([3, 4, 5]));
         drop(store);
         let reopened = Store::open(dir.path()).unwrap();
-        assert_eq!(reopened.done_lines("batch_1").await.unwrap().len(), 2, "the answers survive a restart");
+        assert_eq!(reopened.done_lines("batch_1").await.unwrap().len(), 3, "the answers survive a restart");
     }
 
     #[tokio::test]
