@@ -53,7 +53,7 @@ def create(base, directory, tokens):
         with open(os.path.join(directory, name), "rb") as f:
             uri = "data:image/png;base64," + base64.b64encode(f.read()).decode()
         lines.append({"custom_id": name, "method": "POST", "url": "/v1/chat/completions", "body": {
-            "model": "tiny", "max_tokens": tokens, "min_new_tokens": tokens,
+            "model": "tiny", "max_tokens": tokens,
             "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": uri}}]}]}})
     file_id = upload(base, lines)
     body = json.dumps({"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"})

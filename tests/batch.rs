@@ -239,7 +239,19 @@ async fn cancel_stops_at_the_next_line_and_keeps_what_is_done() {
     let file = api.upload(&slow_lines(200)).await;
     let batch = api.create(&file).await;
     let id = batch["id"].as_str().unwrap();
-    api.wait_for(id, LIMIT, |b| b["request_counts"]["completed"].as_u64() >= Some(2)).await;
+    // batch.lines_in_flight holds: never more than one line in flight, nor in the model.
+    let mut samples = 0;
+    api.wait_for(id, LIMIT, |b| {
+        let text = common::probe::scrape_until(&server.addr, |_| true);
+        let in_flight = common::probe::value(&text, "gitcap_batch_lines_in_flight").unwrap_or(0.0);
+        let in_model = common::probe::gauge(&text, "gitcap_queue_depth", "tiny")
+            + common::probe::gauge(&text, "gitcap_running_requests", "tiny");
+        assert!(in_flight <= 1.0 && in_model <= 1.0, "{in_flight} lines in flight, {in_model} in the model");
+        samples += 1;
+        b["request_counts"]["completed"].as_u64() >= Some(4)
+    })
+    .await;
+    assert!(samples > 1);
     let (status, cancelling) = api.post(&format!("/v1/batches/{id}/cancel"), &json!({})).await;
     assert_eq!(status, 200, "{cancelling}");
     assert!(["cancelling", "cancelled"].contains(&cancelling["status"].as_str().unwrap()), "{cancelling}");
@@ -247,7 +259,7 @@ async fn cancel_stops_at_the_next_line_and_keeps_what_is_done() {
     assert_eq!(batch["status"], "cancelled", "{batch}");
     assert!(batch["cancelled_at"].as_i64().is_some() && batch["cancelling_at"].as_i64().is_some());
     let done = batch["request_counts"]["completed"].as_u64().unwrap();
-    assert!((2..200).contains(&done), "{batch}");
+    assert!((4..200).contains(&done), "{batch}");
     let output = api.lines(&batch["output_file_id"]).await;
     assert_eq!(output.len() as u64, done, "what was done is in the output");
     assert_eq!(by_custom_id(&output).len(), output.len());

@@ -89,7 +89,7 @@ impl<'a> Api<'a> {
     }
 
     /// Polls job `id` until `done` holds of it, for at most `limit`.
-    pub async fn wait_for(&self, id: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait_for(&self, id: &str, limit: Duration, mut done: impl FnMut(&Value) -> bool) -> Value {
         let until = Instant::now() + limit;
         loop {
             let (status, batch) = self.get(&format!("/v1/batches/{id}")).await;

@@ -3,8 +3,8 @@
 //! comes (store::Store::record_line), and writes the output and error files at the end.
 //!
 //! A line's bad input is an error-file line, never the job's failure. A line the server cannot
-//! take now (its queue full, the model reloading: 429, 503) is tried again later, up to
-//! `batch.line_attempts` times. A job resumed after a restart skips the lines it already holds.
+//! take now is tried again later: while the model reloads or the server drains (503), for as long
+//! as the job lasts; when the queue is full (429), up to `batch.line_attempts` times. A job resumed after a restart skips the lines it already holds.
 //! Cancelling stops feeding lines, lets those in flight end, and finalises what is done; a job
 //! past its window records its remaining lines as `batch_expired` errors.
 
@@ -231,10 +231,11 @@ async fn answer_lines(
             break;
         }
         let (state, batches, id) = (state.clone(), batches.clone(), id.to_string());
+        let until = Until { expires_at, cancelled: cancelled.clone() };
         in_flight.spawn(async move {
             let _permit = permit;
             crate::metrics::batch_lines_in_flight(1);
-            let answered = answer_line(&state, &batches, &line).await;
+            let answered = answer_line(&state, &batches, &line, until).await;
             crate::metrics::batch_lines_in_flight(-1);
             if let Some(answer) = answered {
                 record(&batches, &id, number, custom_id_of(&line).as_deref(), answer).await?;
@@ -270,9 +271,15 @@ async fn record(batches: &Batches, id: &str, number: u64, custom_id: Option<&str
     batches.store.record_line(id, number, ok, answer.line(custom_id)).await
 }
 
-/// A line's answer; `None` when it could not be answered now and the job was cancelled meanwhile
-/// (it is left unanswered).
-async fn answer_line(state: &Served, batches: &Batches, line: &[u8]) -> Option<Answer> {
+/// When a job stops waiting for the server: its end (`expires_at`) or its cancellation.
+struct Until {
+    expires_at: i64,
+    cancelled: watch::Receiver<bool>,
+}
+
+/// A line's answer; `None` when the job was cancelled while the line waited for the server (it
+/// is left unanswered).
+async fn answer_line(state: &Served, batches: &Batches, line: &[u8], mut until: Until) -> Option<Answer> {
     let request: Value = match serde_json::from_slice(line) {
         Ok(request) => request,
         Err(e) => return Some(Answer::error("invalid_json_line", format!("the line is not JSON: {e}"))),
@@ -292,20 +299,33 @@ async fn answer_line(state: &Served, batches: &Batches, line: &[u8]) -> Option<A
     }
     let body = serde_json::to_vec(&request["body"]).unwrap_or_default();
     let mut wait = Duration::from_millis(100);
-    for attempt in 1.. {
-        match answer_chat(state, body.clone()).await {
-            Err(error)
-                if matches!(error.status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE)
-                    && attempt < batches.settings.line_attempts =>
-            {
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
-            }
-            Err(error) => return Some(Answer::http(error.status, error.json())),
+    let mut attempt = 1;
+    loop {
+        let error = match answer_chat(state, body.clone()).await {
             Ok((status, body)) => return Some(Answer::http(status, body)),
+            Err(error) => error,
+        };
+        // The model reloading or the server draining (503) passes: wait for it while the job
+        // lasts. A full queue (429) is tried `batch.line_attempts` times: a request that can
+        // never fit (larger than the media budget) must not hold its place for ever.
+        let again = match error.status {
+            StatusCode::SERVICE_UNAVAILABLE => true,
+            StatusCode::TOO_MANY_REQUESTS => attempt < batches.settings.line_attempts,
+            _ => false,
+        };
+        if !again {
+            return Some(Answer::http(error.status, error.json()));
         }
+        if now() >= until.expires_at {
+            return Some(Answer::error("batch_expired", "the batch expired before this request ran"));
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = until.cancelled.wait_for(|c| *c) => return None,
+        }
+        wait = (wait * 2).min(Duration::from_secs(5));
+        attempt += 1;
     }
-    None
 }
 
 /// Answers a chat request's body as `POST /v1/chat/completions` does, in-process, at batch
