@@ -2,7 +2,7 @@
 //! compare with transformers in the same run. Prints one JSON object.
 //!
 //!   gitcap-bench --url URL latency --media F [--media F ...] [--runs 5]
-//!   gitcap-bench --url URL throughput --clients 16 --images DIR [--requests 32]
+//!   gitcap-bench --url URL throughput --clients 16 --images DIR [--requests 32] [--priority batch]
 //!   gitcap-bench --url URL follow-up --sets DIR --question Q [--runs 5]
 //!   gitcap-bench --url URL priority --images DIR [--batch-clients 16] [--runs 5]
 //!   gitcap-bench --url URL video --file F [--file F ...] [--runs 3]
@@ -46,6 +46,9 @@ enum Command {
         images: PathBuf,
         #[arg(long, default_value_t = 32)]
         requests: usize,
+        /// interactive, or batch (as the Batch API's lines run).
+        #[arg(long, value_enum, default_value_t)]
+        priority: Priority,
     },
     /// For each frame set (a subdirectory of `sets`): a caption of frames the server has not
     /// seen (cold), then a question about the same frames (the feature cache's case); both
@@ -137,7 +140,8 @@ async fn main() -> Result<()> {
             }
             json!({"median_s": median(&times), "runs_s": times, "tokens": tokens})
         }
-        Command::Throughput { clients, images, requests } => {
+        Command::Throughput { clients, images, requests, priority } => {
+            let options = options.clone().priority(priority);
             let images = files(&images)?;
             anyhow::ensure!(images.len() >= requests, "{requests} requests need as many distinct images");
             let queue = Arc::new(Mutex::new(images.into_iter().take(requests).collect::<Vec<_>>()));
