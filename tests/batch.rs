@@ -328,6 +328,17 @@ async fn uploads_are_capped_per_file_and_in_all() {
     assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "nor any temporary file");
     let id = files["data"][0]["id"].as_str().unwrap().to_string();
     assert_eq!(api.delete(&format!("/v1/files/{id}")).await.0, 200);
+    // Two uploads at once that fit the room left only one at a time: one of them is refused.
+    let three_quarters = vec![b'\n'; 3 << 18];
+    let (a, b) = tokio::join!(
+        api.upload_as("batch", "a.jsonl", &three_quarters),
+        api.upload_as("batch", "b.jsonl", &three_quarters)
+    );
+    let mut statuses = [a.0, b.0];
+    statuses.sort();
+    assert_eq!(statuses, [200, 429], "{a:?} {b:?}");
+    let kept = if a.0 == 200 { &a.1 } else { &b.1 };
+    assert_eq!(api.delete(&format!("/v1/files/{}", kept["id"].as_str().unwrap())).await.0, 200);
     let file = api.upload(&slow_lines(50)).await;
     let first = api.create(&file).await;
     let (status, error) = api

@@ -256,7 +256,7 @@ impl Record {
                 self.subtitles.as_deref().unwrap_or_default(),
                 self.error.as_deref().unwrap_or_default(),
             ]
-            .map(|f| csv_field(f))
+            .map(csv_field)
             .join(","),
         }
     }

@@ -60,7 +60,7 @@ pub async fn create(State(state): State<Arc<Served>>, body: Bytes) -> Result<Jso
     let metadata = request.metadata.unwrap_or_default();
     check_metadata(&metadata)?;
     let input = batches.store.file(&request.input_file_id).await?;
-    if !input.is_some_and(|file| file.purpose == "batch") {
+    if input.is_none_or(|file| file.purpose != "batch") {
         return Err(ApiError::invalid(
             "input_file_id",
             format!("no file {} uploaded with purpose \"batch\"", request.input_file_id),

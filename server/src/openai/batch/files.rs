@@ -2,6 +2,7 @@
 //! upload is written to disk as it arrives, never held in memory, and is refused once it passes
 //! `batch.max_file_mb` (413) or would take the files past `batch.max_disk_mb` (429).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -69,8 +70,8 @@ pub async fn create(State(state): State<Arc<Served>>, mut form: Multipart) -> Re
             Some("file") => {
                 let filename = field.file_name().unwrap_or("upload.jsonl").to_string();
                 let temp = Upload { path: batches.store.temp_path(), kept: false };
-                let bytes = receive(batches, &temp.path, &mut field).await?;
-                upload = Some((filename, temp, bytes));
+                let arriving = receive(batches, &temp.path, &mut field).await?;
+                upload = Some((filename, temp, arriving));
             }
             _ => {}
         }
@@ -82,7 +83,7 @@ pub async fn create(State(state): State<Arc<Served>>, mut form: Multipart) -> Re
         }
         None => return Err(ApiError::invalid("purpose", "give the purpose: \"batch\"")),
     }
-    let Some((filename, mut temp, bytes)) = upload else {
+    let Some((filename, mut temp, arriving)) = upload else {
         return Err(ApiError::invalid("file", "give the file (a JSONL file of requests)"));
     };
     let created_at = now();
@@ -90,29 +91,51 @@ pub async fn create(State(state): State<Arc<Served>>, mut form: Multipart) -> Re
         id: new_id("file-"),
         filename,
         purpose: "batch".into(),
-        bytes,
+        bytes: arriving.bytes,
         created_at,
         expires_at: batches.file_expiry(created_at),
     };
     tokio::fs::rename(&temp.path, batches.store.content_path(&row.id)).await.map_err(internal)?;
     temp.kept = true;
     batches.store.insert_file(row.clone()).await?;
+    drop(arriving);
     Ok(Json(object(&row)).into_response())
 }
 
-/// Writes a multipart field to `path` as it arrives, within the per-file and total caps; its size.
-async fn receive(
-    batches: &Batches,
+/// Bytes of one upload counted in `Batches::uploading` while it arrives.
+struct Arriving<'a> {
+    batches: &'a Batches,
+    bytes: u64,
+}
+
+impl Arriving<'_> {
+    /// Counts `n` more bytes; the bytes of every upload arriving now, this one's included.
+    fn add(&mut self, n: u64) -> u64 {
+        self.bytes += n;
+        self.batches.uploading.fetch_add(n, Ordering::SeqCst) + n
+    }
+}
+
+impl Drop for Arriving<'_> {
+    fn drop(&mut self) {
+        self.batches.uploading.fetch_sub(self.bytes, Ordering::SeqCst);
+    }
+}
+
+/// Writes a multipart field to `path` as it arrives, within the per-file and total caps; its
+/// size, counted as arriving until the caller drops it (once the file is recorded).
+async fn receive<'a>(
+    batches: &'a Batches,
     path: &std::path::Path,
     field: &mut axum::extract::multipart::Field<'_>,
-) -> Result<u64, ApiError> {
+) -> Result<Arriving<'a>, ApiError> {
     let held = batches.store.disk_bytes().await?;
     let (max_file, max_disk) = (batches.max_file_bytes(), batches.max_disk_bytes());
     let mut file = tokio::fs::File::create(path).await.map_err(internal)?;
-    let mut bytes = 0u64;
+    let mut arriving = Arriving { batches, bytes: 0 };
     while let Some(chunk) = field.chunk().await.map_err(bad_upload)? {
-        bytes += chunk.len() as u64;
-        if bytes > max_file {
+        let all_arriving = arriving.add(chunk.len() as u64);
+        if arriving.bytes > max_file {
             return Err(ApiError {
                 status: StatusCode::PAYLOAD_TOO_LARGE,
                 message: format!(
@@ -122,21 +145,29 @@ async fn receive(
                 param: Some("file".into()),
             });
         }
-        if held + bytes > max_disk {
-            return Err(ApiError {
-                status: StatusCode::TOO_MANY_REQUESTS,
-                message: format!(
-                    "storage_quota_exceeded: the files on this server would pass {} MiB (batch.max_disk_mb); \
-                     delete files or wait for them to expire",
-                    max_disk >> 20
-                ),
-                param: Some("file".into()),
-            });
+        if held + all_arriving > max_disk {
+            return Err(over_quota(max_disk));
         }
         file.write_all(&chunk).await.map_err(internal)?;
     }
     file.sync_all().await.map_err(internal)?;
-    Ok(bytes)
+    // Uploads that ended while this one arrived are in the files now.
+    if batches.store.disk_bytes().await? + batches.uploading.load(Ordering::SeqCst) > max_disk {
+        return Err(over_quota(max_disk));
+    }
+    Ok(arriving)
+}
+
+fn over_quota(max_disk: u64) -> ApiError {
+    ApiError {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        message: format!(
+            "storage_quota_exceeded: the files on this server would pass {} MiB (batch.max_disk_mb); \
+             delete files or wait for them to expire",
+            max_disk >> 20
+        ),
+        param: Some("file".into()),
+    }
 }
 
 #[derive(Deserialize)]

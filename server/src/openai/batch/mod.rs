@@ -46,6 +46,9 @@ pub struct Batches {
     lines: Arc<tokio::sync::Semaphore>,
     /// The cancel signal of each job running in this process.
     running: Mutex<HashMap<String, tokio::sync::watch::Sender<bool>>>,
+    /// Bytes of uploads still arriving, counted against `batch.max_disk_mb` with the files held,
+    /// so that uploads at once cannot pass it together.
+    uploading: std::sync::atomic::AtomicU64,
 }
 
 impl Batches {
@@ -57,6 +60,7 @@ impl Batches {
             lines: Arc::new(tokio::sync::Semaphore::new(options.lines_in_flight.max(1))),
             settings: options,
             running: Mutex::new(HashMap::new()),
+            uploading: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
