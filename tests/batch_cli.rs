@@ -189,7 +189,7 @@ async fn dense_writes_one_webvtt_per_video() {
     let answers = jsonl(&out);
     let subtitles = answers["a.mp4"]["subtitles"].as_str().unwrap();
     let text = std::fs::read_to_string(subtitles).unwrap();
-    assert!(text.starts_with("WEBVTT\n\n00:00:00.000 --> 00:00:02.000\n"), "{text}");
+    assert!(text.starts_with("WEBVTT\n\n1\n00:00:00.000 --> 00:00:02.000\n"), "{text}");
     assert_eq!(text.matches(" --> ").count(), 2, "two 2 s windows of a 4 s video: {text}");
     assert_eq!(answers["still.png"]["subtitles"], Value::Null, "an image gets a caption");
     assert!(answers["still.png"]["text"].is_string());

@@ -14,6 +14,7 @@ use crate::openai::ApiError;
 
 /// The endpoints a job's lines may call.
 pub const CHAT_ENDPOINT: &str = "/v1/chat/completions";
+pub const RESPONSES_ENDPOINT: &str = "/v1/responses";
 
 /// OpenAI's bounds on a job's `metadata`.
 const MAX_METADATA_PAIRS: usize = 16;
@@ -42,14 +43,13 @@ pub async fn create(State(state): State<Arc<Served>>, body: Bytes) -> Result<Jso
         ApiError { status: StatusCode::BAD_REQUEST, message: format!("not a batch request: {e}"), param: Some(path) }
     })?;
     match request.endpoint.as_str() {
-        CHAT_ENDPOINT => {}
-        "/v1/responses" | "/v1/embeddings" | "/v1/completions" | "/v1/moderations" => {
+        CHAT_ENDPOINT | RESPONSES_ENDPOINT => {}
+        other => {
             return Err(ApiError::invalid(
                 "endpoint",
-                format!("this server runs batches of {CHAT_ENDPOINT} only, not {}", request.endpoint),
+                format!("this server runs batches of {CHAT_ENDPOINT} or {RESPONSES_ENDPOINT}, not {other:?}"),
             ))
         }
-        other => return Err(ApiError::invalid("endpoint", format!("must be {CHAT_ENDPOINT}, got {other:?}"))),
     }
     if request.completion_window != "24h" {
         return Err(ApiError::invalid(

@@ -1,5 +1,5 @@
-//! Runs a job: validates its input file, answers each line through the chat-completions path at
-//! batch priority (`batch.lines_in_flight` at once, over every job), records each answer as it
+//! Runs a job: validates its input file, answers each line through its endpoint's own path
+//! (`/v1/chat/completions` or `/v1/responses`, in-process) at batch priority (`batch.lines_in_flight` at once, over every job), records each answer as it
 //! comes (store::Store::record_line), and writes the output and error files at the end.
 //!
 //! A line's bad input is an error-file line, never the job's failure. A line the server cannot
@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
-use super::batches::CHAT_ENDPOINT;
+use super::batches::{CHAT_ENDPOINT, RESPONSES_ENDPOINT};
 use super::store::{BatchRow, FileRow};
 use super::{new_id, now, Batches, Served};
 use crate::engine::Priority;
@@ -196,6 +196,7 @@ async fn answer_lines(
     cancelled: &mut watch::Receiver<bool>,
 ) -> Result<&'static str> {
     let done = batches.store.done_lines(id).await?;
+    let endpoint = row.body["endpoint"].as_str().unwrap_or(CHAT_ENDPOINT).to_string();
     let expires_at = row.body["expires_at"].as_i64().unwrap_or(i64::MAX);
     let (tx, mut lines) = mpsc::channel::<(u64, Vec<u8>)>(batches.settings.lines_in_flight.max(1) * 2);
     // The file is read on a blocking thread, a bounded way ahead of the lines answered.
@@ -232,10 +233,11 @@ async fn answer_lines(
         }
         let (state, batches, id) = (state.clone(), batches.clone(), id.to_string());
         let until = Until { expires_at, cancelled: cancelled.clone() };
+        let endpoint = endpoint.clone();
         in_flight.spawn(async move {
             let _permit = permit;
             crate::metrics::batch_lines_in_flight(1);
-            let answered = answer_line(&state, &batches, &line, until).await;
+            let answered = answer_line(&state, &batches, &endpoint, &line, until).await;
             crate::metrics::batch_lines_in_flight(-1);
             if let Some(answer) = answered {
                 record(&batches, &id, number, custom_id_of(&line).as_deref(), answer).await?;
@@ -279,7 +281,13 @@ struct Until {
 
 /// A line's answer; `None` when the job was cancelled while the line waited for the server (it
 /// is left unanswered).
-async fn answer_line(state: &Served, batches: &Batches, line: &[u8], mut until: Until) -> Option<Answer> {
+async fn answer_line(
+    state: &Served,
+    batches: &Batches,
+    endpoint: &str,
+    line: &[u8],
+    mut until: Until,
+) -> Option<Answer> {
     let request: Value = match serde_json::from_slice(line) {
         Ok(request) => request,
         Err(e) => return Some(Answer::error("invalid_json_line", format!("the line is not JSON: {e}"))),
@@ -290,18 +298,18 @@ async fn answer_line(state: &Served, batches: &Batches, line: &[u8], mut until: 
     if request["method"] != "POST" {
         return Some(Answer::error("invalid_method", "method must be \"POST\""));
     }
-    if request["url"] != CHAT_ENDPOINT {
-        let message = format!("url must be the batch's endpoint, {CHAT_ENDPOINT}, got {}", request["url"]);
+    if request["url"] != endpoint {
+        let message = format!("url must be the batch's endpoint, {endpoint}, got {}", request["url"]);
         return Some(Answer::error("mismatched_endpoint", message));
     }
     if !request["body"].is_object() {
-        return Some(Answer::error("invalid_body", "body must be a chat completion request (a JSON object)"));
+        return Some(Answer::error("invalid_body", format!("body must be a request to {endpoint} (a JSON object)")));
     }
     let body = serde_json::to_vec(&request["body"]).unwrap_or_default();
     let mut wait = Duration::from_millis(100);
     let mut attempt = 1;
     loop {
-        let error = match answer_chat(state, body.clone()).await {
+        let error = match answer_request(state, endpoint, body.clone()).await {
             Ok((status, body)) => return Some(Answer::http(status, body)),
             Err(error) => error,
         };
@@ -328,9 +336,13 @@ async fn answer_line(state: &Served, batches: &Batches, line: &[u8], mut until: 
     }
 }
 
-/// Answers a chat request's body as `POST /v1/chat/completions` does, in-process, at batch
-/// priority: the response's status and JSON.
-async fn answer_chat(state: &Served, body: Vec<u8>) -> std::result::Result<(StatusCode, Value), ApiError> {
+/// Answers a request's body as `POST {endpoint}` does, in-process, at batch priority: the
+/// response's status and JSON.
+async fn answer_request(
+    state: &Served,
+    endpoint: &str,
+    body: Vec<u8>,
+) -> std::result::Result<(StatusCode, Value), ApiError> {
     if body.len() > state.max_body_bytes {
         return Err(ApiError {
             status: StatusCode::PAYLOAD_TOO_LARGE,
@@ -341,21 +353,44 @@ async fn answer_chat(state: &Served, body: Vec<u8>) -> std::result::Result<(Stat
     let cost = (body.len() as u64).saturating_mul(super::super::PARSE_BYTES_PER_BODY_BYTE);
     let room = state.api.core.media.budget().reserve(cost, "a batch line").await?;
     let urls_enabled = state.api.core.media.urls_enabled();
-    let parsed = tokio::task::spawn_blocking(move || super::super::plan(&body, urls_enabled));
-    let mut plan =
-        parsed.await.map_err(|e| ApiError::from(GitcapError::Internal(format!("parsing a line: {e}"))))??;
-    drop(room);
-    if plan.stream {
-        return Err(ApiError::invalid("stream", "a batch request cannot stream: leave stream false"));
-    }
-    plan.priority = Priority::Batch;
-    let response = super::super::chat::completions(&state.api, plan, &HeaderMap::new()).await?;
+    let no_stream = || ApiError::invalid("stream", "a batch request cannot stream: leave stream false");
+    let response = if endpoint == RESPONSES_ENDPOINT {
+        let parsed = tokio::task::spawn_blocking(move || super::super::responses_plan(&body, urls_enabled));
+        let mut plan = parsed.await.map_err(parsing)??;
+        drop(room);
+        if plan.stream {
+            return Err(no_stream());
+        }
+        plan.priority = Priority::Batch;
+        // Batch answers are in the output file: kept in memory too, they would push out the
+        // responses interactive callers follow up on.
+        plan.store = false;
+        super::super::responses::create(&state.api, &state.responses, plan, &HeaderMap::new()).await
+    } else {
+        let parsed = tokio::task::spawn_blocking(move || super::super::plan(&body, urls_enabled));
+        let mut plan = parsed.await.map_err(parsing)??;
+        drop(room);
+        if plan.stream {
+            return Err(no_stream());
+        }
+        plan.priority = Priority::Batch;
+        super::super::chat::completions(&state.api, plan, &HeaderMap::new()).await?
+    };
     let status = response.status();
     let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
         .await
         .map_err(|e| ApiError::from(GitcapError::Internal(format!("reading an answer: {e}"))))?;
     let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
+        // Tried again by the caller, as an error of the chat door is.
+        let message = body["error"]["message"].as_str().unwrap_or_default().to_string();
+        return Err(ApiError { status, message, param: None });
+    }
     Ok((status, body))
+}
+
+fn parsing(error: tokio::task::JoinError) -> ApiError {
+    ApiError::from(GitcapError::Internal(format!("parsing a line: {error}")))
 }
 
 /// Writes the job's output and error files from its recorded answers and ends it. Safe to run
