@@ -413,3 +413,25 @@ async fn the_inference_token_guards_every_route_and_an_unset_data_dir_says_how_t
     assert_eq!(status, 404);
     assert!(error["error"]["message"].as_str().unwrap().contains("batch.data_dir"), "{error}");
 }
+
+#[test]
+fn a_bad_or_misspelt_batch_setting_stops_start_up_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::server::fixture_model("tiny-git-image");
+    for (name, value, named) in [
+        ("GITCAP__BATCH__LINES_IN_FLIGHT", "0", "batch.lines_in_flight"),
+        ("GITCAP__BATCH__SWEEP_INTERVAL_SECS", "0", "batch.sweep_interval_secs"),
+        ("GITCAP__BATCH__MAX_FILES_MB", "1", "GITCAP__BATCH__MAX_FILE_MB"),
+    ] {
+        let output = std::process::Command::new(common::server::server_binary())
+            .args(["serve", "--listen", "127.0.0.1:0", "--name", "tiny", "--model", model.to_str().unwrap()])
+            .env("GITCAP__BATCH__DATA_DIR", dir.path())
+            .env(name, value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{name}={value} started");
+        assert!(stderr.contains(named), "{name}={value}: {stderr}");
+        assert!(!String::from_utf8_lossy(&output.stdout).contains("listening"), "{name}={value}");
+    }
+}

@@ -65,7 +65,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     };
     let limits = settings.request_limits();
     let media = Arc::new(media_service(&settings, limits.media)?);
-    let batch = settings.batch_options()?.map(crate::openai::batch::Batches::open).transpose()?;
+    let batch = crate::openai::batch::Batches::open(&settings.batch)?;
     let options = ServeOptions {
         media,
         limits,

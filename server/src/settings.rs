@@ -43,7 +43,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub metrics: MetricsSettings,
     pub telemetry: TelemetrySettings,
-    pub batch: BatchSettings,
+    pub batch: crate::openai::batch::BatchOptions,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -218,25 +218,6 @@ pub struct LimitSettings {
     pub max_timeout_secs: u64,
 }
 
-/// The Batch API (`/v1/files`, `/v1/batches`; crate::openai::batch): where its jobs and files
-/// live, and their bounds.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BatchSettings {
-    /// Directory of the jobs' database and files; `None` = the Batch API is off.
-    #[serde(default, deserialize_with = "optional")]
-    pub data_dir: Option<PathBuf>,
-    pub max_file_mb: u64,
-    pub max_disk_mb: u64,
-    pub max_lines: usize,
-    pub max_active_jobs: usize,
-    pub lines_in_flight: usize,
-    pub line_attempts: u32,
-    pub completion_window_secs: u64,
-    pub file_expiry_secs: u64,
-    pub job_expiry_secs: u64,
-    pub sweep_interval_secs: f64,
-}
-
 /// Decoding media: the memory budget, video files, URLs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MediaSettings {
@@ -335,35 +316,6 @@ impl Settings {
             max_bytes: r.max_stored_mb.saturating_mul(1 << 20),
             ttl: std::time::Duration::from_secs(r.ttl_secs),
         }
-    }
-
-    /// The Batch API's store and bounds (`batch.*`); `None` when `batch.data_dir` is not set
-    /// (the API is off).
-    pub fn batch_options(&self) -> Result<Option<crate::openai::batch::BatchOptions>> {
-        let b = &self.batch;
-        let Some(data_dir) = b.data_dir.clone() else { return Ok(None) };
-        if b.lines_in_flight == 0 {
-            return Err(GitcapError::invalid("batch.lines_in_flight", "must be at least 1"));
-        }
-        if b.line_attempts == 0 {
-            return Err(GitcapError::invalid("batch.line_attempts", "must be at least 1"));
-        }
-        if !(b.sweep_interval_secs.is_finite() && b.sweep_interval_secs > 0.0) {
-            return Err(GitcapError::invalid("batch.sweep_interval_secs", "must be a positive number of seconds"));
-        }
-        Ok(Some(crate::openai::batch::BatchOptions {
-            data_dir,
-            max_file_mb: b.max_file_mb,
-            max_disk_mb: b.max_disk_mb,
-            max_lines: b.max_lines,
-            max_active_jobs: b.max_active_jobs,
-            lines_in_flight: b.lines_in_flight,
-            line_attempts: b.line_attempts,
-            completion_window_secs: b.completion_window_secs,
-            file_expiry_secs: b.file_expiry_secs,
-            job_expiry_secs: b.job_expiry_secs,
-            sweep_interval_secs: b.sweep_interval_secs,
-        }))
     }
 
     /// Layers the defaults, `file`, the environment and `overrides` ("section.key" → value).
@@ -543,6 +495,7 @@ mod tests {
         assert_eq!(format!("{limits:?}"), format!("{default:?}"));
         assert_eq!(format!("{:?}", limits.media), format!("{:?}", MediaLimits::default()));
         assert_eq!(settings.media.dense, DenseLimits::default());
+        assert_eq!(settings.batch, crate::openai::batch::BatchOptions::default());
         assert_eq!(settings.media.url, UrlPolicy::default());
     }
 

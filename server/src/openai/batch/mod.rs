@@ -21,11 +21,14 @@ use super::{ApiError, Served};
 use crate::error::Result;
 use store::Store;
 
-/// Where the Batch API keeps its jobs and files, and its bounds (the `batch.*` settings, which
-/// config/default.toml documents).
-#[derive(Debug, Clone)]
+/// Where the Batch API keeps its jobs and files, and its bounds: the settings' `[batch]` table
+/// (config/default.toml documents each key), read straight into this.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BatchOptions {
-    pub data_dir: std::path::PathBuf,
+    /// `None`: the Batch API is off.
+    #[serde(default, deserialize_with = "crate::optional_setting::optional")]
+    pub data_dir: Option<std::path::PathBuf>,
     pub max_file_mb: u64,
     pub max_disk_mb: u64,
     pub max_lines: usize,
@@ -36,6 +39,26 @@ pub struct BatchOptions {
     pub file_expiry_secs: u64,
     pub job_expiry_secs: u64,
     pub sweep_interval_secs: f64,
+}
+
+impl Default for BatchOptions {
+    /// Off; OpenAI's caps (200 MB files, 50,000 lines), 10 GiB of files, 100 jobs, 32 lines in
+    /// flight, a 24 h window, files and ended jobs kept 30 days.
+    fn default() -> Self {
+        Self {
+            data_dir: None,
+            max_file_mb: 200,
+            max_disk_mb: 10240,
+            max_lines: 50000,
+            max_active_jobs: 100,
+            lines_in_flight: 32,
+            line_attempts: 8,
+            completion_window_secs: 86400,
+            file_expiry_secs: 2_592_000,
+            job_expiry_secs: 2_592_000,
+            sweep_interval_secs: 60.0,
+        }
+    }
 }
 
 /// The Batch API's state: its store, its bounds, and the jobs running here.
@@ -52,16 +75,28 @@ pub struct Batches {
 }
 
 impl Batches {
-    /// Opens the store in `options.data_dir`. Blocking: call at start-up.
-    pub fn open(options: BatchOptions) -> Result<Arc<Self>> {
-        let store = Store::open(&options.data_dir)?;
-        Ok(Arc::new(Self {
+    /// Opens the store in `batch.data_dir`; `None` when it is not set (the Batch API is off).
+    /// Blocking: call at start-up.
+    pub fn open(options: &BatchOptions) -> Result<Option<Arc<Self>>> {
+        let Some(dir) = &options.data_dir else { return Ok(None) };
+        let invalid = crate::error::GitcapError::invalid;
+        if options.lines_in_flight == 0 {
+            return Err(invalid("batch.lines_in_flight", "must be at least 1"));
+        }
+        if options.line_attempts == 0 {
+            return Err(invalid("batch.line_attempts", "must be at least 1"));
+        }
+        if !(options.sweep_interval_secs.is_finite() && options.sweep_interval_secs > 0.0) {
+            return Err(invalid("batch.sweep_interval_secs", "must be a positive number of seconds"));
+        }
+        let store = Store::open(dir)?;
+        Ok(Some(Arc::new(Self {
             store,
-            lines: Arc::new(tokio::sync::Semaphore::new(options.lines_in_flight.max(1))),
-            settings: options,
+            lines: Arc::new(tokio::sync::Semaphore::new(options.lines_in_flight)),
+            settings: options.clone(),
             running: Mutex::new(HashMap::new()),
             uploading: std::sync::atomic::AtomicU64::new(0),
-        }))
+        })))
     }
 
     fn max_file_bytes(&self) -> u64 {
