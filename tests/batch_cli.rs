@@ -17,13 +17,15 @@ use common::server::{workspace, TestServer};
 use common::tools::{self, target_dir, Tool};
 use gitcap_client::{CaptionOptions, Media};
 
-/// The `gitcap` binary of this target directory, built (or brought up to date) once.
+/// The `gitcap` binary of this target directory, built (or brought up to date) once, with the
+/// workspace's features (as `-p gitcap-client` alone would resolve them differently and rebuild
+/// shared dependencies).
 fn gitcap_binary() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
             let status = Command::new(env!("CARGO"))
-                .args(["build", "-p", "gitcap-client", "--bin", "gitcap"])
+                .args(["build", "--workspace", "--bin", "gitcap"])
                 .current_dir(workspace())
                 .status()
                 .expect("running cargo build --bin gitcap");
