@@ -99,7 +99,7 @@ impl GrpcInferenceService for OipGrpc {
         let (metadata, _, request) = request.into_parts();
         let headers = metadata.into_headers();
         let (name, version, id) = (request.model_name.clone(), request.model_version.clone(), request.id.clone());
-        let read = read_request(request).map_err(contract::in_oip_terms)?;
+        let read = read_request(request);
         let inferred = self.oip.infer(&name, &version, read, &headers).await?;
         let mut outputs = Vec::with_capacity(inferred.outputs.len());
         let mut raw = Vec::with_capacity(inferred.outputs.len());

@@ -103,16 +103,20 @@ impl Oip {
     }
 
     /// Runs one inference of `name` (at `version`) through the request core; `headers` carry
-    /// the call's deadline, route key and trace context.
+    /// the call's deadline, route key and trace context. `request` is what the transport read,
+    /// or why it could not: either way the call is counted.
     pub async fn infer(
         &self,
         name: &str,
         version: &str,
-        request: InferRequest,
+        request: Result<InferRequest>,
         headers: &http::HeaderMap,
     ) -> Result<Inferred> {
         let mut tally = Tally::for_protocol("oip", "ModelInfer", headers);
-        let result = self.run(name, version, request, headers, &mut tally).await;
+        let result = match request {
+            Ok(request) => self.run(name, version, request, headers, &mut tally).await,
+            Err(e) => Err(e),
+        };
         tally.outcome_of(result).map_err(contract::in_oip_terms)
     }
 

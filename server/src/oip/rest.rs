@@ -176,7 +176,12 @@ async fn infer_at(
 }
 
 async fn run(state: &Served, model: &str, version: &str, headers: HeaderMap, body: Body) -> Result<Response, RestError> {
-    let (read, id, binary) = read_body(state, &headers, body).await?;
+    let (read, id, binary) = match read_body(state, &headers, body).await {
+        Ok((read, id, binary)) => (Ok(read), id, binary),
+        // Counted as the call's outcome; a body too large or too slow keeps its HTTP status.
+        Err(RestError { error, status: Some(status) }) => return Err(RestError::with_status(error, status)),
+        Err(RestError { error, status: None }) => (Err(error), None, Binary { all: false, named: vec![] }),
+    };
     let inferred = state.oip.infer(model, version, read, &headers).await?;
     Ok(respond(inferred, id, &binary))
 }
