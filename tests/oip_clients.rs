@@ -27,7 +27,8 @@ async fn tritonclient_and_the_kserve_sdk_caption_like_the_goldens() {
         return;
     }
     let media = fixtures().join("media");
-    let frames: Vec<String> = (0..6).map(|i| media.join(format!("frames/frame_{i}.png")).display().to_string()).collect();
+    let frames: Vec<String> =
+        (0..6).map(|i| media.join(format!("frames/frame_{i}.png")).display().to_string()).collect();
     // The six frames, one a second, in a lossless Matroska file.
     let videos = Videos::new();
     let video = videos.path("frames.mkv");
@@ -64,7 +65,8 @@ async fn tritonclient_and_the_kserve_sdk_caption_like_the_goldens() {
         "token_ids": native.token_ids,
         "finish_reason": if native.finish_reason() == FinishReason::Eos { "eos" } else { "length" },
     });
-    let expected = [("image_vqa", golden("image_vqa_greedy")), ("frames", golden("video_caption_greedy")), ("video_file", native)];
+    let expected =
+        [("image_vqa", golden("image_vqa_greedy")), ("frames", golden("video_caption_greedy")), ("video_file", native)];
     for client in ["tritonclient_grpc", "tritonclient_http", "kserve_grpc", "kserve_rest"] {
         for (case, answer) in &expected {
             assert_eq!(&answers[client][case], answer, "{client}, {case}");

@@ -101,7 +101,7 @@ fn every_generation_option_is_on_every_server_surface() {
 fn every_generation_option_is_an_open_inference_protocol_parameter() {
     let mut expected = protocol_options();
     expected.insert("priority".to_string());
-    let parameters: BTreeSet<String> = gitcap_server::oip::contract::parameter_names().into_iter().collect();
+    let parameters: BTreeSet<String> = gitcap_server::oip::contract::parameter_names().iter().cloned().collect();
     assert_eq!(parameters, expected, "the OIP door's parameters vs proto GenerationOptions + priority");
     let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/oip.md")).unwrap();
     for parameter in &parameters {

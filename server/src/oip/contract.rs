@@ -73,12 +73,15 @@ impl Output {
 pub const PRIORITY: &str = "priority";
 
 /// Every request parameter: the generation options as gitcap_protocol defines them (so a new
-/// option reaches this door without a change here), then `priority`.
-pub fn parameter_names() -> Vec<String> {
-    let command = GenerationOptions::augment_args(clap::Command::new("options"));
-    let mut names: Vec<String> = command.get_arguments().map(|a| a.get_id().to_string()).collect();
-    names.push(PRIORITY.to_string());
-    names
+/// option reaches this door without a change here), then `priority`. Read once.
+pub fn parameter_names() -> &'static [String] {
+    static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| {
+        let command = GenerationOptions::augment_args(clap::Command::new("options"));
+        let mut names: Vec<String> = command.get_arguments().map(|a| a.get_id().to_string()).collect();
+        names.push(PRIORITY.to_string());
+        names
+    })
 }
 
 /// A parameter's value, as either transport carries it.
@@ -365,7 +368,9 @@ pub fn in_oip_terms(error: GitcapError) -> GitcapError {
         }
     };
     match error {
-        GitcapError::InvalidArgument { field, message } => GitcapError::InvalidArgument { field: rename(field), message },
+        GitcapError::InvalidArgument { field, message } => {
+            GitcapError::InvalidArgument { field: rename(field), message }
+        }
         GitcapError::Media { field, message } => GitcapError::Media { field: rename(field), message },
         other => other,
     }
@@ -495,7 +500,8 @@ mod tests {
     fn names_the_input_or_parameter_at_fault() {
         let image = || bytes("image", vec![1], vec![b"x"]);
         let wrong_type = InputTensor { datatype: "FP32".into(), elements: Elements::Other(1), ..image() };
-        let cases: Vec<(Vec<InputTensor>, Vec<(&str, Param)>, &str)> = vec![
+        type Case = (Vec<InputTensor>, Vec<(&'static str, Param)>, &'static str);
+        let cases: Vec<Case> = vec![
             (vec![wrong_type], vec![], "image"),
             (vec![bytes("image", vec![2], vec![b"x", b"y"])], vec![], "image"),
             (vec![bytes("image", vec![1, 1], vec![b"x"])], vec![], "image"),
@@ -534,7 +540,8 @@ mod tests {
 
     #[test]
     fn writes_the_outputs_asked_for() {
-        let generated = Generated { text: "a cat", token_ids: &[5, 102], finish_reason: FinishReason::Eos, timestamps_s: &[] };
+        let generated =
+            Generated { text: "a cat", token_ids: &[5, 102], finish_reason: FinishReason::Eos, timestamps_s: &[] };
         let names: Vec<&str> = write(&generated, None).iter().map(|t| t.name).collect();
         assert_eq!(names, ["text", "token_ids", "finish_reason"]);
         let only = write(&generated, Some(&[Output::TokenIds]));

@@ -59,7 +59,8 @@ pub fn router(oip: Arc<Oip>, max_body_bytes: usize) -> Router {
         .route("/health/ready", get(server_ready))
         .merge(guarded)
         .fallback(|| async {
-            let error = GitcapError::invalid("path", "no such endpoint of the Open Inference Protocol (see docs/oip.md)");
+            let error =
+                GitcapError::invalid("path", "no such endpoint of the Open Inference Protocol (see docs/oip.md)");
             RestError::with_status(error, StatusCode::NOT_FOUND)
         })
         .layer(tower_http::cors::CorsLayer::very_permissive())
@@ -175,7 +176,13 @@ async fn infer_at(
     run(&state, &model, &version, headers, body).await
 }
 
-async fn run(state: &Served, model: &str, version: &str, headers: HeaderMap, body: Body) -> Result<Response, RestError> {
+async fn run(
+    state: &Served,
+    model: &str,
+    version: &str,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, RestError> {
     let (read, id, binary) = match read_body(state, &headers, body).await {
         Ok((read, id, binary)) => (Ok(read), id, binary),
         // Counted as the call's outcome; a body too large or too slow keeps its HTTP status.
@@ -188,12 +195,14 @@ async fn run(state: &Served, model: &str, version: &str, headers: HeaderMap, bod
 
 /// Reads a request's body within the size limit and the media budget, and parses it off the
 /// async threads (a large body costs CPU seconds).
-async fn read_body(state: &Served, headers: &HeaderMap, body: Body) -> Result<(InferRequest, Option<String>, Binary), RestError> {
+async fn read_body(state: &Served, headers: &HeaderMap, body: Body) -> Result<Parsed, RestError> {
     let limit = state.max_body_bytes;
     let too_large = || {
         let error = GitcapError::invalid(
             "body",
-            format!("the request body is larger than the {limit} bytes this server accepts (server.max_message_bytes × 2)"),
+            format!(
+                "the request body is larger than the {limit} bytes this server accepts (server.max_message_bytes × 2)"
+            ),
         );
         RestError::with_status(error, StatusCode::PAYLOAD_TOO_LARGE)
     };
@@ -223,7 +232,7 @@ async fn read_body(state: &Served, headers: &HeaderMap, body: Body) -> Result<(I
     }
     let parsed = tokio::task::spawn_blocking(move || parse(&bytes, json_length));
     let parsed = parsed.await.map_err(|e| GitcapError::Internal(format!("parsing a request: {e}")))?;
-    Ok(parsed?)
+    parsed
 }
 
 /// A body that could not be read: 408 when it did not arrive in time, else 400.
@@ -266,6 +275,9 @@ struct JsonOutput {
     parameters: Map<String, Value>,
 }
 
+/// A parsed request: what the contract reads, its `id`, and which outputs to write as binary.
+pub type Parsed = (InferRequest, Option<String>, Binary);
+
 /// Which outputs to write as binary data: those asked for by name, else all or none.
 pub struct Binary {
     all: bool,
@@ -280,7 +292,7 @@ impl Binary {
 
 /// Parses a request body: JSON, followed by binary tensor data when `json_length` is given.
 /// CPU work proportional to the body: call it off the async threads.
-pub fn parse(body: &[u8], json_length: Option<usize>) -> Result<(InferRequest, Option<String>, Binary), RestError> {
+pub fn parse(body: &[u8], json_length: Option<usize>) -> Result<Parsed, RestError> {
     let (json, mut binary) = match json_length {
         Some(n) if n > body.len() => {
             return Err(GitcapError::invalid(
@@ -301,7 +313,10 @@ pub fn parse(body: &[u8], json_length: Option<usize>) -> Result<(InferRequest, O
                 let size = size.as_u64().filter(|n| *n <= binary.len() as u64).ok_or_else(|| {
                     GitcapError::invalid(
                         &input.name,
-                        format!("binary_data_size {size} is more than the {} binary bytes left in the body", binary.len()),
+                        format!(
+                            "binary_data_size {size} is more than the {} binary bytes left in the body",
+                            binary.len()
+                        ),
                     )
                 })?;
                 let (data, rest) = binary.split_at(size as usize);
@@ -331,7 +346,9 @@ pub fn parse(body: &[u8], json_length: Option<usize>) -> Result<(InferRequest, O
     let mut all_binary = false;
     for (name, value) in request.parameters {
         if name == "binary_data_output" {
-            all_binary = value.as_bool().ok_or_else(|| GitcapError::invalid("parameters.binary_data_output", "must be true or false"))?;
+            all_binary = value
+                .as_bool()
+                .ok_or_else(|| GitcapError::invalid("parameters.binary_data_output", "must be true or false"))?;
             continue;
         }
         parameters.push((name.clone(), param(&name, value)?));
@@ -365,7 +382,10 @@ fn json_elements(name: &str, datatype: &str, data: Value) -> Result<Elements, Gi
                 return Ok(s.into_bytes());
             }
             base64::engine::general_purpose::STANDARD.decode(s.as_bytes()).map_err(|e| {
-                GitcapError::invalid(format!("{name}[{i}]"), format!("not base64 ({e}); in JSON, media bytes are base64"))
+                GitcapError::invalid(
+                    format!("{name}[{i}]"),
+                    format!("not base64 ({e}); in JSON, media bytes are base64"),
+                )
             })
         })
         .collect::<Result<_, _>>()?;

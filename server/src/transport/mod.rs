@@ -99,9 +99,12 @@ pub async fn serve(
     );
     // The Open Inference Protocol (crate::oip): REST under /v2 beside the OpenAI API, and
     // `inference.GRPCInferenceService` beside Captioner.
-    let oip = Arc::new(crate::oip::Oip { core: core.clone(), auth: inference_auth.clone(), stopping: stopping.clone() });
-    let openai =
-        openai.nest(crate::oip::rest::PREFIX, crate::oip::rest::router(oip.clone(), options.max_message_bytes.saturating_mul(2)));
+    let oip =
+        Arc::new(crate::oip::Oip { core: core.clone(), auth: inference_auth.clone(), stopping: stopping.clone() });
+    let openai = openai.nest(
+        crate::oip::rest::PREFIX,
+        crate::oip::rest::router(oip.clone(), options.max_message_bytes.saturating_mul(2)),
+    );
     let oip_grpc = crate::oip::grpc::service(oip, options.max_message_bytes);
     let captioner = CaptionerServer::new(CaptionerService::new(core.clone()))
         .max_decoding_message_size(options.max_message_bytes)
