@@ -2,7 +2,9 @@
 //! `inference.GRPCInferenceService` and every REST route, JSON and binary tensors, answers equal
 //! to the transformers goldens, and each mistake (wrong datatype or shape, unknown input or
 //! parameter, oversize tensor, missing model or version, no token) answered in the protocol's
-//! shape, naming what is wrong, with the server still serving. One server for the binary.
+//! shape, naming what is wrong, with the server still serving; route keys on a canary split,
+//! deadlines, priorities and the `protocol="oip"` metrics, as every door has them. One server for
+//! the binary.
 
 mod common;
 
@@ -212,6 +214,33 @@ async fn grpc_mistakes(client: &mut Client) {
     assert_golden_grpc(&response, &case("image_caption_greedy"));
 }
 
+/// A canary split's version follows the route key, the same for the same key; a deadline
+/// that passes before the answer is DEADLINE_EXCEEDED; a malformed one is refused by name.
+async fn grpc_route_keys_and_deadlines(client: &mut Client) {
+    let case = case("image_caption_greedy");
+    let mut seen = std::collections::BTreeSet::new();
+    for key in 0..20 {
+        let mut versions = Vec::new();
+        for _ in 0..2 {
+            let mut request = with_token(grpc_request("canary", &case));
+            request.metadata_mut().insert("x-gitcap-route-key", format!("tenant-{key}").parse().unwrap());
+            let response = client.model_infer(request).await.unwrap().into_inner();
+            assert_golden_grpc(&response, &case);
+            assert_eq!(response.model_name, "canary");
+            versions.push(response.model_version);
+        }
+        assert_eq!(versions[0], versions[1], "route key tenant-{key} reached two versions");
+        seen.insert(versions[0].clone());
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["v1", "v2"], "20 route keys over a 50/50 split");
+    let mut late = with_token(grpc_request("image", &case));
+    late.metadata_mut().insert("x-gitcap-timeout-ms", "1".parse().unwrap());
+    assert_status(client.model_infer(late).await, Code::DeadlineExceeded, "");
+    let mut malformed = with_token(grpc_request("image", &case));
+    malformed.metadata_mut().insert("x-gitcap-timeout-ms", "soon".parse().unwrap());
+    assert_status(client.model_infer(malformed).await, Code::InvalidArgument, "x-gitcap-timeout-ms");
+}
+
 /// Posts to `path` with the token: (status, headers, body bytes).
 async fn post(
     addr: &str,
@@ -282,7 +311,7 @@ async fn rest_every_route(addr: &str) {
     let (status, server) = get(addr, "/v2").await;
     assert_eq!((status, server["name"].as_str()), (200, Some("gitcap")), "{server}");
     let (status, model) = get(addr, "/v2/models/image").await;
-    assert_eq!((status, &model["versions"]), (200, &json!(["v1"])), "{model}");
+    assert_eq!((status, &model["versions"]), (200, &json!(["v1", "v2"])), "{model}");
     assert_eq!(model["inputs"][0], json!({"name": "image", "datatype": "BYTES", "shape": [1]}));
     assert_eq!(model["outputs"][1], json!({"name": "token_ids", "datatype": "INT64", "shape": [-1]}));
     assert_eq!(get(addr, "/v2/models/image/versions/v1").await.0, 200);
@@ -410,6 +439,7 @@ async fn the_open_inference_protocol_over_grpc_and_rest() {
     let mut client = GrpcInferenceServiceClient::connect(oip.server.url()).await.unwrap();
     grpc_every_rpc(&mut client).await;
     grpc_mistakes(&mut client).await;
+    grpc_route_keys_and_deadlines(&mut client).await;
     rest_every_route(&addr).await;
     rest_mistakes(&addr).await;
 
@@ -417,7 +447,9 @@ async fn the_open_inference_protocol_over_grpc_and_rest() {
     let metrics = scrape_until(&addr, |m| finished_at_priority(m, "batch") >= 1.0);
     assert!(finished_at_priority(&metrics, "batch") >= 1.0, "{metrics}");
     let ok = sum_with_label(&metrics, "gitcap_requests_total", "protocol=\"oip\",rpc=\"ModelInfer\",code=\"OK\"");
-    assert!(ok >= 8.0, "{ok} OK ModelInfer calls counted:\n{metrics}");
+    assert!(ok >= 48.0, "{ok} OK ModelInfer calls counted:\n{metrics}");
+    let late = sum_with_label(&metrics, "gitcap_requests_total", "code=\"DEADLINE_EXCEEDED\"");
+    assert!(late >= 1.0, "{metrics}");
     let refused = sum_with_label(&metrics, "gitcap_requests_total", "code=\"INVALID_ARGUMENT\"");
     assert!(refused >= 5.0, "{metrics}");
 }

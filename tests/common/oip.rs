@@ -1,5 +1,6 @@
 //! A server for the Open Inference Protocol tests: both fixture models at once (an image model
-//! `image@v1` and a six-frame video model `video@v1`, aliases `image` and `video`), from a
+//! `image@v1` and a six-frame video model `video@v1`, aliases `image` and `video`; a second
+//! version `image@v2` of the image model and the alias `canary` split between the two), from a
 //! desired-state file, with an inference token; and the protocol's binary BYTES layout.
 
 #![allow(dead_code)]
@@ -24,8 +25,11 @@ pub fn start(env: &[(&str, &str)]) -> OipServer {
     let models = format!(
         "default = \"image\"\n\
          [versions.\"image@v1\"]\nsource = \"{}\"\n\
+         [versions.\"image@v2\"]\nsource = \"{}\"\n\
          [versions.\"video@v1\"]\nsource = \"{}\"\n\
-         [aliases]\nimage = \"image@v1\"\nvideo = \"video@v1\"\n",
+         [aliases]\nimage = \"image@v1\"\nvideo = \"video@v1\"\n\
+         canary = {{ \"image@v1\" = 50, \"image@v2\" = 50 }}\n",
+        fixture_model("tiny-git-image").display(),
         fixture_model("tiny-git-image").display(),
         fixture_model("tiny-git-video").display(),
     );
