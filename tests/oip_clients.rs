@@ -1,8 +1,8 @@
 //! The Open Inference Protocol door through clients nobody here wrote: tritonclient (gRPC and
 //! HTTP) and the kserve SDK's v2 clients (gRPC and REST), pinned in tests/oip/requirements.txt,
-//! as a team running Triton or KServe would call gitcap. Each captions an image with a question
-//! and six frames, equal to the transformers goldens, and a video file (its six frames in a
-//! lossless file), equal to what gitcap's own gRPC API answers for it.
+//! as a team running Triton or KServe would call gitcap. Each captions an image with a question,
+//! six frames, and a video file holding those six frames losslessly, each equal to the
+//! transformers goldens (the video file also to what gitcap's own gRPC API answers for it).
 
 mod common;
 
@@ -29,11 +29,27 @@ async fn tritonclient_and_the_kserve_sdk_caption_like_the_goldens() {
     let media = fixtures().join("media");
     let frames: Vec<String> =
         (0..6).map(|i| media.join(format!("frames/frame_{i}.png")).display().to_string()).collect();
-    // The six frames, one a second, in a lossless Matroska file.
+    // The six frames in a lossless Matroska file of 6 s, each shown twice at 2 frames a second,
+    // so that the default sampling (segment centres 0.5 s, 1.5 s, …: the first frame at or
+    // after each) sees exactly frames 0 to 5.
     let videos = Videos::new();
     let video = videos.path("frames.mkv");
     let pattern = media.join("frames/frame_%d.png").display().to_string();
-    ffmpeg(&["-framerate", "1", "-i", &pattern, "-c:v", "ffv1", "-pix_fmt", "bgr0", video.to_str().unwrap()]);
+    ffmpeg(&[
+        "-framerate",
+        "1",
+        "-i",
+        &pattern,
+        "-vf",
+        "fps=2",
+        "-fps_mode",
+        "cfr",
+        "-c:v",
+        "ffv1",
+        "-pix_fmt",
+        "bgr0",
+        video.to_str().unwrap(),
+    ]);
 
     let oip = start(&[]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oip/clients.py");
@@ -64,9 +80,16 @@ async fn tritonclient_and_the_kserve_sdk_caption_like_the_goldens() {
         "text": native.text,
         "token_ids": native.token_ids,
         "finish_reason": if native.finish_reason() == FinishReason::Eos { "eos" } else { "length" },
+        "frame_timestamps_s": native.frame_timestamps_s,
     });
-    let expected =
-        [("image_vqa", golden("image_vqa_greedy")), ("frames", golden("video_caption_greedy")), ("video_file", native)];
+    let mut video_answer = golden("video_caption_greedy");
+    video_answer["frame_timestamps_s"] = serde_json::json!([0.5, 1.5, 2.5, 3.5, 4.5, 5.5]);
+    assert_eq!(native, video_answer, "gitcap's own gRPC API on the video file");
+    let expected = [
+        ("image_vqa", golden("image_vqa_greedy")),
+        ("frames", golden("video_caption_greedy")),
+        ("video_file", video_answer),
+    ];
     for client in ["tritonclient_grpc", "tritonclient_http", "kserve_grpc", "kserve_rest"] {
         for (case, answer) in &expected {
             assert_eq!(&answers[client][case], answer, "{client}, {case}");

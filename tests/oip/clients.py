@@ -37,8 +37,11 @@ CASES = [
 ]
 
 
-def answer(text, token_ids, finish_reason):
-    return {"text": text, "token_ids": [int(t) for t in token_ids], "finish_reason": finish_reason}
+def answer(text, token_ids, finish_reason, timestamps=None):
+    got = {"text": text, "token_ids": [int(t) for t in token_ids], "finish_reason": finish_reason}
+    if timestamps is not None:
+        got["frame_timestamps_s"] = [float(t) for t in timestamps]
+    return got
 
 
 def decode(value):
@@ -63,6 +66,7 @@ def triton(module, client):
             decode(result.as_numpy("text")[0]),
             result.as_numpy("token_ids"),
             decode(result.as_numpy("finish_reason")[0]),
+            result.as_numpy("frame_timestamps_s"),
         )
     return answers
 
@@ -80,7 +84,12 @@ async def kserve(client, infer):
         request = InferRequest(model_name=model, infer_inputs=inputs, parameters=dict(OPTIONS))
         response = await infer(client, request, model)
         outputs = {o.name: o.as_numpy() for o in response.outputs}
-        answers[case] = answer(decode(outputs["text"][0]), outputs["token_ids"], decode(outputs["finish_reason"][0]))
+        answers[case] = answer(
+            decode(outputs["text"][0]),
+            outputs["token_ids"],
+            decode(outputs["finish_reason"][0]),
+            outputs.get("frame_timestamps_s"),
+        )
     return answers
 
 
