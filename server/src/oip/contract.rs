@@ -142,17 +142,20 @@ pub fn read(request: InferRequest, limits: &MediaLimits) -> Result<Reading> {
     let mut media = None;
     let mut question = String::new();
     let mut seen = BTreeSet::new();
-    for tensor in request.inputs {
+    for (i, tensor) in request.inputs.into_iter().enumerate() {
         let name = tensor.name.clone();
-        if !seen.insert(name.clone()) {
-            return Err(GitcapError::invalid(name, "the input is given twice"));
-        }
+        // By position: the name may be anything, the empty string included.
         let Some(spec) = INPUTS.iter().find(|s| s.name == name) else {
             return Err(GitcapError::invalid(
-                name,
-                "not an input of this model; its inputs are image, frames or video (one of them) and question (optional)",
+                format!("inputs[{i}]"),
+                format!(
+                    "{name:?} is not an input of this model; its inputs are image, frames or video (one of them) and question (optional)"
+                ),
             ));
         };
+        if !seen.insert(name.clone()) {
+            return Err(GitcapError::invalid(format!("inputs[{i}]"), format!("the input {name:?} is given twice")));
+        }
         let mut elements = elements_of(tensor, spec, limits)?;
         let input = match spec.name {
             "image" => MediaInput::Image(elements.remove(0)),
@@ -507,9 +510,11 @@ mod tests {
             (vec![bytes("image", vec![1, 1], vec![b"x"])], vec![], "image"),
             (vec![bytes("frames", vec![3], vec![b"x"])], vec![], "frames"),
             (vec![bytes("frames", vec![65], vec![b"x"; 65])], vec![], "frames"),
-            (vec![image(), bytes("pixels", vec![1], vec![b"x"])], vec![], "pixels"),
+            (vec![image(), bytes("pixels", vec![1], vec![b"x"])], vec![], "inputs[1]"),
+            // Found by the fuzzer: a field must never be empty.
+            (vec![bytes("", vec![1], vec![b"x"])], vec![], "inputs[0]"),
             (vec![image(), bytes("video", vec![1], vec![b"x"])], vec![], "video"),
-            (vec![image(), image()], vec![], "image"),
+            (vec![image(), image()], vec![], "inputs[1]"),
             (vec![bytes("question", vec![1], vec![b"q"])], vec![], "inputs"),
             (vec![image(), bytes("question", vec![1], vec![b"\xff"])], vec![], "question"),
             (vec![image()], vec![("beams", Param::Int(2))], "parameters.beams"),
