@@ -10,6 +10,8 @@ raw_frames: `arbitrary`-encoded inputs are opaque, so its seeds are raw bytes th
 mutates from (a few small RGB buffers).
 request_validation: protobuf encodings of each request kind, hand-encoded here (first byte =
 which message, as in the target).
+oip_infer: Open Inference Protocol ModelInferRequest messages, hand-encoded here (an image with
+a question and parameters, raw frames, typed contents, a video, requested outputs).
 openai_chat: chat-completions JSON bodies (an image, frames, a video, a follow-up, options,
 parameters gitcap cannot honour), with a tiny PNG made here without Pillow.
 """
@@ -162,6 +164,41 @@ def openai_chat_seeds():
     body("url", messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}])
 
 
+def oip_infer_seeds():
+    png = tiny_png()
+
+    def raw_bytes(*elements):
+        return b"".join(struct.pack("<I", len(e)) + e for e in elements)
+
+    def tensor(name, count, contents=None):
+        shape = field(3, 2, varint(count))
+        body = field(1, 2, name.encode()) + field(2, 2, b"BYTES") + shape
+        if contents is not None:
+            body += field(5, 2, b"".join(field(8, 2, e) for e in contents))
+        return field(5, 2, body)
+
+    def parameter(name, value):
+        if isinstance(value, bool):
+            encoded = field(1, 0, varint(int(value)))
+        elif isinstance(value, int):
+            encoded = field(2, 0, varint(value))
+        elif isinstance(value, float):
+            encoded = field(4, 1, struct.pack("<d", value))
+        else:
+            encoded = field(3, 2, value.encode())
+        return field(4, 2, field(1, 2, name.encode()) + field(2, 2, encoded))
+
+    model = field(1, 2, b"tiny") + field(3, 2, b"seed")
+    out("oip_infer", "image_question", model + tensor("image", 1) + tensor("question", 1)
+        + parameter("max_new_tokens", 8) + parameter("do_sample", False) + parameter("temperature", 0.7)
+        + parameter("early_stopping", "never") + parameter("priority", "batch")
+        + field(7, 2, raw_bytes(png)) + field(7, 2, raw_bytes(b"what is it?")))
+    out("oip_infer", "frames_raw", model + field(2, 2, b"v1") + tensor("frames", 3)
+        + field(7, 2, raw_bytes(png, png, png)))
+    out("oip_infer", "frames_contents", model + tensor("frames", 2, [png, png]) + field(6, 2, field(1, 2, b"text")))
+    out("oip_infer", "video", model + tensor("video", 1, [b"\0\0\0\x18ftypisom"]) + parameter("num_beams", 2))
+
+
 if __name__ == "__main__":
     shutil.rmtree(ROOT, ignore_errors=True)
     os.makedirs(f"{ROOT}/decode_image")
@@ -169,3 +206,4 @@ if __name__ == "__main__":
     raw_frames_seeds()
     request_validation_seeds()
     openai_chat_seeds()
+    oip_infer_seeds()

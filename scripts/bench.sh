@@ -90,6 +90,10 @@ for dtype in ${DTYPES//,/ }; do
     > "$WORK/grpc-$dtype-image.json"
   "$LOAD" --url "$URL" --max-new-tokens "$MAX_NEW" latency --runs "$RUNS" $(printf -- '--media %s ' "$WORK"/png/video/*.png) \
     > "$WORK/grpc-$dtype-video.json"
+  # The Open Inference Protocol door (gRPC ModelInfer) against native Caption, paired (target: within 5 %).
+  "$LOAD" --url "$URL" --max-new-tokens "$MAX_NEW" oip --runs $((4 * RUNS)) --media "$WORK/png/image/frame_000.png" \
+    > "$WORK/grpc-$dtype-oip.json"
+  echo "gitcap $dtype OIP ModelInfer / native Caption: $(sed -n 's/.*"median_pair_ratio":\([0-9.]*\).*/\1/p' "$WORK/grpc-$dtype-oip.json")" >&2
   for clients in ${CLIENTS//,/ }; do
     "$LOAD" --url "$URL" --max-new-tokens "$MAX_NEW" throughput --clients "$clients" \
       --requests $((2 * clients > 8 ? 2 * clients : 8)) --images "$WORK/png/throughput" \

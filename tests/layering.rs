@@ -17,7 +17,7 @@ const LAYERS: &[&[&str]] = &[
     // commands of the binary.
     &["transport", "settings", "oneshot", "benchmark", "fidelity"],
     // The doors: each translates its wire format into the core's types and back.
-    &["api", "openai", "web"],
+    &["api", "openai", "oip", "web"],
     // The request core, and the traces each request's life reports.
     &["service"],
     &["telemetry"],

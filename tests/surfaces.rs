@@ -95,6 +95,20 @@ fn every_generation_option_is_on_every_server_surface() {
     }
 }
 
+/// The Open Inference Protocol door takes every option as a request parameter (read through
+/// the options' one definition), plus `priority`, and docs/oip.md documents each.
+#[test]
+fn every_generation_option_is_an_open_inference_protocol_parameter() {
+    let mut expected = protocol_options();
+    expected.insert("priority".to_string());
+    let parameters: BTreeSet<String> = gitcap_server::oip::contract::parameter_names().iter().cloned().collect();
+    assert_eq!(parameters, expected, "the OIP door's parameters vs proto GenerationOptions + priority");
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/oip.md")).unwrap();
+    for parameter in &parameters {
+        assert!(doc.contains(&format!("`{parameter}`")), "docs/oip.md does not document the parameter `{parameter}`");
+    }
+}
+
 /// docs/hostile-input.md names the test that holds each bound: each must exist.
 #[test]
 fn every_bound_in_the_hostile_input_doc_names_a_real_test() {

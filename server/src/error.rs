@@ -73,3 +73,23 @@ impl GitcapError {
         Self::Media { field: field.into(), message: message.into() }
     }
 }
+
+/// The HTTP status of a gRPC code: how every HTTP door (OpenAI, Open Inference Protocol)
+/// answers an error, from its one gRPC code (`GitcapError::code`).
+pub fn http_status(code: tonic::Code) -> http::StatusCode {
+    use http::StatusCode;
+    use tonic::Code;
+    match code {
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Cancelled => StatusCode::from_u16(499).expect("499 is a status"),
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}

@@ -13,6 +13,7 @@ pub mod fidelity;
 pub mod media;
 pub mod metrics;
 pub mod model;
+pub mod oip;
 pub mod oneshot;
 pub mod openai;
 pub mod optional_setting;

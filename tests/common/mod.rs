@@ -5,6 +5,7 @@ pub mod fake_hub;
 pub mod fixtures;
 pub mod http_files;
 pub mod load;
+pub mod oip;
 pub mod openai;
 pub mod probe;
 pub mod python;

@@ -6,6 +6,7 @@
 //!   gitcap-bench --url URL follow-up --sets DIR --question Q [--runs 5]
 //!   gitcap-bench --url URL priority --images DIR [--batch-clients 16] [--runs 5]
 //!   gitcap-bench --url URL video --file F [--file F ...] [--runs 3]
+//!   gitcap-bench --url URL oip --media F [--runs 20] [--model default]
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -83,6 +84,19 @@ enum Command {
         file: Vec<PathBuf>,
         #[arg(long, default_value_t = 3)]
         runs: usize,
+    },
+    /// One image captioned through the Open Inference Protocol (gRPC `ModelInfer`) and through
+    /// native `Caption`, in `runs` back-to-back pairs (which goes first alternates): each side's
+    /// median latency, their ratio, and the median of the pairs' ratios (which drift over the
+    /// run does not move). Both must generate the same tokens.
+    Oip {
+        #[arg(long)]
+        media: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// The protocol's model name (a gitcap model name or alias).
+        #[arg(long, default_value = "default")]
+        model: String,
     },
 }
 
@@ -234,9 +248,97 @@ async fn main() -> Result<()> {
             }
             json!({ "files": files })
         }
+        Command::Oip { media: path, runs, model } => oip(&args.url, args.max_new_tokens, &path, runs, &model).await?,
     };
     println!("{report}");
     Ok(())
+}
+
+/// See [`Command::Oip`]. Both sides are the generated clients on one HTTP/2 channel, so the
+/// difference is the server's doors, not the clients.
+async fn oip(url: &str, max_new_tokens: u32, path: &Path, runs: usize, model: &str) -> Result<serde_json::Value> {
+    use gitcap_client::proto::captioner_client::CaptionerClient;
+    use gitcap_client::proto::{media::Kind, CaptionRequest, GenerationOptions};
+    use gitcap_protocol::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+    use gitcap_protocol::inference::model_infer_request::InferInputTensor;
+    use gitcap_protocol::inference::{infer_parameter::ParameterChoice, InferParameter, ModelInferRequest};
+
+    anyhow::ensure!(runs > 0, "give at least one run");
+    let image = std::fs::read(path)?;
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())?.connect().await?;
+    let native = CaptionerClient::new(channel.clone()).max_decoding_message_size(256 << 20);
+    let oip = GrpcInferenceServiceClient::new(channel).max_decoding_message_size(256 << 20);
+    let caption_request = CaptionRequest {
+        model: model.to_string(),
+        media: Some(gitcap_client::proto::Media { kind: Some(Kind::Image(image.clone())), ..Default::default() }),
+        options: Some(GenerationOptions { max_new_tokens: Some(max_new_tokens), ..Default::default() }),
+        ..Default::default()
+    };
+    let infer_request = ModelInferRequest {
+        model_name: model.to_string(),
+        parameters: [(
+            "max_new_tokens".to_string(),
+            InferParameter { parameter_choice: Some(ParameterChoice::Int64Param(max_new_tokens.into())) },
+        )]
+        .into(),
+        inputs: vec![InferInputTensor {
+            name: "image".into(),
+            datatype: "BYTES".into(),
+            shape: vec![1],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![[&(image.len() as u32).to_le_bytes()[..], &image].concat()],
+        ..Default::default()
+    };
+    let caption = || {
+        let (mut native, request) = (native.clone(), caption_request.clone());
+        async move {
+            let start = Instant::now();
+            let response = native.caption(request).await?.into_inner();
+            let tokens: Vec<i64> = response.token_ids.iter().map(|&t| i64::from(t)).collect();
+            Ok::<_, anyhow::Error>((start.elapsed().as_secs_f64(), tokens))
+        }
+    };
+    let infer = || {
+        let (mut oip, request) = (oip.clone(), infer_request.clone());
+        async move {
+            let start = Instant::now();
+            let response = oip.model_infer(request).await?.into_inner();
+            let index = response.outputs.iter().position(|o| o.name == "token_ids").context("no token_ids output")?;
+            let tokens: Vec<i64> = response.raw_output_contents[index]
+                .chunks(8)
+                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect();
+            Ok::<_, anyhow::Error>((start.elapsed().as_secs_f64(), tokens))
+        }
+    };
+    // Warm-up, and both sides must generate the same tokens.
+    let (_, native_tokens) = caption().await?;
+    let (_, oip_tokens) = infer().await?;
+    anyhow::ensure!(native_tokens == oip_tokens, "OIP tokens {oip_tokens:?} differ from Caption's {native_tokens:?}");
+    let (mut native_s, mut oip_s) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+    for run in 0..runs {
+        let (n, o) = if run % 2 == 0 {
+            let n = caption().await?.0;
+            (n, infer().await?.0)
+        } else {
+            let o = infer().await?.0;
+            (caption().await?.0, o)
+        };
+        native_s.push(n);
+        oip_s.push(o);
+    }
+    let ratios: Vec<f64> = oip_s.iter().zip(&native_s).map(|(o, n)| o / n).collect();
+    Ok(json!({
+        "runs": runs,
+        "tokens": native_tokens.len(),
+        "native_caption_median_s": median(&native_s),
+        "oip_model_infer_median_s": median(&oip_s),
+        "ratio_of_medians": median(&oip_s) / median(&native_s),
+        "median_pair_ratio": median(&ratios),
+        "native_s": native_s,
+        "oip_s": oip_s,
+    }))
 }
 
 /// See [`Command::Priority`].

@@ -5,7 +5,6 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use tonic::Code;
 
 use crate::error::GitcapError;
 
@@ -43,22 +42,7 @@ impl ApiError {
     }
 }
 
-/// The HTTP status of a gRPC code.
-pub fn http_status(code: Code) -> StatusCode {
-    match code {
-        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => StatusCode::BAD_REQUEST,
-        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
-        Code::PermissionDenied => StatusCode::FORBIDDEN,
-        Code::NotFound => StatusCode::NOT_FOUND,
-        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
-        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
-        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
-        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
-        Code::Cancelled => StatusCode::from_u16(499).expect("499 is a status"),
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    }
-}
+pub use crate::error::http_status;
 
 impl From<GitcapError> for ApiError {
     fn from(error: GitcapError) -> Self {

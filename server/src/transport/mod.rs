@@ -1,7 +1,8 @@
 //! The one port every door shares: listeners (plain text or TLS), connection limits and ages,
 //! HTTP/1.1 and HTTP/2, and where each request goes: `/v1/…` to the OpenAI-compatible API
-//! (crate::openai), `/` and `/metrics` to crate::web, everything else to gRPC and gRPC-Web
-//! (crate::api), with health and reflection beside it.
+//! (crate::openai), `/v2…` to the Open Inference Protocol's REST routes (crate::oip), `/` and
+//! `/metrics` to crate::web, everything else to gRPC and gRPC-Web (crate::api and
+//! crate::oip's `inference.GRPCInferenceService`), with health and reflection beside it.
 
 mod connection_age;
 mod connection_slots;
@@ -79,11 +80,13 @@ pub async fn serve(
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(gitcap_protocol::inference::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| GitcapError::Internal(e.to_string()))?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(gitcap_protocol::inference::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| GitcapError::Internal(e.to_string()))?;
     let inference_auth = BearerAuth::new(options.inference_token.take());
@@ -97,6 +100,15 @@ pub async fn serve(
         options.max_message_bytes.saturating_mul(2),
         options.batch.take(),
     );
+    // The Open Inference Protocol (crate::oip): REST under /v2 beside the OpenAI API, and
+    // `inference.GRPCInferenceService` beside Captioner.
+    let oip =
+        Arc::new(crate::oip::Oip { core: core.clone(), auth: inference_auth.clone(), stopping: stopping.clone() });
+    let openai = openai.nest(
+        crate::oip::rest::PREFIX,
+        crate::oip::rest::router(oip.clone(), options.max_message_bytes.saturating_mul(2)),
+    );
+    let oip_grpc = crate::oip::grpc::service(oip, options.max_message_bytes);
     let captioner = CaptionerServer::new(CaptionerService::new(core.clone()))
         .max_decoding_message_size(options.max_message_bytes)
         .max_encoding_message_size(options.max_message_bytes);
@@ -174,6 +186,7 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(captioner)
+        .add_service(oip_grpc)
         .add_optional_service(admin_here)
         .serve_with_incoming_shutdown(
             incoming(listener, lifetime, ConnectionSlots::new(max_connections)),

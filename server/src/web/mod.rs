@@ -88,6 +88,12 @@ fn respond(route: Route, head_only: bool) -> Response<Body> {
     }
 }
 
+/// Whether a path is one of the HTTP doors' (the OpenAI-compatible API's `/v1/…`, the Open
+/// Inference Protocol's `/v2…`) rather than gRPC's.
+fn to_http_doors(path: &str) -> bool {
+    path.starts_with("/v1/") || path == "/v2" || path.starts_with("/v2/")
+}
+
 /// Serves the page, `/metrics` and the OpenAI-compatible API in front of the gRPC router.
 #[derive(Clone)]
 pub struct PageLayer {
@@ -150,7 +156,7 @@ where
         } else {
             request
         };
-        if let Some(openai) = self.openai.as_ref().filter(|_| request.uri().path().starts_with("/v1/")) {
+        if let Some(openai) = self.openai.as_ref().filter(|_| to_http_doors(request.uri().path())) {
             let mut openai = openai.clone();
             let request = request.map(axum::body::Body::new);
             return Box::pin(async move {
