@@ -306,6 +306,12 @@ async fn the_kserve_runtime_serves_the_storage_mount_under_the_inference_service
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
     assert!(metrics.contains(idle), "{metrics}");
+    // The runtime's probes answer where it points them (the Open Inference Protocol's health).
+    for probe in ["livenessProbe", "readinessProbe"] {
+        let path = container[probe]["httpGet"]["path"].as_str().unwrap_or_else(|| panic!("{probe}: {container}"));
+        let (status, _, body) = http_get(&server.addr, path);
+        assert_eq!(status, 200, "{probe} {path}: {body}");
+    }
     // ...and over HTTP/2 with prior knowledge, as Knative's queue-proxy speaks to an h2c port.
     let tcp = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
     let (send, connection) = h2::client::handshake(tcp).await.unwrap();
