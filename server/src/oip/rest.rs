@@ -19,20 +19,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
-use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::contract::{self, Elements, InferRequest, InputTensor, Output, OutputData, Param, TensorSpec};
 use super::{Inferred, Oip};
 use crate::error::GitcapError;
+use crate::service::body::BodyError;
 
 /// The header giving the length of a binary request's (or response's) JSON part.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
-
-/// What parsing a request holds at its peak, per byte of its body: the body, the JSON's values
-/// and the decoded tensors (as the OpenAI door measured for a body of base64 media).
-const PARSE_BYTES_PER_BODY_BYTE: u64 = 4;
 
 struct Served {
     oip: Arc<Oip>,
@@ -194,22 +190,8 @@ async fn run(
 }
 
 /// Reads a request's body within the size limit and the media budget, and parses it off the
-/// async threads (a large body costs CPU seconds).
+/// async threads (crate::service::body).
 async fn read_body(state: &Served, headers: &HeaderMap, body: Body) -> Result<Parsed, RestError> {
-    let limit = state.max_body_bytes;
-    let too_large = || {
-        let error = GitcapError::invalid(
-            "body",
-            format!(
-                "the request body is larger than the {limit} bytes this server accepts (server.max_message_bytes × 2)"
-            ),
-        );
-        RestError::with_status(error, StatusCode::PAYLOAD_TOO_LARGE)
-    };
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
     if headers.get(header::CONTENT_ENCODING).is_some_and(|v| v != "identity") {
         return Err(GitcapError::invalid("content-encoding", "compressed request bodies are not accepted").into());
     }
@@ -219,30 +201,26 @@ async fn read_body(state: &Served, headers: &HeaderMap, body: Body) -> Result<Pa
             GitcapError::invalid(HEADER_LENGTH, "must be the length of the request's JSON part, in bytes")
         })?),
     };
-    let cost = declared.unwrap_or(limit as u64).saturating_mul(PARSE_BYTES_PER_BODY_BYTE);
-    let _room = state.oip.core.media.budget().reserve(cost, "the request body").await?;
-    let mut bytes = Vec::with_capacity(declared.unwrap_or(0) as usize);
-    let mut chunks = body.into_data_stream();
-    while let Some(chunk) = chunks.next().await {
-        let chunk = chunk.map_err(unreadable)?;
-        if bytes.len() + chunk.len() > limit {
-            return Err(too_large());
-        }
-        bytes.extend_from_slice(&chunk);
-    }
-    let parsed = tokio::task::spawn_blocking(move || parse(&bytes, json_length));
-    let parsed = parsed.await.map_err(|e| GitcapError::Internal(format!("parsing a request: {e}")))?;
-    parsed
+    let budget = state.oip.core.media.budget();
+    let parse = move |bytes: Vec<u8>| parse(&bytes, json_length);
+    crate::service::body::read_and_parse(body, headers, state.max_body_bytes, budget, parse).await
 }
 
-/// A body that could not be read: 408 when it did not arrive in time, else 400.
-fn unreadable(error: axum::Error) -> RestError {
-    let inner = error.into_inner();
-    match inner.downcast_ref::<tonic::Status>() {
-        Some(status) if crate::deadline::is_body_timeout(status) => {
-            RestError::with_status(GitcapError::invalid("body", status.message()), StatusCode::REQUEST_TIMEOUT)
+impl From<BodyError> for RestError {
+    fn from(error: BodyError) -> Self {
+        match error {
+            BodyError::TooLarge { limit } => {
+                let message = format!(
+                    "the request body is larger than the {limit} bytes this server accepts (server.max_message_bytes × 2)"
+                );
+                RestError::with_status(GitcapError::invalid("body", message), StatusCode::PAYLOAD_TOO_LARGE)
+            }
+            BodyError::TimedOut(message) => {
+                RestError::with_status(GitcapError::invalid("body", message), StatusCode::REQUEST_TIMEOUT)
+            }
+            BodyError::Unreadable(message) => GitcapError::invalid("body", message).into(),
+            BodyError::Refused(error) => error.into(),
         }
-        _ => GitcapError::invalid("body", format!("the request body could not be read: {inner}")).into(),
     }
 }
 

@@ -22,9 +22,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures::StreamExt;
 
 use crate::service::auth::BearerAuth;
+use crate::service::body::BodyError;
 use crate::service::Core;
 pub use error::ApiError;
 use request::Plan;
@@ -48,12 +48,6 @@ struct Served {
     /// The Files and Batches API, when `batch.data_dir` is set.
     batch: Option<Arc<batch::Batches>>,
 }
-
-/// What parsing a chat request holds at its peak, per byte of its body: the body, the text of
-/// its strings, serde's buffered copy of the request (its flattened extra fields make serde read
-/// the whole object into a buffer first) and the decoded media (3/4 of their base64). Measured:
-/// a 49 MiB body with an image raised the server's RSS by 3.7 times its size.
-const PARSE_BYTES_PER_BODY_BYTE: u64 = 4;
 
 /// The routes under `/v1`. Request bodies may be up to `max_body_bytes` (media arrive base64
 /// encoded, a third larger than in a gRPC message). Every route checks the inference token
@@ -133,25 +127,10 @@ async fn read_request<T: Send + 'static>(
     body: Body,
     parse: fn(&[u8], bool) -> Result<T, ApiError>,
 ) -> Result<T, ApiError> {
-    let limit = state.max_body_bytes;
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    let cost = declared.unwrap_or(limit as u64).saturating_mul(PARSE_BYTES_PER_BODY_BYTE);
-    let _room = state.api.core.media.budget().reserve(cost, "the request body").await?;
-    let mut bytes = Vec::with_capacity(declared.unwrap_or(0) as usize);
-    let mut chunks = body.into_data_stream();
-    while let Some(chunk) = chunks.next().await {
-        let chunk = chunk.map_err(unreadable)?;
-        if bytes.len() + chunk.len() > limit {
-            return Err(too_large());
-        }
-        bytes.extend_from_slice(&chunk);
-    }
     let urls_enabled = state.api.core.media.urls_enabled();
-    let parsed = tokio::task::spawn_blocking(move || parse(&bytes, urls_enabled));
-    parsed.await.map_err(|e| ApiError::from(crate::error::GitcapError::Internal(format!("parsing a request: {e}"))))?
+    let budget = state.api.core.media.budget();
+    let parse = move |bytes: Vec<u8>| parse(&bytes, urls_enabled);
+    crate::service::body::read_and_parse(body, headers, state.max_body_bytes, budget, parse).await
 }
 
 fn too_large() -> ApiError {
@@ -162,18 +141,16 @@ fn too_large() -> ApiError {
     }
 }
 
-/// A body that could not be read: 408 when it did not arrive in time (crate::deadline::TimedBody), else 400.
-fn unreadable(error: axum::Error) -> ApiError {
-    let inner = error.into_inner();
-    match inner.downcast_ref::<tonic::Status>() {
-        Some(status) if crate::deadline::is_body_timeout(status) => {
-            ApiError { status: StatusCode::REQUEST_TIMEOUT, message: status.message().to_string(), param: None }
-        }
-        _ => ApiError {
-            status: StatusCode::BAD_REQUEST,
-            message: format!("the request body could not be read: {inner}"),
-            param: None,
-        },
+impl From<BodyError> for ApiError {
+    /// 413 over the limit, 408 when it did not arrive in time (crate::deadline::TimedBody), else 400.
+    fn from(error: BodyError) -> Self {
+        let (status, message) = match error {
+            BodyError::TooLarge { .. } => return too_large(),
+            BodyError::TimedOut(message) => (StatusCode::REQUEST_TIMEOUT, message),
+            BodyError::Unreadable(message) => (StatusCode::BAD_REQUEST, message),
+            BodyError::Refused(error) => return error.into(),
+        };
+        ApiError { status, message, param: None }
     }
 }
 

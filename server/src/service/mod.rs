@@ -6,6 +6,7 @@
 
 pub mod ask;
 pub mod auth;
+pub mod body;
 pub mod call;
 pub mod dense;
 pub mod live;

@@ -350,7 +350,7 @@ async fn answer_request(
             param: Some("body".into()),
         });
     }
-    let cost = (body.len() as u64).saturating_mul(super::super::PARSE_BYTES_PER_BODY_BYTE);
+    let cost = (body.len() as u64).saturating_mul(crate::service::body::PARSE_BYTES_PER_BODY_BYTE);
     let room = state.api.core.media.budget().reserve(cost, "a batch line").await?;
     let urls_enabled = state.api.core.media.urls_enabled();
     let no_stream = || ApiError::invalid("stream", "a batch request cannot stream: leave stream false");
