@@ -390,7 +390,7 @@ fn the_page_uses_the_protocols_field_numbers() {
 /// `gitcap-server caption … --json`'s text (of a question, when given).
 fn one_shot_text(image: &Path, question: Option<&str>) -> String {
     let mut command = Command::new(env!("CARGO_BIN_EXE_gitcap-server"));
-    command.args(["caption", "--model"]).arg(model_dir("tiny-git-image")).arg("--image").arg(image);
+    command.args(["caption", "--dtype", "f32", "--model"]).arg(model_dir("tiny-git-image")).arg("--image").arg(image);
     if let Some(question) = question {
         command.args(["--question", question]);
     }

@@ -8,7 +8,8 @@ use common::fixtures::{cases, fixtures, model_dir};
 
 fn caption(args: &[&str]) -> serde_json::Value {
     let out =
-        Command::new(env!("CARGO_BIN_EXE_gitcap-server")).arg("caption").args(args).arg("--json").output().unwrap();
+        // f32: the goldens are f32's (the default `auto` picks by CPU).
+        Command::new(env!("CARGO_BIN_EXE_gitcap-server")).args(["caption", "--dtype", "f32"]).args(args).arg("--json").output().unwrap();
     assert!(out.status.success(), "caption {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).expect("--json prints JSON")
 }
@@ -130,7 +131,17 @@ fn a_hub_cache_serves_offline() {
     }
     let image = fixtures().join("media/shapes.png");
     let out = Command::new(env!("CARGO_BIN_EXE_gitcap-server"))
-        .args(["caption", "--model", "microsoft/git-tiny", "--max-new-tokens", "12", "--json", "--image"])
+        .args([
+            "caption",
+            "--dtype",
+            "f32",
+            "--model",
+            "microsoft/git-tiny",
+            "--max-new-tokens",
+            "12",
+            "--json",
+            "--image",
+        ])
         .arg(&image)
         .env("HF_HOME", home.path())
         .env("HF_HUB_OFFLINE", "1")

@@ -24,7 +24,7 @@ pub struct Bench {
 }
 
 pub fn run(args: Bench) -> Result<()> {
-    let precision = args.dtype;
+    let precision = args.dtype.for_device(args.device.0);
     let device = args.device.available()?;
     // Every run computes the vision tower: no features kept between runs.
     let options = EngineOptions { feature_cache_bytes: 0, ..EngineOptions::default() };

@@ -151,8 +151,9 @@ struct ModelArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: DeviceSpec,
-    /// f32, bf16, f16, or fast (CPU: bf16 vision tower, int8 decoder and LM head weights).
-    #[arg(long, default_value = "f32")]
+    /// auto (the fastest on this machine), f32, bf16, f16, or fast (CPU: int8 decoder and LM
+    /// head weights).
+    #[arg(long, default_value = "auto")]
     dtype: Precision,
     /// libtorch intra-op threads (0 = libtorch's default).
     #[arg(long, default_value_t = 0)]

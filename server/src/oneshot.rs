@@ -35,7 +35,7 @@ pub fn run(args: OneShot) -> Result<()> {
     args.options.check().map_err(flag)?;
     let load_started = Instant::now();
     args.device.available()?; // before any download: a missing device fails at once
-    let precision = args.dtype;
+    let precision = args.dtype.for_device(args.device.0);
     let checkpoint = resolve(&args.model, args.revision.as_deref(), &args.hub)?;
     let options = EngineOptions { feature_cache_bytes: 0, ..EngineOptions::default() };
     let worker = ModelWorker::load_checkpoint(

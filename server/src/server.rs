@@ -49,7 +49,7 @@ pub async fn run(settings: Settings) -> Result<()> {
             revision: Some(m.revision.clone()).filter(|revision| !revision.is_empty()),
             version: None,
             device: m.device,
-            dtype: m.dtype,
+            dtype: m.dtype.for_device(m.device.0),
         };
         registry.load(spec, false).await?;
     }

@@ -86,8 +86,10 @@ impl TestServer {
             .args(["serve", "--listen", listen])
             .args(args)
             .env("RUST_LOG", "warn")
-            // Settings layering: the environment raises a limit the tests need.
+            // Settings layering: the environment raises a limit the tests need, and pins f32
+            // (the goldens are f32's; the default `auto` picks by CPU) unless a test says otherwise.
             .env("GITCAP__LIMITS__MAX_BEAMS", "32")
+            .env("GITCAP__MODEL__DTYPE", "f32")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -50,7 +50,8 @@ impl AdminService {
             revision: Some(spec.revision).filter(|revision| !revision.is_empty()),
             version: Some(spec.version).filter(|version| !version.is_empty()),
             device,
-            dtype,
+            // `auto` is resolved here, so List and Watch show what is served.
+            dtype: dtype.for_device(device.0),
         })
     }
 }

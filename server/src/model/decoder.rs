@@ -85,6 +85,16 @@ impl KvCache {
         self.keys.iter().chain(&self.values).map(|t| t.numel() * t.kind().elt_size_in_bytes()).sum()
     }
 
+    /// Layer `layer`'s keys and values [batch, heads, capacity, head_dim].
+    pub fn layer(&self, layer: usize) -> (&Tensor, &Tensor) {
+        (&self.keys[layer], &self.values[layer])
+    }
+
+    /// Decoder layers the cache holds.
+    pub fn layers(&self) -> usize {
+        self.keys.len()
+    }
+
     /// A copy of the image tokens' keys and values, to start other requests on the same frames
     /// without running the image prefill again.
     pub fn image_prefix(&self) -> ImagePrefix {
@@ -222,8 +232,9 @@ impl GitLayer {
         self.output_layer_norm.forward(&(ffn + attended))
     }
 
-    /// Fast mode: int8 weights for every linear layer; returns the change in bytes held.
-    fn quantize_int8(&mut self) -> i64 {
+    /// Fast mode: int8 weights for every linear layer, `dense` for many rows; returns the
+    /// change in bytes held.
+    fn quantize_int8(&mut self, dense: Kind) -> i64 {
         [
             &mut self.query,
             &mut self.key,
@@ -233,21 +244,21 @@ impl GitLayer {
             &mut self.output,
         ]
         .into_iter()
-        .map(Linear::quantize_int8)
+        .map(|linear| linear.quantize_int8(dense))
         .sum()
     }
 
-    /// This layer in bf16 (see [`Linear::bf16_twin`]).
-    fn bf16_twin(&self) -> GitLayer {
+    /// This layer with dense weights in `kind` (see [`Linear::dense_twin`]).
+    fn dense_twin(&self, kind: Kind) -> GitLayer {
         GitLayer {
-            query: self.query.bf16_twin(),
-            key: self.key.bf16_twin(),
-            value: self.value.bf16_twin(),
-            attention_output: self.attention_output.bf16_twin(),
-            attention_layer_norm: self.attention_layer_norm.to_kind(Kind::BFloat16),
-            intermediate: self.intermediate.bf16_twin(),
-            output: self.output.bf16_twin(),
-            output_layer_norm: self.output_layer_norm.to_kind(Kind::BFloat16),
+            query: self.query.dense_twin(kind),
+            key: self.key.dense_twin(kind),
+            value: self.value.dense_twin(kind),
+            attention_output: self.attention_output.dense_twin(kind),
+            attention_layer_norm: self.attention_layer_norm.to_kind(kind),
+            intermediate: self.intermediate.dense_twin(kind),
+            output: self.output.dense_twin(kind),
+            output_layer_norm: self.output_layer_norm.to_kind(kind),
             act: self.act,
             heads: self.heads,
         }
@@ -257,10 +268,12 @@ impl GitLayer {
 /// `GitEncoder`: the stack of decoder layers.
 pub struct GitEncoder {
     layers: Vec<GitLayer>,
-    /// Fast mode: the layers in bf16 for the image prefill, hundreds of tokens per request, where
-    /// bf16 GEMMs on the int8 layers' dequantised weights and bf16 activations are about twice as
-    /// fast as f32 activations; the keys and values it stores are converted to the cache's f32.
-    prefill_layers: Option<Vec<GitLayer>>,
+    /// Fast mode: the layers with dense weights for the image prefill, hundreds of tokens per
+    /// request, and the dtype they compute in. On a CPU with native bf16: bf16 GEMMs on the int8
+    /// layers' dequantised weights and bf16 activations, about twice as fast as f32; the keys and
+    /// values it stores are converted to the cache's f32. Elsewhere bf16 is emulated and slower
+    /// than f32: f32, on the layers' own f32 weights (shared), so the prefill is f32's exactly.
+    prefill_layers: Option<(Vec<GitLayer>, Kind)>,
     heads: i64,
     head_dim: i64,
 }
@@ -308,7 +321,7 @@ impl GitEncoder {
             })
             .collect();
         let (layers, compute_kind) = match &self.prefill_layers {
-            Some(layers) => (layers, Kind::BFloat16),
+            Some((layers, dense)) => (layers, *dense),
             None => (&self.layers, kind),
         };
         let mut xs = image_tokens.to_kind(compute_kind);
@@ -350,11 +363,12 @@ impl GitEncoder {
         xs
     }
 
-    /// Fast mode: int8 weights for the linear layers of every decoder layer (see
-    /// [`Linear::quantize_int8`]); returns the change in bytes held.
-    pub fn quantize_int8(&mut self) -> i64 {
-        let change = self.layers.iter_mut().map(GitLayer::quantize_int8).sum();
-        self.prefill_layers = Some(self.layers.iter().map(GitLayer::bf16_twin).collect());
+    /// Fast mode: int8 weights for the linear layers of every decoder layer, their dense work
+    /// (prefill) in `dense`, bf16 or f32 (see [`Linear::quantize_int8`]); returns the change in
+    /// bytes held.
+    pub fn quantize_int8(&mut self, dense: Kind) -> i64 {
+        let change = self.layers.iter_mut().map(|layer| layer.quantize_int8(dense)).sum();
+        self.prefill_layers = Some((self.layers.iter().map(|layer| layer.dense_twin(dense)).collect(), dense));
         change
     }
 }

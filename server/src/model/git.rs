@@ -193,10 +193,12 @@ impl GitForCausalLM {
     /// Fast mode: int8 weights (symmetric, per output channel) for the decoder's linear
     /// layers and the LM head. A head tied to the word embeddings gets its own int8 copy; the
     /// embedding lookup keeps the full-precision table. Returns the change in bytes held.
-    pub fn quantize_int8(&mut self) -> i64 {
+    /// `dense`: the dtype of the dense work kept beside the int8 weights (prefill, many rows);
+    /// in f32 the layers keep their own weights, so a tied head then shares the table.
+    pub fn quantize_int8(&mut self, dense: Kind) -> i64 {
         let table = self.embeddings.word_embeddings();
         let tied = self.output.dense_weight().is_some_and(|w| w.data_ptr() == table.data_ptr());
-        let kept = if tied { tensor_bytes(table) } else { 0 };
-        self.encoder.quantize_int8() + self.output.quantize_int8() + kept
+        let kept = if tied && dense != table.kind() { tensor_bytes(table) } else { 0 };
+        self.encoder.quantize_int8(dense) + self.output.quantize_int8(dense) + kept
     }
 }

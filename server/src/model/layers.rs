@@ -26,9 +26,10 @@ struct Int8Weight {
     values: Tensor,
     /// bf16 [out]: `weight[o, i] ≈ values[o, i] * scales[o]`.
     scales: Tensor,
-    /// bf16 [out, in]: `values * scales`, made once, for inputs of [`int8_max_rows`] rows or
-    /// more (a prefill, a large decoding batch).
-    dequantised: Tensor,
+    /// [out, in] for inputs of [`int8_max_rows`] rows or more (a prefill, a large decoding
+    /// batch), made once: in bf16 `values * scales`; in f32 (CPUs without native bf16, where a
+    /// bf16 GEMM is emulated) the layer's own f32 weight, shared, not copied.
+    dense: Tensor,
     in_features: i64,
 }
 
@@ -41,7 +42,7 @@ const INT8_K_MULTIPLE: i64 = 16;
 /// (a prefill).
 pub fn int8_max_rows() -> i64 {
     static ROWS: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
-    *ROWS.get_or_init(|| if super::precision::cpu_has_amx_bf16() { 8 } else { 64 })
+    *ROWS.get_or_init(|| if super::cpu::CpuFeatures::detect().amx_bf16 { 8 } else { 64 })
 }
 
 impl Linear {
@@ -65,25 +66,27 @@ impl Linear {
 
     /// Replaces the weight by its int8 quantisation (symmetric, per output channel:
     /// `scale = max|w_row| / 127`, round to nearest, clamp to ±127); the bias keeps its dtype.
-    /// The dequantised weight is kept in bf16 too (int8 × scale, rounded), for inputs of many rows.
-    /// Returns the change in bytes this layer holds (negative: fewer); already int8: 0.
-    pub fn quantize_int8(&mut self) -> i64 {
+    /// For inputs of many rows a dense weight is kept in `dense` (bf16: int8 × scale, rounded;
+    /// f32: the weight itself). Returns the change in bytes this layer holds (negative: fewer);
+    /// already int8: 0.
+    pub fn quantize_int8(&mut self, dense: Kind) -> i64 {
         let LinearWeight::Dense(weight) = &self.weight else { return 0 };
         let dense_bytes = tensor_bytes(weight);
-        let q = Int8Weight::quantize(weight);
-        let int8_bytes = tensor_bytes(&q.values) + tensor_bytes(&q.scales) + tensor_bytes(&q.dequantised);
+        let q = Int8Weight::quantize(weight, dense);
+        let int8_bytes = tensor_bytes(&q.values) + tensor_bytes(&q.scales) + tensor_bytes(&q.dense);
         self.weight = LinearWeight::Int8(q);
         int8_bytes - dense_bytes
     }
 
-    /// The same layer in bf16 for inputs of many rows: an int8 layer's dequantised weight
-    /// (shared, not copied), a dense one converted; the bias converted.
-    pub fn bf16_twin(&self) -> Linear {
+    /// The same layer with a dense weight in `kind`, for inputs of many rows: an int8 layer's
+    /// dense weight (shared, not copied, when it is in `kind`), a dense one converted (shared
+    /// when already in `kind`); the bias likewise.
+    pub fn dense_twin(&self, kind: Kind) -> Linear {
         let weight = match &self.weight {
-            LinearWeight::Dense(weight) => weight.to_kind(Kind::BFloat16),
-            LinearWeight::Int8(q) => q.dequantised.shallow_clone(),
+            LinearWeight::Dense(weight) => weight.to_kind(kind),
+            LinearWeight::Int8(q) => q.dense.to_kind(kind),
         };
-        Linear::new(weight, self.bias.as_ref().map(|b| b.to_kind(Kind::BFloat16)))
+        Linear::new(weight, self.bias.as_ref().map(|b| b.to_kind(kind)))
     }
 
     /// The weight [out, in] unless it is quantised.
@@ -100,7 +103,7 @@ pub fn tensor_bytes(t: &Tensor) -> i64 {
 }
 
 impl Int8Weight {
-    fn quantize(weight: &Tensor) -> Self {
+    fn quantize(weight: &Tensor, dense: Kind) -> Self {
         let _guard = tch::no_grad_guard();
         let (_, in_features) = weight.size2().expect("a linear weight is [out, in]");
         let w = weight.to_kind(Kind::Float);
@@ -113,8 +116,11 @@ impl Int8Weight {
         let padded = (in_features + INT8_K_MULTIPLE - 1) / INT8_K_MULTIPLE * INT8_K_MULTIPLE;
         let values = if padded == in_features { values } else { values.constant_pad_nd([0, padded - in_features]) };
         let (values, scales) = (values.contiguous(), scales.view([-1]).contiguous());
-        let dequantised = values.narrow(1, 0, in_features).to_kind(Kind::BFloat16) * scales.unsqueeze(1);
-        Self { values, scales, dequantised, in_features }
+        let dense = match dense {
+            Kind::BFloat16 => values.narrow(1, 0, in_features).to_kind(Kind::BFloat16) * scales.unsqueeze(1),
+            kind => weight.to_kind(kind),
+        };
+        Self { values, scales, dense, in_features }
     }
 
     /// `xs` [.., in] of any float dtype → [.., out] in that dtype.
@@ -122,10 +128,17 @@ impl Int8Weight {
         let mut size = xs.size();
         let out_features = self.values.size()[0];
         let rows = xs.numel() as i64 / self.in_features;
-        let x = xs.reshape([rows, self.in_features]).to_kind(Kind::BFloat16);
-        let y = if rows >= int8_max_rows() {
-            x.linear(&self.dequantised, None::<&Tensor>)
+        *size.last_mut().expect("inputs have a feature dimension") = out_features;
+        let x = xs.reshape([rows, self.in_features]);
+        let many = rows >= int8_max_rows();
+        if many && self.dense.kind() == xs.kind() {
+            // f32 activations on the f32 weight: exactly the f32 layer.
+            return x.linear(&self.dense, bias).view(size.as_slice());
+        }
+        let y = if many {
+            x.to_kind(self.dense.kind()).linear(&self.dense, None::<&Tensor>)
         } else {
+            let x = x.to_kind(Kind::BFloat16);
             let padded = self.values.size()[1];
             let x = if padded == self.in_features { x } else { x.constant_pad_nd([0, padded - self.in_features]) };
             kernel_aligned(x).internal_weight_int8pack_mm(&self.values, &self.scales)
@@ -135,7 +148,6 @@ impl Int8Weight {
             Some(b) => y + b,
             None => y,
         };
-        *size.last_mut().expect("inputs have a feature dimension") = out_features;
         y.view(size.as_slice())
     }
 }
@@ -258,16 +270,13 @@ mod tests {
         let (w, b) = linear(48, 64, 1);
         let _ = w.get(5).fill_(0.0);
         let mut layer = Linear::new(w.shallow_clone(), Some(b));
-        let change = layer.quantize_int8();
+        let change = layer.quantize_int8(Kind::BFloat16);
         assert_eq!(change, -(48 * 64 * 4) + 48 * 64 + 48 * 2 + 48 * 64 * 2, "int8, bf16 scales and the bf16 copy");
         let LinearWeight::Int8(q) = &layer.weight else { panic!("not quantised") };
         assert_eq!(q.values.kind(), Kind::Int8);
         assert_eq!(q.scales.kind(), Kind::BFloat16);
         let dequantised = q.values.to_kind(Kind::BFloat16) * q.scales.unsqueeze(1);
-        assert!(
-            bool::try_from(q.dequantised.eq_tensor(&dequantised).all()).unwrap(),
-            "the bf16 copy is values × scales"
-        );
+        assert!(bool::try_from(q.dense.eq_tensor(&dequantised).all()).unwrap(), "the bf16 copy is values × scales");
         let values = q.values.to_kind(Kind::Float);
         let scales = q.scales.to_kind(Kind::Float).unsqueeze(1);
         let row_max = values.abs().amax([1], false);
@@ -291,7 +300,7 @@ mod tests {
         for (out, inp) in [(96, 64), (24, 40), (8, 8)] {
             let (w, b) = linear(out, inp, 2);
             let mut layer = Linear::new(w.shallow_clone(), Some(b.shallow_clone()));
-            layer.quantize_int8();
+            layer.quantize_int8(Kind::BFloat16);
             // Below and above int8_max_rows (the dequantised bf16 GEMM), with a leading batch.
             for rows in [1, 3, int8_max_rows() + 5] {
                 let xs = Tensor::randn([2, rows, inp], (Kind::Float, Device::Cpu));
@@ -311,7 +320,7 @@ mod tests {
         let _guard = tch::no_grad_guard();
         let (w, b) = linear(32, 64, 3);
         let mut layer = Linear::new(w, Some(b.to_kind(Kind::BFloat16)));
-        layer.quantize_int8();
+        layer.quantize_int8(Kind::BFloat16);
         let flat = Tensor::randn([4 * 64 + 1], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
         // One element in: contiguous, but 2 bytes past an aligned address.
         let shifted = flat.narrow(0, 1, 4 * 64).view([4, 64]);
@@ -333,20 +342,38 @@ mod tests {
     }
 
     #[test]
-    fn the_bf16_twin_of_an_int8_layer_shares_its_dequantised_weight_and_computes_the_same_product() {
+    fn the_dense_twin_of_an_int8_layer_shares_its_dense_weight_and_computes_the_same_product() {
         let _guard = tch::no_grad_guard();
         let (w, b) = linear(48, 64, 5);
         let mut layer = Linear::new(w, Some(b));
-        layer.quantize_int8();
-        let twin = layer.bf16_twin();
+        layer.quantize_int8(Kind::BFloat16);
+        let twin = layer.dense_twin(Kind::BFloat16);
         let LinearWeight::Int8(q) = &layer.weight else { panic!("not quantised") };
         let twin_weight = twin.dense_weight().expect("the twin is dense");
-        assert_eq!(twin_weight.data_ptr(), q.dequantised.data_ptr(), "no second copy of the weight");
+        assert_eq!(twin_weight.data_ptr(), q.dense.data_ptr(), "no second copy of the weight");
         assert_eq!((twin_weight.kind(), twin.bias.as_ref().unwrap().kind()), (Kind::BFloat16, Kind::BFloat16));
         // Many rows: the int8 layer multiplies by the same dequantised weight.
         let xs = Tensor::randn([int8_max_rows(), 64], (Kind::Float, Device::Cpu));
         let expected = layer.forward(&xs);
         let actual = twin.forward(&xs.to_kind(Kind::BFloat16)).to_kind(Kind::Float);
         assert!(relative(&actual, &expected) < 1e-2, "{}", relative(&actual, &expected));
+    }
+
+    #[test]
+    fn with_f32_dense_work_many_rows_are_exactly_the_f32_layer_and_few_rows_the_int8_kernel() {
+        let _guard = tch::no_grad_guard();
+        let (w, b) = linear(96, 64, 6);
+        let mut layer = Linear::new(w.shallow_clone(), Some(b.shallow_clone()));
+        let change = layer.quantize_int8(Kind::Float);
+        assert_eq!(change, 96 * 64 + 96 * 2, "int8 and bf16 scales beside the f32 weight it shares");
+        let LinearWeight::Int8(q) = &layer.weight else { panic!("not quantised") };
+        assert_eq!(q.dense.data_ptr(), w.data_ptr(), "the f32 weight is shared, not copied");
+        let many = Tensor::randn([2, int8_max_rows(), 64], (Kind::Float, Device::Cpu));
+        let exact = many.linear(&w, Some(&b));
+        assert!(bool::try_from(layer.forward(&many).eq_tensor(&exact).all()).unwrap(), "no bf16 anywhere on many rows");
+        let few = Tensor::randn([3, 64], (Kind::Float, Device::Cpu));
+        let rel = relative(&layer.forward(&few), &dequantised_reference(&layer, &few));
+        assert!(rel < 5e-3, "few rows run the int8 kernel: {rel} off the dequantised matmul");
+        assert!(relative(&layer.forward(&few), &few.linear(&w, Some(&b))) > 1e-4, "few rows are quantised");
     }
 }

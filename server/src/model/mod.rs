@@ -1,6 +1,7 @@
 //! GIT (`GitForCausalLM`) in tch, read side by side with transformers' `modeling_git.py`.
 
 pub mod config;
+pub mod cpu;
 pub mod decoder;
 pub mod generation;
 pub mod git;

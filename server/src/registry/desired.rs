@@ -100,7 +100,7 @@ pub fn parse(text: &str, default_device: DeviceSpec, default_dtype: Precision) -
             revision: entry.revision,
             version: Some(version.to_string()),
             device,
-            dtype,
+            dtype: dtype.for_device(device.0),
         };
         versions.insert(id, spec);
     }
