@@ -30,30 +30,42 @@ impl AdminService {
         Self { registry, default_device, default_dtype }
     }
 
-    /// The message's spec, its device and dtype parsed (empty = the server's).
-    fn spec(&self, spec: Option<proto::ModelSpec>) -> Result<LoadSpec, GitcapError> {
-        let spec = spec.ok_or_else(|| GitcapError::invalid("spec", "missing: say what to load"))?;
-        if spec.source.is_empty() {
-            return Err(GitcapError::invalid("spec.source", "a checkpoint directory or hub repo id is needed"));
-        }
-        let device = match spec.device.as_str() {
-            "" => self.default_device,
-            text => text.parse().map_err(|e: String| GitcapError::invalid("spec.device", e))?,
-        };
-        let dtype = match spec.dtype.as_str() {
-            "" => self.default_dtype,
-            text => text.parse().map_err(|e: String| GitcapError::invalid("spec.dtype", e))?,
-        };
-        Ok(LoadSpec {
-            name: spec.name,
-            source: spec.source,
-            revision: Some(spec.revision).filter(|revision| !revision.is_empty()),
-            version: Some(spec.version).filter(|version| !version.is_empty()),
-            device,
-            // `auto` is resolved here, so List and Watch show what is served.
-            dtype: dtype.for_device(device.0),
-        })
+    /// The message's spec, its device and dtype parsed (empty = the server's); off the async
+    /// threads, since resolving a first `auto` dtype runs the CPU probe.
+    async fn spec(&self, spec: Option<proto::ModelSpec>) -> Result<LoadSpec, GitcapError> {
+        let (device, dtype) = (self.default_device, self.default_dtype);
+        let read = tokio::task::spawn_blocking(move || read_spec(spec, device, dtype)).await;
+        read.map_err(|e| GitcapError::Internal(format!("reading a model spec: {e}")))?
     }
+}
+
+/// A spec message read, with the server's device and dtype where it leaves them empty.
+fn read_spec(
+    spec: Option<proto::ModelSpec>,
+    default_device: DeviceSpec,
+    default_dtype: Precision,
+) -> Result<LoadSpec, GitcapError> {
+    let spec = spec.ok_or_else(|| GitcapError::invalid("spec", "missing: say what to load"))?;
+    if spec.source.is_empty() {
+        return Err(GitcapError::invalid("spec.source", "a checkpoint directory or hub repo id is needed"));
+    }
+    let device = match spec.device.as_str() {
+        "" => default_device,
+        text => text.parse().map_err(|e: String| GitcapError::invalid("spec.device", e))?,
+    };
+    let dtype = match spec.dtype.as_str() {
+        "" => default_dtype,
+        text => text.parse().map_err(|e: String| GitcapError::invalid("spec.dtype", e))?,
+    };
+    Ok(LoadSpec {
+        name: spec.name,
+        source: spec.source,
+        revision: Some(spec.revision).filter(|revision| !revision.is_empty()),
+        version: Some(spec.version).filter(|version| !version.is_empty()),
+        device,
+        // `auto` is resolved here, so List and Watch show what is served.
+        dtype: dtype.for_device(device.0),
+    })
 }
 
 fn state(state: &ModelState) -> (proto::ModelState, String) {
@@ -118,7 +130,7 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<proto::ModelEvent, Status>> 
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn load(&self, request: Request<proto::LoadRequest>) -> Result<Response<proto::ModelStatus>, Status> {
-        let spec = self.spec(request.into_inner().spec)?;
+        let spec = self.spec(request.into_inner().spec).await?;
         Ok(Response::new(model_status(self.registry.load(spec, true).await?)))
     }
 
@@ -164,7 +176,7 @@ impl Admin for AdminService {
 
     async fn swap(&self, request: Request<proto::SwapRequest>) -> Result<Response<proto::SwapResponse>, Status> {
         let request = request.into_inner();
-        let spec = self.spec(request.spec)?;
+        let spec = self.spec(request.spec).await?;
         let (alias, model) = self.registry.swap(&request.alias, spec, request.replace, request.keep_previous).await?;
         Ok(Response::new(proto::SwapResponse { alias: Some(alias_status(alias)), model: Some(model_status(model)) }))
     }

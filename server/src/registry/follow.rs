@@ -99,7 +99,8 @@ impl Follower {
                 }
             }
             None if self.seen.as_ref() != Some(&hash) => self.seen = Some(hash),
-            None => match parse(&text, &self.options) {
+            // Off the async threads: resolving a first `dtype = "auto"` runs the CPU probe.
+            None => match parse_off_runtime(text, self.options.clone()).await {
                 Ok(desired) => self.apply(hash, desired).await,
                 Err(error) => {
                     tracing::warn!(path = %self.options.path.display(), %error, "desired-state file refused");
@@ -153,6 +154,11 @@ fn read(path: &Path) -> std::result::Result<(String, String), String> {
         .map_err(|e| format!("cannot read the desired-state file {}: {e}", path.display()))?;
     let hash = blake3::hash(text.as_bytes()).to_hex()[..16].to_string();
     Ok((text, hash))
+}
+
+async fn parse_off_runtime(text: String, options: FollowOptions) -> std::result::Result<DesiredState, String> {
+    let parsed = tokio::task::spawn_blocking(move || parse(&text, &options)).await;
+    parsed.unwrap_or_else(|e| Err(format!("reading the desired-state file: {e}")))
 }
 
 fn parse(text: &str, options: &FollowOptions) -> std::result::Result<DesiredState, String> {
