@@ -85,6 +85,10 @@ def main():
     elif command == "start":
         print(create(sys.argv[2], sys.argv[3], int(sys.argv[4]))[0])
     elif command == "cancel":
+        batch = request("GET", f"{sys.argv[2]}/v1/batches/{sys.argv[3]}")
+        if batch["status"] != "in_progress":
+            raise SystemExit(f"the job had ended ({batch['status']}) before the interactive runs did, so some ran "
+                             "without it: use more --lines (or fewer --runs)")
         request("POST", f"{sys.argv[2]}/v1/batches/{sys.argv[3]}/cancel", b"{}", {"content-type": "application/json"})
     else:
         raise SystemExit(__doc__)

@@ -481,3 +481,44 @@ fn a_failed_load_on_the_model_thread_is_reported() {
     let error = failed.err().expect("a failed load is an error");
     assert!(error.to_string().contains("no weights here"), "{error}");
 }
+
+/// While an interactive request runs, batch requests start at most once every
+/// `batch_admit_every_steps` decoding steps: each start (vision tower, image prefill) stalls
+/// every running request, and a steady stream of batch starts would slow the interactive answer
+/// several times over. With 1, batch work starts whenever rows free up.
+#[tokio::test]
+async fn batch_starts_are_paced_while_an_interactive_request_runs() {
+    let _timing = TIMING.lock().await;
+    let model = "tiny-git-image";
+    let tokens = |n| GenerationOptions { min_new_tokens: Some(n), max_new_tokens: Some(n), ..Default::default() };
+    // Image prefill passes while a 60-token interactive request runs, with more two-token batch
+    // requests queued once it has started than its steps could start unpaced (6 rows a pass).
+    let passes = |every: usize| async move {
+        let options = EngineOptions {
+            max_batch_size: 8,
+            interactive_rows: 2,
+            batch_admit_every_steps: every,
+            feature_cache_bytes: 0,
+            ..Default::default()
+        };
+        let worker = worker(model, options);
+        let batch: Vec<_> =
+            (0..400).map(|i| at(Priority::Batch, request(model, &[pattern(100 + i)], None, tokens(2)))).collect();
+        let mut interactive = worker.submit(request(model, &[pattern(1)], None, tokens(60)), Deadline::NONE).unwrap();
+        assert!(matches!(interactive.recv().await, Some(EngineEvent::Admitted { .. })));
+        let at_start = worker.stats();
+        let queued: Vec<_> = batch.into_iter().map(|r| worker.submit(r, Deadline::NONE).unwrap()).collect();
+        let (out, _) = finished(interactive).await;
+        assert_eq!(out.token_ids.len(), 60);
+        let during = worker.stats();
+        for events in queued {
+            finished(events).await;
+        }
+        (during.prefill_passes - at_start.prefill_passes, during.decode_steps - at_start.decode_steps)
+    };
+    let (paced, steps) = passes(8).await;
+    assert!(paced <= steps / 8 + 2, "{paced} batch starts in {steps} steps, paced every 8");
+    let (unpaced, unpaced_steps) = passes(1).await;
+    eprintln!("batch starts while the interactive request ran: {paced} in {steps} steps paced, {unpaced} in {unpaced_steps} unpaced");
+    assert!(unpaced > paced + 4, "unpaced: {unpaced} batch starts in {unpaced_steps} steps, against {paced} paced");
+}

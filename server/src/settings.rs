@@ -197,6 +197,7 @@ pub struct EngineSettings {
     pub max_vision_batch: usize,
     pub interactive_rows: usize,
     pub batch_max_wait_ms: u64,
+    pub batch_admit_every_steps: usize,
     pub feature_cache_mb: usize,
 }
 
@@ -289,6 +290,7 @@ impl Settings {
             max_vision_batch: e.max_vision_batch,
             interactive_rows: e.interactive_rows,
             batch_max_wait: std::time::Duration::from_millis(e.batch_max_wait_ms),
+            batch_admit_every_steps: e.batch_admit_every_steps.max(1),
             feature_cache_bytes: e.feature_cache_mb << 20,
             weights: if m.map_weights { Storage::Mapped } else { Storage::Copied },
         }

@@ -73,6 +73,11 @@ impl<'p> Executor<'p> {
         self.running.len()
     }
 
+    /// Whether an interactive request is in the decoding batch.
+    pub fn interactive_running(&self) -> bool {
+        self.running.iter().any(|run| run.job.request.priority == super::messages::Priority::Interactive)
+    }
+
     /// Rows and key/value positions the running requests hold.
     pub fn rows_and_tokens(&self) -> (usize, usize) {
         self.running.iter().fold((0, 0), |(r, t), run| (r + run.search.rows(), t + run.kv_tokens))

@@ -23,6 +23,9 @@ pub struct EngineOptions {
     pub interactive_rows: usize,
     /// A batch request waiting this long is admitted like an interactive one.
     pub batch_max_wait: Duration,
+    /// While interactive requests run, batch requests start at most once every this many
+    /// decoding steps (1 = whenever rows free up).
+    pub batch_admit_every_steps: usize,
     /// Bytes of vision features and image keys/values kept between requests (0 = none).
     pub feature_cache_bytes: usize,
     /// Whether a loaded checkpoint's tensors may stay views of its mapped file.
@@ -39,6 +42,7 @@ impl Default for EngineOptions {
             max_vision_batch: 8,
             interactive_rows: 4,
             batch_max_wait: Duration::from_secs(10),
+            batch_admit_every_steps: 8,
             feature_cache_bytes: 512 << 20,
             weights: Storage::Mapped,
         }

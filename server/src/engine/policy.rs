@@ -5,8 +5,10 @@
 //! interactive requests first, and up to all `max_batch_size` rows; batch requests only up to
 //! `max_batch_size - interactive_rows`, so an interactive request finds rows free and starts at
 //! the next step instead of waiting for batch work to end. A batch request that has waited
-//! `batch_max_wait` counts as interactive, so batch work is never starved. One request always
-//! runs when nothing else does, however large.
+//! `batch_max_wait` counts as interactive, so batch work is never starved. While interactive
+//! requests run, batch requests start at most once every `batch_admit_every_steps` steps: each
+//! start runs the vision tower and image prefill between two steps, which every running request
+//! waits through. One request always runs when nothing else does, however large.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -31,6 +33,8 @@ pub(super) struct Budgets {
     /// Rows batch requests leave free for interactive ones.
     pub interactive_rows: usize,
     pub batch_max_wait: Duration,
+    /// While interactive requests run, the fewest decoding steps between two batch starts.
+    pub batch_admit_every_steps: usize,
 }
 
 impl Budgets {
@@ -47,6 +51,8 @@ impl Budgets {
 pub(super) struct Admission {
     interactive: VecDeque<Waiting>,
     batch: VecDeque<Waiting>,
+    /// Decoding steps since batch requests last started (`None`: not since the start).
+    steps_since_batch: Option<usize>,
 }
 
 impl Admission {
@@ -65,6 +71,13 @@ impl Admission {
         self.len() == 0
     }
 
+    /// Counts a decoding step.
+    pub fn stepped(&mut self) {
+        if let Some(steps) = &mut self.steps_since_batch {
+            *steps += 1;
+        }
+    }
+
     /// Takes out the waiting requests `drop` says to drop (it answers them).
     pub fn drop_where(&mut self, mut drop: impl FnMut(&Waiting) -> bool) -> Vec<Waiting> {
         let mut dropped = Vec::new();
@@ -78,8 +91,15 @@ impl Admission {
     }
 
     /// The requests to start now, in order, given the rows and key/value positions the running
-    /// requests hold.
-    pub fn next_batch(&mut self, rows: usize, tokens: usize, budgets: &Budgets, now: Instant) -> Vec<Waiting> {
+    /// requests hold and whether an interactive one is among them.
+    pub fn next_batch(
+        &mut self,
+        rows: usize,
+        tokens: usize,
+        interactive_running: bool,
+        budgets: &Budgets,
+        now: Instant,
+    ) -> Vec<Waiting> {
         // Batch requests that waited too long join the interactive ones, in arrival order.
         while self.batch.front().is_some_and(|w| now.duration_since(w.job.enqueued) >= budgets.batch_max_wait) {
             let aged = self.batch.pop_front().expect("a front");
@@ -89,21 +109,45 @@ impl Admission {
         let batch_rows = budgets.max_batch_size.saturating_sub(budgets.interactive_rows).max(1);
         let (mut rows, mut tokens) = (rows, tokens);
         let mut admitted = Vec::new();
-        for (queue, row_limit) in [(&mut self.interactive, budgets.max_batch_size), (&mut self.batch, batch_rows)] {
-            while let Some(next) = queue.front() {
-                let fits =
-                    rows + next.search.rows() <= row_limit && tokens + next.kv_tokens <= budgets.max_batch_tokens;
-                let nothing_runs = rows == 0 && admitted.is_empty();
-                if !fits && !nothing_runs {
-                    return admitted;
-                }
-                rows += next.search.rows();
-                tokens += next.kv_tokens;
-                admitted.extend(queue.pop_front());
-            }
+        if !take(&mut self.interactive, budgets.max_batch_size, budgets, &mut rows, &mut tokens, &mut admitted) {
+            return admitted;
+        }
+        // Batch starts are paced while interactive requests run (or start now).
+        let interactive = interactive_running || !admitted.is_empty();
+        let paced = self.steps_since_batch.is_some_and(|steps| steps < budgets.batch_admit_every_steps.max(1));
+        if interactive && paced {
+            return admitted;
+        }
+        let before = admitted.len();
+        take(&mut self.batch, batch_rows, budgets, &mut rows, &mut tokens, &mut admitted);
+        if admitted.len() > before {
+            self.steps_since_batch = Some(0);
         }
         admitted
     }
+}
+
+/// Moves requests from the front of `queue` into `admitted` while they fit `row_limit` rows and
+/// the key/value budget (or nothing runs at all); false when one did not fit.
+fn take(
+    queue: &mut VecDeque<Waiting>,
+    row_limit: usize,
+    budgets: &Budgets,
+    rows: &mut usize,
+    tokens: &mut usize,
+    admitted: &mut Vec<Waiting>,
+) -> bool {
+    while let Some(next) = queue.front() {
+        let fits = *rows + next.search.rows() <= row_limit && *tokens + next.kv_tokens <= budgets.max_batch_tokens;
+        let nothing_runs = *rows == 0 && admitted.is_empty();
+        if !fits && !nothing_runs {
+            return false;
+        }
+        *rows += next.search.rows();
+        *tokens += next.kv_tokens;
+        admitted.extend(queue.pop_front());
+    }
+    true
 }
 
 #[cfg(test)]
@@ -117,6 +161,7 @@ mod tests {
             max_batch_tokens: 1000,
             interactive_rows: 4,
             batch_max_wait: Duration::from_secs(1),
+            batch_admit_every_steps: 8,
         };
         assert_eq!(budgets.utilization(0, 0), 0.0);
         assert_eq!(budgets.utilization(4, 100), 0.25);

@@ -65,6 +65,7 @@ impl<'p> Scheduler<'p> {
             max_batch_tokens: options.max_batch_tokens,
             interactive_rows: options.interactive_rows,
             batch_max_wait: options.batch_max_wait,
+            batch_admit_every_steps: options.batch_admit_every_steps,
         };
         Self {
             executor: Executor::new(pipeline, options, closing, stats),
@@ -92,7 +93,8 @@ impl<'p> Scheduler<'p> {
             self.drop_stale();
             self.side_unit();
             let (rows, tokens) = self.executor.rows_and_tokens();
-            let batch = self.admission.next_batch(rows, tokens, &self.budgets, Instant::now());
+            let interactive = self.executor.interactive_running();
+            let batch = self.admission.next_batch(rows, tokens, interactive, &self.budgets, Instant::now());
             if !batch.is_empty() {
                 let mut batch = batch;
                 for waiting in &mut batch {
@@ -103,6 +105,7 @@ impl<'p> Scheduler<'p> {
             }
             if self.executor.running() > 0 {
                 self.executor.step();
+                self.admission.stepped();
             }
             self.report();
         }
