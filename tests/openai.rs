@@ -8,12 +8,11 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use serde_json::Value;
 
 use common::fixtures::fixtures;
-use common::openai::{data_uri, http, post_chat};
+use common::openai::{data_uri, decode_steps_after_leaving_a_stream, post_chat};
 use common::probe::{self, value};
 use common::python::{self, describe};
 use common::server::TestServer;
@@ -201,11 +200,6 @@ async fn stop_sequences_temperature_zero_and_gitcaps_own_options() {
     assert_eq!(status, 200);
 }
 
-/// Decoding steps model `tiny` has run (with `max_batch_size` 8, one 8-beam search at a time).
-fn decode_steps(text: &str) -> f64 {
-    value(text, r#"gitcap_decode_batch_size_count{model="tiny",version="local"}"#).unwrap_or(0.0)
-}
-
 // Several threads: the connection task that closes the socket when the response is dropped
 // must run while the test waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,25 +213,14 @@ async fn a_client_that_closes_the_stream_stops_the_generation() {
         "model": "tiny", "messages": image_message(), "stream": true, "n": 8,
         "max_tokens": 60, "min_new_tokens": 60, "num_beams": 8,
     });
-    let before = decode_steps(&probe::scrape_until(&server.addr, |_| true));
-    let mut response = http()
-        .post(format!("{}/v1/chat/completions", server.url()))
-        .header("content-type", "application/json")
-        .body(request.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    let first = response.chunk().await.unwrap().unwrap();
-    assert!(String::from_utf8_lossy(&first).contains("chat.completion.chunk"));
-    drop(response);
-    let cancelled = r#"gitcap_requests_total{model="tiny",version="local",protocol="openai",rpc="ChatCompletions",code="CANCELLED"}"#;
-    let text = probe::scrape_until(&server.addr, |t| value(t, cancelled).is_some());
-    assert_eq!(value(&text, cancelled), Some(1.0), "the closed stream is counted as CANCELLED: {text}");
-
-    // The model goes idle (nothing running, nothing queued) without generating the rest.
-    let idle = probe::wait_for_idle(&server.addr, "tiny", Duration::from_secs(60)).await;
-    let steps = decode_steps(&idle) - before;
+    let steps = decode_steps_after_leaving_a_stream(
+        &server,
+        "/v1/chat/completions",
+        &request,
+        "chat.completion.chunk",
+        "ChatCompletions",
+    )
+    .await;
     assert!(steps < 4.0 * 60.0, "{steps} decoding steps after the client left: the choices kept generating");
 }
 

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use common::fixtures::{cases, fixtures};
-use common::openai::{data_uri, http};
-use common::probe::{self, value};
+use common::openai::{data_uri, decode_steps_after_leaving_a_stream, http};
+use common::probe;
 use common::server::TestServer;
 use common::tools::{self, Tool};
 use common::videos::Videos;
@@ -362,11 +362,6 @@ async fn stored_responses_are_bounded_by_count_bytes_and_age() {
     }
 }
 
-/// Decoding steps model `tiny` has run.
-fn decode_steps(text: &str) -> f64 {
-    value(text, r#"gitcap_decode_batch_size_count{model="tiny",version="local"}"#).unwrap_or(0.0)
-}
-
 // Several threads: the connection task that closes the socket when the response is dropped
 // must run while the test waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -379,24 +374,8 @@ async fn a_client_that_closes_the_stream_stops_the_generation() {
         vec![image_part("shapes.png")],
         json!({"stream": true, "max_output_tokens": 60, "min_new_tokens": 60, "num_beams": 8}),
     );
-    let before = decode_steps(&probe::scrape_until(&server.addr, |_| true));
-    let mut response = http()
-        .post(format!("{}/v1/responses", server.url()))
-        .header("content-type", "application/json")
-        .body(request.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    let first = response.chunk().await.unwrap().unwrap();
-    assert!(String::from_utf8_lossy(&first).contains("response.created"));
-    drop(response);
-    let cancelled =
-        r#"gitcap_requests_total{model="tiny",version="local",protocol="openai",rpc="Responses",code="CANCELLED"}"#;
-    let text = probe::scrape_until(&server.addr, |t| value(t, cancelled).is_some());
-    assert_eq!(value(&text, cancelled), Some(1.0), "the closed stream is counted as CANCELLED: {text}");
-    let idle = probe::wait_for_idle(&server.addr, "tiny", Duration::from_secs(60)).await;
-    let steps = decode_steps(&idle) - before;
+    let steps =
+        decode_steps_after_leaving_a_stream(&server, "/v1/responses", &request, "response.created", "Responses").await;
     assert!(steps < 60.0, "{steps} decoding steps after the client left: the generation went on");
 }
 
