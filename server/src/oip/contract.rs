@@ -137,6 +137,16 @@ pub fn element_count(shape: &[i64]) -> Option<usize> {
     shape.iter().try_fold(1usize, |n, &d| usize::try_from(d).ok().and_then(|d| n.checked_mul(d)))
 }
 
+/// How an error names input number `index`: by its name when the contract has an input of that
+/// name, else by position (a caller's name may be anything, the empty string included).
+pub fn input_field(index: usize, name: &str) -> String {
+    if INPUTS.iter().any(|s| s.name == name) {
+        name.to_string()
+    } else {
+        format!("inputs[{index}]")
+    }
+}
+
 /// Reads `request` by GIT's contract; `limits` bounds the frames.
 pub fn read(request: InferRequest, limits: &MediaLimits) -> Result<Reading> {
     let mut media = None;

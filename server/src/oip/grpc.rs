@@ -136,16 +136,17 @@ pub fn read_request(request: ModelInferRequest) -> Result<InferRequest> {
     }
     let mut raw = raw.into_iter();
     let mut inputs = Vec::with_capacity(request.inputs.len());
-    for tensor in request.inputs {
+    for (i, tensor) in request.inputs.into_iter().enumerate() {
         let InferInputTensor { name, datatype, shape, parameters: _, contents } = tensor;
+        let field = contract::input_field(i, &name);
         let elements = match (raw.next(), contents) {
             (Some(_), Some(_)) => {
                 return Err(GitcapError::invalid(
-                    name,
-                    "the input has both contents and raw_input_contents; give one of them",
+                    field,
+                    format!("the input {name:?} has both contents and raw_input_contents; give one of them"),
                 ))
             }
-            (Some(bytes), None) if datatype == "BYTES" => Elements::Bytes(contract::decode_bytes(&name, &bytes)?),
+            (Some(bytes), None) if datatype == "BYTES" => Elements::Bytes(contract::decode_bytes(&field, &bytes)?),
             (Some(bytes), None) => Elements::Other(bytes.len()),
             (None, Some(contents)) if datatype == "BYTES" => Elements::Bytes(contents.bytes_contents),
             (None, Some(contents)) => Elements::Other(typed_count(&contents)),
@@ -180,5 +181,46 @@ fn param(value: InferParameter) -> Param {
         Some(ParameterChoice::DoubleParam(x)) => Param::Double(x),
         Some(ParameterChoice::StringParam(s)) => Param::Str(s),
         None => Param::Str(String::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(error: GitcapError) -> String {
+        match error {
+            GitcapError::InvalidArgument { field, .. } => field,
+            other => panic!("not an invalid argument: {other:?}"),
+        }
+    }
+
+    fn input(name: &str, contents: Option<InferTensorContents>) -> InferInputTensor {
+        InferInputTensor {
+            name: name.into(),
+            datatype: "BYTES".into(),
+            shape: vec![1],
+            parameters: Default::default(),
+            contents,
+        }
+    }
+
+    #[test]
+    fn errors_name_an_unknown_or_empty_input_by_position() {
+        let both = |name: &str| ModelInferRequest {
+            inputs: vec![input(name, Some(InferTensorContents::default()))],
+            raw_input_contents: vec![vec![]],
+            ..Default::default()
+        };
+        assert_eq!(field(read_request(both("")).unwrap_err()), "inputs[0]");
+        assert_eq!(field(read_request(both("pixels")).unwrap_err()), "inputs[0]");
+        assert_eq!(field(read_request(both("image")).unwrap_err()), "image");
+        let truncated = |name: &str| ModelInferRequest {
+            inputs: vec![input("question", None), input(name, None)],
+            raw_input_contents: vec![contract::encode_bytes(&[b"q".to_vec()]), vec![9, 0]],
+            ..Default::default()
+        };
+        assert_eq!(field(read_request(truncated("")).unwrap_err()), "inputs[1]");
+        assert_eq!(field(read_request(truncated("frames")).unwrap_err()), "frames");
     }
 }

@@ -285,12 +285,13 @@ pub fn parse(body: &[u8], json_length: Option<usize>) -> Result<Parsed, RestErro
     let request: JsonRequest = serde_json::from_slice(json)
         .map_err(|e| GitcapError::invalid("body", format!("not an inference request of the protocol: {e}")))?;
     let mut inputs = Vec::with_capacity(request.inputs.len());
-    for input in request.inputs {
+    for (i, input) in request.inputs.into_iter().enumerate() {
+        let field = contract::input_field(i, &input.name);
         let elements = match (input.parameters.get("binary_data_size"), input.data) {
             (Some(size), None) => {
                 let size = size.as_u64().filter(|n| *n <= binary.len() as u64).ok_or_else(|| {
                     GitcapError::invalid(
-                        &input.name,
+                        &field,
                         format!(
                             "binary_data_size {size} is more than the {} binary bytes left in the body",
                             binary.len()
@@ -300,16 +301,16 @@ pub fn parse(body: &[u8], json_length: Option<usize>) -> Result<Parsed, RestErro
                 let (data, rest) = binary.split_at(size as usize);
                 binary = rest;
                 if input.datatype == "BYTES" {
-                    Elements::Bytes(contract::decode_bytes(&input.name, data)?)
+                    Elements::Bytes(contract::decode_bytes(&field, data)?)
                 } else {
                     Elements::Other(data.len())
                 }
             }
             (Some(_), Some(_)) => {
-                return Err(GitcapError::invalid(&input.name, "the input has both data and binary_data_size").into())
+                return Err(GitcapError::invalid(&field, "the input has both data and binary_data_size").into())
             }
-            (None, Some(data)) => json_elements(&input.name, &input.datatype, data)?,
-            (None, None) => return Err(GitcapError::invalid(&input.name, "the input has no data").into()),
+            (None, Some(data)) => json_elements(&field, &input.name, &input.datatype, data)?,
+            (None, None) => return Err(GitcapError::invalid(&field, "the input has no data").into()),
         };
         inputs.push(InputTensor { name: input.name, datatype: input.datatype, shape: input.shape, elements });
     }
@@ -342,7 +343,7 @@ pub fn parse(body: &[u8], json_length: Option<usize>) -> Result<Parsed, RestErro
 
 /// A JSON tensor's elements (nested arrays flattened); BYTES elements of the media inputs are
 /// base64, those of the question text.
-fn json_elements(name: &str, datatype: &str, data: Value) -> Result<Elements, GitcapError> {
+fn json_elements(field: &str, name: &str, datatype: &str, data: Value) -> Result<Elements, GitcapError> {
     let mut flat = Vec::new();
     flatten(data, &mut flat);
     if datatype != "BYTES" {
@@ -354,14 +355,14 @@ fn json_elements(name: &str, datatype: &str, data: Value) -> Result<Elements, Gi
         .enumerate()
         .map(|(i, value)| {
             let Value::String(s) = value else {
-                return Err(GitcapError::invalid(format!("{name}[{i}]"), "a BYTES element in JSON is a string"));
+                return Err(GitcapError::invalid(format!("{field}[{i}]"), "a BYTES element in JSON is a string"));
             };
             if text {
                 return Ok(s.into_bytes());
             }
             base64::engine::general_purpose::STANDARD.decode(s.as_bytes()).map_err(|e| {
                 GitcapError::invalid(
-                    format!("{name}[{i}]"),
+                    format!("{field}[{i}]"),
                     format!("not base64 ({e}); in JSON, media bytes are base64"),
                 )
             })
@@ -439,4 +440,27 @@ fn respond(inferred: Inferred, id: Option<String>, binary: &Binary) -> Response 
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     headers.insert(HEADER_LENGTH, HeaderValue::from(json_length));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(body: &str) -> String {
+        match parse(body.as_bytes(), None) {
+            Err(RestError { error: GitcapError::InvalidArgument { field, .. }, .. }) => field,
+            Err(other) => panic!("not an invalid argument: {:?}", other.error),
+            Ok(_) => panic!("{body} was accepted"),
+        }
+    }
+
+    #[test]
+    fn errors_name_an_unknown_or_empty_input_by_position() {
+        let no_data = |name: &str| format!(r#"{{"inputs":[{{"name":"{name}","datatype":"BYTES","shape":[1]}}]}}"#);
+        assert_eq!(field(&no_data("")), "inputs[0]");
+        assert_eq!(field(&no_data("pixels")), "inputs[0]");
+        assert_eq!(field(&no_data("image")), "image");
+        let not_a_string = r#"{"inputs":[{"name":"","datatype":"BYTES","shape":[1],"data":[1]}]}"#;
+        assert_eq!(field(not_a_string), "inputs[0][0]");
+    }
 }
