@@ -198,6 +198,8 @@ pub struct EngineSettings {
     pub interactive_rows: usize,
     pub batch_max_wait_ms: u64,
     pub batch_admit_every_steps: usize,
+    pub batch_starts_per_step: usize,
+    pub batch_rows_while_interactive: usize,
     pub feature_cache_mb: usize,
 }
 
@@ -290,7 +292,9 @@ impl Settings {
             max_vision_batch: e.max_vision_batch,
             interactive_rows: e.interactive_rows,
             batch_max_wait: std::time::Duration::from_millis(e.batch_max_wait_ms),
-            batch_admit_every_steps: e.batch_admit_every_steps.max(1),
+            batch_admit_every_steps: e.batch_admit_every_steps,
+            batch_starts_per_step: e.batch_starts_per_step.max(1),
+            batch_rows_while_interactive: e.batch_rows_while_interactive,
             feature_cache_bytes: e.feature_cache_mb << 20,
             weights: if m.map_weights { Storage::Mapped } else { Storage::Copied },
         }

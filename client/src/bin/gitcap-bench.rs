@@ -148,11 +148,16 @@ async fn main() -> Result<()> {
     let report = match args.command {
         Command::Latency { media: paths, runs } => {
             let (_, tokens) = timed(&client, media(&paths)?, &options).await?; // warm-up
-            let mut times = Vec::with_capacity(runs);
+            let (mut times, mut stages) = (Vec::with_capacity(runs), vec![Vec::with_capacity(runs); 4]);
             for _ in 0..runs {
-                times.push(timed(&client, media(&paths)?, &options).await?.0);
+                let (seconds, _, ms) = call(&client, media(&paths)?, &options).await?;
+                times.push(seconds);
+                stages.iter_mut().zip(ms).for_each(|(stage, ms)| stage.push(ms));
             }
-            json!({"median_s": median(&times), "runs_s": times, "tokens": tokens})
+            // Where the time went, as the server reports it (medians of each stage, ms).
+            let [queue, vision, prefill, decode] = [0, 1, 2, 3].map(|i| median(&stages[i]));
+            let stages_ms = json!({"queue": queue, "vision": vision, "prefill": prefill, "decode": decode});
+            json!({"median_s": median(&times), "runs_s": times, "tokens": tokens, "median_stages_ms": stages_ms})
         }
         Command::Throughput { clients, images, requests, priority } => {
             let options = options.clone().priority(priority);

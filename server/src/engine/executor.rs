@@ -13,7 +13,7 @@ use tch::{Device, Tensor};
 
 use super::feature_cache::{ContentKey, FeatureCache};
 use super::frames::{EncodedFrame, Frame, PreparedFrame};
-use super::messages::{EngineEvent, InferenceOutput, Job, LabelScore, Timings, TokenEvent};
+use super::messages::{EngineEvent, InferenceOutput, Job, LabelScore, Priority, Timings, TokenEvent};
 use super::options::EngineOptions;
 use super::pipeline::{LabelContext, Pipeline};
 use super::policy::Waiting;
@@ -75,7 +75,7 @@ impl<'p> Executor<'p> {
 
     /// Whether an interactive request is in the decoding batch.
     pub fn interactive_running(&self) -> bool {
-        self.running.iter().any(|run| run.job.request.priority == super::messages::Priority::Interactive)
+        self.running.iter().any(|run| run.job.request.priority == Priority::Interactive)
     }
 
     /// Rows and key/value positions the running requests hold.
@@ -352,21 +352,33 @@ impl<'p> Executor<'p> {
         }
     }
 
-    /// One decoding step for every running request together.
+    /// One decoding step for the running requests together: all of them, or while interactive
+    /// requests run, those and `batch_rows_while_interactive` batch rows (the oldest batch
+    /// request always). The batch requests left out keep their caches and wait; one whose caller
+    /// left, whose deadline passed or whose model is unloading leaves the batch.
     pub fn step(&mut self) {
-        let inputs: Vec<Tensor> = self.running.iter().map(|r| r.search.next_input()).collect();
-        self.stats.decode_step(self.running.iter().map(|r| r.search.rows()).sum());
+        let stepping = self.stepping();
+        let inputs: Vec<Tensor> =
+            self.running.iter().zip(&stepping).filter(|(_, s)| **s).map(|(r, _)| r.search.next_input()).collect();
+        let rows = self.running.iter().zip(&stepping).filter(|(_, s)| **s).map(|(r, _)| r.search.rows()).sum();
+        self.stats.decode_step(rows);
         let logits = {
-            let mut caches: Vec<&mut KvCache> = self.running.iter_mut().map(|r| &mut r.kv).collect();
+            let mut caches: Vec<&mut KvCache> =
+                self.running.iter_mut().zip(&stepping).filter(|(_, s)| **s).map(|(r, _)| &mut r.kv).collect();
             self.pipeline.model.decode_step(&inputs, &mut caches).to_device(Device::Cpu)
         };
 
         let mut row = 0;
         let mut still_running = Vec::with_capacity(self.running.len());
-        for mut running in self.running.drain(..) {
-            let rows = running.search.rows() as i64;
-            let event = advance(&mut running, &logits.narrow(0, row, rows), self.closing);
-            row += rows;
+        for (mut running, stepped) in self.running.drain(..).zip(stepping) {
+            let event = if stepped {
+                let rows = running.search.rows() as i64;
+                let event = advance(&mut running, &logits.narrow(0, row, rows), self.closing);
+                row += rows;
+                event
+            } else {
+                held(&running, self.closing)
+            };
             match event {
                 Some(event) => drop(running.job.events.send(event)),
                 None => still_running.push(running),
@@ -374,6 +386,44 @@ impl<'p> Executor<'p> {
         }
         self.running = still_running;
     }
+
+    /// Which running requests this step advances.
+    fn stepping(&self) -> Vec<bool> {
+        if !self.interactive_running() {
+            return vec![true; self.running.len()];
+        }
+        let (mut batch_rows, mut first) = (0, true);
+        let allowed = self.options.batch_rows_while_interactive;
+        self.running
+            .iter()
+            .map(|run| {
+                if run.job.request.priority == Priority::Interactive {
+                    return true;
+                }
+                let rows = run.search.rows();
+                let step = first || batch_rows + rows <= allowed;
+                first = false;
+                if step {
+                    batch_rows += rows;
+                }
+                step
+            })
+            .collect()
+    }
+}
+
+/// The final event of a request that a step left out, if it has ended meanwhile.
+fn held(running: &Running, closing: &AtomicBool) -> Option<EngineEvent> {
+    if closing.load(Ordering::Relaxed) {
+        return Some(EngineEvent::Failed(unloaded()));
+    }
+    if running.job.deadline.passed() {
+        return Some(EngineEvent::Failed(GitcapError::DeadlineExceeded(
+            "while waiting for interactive requests to finish".into(),
+        )));
+    }
+    // A caller that went away gets no event; the request just leaves.
+    running.job.events.is_closed().then(|| EngineEvent::Failed(GitcapError::Cancelled))
 }
 
 /// A request's frames as the vision side left them.

@@ -24,8 +24,14 @@ pub struct EngineOptions {
     /// A batch request waiting this long is admitted like an interactive one.
     pub batch_max_wait: Duration,
     /// While interactive requests run, batch requests start at most once every this many
-    /// decoding steps (1 = whenever rows free up).
+    /// decoding steps (1 = whenever rows free up; 0 = not while they run).
     pub batch_admit_every_steps: usize,
+    /// Batch requests started between two decoding steps, at most (each start's vision tower
+    /// and image prefill hold up every running request).
+    pub batch_starts_per_step: usize,
+    /// While interactive requests run, the batch rows that keep decoding beside them (the
+    /// oldest batch request always does); the others keep their caches and wait.
+    pub batch_rows_while_interactive: usize,
     /// Bytes of vision features and image keys/values kept between requests (0 = none).
     pub feature_cache_bytes: usize,
     /// Whether a loaded checkpoint's tensors may stay views of its mapped file.
@@ -43,6 +49,8 @@ impl Default for EngineOptions {
             interactive_rows: 4,
             batch_max_wait: Duration::from_secs(10),
             batch_admit_every_steps: 8,
+            batch_starts_per_step: 1,
+            batch_rows_while_interactive: 4,
             feature_cache_bytes: 512 << 20,
             weights: Storage::Mapped,
         }

@@ -66,6 +66,7 @@ impl<'p> Scheduler<'p> {
             interactive_rows: options.interactive_rows,
             batch_max_wait: options.batch_max_wait,
             batch_admit_every_steps: options.batch_admit_every_steps,
+            batch_starts_per_step: options.batch_starts_per_step,
         };
         Self {
             executor: Executor::new(pipeline, options, closing, stats),
