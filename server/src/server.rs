@@ -1,12 +1,13 @@
 //! `gitcap-server serve`: follow the desired-state file (declarative mode), or restore the saved
 //! models (or load the configured one); then serve.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use std::sync::Arc;
 
-use crate::error::Result;
+use crate::error::{GitcapError, Result};
+use crate::media::spool::{self, Spool};
 use crate::media::video::{VideoDecoder, VideoLimits};
 use crate::media::{MediaLimits, UrlFetcher};
 use crate::registry::{FollowOptions, HubOptions, LoadSpec, Registry, RegistryOptions};
@@ -20,6 +21,8 @@ pub async fn run(settings: Settings) -> Result<()> {
         crate::metrics::install(&settings.metrics)?;
     }
     let telemetry = crate::telemetry::init(&settings.telemetry)?;
+    // Held until the server stops (the directory goes with it): media files are spooled there.
+    let spool = start_spool(&settings).await?;
     let m = &settings.model;
     if m.threads > 0 {
         tch::set_num_threads(m.threads);
@@ -64,7 +67,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         }
     };
     let limits = settings.request_limits();
-    let media = Arc::new(media_service(&settings, limits.media)?);
+    let media = Arc::new(media_service(&settings, limits.media, spool.dir())?);
     let batch = crate::openai::batch::Batches::open(&settings.batch)?;
     let options = ServeOptions {
         media,
@@ -97,7 +100,7 @@ pub async fn run(settings: Settings) -> Result<()> {
 
 /// Media decoding as the settings say: the budget, the video decoder (or why there is none),
 /// URL fetching.
-fn media_service(settings: &Settings, limits: MediaLimits) -> Result<MediaService> {
+fn media_service(settings: &Settings, limits: MediaLimits, spool_dir: &Path) -> Result<MediaService> {
     let m = &settings.media;
     let v = &m.video;
     let video_limits = VideoLimits {
@@ -116,7 +119,18 @@ fn media_service(settings: &Settings, limits: MediaLimits) -> Result<MediaServic
         Err(why) => tracing::warn!("video decoding unavailable: {why}"),
     }
     let fetcher = UrlFetcher::new(m.url.clone())?;
-    MediaService::new(limits, m.decode_budget_mb << 20, video, fetcher, m.spool_dir.clone(), v.max_bytes)
+    MediaService::new(limits, m.decode_budget_mb << 20, video, fetcher, Some(spool_dir.to_path_buf()), v.max_bytes)
+}
+
+/// Removes what killed servers left in `media.spool_dir` and creates this process's directory
+/// there (file system work: off the runtime's threads).
+async fn start_spool(settings: &Settings) -> Result<Spool> {
+    let root = settings.media.spool_dir.clone();
+    let shown = root.as_ref().map_or_else(|| "the system's temporary directory".into(), |r| r.display().to_string());
+    tokio::task::spawn_blocking(move || spool::start(root.as_deref()))
+        .await
+        .map_err(|e| GitcapError::Internal(format!("the spool's start-up task failed: {e}")))?
+        .map_err(|e| GitcapError::invalid("media.spool_dir", format!("cannot spool media files in {shown}: {e}")))
 }
 
 async fn shutdown_signal() {
