@@ -14,7 +14,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -56,12 +56,14 @@ impl Spool {
     /// Creates and locks this process's directory under `root`.
     pub fn create(root: &Path) -> io::Result<Self> {
         for _ in 0..CREATE_ATTEMPTS {
+            // Private: nobody else may list it, nor lock its lock file and so keep it forever.
             let dir = tempfile::Builder::new()
                 .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
+                .permissions(fs::Permissions::from_mode(0o700))
                 .tempdir_in(root)?
                 .keep();
             let lock_path = dir.join(LOCK_FILE);
-            let lock = match OpenOptions::new().write(true).create_new(true).open(&lock_path) {
+            let lock = match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&lock_path) {
                 Ok(lock) => lock,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
@@ -154,14 +156,13 @@ pub fn sweep(root: &Path) -> Swept {
 /// Removes a spool directory if its owner is dead (its lock can be taken).
 fn sweep_dir(dir: &Path, swept: &mut Swept) -> io::Result<()> {
     let lock_path = dir.join(LOCK_FILE);
-    let lock = match File::open(&lock_path) {
+    let lock = match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&lock_path) {
         Ok(lock) => lock,
         // Being created this instant, or a server died before locking it (or a sweep died
         // halfway through removing it): only the latter grows old.
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             if is_abandoned(&fs::symlink_metadata(dir)?) {
-                remove_counting(dir, swept)?;
-                swept.dirs += 1;
+                remove_dir(dir, swept)?;
             }
             return Ok(());
         }
@@ -171,40 +172,41 @@ fn sweep_dir(dir: &Path, swept: &mut Swept) -> io::Result<()> {
     if !try_lock(&lock)? || !is_at(&lock, &lock_path)? {
         return Ok(());
     }
-    // The lock file goes last, and the lock is held until the directory is gone, so a server
-    // creating a directory never mistakes one being removed for its own.
+    // Still locked while it goes, so that a second sweep leaves it alone.
+    remove_dir(dir, swept)
+}
+
+/// Removes a spool directory, counting the files in it (a spool directory holds no directories;
+/// any are removed uncounted). `remove_dir_all` follows no symbolic link, not even `dir` itself:
+/// where others may write (/tmp), a directory swapped for a link elsewhere costs only the link.
+fn remove_dir(dir: &Path, swept: &mut Swept) -> io::Result<()> {
+    let mut files = (0, 0);
     for entry in fs::read_dir(dir)?.flatten() {
-        if entry.file_name() != LOCK_FILE {
-            remove_counting(&entry.path(), swept)?;
+        // An entry's own metadata, not its target's.
+        match entry.metadata() {
+            Ok(metadata) if metadata.is_file() && entry.file_name() != LOCK_FILE => {
+                files = (files.0 + 1, files.1 + metadata.len());
+            }
+            _ => {}
         }
     }
-    fs::remove_file(&lock_path)?;
-    fs::remove_dir(dir)?;
+    fs::remove_dir_all(dir)?;
     swept.dirs += 1;
+    swept.files += files.0;
+    swept.bytes += files.1;
     Ok(())
 }
 
+/// Removes a loose file of an older version once it is abandoned (unlinking the name in the
+/// root: a link is removed, never its target).
 fn sweep_loose_file(path: &Path, swept: &mut Swept) -> io::Result<()> {
-    if is_abandoned(&fs::symlink_metadata(path)?) {
-        remove_counting(path, swept)?;
-    }
-    Ok(())
-}
-
-/// Removes a file or a directory tree (never following a symbolic link), counting its files.
-fn remove_counting(path: &Path, swept: &mut Swept) -> io::Result<()> {
     let metadata = fs::symlink_metadata(path)?;
-    if metadata.is_dir() {
-        for entry in fs::read_dir(path)?.flatten() {
-            remove_counting(&entry.path(), swept)?;
-        }
-        fs::remove_dir(path)
-    } else {
+    if metadata.is_file() && is_abandoned(&metadata) {
         fs::remove_file(path)?;
         swept.files += 1;
         swept.bytes += metadata.len();
-        Ok(())
     }
+    Ok(())
 }
 
 fn is_abandoned(metadata: &fs::Metadata) -> bool {
@@ -274,6 +276,8 @@ mod tests {
         assert_eq!(spool.dir().parent(), Some(root.path()));
         let lock = File::open(spool.dir().join(LOCK_FILE)).unwrap();
         assert!(!try_lock(&lock).unwrap(), "the lock is not held");
+        let mode = fs::metadata(spool.dir()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "the directory is not private: {mode:o}");
         drop(spool);
         assert!(names(root.path()).is_empty(), "left: {:?}", names(root.path()));
     }
@@ -285,7 +289,7 @@ mod tests {
         fs::create_dir(dir.join("nested")).unwrap();
         fs::write(dir.join("nested/x"), [1, 2, 3]).unwrap();
         let swept = sweep(root.path());
-        assert_eq!(swept, Swept { dirs: 1, files: 3, bytes: 1027, failed: 0 });
+        assert_eq!(swept, Swept { dirs: 1, files: 2, bytes: 1024, failed: 0 });
         assert!(names(root.path()).is_empty(), "left: {:?}", names(root.path()));
     }
 
@@ -338,6 +342,13 @@ mod tests {
         std::os::unix::fs::symlink(&target, root.path().join(format!("{DIR_PREFIX}9-link"))).unwrap();
         std::os::unix::fs::symlink(target.join("precious"), root.path().join("gitcap-video-link")).unwrap();
         assert_eq!(sweep(root.path()), Swept::default());
+        assert_eq!(names(&target), [LOCK_FILE, "precious"]);
+        // Inside a dead server's directory, a link goes with it; what it points at stays.
+        let dead = dead_servers_dir(root.path(), &[]);
+        std::os::unix::fs::symlink(target.join("precious"), dead.join("gitcap-video-x")).unwrap();
+        std::os::unix::fs::symlink(&target, dead.join("sub")).unwrap();
+        assert_eq!(sweep(root.path()), Swept { dirs: 1, ..Swept::default() });
+        assert!(!dead.exists());
         assert_eq!(names(&target), [LOCK_FILE, "precious"]);
     }
 
