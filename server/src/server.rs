@@ -87,10 +87,13 @@ pub async fn run(settings: Settings) -> Result<()> {
         stored_responses: settings.response_store_limits(),
         batch,
     };
+    // Before the port is announced: a SIGTERM from then on stops the server cleanly, even one
+    // that comes before serving begins (the default action would kill it, leaving its spool).
+    let shutdown = shutdown_signal()?;
     // Tests and scripts read the port from this line, printed once every setting has been read:
     // a misconfigured server announces nothing before it stops.
     println!("gitcap-server listening on {addr}");
-    let served = transport::serve(listener, registry, options, shutdown_signal()).await;
+    let served = transport::serve(listener, registry, options, shutdown).await;
     // The spans of the last calls, before the process ends.
     if let Some(telemetry) = telemetry {
         telemetry.shutdown().await;
@@ -133,18 +136,19 @@ async fn start_spool(settings: &Settings) -> Result<Spool> {
         .map_err(|e| GitcapError::invalid("media.spool_dir", format!("cannot spool media files in {shown}: {e}")))
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGTERM or SIGINT; both are caught from this call on.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send + 'static> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let catch = |kind| signal(kind).map_err(|e| GitcapError::Internal(format!("catching signals: {e}")));
+        let (mut term, mut int) = (catch(SignalKind::terminate())?, catch(SignalKind::interrupt())?);
+        Ok(async move {
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        })
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
