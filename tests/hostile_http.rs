@@ -31,12 +31,9 @@ fn grpc_frame(message: &impl prost::Message) -> tonic::codegen::Bytes {
     frame.into()
 }
 
-/// The video spool files in `dir`.
+/// The video spool files under `dir` (in the server's own spool directory there).
 fn spooled(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("gitcap-video-"))
-        .count()
+    common::spool::spooled_with(dir, "gitcap-video-").len()
 }
 
 /// Polls `ready` every 20 ms until it holds or `limit` passes; whether it held.

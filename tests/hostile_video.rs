@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::collections::HashSet;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -384,10 +382,6 @@ async fn stalling_file_server(body: Vec<u8>, release: Arc<AtomicBool>) -> String
     format!("http://{addr}/clip.mp4")
 }
 
-fn files_in(dir: &Path) -> HashSet<PathBuf> {
-    std::fs::read_dir(dir).map(|entries| entries.flatten().map(|e| e.path()).collect()).unwrap_or_default()
-}
-
 #[tokio::test]
 async fn url_downloads_are_spooled_in_the_spool_dir() {
     if tools::require(Tool::Ffmpeg, "hostile_video_url_spool_dir").is_none() {
@@ -410,13 +404,15 @@ async fn url_downloads_are_spooled_in_the_spool_dir() {
     let client = server.client(None).await;
     let call = tokio::spawn(async move { client.caption(Media::url(url), &options()).await });
     // While the body is half there, it is being written into the spool directory.
-    let spooled = eventually(Duration::from_secs(10), || {
-        files_in(spool.path()).iter().any(|path| path.file_name().unwrap().to_string_lossy().starts_with("gitcap-url-"))
-    })
-    .await;
+    let spooled =
+        eventually(Duration::from_secs(10), || !common::spool::spooled_with(spool.path(), "gitcap-url-").is_empty())
+            .await;
     release.store(true, Ordering::SeqCst);
     let caption = call.await.unwrap().unwrap();
     assert!(spooled, "the download was not written into media.spool_dir");
     assert_eq!(caption.frame_timestamps_s.len(), 6);
-    assert!(eventually(Duration::from_secs(5), || files_in(spool.path()).is_empty()).await, "spooled files were left");
+    assert!(
+        eventually(Duration::from_secs(5), || common::spool::spooled(spool.path()).is_empty()).await,
+        "spooled files were left"
+    );
 }

@@ -1,12 +1,13 @@
 //! `gitcap-server serve`: follow the desired-state file (declarative mode), or restore the saved
 //! models (or load the configured one); then serve.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use std::sync::Arc;
 
-use crate::error::Result;
+use crate::error::{GitcapError, Result};
+use crate::media::spool::{self, Spool};
 use crate::media::video::{VideoDecoder, VideoLimits};
 use crate::media::{MediaLimits, UrlFetcher};
 use crate::registry::{FollowOptions, HubOptions, LoadSpec, Registry, RegistryOptions};
@@ -20,6 +21,8 @@ pub async fn run(settings: Settings) -> Result<()> {
         crate::metrics::install(&settings.metrics)?;
     }
     let telemetry = crate::telemetry::init(&settings.telemetry)?;
+    // Held until the server stops (the directory goes with it): media files are spooled there.
+    let spool = start_spool(&settings).await?;
     let m = &settings.model;
     if m.threads > 0 {
         tch::set_num_threads(m.threads);
@@ -64,7 +67,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         }
     };
     let limits = settings.request_limits();
-    let media = Arc::new(media_service(&settings, limits.media)?);
+    let media = Arc::new(media_service(&settings, limits.media, spool.dir())?);
     let batch = crate::openai::batch::Batches::open(&settings.batch)?;
     let options = ServeOptions {
         media,
@@ -84,10 +87,13 @@ pub async fn run(settings: Settings) -> Result<()> {
         stored_responses: settings.response_store_limits(),
         batch,
     };
+    // Before the port is announced: a SIGTERM from then on stops the server cleanly, even one
+    // that comes before serving begins (the default action would kill it, leaving its spool).
+    let shutdown = shutdown_signal()?;
     // Tests and scripts read the port from this line, printed once every setting has been read:
     // a misconfigured server announces nothing before it stops.
     println!("gitcap-server listening on {addr}");
-    let served = transport::serve(listener, registry, options, shutdown_signal()).await;
+    let served = transport::serve(listener, registry, options, shutdown).await;
     // The spans of the last calls, before the process ends.
     if let Some(telemetry) = telemetry {
         telemetry.shutdown().await;
@@ -97,7 +103,7 @@ pub async fn run(settings: Settings) -> Result<()> {
 
 /// Media decoding as the settings say: the budget, the video decoder (or why there is none),
 /// URL fetching.
-fn media_service(settings: &Settings, limits: MediaLimits) -> Result<MediaService> {
+fn media_service(settings: &Settings, limits: MediaLimits, spool_dir: &Path) -> Result<MediaService> {
     let m = &settings.media;
     let v = &m.video;
     let video_limits = VideoLimits {
@@ -116,21 +122,33 @@ fn media_service(settings: &Settings, limits: MediaLimits) -> Result<MediaServic
         Err(why) => tracing::warn!("video decoding unavailable: {why}"),
     }
     let fetcher = UrlFetcher::new(m.url.clone())?;
-    MediaService::new(limits, m.decode_budget_mb << 20, video, fetcher, m.spool_dir.clone(), v.max_bytes)
+    MediaService::new(limits, m.decode_budget_mb << 20, video, fetcher, Some(spool_dir.to_path_buf()), v.max_bytes)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Removes what killed servers left in `media.spool_dir` and creates this process's directory
+/// there (file system work: off the runtime's threads).
+async fn start_spool(settings: &Settings) -> Result<Spool> {
+    let root = settings.media.spool_dir.clone();
+    let shown = root.as_ref().map_or_else(|| "the system's temporary directory".into(), |r| r.display().to_string());
+    tokio::task::spawn_blocking(move || spool::start(root.as_deref()))
+        .await
+        .map_err(|e| GitcapError::Internal(format!("the spool's start-up task failed: {e}")))?
+        .map_err(|e| GitcapError::invalid("media.spool_dir", format!("cannot spool media files in {shown}: {e}")))
+}
+
+/// SIGTERM or SIGINT; both are caught from this call on.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send + 'static> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let catch = |kind| signal(kind).map_err(|e| GitcapError::Internal(format!("catching signals: {e}")));
+        let (mut term, mut int) = (catch(SignalKind::terminate())?, catch(SignalKind::interrupt())?);
+        Ok(async move {
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        })
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }

@@ -11,5 +11,6 @@ pub mod probe;
 pub mod python;
 pub mod raw_grpc;
 pub mod server;
+pub mod spool;
 pub mod tools;
 pub mod videos;

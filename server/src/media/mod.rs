@@ -15,6 +15,8 @@
 //!   away from private networks (SSRF).
 //! - [`video`]: video files → RGB frames at chosen timestamps, decoded by the `ffmpeg` program in
 //!   isolated, bounded child processes ([`VideoDecoder`]).
+//! - [`spool`]: the server's own directory for those files while they are decoded, and the
+//!   removal of what killed servers left.
 //!
 //! Turning [`PixelValues`] into tensors is the model's business. Reference data for the
 //! unit tests: `tests/fixtures/golden` and `testdata/` (see `testdata/make_testdata.py`).
@@ -25,6 +27,7 @@ pub mod fetch;
 mod frames;
 mod preprocess;
 mod resample;
+pub mod spool;
 pub mod video;
 
 pub use budget::{decode_cost, MediaBudget};

@@ -66,6 +66,9 @@ pub struct MediaService {
     /// The video decoder, or why there is none (with an install hint).
     video: std::result::Result<VideoDecoder, String>,
     fetcher: UrlFetcher,
+    /// Where video files and downloads are written: a server's own spool directory
+    /// ([`crate::media::spool`], whose start-up removes what killed servers left); `None` = the
+    /// system's temporary directory, for uses without a server.
     spool_dir: Option<PathBuf>,
     /// Largest video file accepted, in bytes.
     pub max_video_bytes: u64,
