@@ -522,3 +522,57 @@ async fn batch_starts_are_paced_while_an_interactive_request_runs() {
     eprintln!("batch starts while the interactive request ran: {paced} in {steps} steps paced, {unpaced} in {unpaced_steps} unpaced");
     assert!(unpaced > paced + 4, "unpaced: {unpaced} batch starts in {unpaced_steps} steps, against {paced} paced");
 }
+
+/// While an interactive request runs, only `batch_rows_while_interactive` batch rows decode
+/// beside it (the others keep their caches and wait), so its steps stay small; the batch requests
+/// held meanwhile resume and give the tokens they give alone.
+#[tokio::test]
+async fn batch_rows_wait_while_an_interactive_request_runs() {
+    let _timing = TIMING.lock().await;
+    let model = "tiny-git-image";
+    let tokens = |n| GenerationOptions { min_new_tokens: Some(n), max_new_tokens: Some(n), ..Default::default() };
+    // Rows decoded per step while a 20-token interactive request runs beside 6 longer batch
+    // requests, and the batch requests' tokens.
+    let rows_per_step = |allowed: usize| async move {
+        let options = EngineOptions {
+            max_batch_size: 8,
+            interactive_rows: 2,
+            batch_rows_while_interactive: allowed,
+            batch_admit_every_steps: 0,
+            feature_cache_bytes: 0,
+            ..Default::default()
+        };
+        let worker = worker(model, options);
+        let batch: Vec<_> =
+            (0..6).map(|i| at(Priority::Batch, request(model, &[pattern(200 + i)], None, tokens(60)))).collect();
+        let alone_requests: Vec<_> = batch.iter().map(InferenceRequest::share).collect();
+        let mut queued = Vec::new();
+        for r in batch {
+            let mut events = worker.submit(r, Deadline::NONE).unwrap();
+            assert!(matches!(events.recv().await, Some(EngineEvent::Admitted { .. })));
+            queued.push(events);
+        }
+        let before = worker.stats();
+        let interactive = worker.submit(request(model, &[pattern(1)], None, tokens(20)), Deadline::NONE).unwrap();
+        let (out, _) = finished(interactive).await;
+        assert_eq!(out.token_ids.len(), 20);
+        let during = worker.stats();
+        let mut batch_tokens = Vec::new();
+        for events in queued {
+            batch_tokens.push(finished(events).await.0.token_ids);
+        }
+        let steps = (during.decode_steps - before.decode_steps) as f64;
+        ((during.decoded_rows - before.decoded_rows) as f64 / steps, batch_tokens, alone_requests)
+    };
+    let (held, held_tokens, alone_requests) = rows_per_step(1).await;
+    let (all, all_tokens, _) = rows_per_step(8).await;
+    eprintln!("rows per step while the interactive request ran: {held:.2} with 1 batch row allowed, {all:.2} with 8");
+    // 1 interactive + 1 batch row a step against 7 (the steps just before the interactive
+    // request starts and just after it ends, counted too, have all 6 batch rows).
+    assert!(held < 4.0 && held < all / 2.0, "{held:.2} rows per step with one batch row allowed, {all:.2} with all");
+    assert!(all > 6.0, "{all:.2} rows per step with all batch rows allowed");
+    let reference = reference(model);
+    let expected = each_alone(&reference, alone_requests).await;
+    assert_eq!(held_tokens, expected, "held batch requests give the tokens they give alone");
+    assert_eq!(all_tokens, expected);
+}
