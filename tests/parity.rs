@@ -38,6 +38,29 @@ fn logits_match_transformers_within_1e_4() {
     }
 }
 
+/// The vision tower run in parts, a layer at a time (as an interruptible batch start runs it),
+/// gives exactly what one pass gives, and the image tokens made from it give transformers'
+/// logits.
+#[test]
+fn the_vision_tower_in_parts_equals_one_pass() {
+    let _guard = tch::no_grad_guard();
+    let pipelines = pipelines();
+    let golden = tensors("cases.safetensors");
+    for case in cases_ref().iter().filter(|c| c.has_logits) {
+        let model = &pipelines[&case.model].model;
+        let pixels = case.pixel_values(&golden);
+        let whole = model.encode_frames(&pixels).unwrap();
+        let mut progress = model.begin_encoding(&pixels).unwrap();
+        let mut parts = 1i64;
+        while !model.encode_layers(&mut progress, 1) {
+            parts += 1;
+        }
+        assert_eq!(parts, model.config.vision_config.num_hidden_layers, "{}: one part per layer", case.name);
+        let in_parts = model.finish_encoding(progress);
+        assert!(in_parts.equal(&whole), "{}: the tower in parts differs from one pass", case.name);
+    }
+}
+
 fn cases_ref() -> &'static Vec<Case> {
     static CASES: std::sync::OnceLock<Vec<Case>> = std::sync::OnceLock::new();
     CASES.get_or_init(cases)

@@ -21,6 +21,7 @@ use super::stats::EngineStats;
 use crate::error::{GitcapError, Result};
 use crate::model::generation::{Generated, Search, StepControl, TokenStep};
 use crate::model::tokenizer::TextStream;
+use crate::model::vision::VisionProgress;
 use crate::model::KvCache;
 
 /// A request in the running batch.
@@ -101,7 +102,9 @@ impl<'p> Executor<'p> {
             Ok((search, prompt, kv_tokens))
         };
         match setup() {
-            Ok((search, prompt, kv_tokens)) => Ok(Waiting { job, search, prompt, kv_tokens }),
+            Ok((search, prompt, kv_tokens)) => {
+                Ok(Waiting { job, search, prompt, kv_tokens, vision_ms: 0.0, aged: false })
+            }
             Err(e) => Err((Box::new(job), e)),
         }
     }
@@ -144,7 +147,7 @@ impl<'p> Executor<'p> {
             }
         };
         let prefill_started = Instant::now();
-        let vision_ms = (prefill_started - admitted).as_secs_f64() * 1e3;
+        let batch_vision_ms = (prefill_started - admitted).as_secs_f64() * 1e3;
         let started = self.start(&batch, frames);
         for (waiting, started) in batch.into_iter().zip(started) {
             let (kv, frames_used, image_cached) = match started {
@@ -154,7 +157,9 @@ impl<'p> Executor<'p> {
                     continue;
                 }
             };
-            let queue_ms = admitted.saturating_duration_since(waiting.job.enqueued).as_secs_f64() * 1e3;
+            let waited_ms = admitted.saturating_duration_since(waiting.job.enqueued).as_secs_f64() * 1e3;
+            let queue_ms = (waited_ms - waiting.vision_ms).max(0.0);
+            let vision_ms = batch_vision_ms + waiting.vision_ms;
             let running = Running {
                 image_tokens: kv.image_tokens() as usize,
                 job: waiting.job,
@@ -173,6 +178,65 @@ impl<'p> Executor<'p> {
             };
             self.prefill_prompt(running);
         }
+    }
+
+    /// Begins `waiting`'s start with its vision tower, to run in parts between decoding steps
+    /// (an interruptible batch start); gives it back when it needs no vision tower (a cached
+    /// prefix, frames cached or encoded ahead) or cannot run (admitting it reports why).
+    pub fn begin_start(&mut self, waiting: Waiting) -> std::result::Result<Starting, Waiting> {
+        let began = Instant::now();
+        let frames = &waiting.job.request.frames;
+        let Ok(used) = self.pipeline.frames_to_use(frames.len()) else { return Err(waiting) };
+        let keys: Vec<ContentKey> = used.iter().map(|&i| frames[i].key()).collect();
+        if self.cache.has_prefix(ContentKey::of_frames(&keys)) {
+            return Err(waiting);
+        }
+        let mut to_encode: Vec<(ContentKey, Tensor)> = Vec::new();
+        for (&i, &key) in used.iter().zip(&keys) {
+            if let Frame::Pixels(frame) = &frames[i] {
+                if !self.cache.has_frame(key) && to_encode.iter().all(|(k, _)| *k != key) {
+                    to_encode.push((key, frame.tensor()));
+                }
+            }
+        }
+        if to_encode.is_empty() {
+            return Err(waiting);
+        }
+        let pixels = Tensor::stack(&to_encode.iter().map(|(_, p)| p.shallow_clone()).collect::<Vec<_>>(), 0);
+        match self.pipeline.model.begin_encoding(&pixels) {
+            Ok(progress) => {
+                let keys = to_encode.into_iter().map(|(key, _)| key).collect();
+                Ok(Starting { waiting, keys, progress, spent: began.elapsed() })
+            }
+            Err(_) => Err(waiting),
+        }
+    }
+
+    /// Runs the next part of a start's vision tower (a layer); whether the tower is done.
+    pub fn continue_start(&mut self, starting: &mut Starting) -> bool {
+        let began = Instant::now();
+        let done = self.pipeline.model.encode_layers(&mut starting.progress, 1);
+        starting.spent += began.elapsed();
+        done
+    }
+
+    /// A start whose vision tower is done: its request, with those frames encoded (and cached),
+    /// ready to be admitted.
+    pub fn finish_start(&mut self, starting: Starting) -> Waiting {
+        let began = Instant::now();
+        let Starting { mut waiting, keys, progress, spent } = starting;
+        let encoded = self.pipeline.model.finish_encoding(progress);
+        self.stats.vision_pass(keys.len());
+        for (row, key) in keys.into_iter().enumerate() {
+            let features = encoded.narrow(0, row as i64, 1);
+            self.cache.insert_frame(key, &features);
+            for frame in waiting.job.request.frames.iter_mut().filter(|f| f.key() == key) {
+                *frame = Frame::Encoded(EncodedFrame { key, features: features.shallow_clone() });
+            }
+        }
+        self.report_cache();
+        waiting.vision_ms += (spent + began.elapsed()).as_secs_f64() * 1e3;
+        waiting
     }
 
     /// Each request's used frames: a cached image prefix, or their vision features (frames not
@@ -424,6 +488,18 @@ fn held(running: &Running, closing: &AtomicBool) -> Option<EngineEvent> {
     }
     // A caller that went away gets no event; the request just leaves.
     running.job.events.is_closed().then(|| EngineEvent::Failed(GitcapError::Cancelled))
+}
+
+/// A batch request whose frames are partway through the vision tower, run a layer at a time
+/// between decoding steps so that an interactive request arriving meanwhile waits for one
+/// layer, not a whole tower (see [`super::scheduler`]).
+pub(super) struct Starting {
+    pub waiting: Waiting,
+    /// The content keys of the frames being encoded, in the pass's order.
+    keys: Vec<ContentKey>,
+    progress: VisionProgress,
+    /// Time spent on it so far.
+    spent: std::time::Duration,
 }
 
 /// A request's frames as the vision side left them.

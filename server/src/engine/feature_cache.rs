@@ -119,6 +119,16 @@ impl FeatureCache {
         found
     }
 
+    /// Whether a frame's features are kept (not counted as a lookup, not made recent).
+    pub fn has_frame(&self, key: ContentKey) -> bool {
+        self.entries.peek(&Slot::Frame(key)).is_some()
+    }
+
+    /// Whether the image keys/values for these frames are kept (not counted, not made recent).
+    pub fn has_prefix(&self, key: ContentKey) -> bool {
+        self.entries.peek(&Slot::Prefix(key)).is_some()
+    }
+
     /// Keeps a frame's features (a copy, so a batch's output is not held through one row).
     pub fn insert_frame(&mut self, key: ContentKey, features: &Tensor) {
         self.insert(Slot::Frame(key), Cached::Frame(features.copy()));

@@ -48,7 +48,7 @@ impl Default for EngineOptions {
             max_vision_batch: 8,
             interactive_rows: 4,
             batch_max_wait: Duration::from_secs(10),
-            batch_admit_every_steps: 8,
+            batch_admit_every_steps: 0,
             batch_starts_per_step: 1,
             batch_rows_while_interactive: 4,
             feature_cache_bytes: 512 << 20,

@@ -27,6 +27,11 @@ pub(super) struct Waiting {
     pub prompt: Vec<i64>,
     /// Key/value positions it will hold: rows × (image tokens + text capacity).
     pub kv_tokens: usize,
+    /// Milliseconds its frames spent in the vision tower before it was admitted (a start in
+    /// parts, see [`super::executor::Starting`]).
+    pub vision_ms: f64,
+    /// A batch request the starvation guard admits like an interactive one.
+    pub aged: bool,
 }
 
 /// The budgets the policy admits within.
@@ -99,13 +104,34 @@ impl Admission {
         dropped
     }
 
+    /// Interactive requests waiting to start.
+    pub fn interactive_waiting(&self) -> bool {
+        !self.interactive.is_empty()
+    }
+
+    /// Whether batch work (a part of a batch start) may run this turn: always while no
+    /// interactive request runs, else once every `batch_admit_every_steps` steps (0: never).
+    pub fn batch_turn(&mut self, interactive_running: bool, budgets: &Budgets) -> bool {
+        if !interactive_running {
+            return true;
+        }
+        let every = budgets.batch_admit_every_steps;
+        let due = every != 0 && self.steps_since_batch.is_none_or(|steps| steps >= every);
+        if due {
+            self.steps_since_batch = Some(0);
+        }
+        due
+    }
+
     /// The requests to start now, in order, given the rows and key/value positions the running
-    /// requests hold and whether an interactive one is among them.
+    /// (and starting) requests hold, whether an interactive one is among them, and whether a
+    /// batch start is under way (then no other batch request starts).
     pub fn next_batch(
         &mut self,
         rows: usize,
         tokens: usize,
         interactive_running: bool,
+        batch_starting: bool,
         budgets: &Budgets,
         now: Instant,
     ) -> Vec<Waiting> {
@@ -116,7 +142,8 @@ impl Admission {
         if batch_stalled
             && self.batch.front().is_some_and(|w| now.duration_since(w.job.enqueued) >= budgets.batch_max_wait)
         {
-            let aged = self.batch.pop_front().expect("a front");
+            let mut aged = self.batch.pop_front().expect("a front");
+            aged.aged = true;
             let at = self.interactive.partition_point(|w| w.job.enqueued <= aged.job.enqueued);
             self.interactive.insert(at, aged);
             self.last_batch_start = Some(now);
@@ -139,7 +166,7 @@ impl Admission {
         let interactive = interactive_running || !admitted.is_empty();
         let every = budgets.batch_admit_every_steps;
         let paced = every == 0 || self.steps_since_batch.is_some_and(|steps| steps < every);
-        if interactive && paced {
+        if (interactive && paced) || batch_starting {
             return admitted;
         }
         let before = admitted.len();
@@ -211,7 +238,7 @@ mod tests {
         let slot = QueueSlot::take(&counts, Waits::Request(priority), 1).expect("a slot");
         let job = Job { request, deadline: Deadline::NONE, enqueued, events, slot };
         let search = Search::new(&GenerationConfig::default(), &[101]).expect("a search");
-        Waiting { job, search, prompt: vec![101], kv_tokens: 10 }
+        Waiting { job, search, prompt: vec![101], kv_tokens: 10, vision_ms: 0.0, aged: false }
     }
 
     fn queued(priority: Priority, n: usize, enqueued: Instant) -> Admission {
@@ -227,7 +254,8 @@ mod tests {
         let now = Instant::now();
         let mut admission = queued(Priority::Batch, 5, now);
         let budgets = Budgets { batch_starts_per_step: 2, ..budgets() };
-        let starts: Vec<usize> = (0..4).map(|_| admission.next_batch(0, 0, false, &budgets, now).len()).collect();
+        let starts: Vec<usize> =
+            (0..4).map(|_| admission.next_batch(0, 0, false, false, &budgets, now).len()).collect();
         assert_eq!(starts, [2, 2, 1, 0]);
     }
 
@@ -239,9 +267,9 @@ mod tests {
         let now = Instant::now();
         let mut admission = queued(Priority::Batch, 5, now - Duration::from_secs(1));
         let budgets = budgets();
-        assert_eq!(admission.next_batch(1, 10, true, &budgets, now).len(), 1);
-        assert_eq!(admission.next_batch(2, 20, true, &budgets, now + Duration::from_millis(50)).len(), 0);
-        assert_eq!(admission.next_batch(2, 20, true, &budgets, now + Duration::from_millis(100)).len(), 1);
+        assert_eq!(admission.next_batch(1, 10, true, false, &budgets, now).len(), 1);
+        assert_eq!(admission.next_batch(2, 20, true, false, &budgets, now + Duration::from_millis(50)).len(), 0);
+        assert_eq!(admission.next_batch(2, 20, true, false, &budgets, now + Duration::from_millis(100)).len(), 1);
         assert_eq!(admission.len(), 3);
     }
 
@@ -250,8 +278,8 @@ mod tests {
         let now = Instant::now();
         let mut admission = queued(Priority::Batch, 2, now);
         let budgets = budgets();
-        assert!(admission.next_batch(1, 10, true, &budgets, now).is_empty());
-        assert_eq!(admission.next_batch(0, 0, false, &budgets, now).len(), 1, "once it is done");
+        assert!(admission.next_batch(1, 10, true, false, &budgets, now).is_empty());
+        assert_eq!(admission.next_batch(0, 0, false, false, &budgets, now).len(), 1, "once it is done");
     }
 
     #[test]

@@ -13,9 +13,9 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::executor::{unloaded, Executor};
+use super::executor::{unloaded, Executor, Starting};
 use super::frames::{EncodedFrame, Frame, PreparedFrame};
-use super::messages::{Command, EngineEvent, Job, LabelScore};
+use super::messages::{Command, EngineEvent, Job, LabelScore, Priority};
 use super::options::EngineOptions;
 use super::pipeline::{LabelContext, Pipeline};
 use super::policy::{Admission, Budgets, Waiting};
@@ -44,6 +44,8 @@ struct LabelWork {
 pub(super) struct Scheduler<'p> {
     executor: Executor<'p>,
     admission: Admission,
+    /// A batch request whose vision tower runs a layer at a time between steps.
+    starting: Option<Starting>,
     side: VecDeque<SideWork>,
     budgets: Budgets,
     chunk: usize,
@@ -71,6 +73,7 @@ impl<'p> Scheduler<'p> {
         Self {
             executor: Executor::new(pipeline, options, closing, stats),
             admission: Admission::default(),
+            starting: None,
             side: VecDeque::new(),
             budgets,
             chunk: options.max_batch_size.max(1),
@@ -83,7 +86,8 @@ impl<'p> Scheduler<'p> {
     /// Serves `commands` until every sender is gone and the last request has finished.
     pub fn run(&mut self, commands: &mut mpsc::UnboundedReceiver<Command>) {
         loop {
-            if self.executor.running() == 0 && self.admission.is_empty() && self.side.is_empty() {
+            let idle = self.executor.running() == 0 && self.starting.is_none();
+            if idle && self.admission.is_empty() && self.side.is_empty() {
                 self.report();
                 let Some(command) = commands.blocking_recv() else { break };
                 self.accept(command);
@@ -93,23 +97,71 @@ impl<'p> Scheduler<'p> {
             }
             self.drop_stale();
             self.side_unit();
-            let (rows, tokens) = self.executor.rows_and_tokens();
-            let interactive = self.executor.interactive_running();
-            let batch = self.admission.next_batch(rows, tokens, interactive, &self.budgets, Instant::now());
-            if !batch.is_empty() {
-                let mut batch = batch;
-                for waiting in &mut batch {
-                    waiting.job.slot.release();
-                }
-                self.executor.admit(batch);
-                self.executor.report_cache();
-            }
+            self.admit();
+            self.advance_start(commands);
             if self.executor.running() > 0 {
                 self.executor.step();
                 self.admission.stepped();
             }
             self.report();
         }
+    }
+
+    /// Starts what the policy admits: interactive requests (and aged batch ones) at once; a batch
+    /// request whose frames need the vision tower begins an interruptible start (one at a time),
+    /// others at once.
+    fn admit(&mut self) {
+        let (mut rows, mut tokens) = self.executor.rows_and_tokens();
+        if let Some(starting) = &self.starting {
+            rows += starting.waiting.search.rows();
+            tokens += starting.waiting.kv_tokens;
+        }
+        let interactive = self.executor.interactive_running();
+        let starting = self.starting.is_some();
+        let batch = self.admission.next_batch(rows, tokens, interactive, starting, &self.budgets, Instant::now());
+        let mut now = Vec::with_capacity(batch.len());
+        for mut waiting in batch {
+            waiting.job.slot.release();
+            let batch = waiting.job.request.priority == Priority::Batch && !waiting.aged;
+            if batch && self.starting.is_none() {
+                match self.executor.begin_start(waiting) {
+                    Ok(starting) => self.starting = Some(starting),
+                    Err(waiting) => now.push(waiting),
+                }
+            } else {
+                now.push(waiting);
+            }
+        }
+        if !now.is_empty() {
+            self.executor.admit(now);
+            self.executor.report_cache();
+        }
+    }
+
+    /// Runs the batch start under way, a layer at a time, until its vision tower is done (then
+    /// it is admitted) or an interactive request arrives. While interactive requests run, it
+    /// advances a layer only on the turns the policy gives batch work.
+    fn advance_start(&mut self, commands: &mut mpsc::UnboundedReceiver<Command>) {
+        let Some(mut starting) = self.starting.take() else { return };
+        if !self.admission.batch_turn(self.executor.interactive_running(), &self.budgets) {
+            self.starting = Some(starting);
+            return;
+        }
+        loop {
+            if self.executor.continue_start(&mut starting) {
+                let waiting = self.executor.finish_start(starting);
+                self.executor.admit(vec![waiting]);
+                self.executor.report_cache();
+                return;
+            }
+            while let Ok(command) = commands.try_recv() {
+                self.accept(command);
+            }
+            if self.admission.interactive_waiting() || self.executor.interactive_running() {
+                break;
+            }
+        }
+        self.starting = Some(starting);
     }
 
     /// Reports what runs and what waits; waiting is counted from the queue's own slots, so the
@@ -156,6 +208,14 @@ impl<'p> Scheduler<'p> {
     /// being unloaded.
     fn drop_stale(&mut self) {
         let closing = self.closing;
+        if let Some(starting) = self.starting.take() {
+            let job = &starting.waiting.job;
+            match refusal(closing, job) {
+                Some(error) => self.fail(starting.waiting.job, error),
+                None if job.events.is_closed() => {}
+                None => self.starting = Some(starting),
+            }
+        }
         let dropped =
             self.admission.drop_where(|w: &Waiting| w.job.events.is_closed() || refusal(closing, &w.job).is_some());
         for waiting in dropped {

@@ -8,7 +8,7 @@ use tch::{Device, Kind, Tensor};
 use super::config::GitConfig;
 use super::decoder::{GitEmbeddings, GitEncoder, ImagePrefix, KvCache};
 use super::layers::{tensor_bytes, LayerNorm, Linear};
-use super::vision::GitVisionTransformer;
+use super::vision::{GitVisionTransformer, VisionProgress};
 use super::weights::Weights;
 use crate::error::{GitcapError, Result};
 
@@ -87,6 +87,14 @@ impl GitForCausalLM {
     /// [frames, tokens_per_image, vision hidden]. Frames are independent, so callers may
     /// encode them one at a time as they arrive and concatenate.
     pub fn encode_frames(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let mut progress = self.begin_encoding(pixel_values)?;
+        self.encode_layers(&mut progress, usize::MAX);
+        Ok(self.finish_encoding(progress))
+    }
+
+    /// [`Self::encode_frames`] in parts: the embeddings now, then [`Self::encode_layers`] a few
+    /// layers at a time (other work may run between), then [`Self::finish_encoding`].
+    pub fn begin_encoding(&self, pixel_values: &Tensor) -> Result<VisionProgress> {
         let v = &self.config.vision_config;
         let size = pixel_values.size();
         if size.len() != 4 || size[1] != v.num_channels || size[2] != v.image_size || size[3] != v.image_size {
@@ -95,7 +103,17 @@ impl GitForCausalLM {
                 format!("expected [frames, {}, {}, {}], got {size:?}", v.num_channels, v.image_size, v.image_size),
             ));
         }
-        Ok(self.image_encoder.forward(&pixel_values.to_device(self.device).to_kind(self.kind)))
+        Ok(self.image_encoder.begin(&pixel_values.to_device(self.device).to_kind(self.kind)))
+    }
+
+    /// Runs up to `layers` more layers of the vision tower; whether all have run.
+    pub fn encode_layers(&self, progress: &mut VisionProgress, layers: usize) -> bool {
+        self.image_encoder.advance(progress, layers)
+    }
+
+    /// The frame features once every layer has run (as [`Self::encode_frames`] returns them).
+    pub fn finish_encoding(&self, progress: VisionProgress) -> Tensor {
+        self.image_encoder.finish(progress)
     }
 
     /// Frame features (from [`Self::encode_frames`], in order) → the decoder's image tokens

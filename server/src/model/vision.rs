@@ -117,10 +117,37 @@ impl GitVisionTransformer {
 
     /// [frames, 3, H, W] → `last_hidden_state` [frames, tokens_per_image, hidden].
     pub fn forward(&self, pixel_values: &Tensor) -> Tensor {
-        let mut xs = self.pre_layrnorm.forward(&self.embeddings.forward(pixel_values));
-        for layer in &self.layers {
-            xs = layer.forward(&xs);
-        }
-        self.post_layernorm.forward(&xs)
+        let mut progress = self.begin(pixel_values);
+        self.advance(&mut progress, self.layers.len());
+        self.finish(progress)
     }
+
+    /// The tower's first part (embeddings, `pre_layrnorm`): a pass to run in parts with
+    /// [`Self::advance`], so that other work can go between its layers; [`Self::forward`] is
+    /// the same computation in one go.
+    pub fn begin(&self, pixel_values: &Tensor) -> VisionProgress {
+        VisionProgress { hidden: self.pre_layrnorm.forward(&self.embeddings.forward(pixel_values)), layers_done: 0 }
+    }
+
+    /// Runs up to `layers` more encoder layers; whether all have run.
+    pub fn advance(&self, progress: &mut VisionProgress, layers: usize) -> bool {
+        let end = (progress.layers_done + layers).min(self.layers.len());
+        for layer in &self.layers[progress.layers_done..end] {
+            progress.hidden = layer.forward(&progress.hidden);
+        }
+        progress.layers_done = end;
+        end == self.layers.len()
+    }
+
+    /// `post_layernorm` once every layer has run: the `last_hidden_state`.
+    pub fn finish(&self, progress: VisionProgress) -> Tensor {
+        debug_assert_eq!(progress.layers_done, self.layers.len(), "finish before the last layer");
+        self.post_layernorm.forward(&progress.hidden)
+    }
+}
+
+/// A vision-tower pass partway: the hidden states after `layers_done` encoder layers.
+pub struct VisionProgress {
+    hidden: Tensor,
+    layers_done: usize,
 }
