@@ -260,8 +260,12 @@ def oip_infer_seeds():
 
 
 if __name__ == "__main__":
-    shutil.rmtree(ROOT, ignore_errors=True)
-    os.makedirs(f"{ROOT}/decode_image")
+    # The fuzzers' finds (regress_*) are committed inputs, not made here: they stay.
+    for target in os.listdir(ROOT) if os.path.isdir(ROOT) else []:
+        for name in os.listdir(f"{ROOT}/{target}"):
+            if not name.startswith("regress_"):
+                os.remove(f"{ROOT}/{target}/{name}")
+    os.makedirs(f"{ROOT}/decode_image", exist_ok=True)
     decode_image_seeds()
     raw_frames_seeds()
     request_validation_seeds()
