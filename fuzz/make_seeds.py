@@ -14,6 +14,10 @@ oip_infer: Open Inference Protocol ModelInferRequest messages, hand-encoded here
 a question and parameters, raw frames, typed contents, a video, requested outputs).
 openai_chat: chat-completions JSON bodies (an image, frames, a video, a follow-up, options,
 parameters gitcap cannot honour), with a tiny PNG made here without Pillow.
+responses_request: Responses API JSON bodies (an image, frames, a video file, a follow-up by
+previous_response_id, options, parameters gitcap cannot honour, refused items).
+batch_line: Batch API input lines (first byte: even = a chat completions job, odd = a Responses
+job), valid and near-valid.
 """
 import io
 import os
@@ -164,6 +168,62 @@ def openai_chat_seeds():
     body("url", messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}])
 
 
+def responses_request_seeds():
+    import base64
+    import json
+
+    uri = "data:image/png;base64," + base64.b64encode(tiny_png()).decode()
+    image = {"type": "input_image", "image_url": uri}
+    ask = {"type": "input_text", "text": "what is it?"}
+
+    def body(name, **request):
+        request.setdefault("model", "tiny")
+        out("responses_request", name, json.dumps(request).encode())
+
+    body("caption", input=[{"role": "user", "content": [image]}])
+    body("question_options", input=[{"type": "message", "role": "user", "content": [image, ask]}],
+         instructions="be brief", max_output_tokens=8, temperature=0.7, top_p=0.9, seed=3, top_logprobs=2,
+         include=["message.output_text.logprobs"], stream=True, store=False, service_tier="flex", user="u",
+         metadata={"k": "v"}, text={"format": {"type": "text"}}, num_beams=2, repetition_penalty=1.2)
+    body("frames", input=[{"role": "user", "content": [image, image, image]}])
+    body("video_file", input=[{"role": "user", "content": [
+        {"type": "input_file", "file_data": "data:video/mp4;base64,AAAAGGZ0eXBpc29t"}, ask]}])
+    body("image_file", input=[{"role": "user", "content": [{"type": "input_file", "file_data": uri}]}])
+    body("video_url", input=[{"role": "user", "content": [{"type": "video_url", "video_url": {"url": "https://example.com/a.mp4"}}]}])
+    body("follow_up", input="what colour?", previous_response_id="resp_0123")
+    body("conversation", input=[
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": [image]},
+        {"role": "assistant", "content": [{"type": "output_text", "text": "a square"}]},
+        {"role": "user", "content": "what colour?"}])
+    body("unsupported", input=[{"role": "user", "content": [image]}], tools=[], tool_choice="auto", reasoning={},
+         background=False, frequency_penalty=0, presence_penalty=0.0, text={"format": {"type": "json_schema"}})
+    body("refused_item", input=[{"type": "function_call", "name": "f"}, {"role": "user", "content": [
+        {"type": "input_image", "file_id": "file-1"}, {"type": "input_file", "file_data": "data:application/pdf;base64,JVBE"}]}])
+
+
+def batch_line_seeds():
+    import base64
+    import json
+
+    uri = "data:image/png;base64," + base64.b64encode(tiny_png()).decode()
+    chat = {"model": "tiny", "max_tokens": 8, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": uri}}, {"type": "text", "text": "what is it?"}]}]}
+    responses = {"model": "tiny", "max_output_tokens": 8, "input": [{"role": "user", "content": [
+        {"type": "input_image", "image_url": uri}, {"type": "input_text", "text": "what is it?"}]}]}
+
+    def line(name, selector, **fields):
+        out("batch_line", name, selector + json.dumps(fields).encode())
+
+    line("chat", b"0", custom_id="a", method="POST", url="/v1/chat/completions", body=chat)
+    line("responses", b"1", custom_id="b", method="POST", url="/v1/responses", body=responses)
+    line("responses_store_stream", b"1", custom_id="c", method="POST", url="/v1/responses",
+         body=dict(responses, store=True, stream=True))
+    line("wrong_endpoint", b"0", custom_id="d", method="POST", url="/v1/responses", body=responses)
+    line("no_custom_id", b"1", custom_id=7, method="GET", url="/v1/responses", body=[])
+    out("batch_line", "not_json", b"1{\"custom_id\": \"e\", \"method\": \"POST\"")
+
+
 def oip_infer_seeds():
     png = tiny_png()
 
@@ -200,10 +260,16 @@ def oip_infer_seeds():
 
 
 if __name__ == "__main__":
-    shutil.rmtree(ROOT, ignore_errors=True)
-    os.makedirs(f"{ROOT}/decode_image")
+    # The fuzzers' finds (regress_*) are committed inputs, not made here: they stay.
+    for target in os.listdir(ROOT) if os.path.isdir(ROOT) else []:
+        for name in os.listdir(f"{ROOT}/{target}"):
+            if not name.startswith("regress_"):
+                os.remove(f"{ROOT}/{target}/{name}")
+    os.makedirs(f"{ROOT}/decode_image", exist_ok=True)
     decode_image_seeds()
     raw_frames_seeds()
     request_validation_seeds()
     openai_chat_seeds()
     oip_infer_seeds()
+    responses_request_seeds()
+    batch_line_seeds()

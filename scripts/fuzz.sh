@@ -32,8 +32,8 @@ fi
 
 # Input size caps: a few small images or frames, a request with a small image, a tiny video.
 declare -A max_len=([decode_image]=32768 [raw_frames]=8192 [request_validation]=16384 [video_container]=16384
-  [openai_chat]=16384 [oip_infer]=16384)
-targets=(decode_image raw_frames request_validation video_container openai_chat oip_infer)
+  [openai_chat]=16384 [oip_infer]=16384 [responses_request]=16384 [batch_line]=16384)
+targets=(decode_image raw_frames request_validation video_container openai_chat oip_infer responses_request batch_line)
 
 # video_container runs the ffmpeg and ffprobe programs; its seeds are tiny videos of each accepted
 # container and codec, made here (no video file is committed) into its uncommitted corpus.
@@ -56,7 +56,7 @@ else
     exit 1
   fi
   echo "fuzz: SKIPPING video_container: it needs the ffmpeg and ffprobe programs (apt-get install ffmpeg)" >&2
-  targets=(decode_image raw_frames request_validation openai_chat oip_infer)
+  targets=(decode_image raw_frames request_validation openai_chat oip_infer responses_request batch_line)
 fi
 
 cargo +nightly fuzz build --sanitizer "$sanitizer"

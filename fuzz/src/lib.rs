@@ -141,3 +141,55 @@ pub fn media_harness() -> &'static MediaHarness {
         MediaHarness { runtime, media, model }
     })
 }
+
+/// Panics unless `error`, an OpenAI door's refusal of `body`, is bad input as that door reports
+/// it: 400 (the status of `INVALID_ARGUMENT`) with a message, naming a non-empty parameter, which
+/// it must do whenever the body is a JSON object (a refusal without one is for a body that is not).
+pub fn expect_bad_request(error: &gitcap_server::openai::ApiError, body: &[u8]) {
+    assert_eq!(error.status, gitcap_server::error::http_status(tonic::Code::InvalidArgument), "{error:?}");
+    assert!(!error.message.is_empty(), "{error:?}");
+    match &error.param {
+        Some(param) => assert!(!param.is_empty(), "an empty parameter: {error:?}"),
+        None => assert!(
+            !serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|json| json.is_object()),
+            "a JSON object refused without naming the parameter at fault: {error:?}"
+        ),
+    }
+}
+
+/// Checks `ask` as the core does before it queues it: [`check_question_and_options`], then
+/// [`check_media`].
+pub fn check_ask(ask: gitcap_server::service::Ask) {
+    if check_question_and_options(&ask.question, &ask.options) {
+        check_media(ask.media);
+    }
+}
+
+/// Checks a request's question and options as `Core::admit` does (against the harness model's
+/// generation config and the fuzz limits); panics unless a refusal is bad input. Whether they pass.
+pub fn check_question_and_options(
+    question: &str,
+    options: &gitcap_server::model::generation::GenerationOptions,
+) -> bool {
+    use gitcap_server::service::validation;
+    let (harness, limits) = (media_harness(), request_limits());
+    let checked = validation::question(question, &limits)
+        .and_then(|_| validation::generation(&harness.model.generation, options, &limits));
+    checked.map_err(expect_bad_input).is_ok()
+}
+
+/// Prepares `media` as the core does (`MediaService::prepare`); panics unless a refusal is bad
+/// input. URLs are off here; video files have their own target (video_container).
+pub fn check_media(media: gitcap_server::service::media::MediaInput) {
+    use gitcap_server::service::media::MediaInput;
+    match media {
+        MediaInput::Url { .. } => panic!("a URL accepted with URLs off"),
+        MediaInput::Video { .. } => {}
+        media => {
+            let harness = media_harness();
+            if let Err(error) = harness.runtime.block_on(harness.media.prepare(media, &harness.model)) {
+                expect_bad_input(error);
+            }
+        }
+    }
+}

@@ -155,16 +155,32 @@ impl From<BodyError> for ApiError {
 }
 
 /// A body that is not the JSON a `what` (chat request) is: 400 with serde's words, naming the
-/// field (`messages[0].content`) when the JSON is well formed but a value is not what it should be.
+/// field (`messages[0].content`) when the JSON is well formed but a value is not what it should be,
+/// or a field is missing or given twice.
 fn not_json(error: serde_path_to_error::Error<serde_json::Error>, what: &str) -> ApiError {
     let path = error.path().to_string();
     let inner = error.into_inner();
-    let param = (inner.classify() == serde_json::error::Category::Data && path != ".").then_some(path.clone());
-    let message = match &param {
-        Some(path) => format!("the body is not a valid {what}: {path}: {inner}"),
-        None => format!("the body is not a valid {what}: {inner}"),
+    if inner.classify() != serde_json::error::Category::Data {
+        return ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: format!("the body is not a valid {what}: {inner}"),
+            param: None,
+        };
+    }
+    let (message, param) = match path.as_str() {
+        // serde reports a field missing from, or given twice in, the body itself at the body (no
+        // path), naming the field only in its message.
+        "." => (format!("the body is not a valid {what}: {inner}"), field_named_in(&inner)),
+        _ => (format!("the body is not a valid {what}: {path}: {inner}"), Some(path)),
     };
     ApiError { status: StatusCode::BAD_REQUEST, message, param }
+}
+
+/// The field of serde's "missing field `x`" and "duplicate field `x`" errors.
+fn field_named_in(error: &serde_json::Error) -> Option<String> {
+    let message = error.to_string();
+    let rest = message.strip_prefix("missing field `").or_else(|| message.strip_prefix("duplicate field `"))?;
+    rest.split_once('`').map(|(field, _)| field.to_string())
 }
 
 /// A chat request's body (JSON) as the request gitcap runs: parsed, read as a GIT request, its
@@ -204,4 +220,20 @@ async fn models(State(state): State<Arc<Served>>) -> Result<impl IntoResponse, A
         .collect();
     data.dedup_by(|a, b| a.id == b.id);
     Ok(Json(ModelList { object: "list", data }))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_body_without_a_required_field_or_with_one_twice_names_it() {
+        let missing = super::plan(br#"{"model": "tiny"}"#, false).unwrap_err();
+        assert_eq!(missing.param.as_deref(), Some("messages"), "{missing:?}");
+        let twice = super::responses_plan(br#"{"input": "a", "include": [], "include": []}"#, false).unwrap_err();
+        assert_eq!(twice.param.as_deref(), Some("include"), "{twice:?}");
+        assert_eq!(twice.status, axum::http::StatusCode::BAD_REQUEST);
+        let nested = super::plan(br#"{"messages": [{"content": "a"}]}"#, false).unwrap_err();
+        assert_eq!(nested.param.as_deref(), Some("messages[0]"), "{nested:?}");
+        let not_an_object = super::plan(b"[]", false).unwrap_err();
+        assert_eq!(not_an_object.param, None, "{not_an_object:?}");
+    }
 }

@@ -6,6 +6,7 @@
 
 mod batches;
 mod files;
+pub mod line;
 mod runner;
 mod store;
 

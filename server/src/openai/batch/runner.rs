@@ -17,10 +17,10 @@ use axum::http::{HeaderMap, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
-use super::batches::{CHAT_ENDPOINT, RESPONSES_ENDPOINT};
+use super::batches::CHAT_ENDPOINT;
+use super::line::Request;
 use super::store::{BatchRow, FileRow};
 use super::{new_id, now, Batches, Served};
-use crate::engine::Priority;
 use crate::error::{GitcapError, Result};
 use crate::openai::ApiError;
 
@@ -288,24 +288,10 @@ async fn answer_line(
     line: &[u8],
     mut until: Until,
 ) -> Option<Answer> {
-    let request: Value = match serde_json::from_slice(line) {
-        Ok(request) => request,
-        Err(e) => return Some(Answer::error("invalid_json_line", format!("the line is not JSON: {e}"))),
+    let body = match super::line::read(line, endpoint) {
+        Ok(body) => body,
+        Err(error) => return Some(Answer::error(error.code, error.message)),
     };
-    if !request["custom_id"].is_string() {
-        return Some(Answer::error("missing_custom_id", "each line needs a custom_id (a string)"));
-    }
-    if request["method"] != "POST" {
-        return Some(Answer::error("invalid_method", "method must be \"POST\""));
-    }
-    if request["url"] != endpoint {
-        let message = format!("url must be the batch's endpoint, {endpoint}, got {}", request["url"]);
-        return Some(Answer::error("mismatched_endpoint", message));
-    }
-    if !request["body"].is_object() {
-        return Some(Answer::error("invalid_body", format!("body must be a request to {endpoint} (a JSON object)")));
-    }
-    let body = serde_json::to_vec(&request["body"]).unwrap_or_default();
     let mut wait = Duration::from_millis(100);
     let mut attempt = 1;
     loop {
@@ -353,28 +339,15 @@ async fn answer_request(
     let cost = (body.len() as u64).saturating_mul(crate::service::body::PARSE_BYTES_PER_BODY_BYTE);
     let room = state.api.core.media.budget().reserve(cost, "a batch line").await?;
     let urls_enabled = state.api.core.media.urls_enabled();
-    let no_stream = || ApiError::invalid("stream", "a batch request cannot stream: leave stream false");
-    let response = if endpoint == RESPONSES_ENDPOINT {
-        let parsed = tokio::task::spawn_blocking(move || super::super::responses_plan(&body, urls_enabled));
-        let mut plan = parsed.await.map_err(parsing)??;
-        drop(room);
-        if plan.stream {
-            return Err(no_stream());
+    let endpoint = endpoint.to_string();
+    let parsed = tokio::task::spawn_blocking(move || super::line::plan(&endpoint, &body, urls_enabled));
+    let plan = parsed.await.map_err(parsing)??;
+    drop(room);
+    let response = match plan {
+        Request::Responses(plan) => {
+            super::super::responses::create(&state.api, &state.responses, plan, &HeaderMap::new()).await
         }
-        plan.priority = Priority::Batch;
-        // Batch answers are in the output file: kept in memory too, they would push out the
-        // responses interactive callers follow up on.
-        plan.store = false;
-        super::super::responses::create(&state.api, &state.responses, plan, &HeaderMap::new()).await
-    } else {
-        let parsed = tokio::task::spawn_blocking(move || super::super::plan(&body, urls_enabled));
-        let mut plan = parsed.await.map_err(parsing)??;
-        drop(room);
-        if plan.stream {
-            return Err(no_stream());
-        }
-        plan.priority = Priority::Batch;
-        super::super::chat::completions(&state.api, plan, &HeaderMap::new()).await?
+        Request::Chat(plan) => super::super::chat::completions(&state.api, plan, &HeaderMap::new()).await?,
     };
     let status = response.status();
     let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)

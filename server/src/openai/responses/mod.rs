@@ -25,38 +25,29 @@ use crate::error::GitcapError;
 use crate::model::generation::FinishReason;
 use crate::service::media::MediaInput;
 use crate::service::request::{ended_without_an_answer, Started, Tally};
-use crate::service::Ask;
 use object::{IncompleteDetails, OutputMessage, OutputText, ResponseObject, Usage};
 use request::{Plan, Source};
 pub use store::{ResponseStore, StoreLimits};
 
 /// Answers `plan`: the whole Response object, or its events; `headers` may carry the caller's
 /// deadline, route key and `traceparent`.
-pub async fn create(api: &OpenAi, store: &Arc<ResponseStore>, plan: Plan, headers: &HeaderMap) -> Response {
-    // The media to ask about, and the copy kept with the response when it is stored.
-    let (media, kept) = match plan.media {
+pub async fn create(api: &OpenAi, store: &Arc<ResponseStore>, mut plan: Plan, headers: &HeaderMap) -> Response {
+    // The media to ask about, and the copy kept with the response when it is stored; taken out of
+    // the plan for the core (`plan.ask`), the plan's rest is what the response echoes.
+    let (media, kept) = match plan.take_media() {
         Source::Given { media, kept } => (media, kept),
-        Source::Previous(ref id) => match store.get(id) {
+        Source::Previous(id) => match store.get(&id) {
             Some(previous) => match copy(previous.media.clone()).await {
                 Ok(media) => (media, Some(previous.media.clone())),
                 Err(error) => return ApiError::from(error).into_response(),
             },
-            None => return store::not_found(id, Some("previous_response_id")),
+            None => return store::not_found(&id, Some("previous_response_id")),
         },
     };
     let mut tally = Tally::for_protocol("openai", "Responses", headers);
     let call = api.core.call(headers).map(|c| c.with_route_key_fallback(plan.echo.user.as_deref()));
     let result = match call {
-        Ok(call) => {
-            let ask = Ask {
-                model: super::request::model(&plan.model),
-                media,
-                question: plan.question.clone(),
-                options: plan.options,
-                priority: plan.priority,
-            };
-            api.core.start(&call, ask, &mut tally).await
-        }
+        Ok(call) => api.core.start(&call, plan.ask(media), &mut tally).await,
         Err(e) => Err(e),
     };
     let started = match tally.outcome_of(result) {

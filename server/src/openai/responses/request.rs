@@ -28,11 +28,12 @@ use serde_json::{Map, Value};
 
 use super::super::error::ApiError;
 use super::super::request::{
-    generation_options, json_type_of, media, priority, refuse_unsupported, Harmless, PartMedia, Sampling,
+    generation_options, json_type_of, media, model, priority, refuse_unsupported, Harmless, PartMedia, Sampling,
 };
 use crate::engine::Priority;
 use crate::model::generation::GenerationOptions;
 use crate::service::media::MediaInput;
+use crate::service::Ask;
 
 /// The `include` value that asks for the answer's log-probabilities.
 pub const LOGPROBS_INCLUDE: &str = "message.output_text.logprobs";
@@ -219,6 +220,23 @@ impl Plan {
                 user: request.user,
             },
         })
+    }
+
+    /// Where the request's media come from, taken out of the plan (which keeps an empty
+    /// `Source::Previous`): the core takes the media, the rest of the plan shapes the response.
+    pub fn take_media(&mut self) -> Source {
+        std::mem::replace(&mut self.media, Source::Previous(String::new()))
+    }
+
+    /// What the core is asked, about `media` (the request's own or those of the response it follows).
+    pub fn ask(&self, media: MediaInput) -> Ask {
+        Ask {
+            model: model(&self.model),
+            media,
+            question: self.question.clone(),
+            options: self.options,
+            priority: self.priority,
+        }
     }
 }
 
