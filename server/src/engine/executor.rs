@@ -183,13 +183,13 @@ impl<'p> Executor<'p> {
     /// Begins `waiting`'s start with its vision tower, to run in parts between decoding steps
     /// (an interruptible batch start); gives it back when it needs no vision tower (a cached
     /// prefix, frames cached or encoded ahead) or cannot run (admitting it reports why).
-    pub fn begin_start(&mut self, waiting: Waiting) -> std::result::Result<Starting, Waiting> {
+    pub fn begin_start(&mut self, waiting: Waiting) -> std::result::Result<Starting, Box<Waiting>> {
         let began = Instant::now();
         let frames = &waiting.job.request.frames;
-        let Ok(used) = self.pipeline.frames_to_use(frames.len()) else { return Err(waiting) };
+        let Ok(used) = self.pipeline.frames_to_use(frames.len()) else { return Err(Box::new(waiting)) };
         let keys: Vec<ContentKey> = used.iter().map(|&i| frames[i].key()).collect();
         if self.cache.has_prefix(ContentKey::of_frames(&keys)) {
-            return Err(waiting);
+            return Err(Box::new(waiting));
         }
         let mut to_encode: Vec<(ContentKey, Tensor)> = Vec::new();
         for (&i, &key) in used.iter().zip(&keys) {
@@ -200,7 +200,7 @@ impl<'p> Executor<'p> {
             }
         }
         if to_encode.is_empty() {
-            return Err(waiting);
+            return Err(Box::new(waiting));
         }
         let pixels = Tensor::stack(&to_encode.iter().map(|(_, p)| p.shallow_clone()).collect::<Vec<_>>(), 0);
         match self.pipeline.model.begin_encoding(&pixels) {
@@ -208,7 +208,7 @@ impl<'p> Executor<'p> {
                 let keys = to_encode.into_iter().map(|(key, _)| key).collect();
                 Ok(Starting { waiting, keys, progress, spent: began.elapsed() })
             }
-            Err(_) => Err(waiting),
+            Err(_) => Err(Box::new(waiting)),
         }
     }
 

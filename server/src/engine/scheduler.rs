@@ -126,7 +126,7 @@ impl<'p> Scheduler<'p> {
             if batch && self.starting.is_none() {
                 match self.executor.begin_start(waiting) {
                     Ok(starting) => self.starting = Some(starting),
-                    Err(waiting) => now.push(waiting),
+                    Err(waiting) => now.push(*waiting),
                 }
             } else {
                 now.push(waiting);
