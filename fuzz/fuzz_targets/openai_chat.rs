@@ -7,9 +7,8 @@
 //! the server's limits are the core's validation, fuzzed by request_validation).
 #![no_main]
 
-use gitcap_fuzz::{expect_bad_input, expect_bad_request, media_harness};
+use gitcap_fuzz::{check_media, expect_bad_request};
 use gitcap_server::openai::request::MAX_CHOICES;
-use gitcap_server::service::media::MediaInput;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|body: &[u8]| {
@@ -20,15 +19,5 @@ fuzz_target!(|body: &[u8]| {
     assert!((1..=MAX_CHOICES).contains(&plan.choices), "{} choices", plan.choices);
     assert!(plan.stops.len() <= 4, "{} stop sequences", plan.stops.len());
     assert_eq!(plan.question, plan.question.trim());
-    match plan.media {
-        // URLs are off here; video files have their own target (video_container).
-        MediaInput::Url { .. } => panic!("a URL accepted with URLs off"),
-        MediaInput::Video { .. } => {}
-        media => {
-            let harness = media_harness();
-            if let Err(error) = harness.runtime.block_on(harness.media.prepare(media, &harness.model)) {
-                expect_bad_input(error);
-            }
-        }
-    }
+    check_media(plan.media);
 });

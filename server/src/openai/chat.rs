@@ -22,6 +22,7 @@ use super::OpenAi;
 use crate::engine::{EngineEvent, InferenceOutput};
 use crate::error::GitcapError;
 use crate::model::generation::FinishReason;
+use crate::service::media::MediaInput;
 use crate::service::request::{ended_without_an_answer, Started, Tally};
 use crate::service::{Ask, Call};
 
@@ -48,11 +49,17 @@ struct Piece {
 }
 
 /// Answers `plan`; `headers` may carry the caller's `traceparent`.
-pub async fn completions(state: &OpenAi, plan: Plan, headers: &axum::http::HeaderMap) -> Result<Response, ApiError> {
+pub async fn completions(
+    state: &OpenAi,
+    mut plan: Plan,
+    headers: &axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
     let mut tally = Tally::for_protocol("openai", "ChatCompletions", headers);
     let call = state.core.call(headers).map(|c| c.with_route_key_fallback(plan.user.as_deref()));
+    // The media go to the core (no copy of them is kept); the plan keeps the rest.
+    let media = std::mem::replace(&mut plan.media, MediaInput::Frames(Vec::new()));
     let result = match call {
-        Ok(call) => start(state, &plan, &call, &mut tally).await,
+        Ok(call) => start(state, &plan, media, &call, &mut tally).await,
         Err(e) => Err(e),
     };
     let running = tally.outcome_of(result).map_err(|e| plan.in_openai_terms(e))?;
@@ -112,10 +119,16 @@ async fn answer(running: Vec<Running>, mut tally: Tally, plan: &Plan) -> Result<
 
 /// Resolves the model (of a canary split, the version the call's route key picks), prepares
 /// the media and queues one request per choice, all within the call's deadline.
-async fn start(state: &OpenAi, plan: &Plan, call: &Call, tally: &mut Tally) -> crate::error::Result<Vec<Running>> {
+async fn start(
+    state: &OpenAi,
+    plan: &Plan,
+    media: MediaInput,
+    call: &Call,
+    tally: &mut Tally,
+) -> crate::error::Result<Vec<Running>> {
     let ask = Ask {
         model: super::request::model(&plan.model),
-        media: plan.media.clone(),
+        media,
         question: plan.question.clone(),
         options: plan.options,
         priority: plan.priority,
