@@ -139,7 +139,7 @@ impl<'p> Scheduler<'p> {
     }
 
     /// Runs the batch start under way, a layer at a time, until its vision tower is done (then
-    /// it is admitted) or an interactive request arrives. While interactive requests run, it
+    /// it is admitted) or interactive work arrives. While interactive requests run, it
     /// advances a layer only on the turns the policy gives batch work.
     fn advance_start(&mut self, commands: &mut mpsc::UnboundedReceiver<Command>) {
         let Some(mut starting) = self.starting.take() else { return };
@@ -157,7 +157,8 @@ impl<'p> Scheduler<'p> {
             while let Ok(command) = commands.try_recv() {
                 self.accept(command);
             }
-            if self.admission.interactive_waiting() || self.executor.interactive_running() {
+            // Interactive work (a request, or a frame of an upload to encode) goes first.
+            if self.admission.interactive_waiting() || !self.side.is_empty() || self.executor.interactive_running() {
                 break;
             }
         }
