@@ -286,6 +286,13 @@ async fn cancel_stops_at_the_next_line_and_keeps_what_is_done() {
         let in_model = common::probe::gauge(&text, "gitcap_queue_depth", "tiny")
             + common::probe::gauge(&text, "gitcap_running_requests", "tiny");
         assert!(in_flight <= 1.0 && in_model <= 1.0, "{in_flight} lines in flight, {in_model} in the model");
+        // Lines wait as batch work: none of them counts as interactive.
+        let by_priority = "gitcap_queue_depth_by_priority";
+        assert!(text.contains(&format!("{by_priority}{{model=\"tiny\",")), "{text}");
+        let waiting =
+            |priority: &str| common::probe::sum_with_label(&text, by_priority, &format!("priority=\"{priority}\""));
+        assert_eq!(waiting("interactive"), 0.0, "{text}");
+        assert_eq!(waiting("batch"), common::probe::gauge(&text, "gitcap_queue_depth", "tiny"), "{text}");
         samples += 1;
         b["request_counts"]["completed"].as_u64() >= Some(4)
     })

@@ -51,6 +51,7 @@ const CACHE_MISSES: &str = "gitcap_feature_cache_misses_total";
 const CACHE_BYTES: &str = "gitcap_feature_cache_bytes";
 const WEIGHT_BYTES: &str = "gitcap_model_weight_bytes";
 const QUEUE_DEPTH: &str = "gitcap_queue_depth";
+const QUEUE_DEPTH_BY_PRIORITY: &str = "gitcap_queue_depth_by_priority";
 const RUNNING: &str = "gitcap_running_requests";
 const BATCH_UTILIZATION: &str = "gitcap_batch_utilization";
 const DESIRED_IN_SYNC: &str = "gitcap_desired_state_in_sync";
@@ -111,6 +112,10 @@ static RECORDER: OnceLock<std::result::Result<PrometheusHandle, String>> = OnceL
 /// (gauge name, model, version) → value.
 type GaugeValues = BTreeMap<(&'static str, String, String), f64>;
 static GAUGE_VALUES: Mutex<GaugeValues> = Mutex::new(BTreeMap::new());
+
+/// Queue depth per model, version and priority (`gitcap_queue_depth` split by priority).
+type PriorityDepths = BTreeMap<(String, String, String), f64>;
+static QUEUE_BY_PRIORITY: Mutex<PriorityDepths> = Mutex::new(BTreeMap::new());
 
 /// `metrics.inference_gateway` of the first [`install`].
 static GATEWAY_NAMES: AtomicBool = AtomicBool::new(false);
@@ -233,6 +238,7 @@ pub fn render() -> Option<String> {
         // One reading for both, so that the inference extension's series add up to gitcap's.
         let values = lock_gauges();
         render_gauges(&mut text, &values);
+        render_queue_by_priority(&mut text);
         if GATEWAY_NAMES.load(Ordering::Relaxed) {
             render_gateway(&mut text, &values);
         }
@@ -258,6 +264,23 @@ fn render_gauges(out: &mut String, values: &GaugeValues) {
         }
         out.push('\n');
     }
+}
+
+fn render_queue_by_priority(out: &mut String) {
+    let depths = QUEUE_BY_PRIORITY.lock().unwrap_or_else(|e| e.into_inner());
+    if depths.is_empty() {
+        return;
+    }
+    let name = QUEUE_DEPTH_BY_PRIORITY;
+    let _ = write!(
+        out,
+        "# HELP {name} Requests waiting in a model's queue, by priority (interactive includes frames to encode and label sets to score; the priorities add up to gitcap_queue_depth).\n# TYPE {name} gauge\n"
+    );
+    for ((model, version, priority), value) in depths.iter() {
+        let (model, version) = (escape(model), escape(version));
+        let _ = writeln!(out, "{name}{{model=\"{model}\",version=\"{version}\",priority=\"{priority}\"}} {value}");
+    }
+    out.push('\n');
 }
 
 /// The inference extension's gauges, one series per model (`model_name`), from the same values
@@ -400,13 +423,26 @@ pub fn model_memory(model: &str, version: &str, bytes: Option<usize>) {
             for (name, _) in GAUGES {
                 set_gauge(name, model, version, None);
             }
+            let mut depths = QUEUE_BY_PRIORITY.lock().unwrap_or_else(|e| e.into_inner());
+            depths.retain(|(m, v, _), _| m != model || v != version);
         }
     }
 }
 
-/// Requests waiting in a model's queue now.
-pub fn queue_depth(model: &str, version: &str, waiting: usize) {
-    set_gauge(QUEUE_DEPTH, model, version, Some(waiting as f64));
+/// Requests waiting in a model's queue now: interactive (with side work) and batch. Both series
+/// change under the gauges' lock, which a scrape holds too, so they always add up.
+pub fn queue_depth(model: &str, version: &str, interactive: usize, batch: usize) {
+    if !installed() {
+        return;
+    }
+    let mut values = lock_gauges();
+    let mut depths = QUEUE_BY_PRIORITY.lock().unwrap_or_else(|e| e.into_inner());
+    values.insert((QUEUE_DEPTH, model.to_string(), version.to_string()), (interactive + batch) as f64);
+    for (priority, waiting) in
+        [(gitcap_protocol::Priority::Interactive, interactive), (gitcap_protocol::Priority::Batch, batch)]
+    {
+        depths.insert((model.to_string(), version.to_string(), priority.to_string()), waiting as f64);
+    }
 }
 
 pub fn running_requests(model: &str, version: &str, running: usize) {
@@ -497,7 +533,7 @@ mod tests {
         feature_cache(m, v, "frame", true);
         feature_cache_bytes(m, v, 4096);
         model_memory(m, v, Some(123_456));
-        queue_depth(m, v, 2);
+        queue_depth(m, v, 2, 5);
         running_requests(m, v, 3);
         media_budget_reserved(5 << 20);
         media_budget_reserved(1 << 20);
@@ -512,7 +548,14 @@ mod tests {
         assert!(series(&text, CACHE_MISSES).contains(r#"kind="frame"} 1"#), "{text}");
         assert_eq!(series(&text, WEIGHT_BYTES), format!("{WEIGHT_BYTES}{{{labels}}} 123456"));
         assert_eq!(series(&text, CACHE_BYTES), format!("{CACHE_BYTES}{{{labels}}} 4096"));
-        assert_eq!(series(&text, QUEUE_DEPTH), format!("{QUEUE_DEPTH}{{{labels}}} 2"));
+        assert_eq!(series(&text, QUEUE_DEPTH), format!("{QUEUE_DEPTH}{{{labels}}} 7"));
+        assert_eq!(
+            lines(&text, &format!("{QUEUE_DEPTH_BY_PRIORITY}{{{labels}")),
+            [
+                format!(r#"{QUEUE_DEPTH_BY_PRIORITY}{{{labels},priority="batch"}} 5"#),
+                format!(r#"{QUEUE_DEPTH_BY_PRIORITY}{{{labels},priority="interactive"}} 2"#),
+            ]
+        );
         assert_eq!(series(&text, RUNNING), format!("{RUNNING}{{{labels}}} 3"));
         // The high-water mark (the budget's own tests in this process may have reserved more).
         let peak = lines(&text, &format!("{MEDIA_BUDGET_PEAK} "));
@@ -540,7 +583,7 @@ mod tests {
         model_memory("other-model", "1", Some(7));
         model_memory(m, v, None);
         let text = render().unwrap();
-        for name in [WEIGHT_BYTES, CACHE_BYTES, QUEUE_DEPTH, RUNNING, BATCH_UTILIZATION] {
+        for name in [WEIGHT_BYTES, CACHE_BYTES, QUEUE_DEPTH, QUEUE_DEPTH_BY_PRIORITY, RUNNING, BATCH_UTILIZATION] {
             assert_eq!(series(&text, name), "", "{name} stays after the unload: {text}");
         }
         assert_eq!(
@@ -557,8 +600,8 @@ mod tests {
     fn renders_the_inference_gateway_gauges_per_model_from_gitcaps_own() {
         install(&settings()).unwrap();
         let m = "gateway-test";
-        queue_depth(m, "v1", 2);
-        queue_depth(m, "v2", 3);
+        queue_depth(m, "v1", 2, 0);
+        queue_depth(m, "v2", 1, 2);
         running_requests(m, "v1", 4);
         running_requests(m, "v2", 1);
         batch_utilization(m, "v1", 0.25);

@@ -38,6 +38,11 @@ impl QueueCounts {
         self.interactive.load(Ordering::Acquire)
     }
 
+    /// Batch requests waiting.
+    pub fn batch(&self) -> usize {
+        self.batch.load(Ordering::Acquire)
+    }
+
     /// Everything waiting.
     pub fn total(&self) -> usize {
         [&self.interactive, &self.batch, &self.side].iter().map(|c| c.load(Ordering::Acquire)).sum()

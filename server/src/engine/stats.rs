@@ -84,8 +84,8 @@ impl EngineStats {
         metrics::feature_cache_bytes(&self.model, &self.version, bytes);
     }
 
-    pub(super) fn queue_depth(&self, waiting: usize) {
-        metrics::queue_depth(&self.model, &self.version, waiting);
+    pub(super) fn queue_depth(&self, interactive: usize, batch: usize) {
+        metrics::queue_depth(&self.model, &self.version, interactive, batch);
     }
 
     pub(super) fn running(&self, requests: usize) {
