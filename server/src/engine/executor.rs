@@ -276,13 +276,7 @@ impl<'p> Executor<'p> {
     ) -> Result<UsedFrames> {
         let used = self.pipeline.frames_to_use(all_frames.len())?;
         let frames: Vec<&Frame> = used.iter().map(|&i| &all_frames[i]).collect();
-        let keys: Vec<ContentKey> = frames
-            .iter()
-            .map(|f| match f {
-                Frame::Pixels(frame) => frame.key,
-                Frame::Encoded(e) => e.key,
-            })
-            .collect();
+        let keys: Vec<ContentKey> = frames.iter().map(|f| f.key()).collect();
         let key = ContentKey::of_frames(&keys);
         if let Some(prefix) = self.cache.prefix(key) {
             return Ok(UsedFrames { key, count: used.len(), prefix: Some(prefix), features: vec![] });

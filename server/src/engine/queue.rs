@@ -38,9 +38,11 @@ impl QueueCounts {
         self.interactive.load(Ordering::Acquire)
     }
 
-    /// Batch requests waiting.
-    pub fn batch(&self) -> usize {
-        self.batch.load(Ordering::Acquire)
+    /// What waits by priority: (interactive requests with side work, batch requests), each
+    /// counter read once so that the two never overlap.
+    pub fn by_priority(&self) -> (usize, usize) {
+        let load = |c: &AtomicUsize| c.load(Ordering::Acquire);
+        (load(&self.interactive) + load(&self.side), load(&self.batch))
     }
 
     /// Everything waiting.

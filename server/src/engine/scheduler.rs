@@ -170,8 +170,8 @@ impl<'p> Scheduler<'p> {
     /// is what turns callers away when the queue is full.
     fn report(&self) {
         self.stats.running(self.executor.running());
-        let total = self.queued.total();
-        self.stats.queue_depth(total - self.queued.batch(), self.queued.batch());
+        let (interactive, batch) = self.queued.by_priority();
+        self.stats.queue_depth(interactive, batch);
         let (rows, tokens) = self.executor.rows_and_tokens();
         self.stats.batch_utilization(self.budgets.utilization(rows, tokens));
     }
