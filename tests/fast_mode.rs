@@ -95,8 +95,9 @@ fn prefill(model: &GitForCausalLM, case: &Case) -> KvCache {
     model.prefill_images(&tokens.repeat([64, 1, 1]), &[(1, 4); 64]).unwrap().remove(0)
 }
 
-/// The largest ‖a − b‖ / ‖b‖ over every layer's keys and values.
+/// The largest ‖a − b‖ / ‖b‖ over every layer's image keys and values.
 fn cache_difference(a: &KvCache, b: &KvCache) -> f64 {
+    let (a, b) = (a.image_prefix(), b.image_prefix());
     (0..b.layers())
         .flat_map(|i| {
             let ((ka, va), (kb, vb)) = (a.layer(i), b.layer(i));

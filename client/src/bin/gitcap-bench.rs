@@ -202,17 +202,21 @@ async fn main() -> Result<()> {
         Command::FollowUp { sets, question, answer_tokens } => {
             let follow_up = CaptionOptions::default().max_new_tokens(answer_tokens).question(question.clone());
             let caption = CaptionOptions::default().max_new_tokens(answer_tokens);
-            let (mut cold, mut warm) = (Vec::new(), Vec::new());
+            let (mut cold, mut warm, mut stages) = (Vec::new(), Vec::new(), vec![Vec::new(); 4]);
             for set in files(&sets)?.into_iter().filter(|p| p.is_dir()) {
                 let frames = files(&set)?;
                 let (cold_s, _) = timed(&client, media(&frames)?, &caption).await?;
-                let (warm_s, _) = timed(&client, media(&frames)?, &follow_up).await?;
+                let (warm_s, _, ms) = call(&client, media(&frames)?, &follow_up).await?;
                 cold.push(cold_s);
                 warm.push(warm_s);
+                stages.iter_mut().zip(ms).for_each(|(stage, ms)| stage.push(ms));
             }
             anyhow::ensure!(cold.len() > 1, "{} needs at least two frame sets", sets.display());
             // The first set pays for lazy initialisation; leave it out.
             let (cold, warm) = (&cold[1..], &warm[1..]);
+            // The follow-up's stages as the server reports them: with its image keys and values
+            // cached, `prefill` is its prompt's prefill (and attaching the cached image tokens).
+            let [queue, vision, prefill, decode] = [0, 1, 2, 3].map(|i| median(&stages[i][1..]));
             json!({
                 "cold_median_s": median(cold),
                 "follow_up_median_s": median(warm),
@@ -220,6 +224,7 @@ async fn main() -> Result<()> {
                 "answer_tokens": answer_tokens,
                 "cold_s": cold,
                 "follow_up_s": warm,
+                "follow_up_median_stages_ms": {"queue": queue, "vision": vision, "prefill": prefill, "decode": decode},
             })
         }
         Command::Priority { images, batch_clients, runs } => {

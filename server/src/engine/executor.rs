@@ -98,7 +98,8 @@ impl<'p> Executor<'p> {
             let search = Search::new(&config, &prompt)?;
             let frames = self.pipeline.frames_to_use(request.frames.len())?.len();
             let image_tokens = frames * self.pipeline.model.config.vision_config.tokens_per_image() as usize;
-            let kv_tokens = search.rows() * (image_tokens + search.text_capacity());
+            // One copy of the image tokens' keys and values serves every row (KvCache).
+            let kv_tokens = image_tokens + search.rows() * search.text_capacity();
             Ok((search, prompt, kv_tokens))
         };
         match setup() {

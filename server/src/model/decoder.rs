@@ -3,13 +3,13 @@
 //! attends to every image token and causally to text.
 //!
 //! Image tokens never see text, so their keys and values are computed once per request
-//! ([`GitEncoder::prefill_image`]) and kept in a [`KvCache`] with the text's; each decoding
-//! step then runs only the new text tokens.
+//! ([`GitEncoder::prefill_image`]) and kept, shared, beside each sequence's text keys and values
+//! in a [`KvCache`]; each decoding step then runs only the new text tokens.
 
 use tch::{Device, Kind, Tensor};
 
 use super::config::GitConfig;
-use super::layers::{attention, merge_heads, split_heads, Activation, LayerNorm, Linear};
+use super::layers::{attention, attention_image_then_text, merge_heads, split_heads, Activation, LayerNorm, Linear};
 use super::weights::Weights;
 use crate::error::Result;
 
@@ -52,87 +52,84 @@ impl GitEmbeddings {
     }
 }
 
-/// Keys and values of every decoder layer for a batch of sequences that share one image
-/// prefix: [batch, heads, capacity, head_dim] per layer, image tokens first.
+/// The dtype of every key/value cache: f32 whatever the model computes in. Attention reads
+/// the cache once per step, and on a CPU an f32 query over f32 keys is several times faster
+/// than libtorch's bf16 kernel for one query and exact where bf16 rounds the scores (see
+/// [`attention_image_then_text`]); the projections that make the keys and values still run
+/// in the model's dtype.
+pub const CACHE_KIND: Kind = Kind::Float;
+
+/// Keys and values of every decoder layer for a batch of sequences on one image: the image
+/// tokens' [`ImagePrefix`], shared (one copy for every sequence and every request on the same
+/// frames, never written after the image prefill), and each sequence's own text
+/// [batch, heads, text_capacity, head_dim] per layer, filled as tokens are fed.
 pub struct KvCache {
-    keys: Vec<Tensor>,
-    values: Vec<Tensor>,
-    image_tokens: i64,
+    image: ImagePrefix,
+    text_keys: Vec<Tensor>,
+    text_values: Vec<Tensor>,
     text_len: i64,
 }
 
 impl KvCache {
+    /// A cache for `batch` sequences on `image`, with room for `text_capacity` text tokens
+    /// each; the image part is shared, not copied.
+    pub fn from_prefix(image: &ImagePrefix, batch: i64, text_capacity: i64) -> Self {
+        let text = || {
+            image
+                .keys
+                .iter()
+                .map(|k| {
+                    let size = k.size();
+                    Tensor::zeros([batch, size[1], text_capacity, size[3]], (CACHE_KIND, k.device()))
+                })
+                .collect()
+        };
+        Self { image: image.share(), text_keys: text(), text_values: text(), text_len: 0 }
+    }
+
     /// Text tokens already in the cache.
     pub fn text_len(&self) -> i64 {
         self.text_len
     }
 
     pub fn image_tokens(&self) -> i64 {
-        self.image_tokens
+        self.image.image_tokens
     }
 
     pub fn batch(&self) -> i64 {
-        self.keys.first().map_or(0, |k| k.size()[0])
+        self.text_keys.first().map_or(0, |k| k.size()[0])
     }
 
-    /// Positions the cache has room for: image tokens, then text.
-    pub fn capacity(&self) -> i64 {
-        self.keys.first().map_or(0, |k| k.size()[2])
-    }
-
-    /// Bytes the cache holds.
-    pub fn bytes(&self) -> usize {
-        self.keys.iter().chain(&self.values).map(|t| t.numel() * t.kind().elt_size_in_bytes()).sum()
-    }
-
-    /// Layer `layer`'s keys and values [batch, heads, capacity, head_dim].
-    pub fn layer(&self, layer: usize) -> (&Tensor, &Tensor) {
-        (&self.keys[layer], &self.values[layer])
-    }
-
-    /// Decoder layers the cache holds.
-    pub fn layers(&self) -> usize {
-        self.keys.len()
-    }
-
-    /// A copy of the image tokens' keys and values, to start other requests on the same frames
-    /// without running the image prefill again.
+    /// The image tokens' keys and values, shared: other requests on the same frames start from
+    /// them without running the image prefill again.
     pub fn image_prefix(&self) -> ImagePrefix {
-        let n = self.image_tokens;
-        let copy = |bufs: &Vec<Tensor>| bufs.iter().map(|b| b.narrow(0, 0, 1).narrow(2, 0, n).copy()).collect();
-        ImagePrefix { keys: copy(&self.keys), values: copy(&self.values), image_tokens: n }
+        self.image.share()
     }
 
-    /// A cache for `batch` sequences starting from `prefix`, with room for `text_capacity`
-    /// text tokens each.
-    pub fn from_prefix(prefix: &ImagePrefix, batch: i64, text_capacity: i64) -> Self {
-        let n = prefix.image_tokens;
-        let expand = |parts: &Vec<Tensor>| {
-            parts
-                .iter()
-                .map(|p| {
-                    let size = p.size();
-                    let buf = Tensor::zeros([batch, size[1], n + text_capacity, size[3]], (p.kind(), p.device()));
-                    buf.narrow(2, 0, n).copy_(p);
-                    buf
-                })
-                .collect()
-        };
-        Self { keys: expand(&prefix.keys), values: expand(&prefix.values), image_tokens: n, text_len: 0 }
+    /// Layer `layer`'s image keys and values, then its text keys and values up to `text`
+    /// positions.
+    fn layer(&self, layer: usize, text: i64) -> ((&Tensor, &Tensor), (Tensor, Tensor)) {
+        (
+            (&self.image.keys[layer], &self.image.values[layer]),
+            (self.text_keys[layer].narrow(2, 0, text), self.text_values[layer].narrow(2, 0, text)),
+        )
     }
 
-    /// Keeps the sequences at `indices` (beam search reordering); image entries are shared.
+    /// Keeps the sequences at `indices` (beam search reordering); the image part is shared by
+    /// every sequence and stays as it is.
     pub fn reorder(&mut self, indices: &Tensor) {
-        let (start, len) = (self.image_tokens, self.text_len);
-        for buf in self.keys.iter_mut().chain(self.values.iter_mut()) {
-            let mut text = buf.narrow(2, start, len);
+        let len = self.text_len;
+        for buf in self.text_keys.iter_mut().chain(self.text_values.iter_mut()) {
+            let mut text = buf.narrow(2, 0, len);
             let reordered = text.index_select(0, indices);
             text.copy_(&reordered);
         }
     }
 }
 
-/// The image tokens' keys and values of every layer, [1, heads, image_tokens, head_dim] each.
+/// The image tokens' keys and values of every layer, [1, heads, image_tokens, head_dim] each
+/// in [`CACHE_KIND`]. Written once by the image prefill, then only read: [`Self::share`] hands
+/// out the same tensors.
 pub struct ImagePrefix {
     keys: Vec<Tensor>,
     values: Vec<Tensor>,
@@ -142,6 +139,22 @@ pub struct ImagePrefix {
 impl ImagePrefix {
     pub fn bytes(&self) -> usize {
         self.keys.iter().chain(&self.values).map(|t| t.numel() * t.kind().elt_size_in_bytes()).sum()
+    }
+
+    /// Decoder layers the prefix holds.
+    pub fn layers(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Layer `layer`'s image keys and values [1, heads, image_tokens, head_dim].
+    pub fn layer(&self, layer: usize) -> (&Tensor, &Tensor) {
+        (&self.keys[layer], &self.values[layer])
+    }
+
+    /// The same keys and values (no copy).
+    pub fn share(&self) -> ImagePrefix {
+        let share = |parts: &Vec<Tensor>| parts.iter().map(Tensor::shallow_clone).collect();
+        ImagePrefix { keys: share(&self.keys), values: share(&self.values), image_tokens: self.image_tokens }
     }
 }
 
@@ -175,20 +188,32 @@ impl GitLayer {
         })
     }
 
-    /// Writes this layer's keys and values of `xs` into `keys`/`values` at `at..`, split into
-    /// heads.
-    fn store_kv(&self, xs: &Tensor, keys: &Tensor, values: &Tensor, at: i64) {
-        let len = xs.size()[1];
+    /// Writes this layer's keys and values of `xs` [batch, seq, hidden] into the text part of
+    /// `cache` at `at..`, split into heads.
+    fn store_text_kv(&self, xs: &Tensor, cache: &KvCache, layer: usize, rows: (i64, i64), at: i64) {
         let (k, v) = self.key_values(xs);
-        keys.narrow(2, at, len).copy_(&k);
-        values.narrow(2, at, len).copy_(&v);
+        let (first, count) = rows;
+        let len = xs.size()[1];
+        cache.text_keys[layer].narrow(0, first, count).narrow(2, at, len).copy_(&k);
+        cache.text_values[layer].narrow(0, first, count).narrow(2, at, len).copy_(&v);
     }
 
-    /// Runs `xs` (tokens `at..at + len` of the cache) attending to cache entries `..at + len`.
-    fn forward(&self, xs: &Tensor, keys: &Tensor, values: &Tensor, at: i64, mask: Option<&Tensor>) -> Tensor {
-        self.store_kv(xs, keys, values, at);
-        let visible = at + xs.size()[1];
-        self.attend(xs, &keys.narrow(2, 0, visible), &values.narrow(2, 0, visible), mask)
+    /// Runs text `xs` [batch, seq, hidden] (text positions `at..at + seq` of `cache`)
+    /// attending to every image token and to the text up to itself (`text_hidden` masks the
+    /// rest when seq > 1).
+    fn forward_text(
+        &self,
+        xs: &Tensor,
+        cache: &KvCache,
+        layer: usize,
+        at: i64,
+        text_hidden: Option<&Tensor>,
+    ) -> Tensor {
+        self.store_text_kv(xs, cache, layer, (0, cache.batch()), at);
+        let (image, (keys, values)) = cache.layer(layer, at + xs.size()[1]);
+        let q = split_heads(&self.query.forward(xs), self.heads);
+        let context = attention_image_then_text(&q, image, (&keys, &values), text_hidden);
+        self.output_block(&context.to_kind(xs.kind()), xs)
     }
 
     /// This layer's keys and values of `xs` [batch, seq, hidden], split into heads.
@@ -197,7 +222,7 @@ impl GitLayer {
     }
 
     /// `xs`' queries attending to `keys`/`values` [batch, heads, visible, head_dim], then the
-    /// output block.
+    /// output block (the image tokens among themselves).
     fn attend(&self, xs: &Tensor, keys: &Tensor, values: &Tensor, mask: Option<&Tensor>) -> Tensor {
         let q = split_heads(&self.query.forward(xs), self.heads);
         self.output_block(&attention(&q, keys, values, mask), xs)
@@ -205,7 +230,7 @@ impl GitLayer {
 
     /// One new token per row for several requests at once, `xs` [rows, 1, hidden]: the
     /// projections and the feed-forward run on every row together, attention on each request's
-    /// own cache (`caches`, in row order, holding this layer at `layer`).
+    /// own cache (`caches`, in row order).
     fn forward_step(&self, xs: &Tensor, caches: &[&mut KvCache], layer: usize) -> Tensor {
         let q = split_heads(&self.query.forward(xs), self.heads);
         let k = split_heads(&self.key.forward(xs), self.heads);
@@ -213,15 +238,14 @@ impl GitLayer {
         let mut contexts = Vec::with_capacity(caches.len());
         let mut row = 0;
         for cache in caches {
-            let (rows, at) = (cache.batch(), cache.image_tokens + cache.text_len);
-            let (keys, values) = (&cache.keys[layer], &cache.values[layer]);
-            keys.narrow(2, at, 1).copy_(&k.narrow(0, row, rows));
-            values.narrow(2, at, 1).copy_(&v.narrow(0, row, rows));
-            let q = q.narrow(0, row, rows);
-            contexts.push(attention(&q, &keys.narrow(2, 0, at + 1), &values.narrow(2, 0, at + 1), None));
+            let (rows, at) = (cache.batch(), cache.text_len);
+            cache.text_keys[layer].narrow(2, at, 1).copy_(&k.narrow(0, row, rows));
+            cache.text_values[layer].narrow(2, at, 1).copy_(&v.narrow(0, row, rows));
+            let (image, (keys, values)) = cache.layer(layer, at + 1);
+            contexts.push(attention_image_then_text(&q.narrow(0, row, rows), image, (&keys, &values), None));
             row += rows;
         }
-        self.output_block(&Tensor::cat(&contexts, 0), xs)
+        self.output_block(&Tensor::cat(&contexts, 0).to_kind(xs.kind()), xs)
     }
 
     /// Attention output projection and the feed-forward block, each with its residual and
@@ -274,8 +298,6 @@ pub struct GitEncoder {
     /// values it stores are converted to the cache's f32. Elsewhere bf16 is emulated and slower
     /// than f32: f32, on the layers' own f32 weights (shared), so the prefill is f32's exactly.
     prefill_layers: Option<(Vec<GitLayer>, Kind)>,
-    heads: i64,
-    head_dim: i64,
 }
 
 impl GitEncoder {
@@ -285,8 +307,6 @@ impl GitEncoder {
                 .map(|i| GitLayer::load(w, &format!("{prefix}.layer.{i}"), c))
                 .collect::<Result<_>>()?,
             prefill_layers: None,
-            heads: c.num_attention_heads,
-            head_dim: c.hidden_size / c.num_attention_heads,
         })
     }
 
@@ -306,58 +326,41 @@ impl GitEncoder {
     /// The image tokens' outputs of the last layer are never used (logits come from text
     /// positions), so that layer only computes their keys and values.
     pub fn prefill_images(&self, image_tokens: &Tensor, shapes: &[(i64, i64)]) -> Vec<KvCache> {
-        let n = image_tokens.size()[1];
-        let (kind, device) = (image_tokens.kind(), image_tokens.device());
-        let mut caches: Vec<KvCache> = shapes
-            .iter()
-            .map(|&(batch, text_capacity)| {
-                let shape = [batch, self.heads, n + text_capacity, self.head_dim];
-                KvCache {
-                    keys: (0..self.layers.len()).map(|_| Tensor::zeros(shape, (kind, device))).collect(),
-                    values: (0..self.layers.len()).map(|_| Tensor::zeros(shape, (kind, device))).collect(),
-                    image_tokens: n,
-                    text_len: 0,
-                }
-            })
-            .collect();
+        let (requests, n) = (image_tokens.size()[0], image_tokens.size()[1]);
         let (layers, compute_kind) = match &self.prefill_layers {
             Some((layers, dense)) => (layers, *dense),
-            None => (&self.layers, kind),
+            None => (&self.layers, image_tokens.kind()),
         };
+        let mut prefixes: Vec<ImagePrefix> =
+            (0..requests).map(|_| ImagePrefix { keys: Vec::new(), values: Vec::new(), image_tokens: n }).collect();
         let mut xs = image_tokens.to_kind(compute_kind);
         let last = layers.len() - 1;
         for (i, layer) in layers.iter().enumerate() {
             let (keys, values) = layer.key_values(&xs);
-            // One copy of the image states per request serves every sequence of its batch.
-            for (r, cache) in caches.iter().enumerate() {
-                cache.keys[i].narrow(0, 0, 1).narrow(2, 0, n).copy_(&keys.narrow(0, r as i64, 1));
-                cache.values[i].narrow(0, 0, 1).narrow(2, 0, n).copy_(&values.narrow(0, r as i64, 1));
+            for (r, prefix) in prefixes.iter_mut().enumerate() {
+                prefix.keys.push(stored(&keys.narrow(0, r as i64, 1)));
+                prefix.values.push(stored(&values.narrow(0, r as i64, 1)));
             }
             if i != last {
                 xs = layer.attend(&xs, &keys, &values, None);
             }
         }
-        for cache in &mut caches {
-            if cache.batch() > 1 {
-                for buf in cache.keys.iter_mut().chain(cache.values.iter_mut()) {
-                    let mut image = buf.narrow(2, 0, n);
-                    let first = image.narrow(0, 0, 1).copy();
-                    image.copy_(&first);
-                }
-            }
-        }
-        caches
+        prefixes
+            .iter()
+            .zip(shapes)
+            .map(|(prefix, &(batch, text_capacity))| KvCache::from_prefix(prefix, batch, text_capacity))
+            .collect()
     }
 
     /// Runs text embeddings [batch, seq, hidden] that follow the cached tokens; returns the
     /// last layer's hidden states [batch, seq, hidden] and appends to the cache.
     pub fn forward_text(&self, embeddings: &Tensor, cache: &mut KvCache) -> Tensor {
         let seq = embeddings.size()[1];
-        let at = cache.image_tokens + cache.text_len;
-        let mask = (seq > 1).then(|| causal_text_mask(cache.image_tokens, cache.text_len, seq, embeddings.device()));
+        let at = cache.text_len;
+        let hidden = (seq > 1).then(|| later_text_mask(at, seq, embeddings.device()));
         let mut xs = embeddings.shallow_clone();
         for (i, layer) in self.layers.iter().enumerate() {
-            xs = layer.forward(&xs, &cache.keys[i], &cache.values[i], at, mask.as_ref());
+            xs = layer.forward_text(&xs, cache, i, at, hidden.as_ref());
         }
         cache.text_len += seq;
         xs
@@ -389,11 +392,43 @@ impl GitEncoder {
     }
 }
 
-/// [seq, visible] boolean mask for `seq` new text tokens: every image token, every cached
-/// text token, and the new tokens up to and including themselves.
-fn causal_text_mask(image_tokens: i64, cached_text: i64, seq: i64, device: Device) -> Tensor {
-    let prefix = image_tokens + cached_text;
+/// A contiguous copy of image keys or values [1, heads, image_tokens, head_dim] in
+/// [`CACHE_KIND`], owning its memory (not a view of the whole batch's).
+fn stored(part: &Tensor) -> Tensor {
+    let mut out = Tensor::empty(part.size(), (CACHE_KIND, part.device()));
+    out.copy_(part);
+    out
+}
+
+/// [seq, cached_text + seq] boolean mask of the text positions that `seq` new text tokens may
+/// not see (true): those after themselves. Every cached text token and every image token is
+/// visible.
+fn later_text_mask(cached_text: i64, seq: i64, device: Device) -> Tensor {
     let rows = Tensor::arange(seq, (Kind::Int64, device)).unsqueeze(1);
-    let cols = Tensor::arange(prefix + seq, (Kind::Int64, device)).unsqueeze(0);
-    cols.le_tensor(&(rows + prefix))
+    let cols = Tensor::arange(cached_text + seq, (Kind::Int64, device)).unsqueeze(0);
+    cols.gt_tensor(&(rows + cached_text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caches_started_from_a_prefix_share_its_image_keys_and_values() {
+        let f32 = (CACHE_KIND, Device::Cpu);
+        let part = || (0..2).map(|_| Tensor::randn([1, 4, 17, 8], f32)).collect::<Vec<_>>();
+        let prefix = ImagePrefix { keys: part(), values: part(), image_tokens: 17 };
+        let beams = KvCache::from_prefix(&prefix, 3, 5);
+        let follow_up = KvCache::from_prefix(&beams.image_prefix(), 1, 9);
+        for cache in [&beams, &follow_up] {
+            let image = cache.image_prefix();
+            for layer in 0..prefix.layers() {
+                let ((k, v), (pk, pv)) = (image.layer(layer), prefix.layer(layer));
+                assert_eq!((k.data_ptr(), v.data_ptr()), (pk.data_ptr(), pv.data_ptr()), "layer {layer} is a copy");
+            }
+        }
+        assert_eq!(beams.text_keys[0].size(), [3, 4, 5, 8]);
+        assert_eq!(follow_up.text_values[1].size(), [1, 4, 9, 8]);
+        assert_eq!((beams.image_tokens(), beams.batch(), follow_up.text_len()), (17, 3, 0));
+    }
 }
