@@ -5,6 +5,11 @@ share of what the machine could do at best.
 
     python bench/machine_limit.py --model DIR --threads N --max-new-tokens 20 > machine.json
 
+It also measures the memory bandwidth (reading a buffer far larger than the caches, at the same
+threads) and counts the bytes one batch-1 decoding step reads in each dtype: every decoder and
+LM-head weight once, and the key/value cache (f32 in every dtype). Bytes ÷ bandwidth is that
+step's floor: no implementation reads the weights faster.
+
 FLOPs count the matrix products only (2 per multiply-add: projections, MLPs, attention scores and
 weighted sums, patch embedding, LM head), which is where the time goes; LayerNorm, softmax and
 activations are left out. A caption of one image (one frame): vision tower, visual projection,
@@ -32,6 +37,52 @@ def gemm_gflops(dtype, m=3072, k=768, n=3072, runs=20):
         a @ b
         times.append(time.perf_counter() - start)
     return 2 * m * k * n / statistics.median(times) / 1e9
+
+
+def read_bandwidth_gbs(mib=1024, runs=9):
+    """GB/s of reading `mib` MiB of f32 (a sum: vectorised, one pass, no writes)."""
+    buffer = torch.ones(mib << 18)
+    buffer.sum()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        buffer.sum()
+        times.append(time.perf_counter() - start)
+    return buffer.numel() * 4 / statistics.median(times) / 1e9
+
+
+def native_bf16():
+    """Whether the CPU has bf16 dot-product instructions (as gitcap's fast mode detects them)."""
+    try:
+        flags = next(l for l in open("/proc/cpuinfo") if l.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+# Bytes per weight as each dtype reads it in a batch-1 decoding step: fast mode reads int8
+# weights (plus a bf16 scale per output row) except the value projections, which it keeps in
+# bf16 where the CPU has native bf16 and in f32 elsewhere.
+WEIGHT_BYTES = {"f32": 4, "bf16": 2, "fast": 1}
+FAST_DENSE_BYTES = 2 if native_bf16() else 4
+CACHE_BYTES = 4
+
+
+def decode_step_bytes(config, dtype, image_tokens, text_tokens):
+    """Bytes read by one decoding step of one sequence: weights and the key/value cache."""
+    h, i, layers, vocab = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"], config["vocab_size"]
+    per_weight = WEIGHT_BYTES[dtype]
+    matrices = [(h, h), (h, h), (h, h), (h, h), (i, h), (h, i)]  # query, key, value, output, intermediate, output
+    weights = 0
+    for index, (out, inp) in enumerate(matrices):
+        dense = dtype == "fast" and index == 2  # the value projection
+        weights += out * inp * (FAST_DENSE_BYTES if dense else per_weight)
+        weights += out * (2 if dtype == "fast" and not dense else 0)  # int8 scales
+        weights += out * (4 if dtype == "fast" else per_weight)  # bias
+    weights *= layers
+    head = vocab * h * per_weight + vocab * (2 if dtype == "fast" else 0) + vocab * (4 if dtype == "fast" else per_weight)
+    cache = layers * 2 * (image_tokens + text_tokens) * h * CACHE_BYTES
+    return {"weights": weights + head, "cache": cache, "total": weights + head + cache}
 
 
 def layer_macs(tokens, hidden, intermediate, visible):
@@ -70,8 +121,21 @@ def main():
         torch.set_num_threads(a.threads)
     torch.set_grad_enabled(False)
     config = json.load(open(os.path.join(a.model, "config.json")))
+    v = config["vision_config"]
+    tokens_per_image = (v["image_size"] // v["patch_size"]) ** 2 + 1
+    frames = config.get("num_image_with_embedding") or 1
+    # The step halfway through the caption (text cache of prompt + half the new tokens).
+    text = 1 + a.max_new_tokens // 2
     print(json.dumps({
         "threads": torch.get_num_threads(),
+        "read_bandwidth_gbs": read_bandwidth_gbs(),
+        "decode_step_bytes": {
+            dtype: {
+                "image": decode_step_bytes(config, dtype, tokens_per_image, text),
+                "video": decode_step_bytes(config, dtype, frames * tokens_per_image, text),
+            }
+            for dtype in WEIGHT_BYTES
+        },
         "gemm_shape": [3072, 768, 3072],
         "gemm_gflops": {"f32": gemm_gflops(torch.float32), "bf16": gemm_gflops(torch.bfloat16)},
         "caption_flops": caption_flops(config, 1, a.max_new_tokens),

@@ -161,10 +161,16 @@ VIDEOS=${GITCAP_BENCH_VIDEOS:-${XDG_CACHE_HOME:-$HOME/.cache}/gitcap/bench-video
 stop_server
 echo "{\"dtype\": \"$VIDEO_DTYPE\"}" > "$WORK/grpc-video-files.dtype.json"
 
-if [[ ",$DTYPES," == *,fast,* ]]; then
-  echo "gitcap fast-mode fidelity..." >&2
-  "$BIN" fidelity --model "$WORK/model" --dtype fast --threads "$THREADS" > "$WORK/fidelity-fast.txt"
-fi
+# Fidelity against f32 of each reduced precision measured (fast mode's target is relative to bf16's).
+for dtype in bf16 fast; do
+  if [[ ",$DTYPES," == *,$dtype,* ]]; then
+    echo "gitcap $dtype fidelity..." >&2
+    "$BIN" fidelity --model "$WORK/model" --dtype "$dtype" --threads "$THREADS" > "$WORK/fidelity-$dtype.txt"
+  fi
+done
+# What `--dtype auto` (the default) picks on this machine.
+"$BIN" caption --model "$WORK/model" --image "$WORK/png/image/frame_000.png" --dtype auto --device "$DEVICE" \
+  --threads "$THREADS" --max-new-tokens 1 --json > "$WORK/auto.json"
 
 "$PY" bench/render.py --work "$WORK" --dtypes "$DTYPES" --clients "$CLIENTS" --runs "$RUNS" \
   --max-new-tokens "$MAX_NEW" --machine "$MACHINE" --device "$DEVICE" ${WRITE:+--write "$WRITE"}

@@ -135,14 +135,14 @@ fn margins_and_top1(logits: &Tensor) -> (Vec<f64>, Vec<i64>) {
 }
 
 /// Fast mode's greedy tokens (teacher-forced on f32's greedy sequences, each step's top-1) equal
-/// f32's wherever f32's top-1 margin is clear, with its dense work in f32 (CPUs without native
-/// bf16) as in bf16. Margins in (1e-2, 5e-2] are printed, not held: int8 decoder weights flip one
-/// such position per dense dtype on these fixtures (0.032 with f32 dense work, 0.037 with bf16).
+/// f32's wherever f32's top-1 margin exceeds 1e-2 (issue 25's bound), with its dense work in f32
+/// (CPUs without native bf16) as in bf16. Before the value projections stayed out of int8, one
+/// position per dense dtype flipped here (f32 margins 0.032 and 0.037).
 #[test]
 fn fast_greedy_tokens_equal_f32s_wherever_the_f32_margin_is_clear() {
     let _guard = tch::no_grad_guard();
     let golden = tensors("cases.safetensors");
-    let (mut compared, mut near_ties) = (0, 0);
+    let mut compared = 0;
     for case in cases().into_iter().filter(|c| c.model != "tiny-git-wide") {
         let ids: Vec<i64> = case.prompt_ids.iter().chain(&case.generated_ids).copied().collect();
         let ids = Tensor::from_slice(&ids).view([1, -1]);
@@ -153,18 +153,15 @@ fn fast_greedy_tokens_equal_f32s_wherever_the_f32_margin_is_clear() {
             let logits = fast_with(&case, dense).forward(&pixels, &ids).unwrap().squeeze_dim(0);
             let (_, actual) = margins_and_top1(&logits);
             for (position, &margin) in margins.iter().enumerate() {
-                let same = actual[position] == expected[position];
-                if margin > 5e-2 {
+                if margin > 1e-2 {
                     compared += 1;
+                    let same = actual[position] == expected[position];
                     assert!(same, "{} ({dense:?} dense): top-1 differs at {position}, f32 margin {margin}", case.name);
-                } else if margin > 1e-2 && !same {
-                    near_ties += 1;
-                    eprintln!("{} ({dense:?} dense): top-1 differs at {position}, f32 margin {margin}", case.name);
                 }
             }
         }
     }
-    eprintln!("top-1 equal at {compared} positions with a margin > 5e-2; {near_ties} flips in (1e-2, 5e-2]");
+    eprintln!("top-1 equal at {compared} positions with an f32 margin > 1e-2");
     assert!(compared > 200, "too few positions compared: {compared}");
 }
 

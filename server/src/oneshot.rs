@@ -78,7 +78,8 @@ pub fn run(args: OneShot) -> Result<()> {
         let report = json!({
             "model": args.model,
             "version": checkpoint.version,
-            "dtype": precision.name(),
+            // What was loaded: `auto` resolved to a concrete precision.
+            "dtype": worker.info.dtype.name(),
             "device": args.device.to_string(),
             "question": args.question,
             "token_ids": output.token_ids,

@@ -59,9 +59,31 @@ impl Linear {
 
     pub fn forward(&self, xs: &Tensor) -> Tensor {
         match &self.weight {
-            LinearWeight::Dense(weight) => xs.linear(weight, self.bias.as_ref()),
+            LinearWeight::Dense(weight) if weight.kind() == xs.kind() => xs.linear(weight, self.bias.as_ref()),
+            // A weight kept in another dtype than the activations (fast mode's bf16 layers):
+            // the product in the weight's dtype, the bias added in the activations'.
+            LinearWeight::Dense(weight) => {
+                let y = xs.to_kind(weight.kind()).linear(weight, None::<&Tensor>).to_kind(xs.kind());
+                match &self.bias {
+                    Some(b) => y + b,
+                    None => y,
+                }
+            }
             LinearWeight::Int8(q) => q.forward(xs, self.bias.as_ref()),
         }
+    }
+
+    /// Keeps the weight dense, in `kind` (the bias keeps its dtype): fast mode's layers that
+    /// int8 would round too coarsely. Returns the change in bytes held.
+    pub fn keep_dense(&mut self, kind: Kind) -> i64 {
+        let LinearWeight::Dense(weight) = &self.weight else { return 0 };
+        if weight.kind() == kind {
+            return 0;
+        }
+        let converted = weight.to_kind(kind);
+        let change = tensor_bytes(&converted) - tensor_bytes(weight);
+        self.weight = LinearWeight::Dense(converted);
+        change
     }
 
     /// Replaces the weight by its int8 quantisation (symmetric, per output channel:
@@ -382,6 +404,22 @@ mod tests {
         let layer = Linear::new(w.shallow_clone(), Some(b.shallow_clone()));
         assert!(bool::try_from(layer.forward(&xs).eq_tensor(&xs.linear(&w, Some(&b))).all()).unwrap());
         assert!(layer.dense_weight().is_some());
+    }
+
+    #[test]
+    fn a_layer_kept_dense_in_bf16_takes_f32_inputs_and_returns_f32() {
+        let _guard = tch::no_grad_guard();
+        let (w, b) = linear(16, 32, 6);
+        let xs = Tensor::randn([2, 32], (Kind::Float, Device::Cpu));
+        let mut layer = Linear::new(w.shallow_clone(), Some(b.shallow_clone()));
+        assert_eq!(layer.keep_dense(Kind::Float), 0, "already f32: kept as it is");
+        assert_eq!(layer.keep_dense(Kind::BFloat16), -(16 * 32 * 2), "f32 → bf16 halves the weight");
+        let y = layer.forward(&xs);
+        assert_eq!(y.kind(), Kind::Float);
+        let bf16 = |t: &Tensor| t.to_kind(Kind::BFloat16);
+        let expected = bf16(&xs).linear(&bf16(&w), None::<&Tensor>).to_kind(Kind::Float) + &b;
+        assert!(bool::try_from(y.eq_tensor(&expected).all()).unwrap());
+        assert!(relative(&y, &xs.linear(&w, Some(&b))) < 1e-2);
     }
 
     #[test]
