@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use gitcap_protocol::media_kind::{sniff_image, sniff_video};
 use tempfile::{NamedTempFile, TempPath};
 
@@ -174,12 +174,18 @@ impl MediaService {
         }
         let used = sample_frame_indices(frames.len(), model.max_frames);
         let mut frames: Vec<Option<Vec<u8>>> = frames.into_iter().map(Some).collect();
-        let mut prepared = Vec::with_capacity(used.len());
-        for i in used {
-            let bytes = frames[i].take().unwrap_or_default();
-            prepared.extend(self.image(bytes, format!("media.frames[{i}]"), model, false).await?);
-        }
-        Ok(prepared)
+        // Decoded side by side, one per core (each within the media budget, in order): a
+        // follow-up on six cached frames otherwise waited for six decodes in a row.
+        let parallel = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let decodes: Vec<_> = used
+            .into_iter()
+            .map(|i| {
+                let bytes = frames[i].take().unwrap_or_default();
+                self.image(bytes, format!("media.frames[{i}]"), model, false)
+            })
+            .collect();
+        let decoded: Vec<Vec<Frame>> = futures::stream::iter(decodes).buffered(parallel).try_collect().await?;
+        Ok(decoded.into_iter().flatten().collect())
     }
 
     async fn raw(&self, width: u32, height: u32, rgb: Vec<u8>, model: &ModelInfo) -> Result<Frame> {
