@@ -576,3 +576,20 @@ async fn batch_rows_wait_while_an_interactive_request_runs() {
     assert_eq!(held_tokens, expected, "held batch requests give the tokens they give alone");
     assert_eq!(all_tokens, expected);
 }
+
+/// `engine.max_vision_batch` bounds every vision-tower pass, a batch request's interruptible
+/// start included: six frames at one per pass take six passes, and give the tokens they give
+/// with the default bound.
+#[tokio::test]
+async fn vision_passes_keep_to_max_vision_batch_in_batch_starts_too() {
+    let model = "tiny-git-video";
+    let frames: Vec<RgbImage> = (0..6).map(|i| pattern(300 + i)).collect();
+    let four = GenerationOptions { min_new_tokens: Some(4), max_new_tokens: Some(4), ..Default::default() };
+    let batch = || at(Priority::Batch, request(model, &frames, None, four));
+    let expected = alone(&reference(model), batch()).await;
+    let worker = worker(model, EngineOptions { max_vision_batch: 1, feature_cache_bytes: 0, ..Default::default() });
+    let output = result(worker.submit(batch(), Deadline::NONE).unwrap()).await;
+    assert_eq!(output.token_ids, expected);
+    let stats = worker.stats();
+    assert_eq!((stats.vision_passes, stats.frames_encoded), (6, 6), "{stats:?}");
+}

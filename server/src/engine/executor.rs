@@ -192,8 +192,13 @@ impl<'p> Executor<'p> {
         if self.cache.has_prefix(ContentKey::of_frames(&keys)) {
             return Err(Box::new(waiting));
         }
+        // At most `max_vision_batch` frames a pass, as in `vision`; admitting the request
+        // encodes any others.
         let mut to_encode: Vec<(ContentKey, Tensor)> = Vec::new();
         for (&i, &key) in used.iter().zip(&keys) {
+            if to_encode.len() == self.options.max_vision_batch.max(1) {
+                break;
+            }
             if let Frame::Pixels(frame) = &frames[i] {
                 if !self.cache.has_frame(key) && to_encode.iter().all(|(k, _)| *k != key) {
                     to_encode.push((key, frame.tensor()));

@@ -25,7 +25,8 @@ pub(super) struct Waiting {
     pub job: Job,
     pub search: Search,
     pub prompt: Vec<i64>,
-    /// Key/value positions it will hold: rows × (image tokens + text capacity).
+    /// Key/value positions it will hold: image tokens (one copy for all its rows) + rows × text
+    /// capacity.
     pub kv_tokens: usize,
     /// Milliseconds its frames spent in the vision tower before it was admitted (a start in
     /// parts, see [`super::executor::Starting`]).
