@@ -126,7 +126,8 @@ def engine_round3_targets(a, ref, machine, dtypes, clients):
     auto = load(a.work, "auto.json")
     if auto:
         picked = auto.get("dtype")
-        latency = {d: load(a.work, f"gitcap-{d}.json")["image"]["median_s"] for d in dtypes if load(a.work, f"gitcap-{d}.json")}
+        one_shot = {d: load(a.work, f"gitcap-{d}.json") for d in dtypes}
+        latency = {d: r["image"]["median_s"] for d, r in one_shot.items() if r}
         fastest = min(latency, key=latency.get) if latency else None
         most = max(served, key=served.get) if served else None
         ok = picked == fastest or (picked in served and most and served[picked] >= 0.9 * served[most])

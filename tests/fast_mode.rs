@@ -67,6 +67,11 @@ fn the_cli_captions_in_fast_mode_and_compares_it_with_f32() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["dtype"], "fast");
     assert!(!report["token_ids"].as_array().unwrap().is_empty());
+    // `auto` reports what it resolved to, as the server's List does.
+    let out =
+        server(&["caption", "--model", model, "--image", image, "--dtype", "auto", "--max-new-tokens", "1", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(["f32", "bf16", "fast"].contains(&report["dtype"].as_str().unwrap()), "{report}");
 
     let cases = common::fixtures::fixtures().join("golden/cases.json");
     let args = ["fidelity", "--model", model, "--cases", cases.to_str().unwrap(), "--random-images", "1"];
