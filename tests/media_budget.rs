@@ -13,10 +13,15 @@
 //!
 //! Uploaded video files and URL bodies stream to disk: a body many times the RSS margin grows
 //! the server by less than the margin.
+//!
+//! The image cache (`media.image_cache_mb`) under a flood of new images holds at most its bound,
+//! keeping the most recent.
 
 mod common;
 
 use std::time::Duration;
+
+use futures::StreamExt;
 
 use common::http_files::{Answer, HttpFiles};
 use common::probe::{self, value};
@@ -72,6 +77,9 @@ async fn the_media_budget_holds_under_the_large_frame_attack() {
             ("GITCAP__MEDIA__DECODE_BUDGET_MB", &BUDGET_MB.to_string()),
             ("GITCAP__LIMITS__MAX_PIXELS", MAX_PIXELS),
             ("GITCAP__MODEL__QUEUE_CAPACITY", "64"),
+            // The attack sends one JPEG many times: with the image cache, later copies would
+            // not be decoded at all. This test is of the decoding budget.
+            ("GITCAP__MEDIA__IMAGE_CACHE_MB", "0"),
         ],
     );
     let client = server.client(None).await;
@@ -166,4 +174,49 @@ async fn uploaded_videos_and_url_bodies_stream_to_disk() {
     let peak = sampler.stop().await;
     eprintln!("a {} MiB URL body: RSS {} MiB before, {} MiB at the peak", mib(BODY), mib(before), mib(peak));
     assert!(peak <= before + (GROWTH_MB << 20), "a URL body grew the server from {} to {} MiB", mib(before), mib(peak));
+}
+
+/// A 40×40 PNG that differs for each `n`.
+fn distinct_png(n: u32) -> Vec<u8> {
+    let image = image::RgbImage::from_fn(40, 40, |x, y| image::Rgb([(n % 251) as u8, (n / 251) as u8, (x * y) as u8]));
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut bytes, image::ImageFormat::Png).unwrap();
+    bytes.into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_image_cache_keeps_to_its_bound_under_a_flood_of_new_images() {
+    // tiny-git-image's input is 32×32: 12 KiB of f32 pixels a frame, 85 in the 1 MiB bound.
+    const FRAME_BYTES: f64 = (3 * 32 * 32 * 4) as f64;
+    const BOUND: f64 = (1 << 20) as f64;
+    let server = TestServer::start_with_env("tiny-git-image", &[], &[("GITCAP__MEDIA__IMAGE_CACHE_MB", "1")]);
+    let client = server.client(None).await;
+    let options = CaptionOptions::default().max_new_tokens(1);
+    let flood = 150;
+    // Sixteen callers at once (within the queue's capacity), each image new.
+    let calls = (0..flood).map(|n| {
+        let (client, options) = (client.clone(), options.clone());
+        async move { client.caption(Media::image(distinct_png(n)), &options).await }
+    });
+    let answers: Vec<_> = futures::stream::iter(calls).buffer_unordered(16).collect().await;
+    for answer in answers {
+        answer.expect("every image is captioned");
+    }
+    let scrape = || probe::scrape_until(&server.addr, |_| true);
+    let text = scrape();
+    let held = value(&text, "gitcap_image_cache_bytes").expect("the image cache's gauge");
+    assert!(held <= BOUND && held > BOUND - FRAME_BYTES, "the cache holds {held} bytes; its bound is {BOUND}");
+    assert_eq!(value(&text, "gitcap_image_cache_misses_total"), Some(f64::from(flood)), "{text}");
+    assert_eq!(value(&text, "gitcap_image_cache_hits_total"), None, "no image was sent twice: {text}");
+
+    // Sent again, an image is not decoded again, and its image tokens then come from the
+    // feature cache.
+    let last = distinct_png(flood);
+    client.caption(Media::image(last.clone()), &options).await.unwrap();
+    let again = client.caption(Media::image(last), &options).await.unwrap();
+    let usage = again.usage.expect("usage");
+    assert!(usage.cached_image_tokens > 0, "{usage:?}");
+    let text = scrape();
+    assert_eq!(value(&text, "gitcap_image_cache_hits_total"), Some(1.0), "{text}");
+    assert!(value(&text, "gitcap_image_cache_bytes").is_some_and(|held| held <= BOUND), "{text}");
 }

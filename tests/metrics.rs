@@ -113,6 +113,11 @@ async fn requests_leave_labelled_series_on_both_listeners_without_a_token() {
     assert_eq!(cache("hits", "prefix"), Some(1.0), "{text}");
     assert_eq!(cache("misses", "prefix"), Some(2.0), "the warm-up's and the first request's: {text}");
     assert!(series("gitcap_feature_cache_bytes").is_some_and(|b| b > 0.0), "{text}");
+    // The stream sent the image again: its frame came from the image cache, not decoded.
+    assert_eq!(value(&text, "gitcap_image_cache_hits_total"), Some(1.0), "{text}");
+    let misses = value(&text, "gitcap_image_cache_misses_total");
+    assert_eq!(misses, Some(2.0), "the first request's image and the one that is not an image: {text}");
+    assert!(value(&text, "gitcap_image_cache_bytes").is_some_and(|b| b > 0.0), "{text}");
 
     // The admin listener answers the same, beside the admin service.
     let admin_addr = server.admin_addr.clone().expect("the admin listener");

@@ -49,6 +49,9 @@ const VISION_BATCH: &str = "gitcap_vision_batch_frames";
 const CACHE_HITS: &str = "gitcap_feature_cache_hits_total";
 const CACHE_MISSES: &str = "gitcap_feature_cache_misses_total";
 const CACHE_BYTES: &str = "gitcap_feature_cache_bytes";
+const IMAGE_CACHE_HITS: &str = "gitcap_image_cache_hits_total";
+const IMAGE_CACHE_MISSES: &str = "gitcap_image_cache_misses_total";
+const IMAGE_CACHE_BYTES: &str = "gitcap_image_cache_bytes";
 const WEIGHT_BYTES: &str = "gitcap_model_weight_bytes";
 const QUEUE_DEPTH: &str = "gitcap_queue_depth";
 const QUEUE_DEPTH_BY_PRIORITY: &str = "gitcap_queue_depth_by_priority";
@@ -198,6 +201,13 @@ fn describe() {
         Unit::Count,
         "Feature cache look-ups that found the features, by kind (frame, prefix)."
     );
+    describe_counter!(
+        IMAGE_CACHE_HITS,
+        Unit::Count,
+        "Images sent again whose frames came from the image cache (media.image_cache_mb), not decoded."
+    );
+    describe_counter!(IMAGE_CACHE_MISSES, Unit::Count, "Images decoded because the image cache did not hold them.");
+    describe_gauge!(IMAGE_CACHE_BYTES, Unit::Bytes, "Bytes of preprocessed pixels the image cache holds now.");
     describe_counter!(
         DESIRED_ERRORS,
         Unit::Count,
@@ -487,6 +497,16 @@ pub fn media_budget_reserved(reserved: u64) {
     gauge!(MEDIA_BUDGET_PEAK).set(peak as f64);
 }
 
+/// One image-cache look-up.
+pub fn image_cache(hit: bool) {
+    counter!(if hit { IMAGE_CACHE_HITS } else { IMAGE_CACHE_MISSES }).increment(1);
+}
+
+/// Bytes the image cache holds now.
+pub fn image_cache_bytes(bytes: usize) {
+    gauge!(IMAGE_CACHE_BYTES).set(bytes as f64);
+}
+
 /// Declarative mode: an attempt to apply the desired-state file failed.
 pub fn desired_state_error() {
     counter!(DESIRED_ERRORS).increment(1);
@@ -537,6 +557,9 @@ mod tests {
         running_requests(m, v, 3);
         media_budget_reserved(5 << 20);
         media_budget_reserved(1 << 20);
+        image_cache(true);
+        image_cache(false);
+        image_cache_bytes(4096);
 
         let text = render().unwrap();
         let labels = r#"model="render-test",version="v\"1""#;
@@ -574,7 +597,13 @@ mod tests {
             assert!(text.contains(&format!("{name}_count{{{labels}}} 1")), "{name}: {text}");
         }
         assert!(text.contains(&format!("{QUEUE}_count{{{labels},priority=\"batch\"}} 1")), "{text}");
-        for name in [REQUESTS, QUEUE, FIRST_TOKEN, WEIGHT_BYTES, CACHE_HITS] {
+        // Process-wide series (the image cache's own tests in this process count too).
+        for name in [IMAGE_CACHE_HITS, IMAGE_CACHE_MISSES, IMAGE_CACHE_BYTES] {
+            let value =
+                lines(&text, &format!("{name} ")).first().and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+            assert!(value.is_some(), "{name}: {text}");
+        }
+        for name in [REQUESTS, QUEUE, FIRST_TOKEN, WEIGHT_BYTES, CACHE_HITS, IMAGE_CACHE_HITS, IMAGE_CACHE_BYTES] {
             assert!(text.contains(&format!("# HELP {name} ")), "{name} has no help: {text}");
         }
         assert_eq!(lines(&text, &format!("# TYPE {WEIGHT_BYTES} gauge")).len(), 1);

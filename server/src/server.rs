@@ -122,7 +122,15 @@ fn media_service(settings: &Settings, limits: MediaLimits, spool_dir: &Path) -> 
         Err(why) => tracing::warn!("video decoding unavailable: {why}"),
     }
     let fetcher = UrlFetcher::new(m.url.clone())?;
-    MediaService::new(limits, m.decode_budget_mb << 20, video, fetcher, Some(spool_dir.to_path_buf()), v.max_bytes)
+    let service = MediaService::new(
+        limits,
+        m.decode_budget_mb << 20,
+        video,
+        fetcher,
+        Some(spool_dir.to_path_buf()),
+        v.max_bytes,
+    )?;
+    Ok(service.with_image_cache(m.image_cache_mb << 20))
 }
 
 /// Removes what killed servers left in `media.spool_dir` and creates this process's directory

@@ -225,6 +225,7 @@ pub struct LimitSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MediaSettings {
     pub decode_budget_mb: u64,
+    pub image_cache_mb: usize,
     #[serde(default, deserialize_with = "optional")]
     pub spool_dir: Option<PathBuf>,
     pub video: VideoSettings,

@@ -67,6 +67,16 @@ impl PreparedFrame {
         Self { key: self.key, pixels: self.pixels.clone() }
     }
 
+    /// Bytes of pixels held.
+    pub fn bytes(&self) -> usize {
+        self.pixels.data.len() * std::mem::size_of::<f32>()
+    }
+
+    /// Whether both hold the same pixels (not a copy).
+    pub fn shares_pixels_with(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.pixels, &other.pixels)
+    }
+
     /// The pixels as a [3, H, W] f32 CPU tensor (on the model's thread).
     pub fn tensor(&self) -> Tensor {
         let (height, width) = (self.pixels.height as i64, self.pixels.width as i64);

@@ -13,6 +13,7 @@ use futures::{StreamExt, TryStreamExt};
 use gitcap_protocol::media_kind::{sniff_image, sniff_video};
 use tempfile::{NamedTempFile, TempPath};
 
+use super::image_cache::{ImageCache, ImageKey};
 use crate::engine::{Frame, ModelInfo, PreparedFrame};
 use crate::error::{GitcapError, Result};
 use crate::media::video::{sample_timestamps, Sampling, VideoDecoder};
@@ -72,6 +73,8 @@ pub struct MediaService {
     spool_dir: Option<PathBuf>,
     /// Largest video file accepted, in bytes.
     pub max_video_bytes: u64,
+    /// Frames of images sent recently, by their bytes (off unless [`Self::with_image_cache`]).
+    images: ImageCache,
 }
 
 impl MediaService {
@@ -98,7 +101,18 @@ impl MediaService {
         let budget = MediaBudget::new(budget_bytes);
         let video = video.map(|decoder| decoder.with_media_budget(budget.clone()));
         let fetcher = fetcher.with_spool_dir(spool_dir.as_deref());
-        Ok(Self { limits, budget, video, fetcher, spool_dir, max_video_bytes })
+        Ok(Self { limits, budget, video, fetcher, spool_dir, max_video_bytes, images: ImageCache::new(0) })
+    }
+
+    /// Keeps up to `max_bytes` of recently sent images' frames, by their bytes
+    /// (`media.image_cache_mb`).
+    pub fn with_image_cache(self, max_bytes: usize) -> Self {
+        Self { images: ImageCache::new(max_bytes), ..self }
+    }
+
+    /// The cache of recently sent images.
+    pub fn image_cache(&self) -> &ImageCache {
+        &self.images
     }
 
     /// The video decoder, or FAILED_PRECONDITION saying how to install one.
@@ -131,8 +145,30 @@ impl MediaService {
         Ok(PreparedMedia { frames, timestamps_s: vec![] })
     }
 
-    /// One encoded image (every frame of an animation when `all_frames`, else its first).
+    /// One encoded image (every frame of an animation when `all_frames`, else its first); an
+    /// image sent before comes from the image cache, not decoded again.
     pub async fn image(
+        &self,
+        bytes: Vec<u8>,
+        field: String,
+        model: &ModelInfo,
+        all_frames: bool,
+    ) -> Result<Vec<Frame>> {
+        if !self.images.enabled() {
+            return self.decode_image(bytes, field, model, all_frames).await;
+        }
+        let preprocessor = model.preprocessor.clone();
+        // Hashing a large image takes milliseconds: off the runtime too.
+        let (key, bytes) = blocking(move || Ok((ImageKey::new(&bytes, &preprocessor, all_frames), bytes))).await?;
+        if let Some(frames) = self.images.get(key) {
+            return Ok(frames);
+        }
+        let frames = self.decode_image(bytes, field, model, all_frames).await?;
+        self.images.insert(key, &frames);
+        Ok(frames)
+    }
+
+    async fn decode_image(
         &self,
         bytes: Vec<u8>,
         field: String,

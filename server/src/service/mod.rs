@@ -9,6 +9,7 @@ pub mod auth;
 pub mod body;
 pub mod call;
 pub mod dense;
+pub mod image_cache;
 pub mod live;
 pub mod media;
 pub mod request;
