@@ -436,7 +436,7 @@ async fn a_full_queue_refuses_at_once_and_never_hangs() {
     let long = |i: usize| {
         let mut c = CaptionerClient::new(channel.clone());
         tokio::spawn(async move {
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 c.caption(caption("", long_beam())).await.map(|_| ())
             } else {
                 let (_, status) = stream_error(&mut c, Request::new(caption("", long_beam()))).await;

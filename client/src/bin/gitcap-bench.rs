@@ -148,7 +148,8 @@ async fn main() -> Result<()> {
     let report = match args.command {
         Command::Latency { media: paths, runs } => {
             let (_, tokens) = timed(&client, media(&paths)?, &options).await?; // warm-up
-            let (mut times, mut stages) = (Vec::with_capacity(runs), vec![Vec::with_capacity(runs); 4]);
+            let mut times = Vec::with_capacity(runs);
+            let mut stages: Vec<Vec<_>> = (0..4).map(|_| Vec::with_capacity(runs)).collect();
             for _ in 0..runs {
                 let (seconds, _, ms) = call(&client, media(&paths)?, &options).await?;
                 times.push(seconds);

@@ -606,7 +606,7 @@ fn check_png_palette(b: &[u8]) -> std::result::Result<(), String> {
     let mut i = 8; // after the signature
     while let Some(header) = b.get(i..i + 8) {
         let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        if &header[4..8] == b"PLTE" && len % 3 != 0 {
+        if &header[4..8] == b"PLTE" && !len.is_multiple_of(3) {
             return Err(format!(
                 "cannot decode the PNG image: its palette (PLTE) is {len} bytes, not a whole number of \
                  3-byte RGB entries"

@@ -2,6 +2,7 @@
 
 use tch::{Kind, Tensor};
 
+use super::int8_matvec::{self, PackedInt8};
 use super::weights::Weights;
 use crate::error::{GitcapError, Result};
 
@@ -26,6 +27,9 @@ struct Int8Weight {
     values: Tensor,
     /// bf16 [out]: `weight[o, i] ≈ values[o, i] * scales[o]`.
     scales: Tensor,
+    /// The same values laid out for [`PackedInt8::matvec`], for one row of f32 activations
+    /// (batch-1 decoding), with the scales in f32; only where that loop is vectorised.
+    packed: Option<(PackedInt8, Vec<f32>)>,
     /// [out, in] for inputs of [`int8_max_rows`] rows or more (a prefill, a large decoding
     /// batch), made once: in bf16 `values * scales`; in f32 (CPUs without native bf16, where a
     /// bf16 GEMM is emulated) the layer's own f32 weight, shared, not copied.
@@ -95,7 +99,10 @@ impl Linear {
         let LinearWeight::Dense(weight) = &self.weight else { return 0 };
         let dense_bytes = tensor_bytes(weight);
         let q = Int8Weight::quantize(weight, dense);
-        let int8_bytes = tensor_bytes(&q.values) + tensor_bytes(&q.scales) + tensor_bytes(&q.dense);
+        let int8_bytes = tensor_bytes(&q.values)
+            + tensor_bytes(&q.scales)
+            + tensor_bytes(&q.dense)
+            + q.packed.as_ref().map_or(0, |(p, s)| (p.bytes() + 4 * s.len()) as i64);
         self.weight = LinearWeight::Int8(q);
         int8_bytes - dense_bytes
     }
@@ -142,7 +149,14 @@ impl Int8Weight {
             Kind::BFloat16 => values.narrow(1, 0, in_features).to_kind(Kind::BFloat16) * scales.unsqueeze(1),
             kind => weight.to_kind(kind),
         };
-        Self { values, scales, dense, in_features }
+        let packed = int8_matvec::vectorised().then(|| {
+            let out_features = values.size()[0] as usize;
+            let unpadded: Vec<i8> =
+                Vec::try_from(values.narrow(1, 0, in_features).contiguous().view([-1])).expect("int8 values read back");
+            let packed = PackedInt8::pack(&unpadded, out_features, in_features as usize);
+            (packed, Vec::try_from(scales.to_kind(Kind::Float)).expect("scales read back"))
+        });
+        Self { values, scales, packed, dense, in_features }
     }
 
     /// `xs` [.., in] of any float dtype → [.., out] in that dtype.
@@ -153,6 +167,15 @@ impl Int8Weight {
         *size.last_mut().expect("inputs have a feature dimension") = out_features;
         let x = xs.reshape([rows, self.in_features]);
         let many = rows >= int8_max_rows();
+        if let Some((packed, scales)) = &self.packed {
+            if rows == 1
+                && xs.kind() == Kind::Float
+                && xs.device() == tch::Device::Cpu
+                && bias.is_none_or(|b| b.kind() == Kind::Float)
+            {
+                return matvec(packed, scales, &x, bias).view(size.as_slice());
+            }
+        }
         if many && self.dense.kind() == xs.kind() {
             // f32 activations on the f32 weight: exactly the f32 layer.
             return x.linear(&self.dense, bias).view(size.as_slice());
@@ -174,11 +197,27 @@ impl Int8Weight {
     }
 }
 
+/// Rows of f32 activations through [`PackedInt8::matvec`], scale and bias in the same pass.
+fn matvec(packed: &PackedInt8, scales: &[f32], x: &Tensor, bias: Option<&Tensor>) -> Tensor {
+    let x = x.contiguous();
+    let n = scales.len();
+    let out = Tensor::empty([x.size()[0], n as i64], (Kind::Float, x.device()));
+    let bias = bias.map(Tensor::contiguous);
+    // SAFETY: f32 CPU tensors, contiguous, of the lengths given; `out` is new and not shared.
+    unsafe {
+        let xs = std::slice::from_raw_parts(x.data_ptr() as *const f32, x.numel());
+        let ys = std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, out.numel());
+        let bias = bias.as_ref().map(|b| std::slice::from_raw_parts(b.data_ptr() as *const f32, n));
+        packed.matvec(scales, bias, xs, ys);
+    }
+    out
+}
+
 /// The int8 kernel reads its input rows with 32-byte aligned loads: a contiguous tensor whose
 /// data starts on a 64-byte boundary (rows are multiples of 16 bf16 values, so all are).
 fn kernel_aligned(x: Tensor) -> Tensor {
     let x = x.contiguous();
-    if x.data_ptr() as usize % 64 == 0 {
+    if (x.data_ptr() as usize).is_multiple_of(64) {
         x
     } else {
         x.copy()
@@ -323,6 +362,16 @@ mod tests {
     }
 
     /// x · (q · s)ᵀ + b with x rounded to bf16 as the kernel sees it, accumulated in f32.
+    /// The packed copy of an int8 [out, in] weight with its f32 scales (none where not vectorised);
+    /// these sizes are whole blocks and chunks.
+    fn packed_bytes(out: i64, inp: i64) -> i64 {
+        if int8_matvec::vectorised() {
+            out * inp + out * 4
+        } else {
+            0
+        }
+    }
+
     fn dequantised_reference(layer: &Linear, xs: &Tensor) -> Tensor {
         let LinearWeight::Int8(q) = &layer.weight else { panic!("not quantised") };
         let w = q.values.narrow(1, 0, q.in_features).to_kind(Kind::Float) * q.scales.to_kind(Kind::Float).unsqueeze(1);
@@ -336,7 +385,12 @@ mod tests {
         let _ = w.get(5).fill_(0.0);
         let mut layer = Linear::new(w.shallow_clone(), Some(b));
         let change = layer.quantize_int8(Kind::BFloat16);
-        assert_eq!(change, -(48 * 64 * 4) + 48 * 64 + 48 * 2 + 48 * 64 * 2, "int8, bf16 scales and the bf16 copy");
+        let packed = packed_bytes(48, 64);
+        assert_eq!(
+            change,
+            -(48 * 64 * 4) + 48 * 64 + 48 * 2 + 48 * 64 * 2 + packed,
+            "int8, bf16 scales, the bf16 copy and the packed copy"
+        );
         let LinearWeight::Int8(q) = &layer.weight else { panic!("not quantised") };
         assert_eq!(q.values.kind(), Kind::Int8);
         assert_eq!(q.scales.kind(), Kind::BFloat16);
@@ -378,6 +432,30 @@ mod tests {
                 assert!(rel_f32 < 3e-2, "[{out}, {inp}], {rows} rows: {rel_f32} off the f32 layer");
             }
         }
+    }
+
+    #[test]
+    fn one_f32_row_is_multiplied_with_f32_activations_where_the_packed_loop_runs() {
+        let _guard = tch::no_grad_guard();
+        // Channels not a whole block, a width not a whole chunk (both padded in the packing).
+        let (w, b) = linear(102, 776, 7);
+        let mut layer = Linear::new(w, Some(b.shallow_clone()));
+        layer.quantize_int8(Kind::Float);
+        let LinearWeight::Int8(q) = &layer.weight else { panic!("not quantised") };
+        let dequantised =
+            q.values.narrow(1, 0, 776).to_kind(Kind::Double) * q.scales.to_kind(Kind::Double).unsqueeze(1);
+        let x = Tensor::randn([1, 776], (Kind::Float, Device::Cpu));
+        let exact = x.to_kind(Kind::Double).linear(&dequantised, Some(&b.to_kind(Kind::Double)));
+        let y = layer.forward(&x);
+        assert_eq!((y.size(), y.kind()), (vec![1, 102], Kind::Float));
+        let rel = relative(&y.to_kind(Kind::Double), &exact);
+        // libtorch's kernel rounds the activations to bf16 (about 1e-3 off); the packed loop
+        // only accumulates in f32.
+        let bound = if int8_matvec::vectorised() { 1e-6 } else { 5e-3 };
+        assert!(rel < bound, "{rel} off the int8 product in f64");
+        // Two rows take libtorch's kernel and agree to its rounding.
+        let two = Tensor::cat(&[&x, &x], 0);
+        assert!(relative(&layer.forward(&two).narrow(0, 0, 1), &y) < 5e-3);
     }
 
     #[test]
@@ -446,7 +524,11 @@ mod tests {
         let (w, b) = linear(96, 64, 6);
         let mut layer = Linear::new(w.shallow_clone(), Some(b.shallow_clone()));
         let change = layer.quantize_int8(Kind::Float);
-        assert_eq!(change, 96 * 64 + 96 * 2, "int8 and bf16 scales beside the f32 weight it shares");
+        assert_eq!(
+            change,
+            96 * 64 + 96 * 2 + packed_bytes(96, 64),
+            "int8, bf16 scales and the packed copy beside the f32 weight it shares"
+        );
         let LinearWeight::Int8(q) = &layer.weight else { panic!("not quantised") };
         assert_eq!(q.dense.data_ptr(), w.data_ptr(), "the f32 weight is shared, not copied");
         let many = Tensor::randn([2, int8_max_rows(), 64], (Kind::Float, Device::Cpu));

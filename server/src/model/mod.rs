@@ -5,6 +5,7 @@ pub mod cpu;
 pub mod decoder;
 pub mod generation;
 pub mod git;
+pub mod int8_matvec;
 pub mod layers;
 pub mod precision;
 pub mod tokenizer;

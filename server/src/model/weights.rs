@@ -164,7 +164,7 @@ fn map_file(path: &Path, len: usize) -> Option<Tensor> {
 /// The tensor at `offset..offset + len` of the mapped file, or None where the bytes are not
 /// aligned for `kind` (safetensors does not promise it) or the tensor is empty.
 fn file_view(file: &Tensor, offset: usize, len: usize, kind: Kind, shape: &[i64]) -> Option<Tensor> {
-    if len == 0 || offset % kind.elt_size_in_bytes() != 0 {
+    if len == 0 || !offset.is_multiple_of(kind.elt_size_in_bytes()) {
         return None;
     }
     file.f_narrow(0, offset as i64, len as i64).ok()?.f_view_dtype(kind).ok()?.f_view(shape).ok()

@@ -78,7 +78,7 @@ impl LiveSession {
             }
             recent.push_back(upload::encoded(task).await?);
             let seen = index + 1;
-            if seen >= self.window && (seen - self.window) % self.stride == 0 {
+            if seen >= self.window && (seen - self.window).is_multiple_of(self.stride) {
                 self.caption(snapshot(&recent), index, tx).await?;
                 captioned_up_to = Some(index);
             }
