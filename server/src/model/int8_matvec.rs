@@ -54,19 +54,20 @@ impl PackedInt8 {
     }
 
     /// `out[r * n + o] = scales[o] · Σᵢ w[o, i] · x[r * k + i] + bias[o]` for every row `r` of
-    /// `x` (`x.len() / k` rows).
+    /// `x` (`x.len() / k` rows), the output channels split between the threads of libtorch's
+    /// OpenMP team ([`openmp`]) when there are enough of them.
     pub fn matvec(&self, scales: &[f32], bias: Option<&[f32]>, x: &[f32], out: &mut [f32]) {
-        self.matvec_with(Dot::detect(), scales, bias, x, out)
+        let threads = if self.n >= MIN_CHANNELS_TO_SPLIT { tch::get_num_threads().max(1) as usize } else { 1 };
+        self.matvec_with(Dot::detect(), threads, scales, bias, x, out)
     }
 
-    fn matvec_with(&self, dot: Dot, scales: &[f32], bias: Option<&[f32]>, x: &[f32], out: &mut [f32]) {
+    fn matvec_with(&self, dot: Dot, threads: usize, scales: &[f32], bias: Option<&[f32]>, x: &[f32], out: &mut [f32]) {
         let (n, k) = (self.n, self.k);
         assert!(scales.len() == n && bias.is_none_or(|b| b.len() == n), "PackedInt8: scales and bias are [{n}]");
         assert!(
             x.len().is_multiple_of(k) && out.len() == x.len() / k * n,
             "PackedInt8: x is [rows, {k}], out [rows, {n}]"
         );
-        let rows = x.len() / k;
         let kp = k.div_ceil(CHUNK) * CHUNK;
         // Activations padded to whole chunks (GIT's widths are whole already).
         let padded: Vec<f32>;
@@ -77,16 +78,47 @@ impl PackedInt8 {
                 x.chunks_exact(k).flat_map(|row| row.iter().copied().chain(std::iter::repeat_n(0.0, kp - k))).collect();
             &padded
         };
-        for (b, block) in self.values.chunks_exact(BLOCK * kp).enumerate() {
+        let blocks = n.div_ceil(BLOCK);
+        let out = Output(out.as_mut_ptr());
+        let run = |first: usize, end: usize| {
+            // SAFETY: each call writes the output channels of its own blocks only.
+            unsafe { self.blocks(dot, first..end, kp, scales, bias, x, out) }
+        };
+        match openmp::Team::get().filter(|_| threads > 1) {
+            Some(team) => team.run(threads, &|thread, of| run(blocks * thread / of, blocks * (thread + 1) / of)),
+            None => run(0, blocks),
+        }
+    }
+
+    /// The output channels of blocks `range`, for every row of `x` (padded to `kp`).
+    ///
+    /// # Safety
+    /// `out` points to `[rows, n]` f32s, and no other thread writes these blocks' channels.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn blocks(
+        &self,
+        dot: Dot,
+        range: std::ops::Range<usize>,
+        kp: usize,
+        scales: &[f32],
+        bias: Option<&[f32]>,
+        x: &[f32],
+        out: Output,
+    ) {
+        let (n, rows) = (self.n, x.len() / kp);
+        for b in range {
+            let block = &self.values[b * BLOCK * kp..][..BLOCK * kp];
             let o = b * BLOCK;
             let channels = BLOCK.min(n - o);
             let mut r = 0;
             while r < rows {
                 let group = ROWS.min(rows - r);
                 let input = |i: usize| &x[(r + i) * kp..][..kp];
-                let mut write = |i: usize, sums: [f32; BLOCK]| {
+                let write = |i: usize, sums: [f32; BLOCK]| {
                     for j in 0..channels {
-                        out[(r + i) * n + o + j] = scales[o + j] * sums[j] + bias.map_or(0.0, |b| b[o + j]);
+                        let value = scales[o + j] * sums[j] + bias.map_or(0.0, |b| b[o + j]);
+                        // SAFETY: within [rows, n], in this call's channels (the caller's promise).
+                        unsafe { *out.0.add((r + i) * n + o + j) = value };
                     }
                 };
                 match group {
@@ -105,6 +137,80 @@ impl PackedInt8 {
                 }
                 r += group;
             }
+        }
+    }
+}
+
+/// Products with fewer output channels than this run on one thread (waking the team costs more).
+const MIN_CHANNELS_TO_SPLIT: usize = 256;
+
+/// The output of a product, written by several threads at disjoint channels.
+#[derive(Clone, Copy)]
+struct Output(*mut f32);
+// SAFETY: the threads write disjoint elements (see `PackedInt8::blocks`).
+unsafe impl Sync for Output {}
+unsafe impl Send for Output {}
+
+/// libtorch's OpenMP runtime (libgomp), found among the libraries already loaded, so that the
+/// loop's threads are the ones libtorch's own parallel regions use: a thread of gitcap's own
+/// would compete with libgomp's worker, which spin-waits on the other core between the step's
+/// small parallel regions (see `ModelWorker::load`).
+mod openmp {
+    use std::ffi::{c_int, c_uint, c_void, CStr};
+    use std::sync::OnceLock;
+
+    type Body = unsafe extern "C" fn(*mut c_void);
+
+    pub struct Team {
+        /// `GOMP_parallel(fn, data, num_threads, flags)`: what `#pragma omp parallel` compiles to.
+        parallel: unsafe extern "C" fn(Body, *mut c_void, c_uint, c_uint),
+        thread_num: unsafe extern "C" fn() -> c_int,
+        num_threads: unsafe extern "C" fn() -> c_int,
+    }
+
+    impl Team {
+        /// The runtime, if this process has libgomp loaded (libtorch's CPU builds link it).
+        pub fn get() -> Option<&'static Team> {
+            static TEAM: OnceLock<Option<Team>> = OnceLock::new();
+            TEAM.get_or_init(|| {
+                let find = |name: &CStr| {
+                    // SAFETY: dlsym with a NUL-terminated name; null when absent.
+                    let symbol = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+                    (!symbol.is_null()).then_some(symbol)
+                };
+                let (parallel, thread_num, num_threads) =
+                    (find(c"GOMP_parallel")?, find(c"omp_get_thread_num")?, find(c"omp_get_num_threads")?);
+                // SAFETY: libgomp's documented signatures.
+                unsafe {
+                    Some(Team {
+                        parallel: std::mem::transmute::<
+                            *mut c_void,
+                            unsafe extern "C" fn(Body, *mut c_void, c_uint, c_uint),
+                        >(parallel),
+                        thread_num: std::mem::transmute::<*mut c_void, unsafe extern "C" fn() -> c_int>(thread_num),
+                        num_threads: std::mem::transmute::<*mut c_void, unsafe extern "C" fn() -> c_int>(num_threads),
+                    })
+                }
+            })
+            .as_ref()
+        }
+
+        /// Runs `work(thread, threads)` on up to `threads` threads of the calling thread's team
+        /// (this thread is thread 0), returning when every one has finished.
+        pub fn run(&self, threads: usize, work: &(dyn Fn(usize, usize) + Sync)) {
+            struct Call<'a> {
+                team: &'a Team,
+                work: &'a (dyn Fn(usize, usize) + Sync),
+            }
+            unsafe extern "C" fn body(data: *mut c_void) {
+                // SAFETY: `data` is the `Call` below, alive until GOMP_parallel returns.
+                let call = unsafe { &*(data as *const Call) };
+                let (thread, of) = unsafe { ((call.team.thread_num)(), (call.team.num_threads)()) };
+                (call.work)(thread.max(0) as usize, of.max(1) as usize);
+            }
+            let call = Call { team: self, work };
+            // SAFETY: `body` reads `call` only while GOMP_parallel runs; flags 0 = no proc_bind.
+            unsafe { (self.parallel)(body, &call as *const Call as *mut c_void, threads as c_uint, 0) };
         }
     }
 }
@@ -280,15 +386,30 @@ mod tests {
                 let want = reference(&w, &scales, bias, &x, k);
                 let mut out = vec![f32::NAN; rows * n];
                 packed.matvec(&scales, bias, &x, &mut out);
-                for dot in Dot::available() {
+                for (dot, threads) in Dot::available().into_iter().flat_map(|dot| [(dot, 1), (dot, 2), (dot, 3)]) {
                     let mut by = vec![f32::NAN; rows * n];
-                    packed.matvec_with(dot, &scales, bias, &x, &mut by);
+                    packed.matvec_with(dot, threads, &scales, bias, &x, &mut by);
                     for (got, want) in by.iter().chain(&out).zip(want.iter().cycle()) {
                         let error = (f64::from(*got) - want).abs();
-                        assert!(error <= bound, "[{n}, {k}] × {rows} rows, {dot:?}: {got} vs {want}");
+                        assert!(
+                            error <= bound,
+                            "[{n}, {k}] × {rows} rows, {dot:?} on {threads} threads: {got} vs {want}"
+                        );
                     }
                 }
             }
         }
+    }
+
+    /// libtorch's CPU build links libgomp, and its team runs the work on every thread asked for.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_work_runs_on_each_thread_of_libtorchs_openmp_team_once() {
+        let team = openmp::Team::get().expect("libgomp is loaded with libtorch");
+        let seen = std::sync::Mutex::new(Vec::new());
+        team.run(2, &|thread, of| seen.lock().unwrap().push((thread, of)));
+        let mut seen = seen.into_inner().unwrap();
+        seen.sort();
+        assert_eq!(seen, [(0, 2), (1, 2)]);
     }
 }

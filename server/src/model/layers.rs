@@ -437,8 +437,9 @@ mod tests {
     #[test]
     fn one_f32_row_is_multiplied_with_f32_activations_where_the_packed_loop_runs() {
         let _guard = tch::no_grad_guard();
-        // Channels not a whole block, a width not a whole chunk (both padded in the packing).
-        let (w, b) = linear(102, 776, 7);
+        // Channels not a whole block, a width not a whole chunk (both padded in the packing);
+        // enough channels to be split between libtorch's threads.
+        let (w, b) = linear(302, 776, 7);
         let mut layer = Linear::new(w, Some(b.shallow_clone()));
         layer.quantize_int8(Kind::Float);
         let LinearWeight::Int8(q) = &layer.weight else { panic!("not quantised") };
@@ -447,7 +448,7 @@ mod tests {
         let x = Tensor::randn([1, 776], (Kind::Float, Device::Cpu));
         let exact = x.to_kind(Kind::Double).linear(&dequantised, Some(&b.to_kind(Kind::Double)));
         let y = layer.forward(&x);
-        assert_eq!((y.size(), y.kind()), (vec![1, 102], Kind::Float));
+        assert_eq!((y.size(), y.kind()), (vec![1, 302], Kind::Float));
         let rel = relative(&y.to_kind(Kind::Double), &exact);
         // libtorch's kernel rounds the activations to bf16 (about 1e-3 off); the packed loop
         // only accumulates in f32.
