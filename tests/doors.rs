@@ -1,6 +1,7 @@
 //! What every door shares, through every door: a caller's deadline and its route key work the
-//! same over gRPC and over the OpenAI-compatible API (one request core under both), and no
-//! timeout a caller sends, however large or malformed, can leak a place in a model's queue.
+//! same over gRPC and over the OpenAI-compatible API (one request core under both), an image
+//! sent again through either door comes from the one image cache, and no timeout a caller sends,
+//! however large or malformed, can leak a place in a model's queue.
 
 mod common;
 
@@ -178,6 +179,24 @@ async fn no_timeout_a_caller_sends_can_wedge_the_queue() {
         answer.expect("a caption after the hostile calls");
     }
     wait_until_idle(&server.addr).await;
+}
+
+#[tokio::test]
+async fn an_image_sent_again_through_any_door_is_not_decoded_again() {
+    let server = TestServer::start_with_env("tiny-git-image", &[], &[]);
+    let mut grpc = CaptionerClient::new(server.channel().await);
+    grpc.caption(caption_request(2)).await.expect("a gRPC caption");
+    // The same PNG as a data: URI in a chat message (a chat client resending it), twice.
+    for _ in 0..2 {
+        let (status, _, body) = chat(&server, &[], chat_body(json!({}))).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64() > Some(0), "{body}");
+    }
+    let addr = server.addr.clone();
+    let text = tokio::task::spawn_blocking(move || http_get(&addr, "/metrics").2).await.unwrap();
+    let value = |name: &str| common::probe::value(&text, name);
+    assert_eq!(value("gitcap_image_cache_misses_total"), Some(1.0), "decoded once, by the first door: {text}");
+    assert_eq!(value("gitcap_image_cache_hits_total"), Some(2.0), "{text}");
 }
 
 /// Waits (30 s at most) until the model `tiny` has nothing running and nothing queued.
