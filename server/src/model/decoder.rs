@@ -245,7 +245,9 @@ impl GitLayer {
             contexts.push(attention_image_then_text(&q.narrow(0, row, rows), image, (&keys, &values), None));
             row += rows;
         }
-        self.output_block(&Tensor::cat(&contexts, 0).to_kind(xs.kind()), xs)
+        let context = if contexts.len() == 1 { contexts.remove(0) } else { Tensor::cat(&contexts, 0) };
+        let context = if context.kind() == xs.kind() { context } else { context.to_kind(xs.kind()) };
+        self.output_block(&context, xs)
     }
 
     /// Attention output projection and the feed-forward block, each with its residual and
@@ -267,7 +269,23 @@ impl GitLayer {
                 .into_iter()
                 .map(|linear| linear.quantize_int8(dense))
                 .sum();
-        int8 + self.value.keep_dense(dense)
+        int8 + self.value.keep_dense(dense) + self.value.pack_for_one_row()
+    }
+
+    /// Packs every dense linear layer for batch-1 decoding ([`Linear::pack_for_one_row`]);
+    /// returns the bytes added.
+    fn pack_for_one_row(&mut self) -> i64 {
+        [
+            &mut self.query,
+            &mut self.key,
+            &mut self.value,
+            &mut self.attention_output,
+            &mut self.intermediate,
+            &mut self.output,
+        ]
+        .into_iter()
+        .map(Linear::pack_for_one_row)
+        .sum()
     }
 
     /// This layer with dense weights in `kind` (see [`Linear::dense_twin`]).
@@ -371,6 +389,12 @@ impl GitEncoder {
         let change = self.layers.iter_mut().map(|layer| layer.quantize_int8(dense)).sum();
         self.prefill_layers = Some((self.layers.iter().map(|layer| layer.dense_twin(dense)).collect(), dense));
         change
+    }
+
+    /// Packs every layer's dense weights for batch-1 decoding ([`Linear::pack_for_one_row`]);
+    /// returns the bytes added.
+    pub fn pack_for_one_row(&mut self) -> i64 {
+        self.layers.iter_mut().map(GitLayer::pack_for_one_row).sum()
     }
 }
 

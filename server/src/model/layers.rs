@@ -2,7 +2,8 @@
 
 use tch::{Kind, Tensor};
 
-use super::int8_matvec::{self, PackedInt8};
+use super::lanes;
+use super::matvec::{self, Bf16, PackedWeight};
 use super::weights::Weights;
 use crate::error::{GitcapError, Result};
 
@@ -11,6 +12,10 @@ use crate::error::{GitcapError, Result};
 pub struct Linear {
     weight: LinearWeight,
     pub bias: Option<Tensor>,
+    /// The same weight and bias laid out for one row of activations (batch-1 decoding), where
+    /// [`PackedWeight::matvec`] is vectorised: int8 layers get it when quantised, dense ones
+    /// from [`Linear::pack_for_one_row`].
+    one_row: Option<PackedWeight>,
 }
 
 enum LinearWeight {
@@ -27,9 +32,6 @@ struct Int8Weight {
     values: Tensor,
     /// bf16 [out]: `weight[o, i] ≈ values[o, i] * scales[o]`.
     scales: Tensor,
-    /// The same values laid out for [`PackedInt8::matvec`], for one row of f32 activations
-    /// (batch-1 decoding), with the scales in f32; only where that loop is vectorised.
-    packed: Option<(PackedInt8, Vec<f32>)>,
     /// [out, in] for inputs of [`int8_max_rows`] rows or more (a prefill, a large decoding
     /// batch), made once: in bf16 `values * scales`; in f32 (CPUs without native bf16, where a
     /// bf16 GEMM is emulated) the layer's own f32 weight, shared, not copied.
@@ -51,7 +53,7 @@ pub fn int8_max_rows() -> i64 {
 
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight: LinearWeight::Dense(weight), bias }
+        Self { weight: LinearWeight::Dense(weight), bias, one_row: None }
     }
 
     pub fn load(w: &Weights, prefix: &str, in_dim: i64, out_dim: i64) -> Result<Self> {
@@ -62,6 +64,13 @@ impl Linear {
     }
 
     pub fn forward(&self, xs: &Tensor) -> Tensor {
+        if let Some(packed) = &self.one_row {
+            if xs.numel() == packed.k() && xs.device() == tch::Device::Cpu {
+                if let Some(ys) = one_row(packed, xs) {
+                    return ys;
+                }
+            }
+        }
         match &self.weight {
             LinearWeight::Dense(weight) if weight.kind() == xs.kind() => xs.linear(weight, self.bias.as_ref()),
             // A weight kept in another dtype than the activations (fast mode's bf16 layers):
@@ -87,7 +96,30 @@ impl Linear {
         let converted = weight.to_kind(kind);
         let change = tensor_bytes(&converted) - tensor_bytes(weight);
         self.weight = LinearWeight::Dense(converted);
-        change
+        let repacked = self.one_row.take().map_or(0, |old| self.pack_for_one_row() - old.bytes() as i64);
+        change + repacked
+    }
+
+    /// Keeps a copy of a dense bf16 or f32 weight (and the bias, in f32) laid out for one row of
+    /// activations ([`PackedWeight`]), which batch-1 decoding then multiplies by instead of
+    /// libtorch's kernels: 1.5–2× their speed at streaming weights that are not in cache
+    /// (bench/NOTES.md). Only on the CPU, where that loop is vectorised. Returns the bytes added.
+    pub fn pack_for_one_row(&mut self) -> i64 {
+        let LinearWeight::Dense(weight) = &self.weight else { return 0 };
+        if self.one_row.is_some() || weight.device() != tch::Device::Cpu || !matvec::vectorised() {
+            return 0;
+        }
+        let (n, k) = weight.size2().expect("a linear weight is [out, in]");
+        let (n, k) = (n as usize, k as usize);
+        let bias = self.bias.as_ref().map(f32_values);
+        let packed = match weight.kind() {
+            Kind::BFloat16 => PackedWeight::bf16(&bf16_bits(weight), n, k, bias),
+            Kind::Float => PackedWeight::f32(&f32_values(weight), n, k, bias),
+            _ => return 0,
+        };
+        let bytes = packed.bytes() as i64;
+        self.one_row = Some(packed);
+        bytes
     }
 
     /// Replaces the weight by its int8 quantisation (symmetric, per output channel:
@@ -97,12 +129,13 @@ impl Linear {
     /// already int8: 0.
     pub fn quantize_int8(&mut self, dense: Kind) -> i64 {
         let LinearWeight::Dense(weight) = &self.weight else { return 0 };
-        let dense_bytes = tensor_bytes(weight);
+        let dense_bytes = tensor_bytes(weight) + self.one_row.as_ref().map_or(0, |p| p.bytes() as i64);
         let q = Int8Weight::quantize(weight, dense);
+        self.one_row = q.packed(self.bias.as_ref());
         let int8_bytes = tensor_bytes(&q.values)
             + tensor_bytes(&q.scales)
             + tensor_bytes(&q.dense)
-            + q.packed.as_ref().map_or(0, |(p, s)| (p.bytes() + 4 * s.len()) as i64);
+            + self.one_row.as_ref().map_or(0, |p| p.bytes() as i64);
         self.weight = LinearWeight::Int8(q);
         int8_bytes - dense_bytes
     }
@@ -131,6 +164,47 @@ pub fn tensor_bytes(t: &Tensor) -> i64 {
     (t.numel() * t.kind().elt_size_in_bytes()) as i64
 }
 
+/// One row of f32 or bf16 activations `xs` [.., k] through `packed` → [.., n] in `xs`' dtype;
+/// `None` for other dtypes. bf16 activations are widened exactly and the f32 result is rounded
+/// once, as libtorch's bf16 linear does.
+fn one_row(packed: &PackedWeight, xs: &Tensor) -> Option<Tensor> {
+    let mut size = xs.size();
+    *size.last_mut().expect("inputs have a feature dimension") = packed.n() as i64;
+    let x = xs.contiguous();
+    let mut ys = vec![0f32; packed.n()];
+    match x.kind() {
+        Kind::Float => packed.matvec(&f32_values(&x), &mut ys),
+        Kind::BFloat16 => {
+            let widened: Vec<f32> = bf16_bits(&x).into_iter().map(|bits| Bf16(bits).to_f32()).collect();
+            packed.matvec(&widened, &mut ys)
+        }
+        _ => return None,
+    }
+    Some(from_f32_values(&ys, x.kind()).view(size.as_slice()))
+}
+
+/// A 1-D tensor of `values` in `kind`, f32 or bf16 (rounded to nearest even, as libtorch does).
+fn from_f32_values(values: &[f32], kind: Kind) -> Tensor {
+    match kind {
+        Kind::BFloat16 => {
+            let rounded: Vec<i16> = values.iter().map(|&v| Bf16::from_f32(v).0 as i16).collect();
+            Tensor::from_slice(&rounded).view_dtype(Kind::BFloat16)
+        }
+        _ => Tensor::from_slice(values),
+    }
+}
+
+/// The values of an f32 CPU tensor, in order.
+fn f32_values(t: &Tensor) -> Vec<f32> {
+    Vec::try_from(t.to_kind(Kind::Float).contiguous().view([-1])).expect("f32 values read back")
+}
+
+/// The bit patterns of a bf16 CPU tensor's values, in order.
+fn bf16_bits(t: &Tensor) -> Vec<u16> {
+    let bits: Vec<i16> = Vec::try_from(t.contiguous().view([-1]).view_dtype(Kind::Int16)).expect("bf16 bits read back");
+    bits.into_iter().map(|b| b as u16).collect()
+}
+
 impl Int8Weight {
     fn quantize(weight: &Tensor, dense: Kind) -> Self {
         let _guard = tch::no_grad_guard();
@@ -149,14 +223,18 @@ impl Int8Weight {
             Kind::BFloat16 => values.narrow(1, 0, in_features).to_kind(Kind::BFloat16) * scales.unsqueeze(1),
             kind => weight.to_kind(kind),
         };
-        let packed = int8_matvec::vectorised().then(|| {
-            let out_features = values.size()[0] as usize;
-            let unpadded: Vec<i8> =
-                Vec::try_from(values.narrow(1, 0, in_features).contiguous().view([-1])).expect("int8 values read back");
-            let packed = PackedInt8::pack(&unpadded, out_features, in_features as usize);
-            (packed, Vec::try_from(scales.to_kind(Kind::Float)).expect("scales read back"))
-        });
-        Self { values, scales, packed, dense, in_features }
+        Self { values, scales, dense, in_features }
+    }
+
+    /// These values, scales and `bias` laid out for one row of activations, where that loop
+    /// is vectorised.
+    fn packed(&self, bias: Option<&Tensor>) -> Option<PackedWeight> {
+        matvec::vectorised().then(|| {
+            let unpadded: Vec<i8> = Vec::try_from(self.values.narrow(1, 0, self.in_features).contiguous().view([-1]))
+                .expect("int8 values read back");
+            let (n, k) = (self.values.size()[0] as usize, self.in_features as usize);
+            PackedWeight::int8(&unpadded, n, k, f32_values(&self.scales), bias.map(f32_values))
+        })
     }
 
     /// `xs` [.., in] of any float dtype → [.., out] in that dtype.
@@ -167,15 +245,6 @@ impl Int8Weight {
         *size.last_mut().expect("inputs have a feature dimension") = out_features;
         let x = xs.reshape([rows, self.in_features]);
         let many = rows >= int8_max_rows();
-        if let Some((packed, scales)) = &self.packed {
-            if rows == 1
-                && xs.kind() == Kind::Float
-                && xs.device() == tch::Device::Cpu
-                && bias.is_none_or(|b| b.kind() == Kind::Float)
-            {
-                return matvec(packed, scales, &x, bias).view(size.as_slice());
-            }
-        }
         if many && self.dense.kind() == xs.kind() {
             // f32 activations on the f32 weight: exactly the f32 layer.
             return x.linear(&self.dense, bias).view(size.as_slice());
@@ -195,22 +264,6 @@ impl Int8Weight {
         };
         y.view(size.as_slice())
     }
-}
-
-/// Rows of f32 activations through [`PackedInt8::matvec`], scale and bias in the same pass.
-fn matvec(packed: &PackedInt8, scales: &[f32], x: &Tensor, bias: Option<&Tensor>) -> Tensor {
-    let x = x.contiguous();
-    let n = scales.len();
-    let out = Tensor::empty([x.size()[0], n as i64], (Kind::Float, x.device()));
-    let bias = bias.map(Tensor::contiguous);
-    // SAFETY: f32 CPU tensors, contiguous, of the lengths given; `out` is new and not shared.
-    unsafe {
-        let xs = std::slice::from_raw_parts(x.data_ptr() as *const f32, x.numel());
-        let ys = std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, out.numel());
-        let bias = bias.as_ref().map(|b| std::slice::from_raw_parts(b.data_ptr() as *const f32, n));
-        packed.matvec(scales, bias, xs, ys);
-    }
-    out
 }
 
 /// The int8 kernel reads its input rows with 32-byte aligned loads: a contiguous tensor whose
@@ -251,6 +304,11 @@ impl LayerNorm {
     }
 }
 
+/// Activations of at most this many values (a decoding step's few rows) take gitcap's GELU
+/// loop ([`lanes::gelu`]): libtorch runs them on one thread too (its grain is 32768 values),
+/// 5–10× slower.
+const ONE_THREAD_GELU: usize = 32_768;
+
 /// The activations GIT checkpoints name in `hidden_act`.
 #[derive(Debug, Clone, Copy)]
 pub enum Activation {
@@ -276,6 +334,16 @@ impl Activation {
 
     pub fn forward(self, xs: &Tensor) -> Tensor {
         match self {
+            Self::Gelu if xs.numel() <= ONE_THREAD_GELU && xs.device() == tch::Device::Cpu => {
+                match (lanes::Level::detect(), xs.kind()) {
+                    (Some(level), Kind::Float | Kind::BFloat16) => {
+                        let mut values = f32_values(xs);
+                        lanes::gelu(level, &mut values);
+                        from_f32_values(&values, xs.kind()).view(xs.size().as_slice())
+                    }
+                    _ => xs.gelu("none"),
+                }
+            }
             Self::Gelu => xs.gelu("none"),
             Self::GeluTanh => xs.gelu("tanh"),
             Self::QuickGelu => xs * (xs * 1.702).sigmoid(),
@@ -319,6 +387,11 @@ pub fn attention_image_then_text(
     (text_keys, text_values): (&Tensor, &Tensor),
     text_hidden: Option<&Tensor>,
 ) -> Tensor {
+    if text_hidden.is_none() {
+        if let Some(context) = super::step_attention::attend(q, (image_keys, image_values), (text_keys, text_values)) {
+            return context;
+        }
+    }
     let (batch, heads, seq, head_dim) = q.size4().expect("queries are [batch, heads, seq, head_dim]");
     let image_tokens = image_keys.size()[2];
     let q = q.to_kind(image_keys.kind()) * (1.0 / (head_dim as f64).sqrt());
@@ -361,17 +434,17 @@ mod tests {
         (actual - expected).norm().double_value(&[]) / expected.norm().double_value(&[])
     }
 
-    /// x · (q · s)ᵀ + b with x rounded to bf16 as the kernel sees it, accumulated in f32.
-    /// The packed copy of an int8 [out, in] weight with its f32 scales (none where not vectorised);
-    /// these sizes are whole blocks and chunks.
+    /// The packed copy of an int8 [out, in] weight with its f32 scales and bias (none where not
+    /// vectorised); these sizes are whole blocks and chunks.
     fn packed_bytes(out: i64, inp: i64) -> i64 {
-        if int8_matvec::vectorised() {
-            out * inp + out * 4
+        if matvec::vectorised() {
+            out * inp + out * 4 + out * 4
         } else {
             0
         }
     }
 
+    /// x · (q · s)ᵀ + b with x rounded to bf16 as the kernel sees it, accumulated in f32.
     fn dequantised_reference(layer: &Linear, xs: &Tensor) -> Tensor {
         let LinearWeight::Int8(q) = &layer.weight else { panic!("not quantised") };
         let w = q.values.narrow(1, 0, q.in_features).to_kind(Kind::Float) * q.scales.to_kind(Kind::Float).unsqueeze(1);
@@ -452,11 +525,56 @@ mod tests {
         let rel = relative(&y.to_kind(Kind::Double), &exact);
         // libtorch's kernel rounds the activations to bf16 (about 1e-3 off); the packed loop
         // only accumulates in f32.
-        let bound = if int8_matvec::vectorised() { 1e-6 } else { 5e-3 };
+        let bound = if matvec::vectorised() { 1e-6 } else { 5e-3 };
         assert!(rel < bound, "{rel} off the int8 product in f64");
         // Two rows take libtorch's kernel and agree to its rounding.
         let two = Tensor::cat(&[&x, &x], 0);
         assert!(relative(&layer.forward(&two).narrow(0, 0, 1), &y) < 5e-3);
+    }
+
+    #[test]
+    fn one_row_through_a_packed_dense_weight_is_the_product_accumulated_in_f32() {
+        let _guard = tch::no_grad_guard();
+        // Channels not a whole block, a width not a whole chunk; split between threads.
+        let (w, b) = linear(302, 776, 8);
+        for kind in [Kind::BFloat16, Kind::Float] {
+            let (w, b) = (w.to_kind(kind), b.to_kind(kind));
+            let mut layer = Linear::new(w.shallow_clone(), Some(b.shallow_clone()));
+            let added = layer.pack_for_one_row();
+            if !matvec::vectorised() {
+                assert_eq!(added, 0, "no packed copy where the loop is not vectorised");
+                continue;
+            }
+            let padded = 304 * 784 * kind.elt_size_in_bytes() as i64;
+            assert_eq!(added, padded + 302 * 4, "values padded to whole blocks and chunks, and an f32 bias");
+            assert_eq!(layer.pack_for_one_row(), 0, "packed once");
+            let exact = |x: &Tensor| {
+                let double = |t: &Tensor| t.to_kind(Kind::Double);
+                double(x).linear(&double(&w), Some(&double(&b)))
+            };
+            // f32 activations (fast mode's dense layer): only f32 accumulation; libtorch's
+            // path would round them to bf16 first (about 1e-3 off), so this fails without the loop.
+            let x = Tensor::randn([1, 776], (Kind::Float, Device::Cpu));
+            let y = layer.forward(&x);
+            assert_eq!((y.size(), y.kind()), (vec![1, 302], Kind::Float));
+            assert!(relative(&y.to_kind(Kind::Double), &exact(&x)) < 1e-6);
+            // bf16 activations (bf16 mode): the exact product rounded once to bf16, as
+            // libtorch's bf16 linear gives it (to within that rounding).
+            let x = x.to_kind(Kind::BFloat16);
+            let y = layer.forward(&x);
+            assert_eq!(y.kind(), Kind::BFloat16);
+            let rounded = exact(&x).to_kind(Kind::BFloat16).to_kind(Kind::Double);
+            let off = (y.to_kind(Kind::Double) - &rounded).abs();
+            let ulp = rounded.abs() * 2f64.powi(-7) + 1e-30;
+            assert!(bool::try_from(off.le_tensor(&ulp).all()).unwrap(), "bf16 outputs within one rounding step");
+            if kind == Kind::BFloat16 {
+                let libtorch = x.linear(&w, Some(&b));
+                assert!(relative(&y.to_kind(Kind::Float), &libtorch.to_kind(Kind::Float)) < 4e-3);
+            }
+            // Two rows keep libtorch's kernel.
+            let two = Tensor::cat(&[&x, &x], 0);
+            assert!(relative(&layer.forward(&two).to_kind(Kind::Float), &y.to_kind(Kind::Float)) < 4e-3);
+        }
     }
 
     #[test]

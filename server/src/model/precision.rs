@@ -110,7 +110,10 @@ impl Precision {
                 let config = GitConfig::from_file(&dir.join("config.json"))?;
                 let weights = Weights::read(dir, kind, device, storage)?;
                 let bytes = weights.bytes();
-                Ok((GitForCausalLM::new(config, &weights, kind, device)?, bytes))
+                let mut model = GitForCausalLM::new(config, &weights, kind, device)?;
+                drop(weights);
+                let packed = if kind == Kind::BFloat16 { model.pack_for_one_row() } else { 0 };
+                Ok((model, bytes + packed as usize))
             }
             Self::Fast => load_fast(dir, device, storage, fast_dense_kind()),
             Self::Auto => unreachable!("for_device resolves auto"),
