@@ -6,7 +6,7 @@ share of what the machine could do at best.
     python bench/machine_limit.py --model DIR --threads N --max-new-tokens 20 > machine.json
 
 It also measures the memory bandwidth (reading a buffer far larger than the caches, at the same
-threads) and counts the bytes one batch-1 decoding step reads in each dtype: every decoder and
+threads, in small and in huge pages: the best reading) and counts the bytes one batch-1 decoding step reads in each dtype: every decoder and
 LM-head weight once, and the key/value cache (f32 in every dtype). Bytes ÷ bandwidth is that
 step's floor: no implementation reads the weights faster.
 
@@ -19,6 +19,7 @@ image prefill through the decoder, then `max_new_tokens` decoding steps of one t
 
 import argparse
 import json
+import mmap
 import os
 import statistics
 import time
@@ -39,16 +40,40 @@ def gemm_gflops(dtype, m=3072, k=768, n=3072, runs=20):
     return 2 * m * k * n / statistics.median(times) / 1e9
 
 
-def read_bandwidth_gbs(mib=1024, runs=9):
-    """GB/s of reading `mib` MiB of f32 (a sum: vectorised, one pass, no writes)."""
-    buffer = torch.ones(mib << 18)
-    buffer.sum()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
+def read_bandwidth_gbs(mib=1024, runs=9, allocations=3):
+    """GB/s of reading `mib` MiB of f32 (a sum: vectorised, one pass, no writes), the best of
+    `allocations` fresh buffers in 4 KiB pages and as many in transparent huge pages.
+
+    The figure moves with where a buffer lands: the same sum read 30–45 GB/s from one fresh
+    4 KiB-page buffer to the next on the benchmark's machine, and huge pages read another 20%
+    faster (no TLB miss every 4 KiB, prefetchers not stopped at each page's end). gitcap keeps
+    its packed decoding weights in huge pages, so the floor takes the best reading of both kinds:
+    no implementation streams weights faster than that.
+    """
+    def median_read(buffer):
         buffer.sum()
-        times.append(time.perf_counter() - start)
-    return buffer.numel() * 4 / statistics.median(times) / 1e9
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            buffer.sum()
+            times.append(time.perf_counter() - start)
+        return buffer.numel() * 4 / statistics.median(times) / 1e9
+
+    size = mib << 20
+    small = []
+    for _ in range(allocations):
+        small.append(median_read(torch.ones(size // 4)))
+    huge = []
+    for _ in range(allocations):
+        mapping = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        if hasattr(mapping, "madvise") and hasattr(mmap, "MADV_HUGEPAGE"):
+            mapping.madvise(mmap.MADV_HUGEPAGE)
+        buffer = torch.frombuffer(mapping, dtype=torch.float32)
+        buffer.fill_(1.0)
+        huge.append(median_read(buffer))
+        del buffer
+        mapping.close()
+    return {"best": max(small + huge), "small_pages": small, "huge_pages": huge}
 
 
 def native_bf16():
@@ -126,9 +151,11 @@ def main():
     frames = config.get("num_image_with_embedding") or 1
     # The step halfway through the caption (text cache of prompt + half the new tokens).
     text = 1 + a.max_new_tokens // 2
+    bandwidth = read_bandwidth_gbs()
     print(json.dumps({
         "threads": torch.get_num_threads(),
-        "read_bandwidth_gbs": read_bandwidth_gbs(),
+        "read_bandwidth_gbs": bandwidth["best"],
+        "read_bandwidth_readings_gbs": {k: v for k, v in bandwidth.items() if k != "best"},
         "decode_step_bytes": {
             dtype: {
                 "image": decode_step_bytes(config, dtype, tokens_per_image, text),
