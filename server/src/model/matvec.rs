@@ -22,6 +22,7 @@ const PREFETCH: usize = 1024;
 /// A cache line.
 const LINE: usize = 64;
 
+use super::lanes::Level;
 use super::openmp;
 
 /// Whether [`PackedWeight::matvec`] runs a vectorised loop on this CPU (AVX-512, or AVX2 with
@@ -389,44 +390,22 @@ struct Output(*mut f32);
 unsafe impl Sync for Output {}
 unsafe impl Send for Output {}
 
-/// The widest dot-product loop this CPU runs.
+/// The widest dot-product loop this CPU runs: a vector one ([`Level`]) or the portable one.
 #[derive(Debug, Clone, Copy)]
 enum Dot {
     Portable,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
+    Vector(Level),
 }
 
 impl Dot {
     /// Every loop this CPU runs (tests compare them).
     #[cfg(test)]
     fn available() -> Vec<Self> {
-        let mut all = vec![Dot::Portable];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                all.push(Dot::Avx2);
-            }
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                all.push(Dot::Avx512);
-            }
-        }
-        all
+        std::iter::once(Dot::Portable).chain(Level::available().into_iter().map(Dot::Vector)).collect()
     }
 
     fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                return Dot::Avx512;
-            }
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                return Dot::Avx2;
-            }
-        }
-        Dot::Portable
+        Level::detect().map_or(Dot::Portable, Dot::Vector)
     }
 
     /// `sums[r][j]` = Σᵢ (channel j of `block`)[i] · inputs[r][i], in f32; `block` is one packed
@@ -446,11 +425,13 @@ impl Dot {
                 }
                 sums
             }
-            // SAFETY: detect() found the features each is compiled for; lengths checked above.
+            // SAFETY: the level was detected on this CPU; lengths checked above.
             #[cfg(target_arch = "x86_64")]
-            Dot::Avx2 => unsafe { x86::block_avx2(block, inputs) },
+            Dot::Vector(Level::Avx2) => unsafe { x86::block_avx2(block, inputs) },
             #[cfg(target_arch = "x86_64")]
-            Dot::Avx512 => unsafe { x86::block_avx512(block, inputs) },
+            Dot::Vector(Level::Avx512) => unsafe { x86::block_avx512(block, inputs) },
+            #[cfg(not(target_arch = "x86_64"))]
+            Dot::Vector(level) => unreachable!("no vector level is detected off x86-64: {level:?}"),
         }
     }
 }
