@@ -165,22 +165,32 @@ pub fn tensor_bytes(t: &Tensor) -> i64 {
 }
 
 /// One row of f32 or bf16 activations `xs` [.., k] through `packed` → [.., n] in `xs`' dtype;
-/// `None` for other dtypes. bf16 activations are widened exactly and the f32 result is rounded
-/// once, as libtorch's bf16 linear does.
+/// `None` for other dtypes. f32 activations are read and the result written in place; bf16
+/// activations are widened exactly and the f32 result is rounded once, as libtorch's bf16
+/// linear does.
 fn one_row(packed: &PackedWeight, xs: &Tensor) -> Option<Tensor> {
     let mut size = xs.size();
     *size.last_mut().expect("inputs have a feature dimension") = packed.n() as i64;
     let x = xs.contiguous();
-    let mut ys = vec![0f32; packed.n()];
     match x.kind() {
-        Kind::Float => packed.matvec(&f32_values(&x), &mut ys),
+        Kind::Float => {
+            let out = Tensor::empty(size.as_slice(), (Kind::Float, tch::Device::Cpu));
+            // SAFETY: contiguous f32 CPU tensors of k and n values; `out` is new and not shared.
+            unsafe {
+                let input = std::slice::from_raw_parts(x.data_ptr() as *const f32, packed.k());
+                let output = std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, packed.n());
+                packed.matvec(input, output);
+            }
+            Some(out)
+        }
         Kind::BFloat16 => {
             let widened: Vec<f32> = bf16_bits(&x).into_iter().map(|bits| Bf16(bits).to_f32()).collect();
-            packed.matvec(&widened, &mut ys)
+            let mut ys = vec![0f32; packed.n()];
+            packed.matvec(&widened, &mut ys);
+            Some(from_f32_values(&ys, Kind::BFloat16).view(size.as_slice()))
         }
-        _ => return None,
+        _ => None,
     }
-    Some(from_f32_values(&ys, x.kind()).view(size.as_slice()))
 }
 
 /// A 1-D tensor of `values` in `kind`, f32 or bf16 (rounded to nearest even, as libtorch does).
