@@ -7,7 +7,8 @@ share of what the machine could do at best.
 
 It also measures the memory bandwidth (reading a buffer far larger than the caches, at the same
 threads, in small and in huge pages: the best reading) and counts the bytes one batch-1 decoding step reads in each dtype: every decoder and
-LM-head weight once, and the key/value cache (f32 in every dtype). Bytes ÷ bandwidth is that
+LM-head weight once, and the key/value cache (text f32; image f32, or bf16 where the image
+prefill computed them in bf16: bf16 mode, and fast mode with native bf16). Bytes ÷ bandwidth is that
 step's floor: no implementation reads the weights faster.
 
 FLOPs count the matrix products only (2 per multiply-add: projections, MLPs, attention scores and
@@ -90,7 +91,10 @@ def native_bf16():
 # bf16 where the CPU has native bf16 and in f32 elsewhere.
 WEIGHT_BYTES = {"f32": 4, "bf16": 2, "fast": 1}
 FAST_DENSE_BYTES = 2 if native_bf16() else 4
-CACHE_BYTES = 4
+TEXT_CACHE_BYTES = 4
+# The image keys and values stay in the dtype the image prefill computed them in where it is bf16
+# (server/src/model/decoder.rs, prefix_kind): bf16 mode, and fast mode with native bf16.
+IMAGE_CACHE_BYTES = {"f32": 4, "bf16": 2, "fast": FAST_DENSE_BYTES}
 
 
 def decode_step_bytes(config, dtype, image_tokens, text_tokens):
@@ -106,7 +110,7 @@ def decode_step_bytes(config, dtype, image_tokens, text_tokens):
         weights += out * (4 if dtype == "fast" else per_weight)  # bias
     weights *= layers
     head = vocab * h * per_weight + vocab * (2 if dtype == "fast" else 0) + vocab * (4 if dtype == "fast" else per_weight)
-    cache = layers * 2 * (image_tokens + text_tokens) * h * CACHE_BYTES
+    cache = layers * 2 * h * (image_tokens * IMAGE_CACHE_BYTES[dtype] + text_tokens * TEXT_CACHE_BYTES)
     return {"weights": weights + head, "cache": cache, "total": weights + head + cache}
 
 

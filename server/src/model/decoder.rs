@@ -10,6 +10,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::config::GitConfig;
 use super::layers::{attention, attention_image_then_text, merge_heads, split_heads, Activation, LayerNorm, Linear};
+use super::step_attention;
 use super::weights::Weights;
 use crate::error::Result;
 
@@ -52,9 +53,10 @@ impl GitEmbeddings {
     }
 }
 
-/// The dtype of every key/value cache: f32 whatever the model computes in. Attention reads
-/// the cache once per step, and on a CPU an f32 query over f32 keys is several times faster
-/// than libtorch's bf16 kernel for one query and exact where bf16 rounds the scores (see
+/// The dtype of the text keys and values, and of image ones that are not kept in bf16
+/// ([`prefix_kind`]): f32 whatever the model computes in. Attention reads the cache once per
+/// step, and on a CPU an f32 query over f32 keys is several times faster than libtorch's bf16
+/// kernel for one query and exact where bf16 rounds the scores (see
 /// [`attention_image_then_text`]); the projections that make the keys and values still run
 /// in the model's dtype.
 pub const CACHE_KIND: Kind = Kind::Float;
@@ -128,8 +130,8 @@ impl KvCache {
 }
 
 /// The image tokens' keys and values of every layer, [1, heads, image_tokens, head_dim] each
-/// in [`CACHE_KIND`]. Written once by the image prefill, then only read: [`Self::share`] hands
-/// out the same tensors.
+/// in [`prefix_kind`] of the dtype the image prefill computed them in. Written once by the image
+/// prefill, then only read: [`Self::share`] hands out the same tensors.
 pub struct ImagePrefix {
     keys: Vec<Tensor>,
     values: Vec<Tensor>,
@@ -415,11 +417,23 @@ impl GitEncoder {
 }
 
 /// A contiguous copy of image keys or values [1, heads, image_tokens, head_dim] in
-/// [`CACHE_KIND`], owning its memory (not a view of the whole batch's).
+/// [`prefix_kind`], owning its memory (not a view of the whole batch's).
 fn stored(part: &Tensor) -> Tensor {
-    let mut out = Tensor::empty(part.size(), (CACHE_KIND, part.device()));
+    let mut out = Tensor::empty(part.size(), (prefix_kind(part.kind(), part.device()), part.device()));
     out.copy_(part);
     out
+}
+
+/// The dtype image keys and values computed in `computed` are kept in: bf16 as they are where
+/// the decoding step's attention reads bf16 (on a CPU with AVX2: it widens each value to f32 in
+/// registers, so attention sees exactly the f32 copy's values, from half the bytes a step
+/// streams: 22 MB instead of 44 for six frames of git-base), else [`CACHE_KIND`].
+pub fn prefix_kind(computed: Kind, device: Device) -> Kind {
+    if computed == Kind::BFloat16 && device == Device::Cpu && step_attention::reads_image_kind(computed) {
+        Kind::BFloat16
+    } else {
+        CACHE_KIND
+    }
 }
 
 /// [seq, cached_text + seq] boolean mask of the text positions that `seq` new text tokens may
@@ -434,6 +448,74 @@ fn later_text_mask(cached_text: i64, seq: i64, device: Device) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A decoder of `layers` layers with random weights in `kind`: hidden 64 in 4 heads of 16,
+    /// the narrowest head the decoding step's own attention loop takes.
+    fn random_encoder(layers: usize, kind: Kind) -> (GitEncoder, GitConfig) {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/tiny-git-wide");
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+        json["hidden_size"] = 64.into();
+        json["num_attention_heads"] = 4.into();
+        json["intermediate_size"] = 128.into();
+        json["num_hidden_layers"] = layers.into();
+        let c: GitConfig = serde_json::from_value(json).unwrap();
+        let (h, i) = (c.hidden_size, c.intermediate_size);
+        let mut tensors = std::collections::HashMap::new();
+        let mut put = |name: String, size: &[i64], scale: f64| {
+            tensors.insert(name, (Tensor::randn(size, (Kind::Float, Device::Cpu)) * scale).to_kind(kind));
+        };
+        for l in 0..layers {
+            let p = format!("encoder.layer.{l}");
+            for (name, out, inp) in [
+                ("attention.self.query", h, h),
+                ("attention.self.key", h, h),
+                ("attention.self.value", h, h),
+                ("attention.output.dense", h, h),
+                ("intermediate.dense", i, h),
+                ("output.dense", h, i),
+            ] {
+                put(format!("{p}.{name}.weight"), &[out, inp], 1.0 / (inp as f64).sqrt());
+                put(format!("{p}.{name}.bias"), &[out], 0.1);
+            }
+            for norm in ["attention.output.LayerNorm", "output.LayerNorm"] {
+                put(format!("{p}.{norm}.weight"), &[h], 1.0);
+                put(format!("{p}.{norm}.bias"), &[h], 0.1);
+            }
+        }
+        let w = Weights::from_map(tensors);
+        (GitEncoder::load(&w, "encoder", &c).unwrap(), c)
+    }
+
+    #[test]
+    fn a_bf16_image_prefill_keeps_bf16_keys_and_values_and_decodes_as_from_their_f32_copy() {
+        let _guard = tch::no_grad_guard();
+        tch::manual_seed(7);
+        let (encoder, c) = random_encoder(2, Kind::BFloat16);
+        let image_tokens = Tensor::randn([1, 40, c.hidden_size], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
+        let mut kept = encoder.prefill_image(&image_tokens, 2, 8);
+        let prefix = kept.image_prefix();
+        let expected = prefix_kind(Kind::BFloat16, Device::Cpu);
+        assert_eq!(expected == Kind::BFloat16, step_attention::reads_image_kind(Kind::BFloat16));
+        for layer in 0..prefix.layers() {
+            let (k, v) = prefix.layer(layer);
+            assert_eq!((k.kind(), v.kind()), (expected, expected), "layer {layer}");
+        }
+        let widen = |parts: &Vec<Tensor>| parts.iter().map(|t| t.to_kind(Kind::Float)).collect();
+        let copy = ImagePrefix { keys: widen(&prefix.keys), values: widen(&prefix.values), image_tokens: 40 };
+        let mut widened = KvCache::from_prefix(&copy, 2, 8);
+        // A prompt of three tokens (the libtorch path), then two steps (the step loop).
+        let prompt = (Tensor::randn([2, 3, c.hidden_size], (Kind::Float, Device::Cpu))).to_kind(Kind::BFloat16);
+        let (a, b) = (encoder.forward_text(&prompt, &mut kept), encoder.forward_text(&prompt, &mut widened));
+        assert!(a.equal(&b), "the prompt's hidden states differ");
+        for step in 0..2 {
+            let token = Tensor::randn([2, 1, c.hidden_size], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
+            let a = encoder.forward_step(&token, &mut [&mut kept]);
+            let b = encoder.forward_step(&token, &mut [&mut widened]);
+            assert!(a.equal(&b), "step {step}: the hidden states differ");
+        }
+        assert_eq!(prefix.bytes() * if expected == Kind::BFloat16 { 2 } else { 1 }, copy.bytes());
+    }
 
     #[test]
     fn caches_started_from_a_prefix_share_its_image_keys_and_values() {

@@ -404,7 +404,11 @@ pub fn attention_image_then_text(
     }
     let (batch, heads, seq, head_dim) = q.size4().expect("queries are [batch, heads, seq, head_dim]");
     let image_tokens = image_keys.size()[2];
-    let q = q.to_kind(image_keys.kind()) * (1.0 / (head_dim as f64).sqrt());
+    // Image keys and values kept in bf16 (`decoder::prefix_kind`) are widened to the text's f32.
+    let kind = text_keys.kind();
+    let widened = |t: &Tensor| if t.kind() == kind { t.shallow_clone() } else { t.to_kind(kind) };
+    let (image_keys, image_values) = (&widened(image_keys), &widened(image_values));
+    let q = q.to_kind(kind) * (1.0 / (head_dim as f64).sqrt());
     // Every row's queries against the one image copy: the rows fold into the query axis, since a
     // batched product would expand the image part to every row.
     let rows_as_queries = |t: &Tensor| t.transpose(0, 1).reshape([1, heads, batch * seq, -1]);
@@ -417,7 +421,7 @@ pub fn attention_image_then_text(
         Some(hidden) => text_scores.masked_fill(hidden, f64::NEG_INFINITY),
         None => text_scores,
     };
-    let probs = Tensor::cat(&[image_scores, text_scores], -1).softmax(-1, image_keys.kind());
+    let probs = Tensor::cat(&[image_scores, text_scores], -1).softmax(-1, kind);
     let text_len = probs.size()[3] - image_tokens;
     let (image_probs, text_probs) = (probs.narrow(-1, 0, image_tokens), probs.narrow(-1, image_tokens, text_len));
     let image_part = if batch == 1 {

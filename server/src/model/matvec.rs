@@ -303,8 +303,8 @@ impl Bf16 {
     }
 }
 
-/// A weight value the loops widen to f32.
-trait Element: Copy + Sync {
+/// A value the loops widen to f32 (weights here, image keys and values in `step_attention`).
+pub(super) trait Element: Copy + Sync {
     fn widen(self) -> f32;
     /// Sixteen values from `p`, widened.
     ///

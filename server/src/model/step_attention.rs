@@ -1,6 +1,8 @@
 //! Attention of one new token per row (a decoding step) over the image tokens' keys and values,
 //! which every row shares, then the row's own text keys and values: scores, softmax and the
-//! weighted sum in f32, one pass per head.
+//! weighted sum in f32, one pass per head. The image keys and values may be bf16 (as a bf16
+//! image prefill computed them; see `decoder::prefix_kind`): each value is widened to f32 in
+//! registers, so the result is the same as over their f32 copy, from half the bytes.
 //!
 //! The same result as [`super::layers::attention_image_then_text`] for one query, which takes
 //! about ten libtorch calls per layer (scaling, two score products, a concatenation, softmax,
@@ -11,26 +13,46 @@
 use tch::{Device, Kind, Tensor};
 
 use super::lanes::{self, Level, LANES};
+use super::matvec::{Bf16, Element};
 use super::openmp;
 
 /// Below this many key and value floats read in all, one thread is quicker than waking the team.
 const MIN_FLOATS_TO_SPLIT: usize = 1 << 16;
 
 /// Softmax(q kᵀ / √d) v of `q` [rows, heads, 1, head_dim] over `image` keys and values [1,
-/// heads, image_tokens, head_dim] then `text` keys and values [rows, heads, text, head_dim]
-/// (views with any strides but the last), as one sequence; `None` where this loop does not
-/// apply (another shape or dtype, not the CPU, a head width not a multiple of 16, or a CPU
-/// without AVX2 and FMA), for the caller to take the libtorch path.
+/// heads, image_tokens, head_dim] (f32 or bf16) then `text` keys and values [rows, heads, text,
+/// head_dim] (f32), all views with any strides but the last, as one sequence; `None` where this
+/// loop does not apply (another shape or dtype, not the CPU, a head width not a multiple of 16,
+/// or a CPU without AVX2 and FMA), for the caller to take the libtorch path.
 pub fn attend(q: &Tensor, image: (&Tensor, &Tensor), text: (&Tensor, &Tensor)) -> Option<Tensor> {
     attend_with(Level::detect()?, q, image, text)
 }
 
+/// Whether [`attend`] reads image keys and values of `kind` on this CPU.
+pub fn reads_image_kind(kind: Kind) -> bool {
+    Level::detect().is_some() && matches!(kind, Kind::Float | Kind::BFloat16)
+}
+
 fn attend_with(level: Level, q: &Tensor, image: (&Tensor, &Tensor), text: (&Tensor, &Tensor)) -> Option<Tensor> {
+    match image.0.kind() {
+        Kind::Float => attend_over::<f32>(level, q, image, text),
+        Kind::BFloat16 => attend_over::<Bf16>(level, q, image, text),
+        _ => None,
+    }
+}
+
+/// [`attend_with`] for image keys and values of element type `I`.
+fn attend_over<I: Element>(
+    level: Level,
+    q: &Tensor,
+    image: (&Tensor, &Tensor),
+    text: (&Tensor, &Tensor),
+) -> Option<Tensor> {
     let (rows, heads, seq, head_dim) = q.size4().ok()?;
     let parts = [image.0, image.1, text.0, text.1];
-    let fits = |t: &Tensor, batch: i64| {
+    let fits = |t: &Tensor, batch: i64, kind: Kind| {
         let size = t.size();
-        t.kind() == Kind::Float
+        t.kind() == kind
             && t.device() == Device::Cpu
             && size.len() == 4
             && size[0] == batch
@@ -41,8 +63,8 @@ fn attend_with(level: Level, q: &Tensor, image: (&Tensor, &Tensor), text: (&Tens
     if seq != 1
         || q.device() != Device::Cpu
         || !(head_dim as usize).is_multiple_of(LANES)
-        || !parts[..2].iter().all(|t| fits(t, 1))
-        || !parts[2..].iter().all(|t| fits(t, rows))
+        || !parts[..2].iter().all(|t| fits(t, 1, image.0.kind()))
+        || !parts[2..].iter().all(|t| fits(t, rows, Kind::Float))
         || image.0.size()[2] != image.1.size()[2]
         || text.0.size()[2] != text.1.size()[2]
     {
@@ -51,22 +73,23 @@ fn attend_with(level: Level, q: &Tensor, image: (&Tensor, &Tensor), text: (&Tens
     // Scaled before the products, in f32, as the libtorch path does.
     let q = (q.to_kind(Kind::Float) * (1.0 / (head_dim as f64).sqrt())).contiguous();
     let out = Tensor::empty([rows, heads, 1, head_dim], (Kind::Float, Device::Cpu));
-    let [image_keys, image_values, text_keys, text_values] = parts.map(Tokens::of);
+    let (image_keys, image_values) = (Tokens::<I>::of(image.0), Tokens::<I>::of(image.1));
+    let (text_keys, text_values) = (Tokens::<f32>::of(text.0), Tokens::<f32>::of(text.1));
     let (d, heads) = (head_dim as usize, heads as usize);
     let (q_ptr, out_ptr) = (Shared(q.data_ptr() as *mut f32), Shared(out.data_ptr() as *mut f32));
     let run = |first: usize, end: usize| {
         let mut scores = Vec::new();
         for item in first..end {
             let (row, head) = (item / heads, item % heads);
-            // SAFETY: every view was checked to be an f32 CPU tensor of these sizes; `q` and
-            // `out` are contiguous [rows, heads, 1, d], and each item writes its own head.
+            // SAFETY: every view was checked to be a CPU tensor of these sizes, the image parts
+            // of type `I` and the text parts f32; `q` and `out` are contiguous [rows, heads, 1,
+            // d], and each item writes its own head.
             unsafe {
                 let q = std::slice::from_raw_parts(q_ptr.get().add(item * d), d);
                 let out = std::slice::from_raw_parts_mut(out_ptr.get().add(item * d), d);
                 let head = Head {
                     image: (image_keys.at(0, head), image_values.at(0, head)),
                     text: (text_keys.at(row, head), text_values.at(row, head)),
-                    d,
                 };
                 head_with(level, &head, q, out, &mut scores);
             }
@@ -84,65 +107,73 @@ fn attend_with(level: Level, q: &Tensor, image: (&Tensor, &Tensor), text: (&Tens
     Some(out)
 }
 
-/// A [batch, heads, tokens, d] f32 view: where each (batch, head)'s tokens start and how far
-/// apart they are.
+/// A [batch, heads, tokens, d] view of `E` values: where each (batch, head)'s tokens start and
+/// how far apart they are.
 #[derive(Clone, Copy)]
-struct Tokens {
-    data: Shared,
+struct Tokens<E> {
+    data: Shared<E>,
     strides: [usize; 3],
     tokens: usize,
 }
 
-impl Tokens {
+impl<E> Tokens<E> {
+    /// `t`'s values, which the caller checked to be of type `E`.
     fn of(t: &Tensor) -> Self {
         let stride = t.stride();
         Tokens {
-            data: Shared(t.data_ptr() as *mut f32),
+            data: Shared(t.data_ptr() as *mut E),
             strides: [stride[0] as usize, stride[1] as usize, stride[2] as usize],
             tokens: t.size()[2] as usize,
         }
     }
 
     /// The tokens of one (batch, head).
-    fn at(&self, batch: usize, head: usize) -> Run {
+    fn at(&self, batch: usize, head: usize) -> Run<E> {
         // SAFETY (of the pointer arithmetic): within the tensor, by its sizes and strides.
         let start = unsafe { self.data.get().add(batch * self.strides[0] + head * self.strides[1]) };
         Run { start, stride: self.strides[2], tokens: self.tokens }
     }
 }
 
-/// One head's keys or values: `tokens` vectors of d floats, `stride` apart.
+/// One head's keys or values: `tokens` vectors of d values, `stride` apart.
 #[derive(Clone, Copy)]
-struct Run {
-    start: *const f32,
+struct Run<E> {
+    start: *const E,
     stride: usize,
     tokens: usize,
 }
 
-impl Run {
+impl<E> Run<E> {
+    /// Where token `i`'s values start.
+    ///
     /// # Safety
-    /// `i < tokens`, and the run holds `d` floats at each token.
-    unsafe fn token(&self, i: usize, d: usize) -> &[f32] {
-        unsafe { std::slice::from_raw_parts(self.start.add(i * self.stride), d) }
+    /// `i < tokens`.
+    unsafe fn token(&self, i: usize) -> *const E {
+        unsafe { self.start.add(i * self.stride) }
     }
 }
 
-/// One (row, head): its image keys and values, then its text keys and values.
-struct Head {
-    image: (Run, Run),
-    text: (Run, Run),
-    d: usize,
+/// One (row, head): its image keys and values (of type `I`), then its text keys and values.
+struct Head<I> {
+    image: (Run<I>, Run<I>),
+    text: (Run<f32>, Run<f32>),
 }
 
 /// A pointer the threads share; each writes only its own heads.
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
+struct Shared<E>(*mut E);
 // SAFETY: read-only inputs, and disjoint outputs per thread (see `attend`).
-unsafe impl Sync for Shared {}
-unsafe impl Send for Shared {}
+unsafe impl<E> Sync for Shared<E> {}
+unsafe impl<E> Send for Shared<E> {}
 
-impl Shared {
-    fn get(self) -> *mut f32 {
+impl<E> Clone for Shared<E> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<E> Copy for Shared<E> {}
+
+impl<E> Shared<E> {
+    fn get(self) -> *mut E {
         self.0
     }
 }
@@ -150,8 +181,9 @@ impl Shared {
 /// [`head`] compiled for `level`.
 ///
 /// # Safety
-/// `h`'s runs hold `h.d` floats at each of their tokens; `q` and `out` are d long.
-unsafe fn head_with(level: Level, h: &Head, q: &[f32], out: &mut [f32], scores: &mut Vec<f32>) {
+/// `h`'s runs hold `q.len()` values at each of their tokens, a whole number of [`LANES`];
+/// `out` is as long as `q`.
+unsafe fn head_with<I: Element>(level: Level, h: &Head<I>, q: &[f32], out: &mut [f32], scores: &mut Vec<f32>) {
     #[cfg(target_arch = "x86_64")]
     unsafe {
         match level {
@@ -163,77 +195,144 @@ unsafe fn head_with(level: Level, h: &Head, q: &[f32], out: &mut [f32], scores: 
     unreachable!("no level is detected off x86-64: {level:?} {q:p} {out:p} {scores:p}")
 }
 
+/// The two vector loops of a head, in one level's instructions.
+trait Lanes {
+    /// q · k for `q.len()` values of `k` (a whole number of [`LANES`]).
+    ///
+    /// # Safety
+    /// The level's instructions are present; `k` points to `q.len()` values.
+    unsafe fn dot<E: Element>(q: &[f32], k: *const E) -> f32;
+
+    /// `out` += Σᵢ `weights[i]` · (token i's values in `run`), `out.len()` values (a whole
+    /// number of [`LANES`]).
+    ///
+    /// # Safety
+    /// The level's instructions are present; `run` holds `out.len()` values at each of its
+    /// first `weights.len()` tokens.
+    unsafe fn weighted_sum<E: Element>(out: &mut [f32], weights: &[f32], run: &Run<E>);
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{head, Head};
+    use std::arch::x86_64::*;
+
+    use super::{head, Element, Head, Lanes, Run, LANES};
+
+    /// Output values a weighted sum keeps in registers at once.
+    const HELD: usize = 4 * LANES;
+
+    pub struct Avx512;
+
+    impl Lanes for Avx512 {
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn dot<E: Element>(q: &[f32], k: *const E) -> f32 {
+            let mut acc = _mm512_setzero_ps();
+            for c in (0..q.len()).step_by(16) {
+                let (q, k) = unsafe { (_mm512_loadu_ps(q.as_ptr().add(c)), E::load16_avx512(k.add(c))) };
+                acc = _mm512_fmadd_ps(q, k, acc);
+            }
+            _mm512_reduce_add_ps(acc)
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn weighted_sum<E: Element>(out: &mut [f32], weights: &[f32], run: &Run<E>) {
+            for (part, out) in out.chunks_mut(HELD).enumerate() {
+                let at = part * HELD;
+                let mut acc = [_mm512_setzero_ps(); HELD / 16];
+                let held = &mut acc[..out.len() / 16];
+                for (j, acc) in held.iter_mut().enumerate() {
+                    *acc = unsafe { _mm512_loadu_ps(out.as_ptr().add(16 * j)) };
+                }
+                for (i, &w) in weights.iter().enumerate() {
+                    let (w, v) = (_mm512_set1_ps(w), unsafe { run.token(i).add(at) });
+                    for (j, acc) in held.iter_mut().enumerate() {
+                        *acc = _mm512_fmadd_ps(w, unsafe { E::load16_avx512(v.add(16 * j)) }, *acc);
+                    }
+                }
+                for (j, acc) in held.iter().enumerate() {
+                    unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(16 * j), *acc) };
+                }
+            }
+        }
+    }
+
+    pub struct Avx2;
+
+    impl Lanes for Avx2 {
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn dot<E: Element>(q: &[f32], k: *const E) -> f32 {
+            let mut acc = _mm256_setzero_ps();
+            for c in (0..q.len()).step_by(8) {
+                let (q, k) = unsafe { (_mm256_loadu_ps(q.as_ptr().add(c)), E::load8_avx2(k.add(c))) };
+                acc = _mm256_fmadd_ps(q, k, acc);
+            }
+            let half = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+            let pairs = _mm_add_ps(half, _mm_movehl_ps(half, half));
+            _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps::<1>(pairs, pairs)))
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn weighted_sum<E: Element>(out: &mut [f32], weights: &[f32], run: &Run<E>) {
+            for (part, out) in out.chunks_mut(HELD).enumerate() {
+                let at = part * HELD;
+                let mut acc = [_mm256_setzero_ps(); HELD / 8];
+                let held = &mut acc[..out.len() / 8];
+                for (j, acc) in held.iter_mut().enumerate() {
+                    *acc = unsafe { _mm256_loadu_ps(out.as_ptr().add(8 * j)) };
+                }
+                for (i, &w) in weights.iter().enumerate() {
+                    let (w, v) = (_mm256_set1_ps(w), unsafe { run.token(i).add(at) });
+                    for (j, acc) in held.iter_mut().enumerate() {
+                        *acc = _mm256_fmadd_ps(w, unsafe { E::load8_avx2(v.add(8 * j)) }, *acc);
+                    }
+                }
+                for (j, acc) in held.iter().enumerate() {
+                    unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * j), *acc) };
+                }
+            }
+        }
+    }
 
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn head_avx512(h: &Head, q: &[f32], out: &mut [f32], scores: &mut Vec<f32>) {
-        unsafe { head(h, q, out, scores) }
+    pub unsafe fn head_avx512<I: Element>(h: &Head<I>, q: &[f32], out: &mut [f32], scores: &mut Vec<f32>) {
+        unsafe { head::<Avx512, I>(h, q, out, scores) }
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn head_avx2(h: &Head, q: &[f32], out: &mut [f32], scores: &mut Vec<f32>) {
-        unsafe { head(h, q, out, scores) }
+    pub unsafe fn head_avx2<I: Element>(h: &Head<I>, q: &[f32], out: &mut [f32], scores: &mut Vec<f32>) {
+        unsafe { head::<Avx2, I>(h, q, out, scores) }
     }
 }
 
-/// Softmax-weighted sum for one (row, head), written in lanes of [`LANES`] floats that the
-/// compiler turns into the vector instructions of the function it is inlined into.
+/// Softmax-weighted sum for one (row, head) with the loops of `L`: the scores of every image and
+/// text token, their softmax (in lanes of [`LANES`] floats that the compiler turns into the
+/// vector instructions of the function it is inlined into), then the weighted sum of the values.
 ///
 /// # Safety
-/// As [`head_with`].
+/// As [`head_with`], on a CPU with `L`'s instructions.
 #[inline(always)]
-unsafe fn head(h: &Head, q: &[f32], out: &mut [f32], scores: &mut Vec<f32>) {
-    let d = h.d;
+unsafe fn head<L: Lanes, I: Element>(h: &Head<I>, q: &[f32], out: &mut [f32], scores: &mut Vec<f32>) {
     let (image, text) = (h.image.0.tokens, h.text.0.tokens);
     scores.clear();
     for i in 0..image {
-        scores.push(dot(q, unsafe { h.image.0.token(i, d) }));
+        scores.push(unsafe { L::dot(q, h.image.0.token(i)) });
     }
     for t in 0..text {
-        scores.push(dot(q, unsafe { h.text.0.token(t, d) }));
+        scores.push(unsafe { L::dot(q, h.text.0.token(t)) });
     }
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum = exp_minus_in_place(scores, max);
     out.fill(0.0);
-    for (i, &p) in scores[..image].iter().enumerate() {
-        axpy(out, p, unsafe { h.image.1.token(i, d) });
-    }
-    for (t, &p) in scores[image..].iter().enumerate() {
-        axpy(out, p, unsafe { h.text.1.token(t, d) });
+    unsafe {
+        L::weighted_sum(out, &scores[..image], &h.image.1);
+        L::weighted_sum(out, &scores[image..], &h.text.1);
     }
     let inverse = 1.0 / sum;
     out.iter_mut().for_each(|o| *o *= inverse);
-}
-
-/// q · k, both a whole number of lanes long.
-#[inline(always)]
-fn dot(q: &[f32], k: &[f32]) -> f32 {
-    let mut acc = [0f32; LANES];
-    for (q, k) in q.chunks_exact(LANES).zip(k.chunks_exact(LANES)) {
-        for l in 0..LANES {
-            acc[l] = q[l].mul_add(k[l], acc[l]);
-        }
-    }
-    let mut width = LANES / 2;
-    while width > 0 {
-        for l in 0..width {
-            acc[l] += acc[l + width];
-        }
-        width /= 2;
-    }
-    acc[0]
-}
-
-/// out += p · v.
-#[inline(always)]
-fn axpy(out: &mut [f32], p: f32, v: &[f32]) {
-    for (o, v) in out.chunks_exact_mut(LANES).zip(v.chunks_exact(LANES)) {
-        for l in 0..LANES {
-            o[l] = p.mul_add(v[l], o[l]);
-        }
-    }
 }
 
 /// Replaces each score s by exp(s − max); returns their sum.
@@ -321,14 +420,43 @@ mod tests {
         let f32 = (Kind::Float, Device::Cpu);
         let image = Tensor::randn([1, 2, 5, 16], f32);
         let text = Tensor::randn([1, 2, 3, 16], f32);
-        // Two queries per row (a prompt), a head width that is not a whole number of lanes, a
-        // bf16 cache.
+        // Two queries per row (a prompt), a head width that is not a whole number of lanes,
+        // bf16 text keys and values, f16 image ones.
         let two_queries = Tensor::randn([1, 2, 2, 16], f32);
         assert!(attend(&two_queries, (&image, &image), (&text, &text)).is_none());
         let (image8, text8) = (Tensor::randn([1, 2, 5, 8], f32), Tensor::randn([1, 2, 3, 8], f32));
         assert!(attend(&Tensor::randn([1, 2, 1, 8], f32), (&image8, &image8), (&text8, &text8)).is_none());
-        let bf16 = image.to_kind(Kind::BFloat16);
-        assert!(attend(&Tensor::randn([1, 2, 1, 16], f32), (&bf16, &bf16), (&text, &text)).is_none());
+        let one_query = Tensor::randn([1, 2, 1, 16], f32);
+        let bf16 = text.to_kind(Kind::BFloat16);
+        assert!(attend(&one_query, (&image, &image), (&bf16, &bf16)).is_none());
+        let f16 = image.to_kind(Kind::Half);
+        assert!(attend(&one_query, (&f16, &f16), (&text, &text)).is_none());
+    }
+
+    #[test]
+    fn bf16_image_keys_and_values_give_exactly_their_f32_copys_result() {
+        let _guard = tch::no_grad_guard();
+        let f32 = (Kind::Float, Device::Cpu);
+        for (rows, heads, d, image_tokens, text) in [(1, 12, 64, 197, 3), (3, 4, 16, 1182, 5)] {
+            tch::manual_seed(rows * 10 + d);
+            let bf16 = |t: Tensor| t.to_kind(Kind::BFloat16);
+            let image = (
+                bf16(Tensor::randn([1, heads, image_tokens, d], f32)),
+                bf16(Tensor::randn([1, heads, image_tokens, d], f32)),
+            );
+            let widened = (image.0.to_kind(Kind::Float), image.1.to_kind(Kind::Float));
+            let text = (Tensor::randn([rows, heads, text, d], f32), Tensor::randn([rows, heads, text, d], f32));
+            let q = Tensor::randn([rows, heads, 1, d], f32) * 3.0;
+            for level in Level::available() {
+                let got = with_level(level, &q, (&image.0, &image.1), (&text.0, &text.1));
+                let want = with_level(level, &q, (&widened.0, &widened.1), (&text.0, &text.1));
+                assert!(got.equal(&want), "{level:?}: bf16 image part differs from its f32 copy");
+            }
+            // The libtorch path (prompts) widens them too.
+            let got = attention_image_then_text(&q, (&image.0, &image.1), (&text.0, &text.1), None);
+            let want = by_libtorch(&q, (&widened.0, &widened.1), (&text.0, &text.1));
+            assert!(relative(&got, &want) < 1e-6);
+        }
     }
 
     /// [`attend`] with the loop of `level` (the one detected may be wider).
