@@ -59,7 +59,8 @@ pub fn exp(x: [f32; LANES]) -> [f32; LANES] {
     let mut out = [0f32; LANES];
     for l in 0..LANES {
         let v = x[l].max(-87.0);
-        let n = (v * LOG2_E + ROUND) - ROUND;
+        let rounded = v * LOG2_E + ROUND;
+        let n = rounded - ROUND;
         let r = n.mul_add(-LN2_LOW, n.mul_add(-LN2_HIGH, v));
         let mut p = 1.987_569_1e-4f32;
         p = p.mul_add(r, 1.398_199_9e-3);
@@ -68,7 +69,10 @@ pub fn exp(x: [f32; LANES]) -> [f32; LANES] {
         p = p.mul_add(r, 1.666_666_5e-1);
         p = p.mul_add(r, 0.5);
         let er = p.mul_add(r * r, r + 1.0);
-        let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+        // n as an integer, from the bits of n + ROUND (whose ulp is 1): `n as i32` would
+        // saturate per lane, a branch the compiler does not vectorise.
+        let n_int = rounded.to_bits() as i32 - ROUND.to_bits() as i32;
+        let scale = f32::from_bits(((n_int + 127) as u32) << 23);
         out[l] = if x[l] < -87.0 { 0.0 } else { er * scale };
     }
     out
