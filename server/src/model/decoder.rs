@@ -201,20 +201,12 @@ impl GitLayer {
     }
 
     /// Runs text `xs` [batch, seq, hidden] (text positions `at..at + seq` of `cache`)
-    /// attending to every image token and to the text up to itself (`text_hidden` masks the
-    /// rest when seq > 1).
-    fn forward_text(
-        &self,
-        xs: &Tensor,
-        cache: &KvCache,
-        layer: usize,
-        at: i64,
-        text_hidden: Option<&Tensor>,
-    ) -> Tensor {
+    /// attending to every image token and to the text up to itself.
+    fn forward_text(&self, xs: &Tensor, cache: &KvCache, layer: usize, at: i64) -> Tensor {
         self.store_text_kv(xs, cache, layer, (0, cache.batch()), at);
         let (image, (keys, values)) = cache.layer(layer, at + xs.size()[1]);
         let q = split_heads(&self.query.forward(xs), self.heads);
-        let context = attention_image_then_text(&q, image, (&keys, &values), text_hidden);
+        let context = attention_image_then_text(&q, image, (&keys, &values));
         self.output_block(&context.to_kind(xs.kind()), xs)
     }
 
@@ -244,7 +236,7 @@ impl GitLayer {
             cache.text_keys[layer].narrow(2, at, 1).copy_(&k.narrow(0, row, rows));
             cache.text_values[layer].narrow(2, at, 1).copy_(&v.narrow(0, row, rows));
             let (image, (keys, values)) = cache.layer(layer, at + 1);
-            contexts.push(attention_image_then_text(&q.narrow(0, row, rows), image, (&keys, &values), None));
+            contexts.push(attention_image_then_text(&q.narrow(0, row, rows), image, (&keys, &values)));
             row += rows;
         }
         let context = if contexts.len() == 1 { contexts.remove(0) } else { Tensor::cat(&contexts, 0) };
@@ -375,10 +367,9 @@ impl GitEncoder {
     pub fn forward_text(&self, embeddings: &Tensor, cache: &mut KvCache) -> Tensor {
         let seq = embeddings.size()[1];
         let at = cache.text_len;
-        let hidden = (seq > 1).then(|| later_text_mask(at, seq, embeddings.device()));
         let mut xs = embeddings.shallow_clone();
         for (i, layer) in self.layers.iter().enumerate() {
-            xs = layer.forward_text(&xs, cache, i, at, hidden.as_ref());
+            xs = layer.forward_text(&xs, cache, i, at);
         }
         cache.text_len += seq;
         xs
@@ -434,15 +425,6 @@ pub fn prefix_kind(computed: Kind, device: Device) -> Kind {
     } else {
         CACHE_KIND
     }
-}
-
-/// [seq, cached_text + seq] boolean mask of the text positions that `seq` new text tokens may
-/// not see (true): those after themselves. Every cached text token and every image token is
-/// visible.
-fn later_text_mask(cached_text: i64, seq: i64, device: Device) -> Tensor {
-    let rows = Tensor::arange(seq, (Kind::Int64, device)).unsqueeze(1);
-    let cols = Tensor::arange(cached_text + seq, (Kind::Int64, device)).unsqueeze(0);
-    cols.gt_tensor(&(rows + cached_text))
 }
 
 #[cfg(test)]

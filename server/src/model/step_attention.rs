@@ -1,10 +1,10 @@
-//! Attention of one new token per row (a decoding step) over the image tokens' keys and values,
-//! which every row shares, then the row's own text keys and values: scores, softmax and the
-//! weighted sum in f32, one pass per head. The image keys and values may be bf16 (as a bf16
+//! Attention of the new text tokens of each row (a decoding step's one, a prompt's few) over the
+//! image tokens' keys and values, which every row shares, then the row's own text keys and
+//! values up to each token: scores, softmax and the weighted sum in f32, one pass per query. The image keys and values may be bf16 (as a bf16
 //! image prefill computed them; see `decoder::prefix_kind`): each value is widened to f32 in
 //! registers, so the result is the same as over their f32 copy, from half the bytes.
 //!
-//! The same result as [`super::layers::attention_image_then_text`] for one query, which takes
+//! The same result as [`super::layers::attention_image_then_text`]'s libtorch path, which takes
 //! about ten libtorch calls per layer (scaling, two score products, a concatenation, softmax,
 //! two weighted sums, their sum), each a dispatch and some a copy: 0.13 ms a layer for one
 //! image on this CPU where reading its keys and values takes a third of that (bench/NOTES.md).
@@ -19,11 +19,13 @@ use super::openmp;
 /// Below this many key and value floats read in all, one thread is quicker than waking the team.
 const MIN_FLOATS_TO_SPLIT: usize = 1 << 16;
 
-/// Softmax(q kᵀ / √d) v of `q` [rows, heads, 1, head_dim] over `image` keys and values [1,
+/// Softmax(q kᵀ / √d) v of `q` [rows, heads, seq, head_dim] over `image` keys and values [1,
 /// heads, image_tokens, head_dim] (f32 or bf16) then `text` keys and values [rows, heads, text,
-/// head_dim] (f32), all views with any strides but the last, as one sequence; `None` where this
-/// loop does not apply (another shape or dtype, not the CPU, a head width not a multiple of 16,
-/// or a CPU without AVX2 and FMA), for the caller to take the libtorch path.
+/// head_dim] (f32), all views with any strides but the last, as one sequence. The queries are
+/// the text's last `seq` tokens (a step: one; a prompt: several), each seeing every image token
+/// and the text up to its own position. `None` where this loop does not apply (another shape or
+/// dtype, not the CPU, a head width not a multiple of 16, or a CPU without AVX2 and FMA), for
+/// the caller to take the libtorch path.
 pub fn attend(q: &Tensor, image: (&Tensor, &Tensor), text: (&Tensor, &Tensor)) -> Option<Tensor> {
     attend_with(Level::detect()?, q, image, text)
 }
@@ -60,7 +62,8 @@ fn attend_over<I: Element>(
             && size[3] == head_dim
             && t.stride()[3] == 1
     };
-    if seq != 1
+    if seq < 1
+        || seq > text.0.size().get(2).copied().unwrap_or(0)
         || q.device() != Device::Cpu
         || !(head_dim as usize).is_multiple_of(LANES)
         || !parts[..2].iter().all(|t| fits(t, 1, image.0.kind()))
@@ -72,30 +75,32 @@ fn attend_over<I: Element>(
     }
     // Scaled before the products, in f32, as the libtorch path does.
     let q = (q.to_kind(Kind::Float) * (1.0 / (head_dim as f64).sqrt())).contiguous();
-    let out = Tensor::empty([rows, heads, 1, head_dim], (Kind::Float, Device::Cpu));
+    let out = Tensor::empty([rows, heads, seq, head_dim], (Kind::Float, Device::Cpu));
     let (image_keys, image_values) = (Tokens::<I>::of(image.0), Tokens::<I>::of(image.1));
     let (text_keys, text_values) = (Tokens::<f32>::of(text.0), Tokens::<f32>::of(text.1));
-    let (d, heads) = (head_dim as usize, heads as usize);
+    let (d, heads, seq) = (head_dim as usize, heads as usize, seq as usize);
     let (q_ptr, out_ptr) = (Shared(q.data_ptr() as *mut f32), Shared(out.data_ptr() as *mut f32));
     let run = |first: usize, end: usize| {
         let mut scores = Vec::new();
         for item in first..end {
-            let (row, head) = (item / heads, item % heads);
+            let (row, head, query) = (item / (heads * seq), item / seq % heads, item % seq);
+            // Query `query` of the last `seq` text tokens sees the text up to itself.
+            let visible = text_keys.tokens - seq + query + 1;
             // SAFETY: every view was checked to be a CPU tensor of these sizes, the image parts
-            // of type `I` and the text parts f32; `q` and `out` are contiguous [rows, heads, 1,
-            // d], and each item writes its own head.
+            // of type `I` and the text parts f32, with at least `seq` text tokens; `q` and `out`
+            // are contiguous [rows, heads, seq, d], and each item writes its own query.
             unsafe {
                 let q = std::slice::from_raw_parts(q_ptr.get().add(item * d), d);
                 let out = std::slice::from_raw_parts_mut(out_ptr.get().add(item * d), d);
                 let head = Head {
                     image: (image_keys.at(0, head), image_values.at(0, head)),
-                    text: (text_keys.at(row, head), text_values.at(row, head)),
+                    text: (text_keys.at(row, head).first(visible), text_values.at(row, head).first(visible)),
                 };
                 head_with(level, &head, q, out, &mut scores);
             }
         }
     };
-    let items = rows as usize * heads;
+    let items = rows as usize * heads * seq;
     let floats = items * (image_keys.tokens + text_keys.tokens) * d * 2;
     match openmp::Team::get().filter(|_| items > 1 && floats >= MIN_FLOATS_TO_SPLIT) {
         Some(team) => {
@@ -144,6 +149,11 @@ struct Run<E> {
 }
 
 impl<E> Run<E> {
+    /// The run's first `tokens` tokens (at most all of them).
+    fn first(self, tokens: usize) -> Self {
+        Run { tokens: tokens.min(self.tokens), ..self }
+    }
+
     /// Where token `i`'s values start.
     ///
     /// # Safety
@@ -408,7 +418,7 @@ mod tests {
             }
             // Through the decoder's entry point, bf16 queries included (bf16 mode).
             for q in [q.shallow_clone(), q.to_kind(Kind::BFloat16)] {
-                let got = attention_image_then_text(&q, (&image.0, &image.1), (&text_part.0, &text_part.1), None);
+                let got = attention_image_then_text(&q, (&image.0, &image.1), (&text_part.0, &text_part.1));
                 let want = by_libtorch(&q, (&image.0, &image.1), (&text_part.0, &text_part.1));
                 assert!(relative(&got, &want) < 1e-6);
             }
@@ -420,10 +430,10 @@ mod tests {
         let f32 = (Kind::Float, Device::Cpu);
         let image = Tensor::randn([1, 2, 5, 16], f32);
         let text = Tensor::randn([1, 2, 3, 16], f32);
-        // Two queries per row (a prompt), a head width that is not a whole number of lanes,
+        // More queries than text tokens, a head width that is not a whole number of lanes,
         // bf16 text keys and values, f16 image ones.
-        let two_queries = Tensor::randn([1, 2, 2, 16], f32);
-        assert!(attend(&two_queries, (&image, &image), (&text, &text)).is_none());
+        let four_queries = Tensor::randn([1, 2, 4, 16], f32);
+        assert!(attend(&four_queries, (&image, &image), (&text, &text)).is_none());
         let (image8, text8) = (Tensor::randn([1, 2, 5, 8], f32), Tensor::randn([1, 2, 3, 8], f32));
         assert!(attend(&Tensor::randn([1, 2, 1, 8], f32), (&image8, &image8), (&text8, &text8)).is_none());
         let one_query = Tensor::randn([1, 2, 1, 16], f32);
@@ -446,16 +456,25 @@ mod tests {
             );
             let widened = (image.0.to_kind(Kind::Float), image.1.to_kind(Kind::Float));
             let text = (Tensor::randn([rows, heads, text, d], f32), Tensor::randn([rows, heads, text, d], f32));
-            let q = Tensor::randn([rows, heads, 1, d], f32) * 3.0;
-            for level in Level::available() {
-                let got = with_level(level, &q, (&image.0, &image.1), (&text.0, &text.1));
-                let want = with_level(level, &q, (&widened.0, &widened.1), (&text.0, &text.1));
-                assert!(got.equal(&want), "{level:?}: bf16 image part differs from its f32 copy");
+            // A step (one query per row) and a prompt (the text's last three tokens).
+            for seq in [1, 3] {
+                let q = Tensor::randn([rows, heads, seq, d], f32) * 3.0;
+                for level in Level::available() {
+                    let got = with_level(level, &q, (&image.0, &image.1), (&text.0, &text.1));
+                    let want = with_level(level, &q, (&widened.0, &widened.1), (&text.0, &text.1));
+                    assert!(got.equal(&want), "{level:?}, {seq} queries: bf16 image part differs from its f32 copy");
+                }
             }
-            // The libtorch path (prompts) widens them too.
-            let got = attention_image_then_text(&q, (&image.0, &image.1), (&text.0, &text.1), None);
-            let want = by_libtorch(&q, (&widened.0, &widened.1), (&text.0, &text.1));
-            assert!(relative(&got, &want) < 1e-6);
+        }
+        // Heads of 8 take the libtorch path, which widens them to f32 first: the same result too.
+        let image = Tensor::randn([1, 2, 30, 8], f32).to_kind(Kind::BFloat16);
+        let widened = image.to_kind(Kind::Float);
+        let text = Tensor::randn([1, 2, 4, 8], f32);
+        for seq in [1, 3] {
+            let q = Tensor::randn([1, 2, seq, 8], f32);
+            let got = attention_image_then_text(&q, (&image, &image), (&text, &text));
+            let want = attention_image_then_text(&q, (&widened, &widened), (&text, &text));
+            assert!(got.equal(&want), "libtorch path, {seq} queries: bf16 image part differs from its f32 copy");
         }
     }
 
