@@ -486,7 +486,7 @@ mod tests {
         let widen = |parts: &Vec<Tensor>| parts.iter().map(|t| t.to_kind(Kind::Float)).collect();
         let copy = ImagePrefix { keys: widen(&prefix.keys), values: widen(&prefix.values), image_tokens: 40 };
         let mut widened = KvCache::from_prefix(&copy, 2, 8);
-        // A prompt of three tokens (the libtorch path), then two steps (the step loop).
+        // A prompt of three tokens, then two steps, all through the step attention loop.
         let prompt = (Tensor::randn([2, 3, c.hidden_size], (Kind::Float, Device::Cpu))).to_kind(Kind::BFloat16);
         let (a, b) = (encoder.forward_text(&prompt, &mut kept), encoder.forward_text(&prompt, &mut widened));
         assert!(a.equal(&b), "the prompt's hidden states differ");

@@ -1,8 +1,9 @@
 //! Attention of the new text tokens of each row (a decoding step's one, a prompt's few) over the
 //! image tokens' keys and values, which every row shares, then the row's own text keys and
-//! values up to each token: scores, softmax and the weighted sum in f32, one pass per query. The image keys and values may be bf16 (as a bf16
-//! image prefill computed them; see `decoder::prefix_kind`): each value is widened to f32 in
-//! registers, so the result is the same as over their f32 copy, from half the bytes.
+//! values up to each token: scores, softmax and the weighted sum in f32, one pass per query.
+//! The image keys and values may be bf16 (as a bf16 image prefill computed them; see
+//! `decoder::prefix_kind`): each value is widened to f32 in registers, so the result is the same
+//! as over their f32 copy, from half the bytes.
 //!
 //! The same result as [`super::layers::attention_image_then_text`]'s libtorch path, which takes
 //! about ten libtorch calls per layer (scaling, two score products, a concatenation, softmax,
